@@ -1,0 +1,257 @@
+//! `Channel`: one upstream LLM provider endpoint with its credentials and models.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::common::SecretKeyRef;
+
+/// An upstream provider endpoint that serves some models.
+#[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "llmweaver.io",
+    version = "v1alpha1",
+    kind = "Channel",
+    namespaced,
+    status = "ChannelStatus",
+    shortname = "chan",
+    category = "llmweaver",
+    printcolumn = r#"{"name":"Provider","type":"string","jsonPath":".spec.provider"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Healthy","type":"string","jsonPath":".status.conditions[?(@.type==\"Healthy\")].status"}"#,
+    printcolumn = r#"{"name":"P95","type":"string","jsonPath":".status.latency.p95"}"#,
+    printcolumn = r#"{"name":"Spend","type":"string","jsonPath":".status.usage.cost"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[x_kube(validation = Rule::new(
+    "has(self.baseUrl) || !(self.provider in ['azure-openai', 'openai-compatible'])"
+).message("baseUrl is required for provider azure-openai and openai-compatible"))]
+#[serde(rename_all = "camelCase")]
+pub struct ChannelSpec {
+    /// Which wire protocol and defaults the upstream uses.
+    pub provider: Provider,
+    /// Root URL of the upstream API. Defaults to the provider's well-known URL;
+    /// required for `azure-openai` (`https://<resource>.openai.azure.com`) and
+    /// `openai-compatible`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048), regex(pattern = r"^https?://"))]
+    pub base_url: Option<String>,
+    /// Where the upstream API key lives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<Credentials>,
+    /// The models this channel serves, by the name clients send.
+    #[schemars(length(min = 1, max = 1000))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub models: Vec<ChannelModel>,
+    /// Share of traffic among channels of equal priority (0 drains the channel).
+    #[serde(default = "default_weight")]
+    #[schemars(range(min = 0, max = 10000))]
+    pub weight: u32,
+    /// Lower values are preferred; higher values only serve when every channel
+    /// with a lower value is unavailable.
+    #[serde(default)]
+    #[schemars(range(min = -1000, max = 1000))]
+    pub priority: i32,
+    /// Upstream timeouts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<Timeouts>,
+    /// Extra headers sent upstream with every request (not for secrets: they are
+    /// visible to anyone who can read the Channel).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
+    pub headers: BTreeMap<String, String>,
+    /// Azure OpenAI settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub azure: Option<AzureSettings>,
+    /// Takes the channel out of routing without deleting it.
+    #[serde(default)]
+    pub disabled: bool,
+}
+
+fn default_weight() -> u32 {
+    100
+}
+
+/// Upstream provider kinds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Provider {
+    Openai,
+    AzureOpenai,
+    Anthropic,
+    Gemini,
+    Mistral,
+    Cohere,
+    Zhipu,
+    Qwen,
+    Ernie,
+    Ollama,
+    Vllm,
+    OpenaiCompatible,
+    /// Answers locally with deterministic text; for demos and tests.
+    Mock,
+}
+
+impl Provider {
+    /// The spelling used in manifests, logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::Openai => "openai",
+            Provider::AzureOpenai => "azure-openai",
+            Provider::Anthropic => "anthropic",
+            Provider::Gemini => "gemini",
+            Provider::Mistral => "mistral",
+            Provider::Cohere => "cohere",
+            Provider::Zhipu => "zhipu",
+            Provider::Qwen => "qwen",
+            Provider::Ernie => "ernie",
+            Provider::Ollama => "ollama",
+            Provider::Vllm => "vllm",
+            Provider::OpenaiCompatible => "openai-compatible",
+            Provider::Mock => "mock",
+        }
+    }
+
+    /// The provider's well-known API root, where it has one.
+    pub fn default_base_url(self) -> Option<&'static str> {
+        Some(match self {
+            Provider::Openai => "https://api.openai.com/v1",
+            Provider::Anthropic => "https://api.anthropic.com",
+            Provider::Gemini => "https://generativelanguage.googleapis.com/v1beta",
+            Provider::Mistral => "https://api.mistral.ai/v1",
+            Provider::Cohere => "https://api.cohere.com/v2",
+            Provider::Zhipu => "https://open.bigmodel.cn/api/paas/v4",
+            Provider::Qwen => "https://dashscope-intl.aliyuncs.com/compatible-mode/v1",
+            Provider::Ernie => "https://qianfan.baidubce.com/v2",
+            Provider::Ollama => "http://localhost:11434/v1",
+            Provider::Vllm => "http://localhost:8000/v1",
+            Provider::Mock => "mock://local",
+            Provider::AzureOpenai | Provider::OpenaiCompatible => return None,
+        })
+    }
+
+    /// Whether the upstream refuses requests without an API key. Self-hosted
+    /// servers (Ollama, vLLM, generic OpenAI-compatible ones) may run without one.
+    pub fn requires_credentials(self) -> bool {
+        !matches!(
+            self,
+            Provider::Ollama | Provider::Vllm | Provider::OpenaiCompatible | Provider::Mock
+        )
+    }
+
+    /// Whether this gateway version can relay to the provider. Anthropic,
+    /// Gemini and Cohere speak their own wire formats and need translating
+    /// adapters, which are not built yet.
+    pub fn is_supported(self) -> bool {
+        !matches!(self, Provider::Anthropic | Provider::Gemini | Provider::Cohere)
+    }
+}
+
+/// Upstream credentials.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Credentials {
+    /// The Secret key holding the upstream API key.
+    pub secret_ref: SecretKeyRef,
+}
+
+/// One model a channel serves.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChannelModel {
+    /// The model name clients send.
+    #[schemars(length(min = 1, max = 256))]
+    pub name: String,
+    /// The model (or Azure deployment) name sent upstream; defaults to `name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub upstream_model: Option<String>,
+    /// USD per million tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pricing: Option<Pricing>,
+}
+
+/// Prices in USD per million tokens, as decimal strings.
+#[derive(KubeSchema, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Pricing {
+    /// Price of a million input (prompt) tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("self.matches('^[0-9]+(\\\\.[0-9]{1,6})?$')").message("must be a decimal USD amount such as \"0.15\""))]
+    pub input_per_million: Option<String>,
+    /// Price of a million output (completion) tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("self.matches('^[0-9]+(\\\\.[0-9]{1,6})?$')").message("must be a decimal USD amount such as \"0.60\""))]
+    pub output_per_million: Option<String>,
+    /// Price of a million input tokens served from the provider's prompt cache;
+    /// defaults to the input price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("self.matches('^[0-9]+(\\\\.[0-9]{1,6})?$')").message("must be a decimal USD amount such as \"0.075\""))]
+    pub cached_input_per_million: Option<String>,
+}
+
+/// Upstream timeouts as durations (`500ms`, `30s`, `5m`, `1h30m`).
+#[derive(KubeSchema, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Timeouts {
+    /// TCP + TLS connect. Default 5s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]+(ms|s|m|h))+$')").message("must be a duration such as 500ms, 30s, 5m or 1h30m"))]
+    pub connect: Option<String>,
+    /// Until the first byte of the answer (first token when streaming). Default 60s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]+(ms|s|m|h))+$')").message("must be a duration such as 500ms, 30s, 5m or 1h30m"))]
+    pub first_byte: Option<String>,
+    /// The whole exchange, streams included. Default 600s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]+(ms|s|m|h))+$')").message("must be a duration such as 500ms, 30s, 5m or 1h30m"))]
+    pub total: Option<String>,
+}
+
+/// Azure OpenAI settings.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AzureSettings {
+    /// A dated data-plane API version (e.g. `2024-10-21`): requests go to
+    /// `/openai/deployments/<upstreamModel>/...?api-version=...`. Without it the
+    /// v1 API (`/openai/v1/...`) is used with the deployment name as `model`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub api_version: Option<String>,
+}
+
+/// What the operator observes about a channel.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChannelStatus {
+    /// `Ready` (the spec compiled into the snapshot) and `Healthy` (upstream answers).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The generation the conditions describe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Upstream latency percentiles across all gateway replicas (e.g. `850ms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency: Option<LatencyStatus>,
+    /// Traffic served through this channel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<crate::api_key::UsageStatus>,
+}
+
+/// Latency percentiles.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LatencyStatus {
+    pub p50: Option<String>,
+    pub p95: Option<String>,
+    pub p99: Option<String>,
+}

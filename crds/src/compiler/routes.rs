@@ -1,0 +1,289 @@
+//! Channels and route tables.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use kube::ResourceExt;
+use kube::core::{Selector, SelectorExt};
+
+use super::{Kind, ProblemReason, Problems, SecretIndex, matches_any, namespace_of, sorted};
+use crate::channel::Channel;
+use crate::common::parse_duration;
+use crate::money::{Prices, Usd};
+use crate::routing_policy::RoutingPolicy;
+use crate::snapshot::{Candidate, ChannelSnapshot, Credential, ModelSnapshot, RouteTable, TimeoutsSnapshot};
+
+/// A channel that made it into the snapshot, with what routing needs to know.
+pub(super) struct UsableChannel<'a> {
+    pub snapshot: ChannelSnapshot,
+    labels: &'a BTreeMap<String, String>,
+    weight: u32,
+    priority: i32,
+}
+
+pub(super) fn compile_channels<'a>(
+    channels: &'a [Channel],
+    secrets: &SecretIndex<'_>,
+    problems: &mut Problems,
+) -> Vec<UsableChannel<'a>> {
+    sorted(channels)
+        .into_iter()
+        .filter(|c| !c.spec.disabled)
+        .filter_map(|c| match compile_channel(c, secrets, problems) {
+            Ok(snapshot) => Some(UsableChannel {
+                snapshot,
+                labels: c.labels(),
+                weight: c.spec.weight,
+                priority: c.spec.priority,
+            }),
+            Err((reason, message)) => {
+                problems.push(Kind::Channel, c, reason, message);
+                None
+            }
+        })
+        .collect()
+}
+
+fn compile_channel(
+    c: &Channel,
+    secrets: &SecretIndex<'_>,
+    problems: &mut Problems,
+) -> Result<ChannelSnapshot, (ProblemReason, String)> {
+    let spec = &c.spec;
+    let namespace = namespace_of(c);
+    let invalid = |m: String| (ProblemReason::InvalidField, m);
+    if !spec.provider.is_supported() {
+        return Err((
+            ProblemReason::ProviderNotSupported,
+            format!("provider {} is not supported by this gateway version yet", spec.provider.as_str()),
+        ));
+    }
+    let base_url = spec
+        .base_url
+        .as_deref()
+        .or(spec.provider.default_base_url())
+        .ok_or_else(|| invalid(format!("baseUrl is required for provider {}", spec.provider.as_str())))?
+        .trim_end_matches('/')
+        .to_owned();
+    let credential = match &spec.credentials {
+        Some(creds) => Some(Credential(secrets.value(namespace, &creds.secret_ref)?)),
+        None if spec.provider.requires_credentials() => {
+            return Err((
+                ProblemReason::MissingCredentials,
+                format!("provider {} needs credentials.secretRef", spec.provider.as_str()),
+            ));
+        }
+        None => None,
+    };
+    let timeouts = match &spec.timeouts {
+        None => TimeoutsSnapshot::default(),
+        Some(t) => {
+            let ms = |v: &Option<String>, default: u64, field: &str| match v {
+                None => Ok(default),
+                Some(text) => parse_duration(text)
+                    .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+                    .map_err(|e| invalid(format!("timeouts.{field}: {e}"))),
+            };
+            let d = TimeoutsSnapshot::default();
+            TimeoutsSnapshot {
+                connect_ms: ms(&t.connect, d.connect_ms, "connect")?,
+                first_byte_ms: ms(&t.first_byte, d.first_byte_ms, "firstByte")?,
+                total_ms: ms(&t.total, d.total_ms, "total")?,
+            }
+        }
+    };
+    for (name, value) in &spec.headers {
+        if !is_header_name(name) || value.chars().any(|ch| ch.is_control()) {
+            return Err(invalid(format!("headers: {name:?} is not a valid HTTP header")));
+        }
+    }
+    let mut models: Vec<ModelSnapshot> = Vec::with_capacity(spec.models.len());
+    for m in &spec.models {
+        if models.iter().any(|seen| seen.name == m.name) {
+            problems.push(
+                Kind::Channel,
+                c,
+                ProblemReason::DuplicateModel,
+                format!("model {:?} is listed more than once; the first entry is used", m.name),
+            );
+            continue;
+        }
+        let price = |v: &Option<String>, field: &str| -> Result<Option<u64>, (ProblemReason, String)> {
+            v.as_deref()
+                .map(|text| text.parse::<Usd>().map(|u| u.0))
+                .transpose()
+                .map_err(|e| invalid(format!("models[{}].pricing.{field}: {e}", m.name)))
+        };
+        let pricing = m.pricing.clone().unwrap_or_default();
+        let input = price(&pricing.input_per_million, "inputPerMillion")?.unwrap_or(0);
+        let prices = Prices {
+            input,
+            output: price(&pricing.output_per_million, "outputPerMillion")?.unwrap_or(0),
+            cached_input: price(&pricing.cached_input_per_million, "cachedInputPerMillion")?.unwrap_or(input),
+        };
+        models.push(ModelSnapshot {
+            name: m.name.clone(),
+            upstream: m.upstream_model.clone().unwrap_or_else(|| m.name.clone()),
+            prices,
+        });
+    }
+    Ok(ChannelSnapshot {
+        namespace: namespace.to_owned(),
+        name: c.name_any(),
+        provider: spec.provider,
+        base_url,
+        credential,
+        headers: spec.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        models,
+        timeouts,
+        azure_api_version: spec.azure.as_ref().and_then(|a| a.api_version.clone()),
+    })
+}
+
+/// RFC 9110 token characters.
+fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+type Routes = BTreeMap<String, Vec<Candidate>>;
+
+/// Route tables: one per namespace for keys without a policy, and one per
+/// (namespace, policy) that some key names.
+pub(super) struct RouteTables {
+    tables: Vec<RouteTable>,
+    index: HashMap<(String, Option<String>), u32>,
+    /// Each namespace's default routes.
+    defaults: BTreeMap<String, Routes>,
+    /// Each policy's own routes, by (namespace, name).
+    policies: BTreeMap<(String, String), Routes>,
+}
+
+impl RouteTables {
+    pub(super) fn new(channels: &[UsableChannel<'_>], policies: &[RoutingPolicy], problems: &mut Problems) -> Self {
+        let mut by_namespace: BTreeMap<&str, Routes> = BTreeMap::new();
+        for (idx, ch) in channels.iter().enumerate() {
+            let routes = by_namespace.entry(ch.snapshot.namespace.as_str()).or_default();
+            for (midx, m) in ch.snapshot.models.iter().enumerate() {
+                routes.entry(m.name.clone()).or_default().push(candidate(idx, midx, ch.weight, ch.priority));
+            }
+        }
+        let mut policy_routes = BTreeMap::new();
+        for p in sorted(policies) {
+            let routes = policy_candidates(p, channels, problems);
+            policy_routes.insert((namespace_of(p).to_owned(), p.name_any()), routes);
+        }
+        // A namespace's policies (in name order, first match wins) take over the
+        // models they route; other models go to every channel serving them.
+        let mut defaults: BTreeMap<String, Routes> = BTreeMap::new();
+        for (ns, mut routes) in by_namespace {
+            for ((pns, _), proutes) in policy_routes.iter().rev() {
+                if pns == ns {
+                    for (model, cands) in proutes {
+                        routes.insert(model.clone(), cands.clone());
+                    }
+                }
+            }
+            defaults.insert(ns.to_owned(), routes);
+        }
+        Self { tables: Vec::new(), index: HashMap::new(), defaults, policies: policy_routes }
+    }
+
+    /// Whether the namespace has a policy of that name.
+    pub(super) fn has_policy(&self, namespace: &str, name: &str) -> bool {
+        self.policies.contains_key(&(namespace.to_owned(), name.to_owned()))
+    }
+
+    /// The table for keys of `namespace` that name `policy` (or none).
+    pub(super) fn table_for(&mut self, namespace: &str, policy: Option<&str>) -> u32 {
+        let id = (namespace.to_owned(), policy.map(str::to_owned));
+        if let Some(idx) = self.index.get(&id) {
+            return *idx;
+        }
+        let mut routes = self.defaults.get(namespace).cloned().unwrap_or_default();
+        if let Some(p) = policy
+            && let Some(own) = self.policies.get(&(namespace.to_owned(), p.to_owned()))
+        {
+            routes.extend(own.iter().map(|(m, c)| (m.clone(), c.clone())));
+        }
+        let idx = u32::try_from(self.tables.len()).unwrap_or(u32::MAX);
+        self.tables.push(RouteTable { policy: policy.map(|p| format!("{namespace}/{p}")), routes });
+        self.index.insert(id, idx);
+        idx
+    }
+
+    pub(super) fn into_tables(self) -> Vec<RouteTable> {
+        self.tables
+    }
+}
+
+fn candidate(channel: usize, model: usize, weight: u32, priority: i32) -> Candidate {
+    Candidate {
+        channel: u32::try_from(channel).unwrap_or(u32::MAX),
+        model: u32::try_from(model).unwrap_or(u32::MAX),
+        weight,
+        priority,
+    }
+}
+
+/// The models a policy routes and, for each, the channels it resolves to.
+fn policy_candidates(p: &RoutingPolicy, channels: &[UsableChannel<'_>], problems: &mut Problems) -> Routes {
+    let ns = namespace_of(p);
+    let in_ns = || channels.iter().enumerate().filter(|(_, c)| c.snapshot.namespace == ns);
+    // channel index -> weight override
+    let mut chosen: BTreeMap<usize, Option<u32>> = BTreeMap::new();
+    for r in &p.spec.channels {
+        match (&r.name, &r.selector) {
+            (Some(name), _) => match in_ns().find(|(_, c)| &c.snapshot.name == name) {
+                Some((idx, _)) => {
+                    chosen.insert(idx, r.weight);
+                }
+                None => problems.push(
+                    Kind::RoutingPolicy,
+                    p,
+                    ProblemReason::ChannelNotFound,
+                    format!("channel {ns}/{name} does not exist or is not usable"),
+                ),
+            },
+            (None, Some(selector)) => match Selector::try_from(selector.clone()) {
+                Ok(sel) => {
+                    for (idx, _) in in_ns().filter(|(_, c)| sel.matches(c.labels)) {
+                        chosen.entry(idx).or_insert(r.weight);
+                    }
+                }
+                Err(e) => problems.push(Kind::RoutingPolicy, p, ProblemReason::InvalidSelector, format!("selector: {e}")),
+            },
+            (None, None) => problems.push(
+                Kind::RoutingPolicy,
+                p,
+                ProblemReason::InvalidField,
+                "a channel entry needs a name or a selector".to_owned(),
+            ),
+        }
+    }
+    let mut routes = Routes::new();
+    for (&idx, &weight) in &chosen {
+        let ch = &channels[idx];
+        for (midx, m) in ch.snapshot.models.iter().enumerate() {
+            if matches_any(&p.spec.models, &m.name) {
+                routes
+                    .entry(m.name.clone())
+                    .or_default()
+                    .push(candidate(idx, midx, weight.unwrap_or(ch.weight), ch.priority));
+            }
+        }
+    }
+    let served: BTreeSet<&str> = routes.keys().map(String::as_str).collect();
+    for glob in &p.spec.models {
+        if !served.iter().any(|m| wildmatch::WildMatch::new(glob).matches(m)) {
+            problems.push(
+                Kind::RoutingPolicy,
+                p,
+                ProblemReason::NoChannelForModel,
+                format!("no channel of this policy serves a model matching {glob:?}"),
+            );
+        }
+    }
+    routes
+}

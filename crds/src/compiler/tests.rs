@@ -1,0 +1,298 @@
+use super::*;
+use crate::compiler::keys::key_digest;
+use crate::manifests::parse_into;
+use crate::snapshot::{Candidate, KeySnapshot};
+
+fn compile_yaml(yaml: &str) -> Compiled {
+    let mut resources = Resources::default();
+    parse_into(yaml, &mut resources).unwrap_or_else(|e| panic!("fixture does not parse: {e}"));
+    compile(&resources, 7)
+}
+
+fn reasons(c: &Compiled) -> Vec<(Kind, &str, ProblemReason)> {
+    c.problems.iter().map(|p| (p.kind, p.name.as_str(), p.reason)).collect()
+}
+
+fn key<'a>(c: &'a Compiled, name: &str) -> &'a KeySnapshot {
+    c.snapshot.keys.iter().find(|k| k.name == name).unwrap_or_else(|| panic!("key {name} missing"))
+}
+
+/// Channel names serving `model` for key `name`, with weights.
+fn route(c: &Compiled, key_name: &str, model: &str) -> Vec<(String, u32)> {
+    let k = key(c, key_name);
+    let table = &c.snapshot.route_tables[k.route_table as usize];
+    table
+        .routes
+        .get(model)
+        .map(|cands| {
+            cands
+                .iter()
+                .map(|cand: &Candidate| (c.snapshot.channels[cand.channel as usize].name.clone(), cand.weight))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+const SECRETS: &str = r#"
+apiVersion: v1
+kind: Secret
+metadata: {name: openai-credentials, namespace: team-a}
+stringData: {apiKey: sk-upstream}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: checkout-llm-key, namespace: team-a}
+data: {apiKey: c2stY2hlY2tvdXQK}   # "sk-checkout\n"
+"#;
+
+fn channel(name: &str, labels: &str, models: &str, weight: u32) -> String {
+    format!(
+        r#"
+---
+apiVersion: llmweaver.io/v1alpha1
+kind: Channel
+metadata: {{name: {name}, namespace: team-a, labels: {{{labels}}}}}
+spec:
+  provider: openai
+  credentials: {{secretRef: {{name: openai-credentials, key: apiKey}}}}
+  models: [{models}]
+  weight: {weight}
+"#
+    )
+}
+
+const KEY: &str = r#"
+---
+apiVersion: llmweaver.io/v1alpha1
+kind: ApiKey
+metadata: {name: checkout, namespace: team-a}
+spec:
+  secretRef: {name: checkout-llm-key, key: apiKey}
+"#;
+
+#[test]
+fn the_issue_examples_compile_cleanly() {
+    let yaml = include_str!("../../../config/samples/team-a.yaml");
+    let c = compile_yaml(yaml);
+    assert_eq!(reasons(&c), vec![], "{:#?}", c.problems);
+    assert_eq!(c.snapshot.version, 7);
+    let primary = &c.snapshot.channels.iter().find(|ch| ch.name == "openai-primary").map(|ch| ch.clone());
+    let primary = primary.as_ref().unwrap_or_else(|| panic!("openai-primary missing"));
+    assert_eq!(primary.base_url, "https://api.openai.com/v1");
+    assert_eq!(primary.models[0].upstream, "gpt-4o-mini-2024-07-18");
+    assert_eq!(primary.models[0].prices.cached_input, 75_000_000);
+    assert_eq!(primary.timeouts.first_byte_ms, 60_000);
+    assert_eq!(primary.headers, vec![("OpenAI-Organization".to_owned(), "org-123".to_owned())]);
+    let k = key(&c, "checkout");
+    assert_eq!(k.digests.len(), 1);
+    assert_eq!(k.ip_allowlist.len(), 2);
+    assert_eq!(k.expires_at, Some(1_893_456_000));
+    assert_eq!(k.budget.map(|b| b.amount.to_string()), Some("50.00".to_owned()));
+}
+
+#[test]
+fn key_digest_is_of_the_trimmed_secret_value_and_no_plaintext_is_kept() {
+    let c = compile_yaml(&format!("{SECRETS}{}{KEY}", channel("a", "", "{name: m}", 1)));
+    let k = key(&c, "checkout");
+    assert_eq!(k.digests, vec![key_digest("sk-checkout")]);
+    let dump = format!("{:?}", c.snapshot);
+    assert!(!dump.contains("sk-checkout"), "key plaintext leaked into the snapshot");
+    assert!(!dump.contains("sk-upstream"), "upstream credential visible in Debug output");
+}
+
+#[test]
+fn without_a_policy_every_channel_of_the_namespace_serving_the_model_is_a_candidate() {
+    let yaml = format!(
+        "{SECRETS}{}{}{}{KEY}",
+        channel("a", "", "{name: gpt-4o}, {name: gpt-4o-mini}", 30),
+        channel("b", "", "{name: gpt-4o}", 70),
+        channel("c", "", "{name: other}", 1)
+    );
+    let c = compile_yaml(&yaml);
+    assert_eq!(route(&c, "checkout", "gpt-4o"), vec![("a".into(), 30), ("b".into(), 70)]);
+    assert_eq!(route(&c, "checkout", "gpt-4o-mini"), vec![("a".into(), 30)]);
+}
+
+#[test]
+fn channels_of_other_namespaces_are_never_candidates() {
+    let other_ns = channel("foreign", "", "{name: gpt-4o}", 50).replace("team-a", "team-b")
+        + "\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: openai-credentials, namespace: team-b}\nstringData: {apiKey: x}\n";
+    let c = compile_yaml(&format!("{SECRETS}{}{other_ns}{KEY}", channel("a", "", "{name: gpt-4o}", 1)));
+    assert_eq!(route(&c, "checkout", "gpt-4o"), vec![("a".into(), 1)]);
+}
+
+#[test]
+fn a_namespace_policy_takes_over_the_models_it_matches() {
+    let policy = r#"
+---
+apiVersion: llmweaver.io/v1alpha1
+kind: RoutingPolicy
+metadata: {name: default, namespace: team-a}
+spec:
+  models: ["gpt-4o*"]
+  channels:
+    - selector: {matchLabels: {tier: primary}}
+    - name: backup
+      weight: 10
+"#;
+    let yaml = format!(
+        "{SECRETS}{}{}{}{policy}{KEY}",
+        channel("primary", "tier: primary", "{name: gpt-4o}, {name: embed}", 100),
+        channel("backup", "tier: backup", "{name: gpt-4o}", 100),
+        channel("unlisted", "", "{name: gpt-4o}, {name: embed}", 100)
+    );
+    let c = compile_yaml(&yaml);
+    assert_eq!(reasons(&c), vec![]);
+    assert_eq!(route(&c, "checkout", "gpt-4o"), vec![("backup".into(), 10), ("primary".into(), 100)]);
+    // Models the policy does not match keep the namespace default.
+    assert_eq!(route(&c, "checkout", "embed"), vec![("primary".into(), 100), ("unlisted".into(), 100)]);
+}
+
+#[test]
+fn a_key_naming_a_policy_uses_it_and_a_missing_one_is_reported() {
+    let policy = r#"
+---
+apiVersion: llmweaver.io/v1alpha1
+kind: RoutingPolicy
+metadata: {name: cheap, namespace: team-a}
+spec: {models: ["*"], channels: [{name: b}]}
+"#;
+    let keys = r#"
+---
+apiVersion: llmweaver.io/v1alpha1
+kind: ApiKey
+metadata: {name: named, namespace: team-a}
+spec: {secretRef: {name: checkout-llm-key}, routingPolicy: cheap}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: dangling-apikey, namespace: team-a}
+stringData: {apiKey: sk-other}
+---
+apiVersion: llmweaver.io/v1alpha1
+kind: ApiKey
+metadata: {name: dangling, namespace: team-a}
+spec: {routingPolicy: nope}
+"#;
+    let yaml = format!("{SECRETS}{}{}{policy}{keys}", channel("a", "", "{name: m}", 1), channel("b", "", "{name: m}", 1));
+    let c = compile_yaml(&yaml);
+    assert_eq!(route(&c, "named", "m"), vec![("b".into(), 1)]);
+    assert_eq!(reasons(&c), vec![(Kind::ApiKey, "dangling", ProblemReason::RoutingPolicyNotFound)]);
+    // The namespace policy `cheap` matches `*`, so it is also the default.
+    assert_eq!(route(&c, "dangling", "m"), vec![("b".into(), 1)]);
+}
+
+#[test]
+fn a_channel_without_its_secret_is_left_out_and_reported() {
+    let broken = channel("broken", "", "{name: m}", 1).replace("openai-credentials", "missing");
+    let no_key = channel("nokey", "", "{name: m}", 1).replace("key: apiKey", "key: token");
+    let c = compile_yaml(&format!("{SECRETS}{broken}{no_key}{}{KEY}", channel("ok", "", "{name: m}", 1)));
+    assert_eq!(
+        reasons(&c),
+        vec![
+            (Kind::Channel, "broken", ProblemReason::SecretNotFound),
+            (Kind::Channel, "nokey", ProblemReason::SecretKeyNotFound),
+        ]
+    );
+    assert_eq!(c.snapshot.channels.iter().map(|ch| ch.name.as_str()).collect::<Vec<_>>(), vec!["ok"]);
+    assert!(c.problems[0].message.contains("team-a/missing"));
+}
+
+#[test]
+fn credentials_are_required_only_where_the_provider_needs_them() {
+    let yaml = r#"
+apiVersion: llmweaver.io/v1alpha1
+kind: Channel
+metadata: {name: needs, namespace: team-a}
+spec: {provider: mistral, models: [{name: m}]}
+---
+apiVersion: llmweaver.io/v1alpha1
+kind: Channel
+metadata: {name: local, namespace: team-a}
+spec: {provider: ollama, models: [{name: llama3}]}
+"#;
+    let c = compile_yaml(yaml);
+    assert_eq!(reasons(&c), vec![(Kind::Channel, "needs", ProblemReason::MissingCredentials)]);
+    assert_eq!(c.snapshot.channels[0].base_url, "http://localhost:11434/v1");
+    assert_eq!(c.snapshot.channels[0].credential, None);
+}
+
+#[test]
+fn providers_without_an_adapter_are_reported_not_silently_skipped() {
+    let yaml = channel("claude", "", "{name: claude}", 1).replace("provider: openai", "provider: anthropic");
+    let c = compile_yaml(&format!("{SECRETS}{yaml}"));
+    assert_eq!(reasons(&c), vec![(Kind::Channel, "claude", ProblemReason::ProviderNotSupported)]);
+    assert!(c.snapshot.channels.is_empty());
+}
+
+#[test]
+fn dangling_references_and_unserved_models_are_reported_but_the_rest_routes() {
+    let policy = r#"
+---
+apiVersion: llmweaver.io/v1alpha1
+kind: RoutingPolicy
+metadata: {name: p, namespace: team-a}
+spec:
+  models: ["m", "claude-*"]
+  channels: [{name: a}, {name: ghost}]
+"#;
+    let c = compile_yaml(&format!("{SECRETS}{}{policy}{KEY}", channel("a", "", "{name: m}", 5)));
+    assert_eq!(
+        reasons(&c),
+        vec![
+            (Kind::RoutingPolicy, "p", ProblemReason::ChannelNotFound),
+            (Kind::RoutingPolicy, "p", ProblemReason::NoChannelForModel),
+        ]
+    );
+    assert_eq!(route(&c, "checkout", "m"), vec![("a".into(), 5)]);
+}
+
+#[test]
+fn duplicate_models_and_duplicate_keys_are_reported() {
+    let twin = KEY.replace("name: checkout,", "name: twin,");
+    let c = compile_yaml(&format!("{SECRETS}{}{KEY}{twin}", channel("a", "", "{name: m}, {name: m, upstreamModel: x}", 1)));
+    assert_eq!(
+        reasons(&c),
+        vec![
+            (Kind::Channel, "a", ProblemReason::DuplicateModel),
+            (Kind::ApiKey, "twin", ProblemReason::DuplicateKey),
+        ]
+    );
+    assert_eq!(c.snapshot.channels[0].models.len(), 1);
+    assert_eq!(c.snapshot.channels[0].models[0].upstream, "m");
+}
+
+#[test]
+fn invalid_fields_that_bypass_the_schema_fail_closed() {
+    // Standalone mode has no API server to run the CEL rules, so the compiler
+    // re-checks what would otherwise open a key or mis-bill.
+    let bad_cidr = KEY.replace("secretRef:", "ipAllowlist: [\"10.0.0.0/33\"]\n  secretRef:");
+    let c = compile_yaml(&format!("{SECRETS}{}{bad_cidr}", channel("a", "", "{name: m}", 1)));
+    assert_eq!(reasons(&c), vec![(Kind::ApiKey, "checkout", ProblemReason::InvalidField)]);
+    assert!(c.snapshot.keys.is_empty());
+
+    let bad_price = channel("p", "", "{name: m, pricing: {inputPerMillion: \"cheap\"}}", 1);
+    let bad_timeout = channel("t", "", "{name: m}", 1).replace("weight: 1", "weight: 1\n  timeouts: {connect: 5 parsecs}");
+    let c = compile_yaml(&format!("{SECRETS}{bad_price}{bad_timeout}"));
+    assert_eq!(
+        reasons(&c),
+        vec![(Kind::Channel, "p", ProblemReason::InvalidField), (Kind::Channel, "t", ProblemReason::InvalidField)]
+    );
+}
+
+#[test]
+fn disabled_channels_are_not_candidates_and_not_problems() {
+    let off = channel("off", "", "{name: m}", 1).replace("weight: 1", "weight: 1\n  disabled: true");
+    let c = compile_yaml(&format!("{SECRETS}{off}{}{KEY}", channel("on", "", "{name: m}", 1)));
+    assert_eq!(reasons(&c), vec![]);
+    assert_eq!(route(&c, "checkout", "m"), vec![("on".into(), 1)]);
+}
+
+#[test]
+fn output_does_not_depend_on_input_order() {
+    let parts = [SECRETS.to_owned(), channel("a", "", "{name: m}", 1), channel("b", "", "{name: m}", 2), KEY.to_owned()];
+    let forward = compile_yaml(&parts.join("\n---\n")).snapshot;
+    let reversed: Vec<String> = parts.iter().rev().cloned().collect();
+    let backward = compile_yaml(&reversed.join("\n---\n")).snapshot;
+    assert_eq!(forward, backward);
+}
