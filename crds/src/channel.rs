@@ -76,7 +76,9 @@ fn default_weight() -> u32 {
 }
 
 /// Upstream provider kinds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Provider {
     Openai,
@@ -146,7 +148,10 @@ impl Provider {
     /// Gemini and Cohere speak their own wire formats and need translating
     /// adapters, which are not built yet.
     pub fn is_supported(self) -> bool {
-        !matches!(self, Provider::Anthropic | Provider::Gemini | Provider::Cohere)
+        !matches!(
+            self,
+            Provider::Anthropic | Provider::Gemini | Provider::Cohere
+        )
     }
 }
 

@@ -11,7 +11,19 @@ pub const DECIMAL_PATTERN: &str = r"^[0-9]+(\.[0-9]{1,6})?$";
 const NANOS_PER_USD: u64 = 1_000_000_000;
 
 /// An amount of US dollars, in nano-dollars.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 #[serde(transparent)]
 pub struct Usd(pub u64);
 
@@ -54,7 +66,11 @@ impl fmt::Display for Usd {
         let whole = self.0 / NANOS_PER_USD;
         let frac = format!("{:09}", self.0 % NANOS_PER_USD);
         let trimmed = frac.trim_end_matches('0');
-        let shown = if trimmed.len() < 2 { &frac[..2] } else { trimmed };
+        let shown = if trimmed.len() < 2 {
+            &frac[..2]
+        } else {
+            trimmed
+        };
         write!(f, "{whole}.{shown}")
     }
 }
@@ -114,7 +130,10 @@ mod tests {
             cached_input: 75_000_000,
         };
         // 1M input of which 400k cached, 1M output: 0.09 + 0.03 + 0.60.
-        assert_eq!(prices.cost(1_000_000, 400_000, 1_000_000), "0.72".parse().unwrap_or_default());
+        assert_eq!(
+            prices.cost(1_000_000, 400_000, 1_000_000),
+            "0.72".parse().unwrap_or_default()
+        );
     }
 
     proptest! {

@@ -1,0 +1,165 @@
+//! Prometheus metrics (`weaver_gateway_*`). Labels are bounded by configuration
+//! (namespaces, keys, models, channels), never by traffic: no request ids, no
+//! raw paths, no client-sent model names that match nothing.
+
+use std::fmt::Write as _;
+use std::sync::{Arc, OnceLock};
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// A label value shared by reference, so recording a request allocates nothing.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Label(Arc<str>);
+
+impl Label {
+    pub fn new(value: &str) -> Self {
+        Self(Arc::from(value))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The value for requests that never got as far as this label (e.g. no key).
+    pub fn none() -> Self {
+        static NONE: OnceLock<Label> = OnceLock::new();
+        NONE.get_or_init(|| Label::new("")).clone()
+    }
+}
+
+impl EncodeLabelValue for Label {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        encoder.write_str(&self.0)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub namespace: Label,
+    pub key: Label,
+    pub model: Label,
+    pub channel: Label,
+    pub code: u16,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub model: Label,
+    pub channel: Label,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(
+    non_camel_case_types,
+    reason = "label values are written in snake_case"
+)]
+pub enum Direction {
+    input,
+    cached_input,
+    output,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct TokenLabels {
+    pub namespace: Label,
+    pub key: Label,
+    pub model: Label,
+    pub channel: Label,
+    pub direction: Direction,
+}
+
+/// Every gateway metric.
+pub struct Metrics {
+    pub requests: Family<RequestLabels, Counter>,
+    pub duration: Family<RouteLabels, Histogram>,
+    pub first_token: Family<RouteLabels, Histogram>,
+    pub tokens: Family<TokenLabels, Counter>,
+    pub in_flight: Gauge,
+    pub snapshot_version: Gauge,
+    pub snapshot_load_errors: Counter,
+    registry: Registry,
+}
+
+fn latency_histogram() -> Histogram {
+    // 1 ms .. ~65 s
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("weaver_gateway");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests answered, by key, model, channel and HTTP status",
+            requests.clone(),
+        );
+        let duration = Family::<RouteLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time from request to the last byte of the answer",
+            duration.clone(),
+        );
+        let first_token = Family::<RouteLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "time_to_first_token_seconds",
+            "Time from request to the first byte of the upstream's answer",
+            first_token.clone(),
+        );
+        let tokens = Family::<TokenLabels, Counter>::default();
+        registry.register("tokens", "Tokens metered, by direction", tokens.clone());
+        let in_flight = Gauge::default();
+        registry.register(
+            "in_flight_requests",
+            "Requests being served",
+            in_flight.clone(),
+        );
+        let snapshot_version = Gauge::default();
+        registry.register(
+            "snapshot_version",
+            "Version of the configuration snapshot in use",
+            snapshot_version.clone(),
+        );
+        let snapshot_load_errors = Counter::default();
+        registry.register(
+            "snapshot_load_errors",
+            "Configuration loads rejected (the previous snapshot stays in use)",
+            snapshot_load_errors.clone(),
+        );
+        Self {
+            requests,
+            duration,
+            first_token,
+            tokens,
+            in_flight,
+            snapshot_version,
+            snapshot_load_errors,
+            registry,
+        }
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+            let _ = writeln!(out, "# metrics encoding failed");
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,220 @@
+//! The client's JSON body, parsed only as deep as routing needs: the top-level
+//! members are kept as raw byte slices, so everything the gateway does not touch
+//! goes upstream exactly as the client wrote it.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+use crate::error::ApiError;
+
+/// A request body's top level.
+pub struct RequestBody<'a> {
+    members: Vec<(Cow<'a, str>, &'a RawValue)>,
+    /// `model` as sent.
+    pub model: Cow<'a, str>,
+    /// `stream: true`.
+    pub stream: bool,
+    /// `stream_options.include_usage: true`.
+    pub include_usage: bool,
+}
+
+impl<'a> RequestBody<'a> {
+    /// Parses a chat or embeddings body; 400 when it is not a JSON object with a
+    /// string `model`.
+    pub fn parse(bytes: &'a [u8]) -> Result<Self, ApiError> {
+        let TopLevel(members) = serde_json::from_slice(bytes).map_err(|e| {
+            ApiError::bad_request(
+                "invalid_json",
+                format!("The request body is not a JSON object: {e}"),
+            )
+        })?;
+        let find = |name: &str| members.iter().find(|(k, _)| k == name).map(|(_, v)| *v);
+        let model = match find("model") {
+            Some(raw) => Key::deserialize(raw)
+                .map(|Key(k)| k)
+                .map_err(|_| ApiError::bad_request("invalid_model", "`model` must be a string."))?,
+            None => {
+                return Err(ApiError::bad_request(
+                    "missing_model",
+                    "You must provide a model parameter.",
+                ));
+            }
+        };
+        if model.is_empty() {
+            return Err(ApiError::bad_request(
+                "missing_model",
+                "You must provide a model parameter.",
+            ));
+        }
+        let stream = match find("stream") {
+            None => false,
+            Some(raw) => Option::<bool>::deserialize(raw)
+                .map_err(|_| {
+                    ApiError::bad_request("invalid_stream", "`stream` must be a boolean.")
+                })?
+                .unwrap_or(false),
+        };
+        let include_usage = find("stream_options")
+            .and_then(|raw| serde_json::from_str::<StreamOptions>(raw.get()).ok())
+            .is_some_and(|o| o.include_usage);
+        Ok(Self {
+            members,
+            model,
+            stream,
+            include_usage,
+        })
+    }
+
+    /// The raw JSON of a top-level member.
+    pub fn get(&self, name: &str) -> Option<&'a RawValue> {
+        self.members
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| *v)
+    }
+
+    /// Re-encodes the body with `model` replaced and, for streams, usage
+    /// reporting switched on (the gateway meters every stream; the caller drops
+    /// the extra usage chunk when the client did not ask for it).
+    pub fn rewrite(&self, upstream_model: &str, force_usage: bool) -> Vec<u8> {
+        let capacity = self
+            .members
+            .iter()
+            .map(|(k, v)| k.len() + v.get().len() + 4)
+            .sum::<usize>()
+            + 64;
+        let mut out = Vec::with_capacity(capacity);
+        out.push(b'{');
+        let mut first = true;
+        let mut push_member = |out: &mut Vec<u8>, key: &str, value: &[u8]| {
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            // Keys were unescaped while parsing, so they are re-escaped here.
+            serde_json::to_writer(&mut *out, key).unwrap_or_default();
+            out.push(b':');
+            out.extend_from_slice(value);
+        };
+        for (key, value) in &self.members {
+            match key.as_ref() {
+                "model" => {
+                    let encoded = serde_json::to_vec(upstream_model).unwrap_or_default();
+                    push_member(&mut out, key, &encoded);
+                }
+                "stream_options" if force_usage => {}
+                _ => push_member(&mut out, key, value.get().as_bytes()),
+            }
+        }
+        if force_usage {
+            push_member(&mut out, "stream_options", br#"{"include_usage":true}"#);
+        }
+        out.push(b'}');
+        out
+    }
+}
+
+#[derive(Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: bool,
+}
+
+struct TopLevel<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for TopLevel<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = TopLevel<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
+                let mut members = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+                    let value: &'de RawValue = map.next_value()?;
+                    members.push((key, value));
+                }
+                Ok(TopLevel(members))
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
+/// A member name, borrowed from the body unless it contains escapes (serde's
+/// own `Cow<str>` always allocates).
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Key<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Key<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(V(std::marker::PhantomData))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_routing_fields_and_keeps_the_rest_byte_for_byte() -> Result<(), ApiError> {
+        let body = br#"{"model":"gpt-4o","messages":[{"role":"user","content":"h\u00e9 \"x\""}],"temperature":0.70,"stream":true}"#;
+        let parsed = RequestBody::parse(body)?;
+        assert_eq!(parsed.model, "gpt-4o");
+        assert!(parsed.stream);
+        assert!(!parsed.include_usage);
+        let out = String::from_utf8(parsed.rewrite("gpt-4o-2024-08-06", true)).unwrap_or_default();
+        assert_eq!(
+            out,
+            r#"{"model":"gpt-4o-2024-08-06","messages":[{"role":"user","content":"h\u00e9 \"x\""}],"temperature":0.70,"stream":true,"stream_options":{"include_usage":true}}"#
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn client_stream_options_are_honoured() -> Result<(), ApiError> {
+        let parsed = RequestBody::parse(
+            br#"{"model":"m","stream":true,"stream_options":{"include_usage":true}}"#,
+        )?;
+        assert!(parsed.include_usage);
+        Ok(())
+    }
+
+    #[test]
+    fn malformed_bodies_are_400_with_a_reason() {
+        for (body, code) in [
+            (&b"not json"[..], "invalid_json"),
+            (b"[1,2]", "invalid_json"),
+            (b"{\"messages\":[]}", "missing_model"),
+            (b"{\"model\":\"\"}", "missing_model"),
+            (b"{\"model\":42}", "invalid_model"),
+            (b"{\"model\":\"m\",\"stream\":\"yes\"}", "invalid_stream"),
+        ] {
+            match RequestBody::parse(body) {
+                Err(e) => {
+                    assert_eq!(e.status, http::StatusCode::BAD_REQUEST);
+                    assert_eq!(e.code, code, "{}", String::from_utf8_lossy(body));
+                }
+                Ok(_) => panic!("{} must be rejected", String::from_utf8_lossy(body)),
+            }
+        }
+    }
+}
