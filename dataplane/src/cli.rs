@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
@@ -64,15 +65,25 @@ pub enum RunError {
     Serve(std::io::Error),
 }
 
-/// Loads the manifests, listens, and serves until `shutdown` resolves.
-pub async fn run(
-    args: Args,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), RunError> {
-    let gw = Gateway::new(Settings {
-        max_body_bytes: args.max_body_bytes,
-        trusted_proxies: args.trusted_proxies,
-    });
+/// A gateway that is listening.
+pub struct Started {
+    /// The bound address (useful with port 0).
+    pub addr: SocketAddr,
+    pub gateway: Arc<Gateway>,
+    serving: tokio::task::JoinHandle<Result<(), RunError>>,
+}
+
+impl Started {
+    /// Waits until the server has shut down.
+    pub async fn wait(self) -> Result<(), RunError> {
+        self.serving.await.map_err(|e| RunError::Serve(std::io::Error::other(e)))?
+    }
+}
+
+/// Loads the manifests (failing on a folder that cannot be read or parsed),
+/// binds, and starts serving until `shutdown` resolves.
+pub async fn start(args: Args, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<Started, RunError> {
+    let gw = Gateway::new(Settings { max_body_bytes: args.max_body_bytes, trusted_proxies: args.trusted_proxies });
     let mut source = ManifestDir::new(&args.manifests);
     let gw2 = gw.clone();
     let (source, first) = tokio::task::spawn_blocking(move || {
@@ -84,14 +95,22 @@ pub async fn run(
     first?;
     let listener = TcpListener::bind(args.listen)
         .await
-        .map_err(|source| RunError::Listen {
-            addr: args.listen,
-            source,
-        })?;
+        .map_err(|source| RunError::Listen { addr: args.listen, source })?;
     let addr = listener.local_addr().map_err(RunError::Serve)?;
     tracing::info!(%addr, manifests = %args.manifests.display(), "listening");
     let watcher = tokio::spawn(source.watch(gw.clone(), args.reload_interval));
-    let served = crate::app::serve(listener, gw, shutdown, args.shutdown_grace).await;
-    watcher.abort();
-    served.map_err(RunError::Serve)
+    let serving = tokio::spawn({
+        let gw = gw.clone();
+        async move {
+            let served = crate::app::serve(listener, gw, shutdown, args.shutdown_grace).await;
+            watcher.abort();
+            served.map_err(RunError::Serve)
+        }
+    });
+    Ok(Started { addr, gateway: gw, serving })
+}
+
+/// Runs until `shutdown` resolves and the server has drained.
+pub async fn run(args: Args, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), RunError> {
+    start(args, shutdown).await?.wait().await
 }

@@ -43,6 +43,9 @@ class Api:
     def __init__(self, server: str, ca: Path, cert: Path, key: Path) -> None:
         self.server = server.rstrip("/")
         self.session = requests.Session()
+        # Ignore REQUESTS_CA_BUNDLE/*_PROXY etc.: they would override `verify` and
+        # could route loopback traffic through a proxy.
+        self.session.trust_env = False
         self.session.verify = str(ca)
         self.session.cert = (str(cert), str(key))
 

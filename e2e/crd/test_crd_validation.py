@@ -95,23 +95,25 @@ def with_model_pricing(pricing: dict) -> dict:
     return {"models": [{"name": "gpt-4o-mini", "pricing": pricing}]}
 
 
-# (id, kind, fields merged into the minimal spec, substring expected in the message)
+# (id, kind, fields merged into the minimal spec, substring(s) expected in the message).
+# Field paths are asserted where the rule itself gives no wording, so that a case
+# cannot pass because some other field was rejected.
 INVALID = [
-    ("channel-provider-bogus", "Channel", {"provider": "bogus"}, "Unsupported value"),
+    ("channel-provider-bogus", "Channel", {"provider": "bogus"}, ("spec.provider", "Unsupported value")),
     ("channel-weight-too-big", "Channel", {"weight": 10001}, "spec.weight"),
     ("channel-weight-negative", "Channel", {"weight": -1}, "spec.weight"),
     ("channel-azure-without-baseUrl", "Channel", {"provider": "azure-openai"}, "baseUrl"),
     ("channel-timeout-not-a-duration", "Channel", {"timeouts": {"connect": "5 parsecs"}}, "duration"),
-    ("channel-price-negative", "Channel", with_model_pricing({"inputPerMillion": "-1"}), "inputPerMillion"),
-    ("channel-price-not-a-number", "Channel", with_model_pricing({"inputPerMillion": "abc"}), "inputPerMillion"),
+    ("channel-price-negative", "Channel", with_model_pricing({"inputPerMillion": "-1"}), "spec.models[0].pricing.inputPerMillion"),
+    ("channel-price-not-a-number", "Channel", with_model_pricing({"inputPerMillion": "abc"}), "spec.models[0].pricing.inputPerMillion"),
     ("channel-no-models", "Channel", {"models": []}, "spec.models"),
     ("apikey-cidr-prefix-too-long", "ApiKey", {"ipAllowlist": ["10.0.0.0/33"]}, "CIDR"),
     ("apikey-cidr-not-an-ip", "ApiKey", {"ipAllowlist": ["not-an-ip"]}, "CIDR"),
-    ("apikey-budget-zero", "ApiKey", {"budget": {"amount": "0", "period": "monthly"}}, "amount"),
-    ("apikey-budget-not-a-number", "ApiKey", {"budget": {"amount": "ten", "period": "monthly"}}, "amount"),
-    ("apikey-budget-period-yearly", "ApiKey", {"budget": {"amount": "10", "period": "yearly"}}, "Unsupported value"),
-    ("policy-strategy-fastest", "RoutingPolicy", {"strategy": "fastest"}, "Unsupported value"),
-    ("policy-retry-on-418", "RoutingPolicy", {"retry": {"attempts": 3, "retryOn": ["418"]}}, "retryOn"),
+    ("apikey-budget-zero", "ApiKey", {"budget": {"amount": "0", "period": "monthly"}}, "spec.budget.amount"),
+    ("apikey-budget-not-a-number", "ApiKey", {"budget": {"amount": "ten", "period": "monthly"}}, "spec.budget.amount"),
+    ("apikey-budget-period-yearly", "ApiKey", {"budget": {"amount": "10", "period": "yearly"}}, "spec.budget.period"),
+    ("policy-strategy-fastest", "RoutingPolicy", {"strategy": "fastest"}, "spec.strategy"),
+    ("policy-retry-on-418", "RoutingPolicy", {"retry": {"attempts": 3, "retryOn": ["418"]}}, "spec.retry.retryOn"),
     (
         "policy-channel-name-and-selector",
         "RoutingPolicy",
@@ -132,4 +134,6 @@ def test_invalid_object_is_rejected(api, namespace, kind, change, expected):
     assert resp.status_code == 422, f"expected 422 for spec {spec}, got {describe(resp)}"
     body = resp.json()
     assert body.get("reason") == "Invalid", describe(resp)
-    assert expected in body.get("message", ""), f"{expected!r} not in message: {body.get('message')!r}"
+    message = body.get("message", "")
+    for want in (expected,) if isinstance(expected, str) else expected:
+        assert want in message, f"{want!r} not in message: {message!r}"
