@@ -76,14 +76,22 @@ pub struct Started {
 impl Started {
     /// Waits until the server has shut down.
     pub async fn wait(self) -> Result<(), RunError> {
-        self.serving.await.map_err(|e| RunError::Serve(std::io::Error::other(e)))?
+        self.serving
+            .await
+            .map_err(|e| RunError::Serve(std::io::Error::other(e)))?
     }
 }
 
 /// Loads the manifests (failing on a folder that cannot be read or parsed),
 /// binds, and starts serving until `shutdown` resolves.
-pub async fn start(args: Args, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<Started, RunError> {
-    let gw = Gateway::new(Settings { max_body_bytes: args.max_body_bytes, trusted_proxies: args.trusted_proxies });
+pub async fn start(
+    args: Args,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<Started, RunError> {
+    let gw = Gateway::new(Settings {
+        max_body_bytes: args.max_body_bytes,
+        trusted_proxies: args.trusted_proxies,
+    });
     let mut source = ManifestDir::new(&args.manifests);
     let gw2 = gw.clone();
     let (source, first) = tokio::task::spawn_blocking(move || {
@@ -95,7 +103,10 @@ pub async fn start(args: Args, shutdown: impl Future<Output = ()> + Send + 'stat
     first?;
     let listener = TcpListener::bind(args.listen)
         .await
-        .map_err(|source| RunError::Listen { addr: args.listen, source })?;
+        .map_err(|source| RunError::Listen {
+            addr: args.listen,
+            source,
+        })?;
     let addr = listener.local_addr().map_err(RunError::Serve)?;
     tracing::info!(%addr, manifests = %args.manifests.display(), "listening");
     let watcher = tokio::spawn(source.watch(gw.clone(), args.reload_interval));
@@ -107,10 +118,17 @@ pub async fn start(args: Args, shutdown: impl Future<Output = ()> + Send + 'stat
             served.map_err(RunError::Serve)
         }
     });
-    Ok(Started { addr, gateway: gw, serving })
+    Ok(Started {
+        addr,
+        gateway: gw,
+        serving,
+    })
 }
 
 /// Runs until `shutdown` resolves and the server has drained.
-pub async fn run(args: Args, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), RunError> {
+pub async fn run(
+    args: Args,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
     start(args, shutdown).await?.wait().await
 }
