@@ -76,9 +76,7 @@ fn default_weight() -> u32 {
 }
 
 /// Upstream provider kinds.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Provider {
     Openai,
@@ -138,20 +136,14 @@ impl Provider {
     /// Whether the upstream refuses requests without an API key. Self-hosted
     /// servers (Ollama, vLLM, generic OpenAI-compatible ones) may run without one.
     pub fn requires_credentials(self) -> bool {
-        !matches!(
-            self,
-            Provider::Ollama | Provider::Vllm | Provider::OpenaiCompatible | Provider::Mock
-        )
+        !matches!(self, Provider::Ollama | Provider::Vllm | Provider::OpenaiCompatible | Provider::Mock)
     }
 
     /// Whether this gateway version can relay to the provider. Anthropic,
     /// Gemini and Cohere speak their own wire formats and need translating
     /// adapters, which are not built yet.
     pub fn is_supported(self) -> bool {
-        !matches!(
-            self,
-            Provider::Anthropic | Provider::Gemini | Provider::Cohere
-        )
+        !matches!(self, Provider::Anthropic | Provider::Gemini | Provider::Cohere)
     }
 }
 

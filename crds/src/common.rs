@@ -35,18 +35,9 @@ mod tests {
     #[test]
     fn durations_in_the_api_examples_parse() {
         assert_eq!(parse_duration("5s"), Ok(std::time::Duration::from_secs(5)));
-        assert_eq!(
-            parse_duration("600s"),
-            Ok(std::time::Duration::from_secs(600))
-        );
-        assert_eq!(
-            parse_duration("1h30m"),
-            Ok(std::time::Duration::from_secs(5400))
-        );
-        assert_eq!(
-            parse_duration("250ms"),
-            Ok(std::time::Duration::from_millis(250))
-        );
+        assert_eq!(parse_duration("600s"), Ok(std::time::Duration::from_secs(600)));
+        assert_eq!(parse_duration("1h30m"), Ok(std::time::Duration::from_secs(5400)));
+        assert_eq!(parse_duration("250ms"), Ok(std::time::Duration::from_millis(250)));
         assert!(parse_duration("5 parsecs").is_err());
     }
 }

@@ -16,10 +16,7 @@ pub fn crds() -> Vec<(&'static str, CustomResourceDefinition)> {
 
 /// A CRD as YAML, the way it is checked in.
 pub fn to_yaml(crd: &CustomResourceDefinition) -> Result<String, serde_yaml::Error> {
-    Ok(format!(
-        "# Generated from crds/src by `make crds`; do not edit.\n{}",
-        serde_yaml::to_string(crd)?
-    ))
+    Ok(format!("# Generated from crds/src by `make crds`; do not edit.\n{}", serde_yaml::to_string(crd)?))
 }
 
 #[cfg(test)]
@@ -40,11 +37,7 @@ mod tests {
                 continue;
             }
             let have = std::fs::read_to_string(&path).unwrap_or_default();
-            assert!(
-                have == want,
-                "{} is stale: run `make crds` and commit the result",
-                path.display()
-            );
+            assert!(have == want, "{} is stale: run `make crds` and commit the result", path.display());
         }
         Ok(())
     }

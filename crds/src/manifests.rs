@@ -11,17 +11,9 @@ use crate::{ApiKey, Channel, RoutingPolicy};
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     #[error("document {index}: not valid YAML: {source}")]
-    Yaml {
-        index: usize,
-        source: serde_yaml::Error,
-    },
+    Yaml { index: usize, source: serde_yaml::Error },
     #[error("document {index} ({kind} {name}): {source}")]
-    Invalid {
-        index: usize,
-        kind: String,
-        name: String,
-        source: serde_yaml::Error,
-    },
+    Invalid { index: usize, kind: String, name: String, source: serde_yaml::Error },
 }
 
 #[derive(Deserialize)]
@@ -50,13 +42,12 @@ pub fn parse_into(text: &str, into: &mut Resources) -> Result<usize, ManifestErr
     let mut staged = Resources::default();
     let mut taken = 0;
     for (index, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let value = serde_yaml::Value::deserialize(doc)
-            .map_err(|source| ManifestError::Yaml { index, source })?;
+        let value = serde_yaml::Value::deserialize(doc).map_err(|source| ManifestError::Yaml { index, source })?;
         if value.is_null() {
             continue;
         }
-        let meta: TypeMeta = serde_yaml::from_value(value.clone())
-            .map_err(|source| ManifestError::Yaml { index, source })?;
+        let meta: TypeMeta =
+            serde_yaml::from_value(value.clone()).map_err(|source| ManifestError::Yaml { index, source })?;
         let invalid = |source| ManifestError::Invalid {
             index,
             kind: meta.kind.clone(),

@@ -11,19 +11,7 @@ pub const DECIMAL_PATTERN: &str = r"^[0-9]+(\.[0-9]{1,6})?$";
 const NANOS_PER_USD: u64 = 1_000_000_000;
 
 /// An amount of US dollars, in nano-dollars.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    serde::Serialize,
-    serde::Deserialize,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(transparent)]
 pub struct Usd(pub u64);
 
@@ -51,11 +39,7 @@ impl std::str::FromStr for Usd {
             let scale = 10u64.pow(9 - u32::try_from(frac.len()).map_err(|_| err())?);
             frac.parse::<u64>().map_err(|_| err())? * scale
         };
-        whole
-            .checked_mul(NANOS_PER_USD)
-            .and_then(|w| w.checked_add(frac_nanos))
-            .map(Usd)
-            .ok_or_else(err)
+        whole.checked_mul(NANOS_PER_USD).and_then(|w| w.checked_add(frac_nanos)).map(Usd).ok_or_else(err)
     }
 }
 
@@ -66,11 +50,7 @@ impl fmt::Display for Usd {
         let whole = self.0 / NANOS_PER_USD;
         let frac = format!("{:09}", self.0 % NANOS_PER_USD);
         let trimmed = frac.trim_end_matches('0');
-        let shown = if trimmed.len() < 2 {
-            &frac[..2]
-        } else {
-            trimmed
-        };
+        let shown = if trimmed.len() < 2 { &frac[..2] } else { trimmed };
         write!(f, "{whole}.{shown}")
     }
 }
@@ -130,10 +110,7 @@ mod tests {
             cached_input: 75_000_000,
         };
         // 1M input of which 400k cached, 1M output: 0.09 + 0.03 + 0.60.
-        assert_eq!(
-            prices.cost(1_000_000, 400_000, 1_000_000),
-            "0.72".parse().unwrap_or_default()
-        );
+        assert_eq!(prices.cost(1_000_000, 400_000, 1_000_000), "0.72".parse().unwrap_or_default());
     }
 
     proptest! {

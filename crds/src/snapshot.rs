@@ -72,11 +72,7 @@ pub struct TimeoutsSnapshot {
 
 impl Default for TimeoutsSnapshot {
     fn default() -> Self {
-        Self {
-            connect_ms: 5_000,
-            first_byte_ms: 60_000,
-            total_ms: 600_000,
-        }
+        Self { connect_ms: 5_000, first_byte_ms: 60_000, total_ms: 600_000 }
     }
 }
 

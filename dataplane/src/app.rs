@@ -14,9 +14,7 @@ use axum::serve::ListenerExt;
 use http::{HeaderValue, StatusCode, header};
 use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{
-    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
-};
+use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
 
 use crate::error::ApiError;
 use crate::gateway::Gateway;
@@ -33,9 +31,7 @@ struct Ids {
 impl MakeRequestId for Ids {
     fn make_request_id<B>(&mut self, _: &http::Request<B>) -> Option<RequestId> {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        HeaderValue::from_str(&format!("{:08x}-{n:x}", self.prefix))
-            .ok()
-            .map(RequestId::new)
+        HeaderValue::from_str(&format!("{:08x}-{n:x}", self.prefix)).ok().map(RequestId::new)
     }
 }
 
@@ -53,10 +49,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/v1/models/{*id}", get(proxy::get_model))
         .layer(DefaultBodyLimit::max(gw.settings.max_body_bytes));
     let x_request_id = http::HeaderName::from_static("x-request-id");
-    let ids = Ids {
-        prefix: rand::random(),
-        next: Arc::new(AtomicU64::new(1)),
-    };
+    let ids = Ids { prefix: rand::random(), next: Arc::new(AtomicU64::new(1)) };
     // Outermost first: a panic anywhere becomes an OpenAI-shaped 500; every
     // answer carries the request id (the client's, or a new one).
     open.merge(api)
@@ -64,17 +57,11 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .with_state(gw)
         .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
         .layer(SetRequestIdLayer::new(x_request_id, ids))
-        .layer(CatchPanicLayer::custom(|_| {
-            ApiError::internal("The gateway failed on this request.").into_response()
-        }))
+        .layer(CatchPanicLayer::custom(|_| ApiError::internal("The gateway failed on this request.").into_response()))
 }
 
 async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
-    if gw.is_ready() {
-        "ready".into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
-    }
+    if gw.is_ready() { "ready".into_response() } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response() }
 }
 
 async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
@@ -111,11 +98,7 @@ pub async fn serve(
             begun.notify_one();
         }
     };
-    let mut server = tokio::spawn(
-        axum::serve(listener, app)
-            .with_graceful_shutdown(signal)
-            .into_future(),
-    );
+    let mut server = tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(signal).into_future());
     tokio::select! {
         done = &mut server => return done.map_err(std::io::Error::other)?,
         () = begun.notified() => {}

@@ -12,17 +12,11 @@ use crate::runtime::{Digest, Runtime};
 
 /// The presented key: `Authorization: Bearer <key>`, or Azure-style `api-key`.
 fn presented_key(headers: &HeaderMap) -> Option<&str> {
-    if let Some(value) = headers
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    {
+    if let Some(value) = headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
         let (scheme, key) = value.split_once(' ')?;
         return scheme.eq_ignore_ascii_case("bearer").then(|| key.trim());
     }
-    headers
-        .get("api-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
+    headers.get("api-key").and_then(|v| v.to_str().ok()).map(str::trim)
 }
 
 /// The client's address: the peer, unless the peer is a trusted proxy, in which
@@ -54,38 +48,22 @@ pub fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpNet]) -> Ip
 }
 
 /// Authenticates a request; returns the key's index in the runtime.
-pub fn authenticate(
-    rt: &Runtime,
-    headers: &HeaderMap,
-    client: IpAddr,
-    now_unix: i64,
-) -> Result<usize, ApiError> {
+pub fn authenticate(rt: &Runtime, headers: &HeaderMap, client: IpAddr, now_unix: i64) -> Result<usize, ApiError> {
     let key = presented_key(headers).filter(|k| !k.is_empty()).ok_or_else(|| {
         ApiError::unauthorized(
             "You didn't provide an API key. Send it as `Authorization: Bearer <key>` or in an `api-key` header.",
         )
     })?;
     let digest: Digest = Sha256::digest(key.as_bytes()).into();
-    let (idx, k) = rt
-        .key_by_digest(&digest)
-        .ok_or_else(|| ApiError::unauthorized("Incorrect API key provided."))?;
+    let (idx, k) = rt.key_by_digest(&digest).ok_or_else(|| ApiError::unauthorized("Incorrect API key provided."))?;
     if k.disabled {
-        return Err(ApiError::forbidden(
-            "key_disabled",
-            "This API key has been disabled.",
-        ));
+        return Err(ApiError::forbidden("key_disabled", "This API key has been disabled."));
     }
     if k.expires_at.is_some_and(|t| now_unix >= t) {
-        return Err(ApiError::forbidden(
-            "key_expired",
-            "This API key has expired.",
-        ));
+        return Err(ApiError::forbidden("key_expired", "This API key has expired."));
     }
     if !k.ip_allowlist.is_empty() && !k.ip_allowlist.iter().any(|n| n.contains(&client)) {
-        return Err(ApiError::forbidden(
-            "ip_not_allowed",
-            format!("This API key may not be used from {client}."),
-        ));
+        return Err(ApiError::forbidden("ip_not_allowed", format!("This API key may not be used from {client}.")));
     }
     Ok(idx)
 }
@@ -108,28 +86,16 @@ mod tests {
         let xff = headers(&[("x-forwarded-for", "203.0.113.9, 10.1.1.1")]);
         let via_proxy: SocketAddr = "10.0.0.5:1234".parse().unwrap_or_else(|_| panic!());
         let direct: SocketAddr = "198.51.100.7:1234".parse().unwrap_or_else(|_| panic!());
-        assert_eq!(
-            client_ip(via_proxy, &xff, &trusted),
-            "203.0.113.9".parse::<IpAddr>().unwrap_or_else(|_| panic!())
-        );
+        assert_eq!(client_ip(via_proxy, &xff, &trusted), "203.0.113.9".parse::<IpAddr>().unwrap_or_else(|_| panic!()));
         assert_eq!(client_ip(direct, &xff, &trusted), direct.ip());
         assert_eq!(client_ip(via_proxy, &xff, &[]), via_proxy.ip());
     }
 
     #[test]
     fn keys_come_from_bearer_or_api_key_headers() {
-        assert_eq!(
-            presented_key(&headers(&[("authorization", "Bearer abc")])),
-            Some("abc")
-        );
-        assert_eq!(
-            presented_key(&headers(&[("authorization", "bearer  abc ")])),
-            Some("abc")
-        );
+        assert_eq!(presented_key(&headers(&[("authorization", "Bearer abc")])), Some("abc"));
+        assert_eq!(presented_key(&headers(&[("authorization", "bearer  abc ")])), Some("abc"));
         assert_eq!(presented_key(&headers(&[("api-key", "xyz")])), Some("xyz"));
-        assert_eq!(
-            presented_key(&headers(&[("authorization", "Basic abc")])),
-            None
-        );
+        assert_eq!(presented_key(&headers(&[("authorization", "Basic abc")])), None);
     }
 }

@@ -28,11 +28,7 @@ pub struct Args {
     #[arg(long, env = "WEAVER_MAX_BODY_BYTES", default_value_t = 10 * 1024 * 1024)]
     pub max_body_bytes: usize,
     /// Proxies (CIDRs) whose X-Forwarded-For header is trusted for IP allowlists.
-    #[arg(
-        long = "trusted-proxy",
-        env = "WEAVER_TRUSTED_PROXIES",
-        value_delimiter = ','
-    )]
+    #[arg(long = "trusted-proxy", env = "WEAVER_TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxies: Vec<IpNet>,
     /// How long requests and streams in flight may run on after SIGTERM.
     #[arg(long, env = "WEAVER_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
@@ -55,10 +51,7 @@ pub enum LogFormat {
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Listen { addr: SocketAddr, source: std::io::Error },
     #[error("cannot load the manifests: {0}")]
     Load(#[from] LoadError),
     #[error("server failed: {0}")]
@@ -76,22 +69,14 @@ pub struct Started {
 impl Started {
     /// Waits until the server has shut down.
     pub async fn wait(self) -> Result<(), RunError> {
-        self.serving
-            .await
-            .map_err(|e| RunError::Serve(std::io::Error::other(e)))?
+        self.serving.await.map_err(|e| RunError::Serve(std::io::Error::other(e)))?
     }
 }
 
 /// Loads the manifests (failing on a folder that cannot be read or parsed),
 /// binds, and starts serving until `shutdown` resolves.
-pub async fn start(
-    args: Args,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<Started, RunError> {
-    let gw = Gateway::new(Settings {
-        max_body_bytes: args.max_body_bytes,
-        trusted_proxies: args.trusted_proxies,
-    });
+pub async fn start(args: Args, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<Started, RunError> {
+    let gw = Gateway::new(Settings { max_body_bytes: args.max_body_bytes, trusted_proxies: args.trusted_proxies });
     let mut source = ManifestDir::new(&args.manifests);
     let gw2 = gw.clone();
     let (source, first) = tokio::task::spawn_blocking(move || {
@@ -101,12 +86,8 @@ pub async fn start(
     .await
     .map_err(|e| RunError::Serve(std::io::Error::other(e)))?;
     first?;
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .map_err(|source| RunError::Listen {
-            addr: args.listen,
-            source,
-        })?;
+    let listener =
+        TcpListener::bind(args.listen).await.map_err(|source| RunError::Listen { addr: args.listen, source })?;
     let addr = listener.local_addr().map_err(RunError::Serve)?;
     tracing::info!(%addr, manifests = %args.manifests.display(), "listening");
     let watcher = tokio::spawn(source.watch(gw.clone(), args.reload_interval));
@@ -118,17 +99,10 @@ pub async fn start(
             served.map_err(RunError::Serve)
         }
     });
-    Ok(Started {
-        addr,
-        gateway: gw,
-        serving,
-    })
+    Ok(Started { addr, gateway: gw, serving })
 }
 
 /// Runs until `shutdown` resolves and the server has drained.
-pub async fn run(
-    args: Args,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), RunError> {
+pub async fn run(args: Args, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), RunError> {
     start(args, shutdown).await?.wait().await
 }

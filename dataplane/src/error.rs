@@ -19,36 +19,16 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(
-        status: StatusCode,
-        kind: &'static str,
-        code: &'static str,
-        message: impl Into<Cow<'static, str>>,
-    ) -> Self {
-        Self {
-            status,
-            kind,
-            code,
-            message: message.into(),
-        }
+    fn new(status: StatusCode, kind: &'static str, code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
+        Self { status, kind, code, message: message.into() }
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
-        Self::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            code,
-            message,
-        )
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", code, message)
     }
 
     pub fn unauthorized(message: impl Into<Cow<'static, str>>) -> Self {
-        Self::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid_request_error",
-            "invalid_api_key",
-            message,
-        )
+        Self::new(StatusCode::UNAUTHORIZED, "invalid_request_error", "invalid_api_key", message)
     }
 
     pub fn forbidden(code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
@@ -65,12 +45,7 @@ impl ApiError {
     }
 
     pub fn route_not_found() -> Self {
-        Self::new(
-            StatusCode::NOT_FOUND,
-            "invalid_request_error",
-            "unknown_url",
-            "Unknown request URL.",
-        )
+        Self::new(StatusCode::NOT_FOUND, "invalid_request_error", "unknown_url", "Unknown request URL.")
     }
 
     pub fn payload_too_large(limit: usize) -> Self {
@@ -91,21 +66,11 @@ impl ApiError {
     }
 
     pub fn gateway_timeout(message: impl Into<Cow<'static, str>>) -> Self {
-        Self::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            "api_error",
-            "upstream_timeout",
-            message,
-        )
+        Self::new(StatusCode::GATEWAY_TIMEOUT, "api_error", "upstream_timeout", message)
     }
 
     pub fn internal(message: impl Into<Cow<'static, str>>) -> Self {
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "api_error",
-            "internal_error",
-            message,
-        )
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "api_error", "internal_error", message)
     }
 
     /// The JSON body.
@@ -120,10 +85,7 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (self.status, self.body()).into_response();
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
+        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         response
     }
 }

@@ -22,10 +22,7 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Self {
-            max_body_bytes: 10 * 1024 * 1024,
-            trusted_proxies: Vec::new(),
-        }
+        Self { max_body_bytes: 10 * 1024 * 1024, trusted_proxies: Vec::new() }
     }
 }
 
@@ -61,9 +58,7 @@ impl Gateway {
             tracing::warn!(problem = %w, "snapshot problem");
         }
         self.runtime.store(Arc::new(runtime));
-        self.metrics
-            .snapshot_version
-            .set(i64::try_from(version).unwrap_or(i64::MAX));
+        self.metrics.snapshot_version.set(i64::try_from(version).unwrap_or(i64::MAX));
         self.loaded.store(true, Ordering::Release);
         tracing::info!(version, "snapshot applied");
     }

@@ -24,15 +24,7 @@ pub struct Meter {
 impl Meter {
     pub fn start(gw: Arc<Gateway>, started: Instant) -> Self {
         gw.metrics.in_flight.inc();
-        Self {
-            gw,
-            started,
-            key: None,
-            route: None,
-            status: CLIENT_CLOSED,
-            first_byte: None,
-            usage: None,
-        }
+        Self { gw, started, key: None, route: None, status: CLIENT_CLOSED, first_byte: None, usage: None }
     }
 
     pub fn mark_first_byte(&mut self) {
@@ -44,14 +36,8 @@ impl Drop for Meter {
     fn drop(&mut self) {
         let m = &self.gw.metrics;
         m.in_flight.dec();
-        let (namespace, key) = self
-            .key
-            .clone()
-            .unwrap_or_else(|| (Label::none(), Label::none()));
-        let (model, channel) = self
-            .route
-            .clone()
-            .unwrap_or_else(|| (Label::none(), Label::none()));
+        let (namespace, key) = self.key.clone().unwrap_or_else(|| (Label::none(), Label::none()));
+        let (model, channel) = self.route.clone().unwrap_or_else(|| (Label::none(), Label::none()));
         m.requests
             .get_or_create(&RequestLabels {
                 namespace: namespace.clone(),
@@ -64,18 +50,11 @@ impl Drop for Meter {
         if self.route.is_none() {
             return;
         }
-        let route = RouteLabels {
-            model: model.clone(),
-            channel: channel.clone(),
-        };
+        let route = RouteLabels { model: model.clone(), channel: channel.clone() };
         if let Some(ttfb) = self.first_byte {
-            m.first_token
-                .get_or_create(&route)
-                .observe(ttfb.as_secs_f64());
+            m.first_token.get_or_create(&route).observe(ttfb.as_secs_f64());
         }
-        m.duration
-            .get_or_create(&route)
-            .observe(self.started.elapsed().as_secs_f64());
+        m.duration.get_or_create(&route).observe(self.started.elapsed().as_secs_f64());
         if let Some(u) = self.usage {
             let cached = u.cached_tokens();
             for (direction, n) in [

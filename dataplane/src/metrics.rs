@@ -54,10 +54,7 @@ pub struct RouteLabels {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EncodeLabelValue)]
-#[allow(
-    non_camel_case_types,
-    reason = "label values are written in snake_case"
-)]
+#[allow(non_camel_case_types, reason = "label values are written in snake_case")]
 pub enum Direction {
     input,
     cached_input,
@@ -94,22 +91,15 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("weaver_gateway");
         let requests = Family::<RequestLabels, Counter>::default();
-        registry.register(
-            "requests",
-            "Requests answered, by key, model, channel and HTTP status",
-            requests.clone(),
-        );
-        let duration = Family::<RouteLabels, Histogram>::new_with_constructor(
-            latency_histogram as fn() -> Histogram,
-        );
+        registry.register("requests", "Requests answered, by key, model, channel and HTTP status", requests.clone());
+        let duration = Family::<RouteLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
         registry.register(
             "request_duration_seconds",
             "Time from request to the last byte of the answer",
             duration.clone(),
         );
-        let first_token = Family::<RouteLabels, Histogram>::new_with_constructor(
-            latency_histogram as fn() -> Histogram,
-        );
+        let first_token =
+            Family::<RouteLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
         registry.register(
             "time_to_first_token_seconds",
             "Time from request to the first byte of the upstream's answer",
@@ -118,33 +108,16 @@ impl Metrics {
         let tokens = Family::<TokenLabels, Counter>::default();
         registry.register("tokens", "Tokens metered, by direction", tokens.clone());
         let in_flight = Gauge::default();
-        registry.register(
-            "in_flight_requests",
-            "Requests being served",
-            in_flight.clone(),
-        );
+        registry.register("in_flight_requests", "Requests being served", in_flight.clone());
         let snapshot_version = Gauge::default();
-        registry.register(
-            "snapshot_version",
-            "Version of the configuration snapshot in use",
-            snapshot_version.clone(),
-        );
+        registry.register("snapshot_version", "Version of the configuration snapshot in use", snapshot_version.clone());
         let snapshot_load_errors = Counter::default();
         registry.register(
             "snapshot_load_errors",
             "Configuration loads rejected (the previous snapshot stays in use)",
             snapshot_load_errors.clone(),
         );
-        Self {
-            requests,
-            duration,
-            first_token,
-            tokens,
-            in_flight,
-            snapshot_version,
-            snapshot_load_errors,
-            registry,
-        }
+        Self { requests, duration, first_token, tokens, in_flight, snapshot_version, snapshot_load_errors, registry }
     }
 
     /// The OpenMetrics text exposition.

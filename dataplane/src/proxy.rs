@@ -49,9 +49,7 @@ pub async fn embeddings(
 }
 
 fn now_unix() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 fn model_object(id: &str) -> serde_json::Value {
@@ -61,10 +59,7 @@ fn model_object(id: &str) -> serde_json::Value {
 fn json_response(status: StatusCode, body: impl Into<Body>) -> Response {
     let mut response = Response::new(body.into());
     *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }
 
@@ -80,10 +75,7 @@ pub async fn list_models(
         Ok(key) => {
             let data: Vec<_> = rt.models_for(key).into_iter().map(model_object).collect();
             let body = json!({"object": "list", "data": data});
-            json_response(
-                StatusCode::OK,
-                serde_json::to_vec(&body).unwrap_or_default(),
-            )
+            json_response(StatusCode::OK, serde_json::to_vec(&body).unwrap_or_default())
         }
         Err(e) => e.into_response(),
     }
@@ -99,30 +91,19 @@ pub async fn get_model(
     let rt = gw.runtime();
     let ip = client_ip(peer, &headers, &gw.settings.trusted_proxies);
     match authenticate(&rt, &headers, ip, now_unix()) {
-        Ok(key) if rt.models_for(key).contains(&id.as_str()) => json_response(
-            StatusCode::OK,
-            serde_json::to_vec(&model_object(&id)).unwrap_or_default(),
-        ),
+        Ok(key) if rt.models_for(key).contains(&id.as_str()) => {
+            json_response(StatusCode::OK, serde_json::to_vec(&model_object(&id)).unwrap_or_default())
+        }
         Ok(_) => ApiError::model_not_found(&id).into_response(),
         Err(e) => e.into_response(),
     }
 }
 
-async fn handle(
-    gw: Arc<Gateway>,
-    endpoint: Endpoint,
-    peer: SocketAddr,
-    headers: HeaderMap,
-    body: Body_,
-) -> Response {
+async fn handle(gw: Arc<Gateway>, endpoint: Endpoint, peer: SocketAddr, headers: HeaderMap, body: Body_) -> Response {
     let started = Instant::now();
     let mut meter = Some(Meter::start(gw.clone(), started));
     let rt = gw.runtime();
-    let response = match serve(
-        &gw, &rt, endpoint, peer, &headers, body, started, &mut meter,
-    )
-    .await
-    {
+    let response = match serve(&gw, &rt, endpoint, peer, &headers, body, started, &mut meter).await {
         Ok(response) => response,
         Err(e) => e.into_response(),
     };
@@ -133,10 +114,7 @@ async fn handle(
     response
 }
 
-#[expect(
-    clippy::too_many_arguments,
-    reason = "one request's parts, threaded through once"
-)]
+#[expect(clippy::too_many_arguments, reason = "one request's parts, threaded through once")]
 async fn serve(
     gw: &Gateway,
     rt: &Runtime,
@@ -151,10 +129,7 @@ async fn serve(
     let key_idx = authenticate(rt, headers, ip, now_unix())?;
     let key = &rt.snapshot.keys[key_idx];
     if let Some(m) = meter.as_mut() {
-        m.key = Some((
-            rt.keys[key_idx].namespace.clone(),
-            rt.keys[key_idx].name.clone(),
-        ));
+        m.key = Some((rt.keys[key_idx].namespace.clone(), rt.keys[key_idx].name.clone()));
     }
     let bytes = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -166,19 +141,11 @@ async fn serve(
     let request = RequestBody::parse(&bytes)?;
     let model = request.model.as_ref();
     if !rt.model_allowed(key_idx, model) {
-        return Err(ApiError::forbidden(
-            "model_not_allowed",
-            format!("This API key may not use the model `{model}`."),
-        ));
+        return Err(ApiError::forbidden("model_not_allowed", format!("This API key may not use the model `{model}`.")));
     }
-    let candidates = rt
-        .candidates(key, model)
-        .ok_or_else(|| ApiError::model_not_found(model))?;
+    let candidates = rt.candidates(key, model).ok_or_else(|| ApiError::model_not_found(model))?;
     let picked = router::pick(candidates, &mut rand::rng()).ok_or_else(|| {
-        ApiError::unavailable(
-            "no_channel_available",
-            format!("No channel can serve `{model}` right now."),
-        )
+        ApiError::unavailable("no_channel_available", format!("No channel can serve `{model}` right now."))
     })?;
     let channel = &rt.channels[picked.channel as usize];
     let target = &channel.models[picked.model as usize];
@@ -189,29 +156,17 @@ async fn serve(
     let Some(upstream) = &channel.upstream else {
         return answer_locally(endpoint, &request, stream, meter);
     };
-    let uri = target.uri(endpoint).cloned().ok_or_else(|| {
-        ApiError::bad_gateway(
-            "channel_misconfigured",
-            "The channel has no valid upstream URL.",
-        )
-    })?;
+    let uri = target
+        .uri(endpoint)
+        .cloned()
+        .ok_or_else(|| ApiError::bad_gateway("channel_misconfigured", "The channel has no valid upstream URL."))?;
     let force_usage = stream && !request.include_usage;
     let upstream_body = if force_usage || target.upstream_name != model {
         Bytes::from(request.rewrite(&target.upstream_name, force_usage))
     } else {
         bytes.clone()
     };
-    forward(
-        channel,
-        upstream,
-        uri,
-        upstream_body,
-        stream,
-        force_usage,
-        started,
-        meter,
-    )
-    .await
+    forward(channel, upstream, uri, upstream_body, stream, force_usage, started, meter).await
 }
 
 fn answer_locally(
@@ -251,10 +206,7 @@ fn answer_locally(
 fn sse_response(body: Body) -> Response {
     let mut response = Response::new(body);
     let h = response.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     // Tells nginx-style proxies in front of us not to buffer the stream.
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
@@ -273,10 +225,7 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-#[expect(
-    clippy::too_many_arguments,
-    reason = "one request's parts, threaded through once"
-)]
+#[expect(clippy::too_many_arguments, reason = "one request's parts, threaded through once")]
 async fn forward(
     channel: &ChannelRuntime,
     upstream: &Upstream,
@@ -307,11 +256,7 @@ async fn forward(
         .map_err(|e| {
             ApiError::bad_gateway(
                 "upstream_unreachable",
-                format!(
-                    "Channel `{}` could not be reached: {}",
-                    channel.label.as_str(),
-                    chain(&e)
-                ),
+                format!("Channel `{}` could not be reached: {}", channel.label.as_str(), chain(&e)),
             )
         })?;
     let (parts, mut incoming) = response.into_parts();
@@ -351,24 +296,14 @@ async fn forward(
     }
     let bytes = tokio::time::timeout_at(deadline, incoming.collect())
         .await
-        .map_err(|_| {
-            ApiError::gateway_timeout("The upstream answer exceeded the channel's total timeout.")
-        })?
-        .map_err(|e| {
-            ApiError::bad_gateway(
-                "upstream_body_error",
-                format!("The upstream answer broke off: {e}"),
-            )
-        })?
+        .map_err(|_| ApiError::gateway_timeout("The upstream answer exceeded the channel's total timeout."))?
+        .map_err(|e| ApiError::bad_gateway("upstream_body_error", format!("The upstream answer broke off: {e}")))?
         .to_bytes();
     if let Some(m) = meter.as_mut() {
         m.usage = usage::from_body(&bytes);
     }
-    let content_type = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .cloned()
-        .unwrap_or(HeaderValue::from_static("application/json"));
+    let content_type =
+        parts.headers.get(header::CONTENT_TYPE).cloned().unwrap_or(HeaderValue::from_static("application/json"));
     let mut out = Response::new(Body::from(bytes));
     out.headers_mut().insert(header::CONTENT_TYPE, content_type);
     Ok(out)
@@ -388,22 +323,19 @@ async fn upstream_error(
     deadline: tokio::time::Instant,
 ) -> Result<Response, ApiError> {
     let status = parts.status;
-    let body =
-        tokio::time::timeout_at(deadline, Limited::new(incoming, ERROR_BODY_LIMIT).collect())
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .map(|c| c.to_bytes())
-            .unwrap_or_default();
+    let body = tokio::time::timeout_at(deadline, Limited::new(incoming, ERROR_BODY_LIMIT).collect())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
     let name = channel.label.as_str();
     match status.as_u16() {
         401 | 403 => {
             tracing::warn!(channel = name, %status, "upstream rejected the channel's credentials");
             Err(ApiError::bad_gateway(
                 "upstream_auth_failed",
-                format!(
-                    "Channel `{name}` was refused by its upstream ({status}); check its credentials."
-                ),
+                format!("Channel `{name}` was refused by its upstream ({status}); check its credentials."),
             ))
         }
         400..=499 => {
@@ -422,10 +354,7 @@ async fn upstream_error(
         }
         _ => {
             tracing::warn!(channel = name, %status, "upstream failed");
-            Err(ApiError::bad_gateway(
-                "upstream_error",
-                format!("Channel `{name}` answered {status}."),
-            ))
+            Err(ApiError::bad_gateway("upstream_error", format!("Channel `{name}` answered {status}.")))
         }
     }
 }

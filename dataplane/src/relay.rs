@@ -34,13 +34,7 @@ impl RelayBody {
         deadline: Pin<Box<Sleep>>,
     ) -> Self {
         let out = scanner.push(first);
-        Self {
-            pending: (!out.is_empty()).then_some(out),
-            inner: Some(inner),
-            scanner,
-            meter,
-            deadline,
-        }
+        Self { pending: (!out.is_empty()).then_some(out), inner: Some(inner), scanner, meter, deadline }
     }
 
     /// Ends the stream with an OpenAI-style error event, which the SDKs raise as
@@ -60,10 +54,7 @@ impl Body for RelayBody {
     type Data = Bytes;
     type Error = Infallible;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         let this = &mut *self;
         if let Some(data) = this.pending.take() {
             return Poll::Ready(Some(Ok(Frame::data(data))));
@@ -73,9 +64,7 @@ impl Body for RelayBody {
                 return Poll::Ready(None);
             };
             if this.deadline.as_mut().poll(cx).is_ready() {
-                return this.fail(ApiError::gateway_timeout(
-                    "The stream exceeded the channel's total timeout.",
-                ));
+                return this.fail(ApiError::gateway_timeout("The stream exceeded the channel's total timeout."));
             }
             match Pin::new(inner).poll_frame(cx) {
                 Poll::Pending => return Poll::Pending,

@@ -27,10 +27,7 @@ impl<'a> RequestBody<'a> {
     /// string `model`.
     pub fn parse(bytes: &'a [u8]) -> Result<Self, ApiError> {
         let TopLevel(members) = serde_json::from_slice(bytes).map_err(|e| {
-            ApiError::bad_request(
-                "invalid_json",
-                format!("The request body is not a JSON object: {e}"),
-            )
+            ApiError::bad_request("invalid_json", format!("The request body is not a JSON object: {e}"))
         })?;
         let find = |name: &str| members.iter().find(|(k, _)| k == name).map(|(_, v)| *v);
         let model = match find("model") {
@@ -38,55 +35,34 @@ impl<'a> RequestBody<'a> {
                 .map(|Key(k)| k)
                 .map_err(|_| ApiError::bad_request("invalid_model", "`model` must be a string."))?,
             None => {
-                return Err(ApiError::bad_request(
-                    "missing_model",
-                    "You must provide a model parameter.",
-                ));
+                return Err(ApiError::bad_request("missing_model", "You must provide a model parameter."));
             }
         };
         if model.is_empty() {
-            return Err(ApiError::bad_request(
-                "missing_model",
-                "You must provide a model parameter.",
-            ));
+            return Err(ApiError::bad_request("missing_model", "You must provide a model parameter."));
         }
         let stream = match find("stream") {
             None => false,
             Some(raw) => Option::<bool>::deserialize(raw)
-                .map_err(|_| {
-                    ApiError::bad_request("invalid_stream", "`stream` must be a boolean.")
-                })?
+                .map_err(|_| ApiError::bad_request("invalid_stream", "`stream` must be a boolean."))?
                 .unwrap_or(false),
         };
         let include_usage = find("stream_options")
             .and_then(|raw| serde_json::from_str::<StreamOptions>(raw.get()).ok())
             .is_some_and(|o| o.include_usage);
-        Ok(Self {
-            members,
-            model,
-            stream,
-            include_usage,
-        })
+        Ok(Self { members, model, stream, include_usage })
     }
 
     /// The raw JSON of a top-level member.
     pub fn get(&self, name: &str) -> Option<&'a RawValue> {
-        self.members
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| *v)
+        self.members.iter().find(|(k, _)| k == name).map(|(_, v)| *v)
     }
 
     /// Re-encodes the body with `model` replaced and, for streams, usage
     /// reporting switched on (the gateway meters every stream; the caller drops
     /// the extra usage chunk when the client did not ask for it).
     pub fn rewrite(&self, upstream_model: &str, force_usage: bool) -> Vec<u8> {
-        let capacity = self
-            .members
-            .iter()
-            .map(|(k, v)| k.len() + v.get().len() + 4)
-            .sum::<usize>()
-            + 64;
+        let capacity = self.members.iter().map(|(k, v)| k.len() + v.get().len() + 4).sum::<usize>() + 64;
         let mut out = Vec::with_capacity(capacity);
         out.push(b'{');
         let mut first = true;
@@ -191,9 +167,7 @@ mod tests {
 
     #[test]
     fn client_stream_options_are_honoured() -> Result<(), ApiError> {
-        let parsed = RequestBody::parse(
-            br#"{"model":"m","stream":true,"stream_options":{"include_usage":true}}"#,
-        )?;
+        let parsed = RequestBody::parse(br#"{"model":"m","stream":true,"stream_options":{"include_usage":true}}"#)?;
         assert!(parsed.include_usage);
         Ok(())
     }

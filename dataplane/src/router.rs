@@ -5,16 +5,8 @@ use rand::Rng;
 use weaver_crds::snapshot::Candidate;
 
 pub fn pick<'a>(candidates: &'a [Candidate], rng: &mut impl Rng) -> Option<&'a Candidate> {
-    let best = candidates
-        .iter()
-        .filter(|c| c.weight > 0)
-        .map(|c| c.priority)
-        .min()?;
-    let group = || {
-        candidates
-            .iter()
-            .filter(move |c| c.priority == best && c.weight > 0)
-    };
+    let best = candidates.iter().filter(|c| c.weight > 0).map(|c| c.priority).min()?;
+    let group = || candidates.iter().filter(move |c| c.priority == best && c.weight > 0);
     let total: u64 = group().map(|c| u64::from(c.weight)).sum();
     let mut ticket = rng.random_range(0..total);
     for c in group() {
@@ -35,12 +27,7 @@ mod tests {
     use rand::rngs::StdRng;
 
     fn cand(channel: u32, weight: u32, priority: i32) -> Candidate {
-        Candidate {
-            channel,
-            model: 0,
-            weight,
-            priority,
-        }
+        Candidate { channel, model: 0, weight, priority }
     }
 
     #[test]

@@ -74,10 +74,7 @@ impl Runtime {
                     Some(digest) => {
                         by_digest.insert(digest, idx);
                     }
-                    None => warnings.push(format!(
-                        "ApiKey {}/{}: malformed key digest",
-                        k.namespace, k.name
-                    )),
+                    None => warnings.push(format!("ApiKey {}/{}: malformed key digest", k.namespace, k.name)),
                 }
             }
             keys.push(KeyRuntime {
@@ -91,19 +88,11 @@ impl Runtime {
             .iter()
             .map(|ch| {
                 let mut headers = HeaderMap::new();
-                headers.insert(
-                    http::header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                );
-                headers.insert(
-                    http::header::USER_AGENT,
-                    HeaderValue::from_static("llm-weaver"),
-                );
+                headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                headers.insert(http::header::USER_AGENT, HeaderValue::from_static("llm-weaver"));
                 for (name, value) in &ch.headers {
-                    if let (Ok(n), Ok(v)) = (
-                        HeaderName::try_from(name.as_str()),
-                        HeaderValue::try_from(value.as_str()),
-                    ) {
+                    if let (Ok(n), Ok(v)) = (HeaderName::try_from(name.as_str()), HeaderValue::try_from(value.as_str()))
+                    {
                         headers.insert(n, v);
                     }
                 }
@@ -138,25 +127,14 @@ impl Runtime {
                 ChannelRuntime {
                     label: Label::new(&ch.name),
                     provider: ch.provider,
-                    upstream: (!local).then(|| Upstream {
-                        client: pool.client(ch.timeouts.connect_ms),
-                        headers,
-                    }),
+                    upstream: (!local).then(|| Upstream { client: pool.client(ch.timeouts.connect_ms), headers }),
                     models,
                     first_byte: Duration::from_millis(ch.timeouts.first_byte_ms),
                     total: Duration::from_millis(ch.timeouts.total_ms),
                 }
             })
             .collect();
-        (
-            Self {
-                snapshot,
-                by_digest,
-                keys,
-                channels,
-            },
-            warnings,
-        )
+        (Self { snapshot, by_digest, keys, channels }, warnings)
     }
 
     /// The key a digest belongs to.
@@ -188,13 +166,7 @@ impl Runtime {
         self.snapshot
             .route_tables
             .get(k.route_table as usize)
-            .map(|t| {
-                t.routes
-                    .keys()
-                    .map(String::as_str)
-                    .filter(|m| self.model_allowed(key, m))
-                    .collect()
-            })
+            .map(|t| t.routes.keys().map(String::as_str).filter(|m| self.model_allowed(key, m)).collect())
             .unwrap_or_default()
     }
 }

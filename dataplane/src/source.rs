@@ -18,15 +18,9 @@ use crate::gateway::Gateway;
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("cannot read {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: {source}")]
-    Manifest {
-        path: PathBuf,
-        source: ManifestError,
-    },
+    Manifest { path: PathBuf, source: ManifestError },
     #[error("the edit introduces problems: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
     NewProblems(Vec<Problem>),
 }
@@ -46,16 +40,10 @@ pub struct ManifestDir {
 }
 
 fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), LoadError> {
-    let io = |source| LoadError::Io {
-        path: dir.to_owned(),
-        source,
-    };
+    let io = |source| LoadError::Io { path: dir.to_owned(), source };
     for entry in std::fs::read_dir(dir).map_err(io)? {
         let path = entry.map_err(io)?.path();
-        let hidden = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with('.'));
+        let hidden = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
         if hidden {
             continue;
         }
@@ -70,12 +58,7 @@ fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), LoadError> {
 
 impl ManifestDir {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self {
-            dir: dir.into(),
-            fingerprint: None,
-            problems: BTreeSet::new(),
-            version: 0,
-        }
+        Self { dir: dir.into(), fingerprint: None, problems: BTreeSet::new(), version: 0 }
     }
 
     /// Reads the folder and applies it when it changed. The first load applies
@@ -88,10 +71,7 @@ impl ManifestDir {
         let mut files = Vec::with_capacity(paths.len());
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         for path in paths {
-            let text = std::fs::read_to_string(&path).map_err(|source| LoadError::Io {
-                path: path.clone(),
-                source,
-            })?;
+            let text = std::fs::read_to_string(&path).map_err(|source| LoadError::Io { path: path.clone(), source })?;
             path.hash(&mut hasher);
             text.hash(&mut hasher);
             files.push((path, text));
@@ -104,19 +84,11 @@ impl ManifestDir {
         self.fingerprint = Some(fingerprint);
         let mut resources = Resources::default();
         for (path, text) in &files {
-            parse_into(text, &mut resources).map_err(|source| LoadError::Manifest {
-                path: path.clone(),
-                source,
-            })?;
+            parse_into(text, &mut resources).map_err(|source| LoadError::Manifest { path: path.clone(), source })?;
         }
         let compiled = compile(&resources, self.version + 1);
         if self.version > 0 {
-            let new: Vec<Problem> = compiled
-                .problems
-                .iter()
-                .filter(|p| !self.problems.contains(*p))
-                .cloned()
-                .collect();
+            let new: Vec<Problem> = compiled.problems.iter().filter(|p| !self.problems.contains(*p)).cloned().collect();
             if !new.is_empty() {
                 return Err(LoadError::NewProblems(new));
             }
@@ -128,9 +100,7 @@ impl ManifestDir {
         self.problems = compiled.problems.into_iter().collect();
         self.version += 1;
         gw.apply(compiled.snapshot);
-        Ok(Outcome::Applied {
-            version: self.version,
-        })
+        Ok(Outcome::Applied { version: self.version })
     }
 
     /// Polls every `interval` until `stop` resolves.

@@ -55,28 +55,19 @@ fn events(data: &Bytes) -> impl Iterator<Item = Bytes> + '_ {
 /// The JSON payload of an event's `data:` line, if it may carry usage.
 fn usage_payload(event: &[u8]) -> Option<&[u8]> {
     let at = memmem::find(event, b"\"usage\"")?;
-    let after = event[at + 7..]
-        .iter()
-        .position(|b| !matches!(b, b' ' | b'\t' | b':'))?;
+    let after = event[at + 7..].iter().position(|b| !matches!(b, b' ' | b'\t' | b':'))?;
     if event[at + 7 + after] != b'{' {
         return None; // "usage": null
     }
     let start = memmem::find(event, b"data:")? + 5;
     let payload = &event[start..];
-    let end = payload
-        .iter()
-        .position(|b| *b == b'\n' || *b == b'\r')
-        .unwrap_or(payload.len());
+    let end = payload.iter().position(|b| *b == b'\n' || *b == b'\r').unwrap_or(payload.len());
     Some(payload[..end].trim_ascii())
 }
 
 impl SseScanner {
     pub fn new(drop_usage_chunk: bool) -> Self {
-        Self {
-            carry: BytesMut::new(),
-            drop_usage_chunk,
-            usage: None,
-        }
+        Self { carry: BytesMut::new(), drop_usage_chunk, usage: None }
     }
 
     /// Takes one frame from upstream; returns what can go to the client now.
@@ -100,11 +91,7 @@ impl SseScanner {
     /// Whatever is left when the upstream closes (an unterminated last event).
     pub fn finish(&mut self) -> Bytes {
         let rest = self.carry.split().freeze();
-        if rest.is_empty() {
-            rest
-        } else {
-            self.filter(rest)
-        }
+        if rest.is_empty() { rest } else { self.filter(rest) }
     }
 
     fn filter(&mut self, complete: Bytes) -> Bytes {
@@ -143,10 +130,8 @@ impl SseScanner {
 mod tests {
     use super::*;
 
-    const CONTENT: &str =
-        "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\n";
-    const USAGE: &str =
-        "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":2}}\n\n";
+    const CONTENT: &str = "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\n";
+    const USAGE: &str = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":2}}\n\n";
     const DONE: &str = "data: [DONE]\n\n";
 
     #[test]
@@ -154,10 +139,7 @@ mod tests {
         let mut s = SseScanner::new(false);
         let all = format!("{CONTENT}{USAGE}{DONE}");
         assert_eq!(s.push(Bytes::from(all.clone())), all.as_bytes());
-        assert_eq!(
-            s.usage.map(|u| (u.prompt_tokens, u.completion_tokens)),
-            Some((5, 2))
-        );
+        assert_eq!(s.usage.map(|u| (u.prompt_tokens, u.completion_tokens)), Some((5, 2)));
     }
 
     #[test]
@@ -165,10 +147,7 @@ mod tests {
         let mut s = SseScanner::new(false);
         let (a, b) = CONTENT.split_at(17);
         assert!(s.push(Bytes::from(a)).is_empty());
-        assert_eq!(
-            s.push(Bytes::from(format!("{b}{}", &USAGE[..4]))),
-            CONTENT.as_bytes()
-        );
+        assert_eq!(s.push(Bytes::from(format!("{b}{}", &USAGE[..4]))), CONTENT.as_bytes());
         assert_eq!(s.push(Bytes::from(&USAGE[4..])), USAGE.as_bytes());
         assert!(s.usage.is_some());
     }
@@ -186,10 +165,7 @@ mod tests {
         let mut s = SseScanner::new(true);
         let usage = USAGE.replace("\n\n", "\r\n\r\n");
         let content = CONTENT.replace("\n\n", "\r\n\r\n");
-        assert_eq!(
-            s.push(Bytes::from(format!("{content}{usage}"))),
-            content.as_bytes()
-        );
+        assert_eq!(s.push(Bytes::from(format!("{content}{usage}"))), content.as_bytes());
         assert!(s.usage.is_some());
     }
 

@@ -24,14 +24,8 @@ impl ClientPool {
     /// The client for a connect timeout (built on first use; called per
     /// snapshot, not per request).
     pub fn client(&self, connect_ms: u64) -> HttpClient {
-        let mut clients = self
-            .clients
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        clients
-            .entry(connect_ms)
-            .or_insert_with(|| build(Duration::from_millis(connect_ms)))
-            .clone()
+        let mut clients = self.clients.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        clients.entry(connect_ms).or_insert_with(|| build(Duration::from_millis(connect_ms))).clone()
     }
 }
 

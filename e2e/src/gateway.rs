@@ -25,15 +25,8 @@ impl TestGateway {
         let dir = tempfile::tempdir()?;
         std::fs::write(dir.path().join("config.yaml"), manifests)?;
         let path = dir.path().to_string_lossy().into_owned();
-        let mut argv = vec![
-            "weaver-gateway",
-            "--manifests",
-            &path,
-            "--listen",
-            "127.0.0.1:0",
-            "--reload-interval",
-            "100ms",
-        ];
+        let mut argv =
+            vec!["weaver-gateway", "--manifests", &path, "--listen", "127.0.0.1:0", "--reload-interval", "100ms"];
         argv.extend_from_slice(flags);
         let args = Args::try_parse_from(argv)?;
         let (tx, rx) = oneshot::channel();
@@ -41,13 +34,7 @@ impl TestGateway {
             let _ = rx.await;
         })
         .await?;
-        Ok(Self {
-            addr: started.addr,
-            gateway: started.gateway.clone(),
-            dir,
-            stop: Some(tx),
-            started: Some(started),
-        })
+        Ok(Self { addr: started.addr, gateway: started.gateway.clone(), dir, stop: Some(tx), started: Some(started) })
     }
 
     pub fn url(&self, path: &str) -> String {

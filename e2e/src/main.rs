@@ -36,11 +36,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .json()
-        .flatten_event(true)
-        .with_writer(std::io::stderr)
-        .init();
+    tracing_subscriber::fmt().json().flatten_event(true).with_writer(std::io::stderr).init();
     let a = Args::parse();
     let behaviour = Behaviour {
         latency: a.latency,

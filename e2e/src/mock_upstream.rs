@@ -63,10 +63,7 @@ pub struct MockUpstream {
 impl MockUpstream {
     /// Listens on `addr` (port 0 picks a free one).
     pub async fn start_on(addr: SocketAddr, behaviour: Behaviour) -> std::io::Result<Self> {
-        let shared = Arc::new(Shared {
-            behaviour: Mutex::new(behaviour),
-            seen: Mutex::default(),
-        });
+        let shared = Arc::new(Shared { behaviour: Mutex::new(behaviour), seen: Mutex::default() });
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let app = Router::new().fallback(answer).with_state(shared.clone());
@@ -121,12 +118,7 @@ fn presented_key(headers: &HeaderMap) -> Option<&str> {
         .or_else(|| headers.get("api-key").and_then(|v| v.to_str().ok()))
 }
 
-async fn answer(
-    State(shared): State<Arc<Shared>>,
-    uri: http::Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+async fn answer(State(shared): State<Arc<Shared>>, uri: http::Uri, headers: HeaderMap, body: Bytes) -> Response {
     let behaviour = lock(&shared.behaviour).clone();
     lock(&shared.seen).push(Recorded {
         uri: uri.to_string(),
@@ -143,12 +135,7 @@ async fn answer(
     if let Some(status) = behaviour.error_status {
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = serde_json::json!({"error": {"message": "injected failure", "type": "server_error", "param": null, "code": "injected"}});
-        return (
-            status,
-            [(header::CONTENT_TYPE, "application/json")],
-            body.to_string(),
-        )
-            .into_response();
+        return (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response();
     }
     let request = match RequestBody::parse(&body) {
         Ok(r) => r,
@@ -174,24 +161,17 @@ async fn answer(
     let events = answer.to_events(request.include_usage);
     let delay = behaviour.chunk_delay;
     let drop_after = behaviour.drop_after.unwrap_or(usize::MAX);
-    let stream = futures_util::stream::iter(events.into_iter().enumerate()).then(
-        move |(i, event)| async move {
-            if i > 0 {
-                tokio::time::sleep(delay).await;
-            }
-            if i >= drop_after {
-                return Err(std::io::Error::other(
-                    "connection dropped by fault injection",
-                ));
-            }
-            Ok::<_, std::io::Error>(event)
-        },
-    );
+    let stream = futures_util::stream::iter(events.into_iter().enumerate()).then(move |(i, event)| async move {
+        if i > 0 {
+            tokio::time::sleep(delay).await;
+        }
+        if i >= drop_after {
+            return Err(std::io::Error::other("connection dropped by fault injection"));
+        }
+        Ok::<_, std::io::Error>(event)
+    });
     let mut response = Response::new(Body::from_stream(stream));
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     response
 }
 

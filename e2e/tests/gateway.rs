@@ -60,11 +60,7 @@ struct Setup {
 async fn setup(behaviour: Behaviour, key_spec: &str, flags: &[&str]) -> anyhow::Result<Setup> {
     let upstream = MockUpstream::start(behaviour).await?;
     let gateway = TestGateway::start(&manifests(&upstream.base_url(), key_spec), flags).await?;
-    Ok(Setup {
-        upstream,
-        gateway,
-        client: reqwest::Client::new(),
-    })
+    Ok(Setup { upstream, gateway, client: reqwest::Client::new() })
 }
 
 fn chat(stream: bool) -> Value {
@@ -73,23 +69,11 @@ fn chat(stream: bool) -> Value {
 
 impl Setup {
     async fn post(&self, path: &str, body: &Value) -> anyhow::Result<reqwest::Response> {
-        Ok(self
-            .client
-            .post(self.gateway.url(path))
-            .bearer_auth(KEY)
-            .json(body)
-            .send()
-            .await?)
+        Ok(self.client.post(self.gateway.url(path)).bearer_auth(KEY).json(body).send().await?)
     }
 
     async fn metrics(&self) -> anyhow::Result<String> {
-        Ok(self
-            .client
-            .get(self.gateway.url("/metrics"))
-            .send()
-            .await?
-            .text()
-            .await?)
+        Ok(self.client.get(self.gateway.url("/metrics")).send().await?.text().await?)
     }
 }
 
@@ -97,30 +81,16 @@ impl Setup {
 fn sample(metrics: &str, name_and_labels: &str) -> f64 {
     metrics
         .lines()
-        .find_map(|l| {
-            l.strip_prefix(name_and_labels)
-                .and_then(|rest| rest.trim().parse().ok())
-        })
+        .find_map(|l| l.strip_prefix(name_and_labels).and_then(|rest| rest.trim().parse().ok()))
         .unwrap_or(0.0)
 }
 
 async fn error_of(response: reqwest::Response) -> anyhow::Result<(StatusCode, String)> {
     let status = response.status();
     let body: Value = response.json().await?;
-    let code = body["error"]["code"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .is_some_and(|m| !m.is_empty()),
-        "error without message: {body}"
-    );
-    assert!(
-        body["error"]["type"].is_string(),
-        "error without type: {body}"
-    );
+    let code = body["error"]["code"].as_str().unwrap_or_default().to_owned();
+    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "error without message: {body}");
+    assert!(body["error"]["type"].is_string(), "error without type: {body}");
     Ok((status, code))
 }
 
@@ -131,52 +101,23 @@ async fn chat_is_relayed_with_model_mapping_credentials_and_metering() -> anyhow
     assert_eq!(response.status(), StatusCode::OK);
     assert!(response.headers().contains_key("x-request-id"));
     let body: Value = response.json().await?;
-    assert_eq!(
-        body["choices"][0]["message"]["content"],
-        "This is LLM Weaver's mock channel. You said: Say hi"
-    );
-    let completion = body["usage"]["completion_tokens"]
-        .as_f64()
-        .unwrap_or_default();
+    assert_eq!(body["choices"][0]["message"]["content"], "This is LLM Weaver's mock channel. You said: Say hi");
+    let completion = body["usage"]["completion_tokens"].as_f64().unwrap_or_default();
 
     let seen = s.upstream.requests();
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].uri, "/v1/chat/completions");
     assert_eq!(seen[0].body["model"], "gpt-4o-mini-2024-07-18");
     assert_eq!(seen[0].body["messages"][0]["content"], "Say hi");
-    let header = |name: &str| {
-        seen[0]
-            .headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
-    assert_eq!(
-        header("authorization").as_deref(),
-        Some("Bearer sk-upstream-secret")
-    );
+    let header = |name: &str| seen[0].headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    assert_eq!(header("authorization").as_deref(), Some("Bearer sk-upstream-secret"));
     assert_eq!(header("openai-organization").as_deref(), Some("org-123"));
 
     let m = s.metrics().await?;
     let labels = r#"namespace="team-a",key="checkout",model="gpt-4o-mini",channel="primary""#;
-    assert_eq!(
-        sample(
-            &m,
-            &format!("weaver_gateway_requests_total{{{labels},code=\"200\"}}")
-        ),
-        1.0
-    );
-    assert_eq!(
-        sample(
-            &m,
-            &format!("weaver_gateway_tokens_total{{{labels},direction=\"output\"}}")
-        ),
-        completion
-    );
-    assert!(
-        !m.contains(KEY) && !m.contains("sk-upstream-secret"),
-        "a secret leaked into /metrics"
-    );
+    assert_eq!(sample(&m, &format!("weaver_gateway_requests_total{{{labels},code=\"200\"}}")), 1.0);
+    assert_eq!(sample(&m, &format!("weaver_gateway_tokens_total{{{labels},direction=\"output\"}}")), completion);
+    assert!(!m.contains(KEY) && !m.contains("sk-upstream-secret"), "a secret leaked into /metrics");
     Ok(())
 }
 
@@ -195,10 +136,7 @@ async fn the_body_goes_upstream_byte_for_byte_when_no_mapping_applies() -> anyho
     assert_eq!(response.status(), StatusCode::OK);
     let body: Value = response.json().await?;
     assert_eq!(body["data"].as_array().map(Vec::len), Some(2));
-    assert_eq!(
-        body["data"][0]["embedding"].as_array().map(Vec::len),
-        Some(4)
-    );
+    assert_eq!(body["data"][0]["embedding"].as_array().map(Vec::len), Some(4));
     let seen = &s.upstream.requests()[0];
     assert_eq!(seen.uri, "/v1/embeddings");
     assert_eq!(seen.raw, raw.as_bytes(), "the body was re-encoded");
@@ -225,11 +163,7 @@ async fn read_events(response: reqwest::Response) -> anyhow::Result<Vec<(Instant
 #[tokio::test]
 async fn streams_are_relayed_chunk_by_chunk_as_they_arrive() -> anyhow::Result<()> {
     let pacing = Duration::from_millis(150);
-    let behaviour = Behaviour {
-        tokens: Some(4),
-        chunk_delay: pacing,
-        ..Behaviour::default()
-    };
+    let behaviour = Behaviour { tokens: Some(4), chunk_delay: pacing, ..Behaviour::default() };
     let s = setup(behaviour, "", &[]).await?;
     let sent = Instant::now();
     let response = s.post("/v1/chat/completions", &chat(true)).await?;
@@ -240,37 +174,21 @@ async fn streams_are_relayed_chunk_by_chunk_as_they_arrive() -> anyhow::Result<(
     // on the client's behalf is not passed on.
     assert_eq!(events.len(), 7, "{events:?}");
     assert_eq!(events.last().map(|e| e.1.as_str()), Some("[DONE]"));
-    assert!(
-        events
-            .iter()
-            .all(|(_, data)| !data.contains(r#""choices":[]"#))
-    );
+    assert!(events.iter().all(|(_, data)| !data.contains(r#""choices":[]"#)));
     // Each event reached the client about when the upstream sent it, not all
     // at the end: the first arrives a full pacing interval before the second.
     let first = events[0].0 - sent;
     let gaps: Vec<Duration> = events.windows(2).map(|w| w[1].0 - w[0].0).collect();
     assert!(first < pacing, "first event after {first:?}");
-    assert!(
-        gaps[..5].iter().all(|g| *g >= pacing / 2),
-        "events were bunched: {gaps:?}"
-    );
+    assert!(gaps[..5].iter().all(|g| *g >= pacing / 2), "events were bunched: {gaps:?}");
 
     let seen = &s.upstream.requests()[0];
     assert_eq!(seen.body["stream_options"]["include_usage"], true);
     let m = s.metrics().await?;
     let labels = r#"namespace="team-a",key="checkout",model="gpt-4o-mini",channel="primary""#;
+    assert_eq!(sample(&m, &format!("weaver_gateway_tokens_total{{{labels},direction=\"output\"}}")), 4.0);
     assert_eq!(
-        sample(
-            &m,
-            &format!("weaver_gateway_tokens_total{{{labels},direction=\"output\"}}")
-        ),
-        4.0
-    );
-    assert_eq!(
-        sample(
-            &m,
-            r#"weaver_gateway_time_to_first_token_seconds_count{model="gpt-4o-mini",channel="primary"}"#
-        ),
+        sample(&m, r#"weaver_gateway_time_to_first_token_seconds_count{model="gpt-4o-mini",channel="primary"}"#),
         1.0
     );
     Ok(())
@@ -278,15 +196,7 @@ async fn streams_are_relayed_chunk_by_chunk_as_they_arrive() -> anyhow::Result<(
 
 #[tokio::test]
 async fn a_client_asking_for_stream_usage_gets_the_usage_chunk() -> anyhow::Result<()> {
-    let s = setup(
-        Behaviour {
-            tokens: Some(3),
-            ..Behaviour::default()
-        },
-        "",
-        &[],
-    )
-    .await?;
+    let s = setup(Behaviour { tokens: Some(3), ..Behaviour::default() }, "", &[]).await?;
     let mut body = chat(true);
     body["stream_options"] = json!({"include_usage": true});
     let events = read_events(s.post("/v1/chat/completions", &body).await?).await?;
@@ -298,19 +208,9 @@ async fn a_client_asking_for_stream_usage_gets_the_usage_chunk() -> anyhow::Resu
 
 #[tokio::test]
 async fn a_stream_cut_by_the_upstream_ends_with_an_error_event() -> anyhow::Result<()> {
-    let s = setup(
-        Behaviour {
-            tokens: Some(5),
-            drop_after: Some(3),
-            ..Behaviour::default()
-        },
-        "",
-        &[],
-    )
-    .await?;
+    let s = setup(Behaviour { tokens: Some(5), drop_after: Some(3), ..Behaviour::default() }, "", &[]).await?;
     let events = read_events(s.post("/v1/chat/completions", &chat(true)).await?).await?;
-    let last: Value =
-        serde_json::from_str(&events.last().map(|e| e.1.clone()).unwrap_or_default())?;
+    let last: Value = serde_json::from_str(&events.last().map(|e| e.1.clone()).unwrap_or_default())?;
     assert_eq!(last["error"]["code"], "upstream_stream_error");
     assert_eq!(events.len(), 4);
     let m = s.metrics().await?;
@@ -329,91 +229,28 @@ async fn auth_and_access_errors_are_openai_shaped() -> anyhow::Result<()> {
     let s = setup(Behaviour::default(), r#"allowedModels: ["gpt-4o*"]"#, &[]).await?;
     let url = s.gateway.url("/v1/chat/completions");
     let no_key = s.client.post(&url).json(&chat(false)).send().await?;
-    assert_eq!(
-        error_of(no_key).await?,
-        (StatusCode::UNAUTHORIZED, "invalid_api_key".into())
-    );
-    let bad_key = s
-        .client
-        .post(&url)
-        .bearer_auth("lw-wrong")
-        .json(&chat(false))
-        .send()
-        .await?;
-    assert_eq!(
-        error_of(bad_key).await?,
-        (StatusCode::UNAUTHORIZED, "invalid_api_key".into())
-    );
-    let azure_style = s
-        .client
-        .post(&url)
-        .header("api-key", KEY)
-        .json(&chat(false))
-        .send()
-        .await?;
+    assert_eq!(error_of(no_key).await?, (StatusCode::UNAUTHORIZED, "invalid_api_key".into()));
+    let bad_key = s.client.post(&url).bearer_auth("lw-wrong").json(&chat(false)).send().await?;
+    assert_eq!(error_of(bad_key).await?, (StatusCode::UNAUTHORIZED, "invalid_api_key".into()));
+    let azure_style = s.client.post(&url).header("api-key", KEY).json(&chat(false)).send().await?;
     assert_eq!(azure_style.status(), StatusCode::OK);
 
     let embed = json!({"model": "text-embedding-3-small", "input": "x"});
     let forbidden = s.post("/v1/embeddings", &embed).await?;
-    assert_eq!(
-        error_of(forbidden).await?,
-        (StatusCode::FORBIDDEN, "model_not_allowed".into())
-    );
-    let unknown = s
-        .post(
-            "/v1/chat/completions",
-            &json!({"model": "gpt-4o-nope", "messages": []}),
-        )
-        .await?;
-    assert_eq!(
-        error_of(unknown).await?,
-        (StatusCode::NOT_FOUND, "model_not_found".into())
-    );
-    let malformed = s
-        .client
-        .post(&url)
-        .bearer_auth(KEY)
-        .body("{not json")
-        .send()
-        .await?;
-    assert_eq!(
-        error_of(malformed).await?,
-        (StatusCode::BAD_REQUEST, "invalid_json".into())
-    );
-    let no_model = s
-        .post("/v1/chat/completions", &json!({"messages": []}))
-        .await?;
-    assert_eq!(
-        error_of(no_model).await?,
-        (StatusCode::BAD_REQUEST, "missing_model".into())
-    );
-    let no_route = s
-        .client
-        .get(s.gateway.url("/v1/nothing"))
-        .bearer_auth(KEY)
-        .send()
-        .await?;
-    assert_eq!(
-        error_of(no_route).await?,
-        (StatusCode::NOT_FOUND, "unknown_url".into())
-    );
-    assert!(
-        s.upstream.requests().len() == 1,
-        "only the allowed request may reach the upstream"
-    );
+    assert_eq!(error_of(forbidden).await?, (StatusCode::FORBIDDEN, "model_not_allowed".into()));
+    let unknown = s.post("/v1/chat/completions", &json!({"model": "gpt-4o-nope", "messages": []})).await?;
+    assert_eq!(error_of(unknown).await?, (StatusCode::NOT_FOUND, "model_not_found".into()));
+    let malformed = s.client.post(&url).bearer_auth(KEY).body("{not json").send().await?;
+    assert_eq!(error_of(malformed).await?, (StatusCode::BAD_REQUEST, "invalid_json".into()));
+    let no_model = s.post("/v1/chat/completions", &json!({"messages": []})).await?;
+    assert_eq!(error_of(no_model).await?, (StatusCode::BAD_REQUEST, "missing_model".into()));
+    let no_route = s.client.get(s.gateway.url("/v1/nothing")).bearer_auth(KEY).send().await?;
+    assert_eq!(error_of(no_route).await?, (StatusCode::NOT_FOUND, "unknown_url".into()));
+    assert!(s.upstream.requests().len() == 1, "only the allowed request may reach the upstream");
 
-    let models: Value = s
-        .client
-        .get(s.gateway.url("/v1/models"))
-        .bearer_auth(KEY)
-        .send()
-        .await?
-        .json()
-        .await?;
+    let models: Value = s.client.get(s.gateway.url("/v1/models")).bearer_auth(KEY).send().await?.json().await?;
     assert_eq!(
-        models["data"]
-            .as_array()
-            .map(|d| d.iter().map(|m| m["id"].clone()).collect::<Vec<_>>()),
+        models["data"].as_array().map(|d| d.iter().map(|m| m["id"].clone()).collect::<Vec<_>>()),
         Some(vec![json!("gpt-4o-mini")])
     );
     Ok(())
@@ -428,11 +265,7 @@ async fn disabled_expired_and_foreign_address_keys_are_refused() -> anyhow::Resu
     ] {
         let s = setup(Behaviour::default(), spec, &[]).await?;
         let response = s.post("/v1/chat/completions", &chat(false)).await?;
-        assert_eq!(
-            error_of(response).await?,
-            (StatusCode::FORBIDDEN, code.into()),
-            "{spec}"
-        );
+        assert_eq!(error_of(response).await?, (StatusCode::FORBIDDEN, code.into()), "{spec}");
         assert!(s.upstream.requests().is_empty());
     }
     Ok(())
@@ -440,12 +273,7 @@ async fn disabled_expired_and_foreign_address_keys_are_refused() -> anyhow::Resu
 
 #[tokio::test]
 async fn forwarded_for_counts_only_from_trusted_proxies() -> anyhow::Result<()> {
-    let s = setup(
-        Behaviour::default(),
-        "ipAllowlist: [\"10.0.0.0/8\"]",
-        &["--trusted-proxy", "127.0.0.0/8"],
-    )
-    .await?;
+    let s = setup(Behaviour::default(), "ipAllowlist: [\"10.0.0.0/8\"]", &["--trusted-proxy", "127.0.0.0/8"]).await?;
     let send = |xff: &'static str| {
         s.client
             .post(s.gateway.url("/v1/chat/completions"))
@@ -457,10 +285,7 @@ async fn forwarded_for_counts_only_from_trusted_proxies() -> anyhow::Result<()> 
     assert_eq!(send("10.1.2.3").await?.status(), StatusCode::OK);
     assert_eq!(send("203.0.113.5").await?.status(), StatusCode::FORBIDDEN);
     // A client cannot smuggle an allowed address in front of its own.
-    assert_eq!(
-        send("10.1.2.3, 203.0.113.5").await?.status(),
-        StatusCode::FORBIDDEN
-    );
+    assert_eq!(send("10.1.2.3, 203.0.113.5").await?.status(), StatusCode::FORBIDDEN);
     Ok(())
 }
 
@@ -469,64 +294,32 @@ async fn bodies_over_the_limit_are_413() -> anyhow::Result<()> {
     let s = setup(Behaviour::default(), "", &["--max-body-bytes", "1024"]).await?;
     let big = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x".repeat(2048)}]});
     let response = s.post("/v1/chat/completions", &big).await?;
-    assert_eq!(
-        error_of(response).await?,
-        (StatusCode::PAYLOAD_TOO_LARGE, "request_too_large".into())
-    );
+    assert_eq!(error_of(response).await?, (StatusCode::PAYLOAD_TOO_LARGE, "request_too_large".into()));
     assert!(s.upstream.requests().is_empty());
     Ok(())
 }
 
 #[tokio::test]
 async fn upstream_failures_map_to_gateway_errors() -> anyhow::Result<()> {
-    let s = setup(
-        Behaviour {
-            error_status: Some(500),
-            ..Behaviour::default()
-        },
-        "",
-        &[],
-    )
-    .await?;
+    let s = setup(Behaviour { error_status: Some(500), ..Behaviour::default() }, "", &[]).await?;
     let r = s.post("/v1/chat/completions", &chat(false)).await?;
-    assert_eq!(
-        error_of(r).await?,
-        (StatusCode::BAD_GATEWAY, "upstream_error".into())
-    );
+    assert_eq!(error_of(r).await?, (StatusCode::BAD_GATEWAY, "upstream_error".into()));
 
     // A client error from upstream is the client's: relayed as written.
-    s.upstream.set(Behaviour {
-        error_status: Some(429),
-        ..Behaviour::default()
-    });
+    s.upstream.set(Behaviour { error_status: Some(429), ..Behaviour::default() });
     let r = s.post("/v1/chat/completions", &chat(false)).await?;
-    assert_eq!(
-        error_of(r).await?,
-        (StatusCode::TOO_MANY_REQUESTS, "injected".into())
-    );
+    assert_eq!(error_of(r).await?, (StatusCode::TOO_MANY_REQUESTS, "injected".into()));
 
     // The channel's credential is refused: the operator's problem, not the client's.
-    s.upstream.set(Behaviour {
-        require_key: Some("sk-other".into()),
-        ..Behaviour::default()
-    });
+    s.upstream.set(Behaviour { require_key: Some("sk-other".into()), ..Behaviour::default() });
     let r = s.post("/v1/chat/completions", &chat(false)).await?;
-    assert_eq!(
-        error_of(r).await?,
-        (StatusCode::BAD_GATEWAY, "upstream_auth_failed".into())
-    );
+    assert_eq!(error_of(r).await?, (StatusCode::BAD_GATEWAY, "upstream_auth_failed".into()));
 
     // firstByte is 1s in the channel.
-    s.upstream.set(Behaviour {
-        latency: Duration::from_secs(3),
-        ..Behaviour::default()
-    });
+    s.upstream.set(Behaviour { latency: Duration::from_secs(3), ..Behaviour::default() });
     let started = Instant::now();
     let r = s.post("/v1/chat/completions", &chat(true)).await?;
-    assert_eq!(
-        error_of(r).await?,
-        (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout".into())
-    );
+    assert_eq!(error_of(r).await?, (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout".into()));
     assert!(started.elapsed() < Duration::from_secs(2));
     Ok(())
 }
@@ -534,21 +327,15 @@ async fn upstream_failures_map_to_gateway_errors() -> anyhow::Result<()> {
 #[tokio::test]
 async fn an_unreachable_upstream_is_502() -> anyhow::Result<()> {
     // Bind and drop a listener to get a port nothing listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let gateway =
-        TestGateway::start(&manifests(&format!("http://127.0.0.1:{port}/v1"), ""), &[]).await?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let gateway = TestGateway::start(&manifests(&format!("http://127.0.0.1:{port}/v1"), ""), &[]).await?;
     let r = reqwest::Client::new()
         .post(gateway.url("/v1/chat/completions"))
         .bearer_auth(KEY)
         .json(&chat(false))
         .send()
         .await?;
-    assert_eq!(
-        error_of(r).await?,
-        (StatusCode::BAD_GATEWAY, "upstream_unreachable".into())
-    );
+    assert_eq!(error_of(r).await?, (StatusCode::BAD_GATEWAY, "upstream_unreachable".into()));
     Ok(())
 }
 
@@ -557,10 +344,7 @@ async fn azure_channels_use_deployment_urls_and_the_api_key_header() -> anyhow::
     let upstream = MockUpstream::start(Behaviour::default()).await?;
     let yaml = manifests(&upstream.base_url(), "").replace(
         &format!("provider: openai\n  baseUrl: {}", upstream.base_url()),
-        &format!(
-            "provider: azure-openai\n  baseUrl: http://{}\n  azure: {{apiVersion: 2024-10-21}}",
-            upstream.addr
-        ),
+        &format!("provider: azure-openai\n  baseUrl: http://{}\n  azure: {{apiVersion: 2024-10-21}}", upstream.addr),
     );
     let gateway = TestGateway::start(&yaml, &[]).await?;
     let r = reqwest::Client::new()
@@ -571,14 +355,8 @@ async fn azure_channels_use_deployment_urls_and_the_api_key_header() -> anyhow::
         .await?;
     assert_eq!(r.status(), StatusCode::OK);
     let seen = &upstream.requests()[0];
-    assert_eq!(
-        seen.uri,
-        "/openai/deployments/gpt-4o-mini-2024-07-18/chat/completions?api-version=2024-10-21"
-    );
-    assert_eq!(
-        seen.headers.get("api-key").and_then(|v| v.to_str().ok()),
-        Some("sk-upstream-secret")
-    );
+    assert_eq!(seen.uri, "/openai/deployments/gpt-4o-mini-2024-07-18/chat/completions?api-version=2024-10-21");
+    assert_eq!(seen.headers.get("api-key").and_then(|v| v.to_str().ok()), Some("sk-upstream-secret"));
     assert!(seen.headers.get("authorization").is_none());
     Ok(())
 }
@@ -606,12 +384,7 @@ spec:
     let client = reqwest::Client::new();
     let n = 400;
     for _ in 0..n {
-        let r = client
-            .post(gateway.url("/v1/chat/completions"))
-            .bearer_auth(KEY)
-            .json(&chat(false))
-            .send()
-            .await?;
+        let r = client.post(gateway.url("/v1/chat/completions")).bearer_auth(KEY).json(&chat(false)).send().await?;
         assert_eq!(r.status(), StatusCode::OK);
     }
     let share_b = b.requests().len() as f64 / f64::from(n);
@@ -624,8 +397,7 @@ spec:
 }
 
 #[tokio::test]
-async fn manifest_edits_apply_without_failing_requests_and_broken_edits_change_nothing()
--> anyhow::Result<()> {
+async fn manifest_edits_apply_without_failing_requests_and_broken_edits_change_nothing() -> anyhow::Result<()> {
     let s = setup(Behaviour::default(), r#"allowedModels: ["gpt-4o*"]"#, &[]).await?;
     let url = s.gateway.url("/v1/chat/completions");
     // Keep traffic flowing during the edits.
@@ -635,27 +407,16 @@ async fn manifest_edits_apply_without_failing_requests_and_broken_edits_change_n
         async move {
             let mut statuses = Vec::new();
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let r = client
-                    .post(&url)
-                    .bearer_auth(KEY)
-                    .json(&chat(false))
-                    .send()
-                    .await;
+                let r = client.post(&url).bearer_auth(KEY).json(&chat(false)).send().await;
                 statuses.push(r.map(|r| r.status().as_u16()).unwrap_or(0));
             }
             statuses
         }
     });
     let embed = json!({"model": "text-embedding-3-small", "input": "x"});
-    assert_eq!(
-        s.post("/v1/embeddings", &embed).await?.status(),
-        StatusCode::FORBIDDEN
-    );
+    assert_eq!(s.post("/v1/embeddings", &embed).await?.status(), StatusCode::FORBIDDEN);
 
-    let widened = manifests(
-        &s.upstream.base_url(),
-        r#"allowedModels: ["gpt-4o*", "text-*"]"#,
-    );
+    let widened = manifests(&s.upstream.base_url(), r#"allowedModels: ["gpt-4o*", "text-*"]"#);
     let edited = Instant::now();
     s.gateway.rewrite(&widened)?;
     let mut took = None;
@@ -671,87 +432,47 @@ async fn manifest_edits_apply_without_failing_requests_and_broken_edits_change_n
     assert!(took < Duration::from_secs(2), "took {took:?}");
 
     // Broken edits: YAML that does not parse, and a Secret reference that dangles.
-    let errors_before = sample(
-        &s.metrics().await?,
-        "weaver_gateway_snapshot_load_errors_total",
-    );
+    let errors_before = sample(&s.metrics().await?, "weaver_gateway_snapshot_load_errors_total");
     s.gateway.rewrite("apiVersion: v1\nkind: [unclosed")?;
     tokio::time::sleep(Duration::from_millis(400)).await;
-    s.gateway
-        .rewrite(&widened.replace("name: upstream-creds}", "name: missing-creds}"))?;
+    s.gateway.rewrite(&widened.replace("name: upstream-creds}", "name: missing-creds}"))?;
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(
-        s.post("/v1/embeddings", &embed).await?.status(),
-        StatusCode::OK
-    );
+    assert_eq!(s.post("/v1/embeddings", &embed).await?.status(), StatusCode::OK);
     let m = s.metrics().await?;
-    assert_eq!(
-        sample(&m, "weaver_gateway_snapshot_load_errors_total"),
-        errors_before + 2.0
-    );
+    assert_eq!(sample(&m, "weaver_gateway_snapshot_load_errors_total"), errors_before + 2.0);
     assert_eq!(sample(&m, "weaver_gateway_snapshot_version"), 2.0);
 
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let statuses = traffic.await?;
-    assert!(
-        statuses.len() > 10,
-        "too little traffic to mean anything: {}",
-        statuses.len()
-    );
-    assert!(
-        statuses.iter().all(|s| *s == 200),
-        "requests failed during the edits: {statuses:?}"
-    );
+    assert!(statuses.len() > 10, "too little traffic to mean anything: {}", statuses.len());
+    assert!(statuses.iter().all(|s| *s == 200), "requests failed during the edits: {statuses:?}");
     Ok(())
 }
 
 #[tokio::test]
-async fn shutdown_lets_streams_in_flight_finish_and_refuses_new_connections() -> anyhow::Result<()>
-{
-    let behaviour = Behaviour {
-        tokens: Some(6),
-        chunk_delay: Duration::from_millis(100),
-        ..Behaviour::default()
-    };
+async fn shutdown_lets_streams_in_flight_finish_and_refuses_new_connections() -> anyhow::Result<()> {
+    let behaviour = Behaviour { tokens: Some(6), chunk_delay: Duration::from_millis(100), ..Behaviour::default() };
     let mut s = setup(behaviour, "", &["--shutdown-grace", "10s"]).await?;
     let in_flight = s.post("/v1/chat/completions", &chat(true)).await?;
     assert_eq!(in_flight.status(), StatusCode::OK);
     s.gateway.begin_shutdown();
     let events = read_events(in_flight).await?;
-    assert_eq!(
-        events.last().map(|e| e.1.as_str()),
-        Some("[DONE]"),
-        "the stream was cut: {events:?}"
-    );
+    assert_eq!(events.last().map(|e| e.1.as_str()), Some("[DONE]"), "the stream was cut: {events:?}");
     s.gateway.wait().await?;
-    let fresh = reqwest::Client::new()
-        .get(s.gateway.url("/healthz"))
-        .send()
-        .await;
-    assert!(
-        fresh.is_err(),
-        "a new connection was accepted after shutdown"
-    );
+    let fresh = reqwest::Client::new().get(s.gateway.url("/healthz")).send().await;
+    assert!(fresh.is_err(), "a new connection was accepted after shutdown");
     Ok(())
 }
 
 #[tokio::test]
 async fn shutdown_gives_up_on_streams_after_the_grace_period() -> anyhow::Result<()> {
-    let behaviour = Behaviour {
-        tokens: Some(50),
-        chunk_delay: Duration::from_millis(100),
-        ..Behaviour::default()
-    };
+    let behaviour = Behaviour { tokens: Some(50), chunk_delay: Duration::from_millis(100), ..Behaviour::default() };
     let mut s = setup(behaviour, "", &["--shutdown-grace", "300ms"]).await?;
     let in_flight = s.post("/v1/chat/completions", &chat(true)).await?;
     let started = Instant::now();
     s.gateway.begin_shutdown();
     s.gateway.wait().await?;
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "shutdown waited {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(2), "shutdown waited {:?}", started.elapsed());
     let events = read_events(in_flight).await;
     assert!(events.map_or(true, |e| e.last().map(|x| x.1.as_str()) != Some("[DONE]")));
     Ok(())

@@ -14,10 +14,7 @@ use crate::snapshot::{BudgetSnapshot, KeySnapshot};
 
 /// The Secret an ApiKey reads when its spec names none.
 pub fn default_secret_ref(key_name: &str) -> SecretKeyRef {
-    SecretKeyRef {
-        name: format!("{key_name}-apikey"),
-        key: "apiKey".to_owned(),
-    }
+    SecretKeyRef { name: format!("{key_name}-apikey"), key: "apiKey".to_owned() }
 }
 
 /// Lower-case hex SHA-256 of a presented key, as the snapshot stores it.
@@ -42,8 +39,7 @@ pub(super) fn compile_keys(
                         Kind::ApiKey,
                         k,
                         ProblemReason::DuplicateKey,
-                        "its key material is already used by another ApiKey; this one is ignored"
-                            .to_owned(),
+                        "its key material is already used by another ApiKey; this one is ignored".to_owned(),
                     );
                     continue;
                 }
@@ -65,10 +61,7 @@ fn compile_key(
     let name = k.name_any();
     let spec = &k.spec;
     let invalid = |m: String| (ProblemReason::InvalidField, m);
-    let secret_ref = spec
-        .secret_ref
-        .clone()
-        .unwrap_or_else(|| default_secret_ref(&name));
+    let secret_ref = spec.secret_ref.clone().unwrap_or_else(|| default_secret_ref(&name));
     let key = secrets.value(ns, &secret_ref)?;
     // A broken allowlist must fail closed, never open the key to everyone.
     let ip_allowlist = spec
@@ -78,21 +71,14 @@ fn compile_key(
             entry
                 .parse::<ipnet::IpNet>()
                 .or_else(|_| entry.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-                .map_err(|_| {
-                    invalid(format!(
-                        "ipAllowlist: {entry:?} is not an IP address or CIDR"
-                    ))
-                })
+                .map_err(|_| invalid(format!("ipAllowlist: {entry:?} is not an IP address or CIDR")))
         })
         .collect::<Result<Vec<_>, _>>()?;
     let budget = spec
         .budget
         .as_ref()
         .map(|b| match b.amount.parse::<Usd>() {
-            Ok(amount) if amount.0 > 0 => Ok(BudgetSnapshot {
-                amount,
-                period: b.period,
-            }),
+            Ok(amount) if amount.0 > 0 => Ok(BudgetSnapshot { amount, period: b.period }),
             Ok(_) => Err(invalid("budget.amount must be positive".to_owned())),
             Err(e) => Err(invalid(format!("budget.amount: {e}"))),
         })
@@ -104,9 +90,7 @@ fn compile_key(
                 Kind::ApiKey,
                 k,
                 ProblemReason::RoutingPolicyNotFound,
-                format!(
-                    "RoutingPolicy {ns}/{p} not found; the namespace's default routing applies"
-                ),
+                format!("RoutingPolicy {ns}/{p} not found; the namespace's default routing applies"),
             );
             None
         }

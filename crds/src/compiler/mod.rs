@@ -97,15 +97,7 @@ pub struct Problem {
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} {}/{}: {}: {}",
-            self.kind,
-            self.namespace,
-            self.name,
-            self.reason.as_str(),
-            self.message
-        )
+        write!(f, "{} {}/{}: {}: {}", self.kind, self.namespace, self.name, self.reason.as_str(), self.message)
     }
 }
 
@@ -122,8 +114,7 @@ pub fn compile(resources: &Resources, version: u64) -> Compiled {
     let mut problems = Problems::default();
     let secrets = SecretIndex::new(&resources.secrets);
     let channels = routes::compile_channels(&resources.channels, &secrets, &mut problems);
-    let mut tables =
-        routes::RouteTables::new(&channels, &resources.routing_policies, &mut problems);
+    let mut tables = routes::RouteTables::new(&channels, &resources.routing_policies, &mut problems);
     let keys = keys::compile_keys(&resources.api_keys, &secrets, &mut tables, &mut problems);
     let mut problems = problems.0;
     problems.sort();
@@ -143,13 +134,7 @@ struct Problems(Vec<Problem>);
 
 impl Problems {
     fn push(&mut self, kind: Kind, obj: &impl ResourceExt, reason: ProblemReason, message: String) {
-        self.0.push(Problem {
-            kind,
-            namespace: namespace_of(obj).to_owned(),
-            name: obj.name_any(),
-            reason,
-            message,
-        });
+        self.0.push(Problem { kind, namespace: namespace_of(obj).to_owned(), name: obj.name_any(), reason, message });
     }
 }
 
@@ -163,10 +148,7 @@ pub(crate) fn namespace_of(obj: &impl ResourceExt) -> &str {
 /// order the API server or the file system listed them in.
 pub(crate) fn sorted<T: ResourceExt>(items: &[T]) -> Vec<&T> {
     let mut out: Vec<&T> = items.iter().collect();
-    out.sort_by(|a, b| {
-        (namespace_of(*a), a.meta().name.as_deref())
-            .cmp(&(namespace_of(*b), b.meta().name.as_deref()))
-    });
+    out.sort_by(|a, b| (namespace_of(*a), a.meta().name.as_deref()).cmp(&(namespace_of(*b), b.meta().name.as_deref())));
     out
 }
 
@@ -174,40 +156,21 @@ struct SecretIndex<'a>(BTreeMap<(&'a str, &'a str), &'a Secret>);
 
 impl<'a> SecretIndex<'a> {
     fn new(secrets: &'a [Secret]) -> Self {
-        Self(
-            secrets
-                .iter()
-                .filter_map(|s| Some(((namespace_of(s), s.metadata.name.as_deref()?), s)))
-                .collect(),
-        )
+        Self(secrets.iter().filter_map(|s| Some(((namespace_of(s), s.metadata.name.as_deref()?), s))).collect())
     }
 
     /// The value of one Secret key, trimmed of surrounding whitespace (a key
     /// written with `--from-file` usually ends in a newline).
     fn value(&self, namespace: &str, r: &SecretKeyRef) -> Result<String, (ProblemReason, String)> {
-        let secret = self.0.get(&(namespace, r.name.as_str())).ok_or_else(|| {
-            (
-                ProblemReason::SecretNotFound,
-                format!("Secret {namespace}/{} not found", r.name),
-            )
-        })?;
-        let from_data = secret
-            .data
-            .as_ref()
-            .and_then(|d| d.get(&r.key))
-            .map(|b| String::from_utf8_lossy(&b.0).into_owned());
-        let from_string_data = || {
-            secret
-                .string_data
-                .as_ref()
-                .and_then(|d| d.get(&r.key))
-                .cloned()
-        };
+        let secret = self
+            .0
+            .get(&(namespace, r.name.as_str()))
+            .ok_or_else(|| (ProblemReason::SecretNotFound, format!("Secret {namespace}/{} not found", r.name)))?;
+        let from_data =
+            secret.data.as_ref().and_then(|d| d.get(&r.key)).map(|b| String::from_utf8_lossy(&b.0).into_owned());
+        let from_string_data = || secret.string_data.as_ref().and_then(|d| d.get(&r.key)).cloned();
         let value = from_data.or_else(from_string_data).ok_or_else(|| {
-            (
-                ProblemReason::SecretKeyNotFound,
-                format!("Secret {namespace}/{} has no key {:?}", r.name, r.key),
-            )
+            (ProblemReason::SecretKeyNotFound, format!("Secret {namespace}/{} has no key {:?}", r.name, r.key))
         })?;
         let value = value.trim();
         if value.is_empty() {
@@ -222,9 +185,7 @@ impl<'a> SecretIndex<'a> {
 
 /// Whether `name` matches any of the globs (`*` and `?`).
 pub fn matches_any(globs: &[String], name: &str) -> bool {
-    globs
-        .iter()
-        .any(|g| wildmatch::WildMatch::new(g).matches(name))
+    globs.iter().any(|g| wildmatch::WildMatch::new(g).matches(name))
 }
 
 #[cfg(test)]

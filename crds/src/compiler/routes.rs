@@ -10,9 +10,7 @@ use crate::channel::Channel;
 use crate::common::parse_duration;
 use crate::money::{Prices, Usd};
 use crate::routing_policy::RoutingPolicy;
-use crate::snapshot::{
-    Candidate, ChannelSnapshot, Credential, ModelSnapshot, RouteTable, TimeoutsSnapshot,
-};
+use crate::snapshot::{Candidate, ChannelSnapshot, Credential, ModelSnapshot, RouteTable, TimeoutsSnapshot};
 
 /// A channel that made it into the snapshot, with what routing needs to know.
 pub(super) struct UsableChannel<'a> {
@@ -31,12 +29,9 @@ pub(super) fn compile_channels<'a>(
         .into_iter()
         .filter(|c| !c.spec.disabled)
         .filter_map(|c| match compile_channel(c, secrets, problems) {
-            Ok(snapshot) => Some(UsableChannel {
-                snapshot,
-                labels: c.labels(),
-                weight: c.spec.weight,
-                priority: c.spec.priority,
-            }),
+            Ok(snapshot) => {
+                Some(UsableChannel { snapshot, labels: c.labels(), weight: c.spec.weight, priority: c.spec.priority })
+            }
             Err((reason, message)) => {
                 problems.push(Kind::Channel, c, reason, message);
                 None
@@ -56,22 +51,14 @@ fn compile_channel(
     if !spec.provider.is_supported() {
         return Err((
             ProblemReason::ProviderNotSupported,
-            format!(
-                "provider {} is not supported by this gateway version yet",
-                spec.provider.as_str()
-            ),
+            format!("provider {} is not supported by this gateway version yet", spec.provider.as_str()),
         ));
     }
     let base_url = spec
         .base_url
         .as_deref()
         .or(spec.provider.default_base_url())
-        .ok_or_else(|| {
-            invalid(format!(
-                "baseUrl is required for provider {}",
-                spec.provider.as_str()
-            ))
-        })?
+        .ok_or_else(|| invalid(format!("baseUrl is required for provider {}", spec.provider.as_str())))?
         .trim_end_matches('/')
         .to_owned();
     let credential = match &spec.credentials {
@@ -79,10 +66,7 @@ fn compile_channel(
         None if spec.provider.requires_credentials() => {
             return Err((
                 ProblemReason::MissingCredentials,
-                format!(
-                    "provider {} needs credentials.secretRef",
-                    spec.provider.as_str()
-                ),
+                format!("provider {} needs credentials.secretRef", spec.provider.as_str()),
             ));
         }
         None => None,
@@ -106,9 +90,7 @@ fn compile_channel(
     };
     for (name, value) in &spec.headers {
         if !is_header_name(name) || value.chars().any(|ch| ch.is_control()) {
-            return Err(invalid(format!(
-                "headers: {name:?} is not a valid HTTP header"
-            )));
+            return Err(invalid(format!("headers: {name:?} is not a valid HTTP header")));
         }
     }
     let mut models: Vec<ModelSnapshot> = Vec::with_capacity(spec.models.len());
@@ -118,27 +100,22 @@ fn compile_channel(
                 Kind::Channel,
                 c,
                 ProblemReason::DuplicateModel,
-                format!(
-                    "model {:?} is listed more than once; the first entry is used",
-                    m.name
-                ),
+                format!("model {:?} is listed more than once; the first entry is used", m.name),
             );
             continue;
         }
-        let price =
-            |v: &Option<String>, field: &str| -> Result<Option<u64>, (ProblemReason, String)> {
-                v.as_deref()
-                    .map(|text| text.parse::<Usd>().map(|u| u.0))
-                    .transpose()
-                    .map_err(|e| invalid(format!("models[{}].pricing.{field}: {e}", m.name)))
-            };
+        let price = |v: &Option<String>, field: &str| -> Result<Option<u64>, (ProblemReason, String)> {
+            v.as_deref()
+                .map(|text| text.parse::<Usd>().map(|u| u.0))
+                .transpose()
+                .map_err(|e| invalid(format!("models[{}].pricing.{field}: {e}", m.name)))
+        };
         let pricing = m.pricing.clone().unwrap_or_default();
         let input = price(&pricing.input_per_million, "inputPerMillion")?.unwrap_or(0);
         let prices = Prices {
             input,
             output: price(&pricing.output_per_million, "outputPerMillion")?.unwrap_or(0),
-            cached_input: price(&pricing.cached_input_per_million, "cachedInputPerMillion")?
-                .unwrap_or(input),
+            cached_input: price(&pricing.cached_input_per_million, "cachedInputPerMillion")?.unwrap_or(input),
         };
         models.push(ModelSnapshot {
             name: m.name.clone(),
@@ -152,11 +129,7 @@ fn compile_channel(
         provider: spec.provider,
         base_url,
         credential,
-        headers: spec
-            .headers
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
+        headers: spec.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         models,
         timeouts,
         azure_api_version: spec.azure.as_ref().and_then(|a| a.api_version.clone()),
@@ -165,10 +138,7 @@ fn compile_channel(
 
 /// RFC 9110 token characters.
 fn is_header_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 type Routes = BTreeMap<String, Vec<Candidate>>;
@@ -185,23 +155,12 @@ pub(super) struct RouteTables {
 }
 
 impl RouteTables {
-    pub(super) fn new(
-        channels: &[UsableChannel<'_>],
-        policies: &[RoutingPolicy],
-        problems: &mut Problems,
-    ) -> Self {
+    pub(super) fn new(channels: &[UsableChannel<'_>], policies: &[RoutingPolicy], problems: &mut Problems) -> Self {
         let mut by_namespace: BTreeMap<&str, Routes> = BTreeMap::new();
         for (idx, ch) in channels.iter().enumerate() {
-            let routes = by_namespace
-                .entry(ch.snapshot.namespace.as_str())
-                .or_default();
+            let routes = by_namespace.entry(ch.snapshot.namespace.as_str()).or_default();
             for (midx, m) in ch.snapshot.models.iter().enumerate() {
-                routes.entry(m.name.clone()).or_default().push(candidate(
-                    idx,
-                    midx,
-                    ch.weight,
-                    ch.priority,
-                ));
+                routes.entry(m.name.clone()).or_default().push(candidate(idx, midx, ch.weight, ch.priority));
             }
         }
         let mut policy_routes = BTreeMap::new();
@@ -222,18 +181,12 @@ impl RouteTables {
             }
             defaults.insert(ns.to_owned(), routes);
         }
-        Self {
-            tables: Vec::new(),
-            index: HashMap::new(),
-            defaults,
-            policies: policy_routes,
-        }
+        Self { tables: Vec::new(), index: HashMap::new(), defaults, policies: policy_routes }
     }
 
     /// Whether the namespace has a policy of that name.
     pub(super) fn has_policy(&self, namespace: &str, name: &str) -> bool {
-        self.policies
-            .contains_key(&(namespace.to_owned(), name.to_owned()))
+        self.policies.contains_key(&(namespace.to_owned(), name.to_owned()))
     }
 
     /// The table for keys of `namespace` that name `policy` (or none).
@@ -249,10 +202,7 @@ impl RouteTables {
             routes.extend(own.iter().map(|(m, c)| (m.clone(), c.clone())));
         }
         let idx = u32::try_from(self.tables.len()).unwrap_or(u32::MAX);
-        self.tables.push(RouteTable {
-            policy: policy.map(|p| format!("{namespace}/{p}")),
-            routes,
-        });
+        self.tables.push(RouteTable { policy: policy.map(|p| format!("{namespace}/{p}")), routes });
         self.index.insert(id, idx);
         idx
     }
@@ -272,18 +222,9 @@ fn candidate(channel: usize, model: usize, weight: u32, priority: i32) -> Candid
 }
 
 /// The models a policy routes and, for each, the channels it resolves to.
-fn policy_candidates(
-    p: &RoutingPolicy,
-    channels: &[UsableChannel<'_>],
-    problems: &mut Problems,
-) -> Routes {
+fn policy_candidates(p: &RoutingPolicy, channels: &[UsableChannel<'_>], problems: &mut Problems) -> Routes {
     let ns = namespace_of(p);
-    let in_ns = || {
-        channels
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| c.snapshot.namespace == ns)
-    };
+    let in_ns = || channels.iter().enumerate().filter(|(_, c)| c.snapshot.namespace == ns);
     // channel index -> weight override
     let mut chosen: BTreeMap<usize, Option<u32>> = BTreeMap::new();
     for r in &p.spec.channels {
@@ -305,12 +246,9 @@ fn policy_candidates(
                         chosen.entry(idx).or_insert(r.weight);
                     }
                 }
-                Err(e) => problems.push(
-                    Kind::RoutingPolicy,
-                    p,
-                    ProblemReason::InvalidSelector,
-                    format!("selector: {e}"),
-                ),
+                Err(e) => {
+                    problems.push(Kind::RoutingPolicy, p, ProblemReason::InvalidSelector, format!("selector: {e}"))
+                }
             },
             (None, None) => problems.push(
                 Kind::RoutingPolicy,
@@ -336,10 +274,7 @@ fn policy_candidates(
     }
     let served: BTreeSet<&str> = routes.keys().map(String::as_str).collect();
     for glob in &p.spec.models {
-        if !served
-            .iter()
-            .any(|m| wildmatch::WildMatch::new(glob).matches(m))
-        {
+        if !served.iter().any(|m| wildmatch::WildMatch::new(glob).matches(m)) {
             problems.push(
                 Kind::RoutingPolicy,
                 p,

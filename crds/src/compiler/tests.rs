@@ -10,18 +10,11 @@ fn compile_yaml(yaml: &str) -> Compiled {
 }
 
 fn reasons(c: &Compiled) -> Vec<(Kind, &str, ProblemReason)> {
-    c.problems
-        .iter()
-        .map(|p| (p.kind, p.name.as_str(), p.reason))
-        .collect()
+    c.problems.iter().map(|p| (p.kind, p.name.as_str(), p.reason)).collect()
 }
 
 fn key<'a>(c: &'a Compiled, name: &str) -> &'a KeySnapshot {
-    c.snapshot
-        .keys
-        .iter()
-        .find(|k| k.name == name)
-        .unwrap_or_else(|| panic!("key {name} missing"))
+    c.snapshot.keys.iter().find(|k| k.name == name).unwrap_or_else(|| panic!("key {name} missing"))
 }
 
 /// Channel names serving `model` for key `name`, with weights.
@@ -34,12 +27,7 @@ fn route(c: &Compiled, key_name: &str, model: &str) -> Vec<(String, u32)> {
         .map(|cands| {
             cands
                 .iter()
-                .map(|cand: &Candidate| {
-                    (
-                        c.snapshot.channels[cand.channel as usize].name.clone(),
-                        cand.weight,
-                    )
-                })
+                .map(|cand: &Candidate| (c.snapshot.channels[cand.channel as usize].name.clone(), cand.weight))
                 .collect()
         })
         .unwrap_or_default()
@@ -88,47 +76,28 @@ fn the_issue_examples_compile_cleanly() {
     let c = compile_yaml(yaml);
     assert_eq!(reasons(&c), vec![], "{:#?}", c.problems);
     assert_eq!(c.snapshot.version, 7);
-    let primary = c
-        .snapshot
-        .channels
-        .iter()
-        .find(|ch| ch.name == "openai-primary");
+    let primary = c.snapshot.channels.iter().find(|ch| ch.name == "openai-primary");
     let primary = primary.unwrap_or_else(|| panic!("openai-primary missing"));
     assert_eq!(primary.base_url, "https://api.openai.com/v1");
     assert_eq!(primary.models[0].upstream, "gpt-4o-mini-2024-07-18");
     assert_eq!(primary.models[0].prices.cached_input, 75_000_000);
     assert_eq!(primary.timeouts.first_byte_ms, 60_000);
-    assert_eq!(
-        primary.headers,
-        vec![("OpenAI-Organization".to_owned(), "org-123".to_owned())]
-    );
+    assert_eq!(primary.headers, vec![("OpenAI-Organization".to_owned(), "org-123".to_owned())]);
     let k = key(&c, "checkout");
     assert_eq!(k.digests.len(), 1);
     assert_eq!(k.ip_allowlist.len(), 2);
     assert_eq!(k.expires_at, Some(1_893_456_000));
-    assert_eq!(
-        k.budget.map(|b| b.amount.to_string()),
-        Some("50.00".to_owned())
-    );
+    assert_eq!(k.budget.map(|b| b.amount.to_string()), Some("50.00".to_owned()));
 }
 
 #[test]
 fn key_digest_is_of_the_trimmed_secret_value_and_no_plaintext_is_kept() {
-    let c = compile_yaml(&format!(
-        "{SECRETS}{}{KEY}",
-        channel("a", "", "{name: m}", 1)
-    ));
+    let c = compile_yaml(&format!("{SECRETS}{}{KEY}", channel("a", "", "{name: m}", 1)));
     let k = key(&c, "checkout");
     assert_eq!(k.digests, vec![key_digest("sk-checkout")]);
     let dump = format!("{:?}", c.snapshot);
-    assert!(
-        !dump.contains("sk-checkout"),
-        "key plaintext leaked into the snapshot"
-    );
-    assert!(
-        !dump.contains("sk-upstream"),
-        "upstream credential visible in Debug output"
-    );
+    assert!(!dump.contains("sk-checkout"), "key plaintext leaked into the snapshot");
+    assert!(!dump.contains("sk-upstream"), "upstream credential visible in Debug output");
 }
 
 #[test]
@@ -140,10 +109,7 @@ fn without_a_policy_every_channel_of_the_namespace_serving_the_model_is_a_candid
         channel("c", "", "{name: other}", 1)
     );
     let c = compile_yaml(&yaml);
-    assert_eq!(
-        route(&c, "checkout", "gpt-4o"),
-        vec![("a".into(), 30), ("b".into(), 70)]
-    );
+    assert_eq!(route(&c, "checkout", "gpt-4o"), vec![("a".into(), 30), ("b".into(), 70)]);
     assert_eq!(route(&c, "checkout", "gpt-4o-mini"), vec![("a".into(), 30)]);
 }
 
@@ -151,10 +117,7 @@ fn without_a_policy_every_channel_of_the_namespace_serving_the_model_is_a_candid
 fn channels_of_other_namespaces_are_never_candidates() {
     let other_ns = channel("foreign", "", "{name: gpt-4o}", 50).replace("team-a", "team-b")
         + "\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: openai-credentials, namespace: team-b}\nstringData: {apiKey: x}\n";
-    let c = compile_yaml(&format!(
-        "{SECRETS}{}{other_ns}{KEY}",
-        channel("a", "", "{name: gpt-4o}", 1)
-    ));
+    let c = compile_yaml(&format!("{SECRETS}{}{other_ns}{KEY}", channel("a", "", "{name: gpt-4o}", 1)));
     assert_eq!(route(&c, "checkout", "gpt-4o"), vec![("a".into(), 1)]);
 }
 
@@ -174,26 +137,15 @@ spec:
 "#;
     let yaml = format!(
         "{SECRETS}{}{}{}{policy}{KEY}",
-        channel(
-            "primary",
-            "tier: primary",
-            "{name: gpt-4o}, {name: embed}",
-            100
-        ),
+        channel("primary", "tier: primary", "{name: gpt-4o}, {name: embed}", 100),
         channel("backup", "tier: backup", "{name: gpt-4o}", 100),
         channel("unlisted", "", "{name: gpt-4o}, {name: embed}", 100)
     );
     let c = compile_yaml(&yaml);
     assert_eq!(reasons(&c), vec![]);
-    assert_eq!(
-        route(&c, "checkout", "gpt-4o"),
-        vec![("backup".into(), 10), ("primary".into(), 100)]
-    );
+    assert_eq!(route(&c, "checkout", "gpt-4o"), vec![("backup".into(), 10), ("primary".into(), 100)]);
     // Models the policy does not match keep the namespace default.
-    assert_eq!(
-        route(&c, "checkout", "embed"),
-        vec![("primary".into(), 100), ("unlisted".into(), 100)]
-    );
+    assert_eq!(route(&c, "checkout", "embed"), vec![("primary".into(), 100), ("unlisted".into(), 100)]);
 }
 
 #[test]
@@ -222,21 +174,11 @@ kind: ApiKey
 metadata: {name: dangling, namespace: team-a}
 spec: {routingPolicy: nope}
 "#;
-    let yaml = format!(
-        "{SECRETS}{}{}{policy}{keys}",
-        channel("a", "", "{name: m}", 1),
-        channel("b", "", "{name: m}", 1)
-    );
+    let yaml =
+        format!("{SECRETS}{}{}{policy}{keys}", channel("a", "", "{name: m}", 1), channel("b", "", "{name: m}", 1));
     let c = compile_yaml(&yaml);
     assert_eq!(route(&c, "named", "m"), vec![("b".into(), 1)]);
-    assert_eq!(
-        reasons(&c),
-        vec![(
-            Kind::ApiKey,
-            "dangling",
-            ProblemReason::RoutingPolicyNotFound
-        )]
-    );
+    assert_eq!(reasons(&c), vec![(Kind::ApiKey, "dangling", ProblemReason::RoutingPolicyNotFound)]);
     // The namespace policy `cheap` matches `*`, so it is also the default.
     assert_eq!(route(&c, "dangling", "m"), vec![("b".into(), 1)]);
 }
@@ -245,10 +187,7 @@ spec: {routingPolicy: nope}
 fn a_channel_without_its_secret_is_left_out_and_reported() {
     let broken = channel("broken", "", "{name: m}", 1).replace("openai-credentials", "missing");
     let no_key = channel("nokey", "", "{name: m}", 1).replace("key: apiKey", "key: token");
-    let c = compile_yaml(&format!(
-        "{SECRETS}{broken}{no_key}{}{KEY}",
-        channel("ok", "", "{name: m}", 1)
-    ));
+    let c = compile_yaml(&format!("{SECRETS}{broken}{no_key}{}{KEY}", channel("ok", "", "{name: m}", 1)));
     assert_eq!(
         reasons(&c),
         vec![
@@ -256,14 +195,7 @@ fn a_channel_without_its_secret_is_left_out_and_reported() {
             (Kind::Channel, "nokey", ProblemReason::SecretKeyNotFound),
         ]
     );
-    assert_eq!(
-        c.snapshot
-            .channels
-            .iter()
-            .map(|ch| ch.name.as_str())
-            .collect::<Vec<_>>(),
-        vec!["ok"]
-    );
+    assert_eq!(c.snapshot.channels.iter().map(|ch| ch.name.as_str()).collect::<Vec<_>>(), vec!["ok"]);
     assert!(c.problems[0].message.contains("team-a/missing"));
 }
 
@@ -281,23 +213,16 @@ metadata: {name: local, namespace: team-a}
 spec: {provider: ollama, models: [{name: llama3}]}
 "#;
     let c = compile_yaml(yaml);
-    assert_eq!(
-        reasons(&c),
-        vec![(Kind::Channel, "needs", ProblemReason::MissingCredentials)]
-    );
+    assert_eq!(reasons(&c), vec![(Kind::Channel, "needs", ProblemReason::MissingCredentials)]);
     assert_eq!(c.snapshot.channels[0].base_url, "http://localhost:11434/v1");
     assert_eq!(c.snapshot.channels[0].credential, None);
 }
 
 #[test]
 fn providers_without_an_adapter_are_reported_not_silently_skipped() {
-    let yaml = channel("claude", "", "{name: claude}", 1)
-        .replace("provider: openai", "provider: anthropic");
+    let yaml = channel("claude", "", "{name: claude}", 1).replace("provider: openai", "provider: anthropic");
     let c = compile_yaml(&format!("{SECRETS}{yaml}"));
-    assert_eq!(
-        reasons(&c),
-        vec![(Kind::Channel, "claude", ProblemReason::ProviderNotSupported)]
-    );
+    assert_eq!(reasons(&c), vec![(Kind::Channel, "claude", ProblemReason::ProviderNotSupported)]);
     assert!(c.snapshot.channels.is_empty());
 }
 
@@ -312,10 +237,7 @@ spec:
   models: ["m", "claude-*"]
   channels: [{name: a}, {name: ghost}]
 "#;
-    let c = compile_yaml(&format!(
-        "{SECRETS}{}{policy}{KEY}",
-        channel("a", "", "{name: m}", 5)
-    ));
+    let c = compile_yaml(&format!("{SECRETS}{}{policy}{KEY}", channel("a", "", "{name: m}", 5)));
     assert_eq!(
         reasons(&c),
         vec![
@@ -329,16 +251,11 @@ spec:
 #[test]
 fn duplicate_models_and_duplicate_keys_are_reported() {
     let twin = KEY.replace("name: checkout,", "name: twin,");
-    let c = compile_yaml(&format!(
-        "{SECRETS}{}{KEY}{twin}",
-        channel("a", "", "{name: m}, {name: m, upstreamModel: x}", 1)
-    ));
+    let c =
+        compile_yaml(&format!("{SECRETS}{}{KEY}{twin}", channel("a", "", "{name: m}, {name: m, upstreamModel: x}", 1)));
     assert_eq!(
         reasons(&c),
-        vec![
-            (Kind::Channel, "a", ProblemReason::DuplicateModel),
-            (Kind::ApiKey, "twin", ProblemReason::DuplicateKey),
-        ]
+        vec![(Kind::Channel, "a", ProblemReason::DuplicateModel), (Kind::ApiKey, "twin", ProblemReason::DuplicateKey),]
     );
     assert_eq!(c.snapshot.channels[0].models.len(), 1);
     assert_eq!(c.snapshot.channels[0].models[0].upstream, "m");
@@ -349,54 +266,32 @@ fn invalid_fields_that_bypass_the_schema_fail_closed() {
     // Standalone mode has no API server to run the CEL rules, so the compiler
     // re-checks what would otherwise open a key or mis-bill.
     let bad_cidr = KEY.replace("secretRef:", "ipAllowlist: [\"10.0.0.0/33\"]\n  secretRef:");
-    let c = compile_yaml(&format!(
-        "{SECRETS}{}{bad_cidr}",
-        channel("a", "", "{name: m}", 1)
-    ));
-    assert_eq!(
-        reasons(&c),
-        vec![(Kind::ApiKey, "checkout", ProblemReason::InvalidField)]
-    );
+    let c = compile_yaml(&format!("{SECRETS}{}{bad_cidr}", channel("a", "", "{name: m}", 1)));
+    assert_eq!(reasons(&c), vec![(Kind::ApiKey, "checkout", ProblemReason::InvalidField)]);
     assert!(c.snapshot.keys.is_empty());
 
-    let bad_price = channel(
-        "p",
-        "",
-        "{name: m, pricing: {inputPerMillion: \"cheap\"}}",
-        1,
-    );
-    let bad_timeout = channel("t", "", "{name: m}", 1)
-        .replace("weight: 1", "weight: 1\n  timeouts: {connect: 5 parsecs}");
+    let bad_price = channel("p", "", "{name: m, pricing: {inputPerMillion: \"cheap\"}}", 1);
+    let bad_timeout =
+        channel("t", "", "{name: m}", 1).replace("weight: 1", "weight: 1\n  timeouts: {connect: 5 parsecs}");
     let c = compile_yaml(&format!("{SECRETS}{bad_price}{bad_timeout}"));
     assert_eq!(
         reasons(&c),
-        vec![
-            (Kind::Channel, "p", ProblemReason::InvalidField),
-            (Kind::Channel, "t", ProblemReason::InvalidField)
-        ]
+        vec![(Kind::Channel, "p", ProblemReason::InvalidField), (Kind::Channel, "t", ProblemReason::InvalidField)]
     );
 }
 
 #[test]
 fn disabled_channels_are_not_candidates_and_not_problems() {
-    let off =
-        channel("off", "", "{name: m}", 1).replace("weight: 1", "weight: 1\n  disabled: true");
-    let c = compile_yaml(&format!(
-        "{SECRETS}{off}{}{KEY}",
-        channel("on", "", "{name: m}", 1)
-    ));
+    let off = channel("off", "", "{name: m}", 1).replace("weight: 1", "weight: 1\n  disabled: true");
+    let c = compile_yaml(&format!("{SECRETS}{off}{}{KEY}", channel("on", "", "{name: m}", 1)));
     assert_eq!(reasons(&c), vec![]);
     assert_eq!(route(&c, "checkout", "m"), vec![("on".into(), 1)]);
 }
 
 #[test]
 fn output_does_not_depend_on_input_order() {
-    let parts = [
-        SECRETS.to_owned(),
-        channel("a", "", "{name: m}", 1),
-        channel("b", "", "{name: m}", 2),
-        KEY.to_owned(),
-    ];
+    let parts =
+        [SECRETS.to_owned(), channel("a", "", "{name: m}", 1), channel("b", "", "{name: m}", 2), KEY.to_owned()];
     let forward = compile_yaml(&parts.join("\n---\n")).snapshot;
     let reversed: Vec<String> = parts.iter().rev().cloned().collect();
     let backward = compile_yaml(&reversed.join("\n---\n")).snapshot;

@@ -50,9 +50,7 @@ fn estimate_tokens(text: &str) -> u64 {
     (text.chars().count() as u64).div_ceil(4)
 }
 
-const FILLER: &[&str] = &[
-    "the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog",
-];
+const FILLER: &[&str] = &["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog"];
 
 impl MockAnswer {
     /// Answers a chat request. `length` forces the completion to that many
@@ -60,38 +58,27 @@ impl MockAnswer {
     /// quotes the last message.
     pub fn for_chat(body: &RequestBody<'_>, length: Option<usize>) -> Result<Self, ApiError> {
         let messages: Vec<Message> = match body.get("messages") {
-            Some(raw) => serde_json::from_str(raw.get()).map_err(|e| {
-                ApiError::bad_request("invalid_messages", format!("`messages` is malformed: {e}"))
-            })?,
+            Some(raw) => serde_json::from_str(raw.get())
+                .map_err(|e| ApiError::bad_request("invalid_messages", format!("`messages` is malformed: {e}")))?,
             None => {
-                return Err(ApiError::bad_request(
-                    "missing_messages",
-                    "`messages` is required.",
-                ));
+                return Err(ApiError::bad_request("missing_messages", "`messages` is required."));
             }
         };
         let texts: Vec<String> = messages
             .iter()
             .map(|m| match &m.content {
                 Some(Content::Text(t)) => t.clone(),
-                Some(Content::Parts(parts)) => parts
-                    .iter()
-                    .filter_map(|p| p.text.as_deref())
-                    .collect::<Vec<_>>()
-                    .join(" "),
+                Some(Content::Parts(parts)) => {
+                    parts.iter().filter_map(|p| p.text.as_deref()).collect::<Vec<_>>().join(" ")
+                }
                 None => String::new(),
             })
             .collect();
         let prompt_tokens = 3 + texts.iter().map(|t| 4 + estimate_tokens(t)).sum::<u64>();
         let mut tokens: Vec<String> = match length {
-            Some(n) => (0..n)
-                .map(|i| format!(" {}", FILLER[i % FILLER.len()]))
-                .collect(),
+            Some(n) => (0..n).map(|i| format!(" {}", FILLER[i % FILLER.len()])).collect(),
             None => {
-                let said: String = texts
-                    .last()
-                    .map(|t| t.chars().take(200).collect())
-                    .unwrap_or_default();
+                let said: String = texts.last().map(|t| t.chars().take(200).collect()).unwrap_or_default();
                 format!("This is LLM Weaver's mock channel. You said: {said}")
                     .split_inclusive(' ')
                     .map(str::to_owned)
@@ -115,9 +102,7 @@ impl MockAnswer {
             prompt_tokens,
             finish_reason,
             id: format!("chatcmpl-mock{}", hex::encode(&digest[..6])),
-            created: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
+            created: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
         })
     }
 
@@ -177,11 +162,7 @@ impl MockAnswer {
     /// with empty `choices`, as OpenAI sends it) and `[DONE]`.
     pub fn to_events(&self, include_usage: bool) -> Vec<Bytes> {
         let mut events = Vec::with_capacity(self.tokens.len() + 4);
-        events.push(self.chunk(
-            json!({"role": "assistant", "content": ""}),
-            None,
-            include_usage,
-        ));
+        events.push(self.chunk(json!({"role": "assistant", "content": ""}), None, include_usage));
         for token in &self.tokens {
             events.push(self.chunk(json!({"content": token}), None, include_usage));
         }
@@ -225,10 +206,7 @@ pub fn embeddings(body: &RequestBody<'_>) -> Result<(Vec<u8>, Usage), ApiError> 
         .ok_or_else(|| ApiError::bad_request("missing_input", "`input` is required."))
         .and_then(|raw| {
             serde_json::from_str(raw.get()).map_err(|_| {
-                ApiError::bad_request(
-                    "invalid_input",
-                    "`input` must be a string, an array of strings or token arrays.",
-                )
+                ApiError::bad_request("invalid_input", "`input` must be a string, an array of strings or token arrays.")
             })
         })?;
     let (texts, prompt_tokens): (Vec<String>, u64) = match input {
@@ -243,14 +221,9 @@ pub fn embeddings(body: &RequestBody<'_>) -> Result<(Vec<u8>, Usage), ApiError> 
             (v.iter().map(|t| format!("{t:?}")).collect(), n)
         }
     };
-    let dimensions = body
-        .get("dimensions")
-        .and_then(|raw| raw.get().parse::<usize>().ok())
-        .unwrap_or(16)
-        .clamp(1, 4096);
-    let base64 = body
-        .get("encoding_format")
-        .is_some_and(|raw| raw.get() == "\"base64\"");
+    let dimensions =
+        body.get("dimensions").and_then(|raw| raw.get().parse::<usize>().ok()).unwrap_or(16).clamp(1, 4096);
+    let base64 = body.get("encoding_format").is_some_and(|raw| raw.get() == "\"base64\"");
     let data: Vec<serde_json::Value> = texts
         .iter()
         .enumerate()
@@ -265,11 +238,7 @@ pub fn embeddings(body: &RequestBody<'_>) -> Result<(Vec<u8>, Usage), ApiError> 
             json!({"object": "embedding", "index": index, "embedding": embedding})
         })
         .collect();
-    let usage = Usage {
-        prompt_tokens,
-        completion_tokens: 0,
-        prompt_tokens_details: None,
-    };
+    let usage = Usage { prompt_tokens, completion_tokens: 0, prompt_tokens_details: None };
     let body = json!({
         "object": "list",
         "data": data,
@@ -287,12 +256,7 @@ fn unit_vector(text: &str, dimensions: usize) -> Vec<f32> {
         block = Sha256::digest(block);
     }
     raw.truncate(dimensions);
-    let norm = raw
-        .iter()
-        .map(|v| v * v)
-        .sum::<f32>()
-        .sqrt()
-        .max(f32::EPSILON);
+    let norm = raw.iter().map(|v| v * v).sum::<f32>().sqrt().max(f32::EPSILON);
     raw.iter().map(|v| v / norm).collect()
 }
 
@@ -310,10 +274,7 @@ mod tests {
         let body = parse(raw);
         let a = MockAnswer::for_chat(&body, None)?;
         let b = MockAnswer::for_chat(&body, None)?;
-        assert_eq!(
-            a.tokens.concat(),
-            "This is LLM Weaver's mock channel. You said: hello there"
-        );
+        assert_eq!(a.tokens.concat(), "This is LLM Weaver's mock channel. You said: hello there");
         assert_eq!(a.tokens, b.tokens);
         assert_eq!(a.usage().completion_tokens, a.tokens.len() as u64);
         assert_eq!(a.usage().prompt_tokens, 3 + 4 + 3);
@@ -328,10 +289,7 @@ mod tests {
         let events = answer.to_events(true);
         assert_eq!(events.len(), 1 + 2 + 1 + 1 + 1);
         let usage_event = String::from_utf8_lossy(&events[events.len() - 2]).into_owned();
-        assert!(
-            usage_event.contains(r#""choices":[]"#)
-                && usage_event.contains(r#""completion_tokens":2"#)
-        );
+        assert!(usage_event.contains(r#""choices":[]"#) && usage_event.contains(r#""completion_tokens":2"#));
         assert_eq!(&events[events.len() - 1][..], b"data: [DONE]\n\n");
         Ok(())
     }
@@ -342,9 +300,7 @@ mod tests {
         let (json, usage) = embeddings(&parse(raw))?;
         let value: serde_json::Value = serde_json::from_slice(&json).unwrap_or_default();
         let b64 = value["data"][1]["embedding"].as_str().unwrap_or_default();
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(b64)
-            .unwrap_or_default();
+        let bytes = base64::engine::general_purpose::STANDARD.decode(b64).unwrap_or_default();
         assert_eq!(bytes.len(), 8 * 4);
         assert_eq!(usage.prompt_tokens, 2);
         Ok(())

@@ -13,11 +13,9 @@ pub fn url(channel: &ChannelSnapshot, model: &ModelSnapshot, endpoint: Endpoint)
     let base = &channel.base_url;
     match (channel.provider, &channel.azure_api_version) {
         // Dated Azure API: the deployment is in the path, the version in the query.
-        (Provider::AzureOpenai, Some(version)) => format!(
-            "{base}/openai/deployments/{}{}?api-version={version}",
-            model.upstream,
-            endpoint.path()
-        ),
+        (Provider::AzureOpenai, Some(version)) => {
+            format!("{base}/openai/deployments/{}{}?api-version={version}", model.upstream, endpoint.path())
+        }
         (Provider::AzureOpenai, None) => format!("{base}/openai/v1{}", endpoint.path()),
         _ => format!("{base}{}", endpoint.path()),
     }
@@ -28,10 +26,7 @@ pub fn auth_header(channel: &ChannelSnapshot) -> Option<(HeaderName, HeaderValue
     let credential = channel.credential.as_ref()?;
     let (name, value) = match channel.provider {
         Provider::AzureOpenai => (HeaderName::from_static("api-key"), credential.0.clone()),
-        _ => (
-            http::header::AUTHORIZATION,
-            format!("Bearer {}", credential.0),
-        ),
+        _ => (http::header::AUTHORIZATION, format!("Bearer {}", credential.0)),
     };
     let mut value = HeaderValue::from_str(&value).ok()?;
     value.set_sensitive(true);
@@ -59,20 +54,12 @@ mod tests {
     }
 
     fn model() -> ModelSnapshot {
-        ModelSnapshot {
-            name: "gpt-4o".into(),
-            upstream: "prod-4o".into(),
-            prices: Prices::default(),
-        }
+        ModelSnapshot { name: "gpt-4o".into(), upstream: "prod-4o".into(), prices: Prices::default() }
     }
 
     #[test]
     fn azure_dated_api_puts_the_deployment_in_the_path() {
-        let ch = channel(
-            Provider::AzureOpenai,
-            "https://r.openai.azure.com",
-            Some("2024-10-21"),
-        );
+        let ch = channel(Provider::AzureOpenai, "https://r.openai.azure.com", Some("2024-10-21"));
         assert_eq!(
             url(&ch, &model(), Endpoint::Chat),
             "https://r.openai.azure.com/openai/deployments/prod-4o/chat/completions?api-version=2024-10-21"
@@ -84,24 +71,14 @@ mod tests {
     #[test]
     fn azure_v1_and_the_openai_family_append_the_operation_path() {
         let azure = channel(Provider::AzureOpenai, "https://r.openai.azure.com", None);
-        assert_eq!(
-            url(&azure, &model(), Endpoint::Embeddings),
-            "https://r.openai.azure.com/openai/v1/embeddings"
-        );
-        let qwen = channel(
-            Provider::Qwen,
-            "https://dashscope-intl.aliyuncs.com/compatible-mode/v1",
-            None,
-        );
+        assert_eq!(url(&azure, &model(), Endpoint::Embeddings), "https://r.openai.azure.com/openai/v1/embeddings");
+        let qwen = channel(Provider::Qwen, "https://dashscope-intl.aliyuncs.com/compatible-mode/v1", None);
         assert_eq!(
             url(&qwen, &model(), Endpoint::Chat),
             "https://dashscope-intl.aliyuncs.com/compatible-mode/v1/chat/completions"
         );
         let (name, value) = auth_header(&qwen).unwrap_or_else(|| panic!("no auth header"));
-        assert_eq!(
-            (name, value.to_str().ok()),
-            (http::header::AUTHORIZATION, Some("Bearer k"))
-        );
+        assert_eq!((name, value.to_str().ok()), (http::header::AUTHORIZATION, Some("Bearer k")));
         assert!(value.is_sensitive());
     }
 }
