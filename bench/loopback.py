@@ -214,11 +214,15 @@ spec: {{allowedModels: ["bench-*"]}}
             base = results[f"{kind}/direct"]
             for name in hops:
                 r = results[f"{kind}/{name}"]
-                added = lambda k: "" if name == "direct" else f"{r[k] - base[k]:.0f}"
+                direct = name == "direct"
+                cpu = "-" if direct else f"{r['cpu_us']:.1f}"
+                add_p50 = "" if direct else f"{r['p50'] - base['p50']:.0f}"
+                add_p99 = "" if direct else f"{r['p99'] - base['p99']:.0f}"
+                ttfb_us = f"{r['ttfb']:.0f}" if "ttfb" in r else ""
+                add_ttfb = f"{r['ttfb'] - base['ttfb']:.0f}" if "ttfb" in r and not direct else ""
                 print(
-                    f"{kind + '/' + name:16}{r['rps']:>12.0f}{(f'{r['cpu_us']:.1f}' if name != 'direct' else '-'):>12}"
-                    f"{r['p50']:>12.0f}{r['p99']:>12.0f}{added('p50'):>11}{added('p99'):>11}"
-                    f"{(f'{r['ttfb']:.0f}' if 'ttfb' in r else ''):>10}{(added('ttfb') if 'ttfb' in r else ''):>12}"
+                    f"{kind + '/' + name:16}{r['rps']:>12.0f}{cpu:>12}{r['p50']:>12.0f}{r['p99']:>12.0f}"
+                    f"{add_p50:>11}{add_p99:>11}{ttfb_us:>10}{add_ttfb:>12}"
                 )
         for kind in ("plain", "stream"):
             g, n = results[f"{kind}/gateway"], results[f"{kind}/nginx"]

@@ -7,7 +7,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame};
 use hyper::body::Incoming;
 use tokio::time::Sleep;
@@ -16,8 +16,19 @@ use crate::error::ApiError;
 use crate::meter::Meter;
 use crate::sse::SseScanner;
 
+/// Scheduler turns given to the upstream connection before writing what has
+/// been gathered (it needs two to hand over a chunk it has already read).
+const MAX_TURNS: u8 = 2;
+
+/// Largest write assembled from chunks that arrived together.
+const MAX_BATCH: usize = 16 * 1024;
+
 pub struct RelayBody {
     pending: Option<Bytes>,
+    pending_error: Option<String>,
+    batch: Coalesced,
+    yielded: u8,
+    turn: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     inner: Option<Incoming>,
     scanner: SseScanner,
     meter: Meter,
@@ -34,7 +45,17 @@ impl RelayBody {
         deadline: Pin<Box<Sleep>>,
     ) -> Self {
         let out = scanner.push(first);
-        Self { pending: (!out.is_empty()).then_some(out), inner: Some(inner), scanner, meter, deadline }
+        Self {
+            pending: (!out.is_empty()).then_some(out),
+            pending_error: None,
+            batch: Coalesced::default(),
+            yielded: 0,
+            turn: None,
+            inner: Some(inner),
+            scanner,
+            meter,
+            deadline,
+        }
     }
 
     /// Ends the stream with an OpenAI-style error event, which the SDKs raise as
@@ -59,24 +80,64 @@ impl Body for RelayBody {
         if let Some(data) = this.pending.take() {
             return Poll::Ready(Some(Ok(Frame::data(data))));
         }
+        if let Some(message) = this.pending_error.take() {
+            return this.fail(ApiError::bad_gateway(
+                "upstream_stream_error",
+                format!("The upstream stream broke off: {message}"),
+            ));
+        }
+        let ready = |out: Coalesced| Poll::Ready(Some(Ok(Frame::data(out.into_bytes()))));
+        if let Some(turn) = this.turn.as_mut() {
+            if turn.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            this.turn = None;
+        }
         loop {
             let Some(inner) = this.inner.as_mut() else {
-                return Poll::Ready(None);
+                let out = std::mem::take(&mut this.batch);
+                return if out.is_empty() { Poll::Ready(None) } else { ready(out) };
             };
             if this.deadline.as_mut().poll(cx).is_ready() {
                 return this.fail(ApiError::gateway_timeout("The stream exceeded the channel's total timeout."));
             }
             match Pin::new(inner).poll_frame(cx) {
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending if this.batch.is_empty() => return Poll::Pending,
+                // hyper's client hands over one chunk per turn of its own
+                // task; giving it turns while chunks keep coming lets what is
+                // already read go out in one write, not one per event. No
+                // timer: nothing waits for data that has not arrived.
+                Poll::Pending if this.yielded < MAX_TURNS => {
+                    this.yielded += 1;
+                    // tokio's yield goes to the back of the run queue, behind
+                    // the connection task (a plain self-wake would run first).
+                    let mut turn = Box::pin(tokio::task::yield_now());
+                    if turn.as_mut().poll(cx).is_ready() {
+                        continue;
+                    }
+                    this.turn = Some(turn);
+                    return Poll::Pending;
+                }
+                Poll::Pending => {
+                    this.yielded = 0;
+                    return ready(std::mem::take(&mut this.batch));
+                }
                 Poll::Ready(Some(Ok(frame))) => {
                     if let Ok(data) = frame.into_data() {
-                        let out = this.scanner.push(data);
-                        if !out.is_empty() {
-                            return Poll::Ready(Some(Ok(Frame::data(out))));
+                        this.batch.push(this.scanner.push(data));
+                        // More may follow right behind; look again before writing.
+                        this.yielded = 0;
+                        if this.batch.len() >= MAX_BATCH {
+                            return ready(std::mem::take(&mut this.batch));
                         }
                     }
                 }
                 Poll::Ready(Some(Err(e))) => {
+                    if !this.batch.is_empty() {
+                        // Deliver what arrived first; the error comes on the next poll.
+                        this.pending_error = Some(e.to_string());
+                        return ready(std::mem::take(&mut this.batch));
+                    }
                     return this.fail(ApiError::bad_gateway(
                         "upstream_stream_error",
                         format!("The upstream stream broke off: {e}"),
@@ -85,18 +146,52 @@ impl Body for RelayBody {
                 Poll::Ready(None) => {
                     this.inner = None;
                     this.meter.status = 200;
-                    let tail = this.scanner.finish();
-                    if !tail.is_empty() {
-                        return Poll::Ready(Some(Ok(Frame::data(tail))));
-                    }
-                    return Poll::Ready(None);
+                    this.batch.push(this.scanner.finish());
                 }
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.pending.is_none() && self.inner.is_none()
+        self.pending.is_none() && self.pending_error.is_none() && self.inner.is_none()
+    }
+}
+
+/// Frames that arrived together: the first is kept as is, later ones are
+/// appended (copying only when there is more than one).
+#[derive(Default)]
+struct Coalesced {
+    first: Option<Bytes>,
+    more: Option<BytesMut>,
+}
+
+impl Coalesced {
+    fn push(&mut self, data: Bytes) {
+        if data.is_empty() {
+            return;
+        }
+        match (&self.first, &mut self.more) {
+            (None, _) => self.first = Some(data),
+            (Some(first), None) => {
+                let mut more = BytesMut::with_capacity(first.len() + data.len());
+                more.extend_from_slice(first);
+                more.extend_from_slice(&data);
+                self.more = Some(more);
+            }
+            (Some(_), Some(more)) => more.extend_from_slice(&data),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    fn len(&self) -> usize {
+        self.more.as_ref().map_or_else(|| self.first.as_ref().map_or(0, Bytes::len), BytesMut::len)
+    }
+
+    fn into_bytes(self) -> Bytes {
+        self.more.map(BytesMut::freeze).or(self.first).unwrap_or_default()
     }
 }
 

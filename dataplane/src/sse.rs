@@ -25,30 +25,13 @@ struct Chunk {
     choices: Option<Vec<IgnoredAny>>,
 }
 
-/// End of the last complete event in `data` (just after its blank line).
-fn last_boundary(data: &[u8]) -> Option<usize> {
-    let lf = memmem::rfind(data, b"\n\n").map(|i| i + 2);
-    let crlf = memmem::rfind(data, b"\r\n\r\n").map(|i| i + 4);
-    lf.max(crlf)
-}
-
-/// Splits complete events (each with its terminating blank line).
-fn events(data: &Bytes) -> impl Iterator<Item = Bytes> + '_ {
-    let mut start = 0;
-    std::iter::from_fn(move || {
-        if start >= data.len() {
-            return None;
-        }
-        let rest = &data[start..];
-        let end = match (memmem::find(rest, b"\n\n"), memmem::find(rest, b"\r\n\r\n")) {
-            (Some(a), Some(b)) if b < a => b + 4,
-            (Some(a), _) => a + 2,
-            (None, Some(b)) => b + 4,
-            (None, None) => rest.len(),
-        };
-        let event = data.slice(start..start + end);
-        start += end;
-        Some(event)
+/// Where complete events end in `data`: just past each blank line (`\n\n`,
+/// or `\r\n\r\n` as some servers write). One linear pass.
+fn boundaries(data: &[u8]) -> impl Iterator<Item = usize> + '_ {
+    memchr::memchr_iter(b'\n', data).filter_map(move |i| match data.get(i + 1) {
+        Some(b'\n') => Some(i + 2),
+        Some(b'\r') if data.get(i + 2) == Some(&b'\n') => Some(i + 3),
+        _ => None,
     })
 }
 
@@ -78,36 +61,28 @@ impl SseScanner {
             self.carry.extend_from_slice(&frame);
             self.carry.split().freeze()
         };
-        let Some(end) = last_boundary(&data) else {
-            self.carry.extend_from_slice(&data);
-            return Bytes::new();
-        };
-        if end < data.len() {
-            self.carry.extend_from_slice(&data[end..]);
+        // Only copied when an event is dropped; otherwise a slice of the frame.
+        let mut kept: Option<BytesMut> = None;
+        let mut start = 0;
+        for end in boundaries(&data) {
+            let drop = self.inspect(&data[start..end]);
+            match (&mut kept, drop) {
+                (None, true) => kept = Some(BytesMut::from(&data[..start])),
+                (Some(out), false) => out.extend_from_slice(&data[start..end]),
+                (None, false) | (Some(_), true) => {}
+            }
+            start = end;
         }
-        self.filter(data.slice(..end))
+        if start < data.len() {
+            self.carry.extend_from_slice(&data[start..]);
+        }
+        kept.map_or_else(|| data.slice(..start), BytesMut::freeze)
     }
 
     /// Whatever is left when the upstream closes (an unterminated last event).
     pub fn finish(&mut self) -> Bytes {
         let rest = self.carry.split().freeze();
-        if rest.is_empty() { rest } else { self.filter(rest) }
-    }
-
-    fn filter(&mut self, complete: Bytes) -> Bytes {
-        let mut kept: Option<BytesMut> = None;
-        let mut offset = 0;
-        for event in events(&complete) {
-            let drop = self.inspect(&event);
-            match (&mut kept, drop) {
-                (None, false) => {}
-                (None, true) => kept = Some(BytesMut::from(&complete[..offset])),
-                (Some(out), false) => out.extend_from_slice(&event),
-                (Some(_), true) => {}
-            }
-            offset += event.len();
-        }
-        kept.map_or(complete, BytesMut::freeze)
+        if self.inspect(&rest) { Bytes::new() } else { rest }
     }
 
     /// Reads usage from an event; true when the event must not reach the client.

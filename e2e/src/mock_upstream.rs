@@ -11,6 +11,7 @@ use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
+use axum::serve::ListenerExt;
 use futures_util::StreamExt;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use tokio::net::TcpListener;
@@ -67,6 +68,11 @@ impl MockUpstream {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let app = Router::new().fallback(answer).with_state(shared.clone());
+        // Like any real upstream: without it, streamed events stall ~40 ms on
+        // delayed ACKs.
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let task = tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
                 tracing::error!(error = %e, "mock upstream stopped");
@@ -126,7 +132,7 @@ async fn answer(State(shared): State<Arc<Shared>>, uri: http::Uri, headers: Head
         raw: body.clone(),
         body: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
     });
-    tokio::time::sleep(behaviour.latency).await;
+    pause(behaviour.latency).await;
     if let Some(required) = &behaviour.require_key
         && presented_key(&headers) != Some(required.as_str())
     {
@@ -163,9 +169,12 @@ async fn answer(State(shared): State<Arc<Shared>>, uri: http::Uri, headers: Head
     let drop_after = behaviour.drop_after.unwrap_or(usize::MAX);
     let stream = futures_util::stream::iter(events.into_iter().enumerate()).then(move |(i, event)| async move {
         if i > 0 {
-            tokio::time::sleep(delay).await;
+            pause(delay).await;
         }
         if i >= drop_after {
+            // Let the events before the cut reach the wire first; hyper drops
+            // its unflushed buffer when a body fails.
+            tokio::time::sleep(Duration::from_millis(20)).await;
             return Err(std::io::Error::other("connection dropped by fault injection"));
         }
         Ok::<_, std::io::Error>(event)
@@ -173,6 +182,14 @@ async fn answer(State(shared): State<Arc<Shared>>, uri: http::Uri, headers: Head
     let mut response = Response::new(Body::from_stream(stream));
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     response
+}
+
+/// Sleeps, unless there is nothing to wait for: tokio's timer has millisecond
+/// ticks, so even a zero sleep would add up to a millisecond.
+async fn pause(d: Duration) {
+    if !d.is_zero() {
+        tokio::time::sleep(d).await;
+    }
 }
 
 fn json_body(json: Vec<u8>) -> Response {
