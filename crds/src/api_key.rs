@@ -59,6 +59,17 @@ pub struct ApiKeySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub routing_policy: Option<String>,
+    /// Change this value (any string, e.g. a date) to rotate an operator-issued
+    /// key: a new key is written to the Secret and the old one keeps working for
+    /// `rotationGracePeriod`. The annotation `llmweaver.io/rotate` does the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub rotation_trigger: Option<String>,
+    /// How long a rotated-out key keeps working. Default 1h.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]+(ms|s|m|h))+$')").message("must be a duration such as 500ms, 30s, 5m or 1h30m"))]
+    pub rotation_grace_period: Option<String>,
 }
 
 /// A spending cap per period.

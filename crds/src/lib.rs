@@ -11,6 +11,7 @@ pub mod compiler;
 pub mod crdgen;
 pub mod manifests;
 pub mod money;
+pub mod protocol;
 pub mod routing_policy;
 pub mod snapshot;
 

@@ -12,7 +12,7 @@ use crate::channel::Provider;
 use crate::money::{Prices, Usd};
 
 /// One immutable configuration version.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {
     /// Increases with every change; gateways acknowledge it.
     pub version: u64,
@@ -22,6 +22,20 @@ pub struct Snapshot {
     pub route_tables: Vec<RouteTable>,
     /// Client keys, sorted by namespace and name.
     pub keys: Vec<KeySnapshot>,
+    /// Gateway replicas currently connected to the operator (1 standalone), so
+    /// each replica can take its share of per-key rate limits.
+    #[serde(default = "one")]
+    pub gateway_replicas: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl Default for Snapshot {
+    fn default() -> Self {
+        Self { version: 0, channels: Vec::new(), route_tables: Vec::new(), keys: Vec::new(), gateway_replicas: 1 }
+    }
 }
 
 /// A channel with its credential resolved.
@@ -100,9 +114,9 @@ pub struct Candidate {
 pub struct KeySnapshot {
     pub namespace: String,
     pub name: String,
-    /// Lower-case hex SHA-256 digests of the keys that authenticate as this
-    /// ApiKey (more than one while a rotation's grace period runs).
-    pub digests: Vec<String>,
+    /// The keys that authenticate as this ApiKey: more than one while a
+    /// rotation's grace period runs.
+    pub digests: Vec<KeyDigest>,
     /// Globs; empty allows every model.
     pub allowed_models: Vec<String>,
     pub disabled: bool,
@@ -114,6 +128,15 @@ pub struct KeySnapshot {
     pub route_table: u32,
     pub budget: Option<BudgetSnapshot>,
     pub rate_limit: Option<crate::api_key::RateLimit>,
+}
+
+/// One accepted key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyDigest {
+    /// Lower-case hex SHA-256 of the key.
+    pub sha256: String,
+    /// Unix seconds after which this key is refused (a rotated-out key).
+    pub expires_at: Option<i64>,
 }
 
 /// A parsed budget.

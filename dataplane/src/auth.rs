@@ -55,7 +55,12 @@ pub fn authenticate(rt: &Runtime, headers: &HeaderMap, client: IpAddr, now_unix:
         )
     })?;
     let digest: Digest = Sha256::digest(key.as_bytes()).into();
-    let (idx, k) = rt.key_by_digest(&digest).ok_or_else(|| ApiError::unauthorized("Incorrect API key provided."))?;
+    let (idx, k, rotated_out_at) =
+        rt.key_by_digest(&digest).ok_or_else(|| ApiError::unauthorized("Incorrect API key provided."))?;
+    // A key replaced by rotation is as good as unknown once its grace ends.
+    if rotated_out_at.is_some_and(|t| now_unix >= t) {
+        return Err(ApiError::unauthorized("Incorrect API key provided."));
+    }
     if k.disabled {
         return Err(ApiError::forbidden("key_disabled", "This API key has been disabled."));
     }

@@ -18,7 +18,8 @@ pub type Digest = [u8; 32];
 
 pub struct Runtime {
     pub snapshot: Snapshot,
-    by_digest: HashMap<Digest, usize>,
+    /// Digest -> (key index, unix second the digest stops working).
+    by_digest: HashMap<Digest, (usize, Option<i64>)>,
     pub keys: Vec<KeyRuntime>,
     pub channels: Vec<ChannelRuntime>,
 }
@@ -70,9 +71,9 @@ impl Runtime {
         let mut keys = Vec::with_capacity(snapshot.keys.len());
         for (idx, k) in snapshot.keys.iter().enumerate() {
             for d in &k.digests {
-                match hex::decode(d).ok().and_then(|v| Digest::try_from(v).ok()) {
+                match hex::decode(&d.sha256).ok().and_then(|v| Digest::try_from(v).ok()) {
                     Some(digest) => {
-                        by_digest.insert(digest, idx);
+                        by_digest.insert(digest, (idx, d.expires_at));
                     }
                     None => warnings.push(format!("ApiKey {}/{}: malformed key digest", k.namespace, k.name)),
                 }
@@ -137,10 +138,10 @@ impl Runtime {
         (Self { snapshot, by_digest, keys, channels }, warnings)
     }
 
-    /// The key a digest belongs to.
-    pub fn key_by_digest(&self, digest: &Digest) -> Option<(usize, &KeySnapshot)> {
-        let idx = *self.by_digest.get(digest)?;
-        Some((idx, &self.snapshot.keys[idx]))
+    /// The key a digest belongs to, and when that digest stops working.
+    pub fn key_by_digest(&self, digest: &Digest) -> Option<(usize, &KeySnapshot, Option<i64>)> {
+        let (idx, until) = *self.by_digest.get(digest)?;
+        Some((idx, &self.snapshot.keys[idx], until))
     }
 
     /// Whether a key may use a model.

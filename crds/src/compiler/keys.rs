@@ -10,12 +10,21 @@ use super::{Kind, ProblemReason, Problems, SecretIndex, namespace_of, sorted};
 use crate::api_key::ApiKey;
 use crate::common::SecretKeyRef;
 use crate::money::Usd;
-use crate::snapshot::{BudgetSnapshot, KeySnapshot};
+use crate::snapshot::{BudgetSnapshot, KeyDigest, KeySnapshot};
 
 /// The Secret an ApiKey reads when its spec names none.
 pub fn default_secret_ref(key_name: &str) -> SecretKeyRef {
     SecretKeyRef { name: format!("{key_name}-apikey"), key: "apiKey".to_owned() }
 }
+
+/// Secret data key holding the rotated-out key, next to the current one.
+pub fn previous_key_field(key: &str) -> String {
+    format!("{key}.previous")
+}
+
+/// Annotation on a generated Secret: unix seconds until which the previous key
+/// is still accepted.
+pub const PREVIOUS_EXPIRES_ANNOTATION: &str = "llmweaver.io/previous-key-expires-at";
 
 /// Lower-case hex SHA-256 of a presented key, as the snapshot stores it.
 pub fn key_digest(key: &str) -> String {
@@ -34,7 +43,7 @@ pub(super) fn compile_keys(
         let compiled = compile_key(k, secrets, tables, problems);
         match compiled {
             Ok(snap) => {
-                if snap.digests.iter().any(|d| !seen.insert(d.clone())) {
+                if snap.digests.iter().any(|d| !seen.insert(d.sha256.clone())) {
                     problems.push(
                         Kind::ApiKey,
                         k,
@@ -63,6 +72,10 @@ fn compile_key(
     let invalid = |m: String| (ProblemReason::InvalidField, m);
     let secret_ref = spec.secret_ref.clone().unwrap_or_else(|| default_secret_ref(&name));
     let key = secrets.value(ns, &secret_ref)?;
+    let mut digests = vec![KeyDigest { sha256: key_digest(&key), expires_at: None }];
+    if let Some((previous, until)) = secrets.previous_key(ns, &secret_ref) {
+        digests.push(KeyDigest { sha256: key_digest(&previous), expires_at: Some(until) });
+    }
     // A broken allowlist must fail closed, never open the key to everyone.
     let ip_allowlist = spec
         .ip_allowlist
@@ -99,7 +112,7 @@ fn compile_key(
     Ok(KeySnapshot {
         namespace: ns.to_owned(),
         name,
-        digests: vec![key_digest(&key)],
+        digests,
         allowed_models: spec.allowed_models.clone(),
         disabled: spec.disabled,
         expires_at: spec.expires_at.as_ref().map(|t| t.0.as_second()),

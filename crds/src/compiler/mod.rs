@@ -124,6 +124,7 @@ pub fn compile(resources: &Resources, version: u64) -> Compiled {
             channels: channels.into_iter().map(|c| c.snapshot).collect(),
             route_tables: tables.into_tables(),
             keys,
+            gateway_replicas: 1,
         },
         problems,
     }
@@ -180,6 +181,19 @@ impl<'a> SecretIndex<'a> {
             ));
         }
         Ok(value.to_owned())
+    }
+}
+
+impl SecretIndex<'_> {
+    /// A rotated-out key and the unix second it stops working, when the
+    /// operator left one in the Secret.
+    fn previous_key(&self, namespace: &str, r: &SecretKeyRef) -> Option<(String, i64)> {
+        let secret = self.0.get(&(namespace, r.name.as_str()))?;
+        let until = secret.metadata.annotations.as_ref()?.get(keys::PREVIOUS_EXPIRES_ANNOTATION)?.parse().ok()?;
+        let field = keys::previous_key_field(&r.key);
+        let value = secret.data.as_ref()?.get(&field)?;
+        let value = String::from_utf8_lossy(&value.0).trim().to_owned();
+        (!value.is_empty()).then_some((value, until))
     }
 }
 

@@ -1,7 +1,7 @@
 use super::*;
 use crate::compiler::keys::key_digest;
 use crate::manifests::parse_into;
-use crate::snapshot::{Candidate, KeySnapshot};
+use crate::snapshot::{Candidate, KeyDigest, KeySnapshot};
 
 fn compile_yaml(yaml: &str) -> Compiled {
     let mut resources = Resources::default();
@@ -94,7 +94,7 @@ fn the_issue_examples_compile_cleanly() {
 fn key_digest_is_of_the_trimmed_secret_value_and_no_plaintext_is_kept() {
     let c = compile_yaml(&format!("{SECRETS}{}{KEY}", channel("a", "", "{name: m}", 1)));
     let k = key(&c, "checkout");
-    assert_eq!(k.digests, vec![key_digest("sk-checkout")]);
+    assert_eq!(k.digests, vec![KeyDigest { sha256: key_digest("sk-checkout"), expires_at: None }]);
     let dump = format!("{:?}", c.snapshot);
     assert!(!dump.contains("sk-checkout"), "key plaintext leaked into the snapshot");
     assert!(!dump.contains("sk-upstream"), "upstream credential visible in Debug output");
@@ -296,4 +296,31 @@ fn output_does_not_depend_on_input_order() {
     let reversed: Vec<String> = parts.iter().rev().cloned().collect();
     let backward = compile_yaml(&reversed.join("\n---\n")).snapshot;
     assert_eq!(forward, backward);
+}
+
+#[test]
+fn a_rotated_out_key_is_accepted_until_its_deadline() {
+    let rotated = r#"
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: checkout-apikey
+  namespace: team-a
+  annotations: {llmweaver.io/previous-key-expires-at: "1900000000"}
+data: {apiKey: bmV3LWtleQ==, apiKey.previous: b2xkLWtleQ==}   # new-key, old-key
+---
+apiVersion: llmweaver.io/v1alpha1
+kind: ApiKey
+metadata: {name: checkout, namespace: team-a}
+spec: {}
+"#;
+    let c = compile_yaml(&format!("{}{rotated}", channel("a", "", "{name: m}", 1)));
+    assert_eq!(
+        key(&c, "checkout").digests,
+        vec![
+            KeyDigest { sha256: key_digest("new-key"), expires_at: None },
+            KeyDigest { sha256: key_digest("old-key"), expires_at: Some(1_900_000_000) },
+        ]
+    );
 }
