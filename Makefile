@@ -33,12 +33,18 @@ unit:
 	cargo build --workspace --bins
 	cargo test --workspace
 
-# The official OpenAI SDK against the real binaries, and the CRDs against a real
-# kube-apiserver + etcd (built from Go modules on first use, ~4 min).
+# The official OpenAI SDK against the real binaries; the CRDs and the operator
+# (with two gateways in cluster mode) against a real kube-apiserver + etcd,
+# built from Go modules on first use (~4 min) and thrown away afterwards.
+PLANE ?= $(or $(TMPDIR),/tmp)/llm-weaver-e2e-plane
 e2e:
 	cargo build --workspace --bins
 	e2e/control-plane build
-	$(PYTHON) -m pytest e2e/sdk e2e/crd -q
+	e2e/control-plane down $(PLANE) >/dev/null 2>&1 || true
+	e2e/control-plane up $(PLANE) >/dev/null
+	trap 'e2e/control-plane down $(PLANE) >/dev/null' EXIT; \
+	  WEAVER_E2E_KUBECONFIG=$(PLANE)/kubeconfig cargo test -p weaver-e2e --test operator -- --ignored --test-threads 4 && \
+	  $(PYTHON) -m pytest e2e/sdk e2e/crd -q
 
 crds:
 	WEAVER_BLESS=1 cargo test -p weaver-crds --lib crdgen

@@ -127,15 +127,24 @@ pub struct ApiKeyStatus {
     pub usage: Option<UsageStatus>,
 }
 
-/// Usage totals.
+/// Usage totals since `since` (for a key with a budget: the current budget
+/// period). Summed from the gateways' reports today; a durable usage store can
+/// take over the same fields.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UsageStatus {
+    #[serde(default)]
     pub requests: u64,
+    #[serde(default)]
     pub input_tokens: u64,
+    #[serde(default)]
     pub output_tokens: u64,
     /// USD as a decimal string.
+    #[serde(default)]
     pub cost: String,
+    /// Start of the period these totals cover.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_used: Option<Time>,
 }

@@ -23,6 +23,7 @@ use crate::common::SecretKeyRef;
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Healthy","type":"string","jsonPath":".status.conditions[?(@.type==\"Healthy\")].status"}"#,
     printcolumn = r#"{"name":"P95","type":"string","jsonPath":".status.latency.p95"}"#,
+    printcolumn = r#"{"name":"Success","type":"string","jsonPath":".status.successRate","priority":1}"#,
     printcolumn = r#"{"name":"Spend","type":"string","jsonPath":".status.usage.cost"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -236,9 +237,14 @@ pub struct ChannelStatus {
     /// The generation the conditions describe.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Upstream latency percentiles across all gateway replicas (e.g. `850ms`).
+    /// Time to the upstream's first byte across all gateway replicas over the
+    /// last five minutes (e.g. `850ms`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency: Option<LatencyStatus>,
+    /// Share of upstream attempts over the last five minutes that did not fail
+    /// (e.g. `99.5%`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success_rate: Option<String>,
     /// Traffic served through this channel.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<crate::api_key::UsageStatus>,
@@ -248,7 +254,10 @@ pub struct ChannelStatus {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LatencyStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub p50: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub p95: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub p99: Option<String>,
 }

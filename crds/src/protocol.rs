@@ -24,6 +24,10 @@ pub const TOKEN_AUDIENCE: &str = "llm-weaver";
 pub struct GatewayReport {
     /// Unique per process start (pod name + start time).
     pub instance: String,
+    /// When the instance started (unix milliseconds), so a receiver can tell
+    /// whether it has seen all of its counters.
+    #[serde(default)]
+    pub started_at: i64,
     /// The snapshot version the gateway serves with.
     pub applied_version: u64,
     pub channels: Vec<ChannelReport>,
@@ -41,6 +45,13 @@ pub struct ChannelReport {
     pub failures: u64,
     /// Time to the upstream's first byte.
     pub latency: LatencySketch,
+    #[serde(default)]
+    pub input_tokens: u64,
+    #[serde(default)]
+    pub output_tokens: u64,
+    /// Nano-dollars.
+    #[serde(default)]
+    pub cost: u64,
 }
 
 /// Traffic of one client key.
@@ -67,16 +78,10 @@ const BUCKETS: usize = 80;
 /// A latency histogram with fixed logarithmic buckets (milliseconds). Sketches
 /// from many replicas merge by adding counts, so percentiles across replicas
 /// are right, unlike averaging each replica's percentiles.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LatencySketch {
     /// Sparse: `(bucket, count)`, bucket ascending.
     pub counts: Vec<(u16, u64)>,
-}
-
-impl Default for LatencySketch {
-    fn default() -> Self {
-        Self { counts: Vec::new() }
-    }
 }
 
 fn bucket_of(ms: f64) -> u16 {

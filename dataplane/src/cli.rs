@@ -6,21 +6,49 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{ArgGroup, Parser, ValueEnum};
 use ipnet::IpNet;
+use reqwest::Url;
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 
+use crate::cluster::{self, Cluster, ClusterError};
 use crate::gateway::{Gateway, Settings};
 use crate::source::{LoadError, ManifestDir};
 
 /// LLM Weaver gateway: an OpenAI-compatible endpoint in front of many LLM providers.
 #[derive(Debug, Parser)]
 #[command(name = "weaver-gateway", version)]
+#[command(group(ArgGroup::new("source").required(true).args(["manifests", "operator"])))]
 pub struct Args {
     /// Serve standalone from the Channel, ApiKey, RoutingPolicy and Secret
     /// manifests in this folder (*.yaml, *.yml; re-read on change).
     #[arg(long, env = "WEAVER_MANIFESTS")]
-    pub manifests: PathBuf,
+    pub manifests: Option<PathBuf>,
+    /// Cluster mode: follow the snapshots of the operator at this https URL
+    /// and report to it.
+    #[arg(long, env = "WEAVER_OPERATOR_URL", value_parser = parse_operator_url)]
+    pub operator: Option<Url>,
+    /// PEM CA bundle to trust for the operator (cluster mode; default: the
+    /// public webpki roots).
+    #[arg(long, env = "WEAVER_OPERATOR_CA")]
+    pub operator_ca: Option<PathBuf>,
+    /// Token presented to the operator (cluster mode); re-read for every
+    /// connection and report, since the kubelet rotates it.
+    #[arg(long, env = "WEAVER_TOKEN_FILE", default_value = "/var/run/secrets/llmweaver.io/token")]
+    pub token_file: PathBuf,
+    /// Where the last applied snapshot is kept (cluster mode), so a restart
+    /// serves while the operator is unreachable. Holds credentials: mode 0600.
+    #[arg(long, env = "WEAVER_CACHE_FILE", default_value = "/var/cache/llm-weaver/snapshot.json")]
+    pub cache_file: PathBuf,
+    /// Name reported to the operator; must be unique per process start
+    /// (default: $POD_NAME or the host name, plus `-` and the start time in
+    /// unix milliseconds).
+    #[arg(long, env = "WEAVER_INSTANCE")]
+    pub instance: Option<String>,
+    /// How often counters are reported to the operator (cluster mode).
+    #[arg(long, env = "WEAVER_REPORT_INTERVAL", default_value = "2s", value_parser = positive_duration)]
+    pub report_interval: Duration,
     /// Address to listen on. Containers pass 0.0.0.0:8080.
     #[arg(long, env = "WEAVER_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
@@ -34,11 +62,29 @@ pub struct Args {
     #[arg(long, env = "WEAVER_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
     /// How often the manifests folder is checked for changes.
-    #[arg(long, env = "WEAVER_RELOAD_INTERVAL", default_value = "500ms", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "WEAVER_RELOAD_INTERVAL", default_value = "500ms", value_parser = positive_duration)]
     pub reload_interval: Duration,
     /// Log format: `auto` is human-readable on a terminal and JSON otherwise.
     #[arg(long, env = "WEAVER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto)]
     pub log_format: LogFormat,
+}
+
+/// The token travels with every request, so plain HTTP is refused.
+fn parse_operator_url(text: &str) -> Result<Url, String> {
+    let url = Url::parse(text).map_err(|e| e.to_string())?;
+    if url.scheme() != "https" {
+        return Err("the operator must be reached over https (the gateway sends its token)".to_owned());
+    }
+    Ok(url)
+}
+
+/// A period for a timer, which cannot be zero.
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(d) if d.is_zero() => Err("must be longer than zero".to_owned()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -54,6 +100,10 @@ pub enum RunError {
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error("cannot load the manifests: {0}")]
     Load(#[from] LoadError),
+    #[error("cannot start cluster mode: {0}")]
+    Cluster(#[from] ClusterError),
+    #[error("give either --manifests or --operator")]
+    NoSource,
     #[error("server failed: {0}")]
     Serve(std::io::Error),
 }
@@ -73,11 +123,24 @@ impl Started {
     }
 }
 
-/// Loads the manifests (failing on a folder that cannot be read or parsed),
-/// binds, and starts serving until `shutdown` resolves.
-pub async fn start(args: Args, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<Started, RunError> {
-    let gw = Gateway::new(Settings { max_body_bytes: args.max_body_bytes, trusted_proxies: args.trusted_proxies });
-    let mut source = ManifestDir::new(&args.manifests);
+/// What keeps the configuration current while the server runs.
+enum Source {
+    Manifests(JoinHandle<()>),
+    Operator(cluster::Running),
+}
+
+impl Source {
+    async fn stop(self) {
+        match self {
+            Source::Manifests(watcher) => watcher.abort(),
+            Source::Operator(running) => running.stop().await,
+        }
+    }
+}
+
+/// Standalone: the first load of the folder must succeed.
+async fn load_manifests(gw: &Arc<Gateway>, dir: &std::path::Path) -> Result<ManifestDir, RunError> {
+    let mut source = ManifestDir::new(dir);
     let gw2 = gw.clone();
     let (source, first) = tokio::task::spawn_blocking(move || {
         let outcome = source.poll(&gw2);
@@ -86,16 +149,59 @@ pub async fn start(args: Args, shutdown: impl Future<Output = ()> + Send + 'stat
     .await
     .map_err(|e| RunError::Serve(std::io::Error::other(e)))?;
     first?;
+    Ok(source)
+}
+
+/// Loads the configuration, binds, and serves until `shutdown` resolves.
+///
+/// Standalone (`--manifests`) fails on a folder that cannot be read or
+/// parsed. Cluster mode (`--operator`) fails only on a TLS setup that cannot
+/// work; it serves the cached snapshot if there is one and is not ready until
+/// a snapshot is applied, whether the operator is reachable or not.
+pub async fn start(args: Args, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<Started, RunError> {
+    let gw = Gateway::new(Settings { max_body_bytes: args.max_body_bytes, trusted_proxies: args.trusted_proxies });
+    enum Prepared {
+        Manifests(ManifestDir),
+        Operator(Cluster),
+    }
+    let prepared = match (args.manifests, args.operator) {
+        (Some(dir), _) => Prepared::Manifests(load_manifests(&gw, &dir).await?),
+        (None, Some(operator)) => {
+            let config = cluster::Config {
+                operator,
+                ca_file: args.operator_ca,
+                token_file: args.token_file,
+                cache_file: args.cache_file,
+                instance: args.instance.unwrap_or_else(|| cluster::default_instance(gw.stats.started_at())),
+                report_interval: args.report_interval,
+            };
+            let gw2 = gw.clone();
+            // Reads and parses the cache file: blocking work.
+            let cluster = tokio::task::spawn_blocking(move || Cluster::prepare(&gw2, config))
+                .await
+                .map_err(|e| RunError::Serve(std::io::Error::other(e)))??;
+            Prepared::Operator(cluster)
+        }
+        (None, None) => return Err(RunError::NoSource),
+    };
     let listener =
         TcpListener::bind(args.listen).await.map_err(|source| RunError::Listen { addr: args.listen, source })?;
     let addr = listener.local_addr().map_err(RunError::Serve)?;
-    tracing::info!(%addr, manifests = %args.manifests.display(), "listening");
-    let watcher = tokio::spawn(source.watch(gw.clone(), args.reload_interval));
+    let source = match prepared {
+        Prepared::Manifests(dir) => {
+            tracing::info!(%addr, manifests = %dir.path().display(), "listening");
+            Source::Manifests(tokio::spawn(dir.watch(gw.clone(), args.reload_interval)))
+        }
+        Prepared::Operator(cluster) => {
+            tracing::info!(%addr, operator = %cluster.operator_url(), instance = cluster.instance(), "listening");
+            Source::Operator(cluster.spawn(gw.clone()))
+        }
+    };
     let serving = tokio::spawn({
         let gw = gw.clone();
         async move {
             let served = crate::app::serve(listener, gw, shutdown, args.shutdown_grace).await;
-            watcher.abort();
+            source.stop().await;
             served.map_err(RunError::Serve)
         }
     });
@@ -105,4 +211,22 @@ pub async fn start(args: Args, shutdown: impl Future<Output = ()> + Send + 'stat
 /// Runs until `shutdown` resolves and the server has drained.
 pub async fn run(args: Args, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), RunError> {
     start(args, shutdown).await?.wait().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exactly_one_source_is_required() {
+        let parse = |argv: &[&str]| Args::try_parse_from([&["weaver-gateway"], argv].concat());
+        assert!(parse(&[]).is_err());
+        assert!(parse(&["--manifests", "dir", "--operator", "https://op:8443"]).is_err());
+        assert!(parse(&["--operator", "http://op:8080"]).is_err(), "plain http would expose the token");
+        assert!(parse(&["--operator", "https://op:8443", "--report-interval", "0s"]).is_err());
+        assert!(parse(&["--manifests", "dir"]).is_ok_and(|a| a.manifests.is_some() && a.operator.is_none()));
+        assert!(parse(&["--operator", "https://op:8443"]).is_ok_and(|a| a.operator.is_some()
+            && a.report_interval == Duration::from_secs(2)
+            && a.token_file == std::path::Path::new("/var/run/secrets/llmweaver.io/token")));
+    }
 }

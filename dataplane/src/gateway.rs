@@ -9,6 +9,7 @@ use weaver_crds::Snapshot;
 
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
+use crate::stats::Stats;
 use crate::upstream::ClientPool;
 
 /// Operational settings that do not come from manifests.
@@ -30,6 +31,8 @@ pub struct Gateway {
     runtime: ArcSwap<Runtime>,
     clients: ClientPool,
     pub metrics: Metrics,
+    /// Per key and channel counters for the operator (kept in every mode).
+    pub stats: Stats,
     pub settings: Settings,
     loaded: AtomicBool,
     draining: AtomicBool,
@@ -43,6 +46,7 @@ impl Gateway {
             runtime: ArcSwap::from_pointee(empty),
             clients,
             metrics: Metrics::new(),
+            stats: Stats::default(),
             settings,
             loaded: AtomicBool::new(false),
             draining: AtomicBool::new(false),
@@ -66,6 +70,11 @@ impl Gateway {
     /// The current runtime; hold it for the whole request.
     pub fn runtime(&self) -> Arc<Runtime> {
         self.runtime.load_full()
+    }
+
+    /// The version of the snapshot in use, once one has been applied.
+    pub fn applied_version(&self) -> Option<u64> {
+        self.loaded.load(Ordering::Acquire).then(|| self.runtime.load().snapshot.version)
     }
 
     /// Ready to take traffic: a snapshot is loaded and no shutdown has begun.

@@ -4,6 +4,7 @@
 pub mod app;
 pub mod auth;
 pub mod cli;
+pub mod cluster;
 pub mod error;
 pub mod gateway;
 pub mod meter;
@@ -16,6 +17,7 @@ pub mod router;
 pub mod runtime;
 pub mod source;
 pub mod sse;
+pub mod stats;
 pub mod upstream;
 pub mod usage;
 

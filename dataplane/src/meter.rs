@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::gateway::Gateway;
 use crate::metrics::{Direction, Label, RequestLabels, RouteLabels, TokenLabels};
+use crate::stats::{Id, Outcome, Route};
 use crate::usage::Usage;
 
 /// Status recorded for requests the client abandoned (nginx's convention).
@@ -14,8 +15,9 @@ pub const CLIENT_CLOSED: u16 = 499;
 pub struct Meter {
     gw: Arc<Gateway>,
     started: Instant,
-    pub key: Option<(Label, Label)>,
-    pub route: Option<(Label, Label)>,
+    /// The authenticated key.
+    pub key: Option<Id>,
+    pub route: Option<Route>,
     pub status: u16,
     pub first_byte: Option<Duration>,
     pub usage: Option<Usage>,
@@ -36,8 +38,18 @@ impl Drop for Meter {
     fn drop(&mut self) {
         let m = &self.gw.metrics;
         m.in_flight.dec();
+        self.gw.stats.record(&Outcome {
+            key: self.key.as_ref(),
+            route: self.route.as_ref(),
+            status: self.status,
+            first_byte: self.first_byte,
+            usage: self.usage,
+        });
         let (namespace, key) = self.key.clone().unwrap_or_else(|| (Label::none(), Label::none()));
-        let (model, channel) = self.route.clone().unwrap_or_else(|| (Label::none(), Label::none()));
+        let (model, channel) = self
+            .route
+            .as_ref()
+            .map_or_else(|| (Label::none(), Label::none()), |r| (r.model.clone(), r.channel.1.clone()));
         m.requests
             .get_or_create(&RequestLabels {
                 namespace: namespace.clone(),

@@ -26,6 +26,7 @@ use crate::request::RequestBody;
 use crate::router;
 use crate::runtime::{ChannelRuntime, Runtime, Upstream};
 use crate::sse::SseScanner;
+use crate::stats::Route;
 use crate::usage;
 
 type Body_ = Result<Bytes, BytesRejection>;
@@ -150,7 +151,11 @@ async fn serve(
     let channel = &rt.channels[picked.channel as usize];
     let target = &channel.models[picked.model as usize];
     if let Some(m) = meter.as_mut() {
-        m.route = Some((target.label.clone(), channel.label.clone()));
+        m.route = Some(Route {
+            model: target.label.clone(),
+            channel: (channel.namespace.clone(), channel.label.clone()),
+            prices: target.prices,
+        });
     }
     let stream = endpoint == Endpoint::Chat && request.stream;
     let Some(upstream) = &channel.upstream else {
@@ -214,7 +219,7 @@ fn sse_response(body: Body) -> Response {
 }
 
 /// The error and its causes, for messages and logs.
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use weaver_crds::Provider;
+use weaver_crds::money::Prices;
 use weaver_crds::snapshot::{Candidate, KeySnapshot, Snapshot};
 use wildmatch::WildMatch;
 
@@ -31,6 +32,8 @@ pub struct KeyRuntime {
 }
 
 pub struct ChannelRuntime {
+    pub namespace: Label,
+    /// The channel's name.
     pub label: Label,
     pub provider: Provider,
     /// `None` for channels answered locally.
@@ -49,6 +52,7 @@ pub struct Upstream {
 pub struct ModelRuntime {
     pub label: Label,
     pub upstream_name: String,
+    pub prices: Prices,
     pub chat: Option<Uri>,
     pub embeddings: Option<Uri>,
 }
@@ -121,11 +125,13 @@ impl Runtime {
                     .map(|m| ModelRuntime {
                         label: Label::new(&m.name),
                         upstream_name: m.upstream.clone(),
+                        prices: m.prices,
                         chat: uri(m, Endpoint::Chat),
                         embeddings: uri(m, Endpoint::Embeddings),
                     })
                     .collect();
                 ChannelRuntime {
+                    namespace: Label::new(&ch.namespace),
                     label: Label::new(&ch.name),
                     provider: ch.provider,
                     upstream: (!local).then(|| Upstream { client: pool.client(ch.timeouts.connect_ms), headers }),

@@ -61,6 +61,10 @@ impl ManifestDir {
         Self { dir: dir.into(), fingerprint: None, problems: BTreeSet::new(), version: 0 }
     }
 
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
     /// Reads the folder and applies it when it changed. The first load applies
     /// whatever compiles (problems are logged); later a broken edit — YAML that
     /// does not parse, or a new problem — changes nothing and is reported.

@@ -107,6 +107,8 @@ pub struct Compiled {
     pub snapshot: Snapshot,
     /// Sorted by kind, namespace, name.
     pub problems: Vec<Problem>,
+    /// The channels each RoutingPolicy resolved to, by (namespace, name).
+    pub resolved: BTreeMap<(String, String), Vec<String>>,
 }
 
 /// Compiles resources into the snapshot with the given version.
@@ -115,6 +117,7 @@ pub fn compile(resources: &Resources, version: u64) -> Compiled {
     let secrets = SecretIndex::new(&resources.secrets);
     let channels = routes::compile_channels(&resources.channels, &secrets, &mut problems);
     let mut tables = routes::RouteTables::new(&channels, &resources.routing_policies, &mut problems);
+    let resolved = tables.resolved_policies(&channels);
     let keys = keys::compile_keys(&resources.api_keys, &secrets, &mut tables, &mut problems);
     let mut problems = problems.0;
     problems.sort();
@@ -127,6 +130,7 @@ pub fn compile(resources: &Resources, version: u64) -> Compiled {
             gateway_replicas: 1,
         },
         problems,
+        resolved,
     }
 }
 

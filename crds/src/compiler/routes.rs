@@ -207,6 +207,22 @@ impl RouteTables {
         idx
     }
 
+    /// The channel names each policy routes to.
+    pub(super) fn resolved_policies(&self, channels: &[UsableChannel<'_>]) -> BTreeMap<(String, String), Vec<String>> {
+        self.policies
+            .iter()
+            .map(|(id, routes)| {
+                let names: BTreeSet<String> = routes
+                    .values()
+                    .flatten()
+                    .filter_map(|c| channels.get(c.channel as usize))
+                    .map(|c| c.snapshot.name.clone())
+                    .collect();
+                (id.clone(), names.into_iter().collect())
+            })
+            .collect()
+    }
+
     pub(super) fn into_tables(self) -> Vec<RouteTable> {
         self.tables
     }

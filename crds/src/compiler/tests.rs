@@ -144,6 +144,10 @@ spec:
     let c = compile_yaml(&yaml);
     assert_eq!(reasons(&c), vec![]);
     assert_eq!(route(&c, "checkout", "gpt-4o"), vec![("backup".into(), 10), ("primary".into(), 100)]);
+    assert_eq!(
+        c.resolved.get(&("team-a".into(), "default".into())),
+        Some(&vec!["backup".to_owned(), "primary".to_owned()])
+    );
     // Models the policy does not match keep the namespace default.
     assert_eq!(route(&c, "checkout", "embed"), vec![("primary".into(), 100), ("unlisted".into(), 100)]);
 }

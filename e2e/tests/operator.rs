@@ -1,0 +1,547 @@
+//! The operator against a real kube-apiserver + etcd, with two gateway
+//! processes in cluster mode and the mock upstream. Run with `make e2e`
+//! (it starts the control plane and sets WEAVER_E2E_KUBECONFIG).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Event, Secret};
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::wait::await_condition;
+use reqwest::StatusCode;
+use serde_json::json;
+use weaver_crds::{ApiKey, Channel, RoutingPolicy};
+use weaver_e2e::cluster::{Cluster, Process, binary};
+use weaver_e2e::mock_upstream::{Behaviour, MockUpstream};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// One test's world: a namespace, the mock upstream, the operator and two
+/// gateways.
+struct Bed {
+    cluster: Cluster,
+    ns: String,
+    upstream: MockUpstream,
+    operator: Option<Process>,
+    gateways: Vec<Option<Process>>,
+    dir: tempfile::TempDir,
+    http: reqwest::Client,
+}
+
+fn manifests(upstream: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Secret
+metadata: {{name: upstream-creds}}
+stringData: {{apiKey: sk-upstream}}
+---
+apiVersion: llmweaver.io/v1alpha1
+kind: Channel
+metadata: {{name: primary, labels: {{tier: primary}}}}
+spec:
+  provider: openai
+  baseUrl: {upstream}
+  credentials: {{secretRef: {{name: upstream-creds}}}}
+  models:
+    - name: gpt-4o-mini
+      upstreamModel: gpt-4o-mini-2024-07-18
+      pricing: {{inputPerMillion: "0.15", outputPerMillion: "0.60"}}
+---
+apiVersion: llmweaver.io/v1alpha1
+kind: RoutingPolicy
+metadata: {{name: default}}
+spec:
+  models: ["gpt-4o*"]
+  channels: [{{selector: {{matchLabels: {{tier: primary}}}}}}]
+---
+apiVersion: llmweaver.io/v1alpha1
+kind: ApiKey
+metadata: {{name: app}}
+spec: {{allowedModels: ["gpt-4o*"]}}
+"#
+    )
+}
+
+impl Bed {
+    async fn new() -> anyhow::Result<Self> {
+        let cluster = Cluster::connect().await?;
+        let ns = cluster.namespace("e2e").await?;
+        let upstream = MockUpstream::start(Behaviour::default()).await?;
+        cluster.apply_yaml(&ns, &manifests(&upstream.base_url())).await?;
+        let mut bed = Self {
+            cluster,
+            ns,
+            upstream,
+            operator: None,
+            gateways: vec![None, None],
+            dir: tempfile::tempdir()?,
+            http: reqwest::Client::new(),
+        };
+        bed.start_operator("127.0.0.1:0").await?;
+        let token = bed.cluster.gateway_token(&bed.ns, "gateway", true).await?;
+        std::fs::write(bed.path("token"), token)?;
+        let ca = bed.cluster.operator_ca(&bed.ns).await?;
+        std::fs::write(bed.path("ca.pem"), ca)?;
+        for i in 0..2 {
+            bed.start_gateway(i).await?;
+        }
+        Ok(bed)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    async fn start_operator(&mut self, listen: &str) -> anyhow::Result<()> {
+        let args: Vec<String> = [
+            "--listen",
+            listen,
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--namespace",
+            &self.ns,
+            "--watch-namespace",
+            &self.ns,
+            "--identity",
+            "operator-0",
+            "--status-interval",
+            "500ms",
+            "--gateway-timeout",
+            "10s",
+            "--log-format",
+            "json",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let kubeconfig = self.cluster.kubeconfig.to_string_lossy().into_owned();
+        let log = self.path(&format!("operator-{}.log", Instant::now().elapsed().as_nanos()));
+        let p = Process::start(&binary("weaver-operator")?, &args, &[("KUBECONFIG", &kubeconfig)], log).await?;
+        self.operator = Some(p);
+        Ok(())
+    }
+
+    fn operator_url(&self) -> String {
+        self.operator.as_ref().map(|o| format!("https://{}", o.addr("addr"))).unwrap_or_default()
+    }
+
+    async fn start_gateway(&mut self, i: usize) -> anyhow::Result<()> {
+        self.start_gateway_at(i, &self.operator_url(), "gateway", "token").await
+    }
+
+    async fn start_gateway_at(&mut self, i: usize, url: &str, instance: &str, token: &str) -> anyhow::Result<()> {
+        let url = if url.is_empty() { "https://127.0.0.1:9".to_owned() } else { url.to_owned() };
+        let args: Vec<String> = vec![
+            "--operator".into(),
+            url,
+            "--operator-ca".into(),
+            self.path("ca.pem").to_string_lossy().into_owned(),
+            "--token-file".into(),
+            self.path(token).to_string_lossy().into_owned(),
+            "--cache-file".into(),
+            self.path(&format!("cache-{i}.json")).to_string_lossy().into_owned(),
+            "--instance".into(),
+            format!("{instance}-{i}"),
+            "--report-interval".into(),
+            "500ms".into(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--log-format".into(),
+            "json".into(),
+        ];
+        let log = self.path(&format!("gateway-{i}-{}.log", rand_suffix()));
+        self.gateways[i] = Some(Process::start(&binary("weaver-gateway")?, &args, &[], log).await?);
+        Ok(())
+    }
+
+    fn gateway(&self, i: usize) -> String {
+        self.gateways[i].as_ref().map(|g| format!("http://{}", g.addr("addr"))).unwrap_or_default()
+    }
+
+    /// The key the operator issued into the ApiKey's Secret.
+    async fn issued_key(&self, apikey: &str) -> anyhow::Result<String> {
+        let secrets: Api<Secret> = Api::namespaced(self.cluster.client.clone(), &self.ns);
+        let name = format!("{apikey}-apikey");
+        let secret = tokio::time::timeout(
+            WAIT,
+            await_condition(secrets, &name, |s: Option<&Secret>| s.is_some_and(|s| s.data.is_some())),
+        )
+        .await??
+        .ok_or_else(|| anyhow::anyhow!("secret vanished"))?;
+        let data = secret.data.unwrap_or_default();
+        Ok(String::from_utf8(data.get("apiKey").map(|b| b.0.clone()).unwrap_or_default())?)
+    }
+
+    async fn chat(&self, gateway: usize, key: &str, model: &str) -> StatusCode {
+        let body = json!({"model": model, "messages": [{"role": "user", "content": "hi"}]});
+        match self
+            .http
+            .post(format!("{}/v1/chat/completions", self.gateway(gateway)))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+            .await
+        {
+            Ok(r) => r.status(),
+            Err(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// Polls until every live gateway answers `want` for this key and model;
+    /// returns how long it took.
+    async fn until_all(&self, key: &str, model: &str, want: StatusCode) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        while started.elapsed() < WAIT {
+            let mut all = true;
+            for i in 0..self.gateways.len() {
+                if self.gateways[i].is_some() && self.chat(i, key, model).await != want {
+                    all = false;
+                }
+            }
+            if all {
+                return Ok(started.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        anyhow::bail!("gateways did not answer {want} for {model} within {WAIT:?}")
+    }
+
+    async fn metric(&self, url: &str, name: &str) -> f64 {
+        let text = match self.http.get(format!("{url}/metrics")).send().await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => return -1.0,
+        };
+        text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok())).unwrap_or(-1.0)
+    }
+
+    /// Waits until both gateways serve the operator's current snapshot
+    /// version, once that version is newer than `past`.
+    async fn until_converged(&self, past: f64) -> anyhow::Result<f64> {
+        let op_metrics =
+            self.operator.as_ref().map(|o| format!("http://{}", o.addr("metrics_addr"))).unwrap_or_default();
+        let started = Instant::now();
+        while started.elapsed() < WAIT {
+            let version = self.metric(&op_metrics, "weaver_operator_snapshot_version").await;
+            let mut all = version > past;
+            for i in 0..self.gateways.len() {
+                all &= self.metric(&self.gateway(i), "weaver_gateway_snapshot_version").await == version;
+            }
+            if all {
+                return Ok(version);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        anyhow::bail!("gateways did not converge on the operator's version")
+    }
+
+    async fn condition<K>(&self, name: &str, type_: &str) -> Option<(String, String)>
+    where
+        K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug
+            + serde::Serialize,
+    {
+        let api: Api<K> = Api::namespaced(self.cluster.client.clone(), &self.ns);
+        let obj = serde_json::to_value(api.get(name).await.ok()?).ok()?;
+        let conditions = obj["status"]["conditions"].as_array()?.clone();
+        let c = conditions.iter().find(|c| c["type"] == type_)?;
+        Some((c["status"].as_str()?.to_owned(), c["reason"].as_str()?.to_owned()))
+    }
+
+    async fn until_condition<K>(&self, name: &str, type_: &str, status: &str, reason: &str) -> anyhow::Result<()>
+    where
+        K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug
+            + serde::Serialize,
+    {
+        let started = Instant::now();
+        let mut last = None;
+        while started.elapsed() < WAIT {
+            last = self.condition::<K>(name, type_).await;
+            if last.as_ref().is_some_and(|(s, r)| s == status && r == reason) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        anyhow::bail!("{name}: {type_} never became {status}/{reason}; last {last:?}")
+    }
+
+    async fn events_for(&self, name: &str) -> anyhow::Result<Vec<String>> {
+        let events: Api<Event> = Api::namespaced(self.cluster.client.clone(), &self.ns);
+        Ok(events
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .filter(|e| e.involved_object.name.as_deref() == Some(name))
+            .filter_map(|e| e.reason)
+            .collect())
+    }
+
+    async fn patch<K>(&self, name: &str, patch: serde_json::Value) -> anyhow::Result<()>
+    where
+        K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let api: Api<K> = Api::namespaced(self.cluster.client.clone(), &self.ns);
+        api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        Ok(())
+    }
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+#[tokio::test]
+#[ignore = "needs the test control plane: run with `make e2e`"]
+async fn issued_keys_reach_every_gateway_quickly() -> anyhow::Result<()> {
+    let bed = Bed::new().await?;
+    let key = bed.issued_key("app").await?;
+    assert!(key.starts_with("lw-") && key.len() >= 40, "weak key issued");
+    let secret = Api::<Secret>::namespaced(bed.cluster.client.clone(), &bed.ns).get("app-apikey").await?;
+    let owner = secret.metadata.owner_references.unwrap_or_default();
+    assert_eq!(owner.first().map(|o| (o.kind.as_str(), o.name.as_str())), Some(("ApiKey", "app")));
+    bed.until_all(&key, "gpt-4o-mini", StatusCode::OK).await?;
+
+    // The official OpenAI SDK gets an answer through a gateway.
+    let out = tokio::process::Command::new("python3")
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("sdk/chat_once.py"))
+        .args([format!("{}/v1", bed.gateway(0)), key.clone(), "gpt-4o-mini".into()])
+        .output()
+        .await?;
+    assert!(out.status.success(), "SDK call failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("mock channel"));
+
+    // Propagation: from applying an ApiKey to every gateway accepting its key.
+    let mut took = Vec::new();
+    for i in 0..8 {
+        let name = format!("app-{i}");
+        let applied = Instant::now();
+        bed.cluster
+            .apply_yaml(
+                &bed.ns,
+                &format!("apiVersion: llmweaver.io/v1alpha1\nkind: ApiKey\nmetadata: {{name: {name}}}\nspec: {{}}\n"),
+            )
+            .await?;
+        let key = bed.issued_key(&name).await?;
+        bed.until_all(&key, "gpt-4o-mini", StatusCode::OK).await?;
+        took.push(applied.elapsed());
+    }
+    took.sort();
+    let worst = took[took.len() - 1];
+    println!(
+        "apply -> all gateways accept the new key: p50 {:?}, p99 (max of {}) {worst:?}",
+        took[took.len() / 2],
+        took.len()
+    );
+    assert!(worst < Duration::from_secs(2), "propagation took {worst:?}");
+
+    // Status shows only a prefix of the key.
+    let k = Api::<ApiKey>::namespaced(bed.cluster.client.clone(), &bed.ns).get("app").await?;
+    let prefix = k.status.and_then(|s| s.key_prefix).unwrap_or_default();
+    assert!(prefix.len() < 16 && key.starts_with(prefix.trim_end_matches("...")), "prefix {prefix:?}");
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs the test control plane: run with `make e2e`"]
+async fn channel_changes_reach_both_gateways_without_failed_requests() -> anyhow::Result<()> {
+    let bed = Bed::new().await?;
+    let key = bed.issued_key("app").await?;
+    bed.until_all(&key, "gpt-4o-mini", StatusCode::OK).await?;
+    let before = bed.until_converged(0.0).await?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = {
+        let (http, gateways, key, stop) =
+            (bed.http.clone(), [bed.gateway(0), bed.gateway(1)], key.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for g in &gateways {
+                    let body = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]});
+                    let r = http.post(format!("{g}/v1/chat/completions")).bearer_auth(&key).json(&body).send().await;
+                    statuses.push(r.map(|r| r.status().as_u16()).unwrap_or(0));
+                }
+            }
+            statuses
+        })
+    };
+    bed.patch::<Channel>(
+        "primary",
+        json!({"spec": {"weight": 250, "models": [
+            {"name": "gpt-4o-mini", "upstreamModel": "gpt-4o-mini-2024-07-18", "pricing": {"inputPerMillion": "0.15", "outputPerMillion": "0.60"}},
+            {"name": "gpt-4o"}
+        ]}}),
+    )
+    .await?;
+    let after = bed.until_converged(before).await?;
+    println!("version {before} -> {after} acknowledged by both gateways");
+    bed.until_all(&key, "gpt-4o", StatusCode::OK).await?;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let statuses = traffic.await?;
+    assert!(statuses.len() > 10);
+    assert!(statuses.iter().all(|s| *s == 200), "requests failed during the change: {statuses:?}");
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs the test control plane: run with `make e2e`"]
+async fn broken_references_are_reported_and_recover() -> anyhow::Result<()> {
+    let bed = Bed::new().await?;
+    bed.until_condition::<Channel>("primary", "Ready", "True", "Compiled").await?;
+    bed.cluster
+        .apply_yaml(
+            &bed.ns,
+            "apiVersion: llmweaver.io/v1alpha1\nkind: Channel\nmetadata: {name: lonely}\nspec:\n  provider: openai\n  credentials: {secretRef: {name: not-there}}\n  models: [{name: m}]\n---\napiVersion: llmweaver.io/v1alpha1\nkind: RoutingPolicy\nmetadata: {name: dangling}\nspec: {models: [\"gpt-4o*\"], channels: [{name: primary}, {name: ghost}]}\n",
+        )
+        .await?;
+    bed.until_condition::<Channel>("lonely", "Ready", "False", "SecretNotFound").await?;
+    bed.until_condition::<RoutingPolicy>("dangling", "Ready", "False", "ChannelNotFound").await?;
+    assert!(bed.events_for("lonely").await?.contains(&"SecretNotFound".to_owned()));
+    assert!(bed.events_for("dangling").await?.contains(&"ChannelNotFound".to_owned()));
+
+    bed.cluster
+        .apply_yaml(&bed.ns, "apiVersion: v1\nkind: Secret\nmetadata: {name: not-there}\nstringData: {apiKey: sk-x}\n")
+        .await?;
+    bed.cluster
+        .apply_yaml(
+            &bed.ns,
+            "apiVersion: llmweaver.io/v1alpha1\nkind: RoutingPolicy\nmetadata: {name: dangling}\nspec: {models: [\"gpt-4o*\"], channels: [{name: primary}]}\n",
+        )
+        .await?;
+    bed.until_condition::<Channel>("lonely", "Ready", "True", "Compiled").await?;
+    bed.until_condition::<RoutingPolicy>("dangling", "Ready", "True", "Compiled").await?;
+    assert!(bed.events_for("lonely").await?.contains(&"Compiled".to_owned()));
+    let secret = Api::<Secret>::namespaced(bed.cluster.client.clone(), &bed.ns).get("not-there").await?;
+    assert!(secret.metadata.owner_references.is_none(), "a user's Secret must not be taken over");
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs the test control plane: run with `make e2e`"]
+async fn rotation_keeps_the_old_key_for_the_grace_period_and_disabling_is_immediate() -> anyhow::Result<()> {
+    let bed = Bed::new().await?;
+    let old = bed.issued_key("app").await?;
+    bed.until_all(&old, "gpt-4o-mini", StatusCode::OK).await?;
+    bed.patch::<ApiKey>("app", json!({"spec": {"rotationTrigger": "2026-11-26", "rotationGracePeriod": "4s"}})).await?;
+    let started = Instant::now();
+    let mut new = old.clone();
+    while new == old && started.elapsed() < WAIT {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        new = bed.issued_key("app").await?;
+    }
+    assert_ne!(new, old, "the key was not rotated");
+    bed.until_all(&new, "gpt-4o-mini", StatusCode::OK).await?;
+    assert_eq!(bed.chat(0, &old, "gpt-4o-mini").await, StatusCode::OK, "the old key must work during the grace period");
+    let refused = bed.until_all(&old, "gpt-4o-mini", StatusCode::UNAUTHORIZED).await?;
+    println!("old key refused {:?} after rotation", started.elapsed());
+    assert!(started.elapsed() >= Duration::from_secs(3), "the old key was refused early ({refused:?})");
+
+    bed.patch::<ApiKey>("app", json!({"spec": {"disabled": true}})).await?;
+    let took = bed.until_all(&new, "gpt-4o-mini", StatusCode::FORBIDDEN).await?;
+    println!("disabled key refused after {took:?}");
+    assert!(took < Duration::from_secs(2), "disabling took {took:?}");
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs the test control plane: run with `make e2e`"]
+async fn gateways_outlive_the_operator_and_restart_from_their_cache() -> anyhow::Result<()> {
+    let mut bed = Bed::new().await?;
+    let key = bed.issued_key("app").await?;
+    bed.until_all(&key, "gpt-4o-mini", StatusCode::OK).await?;
+    let before = bed.until_converged(0.0).await?;
+    let operator_url = bed.operator_url();
+    if let Some(op) = bed.operator.take() {
+        op.kill().await?;
+    }
+    for _ in 0..20 {
+        assert_eq!(bed.chat(0, &key, "gpt-4o-mini").await, StatusCode::OK);
+        assert_eq!(bed.chat(1, &key, "gpt-4o-mini").await, StatusCode::OK);
+    }
+    // A gateway restarted while the operator is away serves from its cache.
+    if let Some(g) = bed.gateways[1].take() {
+        g.kill().await?;
+    }
+    bed.start_gateway_at(1, &operator_url, "gateway-restarted", "token").await?;
+    assert_eq!(bed.chat(1, &key, "gpt-4o-mini").await, StatusCode::OK);
+    let mode = std::fs::metadata(bed.path("cache-1.json"))?;
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777, 0o600);
+
+    // The operator comes back at the same address (as behind a Service); the
+    // gateways reconnect by themselves and converge on a change made while it
+    // was away.
+    bed.patch::<Channel>("primary", json!({"spec": {"weight": 7}})).await?;
+    bed.start_operator(operator_url.trim_start_matches("https://")).await?;
+    bed.until_converged(before).await?;
+    bed.until_all(&key, "gpt-4o-mini", StatusCode::OK).await?;
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs the test control plane: run with `make e2e`"]
+async fn usage_and_health_flow_into_status() -> anyhow::Result<()> {
+    let bed = Bed::new().await?;
+    let key = bed.issued_key("app").await?;
+    bed.until_all(&key, "gpt-4o-mini", StatusCode::OK).await?;
+    let sent_before = bed.upstream.requests().len();
+    for i in 0..20 {
+        assert_eq!(bed.chat(i % 2, &key, "gpt-4o-mini").await, StatusCode::OK);
+    }
+    // Every upstream request was this key's, including the probes above.
+    let expected = bed.upstream.requests().len() as u64;
+    assert!(expected >= 20 + sent_before as u64);
+    let keys: Api<ApiKey> = Api::namespaced(bed.cluster.client.clone(), &bed.ns);
+    let started = Instant::now();
+    let mut usage = None;
+    while started.elapsed() < WAIT {
+        usage = keys.get("app").await?.status.and_then(|s| s.usage);
+        if usage.as_ref().is_some_and(|u| u.requests == expected) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let usage = usage.ok_or_else(|| anyhow::anyhow!("no usage in status"))?;
+    assert_eq!(usage.requests, expected, "{usage:?}");
+    assert!(usage.input_tokens > 0 && usage.output_tokens > 0);
+    assert_ne!(usage.cost, "0.00");
+    let channels: Api<Channel> = Api::namespaced(bed.cluster.client.clone(), &bed.ns);
+    let started = Instant::now();
+    loop {
+        let status = channels.get("primary").await?.status.unwrap_or_default();
+        if status.latency.as_ref().is_some_and(|l| l.p95.is_some()) && status.success_rate.as_deref() == Some("100.0%")
+        {
+            break;
+        }
+        anyhow::ensure!(started.elapsed() < WAIT, "no health in Channel status: {status:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    bed.until_condition::<Channel>("primary", "Healthy", "True", "UpstreamAnswering").await?;
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs the test control plane: run with `make e2e`"]
+async fn a_gateway_with_the_wrong_service_account_is_refused() -> anyhow::Result<()> {
+    let bed = Bed::new().await?;
+    let stranger = bed.cluster.gateway_token(&bed.ns, "stranger", false).await?;
+    let ca = reqwest::Certificate::from_pem(std::fs::read(bed.path("ca.pem"))?.as_slice())?;
+    let client = reqwest::Client::builder().add_root_certificate(ca).build()?;
+    let url = format!("{}/v1/snapshots", bed.operator_url());
+    let refused = client.get(&url).bearer_auth(&stranger).send().await?;
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    let anonymous = client.get(&url).send().await?;
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+    let forged = client.get(&url).bearer_auth("not-a-token").send().await?;
+    assert_eq!(forged.status(), StatusCode::UNAUTHORIZED);
+    let allowed = client.get(&url).bearer_auth(std::fs::read_to_string(bed.path("token"))?).send().await?;
+    assert_eq!(allowed.status(), StatusCode::OK);
+    Ok(())
+}

@@ -1,0 +1,63 @@
+//! Command line.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+/// LLM Weaver operator. With only KUBECONFIG (or in-cluster config) it runs
+/// with defaults; `weaver-operator crd` prints the CRDs.
+#[derive(Debug, Parser)]
+#[command(name = "weaver-operator", version)]
+pub struct Args {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Where gateways connect (HTTPS): the snapshot stream and reports.
+    #[arg(long, env = "WEAVER_OPERATOR_LISTEN", default_value = "0.0.0.0:8443")]
+    pub listen: SocketAddr,
+    /// Plain HTTP for /metrics, /healthz and /readyz.
+    #[arg(long, env = "WEAVER_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
+    pub metrics_listen: SocketAddr,
+    /// The operator's own namespace (Lease and TLS Secret live here); defaults
+    /// to the pod's namespace, else `llm-weaver`.
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Only watch this namespace (default: all namespaces).
+    #[arg(long, env = "WEAVER_WATCH_NAMESPACE")]
+    pub watch_namespace: Option<String>,
+    /// This replica's name in the leader Lease; defaults to the host name.
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// URL other replicas use to reach this one when it leads (reports are
+    /// forwarded to the leader); defaults to https://$POD_IP:<listen port>.
+    #[arg(long, env = "WEAVER_ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
+    /// Secret holding the CA and serving certificate (created when missing).
+    #[arg(long, env = "WEAVER_TLS_SECRET", default_value = "llm-weaver-operator-tls")]
+    pub tls_secret: String,
+    /// Names and addresses the serving certificate covers (comma-separated);
+    /// defaults to the in-cluster Service names, localhost and 127.0.0.1.
+    #[arg(long, env = "WEAVER_TLS_SANS", value_delimiter = ',')]
+    pub tls_san: Vec<String>,
+    /// Quiet time before a burst of changes is compiled into one snapshot.
+    #[arg(long, env = "WEAVER_DEBOUNCE", default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub debounce: Duration,
+    /// How often usage and health are written into status.
+    #[arg(long, env = "WEAVER_STATUS_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub status_interval: Duration,
+    /// A gateway that has not reported for this long no longer counts as live.
+    #[arg(long, env = "WEAVER_GATEWAY_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub gateway_timeout: Duration,
+    /// Leader lease duration.
+    #[arg(long, env = "WEAVER_LEASE_DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub lease_duration: Duration,
+    /// Log format: `auto` is human-readable on a terminal and JSON otherwise.
+    #[arg(long, env = "WEAVER_LOG_FORMAT", default_value = "auto")]
+    pub log_format: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the CustomResourceDefinitions (the same as crds/manifests/).
+    Crd,
+}

@@ -1,0 +1,138 @@
+//! Issuing and rotating client keys into Secrets (leader only).
+//!
+//! When an ApiKey's Secret does not exist, a high-entropy key is generated into
+//! it, owned by the ApiKey. A Secret the user provided is used as it is and
+//! never modified. Rotation (a new `rotationTrigger` value, or the
+//! `llmweaver.io/rotate` annotation) writes a new key and keeps the old one
+//! valid for the grace period.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, PostParams};
+use kube::{Resource, ResourceExt};
+use rand::Rng;
+use rand::distr::Alphanumeric;
+use weaver_crds::ApiKey;
+use weaver_crds::common::parse_duration;
+use weaver_crds::compiler::keys::{PREVIOUS_EXPIRES_ANNOTATION, default_secret_ref, previous_key_field};
+
+use crate::context::Context;
+use crate::metrics::ErrorCategory;
+use crate::status::now_unix;
+
+/// Marks Secrets the operator generated (and may therefore rewrite).
+pub const MANAGED_LABEL: (&str, &str) = ("app.kubernetes.io/managed-by", "llm-weaver");
+/// Names the ApiKey a generated Secret belongs to.
+pub const KEY_LABEL: &str = "llmweaver.io/api-key";
+/// On an ApiKey: change the value to rotate (same as `spec.rotationTrigger`).
+pub const ROTATE_ANNOTATION: &str = "llmweaver.io/rotate";
+/// On a generated Secret: the trigger value its current key answers to.
+const TRIGGER_ANNOTATION: &str = "llmweaver.io/rotation-trigger";
+const DEFAULT_GRACE_SECONDS: i64 = 3600;
+
+/// `lw-` and 43 alphanumerics: about 256 bits.
+pub fn generate_key() -> String {
+    let body: String = rand::rng().sample_iter(&Alphanumeric).take(43).map(char::from).collect();
+    format!("lw-{body}")
+}
+
+/// The rotation trigger an ApiKey asks for.
+fn trigger(k: &ApiKey) -> String {
+    let annotation = k.annotations().get(ROTATE_ANNOTATION).cloned().unwrap_or_default();
+    let spec = k.spec.rotation_trigger.clone().unwrap_or_default();
+    if annotation.is_empty() { spec } else { format!("{spec}/{annotation}") }
+}
+
+/// Creates missing Secrets and rotates generated ones whose trigger changed.
+pub async fn issue_all(ctx: &Arc<Context>) {
+    let secrets = ctx.stores.secrets.state();
+    for k in ctx.stores.api_keys.state() {
+        let Some(ns) = k.namespace() else { continue };
+        let r = k.spec.secret_ref.clone().unwrap_or_else(|| default_secret_ref(&k.name_any()));
+        let existing = secrets.iter().find(|s| s.namespace().as_deref() == Some(ns.as_str()) && s.name_any() == r.name);
+        let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+        let result = match existing {
+            None => create(&api, &k, &r.name, &r.key).await,
+            Some(s) if is_generated(s) && s.annotations().get(TRIGGER_ANNOTATION) != Some(&trigger(&k)) => {
+                rotate(&api, &k, s, &r.key).await
+            }
+            Some(_) => continue,
+        };
+        if let Err(e) = result {
+            ctx.metrics.error(ErrorCategory::secret_write);
+            tracing::warn!(namespace = %ns, apikey = %k.name_any(), error = %e, "cannot write the key's Secret");
+        }
+    }
+}
+
+fn is_generated(s: &Secret) -> bool {
+    s.labels().get(MANAGED_LABEL.0).map(String::as_str) == Some(MANAGED_LABEL.1)
+}
+
+async fn create(api: &Api<Secret>, k: &ApiKey, name: &str, field: &str) -> Result<(), kube::Error> {
+    let owner = k.controller_owner_ref(&()).into_iter().collect();
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: k.namespace(),
+            labels: Some(BTreeMap::from([
+                (MANAGED_LABEL.0.to_owned(), MANAGED_LABEL.1.to_owned()),
+                (KEY_LABEL.to_owned(), k.name_any()),
+            ])),
+            annotations: Some(BTreeMap::from([(TRIGGER_ANNOTATION.to_owned(), trigger(k))])),
+            owner_references: Some(owner),
+            ..ObjectMeta::default()
+        },
+        data: Some(BTreeMap::from([(field.to_owned(), ByteString(generate_key().into_bytes()))])),
+        type_: Some("Opaque".to_owned()),
+        ..Secret::default()
+    };
+    match api.create(&PostParams::default(), &secret).await {
+        Ok(_) => {
+            tracing::info!(namespace = ?k.namespace(), apikey = %k.name_any(), secret = name, "key issued");
+            Ok(())
+        }
+        // Another writer was first; the watch brings its Secret.
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+async fn rotate(api: &Api<Secret>, k: &ApiKey, s: &Secret, field: &str) -> Result<(), kube::Error> {
+    let grace = k
+        .spec
+        .rotation_grace_period
+        .as_deref()
+        .and_then(|g| parse_duration(g).ok())
+        .map_or(DEFAULT_GRACE_SECONDS, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let mut updated = s.clone();
+    let data = updated.data.get_or_insert_with(BTreeMap::new);
+    if let Some(current) = data.get(field).cloned() {
+        data.insert(previous_key_field(field), current);
+    }
+    data.insert(field.to_owned(), ByteString(generate_key().into_bytes()));
+    let annotations = updated.metadata.annotations.get_or_insert_with(BTreeMap::new);
+    annotations.insert(PREVIOUS_EXPIRES_ANNOTATION.to_owned(), (now_unix() + grace).to_string());
+    annotations.insert(TRIGGER_ANNOTATION.to_owned(), trigger(k));
+    // resourceVersion is kept: a concurrent writer makes this fail, not overwrite.
+    api.replace(&s.name_any(), &PostParams::default(), &updated).await?;
+    tracing::info!(namespace = ?k.namespace(), apikey = %k.name_any(), grace_seconds = grace, "key rotated");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_keys_are_long_random_and_prefixed() {
+        let a = generate_key();
+        let b = generate_key();
+        assert!(a.starts_with("lw-") && a.len() == 46);
+        assert_ne!(a, b);
+    }
+}

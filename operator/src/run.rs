@@ -1,0 +1,198 @@
+//! Start-up: wiring the watches, the compiler, the servers and the writers.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::State;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use kube::Client;
+use kube::runtime::events::{Recorder, Reporter};
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+use weaver_crds::protocol::TOKEN_AUDIENCE;
+
+use crate::auth::Authenticator;
+use crate::cli::Args;
+use crate::context::Context;
+use crate::leader::{self, LeaderConfig};
+use crate::metrics::Metrics;
+use crate::state::{self, Published};
+use crate::usage::UsageBook;
+use crate::{keys, server, status, tls};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("no Kubernetes configuration: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("HTTP client: {0}")]
+    Http(#[from] reqwest::Error),
+}
+
+/// A running operator.
+pub struct Started {
+    /// Where gateways connect (HTTPS).
+    pub addr: SocketAddr,
+    /// /metrics, /healthz, /readyz.
+    pub metrics_addr: SocketAddr,
+    pub context: Arc<Context>,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl Started {
+    /// Runs until a server task ends (they only end on failure).
+    pub async fn wait(mut self) -> anyhow::Result<()> {
+        self.tasks.join_next().await;
+        anyhow::bail!("a server task ended")
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "weaver-operator".into())
+}
+
+fn own_namespace() -> String {
+    std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "llm-weaver".into())
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(0))
+}
+
+pub async fn start(args: Args) -> Result<Started, StartError> {
+    let client = Client::try_default().await?;
+    let namespace = args.namespace.clone().unwrap_or_else(own_namespace);
+    let identity = args.identity.clone().unwrap_or_else(hostname);
+    let listener =
+        TcpListener::bind(args.listen).await.map_err(|source| StartError::Listen { addr: args.listen, source })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Listen { addr: args.listen, source })?;
+    let metrics_listener = TcpListener::bind(args.metrics_listen)
+        .await
+        .map_err(|source| StartError::Listen { addr: args.metrics_listen, source })?;
+    let metrics_addr =
+        metrics_listener.local_addr().map_err(|source| StartError::Listen { addr: args.metrics_listen, source })?;
+    let advertise_url = args
+        .advertise_url
+        .clone()
+        .or_else(|| std::env::var("POD_IP").ok().map(|ip| format!("https://{ip}:{}", addr.port())));
+    let sans = if args.tls_san.is_empty() {
+        vec![
+            "localhost".to_owned(),
+            "127.0.0.1".to_owned(),
+            "llm-weaver-operator".to_owned(),
+            format!("llm-weaver-operator.{namespace}"),
+            format!("llm-weaver-operator.{namespace}.svc"),
+        ]
+    } else {
+        args.tls_san.clone()
+    };
+
+    let material = tls::load_or_create(&client, &namespace, &args.tls_secret, &sans).await?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls::server_config(&material)?);
+    let ca = reqwest::Certificate::from_pem(material.ca_pem.as_bytes())?;
+    let forward = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(ca)
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .timeout(std::time::Duration::from_secs(10))
+        .build()?;
+
+    let leadership = leader::spawn(
+        client.clone(),
+        LeaderConfig {
+            namespace: namespace.clone(),
+            lease_name: "llm-weaver-operator".to_owned(),
+            identity: identity.clone(),
+            lease_duration: args.lease_duration,
+            renew_every: args.lease_duration / 5,
+            advertise_url,
+        },
+    );
+    let changed = Arc::new(Notify::new());
+    let stores = state::watch_all(&client, args.watch_namespace.as_deref(), changed.clone());
+    let metrics = Arc::new(Metrics::new());
+    let (publish, published) = watch::channel(Arc::new(Published::default()));
+    let (replicas, replicas_rx) = watch::channel(1u32);
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        stores: stores.clone(),
+        leadership,
+        metrics: metrics.clone(),
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter { controller: "llm-weaver-operator".into(), instance: Some(identity) },
+        ),
+        authenticator: Authenticator::new(client, TOKEN_AUDIENCE),
+        usage: Mutex::new(UsageBook::new(now_ms())),
+        published,
+        replicas,
+        forward,
+        gateway_timeout: args.gateway_timeout,
+    });
+
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(state::compile_loop(stores, changed, replicas_rx, args.debounce, metrics, publish));
+    tasks.spawn(server::serve_tls(listener, acceptor, server::router(ctx.clone())));
+    tasks.spawn(serve_plain(metrics_listener, ctx.clone()));
+    tasks.spawn(writer_loop(ctx.clone(), args.status_interval));
+    tracing::info!(%addr, %metrics_addr, namespace = %namespace, "listening");
+    Ok(Started { addr, metrics_addr, context: ctx, tasks })
+}
+
+/// Keys and status, whenever a snapshot is published and every `interval`,
+/// while this replica leads.
+async fn writer_loop(ctx: Arc<Context>, interval: std::time::Duration) {
+    let mut published = ctx.published.clone();
+    let mut leadership = ctx.leadership.clone();
+    let mut was_leader = false;
+    let mut ticker = tokio::time::interval(interval);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            Ok(()) = published.changed() => {}
+            Ok(()) = leadership.changed() => {}
+        }
+        let leading = ctx.leadership.is_leader();
+        if leading && !was_leader {
+            // Account for usage from now on; status holds what came before.
+            *ctx.usage() = UsageBook::new(now_ms());
+        }
+        was_leader = leading;
+        if !leading {
+            continue;
+        }
+        keys::issue_all(&ctx).await;
+        status::write_all(&ctx).await;
+    }
+}
+
+async fn serve_plain(listener: TcpListener, ctx: Arc<Context>) {
+    let app = Router::new()
+        .route("/metrics", get(|State(ctx): State<Arc<Context>>| async move { ctx.metrics.encode() }))
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(|State(ctx): State<Arc<Context>>| async move {
+                if ctx.published.borrow().line.is_empty() {
+                    (http::StatusCode::SERVICE_UNAVAILABLE, "no snapshot yet").into_response()
+                } else {
+                    "ready".into_response()
+                }
+            }),
+        )
+        .with_state(ctx);
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!(error = %e, "metrics server failed");
+    }
+}

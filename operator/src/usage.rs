@@ -1,0 +1,394 @@
+//! Turning the gateways' cumulative reports into totals and recent health.
+//!
+//! Each gateway instance reports counters cumulative since it started. The
+//! book keeps, per instance, the counters it had when this replica began
+//! accounting for it (its baseline) and the latest ones; a key's total is the
+//! persisted base plus every live instance's growth since its baseline. An
+//! instance that stops reporting has its growth folded into the base. After a
+//! leader change the new leader starts its base from what status says, so at
+//! most one status interval of usage can be counted late or twice-missed; a
+//! durable usage store replaces this arithmetic in a later milestone.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use weaver_crds::api_key::BudgetPeriod;
+use weaver_crds::protocol::{GatewayReport, KeyReport, LatencySketch};
+
+/// How far back Channel health and latency look.
+pub const HEALTH_WINDOW: Duration = Duration::from_secs(300);
+
+pub type Id = (String, String);
+
+/// Usage counters of one key (or channel).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub requests: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    /// Nano-dollars.
+    pub cost: u64,
+    pub last_used: Option<i64>,
+}
+
+impl Totals {
+    fn add(&mut self, other: &Totals) {
+        self.requests += other.requests;
+        self.input_tokens += other.input_tokens;
+        self.output_tokens += other.output_tokens;
+        self.cost += other.cost;
+        self.last_used = self.last_used.max(other.last_used);
+    }
+
+    fn since(&self, earlier: &Totals) -> Totals {
+        Totals {
+            requests: self.requests.saturating_sub(earlier.requests),
+            input_tokens: self.input_tokens.saturating_sub(earlier.input_tokens),
+            output_tokens: self.output_tokens.saturating_sub(earlier.output_tokens),
+            cost: self.cost.saturating_sub(earlier.cost),
+            last_used: (self.requests > earlier.requests).then_some(self.last_used).flatten(),
+        }
+    }
+}
+
+impl From<&KeyReport> for Totals {
+    fn from(k: &KeyReport) -> Self {
+        Totals {
+            requests: k.requests,
+            input_tokens: k.input_tokens,
+            output_tokens: k.output_tokens,
+            cost: k.cost,
+            last_used: k.last_used,
+        }
+    }
+}
+
+/// Recent upstream outcomes of one channel.
+#[derive(Clone, Debug, Default)]
+pub struct Health {
+    pub requests: u64,
+    pub failures: u64,
+    pub latency: LatencySketch,
+}
+
+struct Instance {
+    last_seen: Instant,
+    applied_version: u64,
+    /// Per key: counters when accounting began (and at each period reset).
+    key_baseline: HashMap<Id, Totals>,
+    keys: HashMap<Id, Totals>,
+    channel_baseline: HashMap<Id, Totals>,
+    channels: HashMap<Id, (Totals, u64, LatencySketch)>,
+}
+
+/// A key's persisted starting point for the current period.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Base {
+    pub period_start: i64,
+    pub totals: Totals,
+}
+
+#[derive(Default)]
+pub struct UsageBook {
+    /// Unix milliseconds from which this replica accounts for usage.
+    epoch_ms: i64,
+    instances: HashMap<String, Instance>,
+    key_base: HashMap<Id, Base>,
+    channel_base: HashMap<Id, Totals>,
+    windows: HashMap<Id, VecDeque<(Instant, Health)>>,
+}
+
+impl UsageBook {
+    /// A book that accounts for usage from `epoch_ms` on: counters of
+    /// instances started earlier were (or will be) accounted by someone else.
+    pub fn new(epoch_ms: i64) -> Self {
+        Self { epoch_ms, ..Self::default() }
+    }
+
+    pub fn ingest(&mut self, report: &GatewayReport, now: Instant) {
+        let fresh = !self.instances.contains_key(&report.instance);
+        // An instance that started after we began accounting has no history
+        // anyone else counted; otherwise its counters so far are not ours.
+        let from_zero = fresh && report.started_at >= self.epoch_ms && report.started_at > 0;
+        let inst = self.instances.entry(report.instance.clone()).or_insert_with(|| Instance {
+            last_seen: now,
+            applied_version: 0,
+            key_baseline: HashMap::new(),
+            keys: HashMap::new(),
+            channel_baseline: HashMap::new(),
+            channels: HashMap::new(),
+        });
+        inst.last_seen = now;
+        inst.applied_version = report.applied_version;
+        for k in &report.keys {
+            let id = (k.namespace.clone(), k.name.clone());
+            let totals = Totals::from(k);
+            inst.key_baseline.entry(id.clone()).or_insert(if from_zero || !fresh { Totals::default() } else { totals });
+            inst.keys.insert(id, totals);
+        }
+        for c in &report.channels {
+            let id = (c.namespace.clone(), c.name.clone());
+            let totals = Totals {
+                requests: c.requests,
+                input_tokens: c.input_tokens,
+                output_tokens: c.output_tokens,
+                cost: c.cost,
+                last_used: None,
+            };
+            inst.channel_baseline.entry(id.clone()).or_insert(if from_zero || !fresh {
+                Totals::default()
+            } else {
+                totals
+            });
+            let previous = inst.channels.insert(id.clone(), (totals, c.failures, c.latency.clone()));
+            let (prev_totals, prev_failures, prev_latency) = previous.unwrap_or_else(|| {
+                if from_zero || !fresh {
+                    (Totals::default(), 0, LatencySketch::default())
+                } else {
+                    (totals, c.failures, c.latency.clone())
+                }
+            });
+            let delta = Health {
+                requests: totals.requests.saturating_sub(prev_totals.requests),
+                failures: c.failures.saturating_sub(prev_failures),
+                latency: c.latency.since(&prev_latency),
+            };
+            if delta.requests > 0 {
+                self.windows.entry(id).or_default().push_back((now, delta));
+            }
+        }
+    }
+
+    /// Drops instances silent for longer than `timeout`, keeping what they
+    /// counted; returns how many are live.
+    pub fn prune(&mut self, now: Instant, timeout: Duration) -> usize {
+        let stale: Vec<String> = self
+            .instances
+            .iter()
+            .filter(|(_, i)| now.duration_since(i.last_seen) > timeout)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for name in stale {
+            if let Some(inst) = self.instances.remove(&name) {
+                tracing::info!(instance = %name, "gateway stopped reporting");
+                for (id, latest) in &inst.keys {
+                    let grown = latest.since(inst.key_baseline.get(id).unwrap_or(&Totals::default()));
+                    self.key_base.entry(id.clone()).or_default().totals.add(&grown);
+                }
+                for (id, (latest, _, _)) in &inst.channels {
+                    let grown = latest.since(inst.channel_baseline.get(id).unwrap_or(&Totals::default()));
+                    self.channel_base.entry(id.clone()).or_default().add(&grown);
+                }
+            }
+        }
+        for window in self.windows.values_mut() {
+            while window.front().is_some_and(|(t, _)| now.duration_since(*t) > HEALTH_WINDOW) {
+                window.pop_front();
+            }
+        }
+        self.windows.retain(|_, w| !w.is_empty());
+        self.instances.len()
+    }
+
+    /// Live instances and the version each applied.
+    pub fn applied_versions(&self) -> Vec<u64> {
+        self.instances.values().map(|i| i.applied_version).collect()
+    }
+
+    /// Whether a key's base has been set up for the period starting at `period_start`.
+    pub fn has_base(&self, id: &Id, period_start: i64) -> bool {
+        self.key_base.get(id).is_some_and(|b| b.period_start == period_start)
+    }
+
+    /// Starts a key's period: `persisted` is what status already holds for
+    /// this period (zero for a new period); growth before now is not recounted.
+    pub fn set_base(&mut self, id: &Id, period_start: i64, persisted: Totals) {
+        self.key_base.insert(id.clone(), Base { period_start, totals: persisted });
+        for inst in self.instances.values_mut() {
+            if let Some(latest) = inst.keys.get(id) {
+                inst.key_baseline.insert(id.clone(), *latest);
+            }
+        }
+    }
+
+    pub fn key_totals(&self, id: &Id) -> Totals {
+        let mut t = self.key_base.get(id).map(|b| b.totals).unwrap_or_default();
+        for inst in self.instances.values() {
+            if let Some(latest) = inst.keys.get(id) {
+                t.add(&latest.since(inst.key_baseline.get(id).unwrap_or(&Totals::default())));
+            }
+        }
+        t
+    }
+
+    pub fn channel_totals(&self, id: &Id) -> Totals {
+        let mut t = self.channel_base.get(id).copied().unwrap_or_default();
+        for inst in self.instances.values() {
+            if let Some((latest, _, _)) = inst.channels.get(id) {
+                t.add(&latest.since(inst.channel_baseline.get(id).unwrap_or(&Totals::default())));
+            }
+        }
+        t
+    }
+
+    /// Outcomes over the health window, merged across instances.
+    pub fn health(&self, id: &Id) -> Health {
+        let mut h = Health::default();
+        for (_, d) in self.windows.get(id).into_iter().flatten() {
+            h.requests += d.requests;
+            h.failures += d.failures;
+            h.latency.merge(&d.latency);
+        }
+        h
+    }
+}
+
+/// Start of the budget period containing `now` (unix seconds, UTC calendar):
+/// days start at midnight, weeks on Monday, months on the 1st; `Total` never resets.
+pub fn period_start(period: Option<BudgetPeriod>, now: i64) -> i64 {
+    const DAY: i64 = 86_400;
+    let day_start = now - now.rem_euclid(DAY);
+    match period {
+        None | Some(BudgetPeriod::Total) => 0,
+        Some(BudgetPeriod::Daily) => day_start,
+        // 1970-01-01 was a Thursday: Monday is 3 days later.
+        Some(BudgetPeriod::Weekly) => day_start - (day_start / DAY - 4).rem_euclid(7) * DAY,
+        Some(BudgetPeriod::Monthly) => {
+            let days = day_start / DAY;
+            let (y, m, _) = civil_from_days(days);
+            days_from_civil(y, m, 1) * DAY
+        }
+    }
+}
+
+/// Howard Hinnant's civil-from-days algorithm.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let m = i64::from(m);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weaver_crds::protocol::ChannelReport;
+
+    fn report(instance: &str, started_at: i64, requests: u64, cost: u64) -> GatewayReport {
+        GatewayReport {
+            instance: instance.into(),
+            started_at,
+            applied_version: 7,
+            channels: vec![ChannelReport {
+                namespace: "ns".into(),
+                name: "c".into(),
+                requests,
+                failures: requests / 10,
+                latency: LatencySketch::default(),
+                input_tokens: 0,
+                output_tokens: 0,
+                cost,
+            }],
+            keys: vec![KeyReport {
+                namespace: "ns".into(),
+                name: "k".into(),
+                requests,
+                input_tokens: requests * 10,
+                output_tokens: requests * 5,
+                cost,
+                last_used: Some(100),
+            }],
+        }
+    }
+
+    fn id() -> Id {
+        ("ns".into(), "k".into())
+    }
+
+    #[test]
+    fn totals_sum_instances_and_survive_lost_reports_and_restarts() {
+        let t0 = Instant::now();
+        let mut book = UsageBook::new(1_000);
+        book.set_base(&id(), 0, Totals { requests: 50, cost: 500, ..Totals::default() });
+        // Two gateways started after accounting began: all their counts are ours.
+        book.ingest(&report("a", 2_000, 10, 100), t0);
+        book.ingest(&report("b", 2_000, 5, 50), t0);
+        // A lost report changes nothing: counters are cumulative.
+        book.ingest(&report("a", 2_000, 30, 300), t0);
+        assert_eq!(book.key_totals(&id()).requests, 50 + 30 + 5);
+        assert_eq!(book.key_totals(&id()).cost, 500 + 300 + 50);
+        // `a` restarts as a new instance; the old one goes silent and is folded in.
+        book.ingest(&report("a2", 3_000, 4, 40), t0 + Duration::from_secs(40));
+        book.ingest(&report("b", 2_000, 6, 60), t0 + Duration::from_secs(40));
+        assert_eq!(book.prune(t0 + Duration::from_secs(40), Duration::from_secs(30)), 2);
+        assert_eq!(book.key_totals(&id()).requests, 50 + 30 + 6 + 4);
+    }
+
+    #[test]
+    fn instances_older_than_the_accounting_epoch_count_only_their_growth() {
+        let mut book = UsageBook::new(5_000);
+        let now = Instant::now();
+        book.ingest(&report("old", 1_000, 100, 1_000), now);
+        book.ingest(&report("old", 1_000, 103, 1_030), now);
+        assert_eq!(book.key_totals(&id()).requests, 3);
+    }
+
+    #[test]
+    fn a_new_period_starts_from_zero() {
+        let mut book = UsageBook::new(0);
+        let now = Instant::now();
+        book.ingest(&report("a", 10, 10, 100), now);
+        book.set_base(&id(), 86_400, Totals::default());
+        book.ingest(&report("a", 10, 12, 120), now);
+        assert_eq!(book.key_totals(&id()).requests, 2);
+    }
+
+    #[test]
+    fn a_channel_first_seen_in_a_later_report_counts_in_full() {
+        let mut book = UsageBook::new(0);
+        let now = Instant::now();
+        let mut empty = report("a", 10, 0, 0);
+        empty.channels.clear();
+        book.ingest(&empty, now);
+        book.ingest(&report("a", 10, 7, 0), now);
+        assert_eq!(book.health(&("ns".into(), "c".into())).requests, 7);
+    }
+
+    #[test]
+    fn health_merges_recent_deltas_across_instances() {
+        let mut book = UsageBook::new(0);
+        let now = Instant::now();
+        book.ingest(&report("a", 10, 20, 0), now);
+        book.ingest(&report("b", 10, 10, 0), now);
+        let h = book.health(&("ns".into(), "c".into()));
+        assert_eq!((h.requests, h.failures), (30, 3));
+        book.prune(now + HEALTH_WINDOW + Duration::from_secs(1), Duration::from_secs(3600));
+        assert_eq!(book.health(&("ns".into(), "c".into())).requests, 0);
+    }
+
+    #[test]
+    fn period_starts_follow_the_utc_calendar() {
+        // 2026-11-26T08:00:00Z is a Thursday.
+        let now = 1_795_680_000;
+        assert_eq!(period_start(Some(BudgetPeriod::Daily), now), 1_795_651_200); // 2026-11-26
+        assert_eq!(period_start(Some(BudgetPeriod::Weekly), now), 1_795_392_000); // Mon 2026-11-23
+        assert_eq!(period_start(Some(BudgetPeriod::Monthly), now), 1_793_491_200); // 2026-11-01
+        assert_eq!(period_start(Some(BudgetPeriod::Total), now), 0);
+    }
+}
