@@ -23,6 +23,8 @@ struct Bed {
     ns: String,
     upstream: MockUpstream,
     operator: Option<Process>,
+    /// A second operator replica, when a test starts one.
+    standby: Option<Process>,
     gateways: Vec<Option<Process>>,
     dir: tempfile::TempDir,
     http: reqwest::Client,
@@ -74,11 +76,12 @@ impl Bed {
             ns,
             upstream,
             operator: None,
+            standby: None,
             gateways: vec![None, None],
             dir: tempfile::tempdir()?,
             http: reqwest::Client::new(),
         };
-        bed.start_operator("127.0.0.1:0").await?;
+        bed.operator = Some(bed.operator_process(None, "operator-0").await?);
         let token = bed.cluster.gateway_token(&bed.ns, "gateway", true).await?;
         std::fs::write(bed.path("token"), token)?;
         let ca = bed.cluster.operator_ca(&bed.ns).await?;
@@ -93,10 +96,19 @@ impl Bed {
         self.dir.path().join(name)
     }
 
-    async fn start_operator(&mut self, listen: &str) -> anyhow::Result<()> {
+    /// An operator replica on `listen` (a free port when `None`), advertising
+    /// its address for report forwarding.
+    async fn operator_process(&self, listen: Option<&str>, identity: &str) -> anyhow::Result<Process> {
+        let listen = match listen {
+            Some(l) => l.to_owned(),
+            None => format!("127.0.0.1:{}", std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port()),
+        };
+        let advertise = format!("https://{listen}");
         let args: Vec<String> = [
             "--listen",
-            listen,
+            &listen,
+            "--advertise-url",
+            &advertise,
             "--metrics-listen",
             "127.0.0.1:0",
             "--namespace",
@@ -104,11 +116,13 @@ impl Bed {
             "--watch-namespace",
             &self.ns,
             "--identity",
-            "operator-0",
+            identity,
             "--status-interval",
             "500ms",
             "--gateway-timeout",
             "10s",
+            "--lease-duration",
+            "3s",
             "--log-format",
             "json",
         ]
@@ -116,10 +130,26 @@ impl Bed {
         .map(|s| s.to_string())
         .collect();
         let kubeconfig = self.cluster.kubeconfig.to_string_lossy().into_owned();
-        let log = self.path(&format!("operator-{}.log", Instant::now().elapsed().as_nanos()));
-        let p = Process::start(&binary("weaver-operator")?, &args, &[("KUBECONFIG", &kubeconfig)], log).await?;
-        self.operator = Some(p);
-        Ok(())
+        let log = self.path(&format!("{identity}-{}.log", rand_suffix()));
+        Process::start(&binary("weaver-operator")?, &args, &[("KUBECONFIG", &kubeconfig)], log).await
+    }
+
+    /// The replica holding the leader Lease.
+    async fn lease_holder(&self) -> Option<String> {
+        let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+            Api::namespaced(self.cluster.client.clone(), &self.ns);
+        leases.get("llm-weaver-operator").await.ok()?.spec?.holder_identity
+    }
+
+    async fn until_leader(&self, identity: &str) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        while started.elapsed() < WAIT {
+            if self.lease_holder().await.as_deref() == Some(identity) {
+                return Ok(started.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        anyhow::bail!("{identity} never took the lease; holder {:?}", self.lease_holder().await)
     }
 
     fn operator_url(&self) -> String {
@@ -479,7 +509,7 @@ async fn gateways_outlive_the_operator_and_restart_from_their_cache() -> anyhow:
     // gateways reconnect by themselves and converge on a change made while it
     // was away.
     bed.patch::<Channel>("primary", json!({"spec": {"weight": 7}})).await?;
-    bed.start_operator(operator_url.trim_start_matches("https://")).await?;
+    bed.operator = Some(bed.operator_process(Some(operator_url.trim_start_matches("https://")), "operator-0").await?);
     bed.until_converged(before).await?;
     bed.until_all(&key, "gpt-4o-mini", StatusCode::OK).await?;
     Ok(())
@@ -543,5 +573,55 @@ async fn a_gateway_with_the_wrong_service_account_is_refused() -> anyhow::Result
     assert_eq!(forged.status(), StatusCode::UNAUTHORIZED);
     let allowed = client.get(&url).bearer_auth(std::fs::read_to_string(bed.path("token"))?).send().await?;
     assert_eq!(allowed.status(), StatusCode::OK);
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs the test control plane: run with `make e2e`"]
+async fn a_standby_replica_forwards_reports_and_takes_over_when_the_leader_dies() -> anyhow::Result<()> {
+    let mut bed = Bed::new().await?;
+    let key = bed.issued_key("app").await?;
+    bed.until_leader("operator-0").await?;
+    let standby = bed.operator_process(None, "operator-1").await?;
+    let standby_url = format!("https://{}", standby.addr("addr"));
+    bed.standby = Some(standby);
+    // Gateway 1 talks to the standby only.
+    if let Some(g) = bed.gateways[1].take() {
+        g.kill().await?;
+    }
+    bed.start_gateway_at(1, &standby_url, "via-standby", "token").await?;
+    bed.until_all(&key, "gpt-4o-mini", StatusCode::OK).await?;
+    for _ in 0..10 {
+        assert_eq!(bed.chat(1, &key, "gpt-4o-mini").await, StatusCode::OK);
+    }
+    // The standby passes gateway 1's reports to the leader, which counts them.
+    let expected = bed.upstream.requests().len() as u64;
+    let keys: Api<ApiKey> = Api::namespaced(bed.cluster.client.clone(), &bed.ns);
+    let started = Instant::now();
+    loop {
+        let requests = keys.get("app").await?.status.and_then(|s| s.usage).map_or(0, |u| u.requests);
+        if requests == expected {
+            break;
+        }
+        anyhow::ensure!(started.elapsed() < WAIT, "usage via the standby never arrived: {requests} of {expected}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // The leader dies; the standby takes the lease and writes from then on.
+    if let Some(op) = bed.operator.take() {
+        op.kill().await?;
+    }
+    let failover = bed.until_leader("operator-1").await?;
+    println!("standby took over after {failover:?}");
+    assert_eq!(bed.chat(0, &key, "gpt-4o-mini").await, StatusCode::OK, "gateways keep serving during the failover");
+    bed.patch::<ApiKey>("app", json!({"spec": {"disabled": true}})).await?;
+    bed.until_condition::<ApiKey>("app", "Ready", "False", "Disabled").await?;
+    let started = Instant::now();
+    while bed.chat(1, &key, "gpt-4o-mini").await != StatusCode::FORBIDDEN {
+        anyhow::ensure!(started.elapsed() < WAIT, "the new leader's change never reached gateway 1");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Gateway 0's operator is gone, so it keeps serving its last snapshot.
+    assert_eq!(bed.chat(0, &key, "gpt-4o-mini").await, StatusCode::OK);
     Ok(())
 }
