@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
@@ -46,8 +46,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/v1/chat/completions", post(proxy::chat))
         .route("/v1/embeddings", post(proxy::embeddings))
         .route("/v1/models", get(proxy::list_models))
-        .route("/v1/models/{*id}", get(proxy::get_model))
-        .layer(DefaultBodyLimit::max(gw.settings.max_body_bytes));
+        .route("/v1/models/{*id}", get(proxy::get_model));
     let x_request_id = http::HeaderName::from_static("x-request-id");
     let ids = Ids { prefix: rand::random(), next: Arc::new(AtomicU64::new(1)) };
     // Outermost first: a panic anywhere becomes an OpenAI-shaped 500; every

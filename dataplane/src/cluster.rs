@@ -485,14 +485,25 @@ impl Operator {
     ) {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
         loop {
             tokio::select! {
                 _ = ticker.tick() => {}
                 () = now.notified() => ticker.reset(),
             }
-            if let Err(e) = self.report(&gw, &instance).await {
+            match self.report(&gw, &instance).await {
                 // Counters are cumulative: the next report carries these too.
-                tracing::debug!(error = %e, "report not delivered");
+                // Said once at warn when reports start failing, then quietly.
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::warn!(error = %e, "reports are not being delivered; usage is kept and sent later");
+                }
+                Err(e) => tracing::debug!(error = %e, "report not delivered"),
+                Ok(()) if failing => {
+                    failing = false;
+                    tracing::info!("reports are delivered again");
+                }
+                Ok(()) => {}
             }
         }
     }

@@ -57,6 +57,10 @@ impl ApiError {
         )
     }
 
+    pub fn rate_limited(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", "rate_limited", message)
+    }
+
     pub fn bad_gateway(code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
         Self::new(StatusCode::BAD_GATEWAY, "api_error", code, message)
     }

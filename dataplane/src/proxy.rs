@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -29,7 +28,23 @@ use crate::sse::SseScanner;
 use crate::stats::Route;
 use crate::usage;
 
-type Body_ = Result<Bytes, BytesRejection>;
+/// The request body, read only once the key is known to be good: an
+/// unauthenticated client cannot make the gateway buffer megabytes.
+type Body_ = Body;
+
+/// Reads a body of at most `limit` bytes; 413 past it.
+async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::payload_too_large(limit));
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::payload_too_large(limit)),
+        Err(e) => Err(ApiError::bad_request("invalid_body", format!("The request body could not be read: {e}"))),
+    }
+}
 
 pub async fn chat(
     State(gw): State<Arc<Gateway>>,
@@ -132,13 +147,7 @@ async fn serve(
     if let Some(m) = meter.as_mut() {
         m.key = Some((rt.keys[key_idx].namespace.clone(), rt.keys[key_idx].name.clone()));
     }
-    let bytes = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::payload_too_large(gw.settings.max_body_bytes)
-        } else {
-            ApiError::bad_request("invalid_body", rejection.body_text())
-        }
-    })?;
+    let bytes = read_body(body, headers, gw.settings.max_body_bytes).await?;
     let request = RequestBody::parse(&bytes)?;
     let model = request.model.as_ref();
     if !rt.model_allowed(key_idx, model) {
@@ -247,12 +256,15 @@ async fn forward(
     *request.headers_mut() = upstream.headers.clone();
     let started = tokio::time::Instant::from_std(started);
     let deadline = started + channel.total;
-    let first_byte_deadline = (started + channel.first_byte).min(deadline);
+    // A non-streamed answer sends its headers only once it is complete, so
+    // only `total` bounds it; `firstByte` is time to first token of a stream.
+    let first_byte_deadline = if stream { (started + channel.first_byte).min(deadline) } else { deadline };
+    let limit = if stream { channel.first_byte.min(channel.total) } else { channel.total };
     let timed_out = || {
         ApiError::gateway_timeout(format!(
             "Channel `{}` did not answer within {}.",
             channel.label.as_str(),
-            humantime::format_duration(channel.first_byte)
+            humantime::format_duration(limit)
         ))
     };
     let response = tokio::time::timeout_at(first_byte_deadline, upstream.client.request(request))
@@ -345,13 +357,17 @@ async fn upstream_error(
         }
         400..=499 => {
             let is_json = serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_ok();
-            if !is_json {
+            let mut out = if is_json {
+                json_response(status, body)
+            } else if status == StatusCode::TOO_MANY_REQUESTS {
+                // A proxy's HTML 429 is still "slow down", not a gateway fault.
+                ApiError::rate_limited(format!("Channel `{name}` is rate limited upstream.")).into_response()
+            } else {
                 return Err(ApiError::bad_gateway(
                     "upstream_error",
                     format!("Channel `{name}` answered {status} without a JSON body."),
                 ));
-            }
-            let mut out = json_response(status, body);
+            };
             if let Some(retry) = parts.headers.get(header::RETRY_AFTER) {
                 out.headers_mut().insert(header::RETRY_AFTER, retry.clone());
             }

@@ -25,13 +25,14 @@ const MAX_BATCH: usize = 16 * 1024;
 
 pub struct RelayBody {
     pending: Option<Bytes>,
-    pending_error: Option<String>,
+    pending_error: Option<ApiError>,
     batch: Coalesced,
     yielded: u8,
     turn: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     inner: Option<Incoming>,
     scanner: SseScanner,
-    meter: Meter,
+    /// Taken by `Drop` when the rest of the stream is read after the client left.
+    meter: Option<Meter>,
     deadline: Pin<Box<Sleep>>,
 }
 
@@ -53,7 +54,7 @@ impl RelayBody {
             turn: None,
             inner: Some(inner),
             scanner,
-            meter,
+            meter: Some(meter),
             deadline,
         }
     }
@@ -63,7 +64,9 @@ impl RelayBody {
     fn fail(&mut self, error: ApiError) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         tracing::warn!(code = error.code, message = %error.message, "stream ended early");
         self.inner = None;
-        self.meter.status = error.status.as_u16();
+        if let Some(m) = self.meter.as_mut() {
+            m.status = error.status.as_u16();
+        }
         let mut event = b"data: ".to_vec();
         event.extend(error.body());
         event.extend_from_slice(b"\n\n");
@@ -80,11 +83,8 @@ impl Body for RelayBody {
         if let Some(data) = this.pending.take() {
             return Poll::Ready(Some(Ok(Frame::data(data))));
         }
-        if let Some(message) = this.pending_error.take() {
-            return this.fail(ApiError::bad_gateway(
-                "upstream_stream_error",
-                format!("The upstream stream broke off: {message}"),
-            ));
+        if let Some(error) = this.pending_error.take() {
+            return this.fail(error);
         }
         let ready = |out: Coalesced| Poll::Ready(Some(Ok(Frame::data(out.into_bytes()))));
         if let Some(turn) = this.turn.as_mut() {
@@ -99,7 +99,14 @@ impl Body for RelayBody {
                 return if out.is_empty() { Poll::Ready(None) } else { ready(out) };
             };
             if this.deadline.as_mut().poll(cx).is_ready() {
-                return this.fail(ApiError::gateway_timeout("The stream exceeded the channel's total timeout."));
+                let error = ApiError::gateway_timeout("The stream exceeded the channel's total timeout.");
+                if !this.batch.is_empty() {
+                    // What already arrived goes first; the error follows.
+                    this.pending_error = Some(error);
+                    this.inner = None;
+                    return ready(std::mem::take(&mut this.batch));
+                }
+                return this.fail(error);
             }
             match Pin::new(inner).poll_frame(cx) {
                 Poll::Pending if this.batch.is_empty() => return Poll::Pending,
@@ -133,19 +140,21 @@ impl Body for RelayBody {
                     }
                 }
                 Poll::Ready(Some(Err(e))) => {
+                    let error =
+                        ApiError::bad_gateway("upstream_stream_error", format!("The upstream stream broke off: {e}"));
                     if !this.batch.is_empty() {
                         // Deliver what arrived first; the error comes on the next poll.
-                        this.pending_error = Some(e.to_string());
+                        this.pending_error = Some(error);
+                        this.inner = None;
                         return ready(std::mem::take(&mut this.batch));
                     }
-                    return this.fail(ApiError::bad_gateway(
-                        "upstream_stream_error",
-                        format!("The upstream stream broke off: {e}"),
-                    ));
+                    return this.fail(error);
                 }
                 Poll::Ready(None) => {
                     this.inner = None;
-                    this.meter.status = 200;
+                    if let Some(m) = this.meter.as_mut() {
+                        m.status = 200;
+                    }
                     this.batch.push(this.scanner.finish());
                 }
             }
@@ -195,8 +204,40 @@ impl Coalesced {
     }
 }
 
+/// How long the rest of a finished answer is read, after the client left, to
+/// catch its usage chunk.
+const USAGE_TAIL: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Drop for RelayBody {
     fn drop(&mut self) {
-        self.meter.usage = self.scanner.usage;
+        let Some(mut meter) = self.meter.take() else { return };
+        meter.usage = self.scanner.usage;
+        // Clients often stop reading at `finish_reason`; the usage chunk is
+        // right behind it, and reading it costs the upstream nothing more.
+        // (An answer cut mid-generation is not read on: that would pay for
+        // tokens nobody wants.)
+        let (Some(mut inner), true, None) = (self.inner.take(), self.scanner.finished, self.scanner.usage) else {
+            return;
+        };
+        let mut scanner = std::mem::replace(&mut self.scanner, SseScanner::new(false));
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        runtime.spawn(async move {
+            let read = async {
+                while scanner.usage.is_none() {
+                    match http_body_util::BodyExt::frame(&mut inner).await {
+                        Some(Ok(frame)) => {
+                            if let Ok(data) = frame.into_data() {
+                                scanner.push(data);
+                            }
+                        }
+                        _ => break,
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(USAGE_TAIL, read).await;
+            meter.usage = scanner.usage;
+            // The record is written as the meter goes.
+            drop(meter);
+        });
     }
 }

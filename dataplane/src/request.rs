@@ -114,6 +114,12 @@ impl<'de: 'a, 'a> Deserialize<'de> for TopLevel<'a> {
                 let mut members = Vec::with_capacity(map.size_hint().unwrap_or(8));
                 while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
                     let value: &'de RawValue = map.next_value()?;
+                    // Parsers disagree on which copy of a repeated member wins
+                    // (many take the last); checking one copy and forwarding
+                    // both would let a body pass as one model and run as another.
+                    if members.iter().any(|(k, _): &(Cow<'_, str>, _)| *k == key) {
+                        return Err(serde::de::Error::custom(format!("duplicate member `{key}`")));
+                    }
                     members.push((key, value));
                 }
                 Ok(TopLevel(members))
@@ -181,6 +187,8 @@ mod tests {
             (b"{\"model\":\"\"}", "missing_model"),
             (b"{\"model\":42}", "invalid_model"),
             (b"{\"model\":\"m\",\"stream\":\"yes\"}", "invalid_stream"),
+            (b"{\"model\":\"cheap\",\"model\":\"dear\"}", "invalid_json"),
+            (b"{\"model\":\"m\",\"stream\":false,\"stream\":true}", "invalid_json"),
         ] {
             match RequestBody::parse(body) {
                 Err(e) => {

@@ -156,15 +156,10 @@ impl Runtime {
         allowed.is_empty() || allowed.iter().any(|g| g.matches(model))
     }
 
-    /// The candidates for a model under a key.
+    /// The candidates for a model under a key: `None` when nothing routes the
+    /// model (404), empty when its policy's channels are all unusable (503).
     pub fn candidates(&self, key: &KeySnapshot, model: &str) -> Option<&[Candidate]> {
-        self.snapshot
-            .route_tables
-            .get(key.route_table as usize)?
-            .routes
-            .get(model)
-            .map(Vec::as_slice)
-            .filter(|c| !c.is_empty())
+        self.snapshot.route_tables.get(key.route_table as usize)?.routes.get(model).map(Vec::as_slice)
     }
 
     /// The models a key may use, sorted.
@@ -173,7 +168,13 @@ impl Runtime {
         self.snapshot
             .route_tables
             .get(k.route_table as usize)
-            .map(|t| t.routes.keys().map(String::as_str).filter(|m| self.model_allowed(key, m)).collect())
+            .map(|t| {
+                t.routes
+                    .iter()
+                    .filter(|(m, c)| !c.is_empty() && self.model_allowed(key, m))
+                    .map(|(m, _)| m.as_str())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }

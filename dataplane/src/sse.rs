@@ -15,6 +15,8 @@ pub struct SseScanner {
     /// The client did not ask for usage: drop the chunk that carries only usage.
     drop_usage_chunk: bool,
     pub usage: Option<Usage>,
+    /// A choice has finished: only the usage chunk (and `[DONE]`) can follow.
+    pub finished: bool,
 }
 
 #[derive(Deserialize)]
@@ -48,9 +50,16 @@ fn usage_payload(event: &[u8]) -> Option<&[u8]> {
     Some(payload[..end].trim_ascii())
 }
 
+/// Whether an event carries a non-null `finish_reason`.
+fn finish_reason_set(event: &[u8]) -> bool {
+    let Some(at) = memmem::find(event, b"\"finish_reason\"") else { return false };
+    let rest = &event[at + 15..];
+    rest.iter().find(|b| !matches!(b, b' ' | b'\t' | b':')).is_some_and(|b| *b == b'"')
+}
+
 impl SseScanner {
     pub fn new(drop_usage_chunk: bool) -> Self {
-        Self { carry: BytesMut::new(), drop_usage_chunk, usage: None }
+        Self { carry: BytesMut::new(), drop_usage_chunk, usage: None, finished: false }
     }
 
     /// Takes one frame from upstream; returns what can go to the client now.
@@ -87,6 +96,9 @@ impl SseScanner {
 
     /// Reads usage from an event; true when the event must not reach the client.
     fn inspect(&mut self, event: &[u8]) -> bool {
+        if !self.finished && finish_reason_set(event) {
+            self.finished = true;
+        }
         let Some(payload) = usage_payload(event) else {
             return false;
         };
@@ -142,6 +154,15 @@ mod tests {
         let content = CONTENT.replace("\n\n", "\r\n\r\n");
         assert_eq!(s.push(Bytes::from(format!("{content}{usage}"))), content.as_bytes());
         assert!(s.usage.is_some());
+    }
+
+    #[test]
+    fn the_end_of_the_answer_is_noticed() {
+        let mut s = SseScanner::new(false);
+        s.push(Bytes::from(CONTENT));
+        assert!(!s.finished);
+        s.push(Bytes::from("data: {\"choices\":[{\"delta\":{},\"finish_reason\": \"stop\"}]}\n\n"));
+        assert!(s.finished);
     }
 
     #[test]

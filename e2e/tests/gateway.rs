@@ -315,6 +315,10 @@ async fn upstream_failures_map_to_gateway_errors() -> anyhow::Result<()> {
     let r = s.post("/v1/chat/completions", &chat(false)).await?;
     assert_eq!(error_of(r).await?, (StatusCode::BAD_GATEWAY, "upstream_auth_failed".into()));
 
+    // A slow non-streamed answer is bounded by `total` (5s), not `firstByte` (1s).
+    s.upstream.set(Behaviour { latency: Duration::from_millis(1500), ..Behaviour::default() });
+    assert_eq!(s.post("/v1/chat/completions", &chat(false)).await?.status(), StatusCode::OK);
+
     // firstByte is 1s in the channel.
     s.upstream.set(Behaviour { latency: Duration::from_secs(3), ..Behaviour::default() });
     let started = Instant::now();
@@ -476,4 +480,32 @@ async fn shutdown_gives_up_on_streams_after_the_grace_period() -> anyhow::Result
     let events = read_events(in_flight).await;
     assert!(events.map_or(true, |e| e.last().map(|x| x.1.as_str()) != Some("[DONE]")));
     Ok(())
+}
+
+#[tokio::test]
+async fn usage_is_metered_when_the_client_stops_reading_at_finish_reason() -> anyhow::Result<()> {
+    let behaviour = Behaviour { tokens: Some(3), chunk_delay: Duration::from_millis(200), ..Behaviour::default() };
+    let s = setup(behaviour, "", &[]).await?;
+    let response = s.post("/v1/chat/completions", &chat(true)).await?;
+    let mut stream = response.bytes_stream();
+    let mut seen = String::new();
+    while let Some(chunk) = stream.next().await {
+        seen.push_str(&String::from_utf8_lossy(&chunk?));
+        if seen.contains(r#""finish_reason":"stop""#) {
+            break;
+        }
+    }
+    // A common client pattern: stop at finish_reason, before the usage chunk.
+    drop(stream);
+    let labels = r#"namespace="team-a",key="checkout",model="gpt-4o-mini",channel="primary""#;
+    let started = Instant::now();
+    loop {
+        let output =
+            sample(&s.metrics().await?, &format!("weaver_gateway_tokens_total{{{labels},direction=\"output\"}}"));
+        if output == 3.0 {
+            return Ok(());
+        }
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(3), "usage was lost: {output} output tokens metered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -27,13 +27,58 @@ pub struct Context {
     pub published: watch::Receiver<Arc<Published>>,
     /// Live gateway count, fed back into the snapshot.
     pub replicas: watch::Sender<u32>,
-    /// Client for forwarding reports to the leader (trusts our own CA).
-    pub forward: reqwest::Client,
+    /// Passes reports on to the leader.
+    pub forward: Forwarder,
     pub gateway_timeout: Duration,
 }
 
 impl Context {
     pub fn usage(&self) -> std::sync::MutexGuard<'_, UsageBook> {
         self.usage.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Reaches the leader at the address it advertises (usually its pod IP),
+/// verifying its certificate for a name the certificate carries: the shared
+/// serving certificate covers the Service names, not pod addresses.
+pub struct Forwarder {
+    ca: reqwest::Certificate,
+    tls_name: String,
+    cached: Mutex<Option<(String, reqwest::Client)>>,
+}
+
+impl Forwarder {
+    pub fn new(ca: reqwest::Certificate, tls_name: String) -> Self {
+        Self { ca, tls_name, cached: Mutex::new(None) }
+    }
+
+    /// The reports URL at the leader and a client that reaches it.
+    pub fn target(&self, leader_url: &str) -> Result<(String, reqwest::Client), reqwest::Error> {
+        let mut cached = self.cached.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((url, client)) = cached.as_ref().filter(|(u, _)| u == leader_url) {
+            return Ok((self.reports_url(url), client.clone()));
+        }
+        let mut builder = reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(self.ca.clone())
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(10));
+        let authority = leader_url.trim_start_matches("https://").trim_end_matches('/');
+        if let Ok(addr) = authority.parse::<std::net::SocketAddr>() {
+            builder = builder.resolve(&self.tls_name, addr);
+        }
+        let client = builder.build()?;
+        *cached = Some((leader_url.to_owned(), client.clone()));
+        Ok((self.reports_url(leader_url), client))
+    }
+
+    fn reports_url(&self, leader_url: &str) -> String {
+        let authority = leader_url.trim_start_matches("https://").trim_end_matches('/');
+        let base = match authority.parse::<std::net::SocketAddr>() {
+            Ok(addr) => format!("https://{}:{}", self.tls_name, addr.port()),
+            Err(_) => format!("https://{authority}"),
+        };
+        format!("{base}{}", weaver_crds::protocol::REPORTS_PATH)
     }
 }

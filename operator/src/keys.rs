@@ -6,7 +6,7 @@
 //! `llmweaver.io/rotate` annotation) writes a new key and keeps the old one
 //! valid for the grace period.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use k8s_openapi::ByteString;
@@ -47,18 +47,30 @@ fn trigger(k: &ApiKey) -> String {
     if annotation.is_empty() { spec } else { format!("{spec}/{annotation}") }
 }
 
+/// Secrets by (namespace, name), built once per pass.
+pub type SecretIndex = HashMap<(String, String), Arc<Secret>>;
+
+pub fn index_secrets(ctx: &Context) -> SecretIndex {
+    ctx.stores.secrets.state().into_iter().map(|s| ((s.namespace().unwrap_or_default(), s.name_any()), s)).collect()
+}
+
+/// The Secret an ApiKey reads, with the key field, if it exists.
+pub fn secret_of<'a>(secrets: &'a SecretIndex, k: &ApiKey) -> (Option<&'a Arc<Secret>>, String, String) {
+    let r = k.spec.secret_ref.clone().unwrap_or_else(|| default_secret_ref(&k.name_any()));
+    let found = secrets.get(&(k.namespace().unwrap_or_default(), r.name.clone()));
+    (found, r.name, r.key)
+}
+
 /// Creates missing Secrets and rotates generated ones whose trigger changed.
-pub async fn issue_all(ctx: &Arc<Context>) {
-    let secrets = ctx.stores.secrets.state();
+pub async fn issue_all(ctx: &Arc<Context>, secrets: &SecretIndex) {
     for k in ctx.stores.api_keys.state() {
         let Some(ns) = k.namespace() else { continue };
-        let r = k.spec.secret_ref.clone().unwrap_or_else(|| default_secret_ref(&k.name_any()));
-        let existing = secrets.iter().find(|s| s.namespace().as_deref() == Some(ns.as_str()) && s.name_any() == r.name);
+        let (existing, name, field) = secret_of(secrets, &k);
         let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
         let result = match existing {
-            None => create(&api, &k, &r.name, &r.key).await,
-            Some(s) if is_generated(s) && s.annotations().get(TRIGGER_ANNOTATION) != Some(&trigger(&k)) => {
-                rotate(&api, &k, s, &r.key).await
+            None => create(&api, &k, &name, &field).await,
+            Some(s) if issued_for(s, &k) && s.annotations().get(TRIGGER_ANNOTATION) != Some(&trigger(&k)) => {
+                rotate(&api, &k, s, &field).await
             }
             Some(_) => continue,
         };
@@ -69,8 +81,15 @@ pub async fn issue_all(ctx: &Arc<Context>) {
     }
 }
 
-fn is_generated(s: &Secret) -> bool {
-    s.labels().get(MANAGED_LABEL.0).map(String::as_str) == Some(MANAGED_LABEL.1)
+/// Whether the operator generated this Secret for this very ApiKey: only then
+/// may it rewrite the Secret or show part of its key. A Secret that merely
+/// carries our label (the TLS Secret, another key's) is not this key's.
+pub fn issued_for(s: &Secret, k: &ApiKey) -> bool {
+    let labels = s.labels();
+    let uid = k.meta().uid.as_deref();
+    labels.get(MANAGED_LABEL.0).map(String::as_str) == Some(MANAGED_LABEL.1)
+        && labels.get(KEY_LABEL) == Some(&k.name_any())
+        && s.owner_references().iter().any(|o| o.kind == "ApiKey" && Some(o.uid.as_str()) == uid)
 }
 
 async fn create(api: &Api<Secret>, k: &ApiKey, name: &str, field: &str) -> Result<(), kube::Error> {

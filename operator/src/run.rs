@@ -16,7 +16,7 @@ use weaver_crds::protocol::TOKEN_AUDIENCE;
 
 use crate::auth::Authenticator;
 use crate::cli::Args;
-use crate::context::Context;
+use crate::context::{Context, Forwarder};
 use crate::leader::{self, LeaderConfig};
 use crate::metrics::Metrics;
 use crate::state::{self, Published};
@@ -98,15 +98,13 @@ pub async fn start(args: Args) -> Result<Started, StartError> {
     };
 
     let material = tls::load_or_create(&client, &namespace, &args.tls_secret, &sans).await?;
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls::server_config(&material)?);
+    let acceptor =
+        Arc::new(arc_swap::ArcSwap::from_pointee(tokio_rustls::TlsAcceptor::from(tls::server_config(&material)?)));
     let ca = reqwest::Certificate::from_pem(material.ca_pem.as_bytes())?;
-    let forward = reqwest::Client::builder()
-        .use_rustls_tls()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(ca)
-        .connect_timeout(std::time::Duration::from_secs(5))
-        .timeout(std::time::Duration::from_secs(10))
-        .build()?;
+    // Replicas reach the leader by address but verify it by a name it carries.
+    let tls_name =
+        sans.iter().find(|s| s.parse::<std::net::IpAddr>().is_err()).cloned().unwrap_or_else(|| "localhost".into());
+    let forward = Forwarder::new(ca, tls_name);
 
     let leadership = leader::spawn(
         client.clone(),
@@ -143,7 +141,8 @@ pub async fn start(args: Args) -> Result<Started, StartError> {
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(state::compile_loop(stores, changed, replicas_rx, args.debounce, metrics, publish));
-    tasks.spawn(server::serve_tls(listener, acceptor, server::router(ctx.clone())));
+    tasks.spawn(server::serve_tls(listener, acceptor.clone(), server::router(ctx.clone())));
+    tasks.spawn(renew_certificate(ctx.client.clone(), namespace.clone(), args.tls_secret.clone(), sans, acceptor));
     tasks.spawn(serve_plain(metrics_listener, ctx.clone()));
     tasks.spawn(writer_loop(ctx.clone(), args.status_interval));
     tracing::info!(%addr, %metrics_addr, namespace = %namespace, "listening");
@@ -172,8 +171,32 @@ async fn writer_loop(ctx: Arc<Context>, interval: std::time::Duration) {
         if !leading {
             continue;
         }
-        keys::issue_all(&ctx).await;
-        status::write_all(&ctx).await;
+        let secrets = keys::index_secrets(&ctx);
+        keys::issue_all(&ctx, &secrets).await;
+        status::write_all(&ctx, &secrets).await;
+    }
+}
+
+/// How often the serving certificate is checked (and renewed when it is
+/// within 30 days of expiry or no longer covers the names).
+const RENEW_EVERY: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
+
+/// Keeps the serving certificate fresh while the operator runs.
+async fn renew_certificate(
+    client: Client,
+    namespace: String,
+    secret: String,
+    sans: Vec<String>,
+    acceptor: Arc<arc_swap::ArcSwap<tokio_rustls::TlsAcceptor>>,
+) {
+    let mut ticker = tokio::time::interval(RENEW_EVERY);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        match tls::load_or_create(&client, &namespace, &secret, &sans).await.and_then(|m| tls::server_config(&m)) {
+            Ok(config) => acceptor.store(Arc::new(tokio_rustls::TlsAcceptor::from(config))),
+            Err(e) => tracing::warn!(error = %e, "cannot renew the serving certificate; keeping the current one"),
+        }
     }
 }
 

@@ -26,8 +26,16 @@ use crate::metrics::ErrorCategory;
 /// stream from a dead one.
 const KEEPALIVE: Duration = Duration::from_secs(15);
 
+/// Reports are cumulative per gateway instance: one that has served tens of
+/// thousands of keys sends a few MiB.
+const REPORT_LIMIT: usize = 64 * 1024 * 1024;
+
 pub fn router(ctx: Arc<Context>) -> Router {
-    Router::new().route(SNAPSHOTS_PATH, get(snapshots)).route(REPORTS_PATH, post(reports)).with_state(ctx)
+    Router::new()
+        .route(SNAPSHOTS_PATH, get(snapshots))
+        .route(REPORTS_PATH, post(reports))
+        .layer(axum::extract::DefaultBodyLimit::max(REPORT_LIMIT))
+        .with_state(ctx)
 }
 
 fn refuse(e: &crate::auth::AuthError) -> Response {
@@ -44,35 +52,57 @@ impl Drop for Connected {
     }
 }
 
+/// How often an open stream re-checks that its token is still accepted and
+/// allowed (the decision cache makes this cheap): revoking a gateway's RBAC or
+/// letting its token expire cuts it off within this long.
+const REAUTHORIZE: Duration = Duration::from_secs(30);
+
+struct Stream {
+    rx: tokio::sync::watch::Receiver<Arc<crate::state::Published>>,
+    first: bool,
+    headers: HeaderMap,
+    authorized: Instant,
+    _connected: Connected,
+}
+
 async fn snapshots(State(ctx): State<Arc<Context>>, headers: HeaderMap) -> Response {
     let who = match ctx.authenticator.authorize(&headers, "get", "gatewaysnapshots").await {
         Ok(who) => who,
         Err(e) => return refuse(&e),
     };
     tracing::info!(user = %who.username, "gateway subscribed");
-    ctx.metrics.connected_gateways.inc();
     let mut rx = ctx.published.clone();
-    let guard = Connected(ctx.clone());
-    let stream = futures_util::stream::unfold((rx.clone(), true, guard), |(mut rx, first, guard)| async move {
-        if first {
-            let line = rx.borrow_and_update().line.clone();
-            return Some((Ok::<_, Infallible>(line), (rx, false, guard)));
-        }
-        match tokio::time::timeout(KEEPALIVE, rx.changed()).await {
-            Err(_) => Some((Ok(Bytes::from_static(b"\n")), (rx, false, guard))),
-            Ok(Ok(())) => {
-                let line = rx.borrow_and_update().line.clone();
-                Some((Ok(line), (rx, false, guard)))
-            }
-            Ok(Err(_)) => None,
-        }
-    });
     // Nothing is published before the first compilation; wait for it.
     while rx.borrow().line.is_empty() {
         if rx.changed().await.is_err() {
             return StatusCode::SERVICE_UNAVAILABLE.into_response();
         }
     }
+    ctx.metrics.connected_gateways.inc();
+    let state = Stream { rx, first: true, headers, authorized: Instant::now(), _connected: Connected(ctx.clone()) };
+    let stream = futures_util::stream::unfold(state, move |mut st| {
+        let ctx = ctx.clone();
+        async move {
+            if st.first {
+                st.first = false;
+                let line = st.rx.borrow_and_update().line.clone();
+                return Some((Ok::<_, Infallible>(line), st));
+            }
+            let next = match tokio::time::timeout(KEEPALIVE, st.rx.changed()).await {
+                Err(_) => Bytes::from_static(b"\n"),
+                Ok(Ok(())) => st.rx.borrow_and_update().line.clone(),
+                Ok(Err(_)) => return None,
+            };
+            if st.authorized.elapsed() >= REAUTHORIZE {
+                if let Err(e) = ctx.authenticator.authorize(&st.headers, "get", "gatewaysnapshots").await {
+                    tracing::warn!(error = %e, "gateway no longer authorised; closing its stream");
+                    return None;
+                }
+                st.authorized = Instant::now();
+            }
+            Some((Ok(next), st))
+        }
+    });
     let mut response = Response::new(Body::from_stream(stream));
     response.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/x-ndjson"));
     response
@@ -95,7 +125,14 @@ async fn reports(State(ctx): State<Arc<Context>>, headers: HeaderMap, body: Byte
         return (StatusCode::SERVICE_UNAVAILABLE, "no leader yet").into_response();
     };
     // Pass the gateway's own credentials along: the leader checks them itself.
-    let mut forward = ctx.forward.post(format!("{}{REPORTS_PATH}", leader.trim_end_matches('/'))).body(body);
+    let (url, client) = match ctx.forward.target(&leader) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot build a client for the leader");
+            return (StatusCode::BAD_GATEWAY, "leader unreachable").into_response();
+        }
+    };
+    let mut forward = client.post(url).body(body);
     if let Some(auth) = headers.get(header::AUTHORIZATION) {
         forward = forward.header(header::AUTHORIZATION, auth);
     }
@@ -109,9 +146,18 @@ async fn reports(State(ctx): State<Arc<Context>>, headers: HeaderMap, body: Byte
     }
 }
 
-/// Serves `router` over TLS on `listener` until the task is dropped.
-pub async fn serve_tls(listener: TcpListener, acceptor: TlsAcceptor, router: Router) {
+/// A TLS handshake that has not finished by then is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once; more wait in the accept queue.
+const MAX_CONNECTIONS: usize = 4096;
+
+/// Serves `router` over TLS on `listener` until the task is dropped. The
+/// acceptor is read per connection, so a renewed certificate applies to new
+/// connections at once.
+pub async fn serve_tls(listener: TcpListener, acceptor: Arc<arc_swap::ArcSwap<TlsAcceptor>>, router: Router) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else { return };
         let (tcp, peer) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
@@ -120,13 +166,18 @@ pub async fn serve_tls(listener: TcpListener, acceptor: TlsAcceptor, router: Rou
             }
         };
         let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
+        let acceptor = acceptor.load_full();
         let service = TowerToHyperService::new(router.clone());
         tokio::spawn(async move {
-            let tls = match acceptor.accept(tcp).await {
-                Ok(tls) => tls,
-                Err(e) => {
+            let _permit = permit;
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
                     return;
                 }
             };

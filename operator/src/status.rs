@@ -16,13 +16,13 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use weaver_crds::api_key::{ApiKeyStatus, UsageStatus};
 use weaver_crds::channel::{ChannelStatus, LatencyStatus};
-use weaver_crds::compiler::keys::default_secret_ref;
 use weaver_crds::compiler::{Kind, Problem};
 use weaver_crds::money::Usd;
 use weaver_crds::routing_policy::RoutingPolicyStatus;
 use weaver_crds::{ApiKey, Channel, RoutingPolicy};
 
 use crate::context::{Context, MANAGER};
+use crate::keys::{SecretIndex, issued_for, secret_of};
 use crate::metrics::ErrorCategory;
 use crate::usage::{Id, Totals, period_start};
 
@@ -59,12 +59,18 @@ fn condition(
 }
 
 fn unknown(previous: &[Condition], type_: &str, reason: &str, message: String, generation: Option<i64>) -> Condition {
-    let mut c = condition(previous, type_, false, reason, message, generation);
-    c.status = "Unknown".to_owned();
-    if let Some(p) = previous.iter().find(|p| p.type_ == type_ && p.status == "Unknown") {
-        c.last_transition_time = p.last_transition_time.clone();
+    let since = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == "Unknown")
+        .map_or_else(|| Time(Timestamp::now()), |c| c.last_transition_time.clone());
+    Condition {
+        type_: type_.to_owned(),
+        status: "Unknown".to_owned(),
+        reason: reason.to_owned(),
+        message,
+        last_transition_time: since,
+        observed_generation: generation,
     }
-    c
 }
 
 /// `Ready` from the problems about one object.
@@ -91,6 +97,17 @@ fn usage_status(t: &Totals, since: Option<i64>) -> UsageStatus {
     }
 }
 
+/// The totals a usage status holds.
+fn totals_of(u: &UsageStatus) -> Totals {
+    Totals {
+        requests: u.requests,
+        input_tokens: u.input_tokens,
+        output_tokens: u.output_tokens,
+        cost: u.cost.parse::<Usd>().unwrap_or_default().0,
+        last_used: u.last_used.as_ref().map(|t| t.0.as_second()),
+    }
+}
+
 fn duration_text(ms: f64) -> String {
     if ms >= 1000.0 { format!("{:.2}s", ms / 1000.0) } else { format!("{ms:.0}ms") }
 }
@@ -100,7 +117,11 @@ fn desired_channel(ctx: &Context, c: &Channel, problems: &[&Problem]) -> Channel
     let generation = c.meta().generation;
     let id: Id = (c.namespace().unwrap_or_default(), c.name_any());
     let (health, totals) = {
-        let book = ctx.usage();
+        let mut book = ctx.usage();
+        if !book.has_channel_base(&id) {
+            let persisted = c.status.as_ref().and_then(|s| s.usage.as_ref()).map(totals_of).unwrap_or_default();
+            book.set_channel_base(&id, persisted);
+        }
         (book.health(&id), book.channel_totals(&id))
     };
     let mut conditions = vec![if c.spec.disabled {
@@ -148,7 +169,7 @@ fn desired_channel(ctx: &Context, c: &Channel, problems: &[&Problem]) -> Channel
     }
 }
 
-fn desired_key(ctx: &Context, k: &ApiKey, problems: &[&Problem], now: i64) -> ApiKeyStatus {
+fn desired_key(ctx: &Context, secrets: &SecretIndex, k: &ApiKey, problems: &[&Problem], now: i64) -> ApiKeyStatus {
     let previous_status = k.status.clone().unwrap_or_default();
     let previous = previous_status.conditions.as_slice();
     let generation = k.meta().generation;
@@ -164,13 +185,7 @@ fn desired_key(ctx: &Context, k: &ApiKey, problems: &[&Problem], now: i64) -> Ap
                 .usage
                 .as_ref()
                 .filter(|u| u.since.as_ref().map(|t| t.0.as_second()) == Some(start))
-                .map(|u| Totals {
-                    requests: u.requests,
-                    input_tokens: u.input_tokens,
-                    output_tokens: u.output_tokens,
-                    cost: u.cost.parse::<Usd>().unwrap_or_default().0,
-                    last_used: u.last_used.as_ref().map(|t| t.0.as_second()),
-                })
+                .map(totals_of)
                 .unwrap_or_default();
             book.set_base(&id, start, persisted);
         }
@@ -213,25 +228,21 @@ fn desired_key(ctx: &Context, k: &ApiKey, problems: &[&Problem], now: i64) -> Ap
     ApiKeyStatus {
         conditions,
         observed_generation: generation,
-        key_prefix: key_prefix(ctx, k),
+        key_prefix: key_prefix(secrets, k),
         usage: Some(usage_status(&totals, Some(start))),
     }
 }
 
-/// The first characters of the key, enough to tell keys apart, never more.
-fn key_prefix(ctx: &Context, k: &ApiKey) -> Option<String> {
-    let r = k.spec.secret_ref.clone().unwrap_or_else(|| default_secret_ref(&k.name_any()));
-    let ns = k.namespace().unwrap_or_default();
-    let secret = ctx
-        .stores
-        .secrets
-        .state()
-        .into_iter()
-        .find(|s| s.namespace().as_deref() == Some(&ns) && s.name_any() == r.name)?;
-    let value = secret.data.as_ref()?.get(&r.key)?;
-    let text = String::from_utf8_lossy(&value.0);
-    let text = text.trim();
-    (text.len() >= 16).then(|| format!("{}...", &text[..8]))
+/// `lw-` and four characters of an operator-issued key: enough to tell keys
+/// apart, far too little to guess one. Keys users bring get no prefix: they
+/// may be short, and a prefix of an arbitrary Secret must never be readable
+/// through status.
+fn key_prefix(secrets: &SecretIndex, k: &ApiKey) -> Option<String> {
+    let (secret, _, field) = secret_of(secrets, k);
+    let secret = secret.filter(|s| issued_for(s, k))?;
+    let value = secret.data.as_ref()?.get(&field)?;
+    let text = std::str::from_utf8(&value.0).ok()?;
+    text.starts_with("lw-").then(|| text.chars().take(7).collect())
 }
 
 fn desired_policy(p: &RoutingPolicy, problems: &[&Problem], resolved: Vec<String>) -> RoutingPolicyStatus {
@@ -299,7 +310,7 @@ async fn apply_status<K, S>(
 }
 
 /// Brings every object's status up to date (leader only).
-pub async fn write_all(ctx: &Arc<Context>) {
+pub async fn write_all(ctx: &Arc<Context>, secrets: &SecretIndex) {
     let published = ctx.published.borrow().clone();
     let live = ctx.usage().prune(Instant::now(), ctx.gateway_timeout);
     let live_u32 = u32::try_from(live).unwrap_or(u32::MAX);
@@ -323,7 +334,7 @@ pub async fn write_all(ctx: &Arc<Context>) {
         apply_status(ctx, c.as_ref(), c.status.as_ref(), desired, |s: &ChannelStatus| s.conditions.as_slice()).await;
     }
     for k in ctx.stores.api_keys.state() {
-        let desired = desired_key(ctx, &k, &problems_of(Kind::ApiKey, k.as_ref()), now);
+        let desired = desired_key(ctx, secrets, &k, &problems_of(Kind::ApiKey, k.as_ref()), now);
         apply_status(ctx, k.as_ref(), k.status.as_ref(), desired, |s: &ApiKeyStatus| s.conditions.as_slice()).await;
     }
     for p in ctx.stores.policies.state() {

@@ -20,6 +20,12 @@ pub const HEALTH_WINDOW: Duration = Duration::from_secs(300);
 
 pub type Id = (String, String);
 
+/// A channel's cumulative totals, failures and latency, as one instance reported them.
+type ChannelCounters = (Totals, u64, LatencySketch);
+
+/// What one instance had counted, per key and per channel.
+type Counted = (HashMap<Id, Totals>, HashMap<Id, ChannelCounters>);
+
 /// Usage counters of one key (or channel).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Totals {
@@ -78,7 +84,7 @@ struct Instance {
     key_baseline: HashMap<Id, Totals>,
     keys: HashMap<Id, Totals>,
     channel_baseline: HashMap<Id, Totals>,
-    channels: HashMap<Id, (Totals, u64, LatencySketch)>,
+    channels: HashMap<Id, ChannelCounters>,
 }
 
 /// A key's persisted starting point for the current period.
@@ -96,7 +102,14 @@ pub struct UsageBook {
     key_base: HashMap<Id, Base>,
     channel_base: HashMap<Id, Totals>,
     windows: HashMap<Id, VecDeque<(Instant, Health)>>,
+    /// What pruned instances had counted, so one that comes back after a long
+    /// silence continues from there instead of being counted again.
+    retired: HashMap<String, Counted>,
 }
+
+/// Retired instances remembered at most (oldest forgotten first is not
+/// tracked: the map is cleared when full, as restarts make old names moot).
+const RETIRED_LIMIT: usize = 10_000;
 
 impl UsageBook {
     /// A book that accounts for usage from `epoch_ms` on: counters of
@@ -107,9 +120,10 @@ impl UsageBook {
 
     pub fn ingest(&mut self, report: &GatewayReport, now: Instant) {
         let fresh = !self.instances.contains_key(&report.instance);
+        let returning = if fresh { self.retired.remove(&report.instance) } else { None };
         // An instance that started after we began accounting has no history
         // anyone else counted; otherwise its counters so far are not ours.
-        let from_zero = fresh && report.started_at >= self.epoch_ms && report.started_at > 0;
+        let from_zero = fresh && returning.is_none() && report.started_at >= self.epoch_ms && report.started_at > 0;
         let inst = self.instances.entry(report.instance.clone()).or_insert_with(|| Instance {
             last_seen: now,
             applied_version: 0,
@@ -118,6 +132,16 @@ impl UsageBook {
             channel_baseline: HashMap::new(),
             channels: HashMap::new(),
         });
+        // A returning instance: what it had counted is already in the base.
+        let fresh = if let Some((keys, channels)) = returning {
+            inst.key_baseline = keys.clone();
+            inst.keys = keys;
+            inst.channel_baseline = channels.iter().map(|(id, (t, _, _))| (id.clone(), *t)).collect();
+            inst.channels = channels;
+            false
+        } else {
+            fresh
+        };
         inst.last_seen = now;
         inst.applied_version = report.applied_version;
         for k in &report.keys {
@@ -177,8 +201,14 @@ impl UsageBook {
                 }
                 for (id, (latest, _, _)) in &inst.channels {
                     let grown = latest.since(inst.channel_baseline.get(id).unwrap_or(&Totals::default()));
-                    self.channel_base.entry(id.clone()).or_default().add(&grown);
+                    if let Some(base) = self.channel_base.get_mut(id) {
+                        base.add(&grown);
+                    }
                 }
+                if self.retired.len() >= RETIRED_LIMIT {
+                    self.retired.clear();
+                }
+                self.retired.insert(name, (inst.keys, inst.channels));
             }
         }
         for window in self.windows.values_mut() {
@@ -207,6 +237,22 @@ impl UsageBook {
         for inst in self.instances.values_mut() {
             if let Some(latest) = inst.keys.get(id) {
                 inst.key_baseline.insert(id.clone(), *latest);
+            }
+        }
+    }
+
+    /// Whether a channel's totals have been started from its status.
+    pub fn has_channel_base(&self, id: &Id) -> bool {
+        self.channel_base.contains_key(id)
+    }
+
+    /// Continues a channel's totals from what status holds (after a restart or
+    /// a leader change); growth before now is not recounted.
+    pub fn set_channel_base(&mut self, id: &Id, persisted: Totals) {
+        self.channel_base.insert(id.clone(), persisted);
+        for inst in self.instances.values_mut() {
+            if let Some((latest, _, _)) = inst.channels.get(id) {
+                inst.channel_baseline.insert(id.clone(), *latest);
             }
         }
     }
@@ -338,6 +384,17 @@ mod tests {
         book.ingest(&report("b", 2_000, 6, 60), t0 + Duration::from_secs(40));
         assert_eq!(book.prune(t0 + Duration::from_secs(40), Duration::from_secs(30)), 2);
         assert_eq!(book.key_totals(&id()).requests, 50 + 30 + 6 + 4);
+    }
+
+    #[test]
+    fn an_instance_back_from_a_long_silence_is_not_counted_twice() {
+        let t0 = Instant::now();
+        let mut book = UsageBook::new(1_000);
+        book.ingest(&report("a", 2_000, 10, 100), t0);
+        book.prune(t0 + Duration::from_secs(60), Duration::from_secs(30));
+        assert_eq!(book.key_totals(&id()).requests, 10);
+        book.ingest(&report("a", 2_000, 12, 120), t0 + Duration::from_secs(61));
+        assert_eq!(book.key_totals(&id()).requests, 12);
     }
 
     #[test]

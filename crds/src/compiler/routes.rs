@@ -152,6 +152,16 @@ pub(super) struct RouteTables {
     defaults: BTreeMap<String, Routes>,
     /// Each policy's own routes, by (namespace, name).
     policies: BTreeMap<(String, String), Routes>,
+    /// Each policy's model globs.
+    globs: BTreeMap<(String, String), Vec<String>>,
+}
+
+/// The candidates a policy gives a model it matches: its own channels only,
+/// and none when none of them can serve it right now. Falling back to other
+/// channels of the namespace would silently break what the policy is for (a
+/// region, a price); the gateway answers 503 instead.
+fn claimed(policy: &Routes, model: &str) -> Vec<Candidate> {
+    policy.get(model).cloned().unwrap_or_default()
 }
 
 impl RouteTables {
@@ -164,24 +174,25 @@ impl RouteTables {
             }
         }
         let mut policy_routes = BTreeMap::new();
+        let mut globs = BTreeMap::new();
         for p in sorted(policies) {
-            let routes = policy_candidates(p, channels, problems);
-            policy_routes.insert((namespace_of(p).to_owned(), p.name_any()), routes);
+            let id = (namespace_of(p).to_owned(), p.name_any());
+            policy_routes.insert(id.clone(), policy_candidates(p, channels, problems));
+            globs.insert(id, p.spec.models.clone());
         }
         // A namespace's policies (in name order, first match wins) take over the
-        // models they route; other models go to every channel serving them.
+        // models they match; other models go to every channel serving them.
         let mut defaults: BTreeMap<String, Routes> = BTreeMap::new();
         for (ns, mut routes) in by_namespace {
-            for ((pns, _), proutes) in policy_routes.iter().rev() {
-                if pns == ns {
-                    for (model, cands) in proutes {
-                        routes.insert(model.clone(), cands.clone());
-                    }
+            for (model, cands) in routes.iter_mut() {
+                let owner = globs.iter().find(|((pns, _), g)| pns == ns && matches_any(g, model));
+                if let Some((id, _)) = owner {
+                    *cands = claimed(&policy_routes[id], model);
                 }
             }
             defaults.insert(ns.to_owned(), routes);
         }
-        Self { tables: Vec::new(), index: HashMap::new(), defaults, policies: policy_routes }
+        Self { tables: Vec::new(), index: HashMap::new(), defaults, policies: policy_routes, globs }
     }
 
     /// Whether the namespace has a policy of that name.
@@ -196,10 +207,18 @@ impl RouteTables {
             return *idx;
         }
         let mut routes = self.defaults.get(namespace).cloned().unwrap_or_default();
-        if let Some(p) = policy
-            && let Some(own) = self.policies.get(&(namespace.to_owned(), p.to_owned()))
-        {
-            routes.extend(own.iter().map(|(m, c)| (m.clone(), c.clone())));
+        if let Some(p) = policy {
+            let id = (namespace.to_owned(), p.to_owned());
+            if let (Some(own), Some(globs)) = (self.policies.get(&id), self.globs.get(&id)) {
+                for (model, cands) in routes.iter_mut() {
+                    if matches_any(globs, model) {
+                        *cands = claimed(own, model);
+                    }
+                }
+                for (model, cands) in own {
+                    routes.entry(model.clone()).or_insert_with(|| cands.clone());
+                }
+            }
         }
         let idx = u32::try_from(self.tables.len()).unwrap_or(u32::MAX);
         self.tables.push(RouteTable { policy: policy.map(|p| format!("{namespace}/{p}")), routes });

@@ -328,3 +328,21 @@ spec: {}
         ]
     );
 }
+
+#[test]
+fn a_policy_whose_channels_are_all_unusable_does_not_fall_back_to_others() {
+    let policy = r#"
+---
+apiVersion: llmweaver.io/v1alpha1
+kind: RoutingPolicy
+metadata: {name: eu-only, namespace: team-a}
+spec: {models: ["gpt-4o"], channels: [{name: eu}]}
+"#;
+    let eu = channel("eu", "", "{name: gpt-4o}", 1).replace("weight: 1", "weight: 1\n  disabled: true");
+    let c = compile_yaml(&format!("{SECRETS}{eu}{}{policy}{KEY}", channel("us", "", "{name: gpt-4o}", 1)));
+    // The model stays routed to nothing, so the gateway answers 503, rather
+    // than quietly going to `us`.
+    assert_eq!(route(&c, "checkout", "gpt-4o"), vec![]);
+    let k = key(&c, "checkout");
+    assert_eq!(c.snapshot.route_tables[k.route_table as usize].routes.get("gpt-4o"), Some(&vec![]));
+}
