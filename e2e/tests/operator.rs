@@ -625,3 +625,35 @@ async fn a_standby_replica_forwards_reports_and_takes_over_when_the_leader_dies(
     assert_eq!(bed.chat(0, &key, "gpt-4o-mini").await, StatusCode::OK);
     Ok(())
 }
+
+#[tokio::test]
+#[ignore = "needs the test control plane: run with `make e2e`"]
+async fn a_burst_of_applies_is_compiled_a_few_times_not_once_per_apply() -> anyhow::Result<()> {
+    use futures_util::{StreamExt, TryStreamExt};
+    let bed = Bed::new().await?;
+    bed.until_converged(0.0).await?;
+    let op_metrics = bed.operator.as_ref().map(|o| format!("http://{}", o.addr("metrics_addr"))).unwrap_or_default();
+    // Let the start-up work (key issuance, status) settle first.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = bed.metric(&op_metrics, "weaver_operator_compiles_total").await;
+    let n = 200;
+    futures_util::stream::iter(0..n)
+        .map(|i| {
+            let (cluster, ns) = (bed.cluster.clone(), bed.ns.clone());
+            async move {
+                let yaml = format!(
+                    "apiVersion: v1\nkind: Secret\nmetadata: {{name: burst-{i}}}\nstringData: {{apiKey: lw-burst-{i:04}-0123456789abcdef}}\n---\napiVersion: llmweaver.io/v1alpha1\nkind: ApiKey\nmetadata: {{name: burst-{i}}}\nspec: {{secretRef: {{name: burst-{i}}}}}\n"
+                );
+                cluster.apply_yaml(&ns, &yaml).await
+            }
+        })
+        .buffer_unordered(32)
+        .try_collect::<Vec<_>>()
+        .await?;
+    bed.until_all(&format!("lw-burst-{:04}-0123456789abcdef", n - 1), "gpt-4o-mini", StatusCode::OK).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let compiles = bed.metric(&op_metrics, "weaver_operator_compiles_total").await - before;
+    println!("{} applies -> {compiles} compilations", 2 * n);
+    assert!(compiles <= 10.0, "{compiles} compilations for one burst");
+    Ok(())
+}

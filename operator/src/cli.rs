@@ -19,7 +19,7 @@ pub struct Args {
     #[arg(long, env = "WEAVER_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
     pub metrics_listen: SocketAddr,
     /// The operator's own namespace (Lease and TLS Secret live here); defaults
-    /// to the pod's namespace, else `llm-weaver`.
+    /// to the pod's namespace, else the kubeconfig's current namespace.
     #[arg(long, env = "POD_NAMESPACE")]
     pub namespace: Option<String>,
     /// Only watch this namespace (default: all namespaces).

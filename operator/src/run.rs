@@ -59,10 +59,11 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "weaver-operator".into())
 }
 
-fn own_namespace() -> String {
+/// In a pod its namespace; elsewhere the kubeconfig's current namespace.
+fn own_namespace(client: &Client) -> String {
     std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
         .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| "llm-weaver".into())
+        .unwrap_or_else(|_| client.default_namespace().to_owned())
 }
 
 fn now_ms() -> i64 {
@@ -71,7 +72,7 @@ fn now_ms() -> i64 {
 
 pub async fn start(args: Args) -> Result<Started, StartError> {
     let client = Client::try_default().await?;
-    let namespace = args.namespace.clone().unwrap_or_else(own_namespace);
+    let namespace = args.namespace.clone().unwrap_or_else(|| own_namespace(&client));
     let identity = args.identity.clone().unwrap_or_else(hostname);
     let listener =
         TcpListener::bind(args.listen).await.map_err(|source| StartError::Listen { addr: args.listen, source })?;

@@ -122,8 +122,21 @@ pub async fn compile_loop(
     }
     let mut replicas = replicas;
     loop {
-        // Let a burst settle: later changes within the window add no work.
-        tokio::time::sleep(debounce).await;
+        // Let a burst settle: compile once nothing changed for `debounce`,
+        // but at the latest 10 debounce windows after the first change, so a
+        // steady trickle cannot postpone a snapshot forever.
+        let settle_by = Instant::now() + debounce * 10;
+        loop {
+            let quiet = tokio::time::sleep(debounce);
+            tokio::select! {
+                () = quiet => break,
+                () = changed.notified() => {
+                    if Instant::now() >= settle_by {
+                        break;
+                    }
+                }
+            }
+        }
         let started = Instant::now();
         let current = publish.borrow().clone();
         let mut compiled = compile(&stores.resources(), 0);
