@@ -91,19 +91,24 @@ def wrk(url: str, body: str, connections: int, workdir: Path) -> dict:
     return {"requests": requests, "rps": rps, "p50": latency("50"), "p99": latency("99")}
 
 
-def ttfb(url: str, body: str, n: int = 300) -> float:
-    """Median time to the first byte of a streamed answer, in microseconds."""
-    samples = []
+def ttfb(url: str, body: str, n: int = 300) -> tuple[float, int]:
+    """Median time to the first byte of a streamed answer, in microseconds, and
+    how many requests failed (each a new connection)."""
+    samples, failed = [], 0
     for _ in range(n):
         req = urllib.request.Request(
             url, data=body.encode(), headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
         )
         start = time.perf_counter()
-        with urllib.request.urlopen(req) as resp:
-            resp.read(1)
-            samples.append((time.perf_counter() - start) * 1e6)
-            resp.read()
-    return statistics.median(samples)
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                resp.read(1)
+                samples.append((time.perf_counter() - start) * 1e6)
+                resp.read()
+        except OSError as e:
+            failed += 1
+            print(f"  {url}: {e}", file=sys.stderr)
+    return statistics.median(samples), failed
 
 
 def main() -> None:
@@ -206,7 +211,7 @@ spec: {{allowedModels: ["bench-*"]}}
                     "p99": single["p99"],
                 }
                 if kind == "stream":
-                    r["ttfb"] = ttfb(url, body)
+                    r["ttfb"], r["failed"] = ttfb(url, body)
                 results[f"{kind}/{name}"] = r
         print(f"\nLoopback benchmark, {DURATION} per run; hop pinned to core {HOP_CORE}, load + mock on core {LOAD_CORE}\n")
         print(f"{'':16}{'req/s c=64':>12}{'CPU us/req':>12}{'p50 us c=1':>12}{'p99 us c=1':>12}{'added p50':>11}{'added p99':>11}{'TTFB us':>10}{'added TTFB':>12}")
@@ -224,6 +229,9 @@ spec: {{allowedModels: ["bench-*"]}}
                     f"{kind + '/' + name:16}{r['rps']:>12.0f}{cpu:>12}{r['p50']:>12.0f}{r['p99']:>12.0f}"
                     f"{add_p50:>11}{add_p99:>11}{ttfb_us:>10}{add_ttfb:>12}"
                 )
+        for name in hops:
+            if results[f"stream/{name}"]["failed"]:
+                print(f"{name}: {results[f'stream/{name}']['failed']} of 300 TTFB requests failed")
         for kind in ("plain", "stream"):
             g, n = results[f"{kind}/gateway"], results[f"{kind}/nginx"]
             if n["cpu_us"] > 0:
