@@ -6,13 +6,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{ArgGroup, Parser, ValueEnum};
+use clap::{ArgGroup, Parser};
 use ipnet::IpNet;
 use reqwest::Url;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::cluster::{self, Cluster, ClusterError};
+use weaver_telemetry::LogFormat;
+
 use crate::gateway::{Gateway, Settings};
 use crate::source::{LoadError, ManifestDir};
 
@@ -85,13 +87,6 @@ fn positive_duration(text: &str) -> Result<Duration, String> {
         Ok(d) => Ok(d),
         Err(e) => Err(e.to_string()),
     }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Auto,
-    Json,
-    Text,
 }
 
 #[derive(Debug, thiserror::Error)]

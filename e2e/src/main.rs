@@ -36,7 +36,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().json().flatten_event(true).with_writer(std::io::stderr).init();
+    weaver_telemetry::init_logs(true);
     let a = Args::parse();
     let behaviour = Behaviour {
         latency: a.latency,
@@ -50,7 +50,7 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(addr = %mock.addr, "listening");
     tokio::select! {
         () = mock.wait() => {}
-        _ = tokio::signal::ctrl_c() => {}
+        () = weaver_telemetry::shutdown_signal() => {}
     }
     Ok(())
 }

@@ -92,6 +92,14 @@ impl Bed {
         Ok(bed)
     }
 
+    /// A bed whose gateways already serve the issued key of ApiKey `app`.
+    async fn serving() -> anyhow::Result<(Self, String)> {
+        let bed = Self::new().await?;
+        let key = bed.issued_key("app").await?;
+        bed.until_all(&key, "gpt-4o-mini", StatusCode::OK).await?;
+        Ok((bed, key))
+    }
+
     fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
@@ -383,9 +391,7 @@ async fn issued_keys_reach_every_gateway_quickly() -> anyhow::Result<()> {
 #[tokio::test]
 #[ignore = "needs the test control plane: run with `make e2e`"]
 async fn channel_changes_reach_both_gateways_without_failed_requests() -> anyhow::Result<()> {
-    let bed = Bed::new().await?;
-    let key = bed.issued_key("app").await?;
-    bed.until_all(&key, "gpt-4o-mini", StatusCode::OK).await?;
+    let (bed, key) = Bed::serving().await?;
     let before = bed.until_converged(0.0).await?;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let traffic = {
@@ -484,9 +490,7 @@ async fn rotation_keeps_the_old_key_for_the_grace_period_and_disabling_is_immedi
 #[tokio::test]
 #[ignore = "needs the test control plane: run with `make e2e`"]
 async fn gateways_outlive_the_operator_and_restart_from_their_cache() -> anyhow::Result<()> {
-    let mut bed = Bed::new().await?;
-    let key = bed.issued_key("app").await?;
-    bed.until_all(&key, "gpt-4o-mini", StatusCode::OK).await?;
+    let (mut bed, key) = Bed::serving().await?;
     let before = bed.until_converged(0.0).await?;
     let operator_url = bed.operator_url();
     if let Some(op) = bed.operator.take() {
@@ -518,9 +522,7 @@ async fn gateways_outlive_the_operator_and_restart_from_their_cache() -> anyhow:
 #[tokio::test]
 #[ignore = "needs the test control plane: run with `make e2e`"]
 async fn usage_and_health_flow_into_status() -> anyhow::Result<()> {
-    let bed = Bed::new().await?;
-    let key = bed.issued_key("app").await?;
-    bed.until_all(&key, "gpt-4o-mini", StatusCode::OK).await?;
+    let (bed, key) = Bed::serving().await?;
     let sent_before = bed.upstream.requests().len();
     for i in 0..20 {
         assert_eq!(bed.chat(i % 2, &key, "gpt-4o-mini").await, StatusCode::OK);

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use weaver_telemetry::LogFormat;
 
 /// LLM Weaver operator. With only KUBECONFIG (or in-cluster config) it runs
 /// with defaults; `weaver-operator crd` prints the CRDs.
@@ -52,8 +53,8 @@ pub struct Args {
     #[arg(long, env = "WEAVER_LEASE_DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
     pub lease_duration: Duration,
     /// Log format: `auto` is human-readable on a terminal and JSON otherwise.
-    #[arg(long, env = "WEAVER_LOG_FORMAT", default_value = "auto")]
-    pub log_format: String,
+    #[arg(long, env = "WEAVER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto)]
+    pub log_format: LogFormat,
 }
 
 #[derive(Debug, Subcommand)]
