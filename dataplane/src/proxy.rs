@@ -4,7 +4,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, State};
@@ -15,6 +15,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use serde_json::json;
 
 use crate::auth::{authenticate, client_ip};
+use crate::clock::unix_seconds;
 use crate::error::ApiError;
 use crate::gateway::Gateway;
 use crate::meter::Meter;
@@ -64,10 +65,6 @@ pub async fn embeddings(
     handle(gw, Endpoint::Embeddings, peer, headers, body).await
 }
 
-fn now_unix() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
-
 fn model_object(id: &str) -> serde_json::Value {
     json!({"id": id, "object": "model", "created": 0, "owned_by": "llm-weaver"})
 }
@@ -87,7 +84,7 @@ pub async fn list_models(
 ) -> Response {
     let rt = gw.runtime();
     let ip = client_ip(peer, &headers, &gw.settings.trusted_proxies);
-    match authenticate(&rt, &headers, ip, now_unix()) {
+    match authenticate(&rt, &headers, ip, unix_seconds()) {
         Ok(key) => {
             let data: Vec<_> = rt.models_for(key).into_iter().map(model_object).collect();
             let body = json!({"object": "list", "data": data});
@@ -106,7 +103,7 @@ pub async fn get_model(
 ) -> Response {
     let rt = gw.runtime();
     let ip = client_ip(peer, &headers, &gw.settings.trusted_proxies);
-    match authenticate(&rt, &headers, ip, now_unix()) {
+    match authenticate(&rt, &headers, ip, unix_seconds()) {
         Ok(key) if rt.models_for(key).contains(&id.as_str()) => {
             json_response(StatusCode::OK, serde_json::to_vec(&model_object(&id)).unwrap_or_default())
         }
@@ -142,7 +139,7 @@ async fn serve(
     meter: &mut Option<Meter>,
 ) -> Result<Response, ApiError> {
     let ip = client_ip(peer, headers, &gw.settings.trusted_proxies);
-    let key_idx = authenticate(rt, headers, ip, now_unix())?;
+    let key_idx = authenticate(rt, headers, ip, unix_seconds())?;
     let key = &rt.snapshot.keys[key_idx];
     if let Some(m) = meter.as_mut() {
         m.key = Some((rt.keys[key_idx].namespace.clone(), rt.keys[key_idx].name.clone()));

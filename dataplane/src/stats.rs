@@ -11,11 +11,12 @@
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use weaver_crds::money::Prices;
 use weaver_crds::protocol::{ChannelReport, GatewayReport, KeyReport, LatencySketch};
 
+use crate::clock::{unix_millis, unix_seconds};
 use crate::metrics::Label;
 use crate::usage::Usage;
 
@@ -84,10 +85,7 @@ pub struct Stats {
 
 impl Default for Stats {
     fn default() -> Self {
-        let started_at = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-        Self { started_at, channels: Mutex::default(), keys: Mutex::default() }
+        Self { started_at: unix_millis(), channels: Mutex::default(), keys: Mutex::default() }
     }
 }
 
@@ -103,10 +101,6 @@ fn update<V: Default>(map: &mut HashMap<Id, V>, id: &Id, f: impl FnOnce(&mut V))
         Some(v) => f(v),
         None => f(map.entry(id.clone()).or_default()),
     }
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 impl Stats {
@@ -139,7 +133,7 @@ impl Stats {
             });
         }
         if let Some(key) = o.key {
-            let now = unix_now();
+            let now = unix_seconds();
             update(&mut lock(&self.keys), key, |s| {
                 s.requests += 1;
                 s.tokens.add(tokens);

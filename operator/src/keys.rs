@@ -22,7 +22,6 @@ use weaver_crds::compiler::keys::{PREVIOUS_EXPIRES_ANNOTATION, default_secret_re
 
 use crate::context::Context;
 use crate::metrics::ErrorCategory;
-use crate::status::now_unix;
 
 /// Marks Secrets the operator generated (and may therefore rewrite).
 pub const MANAGED_LABEL: (&str, &str) = ("app.kubernetes.io/managed-by", "llm-weaver");
@@ -135,7 +134,10 @@ async fn rotate(api: &Api<Secret>, k: &ApiKey, s: &Secret, field: &str) -> Resul
     }
     data.insert(field.to_owned(), ByteString(generate_key().into_bytes()));
     let annotations = updated.metadata.annotations.get_or_insert_with(BTreeMap::new);
-    annotations.insert(PREVIOUS_EXPIRES_ANNOTATION.to_owned(), (now_unix() + grace).to_string());
+    annotations.insert(
+        PREVIOUS_EXPIRES_ANNOTATION.to_owned(),
+        (k8s_openapi::jiff::Timestamp::now().as_second() + grace).to_string(),
+    );
     annotations.insert(TRIGGER_ANNOTATION.to_owned(), trigger(k));
     // resourceVersion is kept: a concurrent writer makes this fail, not overwrite.
     api.replace(&s.name_any(), &PostParams::default(), &updated).await?;

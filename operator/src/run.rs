@@ -2,12 +2,12 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::extract::State;
 use axum::response::IntoResponse;
 use axum::routing::get;
+use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
 use tokio::net::TcpListener;
@@ -64,10 +64,6 @@ fn own_namespace(client: &Client) -> String {
     std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
         .map(|s| s.trim().to_owned())
         .unwrap_or_else(|_| client.default_namespace().to_owned())
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(0))
 }
 
 pub async fn start(args: Args) -> Result<Started, StartError> {
@@ -133,7 +129,7 @@ pub async fn start(args: Args) -> Result<Started, StartError> {
             Reporter { controller: "llm-weaver-operator".into(), instance: Some(identity) },
         ),
         authenticator: Authenticator::new(client, TOKEN_AUDIENCE),
-        usage: Mutex::new(UsageBook::new(now_ms())),
+        usage: Mutex::new(UsageBook::new(Timestamp::now().as_millisecond())),
         published,
         replicas,
         forward,
@@ -166,7 +162,7 @@ async fn writer_loop(ctx: Arc<Context>, interval: std::time::Duration) {
         let leading = ctx.leadership.is_leader();
         if leading && !was_leader {
             // Account for usage from now on; status holds what came before.
-            *ctx.usage() = UsageBook::new(now_ms());
+            *ctx.usage() = UsageBook::new(Timestamp::now().as_millisecond());
         }
         was_leader = leading;
         if !leading {

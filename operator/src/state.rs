@@ -4,7 +4,7 @@
 //! snapshot; a burst of changes is debounced into one compilation.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -103,7 +103,7 @@ impl Stores {
 /// Versions are milliseconds since the epoch (bumped past the previous one),
 /// so they keep increasing across operator restarts and between replicas.
 fn next_version(previous: u64) -> u64 {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0));
+    let now = u64::try_from(k8s_openapi::jiff::Timestamp::now().as_millisecond()).unwrap_or(0);
     now.max(previous + 1)
 }
 

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -25,10 +25,6 @@ use crate::context::{Context, MANAGER};
 use crate::keys::{SecretIndex, issued_for, secret_of};
 use crate::metrics::ErrorCategory;
 use crate::usage::{Id, Totals, period_start};
-
-pub fn now_unix() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0))
-}
 
 fn time(unix: i64) -> Time {
     Time(Timestamp::from_second(unix).unwrap_or(Timestamp::UNIX_EPOCH))
@@ -328,7 +324,7 @@ pub async fn write_all(ctx: &Arc<Context>, secrets: &SecretIndex) {
     }
     let problems_of =
         |kind, obj: &dyn ResourceExtDyn| by_object.get(&(kind, obj.ns(), obj.nm())).cloned().unwrap_or_default();
-    let now = now_unix();
+    let now = Timestamp::now().as_second();
     for c in ctx.stores.channels.state() {
         let desired = desired_channel(ctx, &c, &problems_of(Kind::Channel, c.as_ref()));
         apply_status(ctx, c.as_ref(), c.status.as_ref(), desired, |s: &ChannelStatus| s.conditions.as_slice()).await;

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
@@ -272,7 +272,7 @@ fn random_serial() -> SerialNumber {
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    u64::try_from(k8s_openapi::jiff::Timestamp::now().as_second()).unwrap_or(0)
 }
 
 /// Checks that the serving certificate chains to the CA, carries a key that matches,

@@ -2,8 +2,6 @@
 //! realistic usage. The demo config uses it, and the test upstream in `e2e/`
 //! serves the same answers over real HTTP.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use base64::Engine as _;
 use bytes::Bytes;
 use serde::Deserialize;
@@ -23,7 +21,7 @@ pub struct MockAnswer {
     pub prompt_tokens: u64,
     pub finish_reason: &'static str,
     id: String,
-    created: u64,
+    created: i64,
 }
 
 #[derive(Deserialize)]
@@ -102,7 +100,7 @@ impl MockAnswer {
             prompt_tokens,
             finish_reason,
             id: format!("chatcmpl-mock{}", hex::encode(&digest[..6])),
-            created: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            created: crate::clock::unix_seconds(),
         })
     }
 
