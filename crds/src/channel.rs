@@ -203,7 +203,8 @@ pub struct Timeouts {
     #[schemars(length(max = 32))]
     #[x_kube(validation = Rule::new("self.matches('^([0-9]+(ms|s|m|h))+$')").message("must be a duration such as 500ms, 30s, 5m or 1h30m"))]
     pub connect: Option<String>,
-    /// Until the first byte of the answer (first token when streaming). Default 60s.
+    /// Until the first token of a streamed answer. Default 60s. A non-streamed
+    /// answer arrives whole, so only `total` bounds it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 32))]
     #[x_kube(validation = Rule::new("self.matches('^([0-9]+(ms|s|m|h))+$')").message("must be a duration such as 500ms, 30s, 5m or 1h30m"))]

@@ -11,7 +11,7 @@ use crate::error::ApiError;
 use crate::runtime::{Digest, Runtime};
 
 /// The presented key: `Authorization: Bearer <key>`, or Azure-style `api-key`.
-fn presented_key(headers: &HeaderMap) -> Option<&str> {
+pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
     if let Some(value) = headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
         let (scheme, key) = value.split_once(' ')?;
         return scheme.eq_ignore_ascii_case("bearer").then(|| key.trim());

@@ -186,32 +186,27 @@ fn answer_locally(
     stream: bool,
     meter: &mut Option<Meter>,
 ) -> Result<Response, ApiError> {
-    let (body, usage) = match endpoint {
+    let (response, usage) = match endpoint {
         Endpoint::Embeddings => {
             let (json, usage) = mock::embeddings(request)?;
-            (Body::from(json), usage)
+            (json_response(StatusCode::OK, json), usage)
         }
         Endpoint::Chat => {
             let answer = MockAnswer::for_chat(request, None)?;
-            let usage = answer.usage();
-            if stream {
-                let events = answer.to_events(request.include_usage);
-                if let Some(m) = meter.as_mut() {
-                    m.mark_first_byte();
-                    m.usage = Some(usage);
-                }
-                return Ok(sse_response(Body::from_stream(futures_util::stream::iter(
-                    events.into_iter().map(Ok::<_, Infallible>),
-                ))));
-            }
-            (Body::from(answer.to_json()), usage)
+            let response = if stream {
+                let events = answer.to_events(request.include_usage).into_iter().map(Ok::<_, Infallible>);
+                sse_response(Body::from_stream(futures_util::stream::iter(events)))
+            } else {
+                json_response(StatusCode::OK, answer.to_json())
+            };
+            (response, answer.usage())
         }
     };
     if let Some(m) = meter.as_mut() {
         m.mark_first_byte();
         m.usage = Some(usage);
     }
-    Ok(json_response(StatusCode::OK, body))
+    Ok(response)
 }
 
 fn sse_response(body: Body) -> Response {

@@ -59,6 +59,17 @@ impl RelayBody {
         }
     }
 
+    /// Stops reading upstream: what already arrived goes out first, the error
+    /// event on the next poll.
+    fn end_with(&mut self, error: ApiError) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.batch.is_empty() {
+            return self.fail(error);
+        }
+        self.pending_error = Some(error);
+        self.inner = None;
+        Poll::Ready(Some(Ok(Frame::data(std::mem::take(&mut self.batch).into_bytes()))))
+    }
+
     /// Ends the stream with an OpenAI-style error event, which the SDKs raise as
     /// an exception instead of mistaking a cut stream for a complete answer.
     fn fail(&mut self, error: ApiError) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
@@ -99,14 +110,7 @@ impl Body for RelayBody {
                 return if out.is_empty() { Poll::Ready(None) } else { ready(out) };
             };
             if this.deadline.as_mut().poll(cx).is_ready() {
-                let error = ApiError::gateway_timeout("The stream exceeded the channel's total timeout.");
-                if !this.batch.is_empty() {
-                    // What already arrived goes first; the error follows.
-                    this.pending_error = Some(error);
-                    this.inner = None;
-                    return ready(std::mem::take(&mut this.batch));
-                }
-                return this.fail(error);
+                return this.end_with(ApiError::gateway_timeout("The stream exceeded the channel's total timeout."));
             }
             match Pin::new(inner).poll_frame(cx) {
                 Poll::Pending if this.batch.is_empty() => return Poll::Pending,
@@ -140,15 +144,10 @@ impl Body for RelayBody {
                     }
                 }
                 Poll::Ready(Some(Err(e))) => {
-                    let error =
-                        ApiError::bad_gateway("upstream_stream_error", format!("The upstream stream broke off: {e}"));
-                    if !this.batch.is_empty() {
-                        // Deliver what arrived first; the error comes on the next poll.
-                        this.pending_error = Some(error);
-                        this.inner = None;
-                        return ready(std::mem::take(&mut this.batch));
-                    }
-                    return this.fail(error);
+                    return this.end_with(ApiError::bad_gateway(
+                        "upstream_stream_error",
+                        format!("The upstream stream broke off: {e}"),
+                    ));
                 }
                 Poll::Ready(None) => {
                     this.inner = None;

@@ -15,6 +15,7 @@ use axum::serve::ListenerExt;
 use futures_util::StreamExt;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use tokio::net::TcpListener;
+use weaver_gateway::auth::presented_key;
 use weaver_gateway::error::ApiError;
 use weaver_gateway::providers::mock::{MockAnswer, embeddings};
 use weaver_gateway::request::RequestBody;
@@ -114,14 +115,6 @@ impl Drop for MockUpstream {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn presented_key(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .or_else(|| headers.get("api-key").and_then(|v| v.to_str().ok()))
 }
 
 async fn answer(State(shared): State<Arc<Shared>>, uri: http::Uri, headers: HeaderMap, body: Bytes) -> Response {

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType};
@@ -30,7 +30,30 @@ fn time(unix: i64) -> Time {
     Time(Timestamp::from_second(unix).unwrap_or(Timestamp::UNIX_EPOCH))
 }
 
-/// A condition, keeping the previous transition time when the status holds.
+/// A condition (`status` is "True", "False" or "Unknown"), keeping the
+/// previous transition time when the status holds.
+fn with_status(
+    previous: &[Condition],
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+) -> Condition {
+    let since = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map_or_else(|| Time(Timestamp::now()), |c| c.last_transition_time.clone());
+    Condition {
+        type_: type_.to_owned(),
+        status: status.to_owned(),
+        reason: reason.to_owned(),
+        message,
+        last_transition_time: since,
+        observed_generation: generation,
+    }
+}
+
 fn condition(
     previous: &[Condition],
     type_: &str,
@@ -39,34 +62,11 @@ fn condition(
     message: String,
     generation: Option<i64>,
 ) -> Condition {
-    let status = if status { "True" } else { "False" }.to_owned();
-    let since = previous
-        .iter()
-        .find(|c| c.type_ == type_ && c.status == status)
-        .map_or_else(|| Time(Timestamp::now()), |c| c.last_transition_time.clone());
-    Condition {
-        type_: type_.to_owned(),
-        status,
-        reason: reason.to_owned(),
-        message,
-        last_transition_time: since,
-        observed_generation: generation,
-    }
+    with_status(previous, type_, if status { "True" } else { "False" }, reason, message, generation)
 }
 
 fn unknown(previous: &[Condition], type_: &str, reason: &str, message: String, generation: Option<i64>) -> Condition {
-    let since = previous
-        .iter()
-        .find(|c| c.type_ == type_ && c.status == "Unknown")
-        .map_or_else(|| Time(Timestamp::now()), |c| c.last_transition_time.clone());
-    Condition {
-        type_: type_.to_owned(),
-        status: "Unknown".to_owned(),
-        reason: reason.to_owned(),
-        message,
-        last_transition_time: since,
-        observed_generation: generation,
-    }
+    with_status(previous, type_, "Unknown", reason, message, generation)
 }
 
 /// `Ready` from the problems about one object.
@@ -322,37 +322,24 @@ pub async fn write_all(ctx: &Arc<Context>, secrets: &SecretIndex) {
     for p in &published.problems {
         by_object.entry((p.kind, p.namespace.as_str(), p.name.as_str())).or_default().push(p);
     }
-    let problems_of =
-        |kind, obj: &dyn ResourceExtDyn| by_object.get(&(kind, obj.ns(), obj.nm())).cloned().unwrap_or_default();
+    let problems_of = |kind, meta: &ObjectMeta| {
+        let id = (kind, meta.namespace.as_deref().unwrap_or_default(), meta.name.as_deref().unwrap_or_default());
+        by_object.get(&id).cloned().unwrap_or_default()
+    };
     let now = Timestamp::now().as_second();
     for c in ctx.stores.channels.state() {
-        let desired = desired_channel(ctx, &c, &problems_of(Kind::Channel, c.as_ref()));
+        let desired = desired_channel(ctx, &c, &problems_of(Kind::Channel, c.meta()));
         apply_status(ctx, c.as_ref(), c.status.as_ref(), desired, |s: &ChannelStatus| s.conditions.as_slice()).await;
     }
     for k in ctx.stores.api_keys.state() {
-        let desired = desired_key(ctx, secrets, &k, &problems_of(Kind::ApiKey, k.as_ref()), now);
+        let desired = desired_key(ctx, secrets, &k, &problems_of(Kind::ApiKey, k.meta()), now);
         apply_status(ctx, k.as_ref(), k.status.as_ref(), desired, |s: &ApiKeyStatus| s.conditions.as_slice()).await;
     }
     for p in ctx.stores.policies.state() {
         let key = (p.namespace().unwrap_or_default(), p.name_any());
         let resolved = published.resolved.get(&key).cloned().unwrap_or_default();
-        let desired = desired_policy(&p, &problems_of(Kind::RoutingPolicy, p.as_ref()), resolved);
+        let desired = desired_policy(&p, &problems_of(Kind::RoutingPolicy, p.meta()), resolved);
         apply_status(ctx, p.as_ref(), p.status.as_ref(), desired, |s: &RoutingPolicyStatus| s.conditions.as_slice())
             .await;
-    }
-}
-
-/// Namespace and name of an object, for looking up its problems.
-trait ResourceExtDyn {
-    fn ns(&self) -> &str;
-    fn nm(&self) -> &str;
-}
-
-impl<K: Resource> ResourceExtDyn for K {
-    fn ns(&self) -> &str {
-        self.meta().namespace.as_deref().unwrap_or_default()
-    }
-    fn nm(&self) -> &str {
-        self.meta().name.as_deref().unwrap_or_default()
     }
 }
