@@ -180,7 +180,7 @@ spec: {{allowedModels: ["bench-*"]}}
         gateway = subprocess.Popen(
             [
                 "taskset", "-c", HOP_CORE, str(BIN / "weaver-gateway"),
-                "--manifests", str(manifests), "--listen", f"127.0.0.1:{gw_port}", "--log-format", "json",
+                "--manifests", str(manifests), "--listen", f"127.0.0.1:{gw_port}", "--admin-listen", "127.0.0.1:0", "--log-format", "json",
             ],
             stderr=subprocess.DEVNULL,
             env={**os.environ, "TOKIO_WORKER_THREADS": "1", "RUST_LOG": "warn"},

@@ -70,6 +70,12 @@ pub struct ChannelSpec {
     /// Takes the channel out of routing without deleting it.
     #[serde(default)]
     pub disabled: bool,
+    /// Ask the upstream for usage in streams (`stream_options.include_usage`,
+    /// default true). Set false for servers that refuse the member (older
+    /// Azure OpenAI API versions answer 400 "Unrecognized request argument");
+    /// the gateway also learns that by itself from the first refusal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_usage: Option<bool>,
 }
 
 fn default_weight() -> u32 {

@@ -52,6 +52,13 @@ pub struct ChannelSnapshot {
     pub timeouts: TimeoutsSnapshot,
     /// Azure's dated `api-version`; `None` selects the v1 API.
     pub azure_api_version: Option<String>,
+    /// Ask the upstream for stream usage (`stream_options.include_usage`).
+    #[serde(default = "yes")]
+    pub stream_usage: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// An upstream API key. Its `Debug` never shows the value, so a snapshot can be

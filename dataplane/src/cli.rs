@@ -12,21 +12,29 @@ use reqwest::Url;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use crate::cluster::{self, Cluster, ClusterError};
+use http::HeaderValue;
 use weaver_telemetry::LogFormat;
 
-use crate::gateway::{Gateway, Settings};
-use crate::source::{LoadError, ManifestDir};
+use crate::config::cluster::{self, Cluster, ClusterError};
+use crate::config::manifests::{self, LoadError, ManifestDir};
+use crate::metering::Metrics;
+use crate::server::{Cors, Listeners};
+use crate::state::{Gateway, Settings};
 
 /// LLM Weaver gateway: an OpenAI-compatible endpoint in front of many LLM providers.
 #[derive(Debug, Parser)]
 #[command(name = "weaver-gateway", version)]
-#[command(group(ArgGroup::new("source").required(true).args(["manifests", "operator"])))]
+#[command(group(ArgGroup::new("source").required(true).args(["manifests", "operator", "check"])))]
 pub struct Args {
     /// Serve standalone from the Channel, ApiKey, RoutingPolicy and Secret
     /// manifests in this folder (*.yaml, *.yml; re-read on change).
     #[arg(long, env = "WEAVER_MANIFESTS")]
     pub manifests: Option<PathBuf>,
+    /// Compile the manifests in this folder as standalone mode would, print
+    /// every problem, and exit: non-zero when there is one (for CI and GitOps
+    /// repositories).
+    #[arg(long, value_name = "DIR")]
+    pub check: Option<PathBuf>,
     /// Cluster mode: follow the snapshots of the operator at this https URL
     /// and report to it.
     #[arg(long, env = "WEAVER_OPERATOR_URL", value_parser = parse_operator_url)]
@@ -54,6 +62,18 @@ pub struct Args {
     /// Address to listen on. Containers pass 0.0.0.0:8080.
     #[arg(long, env = "WEAVER_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// Address for `/healthz`, `/readyz` and `/metrics`, kept off the client
+    /// port. Containers pass 0.0.0.0:9090.
+    #[arg(long, env = "WEAVER_ADMIN_LISTEN", default_value = "127.0.0.1:9090")]
+    pub admin_listen: SocketAddr,
+    /// Browser origins allowed to call the API (CORS preflights are answered
+    /// for them); `*` allows any. Off when empty.
+    #[arg(long = "cors-allow-origin", env = "WEAVER_CORS_ALLOW_ORIGINS", value_delimiter = ',', value_parser = parse_origin)]
+    pub cors_allow_origins: Vec<HeaderValue>,
+    /// Add the ApiKey name as a `key` label to request and token metrics (one
+    /// series per key: mind the cardinality with many keys).
+    #[arg(long, env = "WEAVER_METRICS_PER_KEY")]
+    pub metrics_per_key: bool,
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "WEAVER_MAX_BODY_BYTES", default_value_t = 10 * 1024 * 1024)]
     pub max_body_bytes: usize,
@@ -80,6 +100,10 @@ fn parse_operator_url(text: &str) -> Result<Url, String> {
     Ok(url)
 }
 
+fn parse_origin(text: &str) -> Result<HeaderValue, String> {
+    HeaderValue::from_str(text.trim()).map_err(|e| e.to_string())
+}
+
 /// A period for a timer, which cannot be zero.
 fn positive_duration(text: &str) -> Result<Duration, String> {
     match humantime::parse_duration(text) {
@@ -91,6 +115,8 @@ fn positive_duration(text: &str) -> Result<Duration, String> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    #[error("{} problem(s) in the manifests", .0)]
+    Problems(usize),
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error("cannot load the manifests: {0}")]
@@ -105,8 +131,10 @@ pub enum RunError {
 
 /// A gateway that is listening.
 pub struct Started {
-    /// The bound address (useful with port 0).
+    /// The bound client address (useful with port 0).
     pub addr: SocketAddr,
+    /// The bound admin address (probes, metrics).
+    pub admin_addr: SocketAddr,
     pub gateway: Arc<Gateway>,
     serving: tokio::task::JoinHandle<Result<(), RunError>>,
 }
@@ -154,7 +182,8 @@ async fn load_manifests(gw: &Arc<Gateway>, dir: &std::path::Path) -> Result<Mani
 /// work; it serves the cached snapshot if there is one and is not ready until
 /// a snapshot is applied, whether the operator is reachable or not.
 pub async fn start(args: Args, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<Started, RunError> {
-    let gw = Gateway::new(Settings { max_body_bytes: args.max_body_bytes, trusted_proxies: args.trusted_proxies });
+    let settings = Settings { max_body_bytes: args.max_body_bytes, trusted_proxies: args.trusted_proxies };
+    let gw = Gateway::new(settings, Metrics::new(args.metrics_per_key));
     enum Prepared {
         Manifests(ManifestDir),
         Operator(Cluster),
@@ -167,7 +196,7 @@ pub async fn start(args: Args, shutdown: impl Future<Output = ()> + Send + 'stat
                 ca_file: args.operator_ca,
                 token_file: args.token_file,
                 cache_file: args.cache_file,
-                instance: args.instance.unwrap_or_else(|| cluster::default_instance(gw.stats.started_at())),
+                instance: args.instance.unwrap_or_else(|| cluster::default_instance(gw.started_at)),
                 report_interval: args.report_interval,
             };
             let gw2 = gw.clone();
@@ -179,32 +208,50 @@ pub async fn start(args: Args, shutdown: impl Future<Output = ()> + Send + 'stat
         }
         (None, None) => return Err(RunError::NoSource),
     };
-    let listener =
-        TcpListener::bind(args.listen).await.map_err(|source| RunError::Listen { addr: args.listen, source })?;
-    let addr = listener.local_addr().map_err(RunError::Serve)?;
+    let bind = |addr: SocketAddr| async move {
+        let listener = TcpListener::bind(addr).await.map_err(|source| RunError::Listen { addr, source })?;
+        let bound = listener.local_addr().map_err(RunError::Serve)?;
+        Ok::<_, RunError>((listener, bound))
+    };
+    let (client, addr) = bind(args.listen).await?;
+    let (admin, admin_addr) = bind(args.admin_listen).await?;
     let source = match prepared {
         Prepared::Manifests(dir) => {
-            tracing::info!(%addr, manifests = %dir.path().display(), "listening");
+            tracing::info!(%addr, %admin_addr, manifests = %dir.path().display(), "listening");
             Source::Manifests(tokio::spawn(dir.watch(gw.clone(), args.reload_interval)))
         }
         Prepared::Operator(cluster) => {
-            tracing::info!(%addr, operator = %cluster.operator_url(), instance = cluster.instance(), "listening");
+            tracing::info!(%addr, %admin_addr, operator = %cluster.operator_url(), instance = cluster.instance(), "listening");
             Source::Operator(cluster.spawn(gw.clone()))
         }
     };
     let serving = tokio::spawn({
         let gw = gw.clone();
         async move {
-            let served = crate::app::serve(listener, gw, shutdown, args.shutdown_grace).await;
+            let cors = Cors { origins: args.cors_allow_origins };
+            let listeners = Listeners { client, admin };
+            let served = crate::server::serve(listeners, gw, &cors, shutdown, args.shutdown_grace).await;
             source.stop().await;
             served.map_err(RunError::Serve)
         }
     });
-    Ok(Started { addr, gateway: gw, serving })
+    Ok(Started { addr, admin_addr, gateway: gw, serving })
 }
 
-/// Runs until `shutdown` resolves and the server has drained.
+/// Runs until `shutdown` resolves and the server has drained; with
+/// `--check`, checks the folder and returns.
 pub async fn run(args: Args, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), RunError> {
+    if let Some(dir) = &args.check {
+        let problems = manifests::check(dir)?;
+        for p in &problems {
+            println!("{p}");
+        }
+        if !problems.is_empty() {
+            return Err(RunError::Problems(problems.len()));
+        }
+        println!("{}: no problems", dir.display());
+        return Ok(());
+    }
     start(args, shutdown).await?.wait().await
 }
 

@@ -1,25 +1,23 @@
 //! LLM Weaver's data plane: an OpenAI-compatible gateway that authenticates
 //! keys, routes across upstream channels and meters what flows through.
+//!
+//! The request path, in order (each stage one module of [`pipeline`]):
+//! `server` (request id, CORS, body limit) -> `pipeline::authenticate` (a
+//! layer on the whole `/v1` router) -> `api` (thin handlers) ->
+//! `pipeline::admit` -> `pipeline::plan` -> `pipeline::attempts` (one upstream
+//! attempt each through the channel's `providers` adapter) ->
+//! `pipeline::respond` (`relay` for streams) -> `metering` when the context drops.
 
-pub mod app;
-pub mod auth;
+pub mod api;
 pub mod cli;
-pub mod clock;
-pub mod cluster;
-pub mod error;
-pub mod gateway;
-pub mod meter;
-pub mod metrics;
-pub mod providers;
-pub mod proxy;
-pub mod relay;
-pub mod request;
-pub mod router;
-pub mod runtime;
-pub mod source;
-pub mod sse;
-pub mod stats;
-pub mod upstream;
-pub mod usage;
+mod clock;
+mod config;
+mod metering;
+mod pipeline;
+mod providers;
+mod relay;
+mod routing;
+mod server;
+mod state;
 
-pub use gateway::{Gateway, Settings};
+pub use state::Gateway;

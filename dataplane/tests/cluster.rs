@@ -288,6 +288,7 @@ impl Files {
 
 struct TestGateway {
     addr: SocketAddr,
+    admin_addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     started: Option<Started>,
 }
@@ -312,13 +313,15 @@ impl TestGateway {
             "100ms",
             "--listen",
             "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
         ])?;
         let (tx, rx) = oneshot::channel();
         let started = start(args, async {
             let _ = rx.await;
         })
         .await?;
-        Ok(Self { addr: started.addr, stop: Some(tx), started: Some(started) })
+        Ok(Self { addr: started.addr, admin_addr: started.admin_addr, stop: Some(tx), started: Some(started) })
     }
 
     fn url(&self, path: &str) -> String {
@@ -332,7 +335,8 @@ impl TestGateway {
     }
 
     async fn ready(&self, client: &reqwest::Client) -> anyhow::Result<bool> {
-        Ok(client.get(self.url("/readyz")).send().await?.status() == StatusCode::OK)
+        let readyz = format!("http://{}/readyz", self.admin_addr);
+        Ok(client.get(readyz).send().await?.status() == StatusCode::OK)
     }
 
     async fn shutdown(mut self) -> anyhow::Result<()> {

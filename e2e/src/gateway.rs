@@ -12,6 +12,8 @@ use weaver_gateway::cli::{Args, RunError, Started, start};
 
 pub struct TestGateway {
     pub addr: SocketAddr,
+    /// Probes and metrics.
+    pub admin_addr: SocketAddr,
     pub gateway: Arc<Gateway>,
     pub dir: tempfile::TempDir,
     stop: Option<oneshot::Sender<()>>,
@@ -25,8 +27,17 @@ impl TestGateway {
         let dir = tempfile::tempdir()?;
         std::fs::write(dir.path().join("config.yaml"), manifests)?;
         let path = dir.path().to_string_lossy().into_owned();
-        let mut argv =
-            vec!["weaver-gateway", "--manifests", &path, "--listen", "127.0.0.1:0", "--reload-interval", "100ms"];
+        let mut argv = vec![
+            "weaver-gateway",
+            "--manifests",
+            &path,
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--reload-interval",
+            "100ms",
+        ];
         argv.extend_from_slice(flags);
         let args = Args::try_parse_from(argv)?;
         let (tx, rx) = oneshot::channel();
@@ -34,11 +45,23 @@ impl TestGateway {
             let _ = rx.await;
         })
         .await?;
-        Ok(Self { addr: started.addr, gateway: started.gateway.clone(), dir, stop: Some(tx), started: Some(started) })
+        Ok(Self {
+            addr: started.addr,
+            admin_addr: started.admin_addr,
+            gateway: started.gateway.clone(),
+            dir,
+            stop: Some(tx),
+            started: Some(started),
+        })
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// A URL on the admin listener (`/metrics`, `/healthz`, `/readyz`).
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin_addr)
     }
 
     pub fn manifest_path(&self) -> PathBuf {

@@ -185,6 +185,8 @@ impl Bed {
             "500ms".into(),
             "--listen".into(),
             "127.0.0.1:0".into(),
+            "--admin-listen".into(),
+            "127.0.0.1:0".into(),
             "--log-format".into(),
             "json".into(),
         ];
@@ -195,6 +197,11 @@ impl Bed {
 
     fn gateway(&self, i: usize) -> String {
         self.gateways[i].as_ref().map(|g| format!("http://{}", g.addr("addr"))).unwrap_or_default()
+    }
+
+    /// The gateway's admin listener (metrics).
+    fn gateway_admin(&self, i: usize) -> String {
+        self.gateways[i].as_ref().map(|g| format!("http://{}", g.addr("admin_addr"))).unwrap_or_default()
     }
 
     /// The key the operator issued into the ApiKey's Secret.
@@ -263,7 +270,7 @@ impl Bed {
             let version = self.metric(&op_metrics, "weaver_operator_snapshot_version").await;
             let mut all = version > past;
             for i in 0..self.gateways.len() {
-                all &= self.metric(&self.gateway(i), "weaver_gateway_snapshot_version").await == version;
+                all &= self.metric(&self.gateway_admin(i), "weaver_gateway_snapshot_version").await == version;
             }
             if all {
                 return Ok(version);

@@ -79,12 +79,9 @@ impl Metrics {
         self.errors.get_or_create(&ErrorLabels { category }).inc();
     }
 
+    /// The OpenMetrics text exposition, encoded the way every binary does it.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
-            out.clear();
-        }
-        out
+        weaver_telemetry::encode_metrics(&self.registry)
     }
 }
 

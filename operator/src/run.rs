@@ -199,7 +199,12 @@ async fn renew_certificate(
 
 async fn serve_plain(listener: TcpListener, ctx: Arc<Context>) {
     let app = Router::new()
-        .route("/metrics", get(|State(ctx): State<Arc<Context>>| async move { ctx.metrics.encode() }))
+        .route(
+            "/metrics",
+            get(|State(ctx): State<Arc<Context>>| async move {
+                ([(http::header::CONTENT_TYPE, weaver_telemetry::OPENMETRICS_CONTENT_TYPE)], ctx.metrics.encode())
+            }),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .route(
             "/readyz",

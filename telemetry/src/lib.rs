@@ -57,3 +57,17 @@ pub async fn shutdown_signal() {
         () = terminate => {}
     }
 }
+
+/// The media type of [`encode_metrics`]'s output (OpenMetrics 1.0 text).
+pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The OpenMetrics text exposition of `registry`, as every binary serves it
+/// on `/metrics` (with [`OPENMETRICS_CONTENT_TYPE`]).
+pub fn encode_metrics(registry: &prometheus_client::registry::Registry) -> String {
+    let mut out = String::with_capacity(16 * 1024);
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut out, registry) {
+        tracing::error!(error = %e, "metrics encoding failed");
+        out.clear();
+    }
+    out
+}

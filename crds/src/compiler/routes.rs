@@ -133,6 +133,7 @@ fn compile_channel(
         models,
         timeouts,
         azure_api_version: spec.azure.as_ref().and_then(|a| a.api_version.clone()),
+        stream_usage: spec.stream_usage.unwrap_or(true),
     })
 }
 

@@ -1,6 +1,6 @@
-//! The `mock` provider: deterministic OpenAI-format answers made locally, with
-//! realistic usage. The demo config uses it, and the test upstream in `e2e/`
-//! serves the same answers over real HTTP.
+//! The `mock` provider: deterministic OpenAI-format answers made in-process,
+//! with realistic usage, for the demo config. It is an ordinary adapter: its
+//! answers go through the same decoding, metering and relay as an upstream's.
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -8,18 +8,43 @@ use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::error::ApiError;
-use crate::request::RequestBody;
-use crate::usage::Usage;
+use http::{HeaderValue, header};
+
+use super::{Operation, UpstreamBody};
+use crate::api::{ApiError, RequestBody};
+
+/// Answers one request as an upstream would: a JSON body, an event stream, or
+/// an OpenAI-shaped 400.
+pub(crate) fn answer(operation: Operation, body: &[u8]) -> http::Response<UpstreamBody> {
+    let answered = RequestBody::parse(body).and_then(|request| match operation {
+        Operation::Embeddings => Ok(("application/json", embeddings(&request)?)),
+        Operation::Chat => {
+            let answer = MockAnswer::for_chat(&request, None)?;
+            if request.stream {
+                Ok(("text/event-stream", answer.to_events(request.include_usage).concat()))
+            } else {
+                Ok(("application/json", answer.to_json()))
+            }
+        }
+    });
+    let (status, content_type, bytes) = match answered {
+        Ok((content_type, bytes)) => (http::StatusCode::OK, content_type, bytes),
+        Err(e) => (e.status, "application/json", e.body()),
+    };
+    let mut response = http::Response::new(UpstreamBody::local(Bytes::from(bytes)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
 
 /// A chat answer, before it is encoded whole or as a stream.
 #[derive(Clone, Debug)]
-pub struct MockAnswer {
-    pub model: String,
+pub(crate) struct MockAnswer {
+    model: String,
     /// One completion token each (with its leading space).
-    pub tokens: Vec<String>,
-    pub prompt_tokens: u64,
-    pub finish_reason: &'static str,
+    tokens: Vec<String>,
+    prompt_tokens: u64,
+    finish_reason: &'static str,
     id: String,
     created: i64,
 }
@@ -52,9 +77,8 @@ const FILLER: &[&str] = &["the", "quick", "brown", "fox", "jumps", "over", "a", 
 
 impl MockAnswer {
     /// Answers a chat request. `length` forces the completion to that many
-    /// tokens (the test upstream's chunk-count knob); otherwise the answer
-    /// quotes the last message.
-    pub fn for_chat(body: &RequestBody<'_>, length: Option<usize>) -> Result<Self, ApiError> {
+    /// tokens; otherwise the answer quotes the last message.
+    fn for_chat(body: &RequestBody<'_>, length: Option<usize>) -> Result<Self, ApiError> {
         let messages: Vec<Message> = match body.get("messages") {
             Some(raw) => serde_json::from_str(raw.get())
                 .map_err(|e| ApiError::bad_request("invalid_messages", format!("`messages` is malformed: {e}")))?,
@@ -104,26 +128,18 @@ impl MockAnswer {
         })
     }
 
-    pub fn usage(&self) -> Usage {
-        Usage {
-            prompt_tokens: self.prompt_tokens,
-            completion_tokens: self.tokens.len() as u64,
-            prompt_tokens_details: None,
-        }
-    }
-
     fn usage_json(&self) -> serde_json::Value {
-        let u = self.usage();
+        let completion = self.tokens.len() as u64;
         json!({
-            "prompt_tokens": u.prompt_tokens,
-            "completion_tokens": u.completion_tokens,
-            "total_tokens": u.prompt_tokens + u.completion_tokens,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": completion,
+            "total_tokens": self.prompt_tokens + completion,
             "prompt_tokens_details": {"cached_tokens": 0},
         })
     }
 
     /// The answer as one `chat.completion` object.
-    pub fn to_json(&self) -> Vec<u8> {
+    fn to_json(&self) -> Vec<u8> {
         let body = json!({
             "id": self.id,
             "object": "chat.completion",
@@ -158,7 +174,7 @@ impl MockAnswer {
     /// The answer as Server-Sent Events, one complete event each: a role chunk,
     /// one chunk per token, the finish chunk, the usage chunk (when asked for,
     /// with empty `choices`, as OpenAI sends it) and `[DONE]`.
-    pub fn to_events(&self, include_usage: bool) -> Vec<Bytes> {
+    fn to_events(&self, include_usage: bool) -> Vec<Bytes> {
         let mut events = Vec::with_capacity(self.tokens.len() + 4);
         events.push(self.chunk(json!({"role": "assistant", "content": ""}), None, include_usage));
         for token in &self.tokens {
@@ -198,7 +214,7 @@ enum Input {
 
 /// Answers an embeddings request: one deterministic unit vector per input
 /// (`dimensions` long, default 16), as floats or base64 as asked.
-pub fn embeddings(body: &RequestBody<'_>) -> Result<(Vec<u8>, Usage), ApiError> {
+fn embeddings(body: &RequestBody<'_>) -> Result<Vec<u8>, ApiError> {
     let input: Input = body
         .get("input")
         .ok_or_else(|| ApiError::bad_request("missing_input", "`input` is required."))
@@ -236,14 +252,13 @@ pub fn embeddings(body: &RequestBody<'_>) -> Result<(Vec<u8>, Usage), ApiError> 
             json!({"object": "embedding", "index": index, "embedding": embedding})
         })
         .collect();
-    let usage = Usage { prompt_tokens, completion_tokens: 0, prompt_tokens_details: None };
     let body = json!({
         "object": "list",
         "data": data,
         "model": body.model,
         "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
     });
-    Ok((serde_json::to_vec(&body).unwrap_or_default(), usage))
+    Ok(serde_json::to_vec(&body).unwrap_or_default())
 }
 
 fn unit_vector(text: &str, dimensions: usize) -> Vec<f32> {
@@ -274,8 +289,8 @@ mod tests {
         let b = MockAnswer::for_chat(&body, None)?;
         assert_eq!(a.tokens.concat(), "This is LLM Weaver's mock channel. You said: hello there");
         assert_eq!(a.tokens, b.tokens);
-        assert_eq!(a.usage().completion_tokens, a.tokens.len() as u64);
-        assert_eq!(a.usage().prompt_tokens, 3 + 4 + 3);
+        assert_eq!(a.usage_json()["completion_tokens"], a.tokens.len() as u64);
+        assert_eq!(a.prompt_tokens, 3 + 4 + 3);
         Ok(())
     }
 
@@ -295,12 +310,12 @@ mod tests {
     #[test]
     fn embeddings_honour_dimensions_and_base64() -> Result<(), ApiError> {
         let raw = br#"{"model":"e","input":["a","b"],"dimensions":8,"encoding_format":"base64"}"#;
-        let (json, usage) = embeddings(&parse(raw))?;
+        let json = embeddings(&parse(raw))?;
         let value: serde_json::Value = serde_json::from_slice(&json).unwrap_or_default();
         let b64 = value["data"][1]["embedding"].as_str().unwrap_or_default();
         let bytes = base64::engine::general_purpose::STANDARD.decode(b64).unwrap_or_default();
         assert_eq!(bytes.len(), 8 * 4);
-        assert_eq!(usage.prompt_tokens, 2);
+        assert_eq!(value["usage"]["prompt_tokens"], 2);
         Ok(())
     }
 }

@@ -1,28 +1,38 @@
 //! The OpenAI wire format and its family: OpenAI, Azure OpenAI, Mistral, Zhipu,
 //! Qwen (compatible mode), ERNIE (Qianfan v2), Ollama, vLLM and any
-//! OpenAI-compatible server. They differ only in URL layout and auth header.
+//! OpenAI-compatible server. They differ in URL layout and auth header; their
+//! answers are decoded here (usage, the public model name, the stream's
+//! usage chunk, a JSON answer to a streamed request). Wire reference:
+//! <https://platform.openai.com/docs/api-reference/chat>.
 
-use http::{HeaderName, HeaderValue};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue};
+use memchr::memmem;
+use serde::Deserialize;
+use serde::de::IgnoredAny;
 use weaver_crds::Provider;
 use weaver_crds::snapshot::{ChannelSnapshot, ModelSnapshot};
 
-use super::Endpoint;
+use super::{ErrorFields, EventAction, Operation};
+use crate::metering::{OpenAiUsage, Usage};
 
 /// The upstream URL of one operation for one model.
-pub fn url(channel: &ChannelSnapshot, model: &ModelSnapshot, endpoint: Endpoint) -> String {
+pub(crate) fn url(channel: &ChannelSnapshot, model: &ModelSnapshot, operation: Operation) -> String {
     let base = &channel.base_url;
     match (channel.provider, &channel.azure_api_version) {
         // Dated Azure API: the deployment is in the path, the version in the query.
         (Provider::AzureOpenai, Some(version)) => {
-            format!("{base}/openai/deployments/{}{}?api-version={version}", model.upstream, endpoint.path())
+            format!("{base}/openai/deployments/{}{}?api-version={version}", model.upstream, operation.path())
         }
-        (Provider::AzureOpenai, None) => format!("{base}/openai/v1{}", endpoint.path()),
-        _ => format!("{base}{}", endpoint.path()),
+        (Provider::AzureOpenai, None) => format!("{base}/openai/v1{}", operation.path()),
+        _ => format!("{base}{}", operation.path()),
     }
 }
 
 /// The header that carries the channel's credential.
-pub fn auth_header(channel: &ChannelSnapshot) -> Option<(HeaderName, HeaderValue)> {
+fn auth_header(channel: &ChannelSnapshot) -> Option<(HeaderName, HeaderValue)> {
     let credential = channel.credential.as_ref()?;
     let (name, value) = match channel.provider {
         Provider::AzureOpenai => (HeaderName::from_static("api-key"), credential.0.clone()),
@@ -31,6 +41,206 @@ pub fn auth_header(channel: &ChannelSnapshot) -> Option<(HeaderName, HeaderValue
     let mut value = HeaderValue::from_str(&value).ok()?;
     value.set_sensitive(true);
     Some((name, value))
+}
+
+/// Every upstream request's headers: content type, user agent, the channel's
+/// extra headers, and its credential.
+pub(crate) fn headers(channel: &ChannelSnapshot) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(http::header::USER_AGENT, HeaderValue::from_static("llm-weaver"));
+    for (name, value) in &channel.headers {
+        if let (Ok(n), Ok(v)) = (HeaderName::try_from(name.as_str()), HeaderValue::try_from(value.as_str())) {
+            headers.insert(n, v);
+        }
+    }
+    if let Some((name, value)) = auth_header(channel) {
+        headers.insert(name, value);
+    }
+    headers
+}
+
+/// Answers name the model upstream ran (an Azure deployment such as
+/// `eastus-prod-deploy-7f3a`); clients get the name they asked for.
+#[derive(Debug)]
+pub(crate) struct ModelRename {
+    /// The upstream name as a JSON string, quotes included.
+    from: Vec<u8>,
+    to: Vec<u8>,
+}
+
+impl ModelRename {
+    /// `None` when the names are the same.
+    pub fn new(public: &str, upstream: &str) -> Option<Arc<Self>> {
+        (public != upstream).then(|| {
+            Arc::new(Self {
+                from: serde_json::to_vec(upstream).unwrap_or_default(),
+                to: serde_json::to_vec(public).unwrap_or_default(),
+            })
+        })
+    }
+
+    /// `json` with the first `"model": <from>` member's value replaced, or
+    /// `None` when there is none. Quotes inside JSON strings are escaped, so
+    /// the unescaped pattern only matches a real member.
+    pub fn apply(&self, json: &[u8]) -> Option<Vec<u8>> {
+        for at in memmem::find_iter(json, b"\"model\"") {
+            let rest = &json[at + 7..];
+            let skip = rest.iter().position(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n'))?;
+            if rest[skip] != b':' {
+                continue;
+            }
+            let after_colon = &rest[skip + 1..];
+            let ws = after_colon.iter().position(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n'))?;
+            if after_colon[ws..].starts_with(&self.from) {
+                let start = at + 7 + skip + 1 + ws;
+                let mut out = Vec::with_capacity(json.len() + self.to.len());
+                out.extend_from_slice(&json[..start]);
+                out.extend_from_slice(&self.to);
+                out.extend_from_slice(&json[start + self.from.len()..]);
+                return Some(out);
+            }
+        }
+        None
+    }
+}
+
+#[derive(Deserialize)]
+struct WithUsage {
+    #[serde(default)]
+    usage: Option<OpenAiUsage>,
+}
+
+/// A complete answer: the client's body (model renamed) and its usage.
+pub(crate) fn decode_whole(body: Bytes, rename: Option<&ModelRename>) -> (Bytes, Option<Usage>) {
+    let usage = serde_json::from_slice::<WithUsage>(&body).ok().and_then(|w| w.usage).map(Usage::from);
+    let body = rename.and_then(|r| r.apply(&body)).map_or(body, Bytes::from);
+    (body, usage)
+}
+
+/// Decodes a stream event by event.
+pub(crate) struct StreamDecoder {
+    /// The gateway asked for usage on the client's behalf: drop the chunk
+    /// that carries only usage.
+    drop_usage_chunk: bool,
+    rename: Option<Arc<ModelRename>>,
+    pub usage: Option<Usage>,
+    /// A choice has finished: only the usage chunk (and `[DONE]`) can follow.
+    pub finished: bool,
+}
+
+#[derive(Deserialize)]
+struct Chunk {
+    #[serde(default)]
+    usage: Option<OpenAiUsage>,
+    #[serde(default)]
+    choices: Option<Vec<IgnoredAny>>,
+}
+
+/// The JSON payload of an event's `data:` line, if it may carry usage.
+fn usage_payload(event: &[u8]) -> Option<&[u8]> {
+    let at = memmem::find(event, b"\"usage\"")?;
+    let after = event[at + 7..].iter().position(|b| !matches!(b, b' ' | b'\t' | b':'))?;
+    if event[at + 7 + after] != b'{' {
+        return None; // "usage": null
+    }
+    data_payload(event)
+}
+
+/// The payload of an event's (first) `data:` line.
+fn data_payload(event: &[u8]) -> Option<&[u8]> {
+    let start = memmem::find(event, b"data:")? + 5;
+    let payload = &event[start..];
+    let end = payload.iter().position(|b| *b == b'\n' || *b == b'\r').unwrap_or(payload.len());
+    Some(payload[..end].trim_ascii())
+}
+
+/// Whether an event carries a non-null `finish_reason`.
+fn finish_reason_set(event: &[u8]) -> bool {
+    let Some(at) = memmem::find(event, b"\"finish_reason\"") else { return false };
+    let rest = &event[at + 15..];
+    rest.iter().find(|b| !matches!(b, b' ' | b'\t' | b':')).is_some_and(|b| *b == b'"')
+}
+
+impl StreamDecoder {
+    pub fn new(drop_usage_chunk: bool, rename: Option<Arc<ModelRename>>) -> Self {
+        Self { drop_usage_chunk, rename, usage: None, finished: false }
+    }
+
+    pub fn event(&mut self, event: &[u8]) -> EventAction {
+        if !self.finished && finish_reason_set(event) {
+            self.finished = true;
+        }
+        if let Some(chunk) = usage_payload(event).and_then(|p| serde_json::from_slice::<Chunk>(p).ok())
+            && let Some(usage) = chunk.usage
+        {
+            self.usage = Some(usage.into());
+            if self.drop_usage_chunk && chunk.choices.is_none_or(|c| c.is_empty()) {
+                return EventAction::Drop;
+            }
+        }
+        match self.rename.as_ref().and_then(|r| r.apply(event)) {
+            Some(renamed) => EventAction::Replace(Bytes::from(renamed)),
+            None => EventAction::Pass,
+        }
+    }
+}
+
+/// Turns a `200 application/json` answer to a streamed request into the
+/// stream the client asked for (a role-and-content chunk, a finish chunk, a
+/// usage chunk, `[DONE]`), or into the error it describes (an error object
+/// such as `insufficient_quota`).
+pub(crate) fn json_for_stream(body: &[u8]) -> Result<Bytes, ErrorFields> {
+    let Ok(serde_json::Value::Object(whole)) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return Err(ErrorFields::parse(body));
+    };
+    if whole.contains_key("error") || !whole.contains_key("choices") {
+        return Err(ErrorFields::parse(body));
+    }
+    let field = |name: &str| whole.get(name).cloned().unwrap_or(serde_json::Value::Null);
+    let chunk = |choices: serde_json::Value| {
+        serde_json::json!({
+            "id": field("id"),
+            "object": "chat.completion.chunk",
+            "created": field("created"),
+            "model": field("model"),
+            "system_fingerprint": field("system_fingerprint"),
+            "choices": choices,
+        })
+    };
+    let choices = whole.get("choices").and_then(|c| c.as_array()).cloned().unwrap_or_default();
+    let mut deltas = Vec::with_capacity(choices.len());
+    let mut finishes = Vec::with_capacity(choices.len());
+    for (i, choice) in choices.iter().enumerate() {
+        let index = choice.get("index").cloned().unwrap_or(serde_json::json!(i));
+        let mut delta = choice.get("message").cloned().unwrap_or_else(|| serde_json::json!({}));
+        if let Some(calls) = delta.get_mut("tool_calls").and_then(|c| c.as_array_mut()) {
+            for (n, call) in calls.iter_mut().enumerate() {
+                if let Some(call) = call.as_object_mut() {
+                    call.insert("index".into(), serde_json::json!(n));
+                }
+            }
+        }
+        deltas.push(serde_json::json!({"index": index, "delta": delta, "logprobs": null, "finish_reason": null}));
+        finishes.push(serde_json::json!({
+            "index": index, "delta": {}, "logprobs": null, "finish_reason": choice.get("finish_reason"),
+        }));
+    }
+    let mut events = BytesMut::new();
+    let mut push = |value: &serde_json::Value| {
+        events.extend_from_slice(b"data: ");
+        events.extend_from_slice(&serde_json::to_vec(value).unwrap_or_default());
+        events.extend_from_slice(b"\n\n");
+    };
+    push(&chunk(serde_json::Value::Array(deltas)));
+    push(&chunk(serde_json::Value::Array(finishes)));
+    if let Some(usage) = whole.get("usage").filter(|u| !u.is_null()) {
+        let mut last = chunk(serde_json::json!([]));
+        last["usage"] = usage.clone();
+        push(&last);
+    }
+    events.extend_from_slice(b"data: [DONE]\n\n");
+    Ok(events.freeze())
 }
 
 #[cfg(test)]
@@ -50,6 +260,7 @@ mod tests {
             models: vec![],
             timeouts: TimeoutsSnapshot::default(),
             azure_api_version: azure.map(str::to_owned),
+            stream_usage: true,
         }
     }
 
@@ -61,7 +272,7 @@ mod tests {
     fn azure_dated_api_puts_the_deployment_in_the_path() {
         let ch = channel(Provider::AzureOpenai, "https://r.openai.azure.com", Some("2024-10-21"));
         assert_eq!(
-            url(&ch, &model(), Endpoint::Chat),
+            url(&ch, &model(), Operation::Chat),
             "https://r.openai.azure.com/openai/deployments/prod-4o/chat/completions?api-version=2024-10-21"
         );
         let (name, value) = auth_header(&ch).unwrap_or_else(|| panic!("no auth header"));
@@ -71,14 +282,51 @@ mod tests {
     #[test]
     fn azure_v1_and_the_openai_family_append_the_operation_path() {
         let azure = channel(Provider::AzureOpenai, "https://r.openai.azure.com", None);
-        assert_eq!(url(&azure, &model(), Endpoint::Embeddings), "https://r.openai.azure.com/openai/v1/embeddings");
+        assert_eq!(url(&azure, &model(), Operation::Embeddings), "https://r.openai.azure.com/openai/v1/embeddings");
         let qwen = channel(Provider::Qwen, "https://dashscope-intl.aliyuncs.com/compatible-mode/v1", None);
         assert_eq!(
-            url(&qwen, &model(), Endpoint::Chat),
+            url(&qwen, &model(), Operation::Chat),
             "https://dashscope-intl.aliyuncs.com/compatible-mode/v1/chat/completions"
         );
         let (name, value) = auth_header(&qwen).unwrap_or_else(|| panic!("no auth header"));
         assert_eq!((name, value.to_str().ok()), (http::header::AUTHORIZATION, Some("Bearer k")));
         assert!(value.is_sensitive());
+    }
+
+    #[test]
+    fn the_public_model_name_replaces_the_deployment_name() {
+        let rename = ModelRename::new("gpt-4o", "eastus-prod-deploy-7f3a").unwrap_or_else(|| panic!("names differ"));
+        let chunk = br#"{"id":"x","model": "eastus-prod-deploy-7f3a","choices":[{"delta":{"content":"\"model\":\"eastus-prod-deploy-7f3a\""}}]}"#;
+        let out = String::from_utf8(rename.apply(chunk).unwrap_or_default()).unwrap_or_default();
+        assert!(out.starts_with(r#"{"id":"x","model": "gpt-4o","choices""#), "{out}");
+        assert!(out.contains(r#"\"model\":\"eastus-prod-deploy-7f3a\""#), "content is untouched: {out}");
+        assert!(ModelRename::new("same", "same").is_none());
+    }
+
+    #[test]
+    fn usage_with_null_members_is_read_and_the_chunk_dropped() {
+        let mut decoder = StreamDecoder::new(true, None);
+        let event = br#"data: {"id":"x","choices":[],"usage":{"prompt_tokens":9,"completion_tokens":3,"prompt_tokens_details":{"cached_tokens":null},"completion_tokens_details":null}}
+
+"#;
+        assert_eq!(decoder.event(event), EventAction::Drop);
+        assert_eq!(decoder.usage.map(|u| (u.input, u.output)), Some((9, 3)));
+    }
+
+    #[test]
+    fn a_json_completion_becomes_a_valid_stream_and_an_error_stays_an_error() {
+        let whole = br#"{"id":"c","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":2,"completion_tokens":1}}"#;
+        let events = json_for_stream(whole).unwrap_or_else(|e| panic!("a completion: {e:?}"));
+        let text = String::from_utf8_lossy(&events);
+        assert_eq!(text.matches("data: ").count(), 4, "{text}");
+        assert!(
+            text.contains(r#""delta":{"content":"hi","role":"assistant"}"#)
+                || text.contains(r#""delta":{"role":"assistant","content":"hi"}"#),
+            "{text}"
+        );
+        assert!(text.ends_with("data: [DONE]\n\n"));
+        let quota = br#"{"error":{"message":"You exceeded your current quota","type":"insufficient_quota","param":null,"code":"insufficient_quota"}}"#;
+        let fields = json_for_stream(quota).err().unwrap_or_default();
+        assert_eq!(fields.code.as_deref(), Some("insufficient_quota"));
     }
 }

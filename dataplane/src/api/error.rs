@@ -1,26 +1,57 @@
 //! OpenAI-shaped errors: `{"error":{"message","type","param","code"}}` with the
-//! HTTP status the OpenAI SDKs map to their typed exceptions.
+//! HTTP status the OpenAI SDKs map to their typed exceptions (see the error
+//! codes in OpenAI's API reference, <https://platform.openai.com/docs/guides/error-codes>).
 
 use std::borrow::Cow;
 
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
+use serde::Serialize;
 
 /// An error answered to the client.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{status} {code}: {message}")]
+#[error("{status} {category}: {message}")]
 pub struct ApiError {
     pub status: StatusCode,
     /// OpenAI's `type`.
-    pub kind: &'static str,
-    /// OpenAI's `code`; also a low-cardinality category for logs.
-    pub code: &'static str,
+    pub kind: Cow<'static, str>,
+    /// OpenAI's `code` (may be null, as upstreams send it).
+    pub code: Option<Cow<'static, str>>,
+    /// OpenAI's `param`: the request member at fault, if known.
+    pub param: Option<Cow<'static, str>>,
     pub message: Cow<'static, str>,
+    /// Low-cardinality reason for logs and metrics; equals `code` for the
+    /// gateway's own errors.
+    pub category: &'static str,
+    /// Seconds (or an HTTP date) the client should wait, relayed from upstream.
+    pub retry_after: Option<HeaderValue>,
+}
+
+#[derive(Serialize)]
+struct Wire<'a> {
+    error: Fields<'a>,
+}
+
+#[derive(Serialize)]
+struct Fields<'a> {
+    message: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    param: Option<&'a str>,
+    code: Option<&'a str>,
 }
 
 impl ApiError {
     fn new(status: StatusCode, kind: &'static str, code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
-        Self { status, kind, code, message: message.into() }
+        Self {
+            status,
+            kind: Cow::Borrowed(kind),
+            code: Some(Cow::Borrowed(code)),
+            param: None,
+            message: message.into(),
+            category: code,
+            retry_after: None,
+        }
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
@@ -57,10 +88,6 @@ impl ApiError {
         )
     }
 
-    pub fn rate_limited(message: impl Into<Cow<'static, str>>) -> Self {
-        Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", "rate_limited", message)
-    }
-
     pub fn bad_gateway(code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
         Self::new(StatusCode::BAD_GATEWAY, "api_error", code, message)
     }
@@ -79,17 +106,35 @@ impl ApiError {
 
     /// The JSON body.
     pub fn body(&self) -> Vec<u8> {
-        let body = serde_json::json!({
-            "error": {"message": self.message, "type": self.kind, "param": null, "code": self.code}
-        });
-        serde_json::to_vec(&body).unwrap_or_default()
+        let wire = Wire {
+            error: Fields {
+                message: &self.message,
+                kind: &self.kind,
+                param: self.param.as_deref(),
+                code: self.code.as_deref(),
+            },
+        };
+        serde_json::to_vec(&wire).unwrap_or_default()
+    }
+
+    /// The error as one Server-Sent Event, for a stream that already began:
+    /// the OpenAI SDKs raise it instead of taking a cut stream for a whole answer.
+    pub fn sse_event(&self) -> Vec<u8> {
+        let mut event = b"data: ".to_vec();
+        event.extend(self.body());
+        event.extend_from_slice(b"\n\n");
+        event
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (self.status, self.body()).into_response();
-        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Some(retry) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, retry);
+        }
         response
     }
 }

@@ -1,18 +1,36 @@
-//! The client's JSON body, parsed only as deep as routing needs: the top-level
-//! members are kept as raw byte slices, so everything the gateway does not touch
-//! goes upstream exactly as the client wrote it.
+//! The client's body: read under a size limit, then parsed only as deep as
+//! routing needs. Top-level members are kept as raw byte slices, so everything
+//! the gateway does not touch goes upstream exactly as the client wrote it.
 
 use std::borrow::Cow;
 use std::fmt;
 
+use axum::body::Body;
+use bytes::Bytes;
+use http::{HeaderMap, header};
+use http_body_util::{BodyExt, Limited};
 use serde::Deserialize;
 use serde::de::{MapAccess, Visitor};
 use serde_json::value::RawValue;
 
-use crate::error::ApiError;
+use super::error::ApiError;
+
+/// Reads a body of at most `limit` bytes; 413 past it.
+pub(crate) async fn read(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::payload_too_large(limit));
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::payload_too_large(limit)),
+        Err(e) => Err(ApiError::bad_request("invalid_body", format!("The request body could not be read: {e}"))),
+    }
+}
 
 /// A request body's top level.
-pub struct RequestBody<'a> {
+pub(crate) struct RequestBody<'a> {
     members: Vec<(Cow<'a, str>, &'a RawValue)>,
     /// `model` as sent.
     pub model: Cow<'a, str>,
@@ -20,6 +38,29 @@ pub struct RequestBody<'a> {
     pub stream: bool,
     /// `stream_options.include_usage: true`.
     pub include_usage: bool,
+}
+
+/// How the upstream body differs from the client's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Rewrite<'m> {
+    /// Replaces `model` (the channel maps the public name to another).
+    pub model: Option<&'m str>,
+    /// What happens to `stream_options`.
+    pub stream_options: StreamOptionsEdit,
+}
+
+/// The gateway meters every stream, so it asks for stream usage on the
+/// client's behalf — unless the upstream refuses the member.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum StreamOptionsEdit {
+    /// Forward as the client sent it.
+    #[default]
+    Keep,
+    /// Set `include_usage: true`, keeping the client's other members
+    /// (`include_obfuscation`, vLLM's `continuous_usage_stats`...).
+    IncludeUsage,
+    /// Leave the member out: the upstream refuses it by name.
+    Remove,
 }
 
 impl<'a> RequestBody<'a> {
@@ -49,7 +90,7 @@ impl<'a> RequestBody<'a> {
         };
         let include_usage = find("stream_options")
             .and_then(|raw| serde_json::from_str::<StreamOptions>(raw.get()).ok())
-            .is_some_and(|o| o.include_usage);
+            .is_some_and(|o| o.include_usage == Some(true));
         Ok(Self { members, model, stream, include_usage })
     }
 
@@ -58,46 +99,72 @@ impl<'a> RequestBody<'a> {
         self.members.iter().find(|(k, _)| k == name).map(|(_, v)| *v)
     }
 
-    /// Re-encodes the body with `model` replaced and, for streams, usage
-    /// reporting switched on (the gateway meters every stream; the caller drops
-    /// the extra usage chunk when the client did not ask for it).
-    pub fn rewrite(&self, upstream_model: &str, force_usage: bool) -> Vec<u8> {
+    /// The body upstream: the client's bytes when nothing changes, else the
+    /// top-level members re-joined (never re-serialised) with the edits.
+    pub fn upstream_body(&self, original: &Bytes, edit: Rewrite<'_>) -> Bytes {
+        let options_change = match edit.stream_options {
+            StreamOptionsEdit::Keep => false,
+            StreamOptionsEdit::IncludeUsage => !self.include_usage,
+            StreamOptionsEdit::Remove => self.get("stream_options").is_some(),
+        };
+        if edit.model.is_none() && !options_change {
+            return original.clone();
+        }
         let capacity = self.members.iter().map(|(k, v)| k.len() + v.get().len() + 4).sum::<usize>() + 64;
         let mut out = Vec::with_capacity(capacity);
         out.push(b'{');
-        let mut first = true;
-        let mut push_member = |out: &mut Vec<u8>, key: &str, value: &[u8]| {
-            if !first {
-                out.push(b',');
-            }
-            first = false;
-            // Keys were unescaped while parsing, so they are re-escaped here.
-            serde_json::to_writer(&mut *out, key).unwrap_or_default();
-            out.push(b':');
-            out.extend_from_slice(value);
-        };
+        let mut options_written = false;
         for (key, value) in &self.members {
-            match key.as_ref() {
-                "model" => {
-                    let encoded = serde_json::to_vec(upstream_model).unwrap_or_default();
+            match (key.as_ref(), edit.model) {
+                ("model", Some(model)) => {
+                    let encoded = serde_json::to_vec(model).unwrap_or_default();
                     push_member(&mut out, key, &encoded);
                 }
-                "stream_options" if force_usage => {}
+                ("stream_options", _) if options_change => {
+                    if edit.stream_options == StreamOptionsEdit::IncludeUsage {
+                        push_member(&mut out, key, &with_include_usage(value));
+                        options_written = true;
+                    }
+                }
                 _ => push_member(&mut out, key, value.get().as_bytes()),
             }
         }
-        if force_usage {
+        if options_change && !options_written && edit.stream_options == StreamOptionsEdit::IncludeUsage {
             push_member(&mut out, "stream_options", br#"{"include_usage":true}"#);
         }
         out.push(b'}');
-        out
+        Bytes::from(out)
     }
+}
+
+fn push_member(out: &mut Vec<u8>, key: &str, value: &[u8]) {
+    if out.len() > 1 {
+        out.push(b',');
+    }
+    // Keys were unescaped while parsing, so they are re-escaped here.
+    serde_json::to_writer(&mut *out, key).unwrap_or_default();
+    out.push(b':');
+    out.extend_from_slice(value);
+}
+
+/// The client's `stream_options` object with `include_usage` set to true and
+/// every other member kept byte for byte (a non-object is replaced).
+fn with_include_usage(raw: &RawValue) -> Vec<u8> {
+    let mut out = vec![b'{'];
+    if let Ok(TopLevel(members)) = serde_json::from_str::<TopLevel<'_>>(raw.get()) {
+        for (key, value) in members.iter().filter(|(k, _)| k != "include_usage") {
+            push_member(&mut out, key, value.get().as_bytes());
+        }
+    }
+    push_member(&mut out, "include_usage", b"true");
+    out.push(b'}');
+    out
 }
 
 #[derive(Deserialize)]
 struct StreamOptions {
     #[serde(default)]
-    include_usage: bool,
+    include_usage: Option<bool>,
 }
 
 struct TopLevel<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
@@ -156,6 +223,12 @@ impl<'de: 'a, 'a> Deserialize<'de> for Key<'a> {
 mod tests {
     use super::*;
 
+    fn upstream(body: &'static [u8], edit: Rewrite<'_>) -> Result<String, ApiError> {
+        let original = Bytes::from_static(body);
+        let parsed = RequestBody::parse(body)?;
+        Ok(String::from_utf8_lossy(&parsed.upstream_body(&original, edit)).into_owned())
+    }
+
     #[test]
     fn reads_routing_fields_and_keeps_the_rest_byte_for_byte() -> Result<(), ApiError> {
         let body = br#"{"model":"gpt-4o","messages":[{"role":"user","content":"h\u00e9 \"x\""}],"temperature":0.70,"stream":true}"#;
@@ -163,11 +236,27 @@ mod tests {
         assert_eq!(parsed.model, "gpt-4o");
         assert!(parsed.stream);
         assert!(!parsed.include_usage);
-        let out = String::from_utf8(parsed.rewrite("gpt-4o-2024-08-06", true)).unwrap_or_default();
+        let edit = Rewrite { model: Some("gpt-4o-2024-08-06"), stream_options: StreamOptionsEdit::IncludeUsage };
         assert_eq!(
-            out,
+            upstream(body, edit)?,
             r#"{"model":"gpt-4o-2024-08-06","messages":[{"role":"user","content":"h\u00e9 \"x\""}],"temperature":0.70,"stream":true,"stream_options":{"include_usage":true}}"#
         );
+        assert_eq!(upstream(body, Rewrite::default())?.as_bytes(), body);
+        Ok(())
+    }
+
+    #[test]
+    fn stream_options_are_merged_not_replaced() -> Result<(), ApiError> {
+        let body = br#"{"model":"m","stream":true,"stream_options":{"include_obfuscation":false,"continuous_usage_stats":true}}"#;
+        let edit = Rewrite { model: None, stream_options: StreamOptionsEdit::IncludeUsage };
+        assert_eq!(
+            upstream(body, edit)?,
+            r#"{"model":"m","stream":true,"stream_options":{"include_obfuscation":false,"continuous_usage_stats":true,"include_usage":true}}"#
+        );
+        let asked = br#"{"model":"m","stream":true,"stream_options":{"include_usage":true}}"#;
+        assert_eq!(upstream(asked, edit)?.as_bytes(), asked, "nothing to change");
+        let remove = Rewrite { model: None, stream_options: StreamOptionsEdit::Remove };
+        assert_eq!(upstream(body, remove)?, r#"{"model":"m","stream":true}"#);
         Ok(())
     }
 
@@ -175,6 +264,8 @@ mod tests {
     fn client_stream_options_are_honoured() -> Result<(), ApiError> {
         let parsed = RequestBody::parse(br#"{"model":"m","stream":true,"stream_options":{"include_usage":true}}"#)?;
         assert!(parsed.include_usage);
+        let parsed = RequestBody::parse(br#"{"model":"m","stream":true,"stream_options":{"include_usage":null}}"#)?;
+        assert!(!parsed.include_usage);
         Ok(())
     }
 
@@ -193,7 +284,7 @@ mod tests {
             match RequestBody::parse(body) {
                 Err(e) => {
                     assert_eq!(e.status, http::StatusCode::BAD_REQUEST);
-                    assert_eq!(e.code, code, "{}", String::from_utf8_lossy(body));
+                    assert_eq!(e.category, code, "{}", String::from_utf8_lossy(body));
                 }
                 Ok(_) => panic!("{} must be rejected", String::from_utf8_lossy(body)),
             }

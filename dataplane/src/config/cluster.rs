@@ -25,8 +25,9 @@ use tokio::task::JoinHandle;
 use weaver_crds::Snapshot;
 use weaver_crds::protocol::{REPORTS_PATH, SNAPSHOTS_PATH};
 
-use crate::gateway::Gateway;
-use crate::proxy::chain;
+use crate::metering;
+use crate::providers::chain;
+use crate::state::Gateway;
 
 /// The operator sends an empty line every 15 s; three missed in a row means
 /// the connection is dead (a half-open TCP connection would otherwise hang
@@ -458,7 +459,7 @@ impl Operator {
         let Some(version) = gw.applied_version() else {
             return Ok(());
         };
-        let report = gw.stats.report(instance, version);
+        let report = metering::report(&gw.registry, instance, gw.started_at, version);
         let token = read_token(&self.token_file).await?;
         let response = self
             .client

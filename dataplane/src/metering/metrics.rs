@@ -1,11 +1,12 @@
-//! Prometheus metrics (`weaver_gateway_*`). Labels are bounded by configuration
-//! (namespaces, keys, models, channels), never by traffic: no request ids, no
-//! raw paths, no client-sent model names that match nothing.
+//! Prometheus metrics (`weaver_gateway_*`). Labels are bounded by
+//! configuration (namespaces, models, channels) and by the few HTTP statuses,
+//! never by traffic: no request ids, no raw paths, no client-sent model names
+//! that match nothing. ApiKey names stay out unless `--metrics-per-key` asks
+//! for them; per-key usage belongs to the reports and the usage store.
 
-use std::fmt::Write as _;
 use std::sync::{Arc, OnceLock};
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::encoding::{EncodeLabel, EncodeLabelSet, EncodeLabelValue, LabelSetEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -14,7 +15,7 @@ use prometheus_client::registry::Registry;
 
 /// A label value shared by reference, so recording a request allocates nothing.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Label(Arc<str>);
+pub(crate) struct Label(Arc<str>);
 
 impl Label {
     pub fn new(value: &str) -> Self {
@@ -32,46 +33,77 @@ impl Label {
     }
 }
 
-impl EncodeLabelValue for Label {
-    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
-        encoder.write_str(&self.0)
-    }
+fn label(encoder: &mut LabelSetEncoder<'_>, key: &'static str, value: &str) -> Result<(), std::fmt::Error> {
+    (key, value).encode(encoder.encode_label())
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct RequestLabels {
+/// `namespace, model, channel, code`, plus `key` when per-key series are on.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct RequestLabels {
     pub namespace: Label,
-    pub key: Label,
+    pub key: Option<Label>,
     pub model: Label,
     pub channel: Label,
     pub code: u16,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct RouteLabels {
+impl EncodeLabelSet for RequestLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> Result<(), std::fmt::Error> {
+        label(encoder, "namespace", self.namespace.as_str())?;
+        if let Some(key) = &self.key {
+            label(encoder, "key", key.as_str())?;
+        }
+        label(encoder, "model", self.model.as_str())?;
+        label(encoder, "channel", self.channel.as_str())?;
+        ("code", self.code).encode(encoder.encode_label())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct RouteLabels {
     pub model: Label,
     pub channel: Label,
 }
 
+impl EncodeLabelSet for RouteLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> Result<(), std::fmt::Error> {
+        label(encoder, "model", self.model.as_str())?;
+        label(encoder, "channel", self.channel.as_str())
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EncodeLabelValue)]
 #[allow(non_camel_case_types, reason = "label values are written in snake_case")]
-pub enum Direction {
+pub(crate) enum Direction {
     input,
     cached_input,
     output,
+    reasoning,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct TokenLabels {
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct TokenLabels {
     pub namespace: Label,
-    pub key: Label,
+    pub key: Option<Label>,
     pub model: Label,
     pub channel: Label,
     pub direction: Direction,
 }
 
+impl EncodeLabelSet for TokenLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> Result<(), std::fmt::Error> {
+        label(encoder, "namespace", self.namespace.as_str())?;
+        if let Some(key) = &self.key {
+            label(encoder, "key", key.as_str())?;
+        }
+        label(encoder, "model", self.model.as_str())?;
+        label(encoder, "channel", self.channel.as_str())?;
+        ("direction", self.direction).encode(encoder.encode_label())
+    }
+}
+
 /// Every gateway metric.
-pub struct Metrics {
+pub(crate) struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     pub duration: Family<RouteLabels, Histogram>,
     pub first_token: Family<RouteLabels, Histogram>,
@@ -79,6 +111,8 @@ pub struct Metrics {
     pub in_flight: Gauge,
     pub snapshot_version: Gauge,
     pub snapshot_load_errors: Counter,
+    /// Put the ApiKey name into request and token series.
+    pub per_key: bool,
     registry: Registry,
 }
 
@@ -88,10 +122,14 @@ fn latency_histogram() -> Histogram {
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    pub fn new(per_key: bool) -> Self {
         let mut registry = Registry::with_prefix("weaver_gateway");
         let requests = Family::<RequestLabels, Counter>::default();
-        registry.register("requests", "Requests answered, by key, model, channel and HTTP status", requests.clone());
+        registry.register(
+            "requests",
+            "Requests answered, by namespace, model, channel and HTTP status",
+            requests.clone(),
+        );
         let duration = Family::<RouteLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
         registry.register(
             "request_duration_seconds",
@@ -117,22 +155,20 @@ impl Metrics {
             "Configuration loads rejected (the previous snapshot stays in use)",
             snapshot_load_errors.clone(),
         );
-        Self { requests, duration, first_token, tokens, in_flight, snapshot_version, snapshot_load_errors, registry }
-    }
-
-    /// The OpenMetrics text exposition.
-    pub fn encode(&self) -> String {
-        let mut out = String::with_capacity(16 * 1024);
-        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
-            out.clear();
-            let _ = writeln!(out, "# metrics encoding failed");
+        Self {
+            requests,
+            duration,
+            first_token,
+            tokens,
+            in_flight,
+            snapshot_version,
+            snapshot_load_errors,
+            per_key,
+            registry,
         }
-        out
     }
-}
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 }

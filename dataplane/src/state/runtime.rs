@@ -1,79 +1,82 @@
 //! The hot state: a snapshot plus everything derived from it that requests
-//! need (digest map, compiled globs, upstream URIs and headers, metric labels).
-//! Built once per snapshot, swapped atomically, loaded once per request.
+//! need (digest map, compiled globs, provider adapters with their URIs and
+//! headers, metric labels, links to the registry). Built once per snapshot,
+//! swapped atomically, loaded once per request.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderName, HeaderValue, Uri};
-use weaver_crds::Provider;
+use http::Uri;
 use weaver_crds::money::Prices;
 use weaver_crds::snapshot::{Candidate, KeySnapshot, Snapshot};
 use wildmatch::WildMatch;
 
-use crate::metrics::Label;
-use crate::providers::{Endpoint, openai};
-use crate::upstream::{ClientPool, HttpClient};
+use super::ClientPool;
+use super::registry::{ChannelState, KeyState, Registry};
+use crate::metering::Label;
+use crate::providers::openai::ModelRename;
+use crate::providers::{Adapter, Operation};
 
-pub type Digest = [u8; 32];
+/// SHA-256 of a presented key.
+pub(crate) type Digest = [u8; 32];
 
-pub struct Runtime {
+pub(crate) struct Runtime {
     pub snapshot: Snapshot,
     /// Digest -> (key index, unix second the digest stops working).
-    by_digest: HashMap<Digest, (usize, Option<i64>)>,
+    by_digest: HashMap<Digest, (u32, Option<i64>)>,
     pub keys: Vec<KeyRuntime>,
     pub channels: Vec<ChannelRuntime>,
 }
 
-pub struct KeyRuntime {
+pub(crate) struct KeyRuntime {
     allowed: Vec<WildMatch>,
     pub namespace: Label,
     pub name: Label,
+    pub state: Arc<KeyState>,
 }
 
-pub struct ChannelRuntime {
-    pub namespace: Label,
+pub(crate) struct ChannelRuntime {
     /// The channel's name.
     pub label: Label,
-    pub provider: Provider,
-    /// `None` for channels answered locally.
-    pub upstream: Option<Upstream>,
+    pub adapter: Adapter,
     pub models: Vec<ModelRuntime>,
     pub first_byte: Duration,
     pub total: Duration,
+    /// Ask for stream usage (unless the upstream refused it, see `state`).
+    pub stream_usage: bool,
+    pub state: Arc<ChannelState>,
 }
 
-pub struct Upstream {
-    pub client: HttpClient,
-    /// Auth, the channel's extra headers and content type.
-    pub headers: HeaderMap,
-}
-
-pub struct ModelRuntime {
+pub(crate) struct ModelRuntime {
+    /// The public name.
     pub label: Label,
     pub upstream_name: String,
     pub prices: Prices,
-    pub chat: Option<Uri>,
-    pub embeddings: Option<Uri>,
+    /// Set when answers must be renamed from the upstream name to the public one.
+    pub rename: Option<Arc<ModelRename>>,
+    chat: Option<Uri>,
+    embeddings: Option<Uri>,
 }
 
 impl ModelRuntime {
-    pub fn uri(&self, endpoint: Endpoint) -> Option<&Uri> {
-        match endpoint {
-            Endpoint::Chat => self.chat.as_ref(),
-            Endpoint::Embeddings => self.embeddings.as_ref(),
+    pub fn uri(&self, operation: Operation) -> Option<&Uri> {
+        match operation {
+            Operation::Chat => self.chat.as_ref(),
+            Operation::Embeddings => self.embeddings.as_ref(),
         }
     }
 }
 
 impl Runtime {
     /// Derives the runtime; problems that only show here (a base URL that is
-    /// not a valid URI) are returned as messages and the channel is not routed to.
-    pub fn build(snapshot: Snapshot, pool: &ClientPool) -> (Self, Vec<String>) {
+    /// not a valid URI) are returned as messages and the model is not routed to.
+    pub fn build(snapshot: Snapshot, pool: &ClientPool, registry: &Registry) -> (Self, Vec<String>) {
         let mut warnings = Vec::new();
         let mut by_digest = HashMap::with_capacity(snapshot.keys.len());
         let mut keys = Vec::with_capacity(snapshot.keys.len());
         for (idx, k) in snapshot.keys.iter().enumerate() {
+            let idx = u32::try_from(idx).unwrap_or(u32::MAX);
             for d in &k.digests {
                 match hex::decode(&d.sha256).ok().and_then(|v| Digest::try_from(v).ok()) {
                     Some(digest) => {
@@ -82,34 +85,21 @@ impl Runtime {
                     None => warnings.push(format!("ApiKey {}/{}: malformed key digest", k.namespace, k.name)),
                 }
             }
+            let id = (Label::new(&k.namespace), Label::new(&k.name));
             keys.push(KeyRuntime {
                 allowed: k.allowed_models.iter().map(|g| WildMatch::new(g)).collect(),
-                namespace: Label::new(&k.namespace),
-                name: Label::new(&k.name),
+                state: registry.key(&id),
+                namespace: id.0,
+                name: id.1,
             });
         }
         let channels = snapshot
             .channels
             .iter()
             .map(|ch| {
-                let mut headers = HeaderMap::new();
-                headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-                headers.insert(http::header::USER_AGENT, HeaderValue::from_static("llm-weaver"));
-                for (name, value) in &ch.headers {
-                    if let (Ok(n), Ok(v)) = (HeaderName::try_from(name.as_str()), HeaderValue::try_from(value.as_str()))
-                    {
-                        headers.insert(n, v);
-                    }
-                }
-                if let Some((name, value)) = openai::auth_header(ch) {
-                    headers.insert(name, value);
-                }
-                let local = ch.provider == Provider::Mock;
-                let mut uri = |m, e| -> Option<Uri> {
-                    if local {
-                        return None;
-                    }
-                    let text = openai::url(ch, m, e);
+                let adapter = Adapter::build(ch, pool);
+                let mut uri = |m, op| -> Option<Uri> {
+                    let text = adapter.url(ch, m, op)?;
                     text.parse::<Uri>()
                         .inspect_err(|err| {
                             warnings.push(format!(
@@ -126,18 +116,20 @@ impl Runtime {
                         label: Label::new(&m.name),
                         upstream_name: m.upstream.clone(),
                         prices: m.prices,
-                        chat: uri(m, Endpoint::Chat),
-                        embeddings: uri(m, Endpoint::Embeddings),
+                        rename: ModelRename::new(&m.name, &m.upstream),
+                        chat: uri(m, Operation::Chat),
+                        embeddings: uri(m, Operation::Embeddings),
                     })
                     .collect();
+                let id = (Label::new(&ch.namespace), Label::new(&ch.name));
                 ChannelRuntime {
-                    namespace: Label::new(&ch.namespace),
-                    label: Label::new(&ch.name),
-                    provider: ch.provider,
-                    upstream: (!local).then(|| Upstream { client: pool.client(ch.timeouts.connect_ms), headers }),
+                    state: registry.channel(&id),
+                    label: id.1,
+                    adapter,
                     models,
                     first_byte: Duration::from_millis(ch.timeouts.first_byte_ms),
                     total: Duration::from_millis(ch.timeouts.total_ms),
+                    stream_usage: ch.stream_usage,
                 }
             })
             .collect();
@@ -145,26 +137,27 @@ impl Runtime {
     }
 
     /// The key a digest belongs to, and when that digest stops working.
-    pub fn key_by_digest(&self, digest: &Digest) -> Option<(usize, &KeySnapshot, Option<i64>)> {
+    pub fn key_by_digest(&self, digest: &Digest) -> Option<(u32, &KeySnapshot, Option<i64>)> {
         let (idx, until) = *self.by_digest.get(digest)?;
-        Some((idx, &self.snapshot.keys[idx], until))
+        Some((idx, self.snapshot.keys.get(idx as usize)?, until))
     }
 
     /// Whether a key may use a model.
-    pub fn model_allowed(&self, key: usize, model: &str) -> bool {
-        let allowed = &self.keys[key].allowed;
+    pub fn model_allowed(&self, key: u32, model: &str) -> bool {
+        let allowed = &self.keys[key as usize].allowed;
         allowed.is_empty() || allowed.iter().any(|g| g.matches(model))
     }
 
     /// The candidates for a model under a key: `None` when nothing routes the
     /// model (404), empty when its policy's channels are all unusable (503).
-    pub fn candidates(&self, key: &KeySnapshot, model: &str) -> Option<&[Candidate]> {
-        self.snapshot.route_tables.get(key.route_table as usize)?.routes.get(model).map(Vec::as_slice)
+    pub fn candidates(&self, key: u32, model: &str) -> Option<&[Candidate]> {
+        let k = self.snapshot.keys.get(key as usize)?;
+        self.snapshot.route_tables.get(k.route_table as usize)?.routes.get(model).map(Vec::as_slice)
     }
 
     /// The models a key may use, sorted.
-    pub fn models_for(&self, key: usize) -> Vec<&str> {
-        let k = &self.snapshot.keys[key];
+    pub fn models_for(&self, key: u32) -> Vec<&str> {
+        let Some(k) = self.snapshot.keys.get(key as usize) else { return Vec::new() };
         self.snapshot
             .route_tables
             .get(k.route_table as usize)

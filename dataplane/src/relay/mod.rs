@@ -1,20 +1,23 @@
-//! The body of a streamed answer: upstream frames go to the client as they
-//! arrive (through the SSE scanner); the request's record is completed when the
-//! stream ends, fails, times out or the client goes away.
+//! The body of a streamed answer: upstream events go to the client as they
+//! arrive (framed by [`sse`], decided on by the provider's stream decoder);
+//! the request's context — and with it the usage record — is completed when
+//! the stream ends, fails, times out or the client goes away.
+
+pub(crate) mod sse;
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context as TaskContext, Poll};
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame};
-use hyper::body::Incoming;
 use tokio::time::Sleep;
 
-use crate::error::ApiError;
-use crate::meter::Meter;
-use crate::sse::SseScanner;
+use crate::api::ApiError;
+use crate::pipeline::Context;
+use crate::providers::{EventAction, StreamDecoder, UpstreamBody};
+use sse::SseFramer;
 
 /// Scheduler turns given to the upstream connection before writing what has
 /// been gathered (it needs two to hand over a chunk it has already read).
@@ -23,16 +26,17 @@ const MAX_TURNS: u8 = 2;
 /// Largest write assembled from chunks that arrived together.
 const MAX_BATCH: usize = 16 * 1024;
 
-pub struct RelayBody {
+pub(crate) struct RelayBody {
     pending: Option<Bytes>,
     pending_error: Option<ApiError>,
     batch: Coalesced,
     yielded: u8,
     turn: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
-    inner: Option<Incoming>,
-    scanner: SseScanner,
+    inner: Option<UpstreamBody>,
+    framer: SseFramer,
+    decoder: StreamDecoder,
     /// Taken by `Drop` when the rest of the stream is read after the client left.
-    meter: Option<Meter>,
+    ctx: Option<Context>,
     deadline: Pin<Box<Sleep>>,
 }
 
@@ -40,22 +44,63 @@ impl RelayBody {
     /// `first` is the frame already read to commit the response.
     pub fn new(
         first: Bytes,
-        inner: Incoming,
-        mut scanner: SseScanner,
-        meter: Meter,
+        inner: UpstreamBody,
+        decoder: StreamDecoder,
+        ctx: Context,
         deadline: Pin<Box<Sleep>>,
     ) -> Self {
-        let out = scanner.push(first);
-        Self {
-            pending: (!out.is_empty()).then_some(out),
+        let mut relay = Self {
+            pending: None,
             pending_error: None,
             batch: Coalesced::default(),
             yielded: 0,
             turn: None,
             inner: Some(inner),
-            scanner,
-            meter: Some(meter),
+            framer: SseFramer::default(),
+            decoder,
+            ctx: Some(ctx),
             deadline,
+        };
+        let out = relay.relay(first);
+        relay.pending = (!out.is_empty()).then_some(out);
+        relay
+    }
+
+    /// What of one upstream frame goes to the client: the frame itself
+    /// (zero-copy) when every complete event in it passes as it is.
+    fn relay(&mut self, frame: Bytes) -> Bytes {
+        let mut events = self.framer.push(frame);
+        let mut edited: Option<BytesMut> = None;
+        while let Some(range) = events.next_range() {
+            let event = &events.data[range.clone()];
+            match (self.decoder.event(event), &mut edited) {
+                (EventAction::Pass, Some(out)) => out.extend_from_slice(event),
+                (EventAction::Pass, None) => {}
+                (EventAction::Drop, out) => {
+                    out.get_or_insert_with(|| BytesMut::from(&events.data[..range.start]));
+                }
+                (EventAction::Replace(bytes), out) => {
+                    out.get_or_insert_with(|| BytesMut::from(&events.data[..range.start])).extend_from_slice(&bytes);
+                }
+            }
+        }
+        edited.map_or(events.data, BytesMut::freeze)
+    }
+
+    /// The upstream closed: relay an unterminated last event, settle the record.
+    fn upstream_done(&mut self) {
+        self.inner = None;
+        if let Some(rest) = self.framer.finish() {
+            let out = match self.decoder.event(&rest) {
+                EventAction::Pass => rest,
+                EventAction::Drop => Bytes::new(),
+                EventAction::Replace(bytes) => bytes,
+            };
+            self.batch.push(out);
+        }
+        if let Some(ctx) = self.ctx.as_mut() {
+            ctx.record.status = 200;
+            ctx.record.usage = self.decoder.usage();
         }
     }
 
@@ -72,16 +117,20 @@ impl RelayBody {
 
     /// Ends the stream with an OpenAI-style error event, which the SDKs raise as
     /// an exception instead of mistaking a cut stream for a complete answer.
+    /// Tokens produced until then are charged (the usage the upstream gave).
     fn fail(&mut self, error: ApiError) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        tracing::warn!(code = error.code, message = %error.message, "stream ended early");
         self.inner = None;
-        if let Some(m) = self.meter.as_mut() {
-            m.status = error.status.as_u16();
+        if let Some(ctx) = self.ctx.as_mut() {
+            let _entered = ctx.span.enter();
+            tracing::warn!(code = error.category, message = %error.message, "stream ended early");
+            ctx.record.status = error.status.as_u16();
+            ctx.record.usage = self.decoder.usage();
+            if let Some(attempt) = ctx.record.last_attempt_mut() {
+                attempt.error = Some(error.category);
+                attempt.counts_against_channel = true;
+            }
         }
-        let mut event = b"data: ".to_vec();
-        event.extend(error.body());
-        event.extend_from_slice(b"\n\n");
-        Poll::Ready(Some(Ok(Frame::data(Bytes::from(event)))))
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from(error.sse_event())))))
     }
 }
 
@@ -89,7 +138,10 @@ impl Body for RelayBody {
     type Data = Bytes;
     type Error = Infallible;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         let this = &mut *self;
         if let Some(data) = this.pending.take() {
             return Poll::Ready(Some(Ok(Frame::data(data))));
@@ -135,7 +187,8 @@ impl Body for RelayBody {
                 }
                 Poll::Ready(Some(Ok(frame))) => {
                     if let Ok(data) = frame.into_data() {
-                        this.batch.push(this.scanner.push(data));
+                        let out = this.relay(data);
+                        this.batch.push(out);
                         // More may follow right behind; look again before writing.
                         this.yielded = 0;
                         if this.batch.len() >= MAX_BATCH {
@@ -149,19 +202,13 @@ impl Body for RelayBody {
                         format!("The upstream stream broke off: {e}"),
                     ));
                 }
-                Poll::Ready(None) => {
-                    this.inner = None;
-                    if let Some(m) = this.meter.as_mut() {
-                        m.status = 200;
-                    }
-                    this.batch.push(this.scanner.finish());
-                }
+                Poll::Ready(None) => this.upstream_done(),
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.pending.is_none() && self.pending_error.is_none() && self.inner.is_none()
+        self.pending.is_none() && self.pending_error.is_none() && self.inner.is_none() && self.batch.is_empty()
     }
 }
 
@@ -208,25 +255,33 @@ impl Coalesced {
 const USAGE_TAIL: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Drop for RelayBody {
+    /// The client left (or the stream ended): the record keeps the usage seen
+    /// so far and its status (499 unless the answer was complete).
     fn drop(&mut self) {
-        let Some(mut meter) = self.meter.take() else { return };
-        meter.usage = self.scanner.usage;
+        let Some(mut ctx) = self.ctx.take() else { return };
+        if ctx.record.usage.is_none() {
+            ctx.record.usage = self.decoder.usage();
+        }
         // Clients often stop reading at `finish_reason`; the usage chunk is
         // right behind it, and reading it costs the upstream nothing more.
         // (An answer cut mid-generation is not read on: that would pay for
         // tokens nobody wants.)
-        let (Some(mut inner), true, None) = (self.inner.take(), self.scanner.finished, self.scanner.usage) else {
+        let (Some(mut inner), true, None) = (self.inner.take(), self.decoder.finished(), self.decoder.usage()) else {
             return;
         };
-        let mut scanner = std::mem::replace(&mut self.scanner, SseScanner::new(false));
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let mut framer = std::mem::take(&mut self.framer);
+        let mut decoder = std::mem::replace(&mut self.decoder, StreamDecoder::closed());
         runtime.spawn(async move {
             let read = async {
-                while scanner.usage.is_none() {
+                while decoder.usage().is_none() {
                     match http_body_util::BodyExt::frame(&mut inner).await {
                         Some(Ok(frame)) => {
                             if let Ok(data) = frame.into_data() {
-                                scanner.push(data);
+                                let mut events = framer.push(data);
+                                while let Some(range) = events.next_range() {
+                                    decoder.event(&events.data[range]);
+                                }
                             }
                         }
                         _ => break,
@@ -234,9 +289,9 @@ impl Drop for RelayBody {
                 }
             };
             let _ = tokio::time::timeout(USAGE_TAIL, read).await;
-            meter.usage = scanner.usage;
-            // The record is written as the meter goes.
-            drop(meter);
+            ctx.record.usage = decoder.usage();
+            // The record is finished as the context goes.
+            drop(ctx);
         });
     }
 }

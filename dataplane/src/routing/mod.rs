@@ -4,15 +4,17 @@
 use rand::Rng;
 use weaver_crds::snapshot::Candidate;
 
-pub fn pick<'a>(candidates: &'a [Candidate], rng: &mut impl Rng) -> Option<&'a Candidate> {
-    let best = candidates.iter().filter(|c| c.weight > 0).map(|c| c.priority).min()?;
-    let group = || candidates.iter().filter(move |c| c.priority == best && c.weight > 0);
-    let total: u64 = group().map(|c| u64::from(c.weight)).sum();
+/// The index of the chosen candidate among those `eligible` says may serve.
+pub(crate) fn pick(candidates: &[Candidate], eligible: impl Fn(usize) -> bool, rng: &mut impl Rng) -> Option<usize> {
+    let usable = |(i, c): &(usize, &Candidate)| c.weight > 0 && eligible(*i);
+    let best = candidates.iter().enumerate().filter(usable).map(|(_, c)| c.priority).min()?;
+    let group = || candidates.iter().enumerate().filter(usable).filter(move |(_, c)| c.priority == best);
+    let total: u64 = group().map(|(_, c)| u64::from(c.weight)).sum();
     let mut ticket = rng.random_range(0..total);
-    for c in group() {
+    for (i, c) in group() {
         let w = u64::from(c.weight);
         if ticket < w {
-            return Some(c);
+            return Some(i);
         }
         ticket -= w;
     }
@@ -35,9 +37,10 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(1);
         let cands = [cand(0, 100, 1), cand(1, 0, 0), cand(2, 5, 0)];
         for _ in 0..100 {
-            assert_eq!(pick(&cands, &mut rng).map(|c| c.channel), Some(2));
+            assert_eq!(pick(&cands, |_| true, &mut rng).map(|i| cands[i].channel), Some(2));
         }
-        assert_eq!(pick(&[cand(0, 0, 0)], &mut rng), None);
+        assert_eq!(pick(&[cand(0, 0, 0)], |_| true, &mut rng), None);
+        assert_eq!(pick(&cands, |i| i != 2, &mut rng), Some(0), "the next tier once the best is tried");
     }
 
     proptest! {
@@ -46,7 +49,7 @@ mod tests {
             let mut rng = StdRng::seed_from_u64(seed);
             let cands = [cand(0, a, 0), cand(1, b, 0)];
             let n = 20_000;
-            let hits = (0..n).filter(|_| pick(&cands, &mut rng).map(|c| c.channel) == Some(0)).count();
+            let hits = (0..n).filter(|_| pick(&cands, |_| true, &mut rng).map(|i| cands[i].channel) == Some(0)).count();
             let expected = f64::from(a) / f64::from(a + b);
             let got = hits as f64 / f64::from(n);
             // Binomial standard deviation is at most 0.0036 here; allow 5 sigma.

@@ -13,7 +13,7 @@ use std::time::Duration;
 use weaver_crds::compiler::{Problem, Resources, compile};
 use weaver_crds::manifests::{ManifestError, parse_into};
 
-use crate::gateway::Gateway;
+use crate::state::Gateway;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -25,14 +25,32 @@ pub enum LoadError {
     NewProblems(Vec<Problem>),
 }
 
+fn parse(files: &[(PathBuf, String)]) -> Result<Resources, LoadError> {
+    let mut resources = Resources::default();
+    for (path, text) in files {
+        parse_into(text, &mut resources).map_err(|source| LoadError::Manifest { path: path.clone(), source })?;
+    }
+    Ok(resources)
+}
+
+/// `--check DIR`: compiles the folder as standalone mode would load it and
+/// returns every problem (an empty list: the folder is good). Errors are
+/// files that cannot be read or parsed.
+pub fn check(dir: &Path) -> Result<Vec<Problem>, LoadError> {
+    let Some((_, files)) = ManifestDir::new(dir).read_if_changed()? else {
+        return Ok(Vec::new());
+    };
+    Ok(compile(&parse(&files)?, 1).problems)
+}
+
 /// What one look at the folder did.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     Unchanged,
     Applied { version: u64 },
 }
 
-pub struct ManifestDir {
+pub(crate) struct ManifestDir {
     dir: PathBuf,
     fingerprint: Option<u64>,
     problems: BTreeSet<Problem>,
@@ -69,28 +87,12 @@ impl ManifestDir {
     /// whatever compiles (problems are logged); later a broken edit — YAML that
     /// does not parse, or a new problem — changes nothing and is reported.
     pub fn poll(&mut self, gw: &Gateway) -> Result<Outcome, LoadError> {
-        let mut paths = Vec::new();
-        yaml_files(&self.dir, &mut paths)?;
-        paths.sort();
-        let mut files = Vec::with_capacity(paths.len());
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        for path in paths {
-            let text = std::fs::read_to_string(&path).map_err(|source| LoadError::Io { path: path.clone(), source })?;
-            path.hash(&mut hasher);
-            text.hash(&mut hasher);
-            files.push((path, text));
-        }
-        let fingerprint = hasher.finish();
-        if self.fingerprint == Some(fingerprint) {
+        let Some((fingerprint, files)) = self.read_if_changed()? else {
             return Ok(Outcome::Unchanged);
-        }
+        };
         // Remember even a broken state, so it is reported once, not every poll.
         self.fingerprint = Some(fingerprint);
-        let mut resources = Resources::default();
-        for (path, text) in &files {
-            parse_into(text, &mut resources).map_err(|source| LoadError::Manifest { path: path.clone(), source })?;
-        }
-        let compiled = compile(&resources, self.version + 1);
+        let compiled = compile(&parse(&files)?, self.version + 1);
         if self.version > 0 {
             let new: Vec<Problem> = compiled.problems.iter().filter(|p| !self.problems.contains(*p)).cloned().collect();
             if !new.is_empty() {
@@ -105,6 +107,23 @@ impl ManifestDir {
         self.version += 1;
         gw.apply(compiled.snapshot);
         Ok(Outcome::Applied { version: self.version })
+    }
+
+    /// The folder's files and their fingerprint, unless unchanged since the last look.
+    fn read_if_changed(&self) -> Result<Option<(u64, Vec<(PathBuf, String)>)>, LoadError> {
+        let mut paths = Vec::new();
+        yaml_files(&self.dir, &mut paths)?;
+        paths.sort();
+        let mut files = Vec::with_capacity(paths.len());
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        for path in paths {
+            let text = std::fs::read_to_string(&path).map_err(|source| LoadError::Io { path: path.clone(), source })?;
+            path.hash(&mut hasher);
+            text.hash(&mut hasher);
+            files.push((path, text));
+        }
+        let fingerprint = hasher.finish();
+        Ok((self.fingerprint != Some(fingerprint)).then_some((fingerprint, files)))
     }
 
     /// Polls every `interval` until `stop` resolves.

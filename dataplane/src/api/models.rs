@@ -1,0 +1,42 @@
+//! `GET /v1/models` and `GET /v1/models/{id}`: the models the key may use
+//! (<https://platform.openai.com/docs/api-reference/models>).
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode, header};
+use serde_json::json;
+
+use super::ApiError;
+use crate::pipeline::{Caller, Context};
+use crate::state::Gateway;
+
+fn model_object(id: &str) -> serde_json::Value {
+    json!({"id": id, "object": "model", "created": 0, "owned_by": "llm-weaver"})
+}
+
+fn json_response(body: serde_json::Value) -> Response {
+    let mut response = Response::new(Body::from(serde_json::to_vec(&body).unwrap_or_default()));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+pub(super) async fn list(State(gw): State<Arc<Gateway>>, caller: Caller) -> Response {
+    let mut ctx = Context::new(gw, caller);
+    let data: Vec<_> = ctx.rt.models_for(ctx.key).into_iter().map(model_object).collect();
+    ctx.record.status = StatusCode::OK.as_u16();
+    json_response(json!({"object": "list", "data": data}))
+}
+
+pub(super) async fn retrieve(State(gw): State<Arc<Gateway>>, caller: Caller, Path(id): Path<String>) -> Response {
+    let mut ctx = Context::new(gw, caller);
+    let response = if ctx.rt.models_for(ctx.key).contains(&id.as_str()) {
+        json_response(model_object(&id))
+    } else {
+        ApiError::model_not_found(&id).into_response()
+    };
+    ctx.record.status = response.status().as_u16();
+    response
+}

@@ -1,0 +1,192 @@
+//! Metering: one usage record per request that reached authentication, with
+//! every upstream attempt, finished exactly once when the request's context
+//! drops (also when the client goes away mid-stream). Finishing feeds the
+//! per-key and per-channel totals the operator's reports carry, and the
+//! Prometheus metrics; neither takes a process-wide lock.
+
+mod metrics;
+mod reports;
+mod usage;
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+pub(crate) use metrics::{Label, Metrics};
+pub(crate) use reports::report;
+pub(crate) use usage::{OpenAiUsage, Usage};
+
+use crate::api::ApiRoute;
+use crate::clock::unix_seconds;
+use crate::state::Runtime;
+use metrics::{Direction, RequestLabels, RouteLabels, TokenLabels};
+
+/// Status recorded for requests the client abandoned (nginx's convention).
+pub(crate) const CLIENT_CLOSED: u16 = 499;
+
+/// How a request ended, for the usage record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Ok,
+    /// Every attempt failed, or the answer broke off.
+    UpstreamError,
+    /// The client went away before the answer was complete.
+    ClientAborted,
+    /// Refused by the gateway before any upstream attempt (auth, validation,
+    /// access, admission).
+    Rejected,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::UpstreamError => "upstream_error",
+            Outcome::ClientAborted => "client_aborted",
+            Outcome::Rejected => "rejected",
+        }
+    }
+}
+
+/// One upstream attempt.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Attempt {
+    /// Index into the runtime's channels, and into that channel's models.
+    pub channel: u32,
+    pub model: u32,
+    /// The upstream's status, or the gateway's for a failure without one
+    /// (502 unreachable, 504 timed out).
+    pub status: u16,
+    /// Low-cardinality reason of a failure.
+    pub error: Option<&'static str>,
+    /// The failure is the channel's fault (health, reports).
+    pub counts_against_channel: bool,
+    /// From the start of the request to the attempt's first byte.
+    pub first_byte: Option<Duration>,
+}
+
+/// What is known about one request; the pipeline's stages fill it in.
+#[derive(Debug)]
+pub(crate) struct UsageRecord {
+    pub endpoint: ApiRoute,
+    /// Index into the runtime's keys, once authenticated.
+    pub key: Option<u32>,
+    /// The HTTP status the client got (499 until an answer is complete).
+    pub status: u16,
+    pub attempts: Vec<Attempt>,
+    /// Tokens of the answering attempt, when the upstream reported them.
+    pub usage: Option<Usage>,
+    /// The client's address (behind trusted proxies, the forwarded one).
+    pub client: IpAddr,
+    /// The request id (the client's, or one the gateway made).
+    pub request_id: http::HeaderValue,
+}
+
+impl UsageRecord {
+    pub fn new(endpoint: ApiRoute, key: Option<u32>, client: IpAddr, request_id: http::HeaderValue) -> Self {
+        Self { endpoint, key, status: CLIENT_CLOSED, attempts: Vec::new(), usage: None, client, request_id }
+    }
+
+    pub fn outcome(&self) -> Outcome {
+        match self.status {
+            CLIENT_CLOSED => Outcome::ClientAborted,
+            200..=299 => Outcome::Ok,
+            _ if self.attempts.is_empty() => Outcome::Rejected,
+            _ => Outcome::UpstreamError,
+        }
+    }
+
+    /// The attempt that produced the answer (or the last one tried).
+    pub fn last_attempt(&self) -> Option<&Attempt> {
+        self.attempts.last()
+    }
+
+    pub fn last_attempt_mut(&mut self) -> Option<&mut Attempt> {
+        self.attempts.last_mut()
+    }
+}
+
+/// Completes a record: totals for the reports, Prometheus series, a log line.
+pub(crate) fn finish(metrics: &Metrics, rt: &Runtime, record: &UsageRecord, elapsed: Duration) {
+    let key = record.key.and_then(|k| rt.keys.get(k as usize));
+    let last = record.last_attempt();
+    let route = last.and_then(|a| {
+        let channel = rt.channels.get(a.channel as usize)?;
+        Some((channel, channel.models.get(a.model as usize)?))
+    });
+    let usage = record.usage.unwrap_or_default();
+    let cost = route.map_or(0, |(_, m)| m.prices.cost(usage.input, usage.cached_input, usage.output).0);
+    if let Some(k) = key {
+        k.state.totals.add(usage.input, usage.output, cost);
+        k.state.last_used.store(unix_seconds(), std::sync::atomic::Ordering::Relaxed);
+    }
+    let answering = record.attempts.len().checked_sub(1);
+    for (i, attempt) in record.attempts.iter().enumerate() {
+        let Some(channel) = rt.channels.get(attempt.channel as usize) else { continue };
+        let state = &channel.state;
+        if Some(i) == answering {
+            state.totals.add(usage.input, usage.output, cost);
+        } else {
+            state.totals.add(0, 0, 0);
+        }
+        if attempt.counts_against_channel {
+            state.failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        if let Some(ttfb) = attempt.first_byte {
+            state.record_latency(ttfb.as_secs_f64() * 1000.0);
+        }
+    }
+
+    let namespace = key.map_or_else(Label::none, |k| k.namespace.clone());
+    let key_label = metrics.per_key.then(|| key.map_or_else(Label::none, |k| k.name.clone()));
+    let (model, channel) =
+        route.map_or_else(|| (Label::none(), Label::none()), |(c, m)| (m.label.clone(), c.label.clone()));
+    metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            namespace: namespace.clone(),
+            key: key_label.clone(),
+            model: model.clone(),
+            channel: channel.clone(),
+            code: record.status,
+        })
+        .inc();
+    if route.is_some() {
+        let labels = RouteLabels { model: model.clone(), channel: channel.clone() };
+        if let Some(ttfb) = last.and_then(|a| a.first_byte) {
+            metrics.first_token.get_or_create(&labels).observe(ttfb.as_secs_f64());
+        }
+        metrics.duration.get_or_create(&labels).observe(elapsed.as_secs_f64());
+        for (direction, n) in [
+            (Direction::input, usage.input),
+            (Direction::cached_input, usage.cached_input),
+            (Direction::output, usage.output),
+            (Direction::reasoning, usage.reasoning),
+        ] {
+            if n > 0 {
+                metrics
+                    .tokens
+                    .get_or_create(&TokenLabels {
+                        namespace: namespace.clone(),
+                        key: key_label.clone(),
+                        model: model.clone(),
+                        channel: channel.clone(),
+                        direction,
+                    })
+                    .inc_by(n);
+            }
+        }
+    }
+    tracing::debug!(
+        client = %record.client,
+        endpoint = record.endpoint.path(),
+        status = record.status,
+        outcome = record.outcome().as_str(),
+        attempts = record.attempts.len(),
+        input_tokens = usage.input,
+        output_tokens = usage.output,
+        usage_known = record.usage.is_some(),
+        cost_nanos = cost,
+        duration_ms = elapsed.as_millis() as u64,
+        "request finished"
+    );
+}

@@ -1,0 +1,173 @@
+//! `authenticate`: a layer on the whole `/v1` router (a route cannot forget
+//! it). It finds the key by the SHA-256 of what was presented, checks what does
+//! not depend on the body (rotation grace, disabled, expiry, client address),
+//! and hands the handler a [`Caller`]; a refusal is answered and recorded here.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use http::HeaderMap;
+use http::request::Parts;
+use ipnet::IpNet;
+use sha2::{Digest as _, Sha256};
+use tokio::time::Instant;
+
+use super::Context;
+use crate::api::{ApiError, ApiRoute};
+use crate::clock::unix_seconds;
+use crate::server::RequestId;
+use crate::state::{Digest, Gateway, Runtime};
+
+/// The presented key: `Authorization: Bearer <key>`, or Azure-style `api-key`.
+pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
+    if let Some(value) = headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+        let (scheme, key) = value.split_once(' ')?;
+        return scheme.eq_ignore_ascii_case("bearer").then(|| key.trim());
+    }
+    headers.get("api-key").and_then(|v| v.to_str().ok()).map(str::trim)
+}
+/// The client's address: the peer, unless the peer is a trusted proxy, in which
+/// case the right-most `X-Forwarded-For` entry that is not a trusted proxy.
+pub(crate) fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    let peer_ip = peer.ip().to_canonical();
+    if !is_trusted(&peer_ip) {
+        return peer_ip;
+    }
+    let mut client = peer_ip;
+    for value in headers.get_all("x-forwarded-for").iter().rev() {
+        let Ok(text) = value.to_str() else {
+            return client;
+        };
+        for entry in text.rsplit(',') {
+            match entry.trim().parse::<IpAddr>() {
+                Ok(ip) => {
+                    client = ip.to_canonical();
+                    if !is_trusted(&client) {
+                        return client;
+                    }
+                }
+                Err(_) => return client,
+            }
+        }
+    }
+    client
+}
+
+/// An authenticated request's caller, put into the request's extensions by
+/// the layer; handlers take it as an extractor.
+#[derive(Clone)]
+pub(crate) struct Caller {
+    /// The live configuration, loaded once for the whole request.
+    pub rt: Arc<Runtime>,
+    /// Index into the runtime's keys.
+    pub key: u32,
+    pub client: IpAddr,
+    pub endpoint: ApiRoute,
+    pub request_id: http::HeaderValue,
+    pub started: Instant,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        parts.extensions.remove::<Caller>().ok_or_else(|| ApiError::internal("The route is not authenticated."))
+    }
+}
+
+/// The layer: authenticates, or answers 401/403 and records the refusal.
+pub(crate) async fn layer(
+    State(gw): State<Arc<Gateway>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    let rt = gw.live();
+    let endpoint = request
+        .extensions()
+        .get::<MatchedPath>()
+        .and_then(|p| ApiRoute::from_path(p.as_str()))
+        .unwrap_or(ApiRoute::ChatCompletions);
+    let request_id = request.extensions().get::<RequestId>().map(|r| r.0.clone()).unwrap_or_else(RequestId::none);
+    let client = client_ip(peer, request.headers(), &gw.settings.trusted_proxies);
+    match check(&rt, request.headers(), client, unix_seconds()) {
+        Ok(key) => {
+            request.extensions_mut().insert(Caller { rt, key, client, endpoint, request_id, started });
+            next.run(request).await
+        }
+        Err((key, error)) => {
+            let caller = Caller { rt, key: key.unwrap_or(u32::MAX), client, endpoint, request_id, started };
+            let mut ctx = Context::new(gw, caller);
+            ctx.record.key = key;
+            ctx.record.status = error.status.as_u16();
+            error.into_response()
+        }
+    }
+}
+
+/// Checks a request's key; the error carries the key when it is known.
+fn check(rt: &Runtime, headers: &HeaderMap, client: IpAddr, now_unix: i64) -> Result<u32, (Option<u32>, ApiError)> {
+    let key = presented_key(headers).filter(|k| !k.is_empty()).ok_or_else(|| {
+        (
+            None,
+            ApiError::unauthorized(
+                "You didn't provide an API key. Send it as `Authorization: Bearer <key>` or in an `api-key` header.",
+            ),
+        )
+    })?;
+    let digest: Digest = Sha256::digest(key.as_bytes()).into();
+    let (idx, k, rotated_out_at) =
+        rt.key_by_digest(&digest).ok_or_else(|| (None, ApiError::unauthorized("Incorrect API key provided.")))?;
+    // A key replaced by rotation is as good as unknown once its grace ends.
+    if rotated_out_at.is_some_and(|t| now_unix >= t) {
+        return Err((None, ApiError::unauthorized("Incorrect API key provided.")));
+    }
+    let refuse = |e| Err((Some(idx), e));
+    if k.disabled {
+        return refuse(ApiError::forbidden("key_disabled", "This API key has been disabled."));
+    }
+    if k.expires_at.is_some_and(|t| now_unix >= t) {
+        return refuse(ApiError::forbidden("key_expired", "This API key has expired."));
+    }
+    if !k.ip_allowlist.is_empty() && !k.ip_allowlist.iter().any(|n| n.contains(&client)) {
+        return refuse(ApiError::forbidden("ip_not_allowed", format!("This API key may not be used from {client}.")));
+    }
+    Ok(idx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, v.parse().unwrap_or_else(|_| panic!("bad header value")));
+        }
+        h
+    }
+
+    #[test]
+    fn forwarded_for_counts_only_behind_a_trusted_proxy() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap_or_else(|_| panic!())];
+        let xff = headers(&[("x-forwarded-for", "203.0.113.9, 10.1.1.1")]);
+        let via_proxy: SocketAddr = "10.0.0.5:1234".parse().unwrap_or_else(|_| panic!());
+        let direct: SocketAddr = "198.51.100.7:1234".parse().unwrap_or_else(|_| panic!());
+        assert_eq!(client_ip(via_proxy, &xff, &trusted), "203.0.113.9".parse::<IpAddr>().unwrap_or_else(|_| panic!()));
+        assert_eq!(client_ip(direct, &xff, &trusted), direct.ip());
+        assert_eq!(client_ip(via_proxy, &xff, &[]), via_proxy.ip());
+    }
+
+    #[test]
+    fn keys_come_from_bearer_or_api_key_headers() {
+        assert_eq!(presented_key(&headers(&[("authorization", "Bearer abc")])), Some("abc"));
+        assert_eq!(presented_key(&headers(&[("authorization", "bearer  abc ")])), Some("abc"));
+        assert_eq!(presented_key(&headers(&[("api-key", "xyz")])), Some("xyz"));
+        assert_eq!(presented_key(&headers(&[("authorization", "Basic abc")])), None);
+    }
+}

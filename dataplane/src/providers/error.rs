@@ -1,0 +1,238 @@
+//! Upstream failures, typed: whether another attempt may follow, whether the
+//! failure counts against the channel's health, and the error the client sees.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use http::{HeaderValue, StatusCode};
+use serde::Deserialize;
+
+use crate::api::ApiError;
+
+/// Longest upstream error message passed on; bodies can be huge (a 100 KiB
+/// validation dump), and SDKs print the message whole.
+const MAX_MESSAGE_CHARS: usize = 2048;
+
+/// The parts of an upstream error body, whatever its shape.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ErrorFields {
+    pub message: String,
+    pub kind: Option<String>,
+    pub code: Option<String>,
+    pub param: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Envelope {
+    error: Option<Inner>,
+    // vLLM's older flat shape: {"object":"error","message":...,"type":...,"code":400}
+    message: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<serde_json::Value>,
+    code: Option<serde_json::Value>,
+    param: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Inner {
+    Object {
+        message: Option<String>,
+        #[serde(rename = "type")]
+        kind: Option<serde_json::Value>,
+        code: Option<serde_json::Value>,
+        param: Option<serde_json::Value>,
+    },
+    Text(String),
+}
+
+/// A string, number or null member as text.
+fn text(value: Option<serde_json::Value>) -> Option<String> {
+    match value? {
+        serde_json::Value::String(s) => Some(s),
+        serde_json::Value::Null => None,
+        other => Some(other.to_string()),
+    }
+}
+
+fn truncate(mut message: String) -> String {
+    if let Some((at, _)) = message.char_indices().nth(MAX_MESSAGE_CHARS) {
+        message.truncate(at);
+        message.push_str("… (truncated)");
+    }
+    message
+}
+
+impl ErrorFields {
+    /// Reads OpenAI's `{"error":{...}}`, `{"error":"text"}`, vLLM's flat
+    /// `{"object":"error","message":...}`, or any other body as plain text.
+    pub fn parse(body: &[u8]) -> Self {
+        let fields = match serde_json::from_slice::<Envelope>(body) {
+            Ok(Envelope { error: Some(Inner::Object { message, kind, code, param }), .. }) => {
+                Self { message: message.unwrap_or_default(), kind: text(kind), code: text(code), param: text(param) }
+            }
+            Ok(Envelope { error: Some(Inner::Text(message)), .. }) => Self { message, ..Self::default() },
+            Ok(Envelope { error: None, message: Some(message), kind, code, param }) => {
+                Self { message, kind: text(kind), code: text(code), param: text(param) }
+            }
+            _ => Self { message: String::from_utf8_lossy(body).trim().to_owned(), ..Self::default() },
+        };
+        Self { message: truncate(fields.message), ..fields }
+    }
+}
+
+/// Why one upstream attempt failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum UpstreamError {
+    #[error("could not be reached: {0}")]
+    Connect(String),
+    #[error("did not answer within {}", humantime::format_duration(*.0))]
+    Timeout(Duration),
+    #[error("answered {status}: {}", .error.message)]
+    Status { status: StatusCode, error: ErrorFields, retry_after: Option<HeaderValue> },
+    #[error("broke off before the answer began: {0}")]
+    Body(String),
+}
+
+impl UpstreamError {
+    /// Another attempt (on another channel, or after a wait) may succeed.
+    pub fn retryable(&self) -> bool {
+        match self {
+            UpstreamError::Connect(_) | UpstreamError::Timeout(_) | UpstreamError::Body(_) => true,
+            UpstreamError::Status { status, .. } => {
+                *status == StatusCode::TOO_MANY_REQUESTS
+                    || status.is_server_error()
+                    || matches!(status.as_u16(), 401 | 403)
+            }
+        }
+    }
+
+    /// The failure says something about the channel's health (a client's bad
+    /// request or an upstream rate limit does not).
+    pub fn counts_against_channel(&self) -> bool {
+        match self {
+            UpstreamError::Connect(_) | UpstreamError::Timeout(_) | UpstreamError::Body(_) => true,
+            UpstreamError::Status { status, .. } => status.is_server_error() || matches!(status.as_u16(), 401 | 403),
+        }
+    }
+
+    /// A low-cardinality reason, for records and logs.
+    pub fn category(&self) -> &'static str {
+        match self {
+            UpstreamError::Connect(_) => "upstream_unreachable",
+            UpstreamError::Timeout(_) => "upstream_timeout",
+            UpstreamError::Body(_) => "upstream_body_error",
+            UpstreamError::Status { status, .. } => match status.as_u16() {
+                401 | 403 => "upstream_auth_failed",
+                429 => "upstream_rate_limited",
+                400..=499 => "upstream_client_error",
+                _ => "upstream_error",
+            },
+        }
+    }
+
+    /// The HTTP status the attempt ended with, as the record keeps it.
+    pub fn status(&self) -> u16 {
+        match self {
+            UpstreamError::Connect(_) | UpstreamError::Body(_) => 502,
+            UpstreamError::Timeout(_) => 504,
+            UpstreamError::Status { status, .. } => status.as_u16(),
+        }
+    }
+
+    /// A 400 that names a request member the upstream does not accept
+    /// (Azure: "Unrecognized request argument supplied: stream_options").
+    pub fn refuses_member(&self, member: &str) -> bool {
+        matches!(self, UpstreamError::Status { status, error, .. }
+            if *status == StatusCode::BAD_REQUEST && error.message.contains(member))
+    }
+
+    /// The error the client sees. Client mistakes keep their status and the
+    /// upstream's message; a refused channel credential is the operator's
+    /// problem (502, not the client's 401); upstream failures are 502/504.
+    pub fn into_api_error(self, channel: &str) -> ApiError {
+        let category = self.category();
+        match self {
+            UpstreamError::Connect(why) => {
+                ApiError::bad_gateway(category, format!("Channel `{channel}` could not be reached: {why}"))
+            }
+            UpstreamError::Timeout(limit) => ApiError::gateway_timeout(format!(
+                "Channel `{channel}` did not answer within {}.",
+                humantime::format_duration(limit)
+            )),
+            UpstreamError::Body(why) => {
+                ApiError::bad_gateway(category, format!("The answer of channel `{channel}` broke off: {why}"))
+            }
+            UpstreamError::Status { status, .. } if matches!(status.as_u16(), 401 | 403) => ApiError::bad_gateway(
+                category,
+                format!("Channel `{channel}` was refused by its upstream ({status}); check its credentials."),
+            ),
+            UpstreamError::Status { status, error, retry_after } if status.is_client_error() => {
+                let default_kind =
+                    if status == StatusCode::TOO_MANY_REQUESTS { "rate_limit_error" } else { "invalid_request_error" };
+                ApiError {
+                    status,
+                    kind: error.kind.map_or(Cow::Borrowed(default_kind), Cow::Owned),
+                    code: error.code.map(Cow::Owned),
+                    param: error.param.map(Cow::Owned),
+                    message: Cow::Owned(if error.message.is_empty() {
+                        format!("Channel `{channel}` answered {status}.")
+                    } else {
+                        error.message
+                    }),
+                    category,
+                    retry_after,
+                }
+            }
+            UpstreamError::Status { status, error, .. } => ApiError::bad_gateway(
+                category,
+                if error.message.is_empty() {
+                    format!("Channel `{channel}` answered {status}.")
+                } else {
+                    format!("Channel `{channel}` answered {status}: {}", error.message)
+                },
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_shape_keeps_its_message() {
+        let openai = ErrorFields::parse(
+            br#"{"error":{"message":"bad","type":"invalid_request_error","param":"x","code":null}}"#,
+        );
+        assert_eq!(
+            (openai.message.as_str(), openai.kind.as_deref(), openai.param.as_deref()),
+            ("bad", Some("invalid_request_error"), Some("x"))
+        );
+        assert_eq!(openai.code, None);
+        let flat = ErrorFields::parse(
+            br#"{"object":"error","message":"too long","type":"BadRequestError","param":null,"code":400}"#,
+        );
+        assert_eq!((flat.message.as_str(), flat.code.as_deref()), ("too long", Some("400")));
+        assert_eq!(ErrorFields::parse(b"upstream says no\n").message, "upstream says no");
+        assert_eq!(ErrorFields::parse(br#"{"error":"plain"}"#).message, "plain");
+        let huge = format!(r#"{{"error":{{"message":"{}"}}}}"#, "x".repeat(100 * 1024));
+        assert!(ErrorFields::parse(huge.as_bytes()).message.len() < 3000);
+    }
+
+    #[test]
+    fn client_errors_keep_their_status_and_upstream_failures_are_502() {
+        let status = |code: u16| UpstreamError::Status {
+            status: StatusCode::from_u16(code).unwrap_or(StatusCode::IM_A_TEAPOT),
+            error: ErrorFields { message: "m".into(), ..ErrorFields::default() },
+            retry_after: None,
+        };
+        assert_eq!(status(400).into_api_error("c").status, StatusCode::BAD_REQUEST);
+        assert_eq!(status(429).into_api_error("c").kind, "rate_limit_error");
+        assert_eq!(status(401).into_api_error("c").status, StatusCode::BAD_GATEWAY);
+        assert_eq!(status(503).into_api_error("c").status, StatusCode::BAD_GATEWAY);
+        assert!(status(503).retryable() && status(503).counts_against_channel());
+        assert!(status(429).retryable() && !status(429).counts_against_channel());
+        assert!(!status(400).retryable() && !status(400).counts_against_channel());
+    }
+}

@@ -1,0 +1,135 @@
+//! Server-Sent Events framing, provider-neutral: splits what arrives into
+//! complete events (`\n\n`, or `\r\n\r\n` as some servers write) in one linear
+//! pass. Bytes are looked at once: a partial event is carried, and only the
+//! bytes that arrive after it are scanned for its end, so one 16 MiB event in
+//! 16 KiB pieces costs the same as one 16 MiB frame
+//! (<https://html.spec.whatwg.org/multipage/server-sent-events.html#event-stream-interpretation>).
+
+use std::ops::Range;
+
+use bytes::{Bytes, BytesMut};
+
+/// Reassembles events split across frames.
+#[derive(Default)]
+pub(crate) struct SseFramer {
+    /// The start of an event whose end has not arrived.
+    carry: BytesMut,
+}
+
+/// The complete events one frame finished: `data` ends at an event boundary.
+pub(crate) struct Events {
+    pub data: Bytes,
+    pos: usize,
+    /// No boundary lies before this offset (it was scanned before).
+    scan_from: usize,
+}
+
+/// The end of the event boundary whose last `\n` is at `i`, if there is one.
+fn boundary_ending_at(data: &[u8], i: usize) -> Option<usize> {
+    match (i.checked_sub(1).map(|j| data[j]), i.checked_sub(2).map(|j| data[j])) {
+        (Some(b'\n'), _) | (Some(b'\r'), Some(b'\n')) => Some(i + 1),
+        _ => None,
+    }
+}
+
+/// The end of the last event boundary at or after `from`.
+fn last_boundary(data: &[u8], from: usize) -> Option<usize> {
+    memchr::memrchr_iter(b'\n', &data[from..]).find_map(|i| boundary_ending_at(data, from + i))
+}
+
+impl SseFramer {
+    /// Takes one frame; returns the events it completes (maybe none).
+    pub fn push(&mut self, frame: Bytes) -> Events {
+        if self.carry.is_empty() {
+            return match last_boundary(&frame, 0) {
+                Some(end) => {
+                    self.carry.extend_from_slice(&frame[end..]);
+                    Events { data: frame.slice(..end), pos: 0, scan_from: 0 }
+                }
+                None => {
+                    self.carry.extend_from_slice(&frame);
+                    Events::none()
+                }
+            };
+        }
+        // A boundary can straddle the frame edge: look back two bytes.
+        let scan_from = self.carry.len().saturating_sub(2);
+        self.carry.extend_from_slice(&frame);
+        match last_boundary(&self.carry, scan_from) {
+            Some(end) => Events { data: self.carry.split_to(end).freeze(), pos: 0, scan_from },
+            None => Events::none(),
+        }
+    }
+
+    /// Whatever is left when the upstream closes (an unterminated last event).
+    pub fn finish(&mut self) -> Option<Bytes> {
+        (!self.carry.is_empty()).then(|| self.carry.split().freeze())
+    }
+}
+
+impl Events {
+    fn none() -> Self {
+        Self { data: Bytes::new(), pos: 0, scan_from: 0 }
+    }
+
+    /// The next event's byte range in `data`.
+    pub fn next_range(&mut self) -> Option<Range<usize>> {
+        if self.pos >= self.data.len() {
+            return None;
+        }
+        let from = self.pos.max(self.scan_from);
+        let end = memchr::memchr_iter(b'\n', &self.data[from..])
+            .find_map(|i| boundary_ending_at(&self.data, from + i))
+            .unwrap_or(self.data.len());
+        let range = self.pos..end;
+        self.pos = end;
+        Some(range)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn events(framer: &mut SseFramer, frame: &[u8]) -> Vec<String> {
+        let mut events = framer.push(Bytes::copy_from_slice(frame));
+        let mut out = Vec::new();
+        while let Some(r) = events.next_range() {
+            out.push(String::from_utf8_lossy(&events.data[r]).into_owned());
+        }
+        out
+    }
+
+    #[test]
+    fn whole_events_come_out_as_they_went_in() {
+        let mut f = SseFramer::default();
+        assert_eq!(events(&mut f, b"data: a\n\ndata: b\n\n"), ["data: a\n\n", "data: b\n\n"]);
+        assert_eq!(f.finish(), None);
+    }
+
+    #[test]
+    fn events_split_anywhere_are_reassembled() {
+        let all = b"data: one\n\ndata: two\r\n\r\n: comment\n\ndata: three\n\n";
+        for cut in 1..all.len() {
+            let mut f = SseFramer::default();
+            let mut got = events(&mut f, &all[..cut]);
+            got.extend(events(&mut f, &all[cut..]));
+            assert_eq!(got, ["data: one\n\n", "data: two\r\n\r\n", ": comment\n\n", "data: three\n\n"], "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn byte_by_byte_arrival_works() {
+        let all = b"data: x\r\n\r\ndata: y\n\n";
+        let mut f = SseFramer::default();
+        let got: Vec<String> = all.iter().flat_map(|b| events(&mut f, &[*b])).collect();
+        assert_eq!(got, ["data: x\r\n\r\n", "data: y\n\n"]);
+    }
+
+    #[test]
+    fn an_unterminated_tail_is_flushed_at_the_end() {
+        let mut f = SseFramer::default();
+        assert!(events(&mut f, b"data: [DONE]").is_empty());
+        assert_eq!(f.finish().as_deref(), Some(&b"data: [DONE]"[..]));
+    }
+}

@@ -1,0 +1,33 @@
+//! The admin listener (`--admin-listen`): probes and metrics, kept off the
+//! port clients use. These are the only routes that do not authenticate.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use http::{StatusCode, header};
+
+use crate::state::Gateway;
+
+/// The open routes, all on the admin listener.
+pub(crate) const ADMIN_ROUTES: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+
+pub(super) fn router(gw: Arc<Gateway>) -> Router {
+    let [healthz, readyz, metrics] = ADMIN_ROUTES;
+    Router::new()
+        .route(healthz, get(|| async { "ok" }))
+        .route(readyz, get(ready))
+        .route(metrics, get(encode))
+        .with_state(gw)
+}
+
+async fn ready(State(gw): State<Arc<Gateway>>) -> Response {
+    if gw.is_ready() { "ready".into_response() } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response() }
+}
+
+async fn encode(State(gw): State<Arc<Gateway>>) -> Response {
+    let body = weaver_telemetry::encode_metrics(gw.metrics.registry());
+    ([(header::CONTENT_TYPE, weaver_telemetry::OPENMETRICS_CONTENT_TYPE)], body).into_response()
+}

@@ -1,0 +1,100 @@
+//! The gateway's shared state: the live configuration behind an `ArcSwap`
+//! (loaded once per request), the upstream connection pools and the registry
+//! that outlive it, metrics, and operational settings.
+
+mod clients;
+mod registry;
+mod runtime;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use arc_swap::ArcSwap;
+use ipnet::IpNet;
+use weaver_crds::Snapshot;
+
+pub(crate) use clients::{ClientPool, HttpClient};
+pub(crate) use registry::{Id, Registry};
+pub(crate) use runtime::{ChannelRuntime, Digest, Runtime};
+
+use crate::clock::unix_millis;
+use crate::metering::Metrics;
+
+/// Operational settings that do not come from manifests.
+#[derive(Clone, Debug)]
+pub(crate) struct Settings {
+    /// Request bodies above this are refused with 413.
+    pub max_body_bytes: usize,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+/// One gateway process.
+pub struct Gateway {
+    live: ArcSwap<Runtime>,
+    clients: ClientPool,
+    pub(crate) registry: Registry,
+    pub(crate) metrics: Metrics,
+    pub(crate) settings: Settings,
+    /// Unix milliseconds when this instance began counting.
+    pub(crate) started_at: i64,
+    loaded: AtomicBool,
+    draining: AtomicBool,
+}
+
+impl Gateway {
+    pub(crate) fn new(settings: Settings, metrics: Metrics) -> Arc<Self> {
+        let clients = ClientPool::default();
+        let registry = Registry::default();
+        let (empty, _) = Runtime::build(Snapshot::default(), &clients, &registry);
+        Arc::new(Self {
+            live: ArcSwap::from_pointee(empty),
+            clients,
+            registry,
+            metrics,
+            settings,
+            started_at: unix_millis(),
+            loaded: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+        })
+    }
+
+    /// Swaps in a new snapshot. Requests already running finish on the one
+    /// they started with; connection pools and registry entries are kept, and
+    /// entries of objects that disappeared are pruned.
+    pub(crate) fn apply(&self, snapshot: Snapshot) {
+        let version = snapshot.version;
+        let (runtime, warnings) = Runtime::build(snapshot, &self.clients, &self.registry);
+        for w in warnings {
+            tracing::warn!(problem = %w, "snapshot problem");
+        }
+        let channels: HashSet<&Id> = runtime.channels.iter().map(|c| &c.state.id).collect();
+        let keys: HashSet<&Id> = runtime.keys.iter().map(|k| &k.state.id).collect();
+        self.registry.retain(&channels, &keys);
+        self.live.store(Arc::new(runtime));
+        self.metrics.snapshot_version.set(i64::try_from(version).unwrap_or(i64::MAX));
+        self.loaded.store(true, Ordering::Release);
+        tracing::info!(version, "snapshot applied");
+    }
+
+    /// The live runtime; hold it for the whole request.
+    pub(crate) fn live(&self) -> Arc<Runtime> {
+        self.live.load_full()
+    }
+
+    /// The version of the snapshot in use, once one has been applied.
+    pub fn applied_version(&self) -> Option<u64> {
+        self.loaded.load(Ordering::Acquire).then(|| self.live.load().snapshot.version)
+    }
+
+    /// Ready to take traffic: a snapshot is loaded and no shutdown has begun.
+    pub(crate) fn is_ready(&self) -> bool {
+        self.loaded.load(Ordering::Acquire) && !self.draining.load(Ordering::Acquire)
+    }
+
+    /// Marks the gateway as shutting down, so `/readyz` turns load balancers away.
+    pub(crate) fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+}

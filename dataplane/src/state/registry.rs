@@ -1,0 +1,144 @@
+//! State that outlives a snapshot: per channel and per key, keyed by identity
+//! (namespace, name). A snapshot swap re-links the new runtime to the same
+//! entries, so counters, health and (later) limiter buckets and leases carry
+//! over; entries of objects that disappeared are pruned at that swap.
+//!
+//! The maps are locked only when a snapshot is applied and when a report is
+//! built; requests reach their entries through the `Arc`s the runtime holds
+//! and touch atomics (and one per-channel lock for its latency sketch).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use weaver_crds::protocol::LatencySketch;
+
+use crate::metering::Label;
+
+/// A namespaced object: (namespace, name).
+pub(crate) type Id = (Label, Label);
+
+/// Cumulative since the process started; reported to the operator, which
+/// turns them into deltas (a lost report loses nothing).
+#[derive(Debug, Default)]
+pub(crate) struct Totals {
+    pub requests: AtomicU64,
+    pub input_tokens: AtomicU64,
+    pub output_tokens: AtomicU64,
+    /// Nano-dollars.
+    pub cost: AtomicU64,
+}
+
+impl Totals {
+    pub fn add(&self, input: u64, output: u64, cost: u64) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.input_tokens.fetch_add(input, Ordering::Relaxed);
+        self.output_tokens.fetch_add(output, Ordering::Relaxed);
+        self.cost.fetch_add(cost, Ordering::Relaxed);
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct ChannelState {
+    pub id: Id,
+    pub totals: Totals,
+    /// Attempts that failed in a way that counts against the channel.
+    pub failures: AtomicU64,
+    /// Time to first byte of answered attempts.
+    pub latency: Mutex<LatencySketch>,
+    /// The upstream refused `stream_options` by name (learnt once, kept
+    /// across snapshots): streams go without it and their usage is unknown.
+    pub refuses_stream_options: AtomicBool,
+}
+
+#[derive(Debug)]
+pub(crate) struct KeyState {
+    pub id: Id,
+    pub totals: Totals,
+    /// Unix seconds of the last request; 0 before the first.
+    pub last_used: AtomicI64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Counters stay meaningful after a panic elsewhere; keep counting.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl ChannelState {
+    pub fn record_latency(&self, ms: f64) {
+        lock(&self.latency).record(ms);
+    }
+
+    pub fn latency(&self) -> LatencySketch {
+        lock(&self.latency).clone()
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct Registry {
+    channels: Mutex<HashMap<Id, Arc<ChannelState>>>,
+    keys: Mutex<HashMap<Id, Arc<KeyState>>>,
+}
+
+impl Registry {
+    /// The entry for a channel, created on first sight.
+    pub fn channel(&self, id: &Id) -> Arc<ChannelState> {
+        lock(&self.channels)
+            .entry(id.clone())
+            .or_insert_with(|| {
+                Arc::new(ChannelState {
+                    id: id.clone(),
+                    totals: Totals::default(),
+                    failures: AtomicU64::new(0),
+                    latency: Mutex::default(),
+                    refuses_stream_options: AtomicBool::new(false),
+                })
+            })
+            .clone()
+    }
+
+    /// The entry for a key, created on first sight.
+    pub fn key(&self, id: &Id) -> Arc<KeyState> {
+        lock(&self.keys)
+            .entry(id.clone())
+            .or_insert_with(|| {
+                Arc::new(KeyState { id: id.clone(), totals: Totals::default(), last_used: AtomicI64::new(0) })
+            })
+            .clone()
+    }
+
+    /// Drops the entries of objects no longer configured. Requests still
+    /// running on the old snapshot keep theirs alive until they finish.
+    pub fn retain(&self, channels: &HashSet<&Id>, keys: &HashSet<&Id>) {
+        lock(&self.channels).retain(|id, _| channels.contains(id));
+        lock(&self.keys).retain(|id, _| keys.contains(id));
+    }
+
+    /// Every entry, for a report (the lock is held only to copy the `Arc`s).
+    pub fn entries(&self) -> (Vec<Arc<ChannelState>>, Vec<Arc<KeyState>>) {
+        let channels = lock(&self.channels).values().cloned().collect();
+        let keys = lock(&self.keys).values().cloned().collect();
+        (channels, keys)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(ns: &str, name: &str) -> Id {
+        (Label::new(ns), Label::new(name))
+    }
+
+    #[test]
+    fn entries_survive_until_their_object_disappears() {
+        let registry = Registry::default();
+        let (a, b) = (id("ns", "a"), id("ns", "b"));
+        registry.channel(&a).failures.fetch_add(3, Ordering::Relaxed);
+        registry.channel(&b);
+        assert_eq!(registry.channel(&a).failures.load(Ordering::Relaxed), 3, "same entry on the next snapshot");
+        registry.retain(&HashSet::from([&b]), &HashSet::new());
+        assert_eq!(registry.channel(&a).failures.load(Ordering::Relaxed), 0, "pruned, then created anew");
+        assert_eq!(registry.entries().0.len(), 2);
+    }
+}
