@@ -1,6 +1,6 @@
-//! Test harness for LLM Weaver: a mock LLM upstream that speaks the OpenAI wire
-//! format over real HTTP (with fault injection), and a way to run the gateway
-//! under test on a free loopback port with a folder of manifests.
+//! Test harness for LLM Weaver: a way to run the gateway under test on a free
+//! loopback port with a folder of manifests, helpers for the operator tests
+//! against a real API server, and (re-exported) the mock LLM upstream.
 
 pub mod cluster;
 pub mod gateway;

@@ -1,0 +1,20 @@
+//! A mock OpenAI-compatible LLM upstream for tests and benchmarks.
+//!
+//! It speaks the OpenAI wire format from its own code (request parsing, keys,
+//! error bodies, answers, SSE), deliberately sharing nothing with the gateway:
+//! a bug common to both would otherwise cancel out in the tests. Answers are
+//! deterministic (a quote of the last message, or filler tokens) with realistic
+//! usage, served over real HTTP with knobs for latency, stream length and
+//! pacing, and for faults real upstreams have shown ([`Behaviour`]). Every
+//! request is recorded for assertions ([`MockUpstream::requests`]).
+
+mod behaviour;
+mod chat;
+mod embeddings;
+mod error;
+mod request;
+mod server;
+mod stream;
+
+pub use behaviour::{Behaviour, ErrorFormat, JsonForStream};
+pub use server::{MockUpstream, Recorded};

@@ -1,0 +1,201 @@
+//! The HTTP server: records every request, then answers it as the current
+//! [`Behaviour`] says.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::serve::ListenerExt;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use tokio::net::TcpListener;
+
+use crate::behaviour::{Behaviour, ErrorFormat, JsonForStream};
+use crate::chat::Answer;
+use crate::error::UpstreamError;
+use crate::request::{Request, presented_key};
+use crate::stream::{self, Frame, pause};
+
+/// One request as the upstream saw it.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    /// Path and query, e.g. `/v1/chat/completions`.
+    pub uri: String,
+    /// The request headers as received.
+    pub headers: HeaderMap,
+    /// The body as received, byte for byte.
+    pub raw: Bytes,
+    /// The body parsed as JSON (`Null` when it is not JSON).
+    pub body: serde_json::Value,
+}
+
+#[derive(Default)]
+struct Shared {
+    behaviour: Mutex<Behaviour>,
+    seen: Mutex<Vec<Recorded>>,
+}
+
+/// A running mock OpenAI-compatible upstream; stops when dropped. It serves
+/// `POST .../chat/completions` and `POST .../embeddings` under any prefix (so
+/// `/v1/...` and Azure's `/openai/deployments/<name>/...` both work).
+pub struct MockUpstream {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl MockUpstream {
+    /// Listens on `addr` (port 0 picks a free one).
+    pub async fn start_on(addr: SocketAddr, behaviour: Behaviour) -> std::io::Result<Self> {
+        let shared = Arc::new(Shared { behaviour: Mutex::new(behaviour), seen: Mutex::default() });
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let app = Router::new().fallback(handle).with_state(shared.clone());
+        // Like any real upstream: without it, streamed events stall ~40 ms on
+        // delayed ACKs.
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let task = tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "mock upstream stopped");
+            }
+        });
+        Ok(Self { addr, shared, task })
+    }
+
+    /// Listens on a free loopback port.
+    pub async fn start(behaviour: Behaviour) -> std::io::Result<Self> {
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), behaviour).await
+    }
+
+    /// The OpenAI-style API root, e.g. `http://127.0.0.1:1234/v1`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// Replaces the behaviour for the requests that arrive from now on.
+    pub fn set(&self, behaviour: Behaviour) {
+        *lock(&self.shared.behaviour) = behaviour;
+    }
+
+    /// The requests received so far, oldest first.
+    pub fn requests(&self) -> Vec<Recorded> {
+        lock(&self.shared.seen).clone()
+    }
+
+    /// Waits until the server task ends (for the binary).
+    pub async fn wait(mut self) {
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for MockUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+async fn handle(
+    State(shared): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let behaviour = lock(&shared.behaviour).clone();
+    lock(&shared.seen).push(Recorded {
+        uri: uri.to_string(),
+        headers: headers.clone(),
+        raw: body.clone(),
+        body: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+    });
+    pause(behaviour.latency).await;
+    respond(&behaviour, &method, &uri, &headers, &body).unwrap_or_else(|e| e.into_response(behaviour.error_format))
+}
+
+/// The answer, in the order the [`Behaviour`] docs give.
+fn respond(
+    b: &Behaviour,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, UpstreamError> {
+    if let Some(required) = &b.require_key
+        && presented_key(headers) != Some(required.as_str())
+    {
+        return Err(UpstreamError::unauthorized());
+    }
+    if let Some(status) = b.error_status {
+        return Ok(injected_failure(b, status));
+    }
+    let path = uri.path();
+    let embeddings = path.ends_with("/embeddings");
+    if !embeddings && !path.ends_with("/chat/completions") {
+        return Err(UpstreamError::unknown_url(method, path));
+    }
+    let request = Request::parse(body)?;
+    if b.reject_stream_options && request.has_stream_options() {
+        return Err(UpstreamError::unrecognized_argument("stream_options"));
+    }
+    if embeddings {
+        return Ok(json(crate::embeddings::answer(&request)?));
+    }
+    let answer = Answer::for_chat(&request, b.tokens, b.null_usage_details)?;
+    if !request.stream {
+        return Ok(json(answer.to_json()));
+    }
+    match b.json_for_stream {
+        Some(JsonForStream::Error) => {
+            return Ok(UpstreamError::insufficient_quota().response(ErrorFormat::OpenAi, StatusCode::OK));
+        }
+        Some(JsonForStream::Completion) => return Ok(json(answer.to_json())),
+        None => {}
+    }
+    let include_usage = request.include_usage();
+    let frames = match b.big_event {
+        Some((total, piece)) => {
+            let events = answer.with_one_big_token(total, include_usage).to_events(include_usage);
+            // The role chunk, then the content event in pieces.
+            let mut frames = Vec::with_capacity(events.len() + total / piece.max(1) + 1);
+            for (i, event) in events.into_iter().enumerate() {
+                if i == 1 {
+                    frames.extend(Frame::pieces(&event, piece));
+                } else {
+                    frames.push(Frame::whole(event));
+                }
+            }
+            frames
+        }
+        None => answer.to_events(include_usage).into_iter().map(Frame::whole).collect(),
+    };
+    Ok(stream::response(frames, b.chunk_delay, b.drop_after))
+}
+
+/// [`Behaviour::error_status`], padded and with `Retry-After` as configured.
+fn injected_failure(b: &Behaviour, status: u16) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut error = UpstreamError::injected(status);
+    if let Some(size) = b.error_body_bytes {
+        error = error.padded_to(b.error_format, size);
+    }
+    let mut response = error.into_response(b.error_format);
+    if status == StatusCode::TOO_MANY_REQUESTS
+        && let Some(seconds) = b.retry_after
+    {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    response
+}
+
+fn json(body: Vec<u8>) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
