@@ -96,3 +96,22 @@ impl Drop for TestGateway {
         self.begin_shutdown();
     }
 }
+
+/// How long [`eventually`] waits before it gives up.
+pub const EVENTUALLY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Waits until `condition` holds, checking every 20 ms, for at most
+/// [`EVENTUALLY`]; fails naming `what`. Tests wait on conditions this way
+/// instead of sleeping a fixed time before an exact check.
+pub async fn eventually<F, Fut>(what: &str, mut condition: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + EVENTUALLY;
+    while !condition().await {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "timed out waiting: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
