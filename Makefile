@@ -32,6 +32,8 @@ lint:
 unit:
 	cargo build --workspace --bins
 	cargo test --workspace
+	cargo run -q -p weaver-gateway -- --check config/dev
+	cargo run -q -p weaver-gateway -- --check config/samples
 
 # The official OpenAI SDK against the real binaries; the CRDs and the operator
 # (with two gateways in cluster mode) against a real kube-apiserver + etcd,

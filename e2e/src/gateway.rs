@@ -1,5 +1,6 @@
-//! The gateway under test: the real server on a free loopback port, reading a
-//! temporary manifests folder the test can rewrite.
+//! The gateway under test: the real server in-process on free loopback ports,
+//! either standalone (reading a temporary manifests folder the test can
+//! rewrite) or in cluster mode (following an operator the test names).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,30 +16,32 @@ pub struct TestGateway {
     /// Probes and metrics.
     pub admin_addr: SocketAddr,
     pub gateway: Arc<Gateway>,
-    pub dir: tempfile::TempDir,
+    /// The manifests folder of a standalone gateway; `None` in cluster mode.
+    dir: Option<tempfile::TempDir>,
     stop: Option<oneshot::Sender<()>>,
     started: Option<Started>,
 }
 
 impl TestGateway {
-    /// Starts a gateway serving `manifests` (written to `config.yaml`), with
-    /// extra command-line flags.
+    /// Starts a standalone gateway serving `manifests` (written to
+    /// `config.yaml`, reread every 100 ms), with extra command-line flags.
     pub async fn start(manifests: &str, flags: &[&str]) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         std::fs::write(dir.path().join("config.yaml"), manifests)?;
         let path = dir.path().to_string_lossy().into_owned();
-        let mut argv = vec![
-            "weaver-gateway",
-            "--manifests",
-            &path,
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--reload-interval",
-            "100ms",
-        ];
-        argv.extend_from_slice(flags);
+        let mut args = vec!["--manifests", &path, "--reload-interval", "100ms"];
+        args.extend_from_slice(flags);
+        let mut gateway = Self::start_with_args(&args).await?;
+        gateway.dir = Some(dir);
+        Ok(gateway)
+    }
+
+    /// Starts a gateway with these command-line arguments (after the program
+    /// name), listening on free loopback ports: the mode is whatever they
+    /// say, e.g. `--operator ... --token-file ...` for cluster mode.
+    pub async fn start_with_args(args: &[&str]) -> anyhow::Result<Self> {
+        let mut argv = vec!["weaver-gateway", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"];
+        argv.extend_from_slice(args);
         let args = Args::try_parse_from(argv)?;
         let (tx, rx) = oneshot::channel();
         let started = start(args, async {
@@ -49,7 +52,7 @@ impl TestGateway {
             addr: started.addr,
             admin_addr: started.admin_addr,
             gateway: started.gateway.clone(),
-            dir,
+            dir: None,
             stop: Some(tx),
             started: Some(started),
         })
@@ -64,15 +67,19 @@ impl TestGateway {
         format!("http://{}{path}", self.admin_addr)
     }
 
-    pub fn manifest_path(&self) -> PathBuf {
-        self.dir.path().join("config.yaml")
+    /// The manifests file of a standalone gateway; `None` in cluster mode.
+    pub fn manifest_path(&self) -> Option<PathBuf> {
+        self.dir.as_ref().map(|d| d.path().join("config.yaml"))
     }
 
-    /// Replaces the manifests the way an editor saves: write aside, rename over.
+    /// Replaces the manifests the way an editor saves: write aside, rename
+    /// over. Fails in cluster mode, where there are none.
     pub fn rewrite(&self, manifests: &str) -> std::io::Result<()> {
-        let tmp = self.dir.path().join(".config.yaml.tmp");
+        let dir =
+            self.dir.as_ref().ok_or_else(|| std::io::Error::other("a cluster-mode gateway reads no manifests"))?;
+        let tmp = dir.path().join(".config.yaml.tmp");
         std::fs::write(&tmp, manifests)?;
-        std::fs::rename(tmp, self.manifest_path())
+        std::fs::rename(tmp, dir.path().join("config.yaml"))
     }
 
     /// Begins a graceful shutdown (what SIGTERM does in the binary).
@@ -88,6 +95,12 @@ impl TestGateway {
             Some(s) => s.wait().await,
             None => Ok(()),
         }
+    }
+
+    /// Shuts down gracefully and waits until the server has drained.
+    pub async fn shutdown(mut self) -> Result<(), RunError> {
+        self.begin_shutdown();
+        self.wait().await
     }
 }
 

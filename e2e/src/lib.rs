@@ -1,7 +1,9 @@
 //! Test harness for LLM Weaver: a way to run the gateway under test on a free
-//! loopback port with a folder of manifests, helpers for the operator tests
+//! loopback port (standalone with a folder of manifests, or following an
+//! operator), the manifests tests build, helpers for the operator tests
 //! against a real API server, and (re-exported) the mock LLM upstream.
 
 pub mod cluster;
+pub mod fixtures;
 pub mod gateway;
 pub mod mock_upstream;

@@ -6,51 +6,10 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use weaver_e2e::fixtures::{KEY, openai_namespace as manifests, secondary_openai_channel};
 use weaver_e2e::gateway::{TestGateway, eventually};
 use weaver_e2e::mock_upstream::{Behaviour, ErrorFormat, JsonForStream, MockUpstream};
 use weaver_gateway::api::ApiRoute;
-
-const KEY: &str = "lw-test-key";
-
-/// A namespace with one OpenAI channel pointing at `upstream`, serving public
-/// model `gpt-4o-mini` as `gpt-4o-mini-2024-07-18`, and the test key.
-fn manifests(upstream: &str, key_spec: &str) -> String {
-    format!(
-        r#"
-apiVersion: v1
-kind: Secret
-metadata: {{name: upstream-creds, namespace: team-a}}
-stringData: {{apiKey: sk-upstream-secret}}
----
-apiVersion: llmweaver.io/v1alpha1
-kind: Channel
-metadata: {{name: primary, namespace: team-a}}
-spec:
-  provider: openai
-  baseUrl: {upstream}
-  credentials: {{secretRef: {{name: upstream-creds}}}}
-  models:
-    - name: gpt-4o-mini
-      upstreamModel: gpt-4o-mini-2024-07-18
-      pricing: {{inputPerMillion: "0.15", outputPerMillion: "0.60"}}
-    - name: text-embedding-3-small
-  timeouts: {{firstByte: 1s, total: 5s}}
-  headers: {{OpenAI-Organization: org-123}}
----
-apiVersion: v1
-kind: Secret
-metadata: {{name: client-key, namespace: team-a}}
-stringData: {{apiKey: {KEY}}}
----
-apiVersion: llmweaver.io/v1alpha1
-kind: ApiKey
-metadata: {{name: checkout, namespace: team-a}}
-spec:
-  secretRef: {{name: client-key}}
-  {key_spec}
-"#
-    )
-}
 
 struct Setup {
     upstream: MockUpstream,
@@ -368,21 +327,7 @@ async fn azure_channels_use_deployment_urls_and_the_api_key_header() -> anyhow::
 async fn weights_split_traffic_between_channels() -> anyhow::Result<()> {
     let a = MockUpstream::start(Behaviour::default()).await?;
     let b = MockUpstream::start(Behaviour::default()).await?;
-    let second = format!(
-        r#"
----
-apiVersion: llmweaver.io/v1alpha1
-kind: Channel
-metadata: {{name: secondary, namespace: team-a}}
-spec:
-  provider: openai
-  baseUrl: {}
-  credentials: {{secretRef: {{name: upstream-creds}}}}
-  models: [{{name: gpt-4o-mini}}]
-  weight: 300
-"#,
-        b.base_url()
-    );
+    let second = secondary_openai_channel(&b.base_url());
     let gateway = TestGateway::start(&(manifests(&a.base_url(), "") + &second), &[]).await?;
     let client = reqwest::Client::new();
     let n = 400;

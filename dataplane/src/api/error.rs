@@ -14,16 +14,22 @@ use serde::Serialize;
 pub struct ApiError {
     pub status: StatusCode,
     /// OpenAI's `type`.
-    pub kind: Cow<'static, str>,
-    /// OpenAI's `code` (may be null, as upstreams send it).
-    pub code: Option<Cow<'static, str>>,
-    /// OpenAI's `param`: the request member at fault, if known.
-    pub param: Option<Cow<'static, str>>,
-    pub message: Cow<'static, str>,
-    /// Low-cardinality reason for logs and metrics; equals `code` for the
+    pub kind: &'static str,
+    /// Low-cardinality reason for logs and metrics; OpenAI's `code` for the
     /// gateway's own errors.
     pub category: &'static str,
-    /// Seconds (or an HTTP date) the client should wait, relayed from upstream.
+    pub message: Cow<'static, str>,
+    /// What an upstream said, for an error relayed from it (boxed: rare, and
+    /// errors travel through every stage's `Result`).
+    pub upstream: Option<Box<Relayed>>,
+}
+
+/// The upstream's own `type`, `code` and `param`, and its `Retry-After`.
+#[derive(Debug, Clone, Default)]
+pub struct Relayed {
+    pub kind: Option<String>,
+    pub code: Option<String>,
+    pub param: Option<String>,
     pub retry_after: Option<HeaderValue>,
 }
 
@@ -43,15 +49,7 @@ struct Fields<'a> {
 
 impl ApiError {
     fn new(status: StatusCode, kind: &'static str, code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
-        Self {
-            status,
-            kind: Cow::Borrowed(kind),
-            code: Some(Cow::Borrowed(code)),
-            param: None,
-            message: message.into(),
-            category: code,
-            retry_after: None,
-        }
+        Self { status, kind, category: code, message: message.into(), upstream: None }
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
@@ -104,16 +102,24 @@ impl ApiError {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "api_error", "internal_error", message)
     }
 
+    /// An error relayed from an upstream, keeping what it said.
+    pub fn relayed(status: StatusCode, category: &'static str, message: String, upstream: Relayed) -> Self {
+        let kind = if status == StatusCode::TOO_MANY_REQUESTS { "rate_limit_error" } else { "invalid_request_error" };
+        Self { status, kind, category, message: Cow::Owned(message), upstream: Some(Box::new(upstream)) }
+    }
+
     /// The JSON body.
     pub fn body(&self) -> Vec<u8> {
-        let wire = Wire {
-            error: Fields {
+        let fields = match self.upstream.as_deref() {
+            Some(u) => Fields {
                 message: &self.message,
-                kind: &self.kind,
-                param: self.param.as_deref(),
-                code: self.code.as_deref(),
+                kind: u.kind.as_deref().unwrap_or(self.kind),
+                param: u.param.as_deref(),
+                code: u.code.as_deref(),
             },
+            None => Fields { message: &self.message, kind: self.kind, param: None, code: Some(self.category) },
         };
+        let wire = Wire { error: fields };
         serde_json::to_vec(&wire).unwrap_or_default()
     }
 
@@ -132,7 +138,7 @@ impl IntoResponse for ApiError {
         let mut response = (self.status, self.body()).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        if let Some(retry) = self.retry_after {
+        if let Some(retry) = self.upstream.and_then(|u| u.retry_after) {
             headers.insert(header::RETRY_AFTER, retry);
         }
         response

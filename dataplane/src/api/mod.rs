@@ -17,7 +17,7 @@ use axum::routing::{MethodRouter, get, post};
 use http::{HeaderMap, Method};
 
 pub(crate) use body::{RequestBody, Rewrite, StreamOptionsEdit, read as read_body};
-pub use error::ApiError;
+pub use error::{ApiError, Relayed};
 
 use crate::pipeline::{self, Caller, authenticate};
 use crate::providers::Operation;

@@ -25,6 +25,9 @@ pub enum LoadError {
     NewProblems(Vec<Problem>),
 }
 
+/// Each manifest file's path and text.
+type Files = Vec<(PathBuf, String)>;
+
 fn parse(files: &[(PathBuf, String)]) -> Result<Resources, LoadError> {
     let mut resources = Resources::default();
     for (path, text) in files {
@@ -110,7 +113,7 @@ impl ManifestDir {
     }
 
     /// The folder's files and their fingerprint, unless unchanged since the last look.
-    fn read_if_changed(&self) -> Result<Option<(u64, Vec<(PathBuf, String)>)>, LoadError> {
+    fn read_if_changed(&self) -> Result<Option<(u64, Files)>, LoadError> {
         let mut paths = Vec::new();
         yaml_files(&self.dir, &mut paths)?;
         paths.sort();

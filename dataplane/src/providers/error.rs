@@ -1,13 +1,12 @@
 //! Upstream failures, typed: whether another attempt may follow, whether the
 //! failure counts against the channel's health, and the error the client sees.
 
-use std::borrow::Cow;
 use std::time::Duration;
 
 use http::{HeaderValue, StatusCode};
 use serde::Deserialize;
 
-use crate::api::ApiError;
+use crate::api::{ApiError, Relayed};
 
 /// Longest upstream error message passed on; bodies can be huge (a 100 KiB
 /// validation dump), and SDKs print the message whole.
@@ -168,21 +167,13 @@ impl UpstreamError {
                 format!("Channel `{channel}` was refused by its upstream ({status}); check its credentials."),
             ),
             UpstreamError::Status { status, error, retry_after } if status.is_client_error() => {
-                let default_kind =
-                    if status == StatusCode::TOO_MANY_REQUESTS { "rate_limit_error" } else { "invalid_request_error" };
-                ApiError {
-                    status,
-                    kind: error.kind.map_or(Cow::Borrowed(default_kind), Cow::Owned),
-                    code: error.code.map(Cow::Owned),
-                    param: error.param.map(Cow::Owned),
-                    message: Cow::Owned(if error.message.is_empty() {
-                        format!("Channel `{channel}` answered {status}.")
-                    } else {
-                        error.message
-                    }),
-                    category,
-                    retry_after,
-                }
+                let message = if error.message.is_empty() {
+                    format!("Channel `{channel}` answered {status}.")
+                } else {
+                    error.message
+                };
+                let upstream = Relayed { kind: error.kind, code: error.code, param: error.param, retry_after };
+                ApiError::relayed(status, category, message, upstream)
             }
             UpstreamError::Status { status, error, .. } => ApiError::bad_gateway(
                 category,
@@ -229,6 +220,7 @@ mod tests {
         };
         assert_eq!(status(400).into_api_error("c").status, StatusCode::BAD_REQUEST);
         assert_eq!(status(429).into_api_error("c").kind, "rate_limit_error");
+        assert_eq!(status(429).into_api_error("c").status, StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(status(401).into_api_error("c").status, StatusCode::BAD_GATEWAY);
         assert_eq!(status(503).into_api_error("c").status, StatusCode::BAD_GATEWAY);
         assert!(status(503).retryable() && status(503).counts_against_channel());

@@ -44,6 +44,10 @@ impl Operation {
 }
 
 /// How a channel reaches its upstream.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "built once per channel and snapshot; boxing would add a pointer chase per request"
+)]
 pub(crate) enum Adapter {
     /// Over HTTP in the OpenAI wire format.
     OpenAi { client: HttpClient, headers: HeaderMap },

@@ -1,6 +1,6 @@
 //! Cluster mode over real loopback HTTPS: a fake operator (axum behind
 //! tokio-rustls, with a throwaway CA) streams snapshots and collects reports;
-//! in-process gateways follow it.
+//! in-process gateways (the shared [`TestGateway`] harness) follow it.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -17,20 +17,18 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
-use clap::Parser;
 use http::{HeaderMap, StatusCode, header};
 use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{broadcast, oneshot, watch};
+use tokio::sync::{broadcast, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use weaver_crds::Snapshot;
-use weaver_crds::compiler::{Resources, compile};
-use weaver_crds::manifests::parse_into;
 use weaver_crds::protocol::{GatewayReport, REPORTS_PATH, SNAPSHOTS_PATH};
-use weaver_gateway::cli::{Args, Started, start};
+use weaver_e2e::fixtures::{self, api_key, mock_channel};
+use weaver_e2e::gateway::TestGateway;
 
 const ALPHA: &str = "lw-alpha-key";
 const BETA: &str = "lw-beta-key";
@@ -38,49 +36,11 @@ const BETA: &str = "lw-beta-key";
 /// A `mock` channel (answers locally, no upstream) and key `alpha`; with
 /// `with_beta`, a second key.
 fn snapshot(version: u64, with_beta: bool) -> anyhow::Result<Snapshot> {
-    let mut yaml = format!(
-        r#"
-apiVersion: llmweaver.io/v1alpha1
-kind: Channel
-metadata: {{name: demo, namespace: team-a}}
-spec:
-  provider: mock
-  models:
-    - name: demo-chat
-      pricing: {{inputPerMillion: "0.15", outputPerMillion: "0.60"}}
----
-apiVersion: v1
-kind: Secret
-metadata: {{name: alpha-apikey, namespace: team-a}}
-stringData: {{apiKey: {ALPHA}}}
----
-apiVersion: llmweaver.io/v1alpha1
-kind: ApiKey
-metadata: {{name: alpha, namespace: team-a}}
-spec: {{}}
-"#
-    );
+    let mut yaml = mock_channel() + &api_key("alpha", ALPHA);
     if with_beta {
-        yaml.push_str(&format!(
-            r#"
----
-apiVersion: v1
-kind: Secret
-metadata: {{name: beta-apikey, namespace: team-a}}
-stringData: {{apiKey: {BETA}}}
----
-apiVersion: llmweaver.io/v1alpha1
-kind: ApiKey
-metadata: {{name: beta, namespace: team-a}}
-spec: {{}}
-"#
-        ));
+        yaml += &api_key("beta", BETA);
     }
-    let mut resources = Resources::default();
-    parse_into(&yaml, &mut resources)?;
-    let compiled = compile(&resources, version);
-    anyhow::ensure!(compiled.problems.is_empty(), "problems: {:?}", compiled.problems);
-    Ok(compiled.snapshot)
+    fixtures::snapshot(&yaml, version)
 }
 
 /// A throwaway CA and a certificate for 127.0.0.1 it signed.
@@ -286,48 +246,34 @@ impl Files {
     }
 }
 
-struct TestGateway {
-    addr: SocketAddr,
-    admin_addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    started: Option<Started>,
+/// A cluster-mode gateway following `operator_url` with `files`.
+async fn start_gateway(operator_url: &str, files: &Files, instance: &str) -> anyhow::Result<TestGateway> {
+    let path = |name: &str| files.path(name).to_string_lossy().into_owned();
+    let cache = files.cache().to_string_lossy().into_owned();
+    TestGateway::start_with_args(&[
+        "--operator",
+        operator_url,
+        "--operator-ca",
+        &path("ca.pem"),
+        "--token-file",
+        &path("token"),
+        "--cache-file",
+        &cache,
+        "--instance",
+        instance,
+        "--report-interval",
+        "100ms",
+    ])
+    .await
 }
 
-impl TestGateway {
-    async fn start(operator_url: &str, files: &Files, instance: &str) -> anyhow::Result<Self> {
-        let path = |name: &str| files.path(name).to_string_lossy().into_owned();
-        let cache = files.cache().to_string_lossy().into_owned();
-        let args = Args::try_parse_from([
-            "weaver-gateway",
-            "--operator",
-            operator_url,
-            "--operator-ca",
-            &path("ca.pem"),
-            "--token-file",
-            &path("token"),
-            "--cache-file",
-            &cache,
-            "--instance",
-            instance,
-            "--report-interval",
-            "100ms",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])?;
-        let (tx, rx) = oneshot::channel();
-        let started = start(args, async {
-            let _ = rx.await;
-        })
-        .await?;
-        Ok(Self { addr: started.addr, admin_addr: started.admin_addr, stop: Some(tx), started: Some(started) })
-    }
+/// What these tests ask of a gateway.
+trait Probes {
+    async fn chat(&self, client: &reqwest::Client, key: &str) -> anyhow::Result<StatusCode>;
+    async fn ready(&self, client: &reqwest::Client) -> anyhow::Result<bool>;
+}
 
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
+impl Probes for TestGateway {
     async fn chat(&self, client: &reqwest::Client, key: &str) -> anyhow::Result<StatusCode> {
         let body = json!({"model": "demo-chat", "messages": [{"role": "user", "content": "Hello there"}]});
         let response = client.post(self.url("/v1/chat/completions")).bearer_auth(key).json(&body).send().await?;
@@ -335,26 +281,7 @@ impl TestGateway {
     }
 
     async fn ready(&self, client: &reqwest::Client) -> anyhow::Result<bool> {
-        let readyz = format!("http://{}/readyz", self.admin_addr);
-        Ok(client.get(readyz).send().await?.status() == StatusCode::OK)
-    }
-
-    async fn shutdown(mut self) -> anyhow::Result<()> {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(started) = self.started.take() {
-            started.wait().await?;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for TestGateway {
-    fn drop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
+        Ok(client.get(self.admin_url("/readyz")).send().await?.status() == StatusCode::OK)
     }
 }
 
@@ -394,7 +321,7 @@ async fn follows_the_stream_and_reports_cumulative_usage() -> anyhow::Result<()>
     let v1 = snapshot(1, false)?;
     let operator = FakeOperator::start(&pki, &v1, None).await?;
     let files = Files::new(&pki.ca_pem, "token-1\n")?;
-    let gw = TestGateway::start(&operator.url, &files, "gw-follow").await?;
+    let gw = start_gateway(&operator.url, &files, "gw-follow").await?;
     let http = client()?;
 
     // The first snapshot arrives over HTTPS (trusting --operator-ca) and is served.
@@ -455,7 +382,7 @@ async fn serves_without_the_operator_and_restarts_from_the_cache() -> anyhow::Re
     let operator = FakeOperator::start(&pki, &snapshot(7, false)?, None).await?;
     let url = operator.url.clone();
     let files = Files::new(&pki.ca_pem, "token")?;
-    let first = TestGateway::start(&url, &files, "gw-first").await?;
+    let first = start_gateway(&url, &files, "gw-first").await?;
     let http = client()?;
     eventually("the first gateway is ready", || async { Ok(first.ready(&http).await?.then_some(())) }).await?;
     let cache = files.cache();
@@ -472,7 +399,7 @@ async fn serves_without_the_operator_and_restarts_from_the_cache() -> anyhow::Re
     }
 
     // A gateway started while the operator is down serves from the cache at once.
-    let second = TestGateway::start(&url, &files, "gw-second").await?;
+    let second = start_gateway(&url, &files, "gw-second").await?;
     assert!(second.ready(&http).await?);
     assert_eq!(second.chat(&http, ALPHA).await?, StatusCode::OK);
 
@@ -486,7 +413,7 @@ async fn a_refused_token_is_retried_and_the_rotated_one_is_read() -> anyhow::Res
     let pki = pki()?;
     let operator = FakeOperator::start(&pki, &snapshot(3, false)?, Some("good-token")).await?;
     let files = Files::new(&pki.ca_pem, "stale-token")?;
-    let gw = TestGateway::start(&operator.url, &files, "gw-token").await?;
+    let gw = start_gateway(&operator.url, &files, "gw-token").await?;
     let http = client()?;
 
     eventually("the stale token was tried twice", || async { Ok((operator.subscriptions().len() >= 2).then_some(())) })
@@ -514,7 +441,7 @@ async fn a_cache_file_others_can_read_is_not_loaded() -> anyhow::Result<()> {
     std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o644))?;
     // Nothing listens on this port once the listener is dropped.
     let dead = TcpListener::bind("127.0.0.1:0").await?.local_addr()?;
-    let gw = TestGateway::start(&format!("https://{dead}"), &files, "gw-exposed").await?;
+    let gw = start_gateway(&format!("https://{dead}"), &files, "gw-exposed").await?;
     let http = client()?;
     assert!(!gw.ready(&http).await?);
     assert_eq!(gw.chat(&http, ALPHA).await?, StatusCode::UNAUTHORIZED);

@@ -1,0 +1,117 @@
+//! The manifests tests build, in one place. Every fixture is whole YAML
+//! documents, each opened by `---`, so fixtures concatenate with `+`; all live
+//! in namespace [`NAMESPACE`].
+
+use weaver_crds::Snapshot;
+use weaver_crds::compiler::{Resources, compile};
+use weaver_crds::manifests::parse_into;
+
+/// The namespace every fixture lives in.
+pub const NAMESPACE: &str = "team-a";
+
+/// The client key of [`openai_namespace`].
+pub const KEY: &str = "lw-test-key";
+
+/// A namespace with one OpenAI channel `primary` pointing at `upstream`,
+/// serving public model `gpt-4o-mini` as `gpt-4o-mini-2024-07-18` (and
+/// `text-embedding-3-small` unmapped), and the test key [`KEY`] as ApiKey
+/// `checkout`; `key_spec` is extra lines of that ApiKey's spec.
+pub fn openai_namespace(upstream: &str, key_spec: &str) -> String {
+    format!(
+        r#"---
+apiVersion: v1
+kind: Secret
+metadata: {{name: upstream-creds, namespace: {NAMESPACE}}}
+stringData: {{apiKey: sk-upstream-secret}}
+---
+apiVersion: llmweaver.io/v1alpha1
+kind: Channel
+metadata: {{name: primary, namespace: {NAMESPACE}}}
+spec:
+  provider: openai
+  baseUrl: {upstream}
+  credentials: {{secretRef: {{name: upstream-creds}}}}
+  models:
+    - name: gpt-4o-mini
+      upstreamModel: gpt-4o-mini-2024-07-18
+      pricing: {{inputPerMillion: "0.15", outputPerMillion: "0.60"}}
+    - name: text-embedding-3-small
+  timeouts: {{firstByte: 1s, total: 5s}}
+  headers: {{OpenAI-Organization: org-123}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: client-key, namespace: {NAMESPACE}}}
+stringData: {{apiKey: {KEY}}}
+---
+apiVersion: llmweaver.io/v1alpha1
+kind: ApiKey
+metadata: {{name: checkout, namespace: {NAMESPACE}}}
+spec:
+  secretRef: {{name: client-key}}
+  {key_spec}
+"#
+    )
+}
+
+/// A second OpenAI channel `secondary` pointing at `upstream` with weight 300,
+/// serving `gpt-4o-mini` unmapped; it shares [`openai_namespace`]'s upstream
+/// credentials.
+pub fn secondary_openai_channel(upstream: &str) -> String {
+    format!(
+        r#"---
+apiVersion: llmweaver.io/v1alpha1
+kind: Channel
+metadata: {{name: secondary, namespace: {NAMESPACE}}}
+spec:
+  provider: openai
+  baseUrl: {upstream}
+  credentials: {{secretRef: {{name: upstream-creds}}}}
+  models: [{{name: gpt-4o-mini}}]
+  weight: 300
+"#
+    )
+}
+
+/// A `mock` channel `demo` (answers locally, no upstream) serving `demo-chat`.
+pub fn mock_channel() -> String {
+    format!(
+        r#"---
+apiVersion: llmweaver.io/v1alpha1
+kind: Channel
+metadata: {{name: demo, namespace: {NAMESPACE}}}
+spec:
+  provider: mock
+  models:
+    - name: demo-chat
+      pricing: {{inputPerMillion: "0.15", outputPerMillion: "0.60"}}
+"#
+    )
+}
+
+/// ApiKey `name` with client key `key`, in its default Secret `<name>-apikey`.
+pub fn api_key(name: &str, key: &str) -> String {
+    format!(
+        r#"---
+apiVersion: v1
+kind: Secret
+metadata: {{name: {name}-apikey, namespace: {NAMESPACE}}}
+stringData: {{apiKey: {key}}}
+---
+apiVersion: llmweaver.io/v1alpha1
+kind: ApiKey
+metadata: {{name: {name}, namespace: {NAMESPACE}}}
+spec: {{}}
+"#
+    )
+}
+
+/// Compiles `yaml` into the snapshot the operator would serve as `version`;
+/// fails on any problem the compiler reports.
+pub fn snapshot(yaml: &str, version: u64) -> anyhow::Result<Snapshot> {
+    let mut resources = Resources::default();
+    parse_into(yaml, &mut resources)?;
+    let compiled = compile(&resources, version);
+    anyhow::ensure!(compiled.problems.is_empty(), "problems: {:?}", compiled.problems);
+    Ok(compiled.snapshot)
+}
