@@ -10,7 +10,7 @@ help:
 	@echo "make run     - the standalone gateway with the demo config (config/dev) on 127.0.0.1:$(PORT)"
 	@echo "make test    - everything CI runs: set-up, fmt, clippy, unit + integration tests, SDK and CRD e2e"
 	@echo "make crds    - regenerate crds/manifests from the Rust types"
-	@echo "make bench   - loopback benchmark: direct vs nginx vs gateway (not part of CI)"
+	@echo "make bench   - loopback benchmark (direct vs nginx vs gateway) and allocations per request (not part of CI)"
 
 run:
 	cargo run --release -p weaver-gateway -- --manifests config/dev --listen 127.0.0.1:$(PORT)

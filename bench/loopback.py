@@ -11,6 +11,10 @@ it prints requests/s at concurrency 64, the hop's CPU time per request (from
 /proc, so it does not depend on which side is the bottleneck), added p50/p99
 latency at concurrency 1, and for streams the added time to first byte.
 Traffic goes to 127.0.0.1 only; every run is bounded in time.
+
+bench/run follows this with the heap allocations per gateway request
+(bench/allocs: a counting allocator, the gateway in-process), which this
+script does not measure.
 """
 
 from __future__ import annotations
