@@ -18,7 +18,7 @@ use weaver_telemetry::LogFormat;
 use crate::config::cluster::{self, Cluster, ClusterError};
 use crate::config::manifests::{self, LoadError, ManifestDir};
 use crate::metering::Metrics;
-use crate::server::{Cors, Listeners};
+use crate::server::{CorsOrigins, Listeners};
 use crate::state::{Gateway, Settings};
 
 /// LLM Weaver gateway: an OpenAI-compatible endpoint in front of many LLM providers.
@@ -228,7 +228,7 @@ pub async fn start(args: Args, shutdown: impl Future<Output = ()> + Send + 'stat
     let serving = tokio::spawn({
         let gw = gw.clone();
         async move {
-            let cors = Cors { origins: args.cors_allow_origins };
+            let cors = CorsOrigins { origins: args.cors_allow_origins };
             let listeners = Listeners { client, admin };
             let served = crate::server::serve(listeners, gw, &cors, shutdown, args.shutdown_grace).await;
             source.stop().await;

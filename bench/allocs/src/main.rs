@@ -132,6 +132,8 @@ fn main() -> anyhow::Result<()> {
         &manifests.path().to_string_lossy(),
         "--listen",
         "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
         // The folder watcher would tick (and allocate) on the worker twice a
         // second; it has nothing to do with requests.
         "--reload-interval",

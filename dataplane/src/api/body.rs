@@ -6,12 +6,13 @@ use std::borrow::Cow;
 use std::fmt;
 
 use axum::body::Body;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, header};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use serde::Deserialize;
 use serde::de::{MapAccess, Visitor};
 use serde_json::value::RawValue;
+use smallvec::SmallVec;
 
 use super::error::ApiError;
 
@@ -22,16 +23,35 @@ pub(crate) async fn read(body: Body, headers: &HeaderMap, limit: usize) -> Resul
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(ApiError::payload_too_large(limit));
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::payload_too_large(limit)),
-        Err(e) => Err(ApiError::bad_request("invalid_body", format!("The request body could not be read: {e}"))),
+    // Most bodies arrive in one frame: keep it as it is; copy only when more follow.
+    let mut body = body;
+    let mut first: Option<Bytes> = None;
+    let mut more: Option<BytesMut> = None;
+    while let Some(frame) = body.frame().await {
+        let frame = frame
+            .map_err(|e| ApiError::bad_request("invalid_body", format!("The request body could not be read: {e}")))?;
+        let Ok(data) = frame.into_data() else { continue };
+        let len = first.as_ref().map_or(0, Bytes::len) + more.as_ref().map_or(0, BytesMut::len) + data.len();
+        if len > limit {
+            return Err(ApiError::payload_too_large(limit));
+        }
+        match (&first, &mut more) {
+            (None, _) => first = Some(data),
+            (Some(head), None) => {
+                let mut joined = BytesMut::with_capacity(declared.map_or(len, |n| n as usize));
+                joined.extend_from_slice(head);
+                joined.extend_from_slice(&data);
+                more = Some(joined);
+            }
+            (Some(_), Some(joined)) => joined.extend_from_slice(&data),
+        }
     }
+    Ok(more.map(BytesMut::freeze).or(first).unwrap_or_default())
 }
 
 /// A request body's top level.
 pub(crate) struct RequestBody<'a> {
-    members: Vec<(Cow<'a, str>, &'a RawValue)>,
+    members: Members<'a>,
     /// `model` as sent.
     pub model: Cow<'a, str>,
     /// `stream: true`.
@@ -43,8 +63,9 @@ pub(crate) struct RequestBody<'a> {
 /// How the upstream body differs from the client's.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Rewrite<'m> {
-    /// Replaces `model` (the channel maps the public name to another).
-    pub model: Option<&'m str>,
+    /// Replaces `model` (the channel maps the public name to another): the
+    /// new name as a JSON string, quotes included.
+    pub model: Option<&'m [u8]>,
     /// What happens to `stream_options`.
     pub stream_options: StreamOptionsEdit,
 }
@@ -110,30 +131,33 @@ impl<'a> RequestBody<'a> {
         if edit.model.is_none() && !options_change {
             return original.clone();
         }
-        let capacity = self.members.iter().map(|(k, v)| k.len() + v.get().len() + 4).sum::<usize>() + 64;
-        let mut out = Vec::with_capacity(capacity);
+        let include_usage = options_change && edit.stream_options == StreamOptionsEdit::IncludeUsage;
+        let merged = self.get("stream_options").filter(|_| include_usage).map(with_include_usage);
+        let added: Option<&[u8]> = (include_usage && merged.is_none()).then_some(br#"{"include_usage":true}"#);
+        let members = self.members.iter().filter_map(|(key, value)| match key.as_ref() {
+            "model" => Some((key.as_ref(), edit.model.unwrap_or(value.get().as_bytes()))),
+            "stream_options" if options_change => merged.as_deref().map(|m| (key.as_ref(), m)),
+            _ => Some((key.as_ref(), value.get().as_bytes())),
+        });
+        let members = members.chain(added.map(|a| ("stream_options", a)));
+        // The exact length, so the buffer becomes `Bytes` without another copy.
+        let (count, length) = members.clone().fold((0, 0), |(n, len), (k, v)| (n + 1, len + key_len(k) + 1 + v.len()));
+        let mut out = Vec::with_capacity(2 + length + count.max(1) - 1);
         out.push(b'{');
-        let mut options_written = false;
-        for (key, value) in &self.members {
-            match (key.as_ref(), edit.model) {
-                ("model", Some(model)) => {
-                    let encoded = serde_json::to_vec(model).unwrap_or_default();
-                    push_member(&mut out, key, &encoded);
-                }
-                ("stream_options", _) if options_change => {
-                    if edit.stream_options == StreamOptionsEdit::IncludeUsage {
-                        push_member(&mut out, key, &with_include_usage(value));
-                        options_written = true;
-                    }
-                }
-                _ => push_member(&mut out, key, value.get().as_bytes()),
-            }
-        }
-        if options_change && !options_written && edit.stream_options == StreamOptionsEdit::IncludeUsage {
-            push_member(&mut out, "stream_options", br#"{"include_usage":true}"#);
+        for (key, value) in members {
+            push_member(&mut out, key, value);
         }
         out.push(b'}');
         Bytes::from(out)
+    }
+}
+
+/// The length of a member name written as a JSON string.
+fn key_len(key: &str) -> usize {
+    if key.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        key.len() + 2
+    } else {
+        serde_json::to_vec(key).map_or(key.len() + 2, |k| k.len())
     }
 }
 
@@ -167,7 +191,11 @@ struct StreamOptions {
     include_usage: Option<bool>,
 }
 
-struct TopLevel<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+/// A body's top-level members, in order; chat bodies have a dozen or so, kept
+/// on the stack.
+type Members<'a> = SmallVec<[(Cow<'a, str>, &'a RawValue); 16]>;
+
+struct TopLevel<'a>(Members<'a>);
 
 impl<'de: 'a, 'a> Deserialize<'de> for TopLevel<'a> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -178,7 +206,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for TopLevel<'a> {
                 f.write_str("a JSON object")
             }
             fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
-                let mut members = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                let mut members = Members::new();
                 while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
                     let value: &'de RawValue = map.next_value()?;
                     // Parsers disagree on which copy of a repeated member wins
@@ -236,7 +264,7 @@ mod tests {
         assert_eq!(parsed.model, "gpt-4o");
         assert!(parsed.stream);
         assert!(!parsed.include_usage);
-        let edit = Rewrite { model: Some("gpt-4o-2024-08-06"), stream_options: StreamOptionsEdit::IncludeUsage };
+        let edit = Rewrite { model: Some(br#""gpt-4o-2024-08-06""#), stream_options: StreamOptionsEdit::IncludeUsage };
         assert_eq!(
             upstream(body, edit)?,
             r#"{"model":"gpt-4o-2024-08-06","messages":[{"role":"user","content":"h\u00e9 \"x\""}],"temperature":0.70,"stream":true,"stream_options":{"include_usage":true}}"#

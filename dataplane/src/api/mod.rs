@@ -1,25 +1,30 @@
-//! The OpenAI-compatible API: the route table and thin handlers. Every route
-//! here sits behind the `authenticate` layer, so a handler cannot be written
-//! without an authenticated [`Caller`](crate::pipeline::Caller).
+//! The OpenAI-compatible API: the route table, the dispatcher that
+//! authenticates every route before its handler, and thin handlers — which
+//! take an authenticated [`Caller`](crate::pipeline::Caller), so one cannot be
+//! written without authentication.
 
 mod body;
 mod error;
 mod models;
 
+use std::convert::Infallible;
+use std::future::{Future, Ready, ready};
+use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use axum::Router;
-use axum::body::Body;
-use axum::extract::State;
-use axum::middleware;
-use axum::response::Response;
-use axum::routing::{MethodRouter, get, post};
-use http::{HeaderMap, Method};
+use axum::extract::Request;
+use axum::response::{IntoResponse, Response};
+use futures_util::future::Either;
+use http::Method;
+use tower::Service;
 
 pub(crate) use body::{RequestBody, Rewrite, StreamOptionsEdit, read as read_body};
 pub use error::{ApiError, Relayed};
 
-use crate::pipeline::{self, Caller, authenticate};
+use crate::pipeline::authenticate::authenticate;
+use crate::pipeline::{self, Caller};
 use crate::providers::Operation;
 use crate::state::Gateway;
 
@@ -37,13 +42,13 @@ impl ApiRoute {
     pub const ALL: [ApiRoute; 4] =
         [ApiRoute::ChatCompletions, ApiRoute::Embeddings, ApiRoute::ListModels, ApiRoute::RetrieveModel];
 
-    /// The route's path pattern (axum syntax).
+    /// The route's path pattern.
     pub fn path(self) -> &'static str {
         match self {
             ApiRoute::ChatCompletions => "/v1/chat/completions",
             ApiRoute::Embeddings => "/v1/embeddings",
             ApiRoute::ListModels => "/v1/models",
-            ApiRoute::RetrieveModel => "/v1/models/{*id}",
+            ApiRoute::RetrieveModel => "/v1/models/{id}",
         }
     }
 
@@ -62,8 +67,15 @@ impl ApiRoute {
         }
     }
 
-    pub(crate) fn from_path(pattern: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|r| r.path() == pattern)
+    /// The route a request path would reach, if any.
+    pub(crate) fn of_request_path(path: &str) -> Option<Self> {
+        match path {
+            "/v1/chat/completions" => Some(ApiRoute::ChatCompletions),
+            "/v1/embeddings" => Some(ApiRoute::Embeddings),
+            "/v1/models" => Some(ApiRoute::ListModels),
+            _ if path.strip_prefix("/v1/models/").is_some_and(|id| !id.is_empty()) => Some(ApiRoute::RetrieveModel),
+            _ => None,
+        }
     }
 
     /// The upstream operation, for routes that go upstream.
@@ -75,24 +87,64 @@ impl ApiRoute {
         }
     }
 
-    fn handler(self) -> MethodRouter<Arc<Gateway>> {
+    /// Runs the route's handler for an authenticated caller.
+    async fn handle(self, gw: Arc<Gateway>, caller: Caller, request: Request) -> Response {
         match self {
-            ApiRoute::ChatCompletions | ApiRoute::Embeddings => post(upstream),
-            ApiRoute::ListModels => get(models::list),
-            ApiRoute::RetrieveModel => get(models::retrieve),
+            ApiRoute::ChatCompletions | ApiRoute::Embeddings => {
+                let (parts, body) = request.into_parts();
+                pipeline::serve(gw, caller, &parts.headers, body).await
+            }
+            ApiRoute::ListModels => models::list(gw, caller),
+            ApiRoute::RetrieveModel => {
+                let id = request.uri().path().strip_prefix("/v1/models/").unwrap_or_default();
+                models::retrieve(gw, caller, id)
+            }
         }
     }
 }
 
-/// The `/v1` router, authenticated as a whole.
-pub(crate) fn router(gw: Arc<Gateway>) -> Router<Arc<Gateway>> {
-    ApiRoute::ALL
-        .into_iter()
-        .fold(Router::new(), |router, route| router.route(route.path(), route.handler()))
-        .route_layer(middleware::from_fn_with_state(gw, authenticate::layer))
+/// The API for one client connection: finds the route (404 for none, 405 for
+/// the wrong method), authenticates — every route, before its handler — and
+/// runs the handler. Dispatch is a plain match: no router state is cloned
+/// and nothing is boxed but the handler's future.
+#[derive(Clone)]
+pub(crate) struct Api {
+    gw: Arc<Gateway>,
+    /// The connection's peer address.
+    peer: IpAddr,
 }
 
-/// Chat completions and embeddings: the pipeline.
-async fn upstream(State(gw): State<Arc<Gateway>>, caller: Caller, headers: HeaderMap, body: Body) -> Response {
-    pipeline::serve(gw, caller, headers, body).await
+impl Api {
+    pub fn new(gw: Arc<Gateway>, peer: IpAddr) -> Self {
+        Self { gw, peer }
+    }
+}
+
+type BoxedResponse = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+impl Service<Request> for Api {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Either<Ready<Result<Response, Infallible>>, BoxedResponse>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let answer = |e: ApiError| Either::Left(ready(Ok(e.into_response())));
+        let Some(route) = ApiRoute::of_request_path(request.uri().path()) else {
+            return answer(ApiError::route_not_found());
+        };
+        if request.method() != route.method() {
+            return answer(ApiError::method_not_allowed(request.method()));
+        }
+        match authenticate(&self.gw, self.peer, request.headers(), route) {
+            Err(refusal) => Either::Left(ready(Ok(refusal))),
+            Ok(caller) => {
+                let gw = self.gw.clone();
+                Either::Right(Box::pin(async move { Ok(route.handle(gw, caller, request).await) }))
+            }
+        }
+    }
 }

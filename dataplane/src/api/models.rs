@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
 use serde_json::json;
@@ -23,19 +22,19 @@ fn json_response(body: serde_json::Value) -> Response {
     response
 }
 
-pub(super) async fn list(State(gw): State<Arc<Gateway>>, caller: Caller) -> Response {
+pub(super) fn list(gw: Arc<Gateway>, caller: Caller) -> Response {
     let mut ctx = Context::new(gw, caller);
     let data: Vec<_> = ctx.rt.models_for(ctx.key).into_iter().map(model_object).collect();
     ctx.record.status = StatusCode::OK.as_u16();
     json_response(json!({"object": "list", "data": data}))
 }
 
-pub(super) async fn retrieve(State(gw): State<Arc<Gateway>>, caller: Caller, Path(id): Path<String>) -> Response {
+pub(super) fn retrieve(gw: Arc<Gateway>, caller: Caller, id: &str) -> Response {
     let mut ctx = Context::new(gw, caller);
-    let response = if ctx.rt.models_for(ctx.key).contains(&id.as_str()) {
-        json_response(model_object(&id))
+    let response = if ctx.rt.models_for(ctx.key).contains(&id) {
+        json_response(model_object(id))
     } else {
-        ApiError::model_not_found(&id).into_response()
+        ApiError::model_not_found(id).into_response()
     };
     ctx.record.status = response.status().as_u16();
     response

@@ -11,6 +11,8 @@ mod usage;
 use std::net::IpAddr;
 use std::time::Duration;
 
+use smallvec::SmallVec;
+
 pub(crate) use metrics::{Label, Metrics};
 pub(crate) use reports::report;
 pub(crate) use usage::{OpenAiUsage, Usage};
@@ -72,7 +74,8 @@ pub(crate) struct UsageRecord {
     pub key: Option<u32>,
     /// The HTTP status the client got (499 until an answer is complete).
     pub status: u16,
-    pub attempts: Vec<Attempt>,
+    /// Inline for the usual one or two attempts.
+    pub attempts: SmallVec<[Attempt; 2]>,
     /// Tokens of the answering attempt, when the upstream reported them.
     pub usage: Option<Usage>,
     /// The client's address (behind trusted proxies, the forwarded one).
@@ -83,7 +86,7 @@ pub(crate) struct UsageRecord {
 
 impl UsageRecord {
     pub fn new(endpoint: ApiRoute, key: Option<u32>, client: IpAddr, request_id: http::HeaderValue) -> Self {
-        Self { endpoint, key, status: CLIENT_CLOSED, attempts: Vec::new(), usage: None, client, request_id }
+        Self { endpoint, key, status: CLIENT_CLOSED, attempts: SmallVec::new(), usage: None, client, request_id }
     }
 
     pub fn outcome(&self) -> Outcome {

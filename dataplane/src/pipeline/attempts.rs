@@ -141,8 +141,10 @@ impl Try<'_> {
             (true, true, _) => StreamOptionsEdit::Remove,
             (true, false, true) => StreamOptionsEdit::IncludeUsage,
         };
-        let rename = (target.upstream_name != request.model).then_some(target.upstream_name.as_str());
-        let body = request.upstream_body(original, Rewrite { model: rename, stream_options });
+        // The runtime knows the public name maps to another (`rename`); the
+        // client named the public one.
+        let model = target.rename.as_deref().map(|r| r.upstream_json());
+        let body = request.upstream_body(original, Rewrite { model, stream_options });
 
         let deadline = ctx.started + channel.total;
         // A non-streamed answer sends its headers only once it is complete, so
@@ -215,23 +217,28 @@ impl Try<'_> {
 /// the deadline passes.
 async fn read_bounded(body: &mut UpstreamBody, limit: usize, deadline: Instant) -> Result<Bytes, UpstreamError> {
     let read = async {
-        let mut out = BytesMut::new();
-        while out.len() < limit {
-            match body.frame().await {
-                None => break,
-                Some(Err(e)) => return Err(UpstreamError::Body(e.to_string())),
-                Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data() {
-                        if out.is_empty() && data.len() < limit {
-                            out = BytesMut::from(data);
-                        } else {
-                            out.extend_from_slice(&data[..data.len().min(limit - out.len())]);
-                        }
-                    }
+        // Most answers arrive in one frame: keep it; copy only when more follow.
+        let mut first: Option<Bytes> = None;
+        let mut more: Option<BytesMut> = None;
+        let mut len = 0;
+        while len < limit {
+            let Some(frame) = body.frame().await else { break };
+            let frame = frame.map_err(|e| UpstreamError::Body(e.to_string()))?;
+            let Ok(mut data) = frame.into_data() else { continue };
+            data.truncate(limit - len);
+            len += data.len();
+            match (&first, &mut more) {
+                (None, _) => first = Some(data),
+                (Some(head), None) => {
+                    let mut joined = BytesMut::with_capacity(len.max(head.len() * 2));
+                    joined.extend_from_slice(head);
+                    joined.extend_from_slice(&data);
+                    more = Some(joined);
                 }
+                (Some(_), Some(joined)) => joined.extend_from_slice(&data),
             }
         }
-        Ok(out.freeze())
+        Ok(more.map(BytesMut::freeze).or(first).unwrap_or_default())
     };
     let total = deadline.saturating_duration_since(Instant::now());
     tokio::time::timeout_at(deadline, read).await.map_err(|_| UpstreamError::Timeout(round(total)))?

@@ -1,16 +1,14 @@
-//! `authenticate`: a layer on the whole `/v1` router (a route cannot forget
-//! it). It finds the key by the SHA-256 of what was presented, checks what does
-//! not depend on the body (rotation grace, disabled, expiry, client address),
-//! and hands the handler a [`Caller`]; a refusal is answered and recorded here.
+//! `authenticate`: run by the API dispatcher for every route before any
+//! handler (a route cannot forget it). It finds the key by the SHA-256 of
+//! what was presented, checks what does not depend on the body (rotation
+//! grace, disabled, expiry, client address), and hands the handler a
+//! [`Caller`]; a refusal is answered and recorded here.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Request, State};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use http::HeaderMap;
-use http::request::Parts;
+use http::{HeaderMap, HeaderValue};
 use ipnet::IpNet;
 use sha2::{Digest as _, Sha256};
 use tokio::time::Instant;
@@ -18,7 +16,7 @@ use tokio::time::Instant;
 use super::Context;
 use crate::api::{ApiError, ApiRoute};
 use crate::clock::unix_seconds;
-use crate::server::RequestId;
+use crate::server::{RequestId, X_REQUEST_ID};
 use crate::state::{Digest, Gateway, Runtime};
 
 /// The presented key: `Authorization: Bearer <key>`, or Azure-style `api-key`.
@@ -31,9 +29,9 @@ pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
 }
 /// The client's address: the peer, unless the peer is a trusted proxy, in which
 /// case the right-most `X-Forwarded-For` entry that is not a trusted proxy.
-pub(crate) fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+pub(crate) fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
-    let peer_ip = peer.ip().to_canonical();
+    let peer_ip = peer.to_canonical();
     if !is_trusted(&peer_ip) {
         return peer_ip;
     }
@@ -57,9 +55,8 @@ pub(crate) fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpNet]
     client
 }
 
-/// An authenticated request's caller, put into the request's extensions by
-/// the layer; handlers take it as an extractor.
-#[derive(Clone)]
+/// An authenticated request's caller. `authenticate` is the only way to get
+/// one, and every API handler takes one.
 pub(crate) struct Caller {
     /// The live configuration, loaded once for the whole request.
     pub rt: Arc<Runtime>,
@@ -67,45 +64,30 @@ pub(crate) struct Caller {
     pub key: u32,
     pub client: IpAddr,
     pub endpoint: ApiRoute,
-    pub request_id: http::HeaderValue,
+    pub request_id: HeaderValue,
     pub started: Instant,
 }
 
-impl<S: Send + Sync> FromRequestParts<S> for Caller {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        parts.extensions.remove::<Caller>().ok_or_else(|| ApiError::internal("The route is not authenticated."))
-    }
-}
-
-/// The layer: authenticates, or answers 401/403 and records the refusal.
-pub(crate) async fn layer(
-    State(gw): State<Arc<Gateway>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    mut request: Request,
-    next: Next,
-) -> Response {
+/// Authenticates one request to `endpoint` from `peer`; a refusal is
+/// recorded and comes back as the response to send.
+pub(crate) fn authenticate(
+    gw: &Arc<Gateway>,
+    peer: IpAddr,
+    headers: &HeaderMap,
+    endpoint: ApiRoute,
+) -> Result<Caller, Response> {
     let started = Instant::now();
     let rt = gw.live();
-    let endpoint = request
-        .extensions()
-        .get::<MatchedPath>()
-        .and_then(|p| ApiRoute::from_path(p.as_str()))
-        .unwrap_or(ApiRoute::ChatCompletions);
-    let request_id = request.extensions().get::<RequestId>().map(|r| r.0.clone()).unwrap_or_else(RequestId::none);
-    let client = client_ip(peer, request.headers(), &gw.settings.trusted_proxies);
-    match check(&rt, request.headers(), client, unix_seconds()) {
-        Ok(key) => {
-            request.extensions_mut().insert(Caller { rt, key, client, endpoint, request_id, started });
-            next.run(request).await
-        }
+    let request_id = headers.get(&X_REQUEST_ID).cloned().unwrap_or_else(RequestId::none);
+    let client = client_ip(peer, headers, &gw.settings.trusted_proxies);
+    match check(&rt, headers, client, unix_seconds()) {
+        Ok(key) => Ok(Caller { rt, key, client, endpoint, request_id, started }),
         Err((key, error)) => {
             let caller = Caller { rt, key: key.unwrap_or(u32::MAX), client, endpoint, request_id, started };
-            let mut ctx = Context::new(gw, caller);
+            let mut ctx = Context::new(gw.clone(), caller);
             ctx.record.key = key;
             ctx.record.status = error.status.as_u16();
-            error.into_response()
+            Err(error.into_response())
         }
     }
 }
@@ -156,11 +138,12 @@ mod tests {
     fn forwarded_for_counts_only_behind_a_trusted_proxy() {
         let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap_or_else(|_| panic!())];
         let xff = headers(&[("x-forwarded-for", "203.0.113.9, 10.1.1.1")]);
-        let via_proxy: SocketAddr = "10.0.0.5:1234".parse().unwrap_or_else(|_| panic!());
-        let direct: SocketAddr = "198.51.100.7:1234".parse().unwrap_or_else(|_| panic!());
+        let via_proxy: std::net::SocketAddr = "10.0.0.5:1234".parse().unwrap_or_else(|_| panic!());
+        let direct: std::net::SocketAddr = "198.51.100.7:1234".parse().unwrap_or_else(|_| panic!());
+        let (via_proxy, direct) = (via_proxy.ip(), direct.ip());
         assert_eq!(client_ip(via_proxy, &xff, &trusted), "203.0.113.9".parse::<IpAddr>().unwrap_or_else(|_| panic!()));
-        assert_eq!(client_ip(direct, &xff, &trusted), direct.ip());
-        assert_eq!(client_ip(via_proxy, &xff, &[]), via_proxy.ip());
+        assert_eq!(client_ip(direct, &xff, &trusted), direct);
+        assert_eq!(client_ip(via_proxy, &xff, &[]), via_proxy);
     }
 
     #[test]

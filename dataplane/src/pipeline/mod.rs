@@ -63,9 +63,9 @@ impl Drop for Context {
 }
 
 /// Runs a chat or embeddings request through the stages.
-pub(crate) async fn serve(gw: Arc<Gateway>, caller: Caller, headers: HeaderMap, body: Body) -> Response {
+pub(crate) async fn serve(gw: Arc<Gateway>, caller: Caller, headers: &HeaderMap, body: Body) -> Response {
     let mut ctx = Context::new(gw, caller);
-    let answer = stages(&mut ctx, &headers, body).await;
+    let answer = stages(&mut ctx, headers, body).await;
     respond::respond(ctx, answer)
 }
 

@@ -87,8 +87,7 @@ impl Adapter {
                 let mut request = http::Request::new(http_body_util::Full::new(body));
                 *request.method_mut() = http::Method::POST;
                 *request.uri_mut() = uri;
-                *request.headers_mut() = headers.clone();
-                request.headers_mut().insert("x-request-id", request_id.clone());
+                *request.headers_mut() = request_headers(headers, request_id, request.body().size_hint().exact());
                 let response = client.request(request).await.map_err(|e| UpstreamError::Connect(chain(&e)))?;
                 Ok(response.map(UpstreamBody::Http))
             }
@@ -122,6 +121,43 @@ impl Adapter {
             Adapter::OpenAi { .. } | Adapter::Mock => openai::json_for_stream(body),
         }
     }
+}
+
+/// The headers of one upstream request: the channel's (with `Host`, so the
+/// client need not build it), the request id and the body's length, in a
+/// map sized once.
+fn request_headers(channel: &HeaderMap, request_id: &HeaderValue, length: Option<u64>) -> HeaderMap {
+    let mut headers = HeaderMap::with_capacity(channel.len() + 2);
+    for (name, value) in channel {
+        headers.append(name.clone(), value.clone());
+    }
+    headers.insert(&crate::server::X_REQUEST_ID, request_id.clone());
+    if let Some(length) = length {
+        headers.insert(http::header::CONTENT_LENGTH, decimal(length));
+    }
+    headers
+}
+
+/// A number as a header value, with one allocation (hyper's own conversion
+/// takes two).
+fn decimal(n: u64) -> HeaderValue {
+    struct Digits([u8; 20], usize);
+    impl AsRef<[u8]> for Digits {
+        fn as_ref(&self) -> &[u8] {
+            &self.0[self.1..]
+        }
+    }
+    let mut digits = Digits([0; 20], 20);
+    let mut rest = n;
+    loop {
+        digits.1 -= 1;
+        digits.0[digits.1] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    HeaderValue::from_maybe_shared(Bytes::from_owner(digits)).unwrap_or_else(|_| HeaderValue::from(n))
 }
 
 /// An upstream answer's body: from the network, or made in-process.

@@ -43,10 +43,16 @@ fn auth_header(channel: &ChannelSnapshot) -> Option<(HeaderName, HeaderValue)> {
     Some((name, value))
 }
 
-/// Every upstream request's headers: content type, user agent, the channel's
-/// extra headers, and its credential.
+/// Every upstream request's headers: host, content type, user agent, the
+/// channel's extra headers, and its credential.
 pub(crate) fn headers(channel: &ChannelSnapshot) -> HeaderMap {
     let mut headers = HeaderMap::new();
+    // Every URL of a channel is below its base URL, so they share the host.
+    if let Some(host) = channel.base_url.parse::<http::Uri>().ok().and_then(|u| u.authority().cloned())
+        && let Ok(value) = HeaderValue::from_str(host.as_str())
+    {
+        headers.insert(http::header::HOST, value);
+    }
     headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     headers.insert(http::header::USER_AGENT, HeaderValue::from_static("llm-weaver"));
     for (name, value) in &channel.headers {
@@ -70,6 +76,11 @@ pub(crate) struct ModelRename {
 }
 
 impl ModelRename {
+    /// The upstream name as a JSON string (for the request body).
+    pub fn upstream_json(&self) -> &[u8] {
+        &self.from
+    }
+
     /// `None` when the names are the same.
     pub fn new(public: &str, upstream: &str) -> Option<Arc<Self>> {
         (public != upstream).then(|| {
@@ -84,6 +95,17 @@ impl ModelRename {
     /// `None` when there is none. Quotes inside JSON strings are escaped, so
     /// the unescaped pattern only matches a real member.
     pub fn apply(&self, json: &[u8]) -> Option<Vec<u8>> {
+        let start = self.find(json)?;
+        // Exactly sized, so the result becomes `Bytes` without another copy.
+        let mut out = Vec::with_capacity(json.len() - self.from.len() + self.to.len());
+        out.extend_from_slice(&json[..start]);
+        out.extend_from_slice(&self.to);
+        out.extend_from_slice(&json[start + self.from.len()..]);
+        Some(out)
+    }
+
+    /// Where the upstream name to replace starts in `json`.
+    fn find(&self, json: &[u8]) -> Option<usize> {
         for at in memmem::find_iter(json, b"\"model\"") {
             let rest = &json[at + 7..];
             let skip = rest.iter().position(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n'))?;
@@ -93,27 +115,41 @@ impl ModelRename {
             let after_colon = &rest[skip + 1..];
             let ws = after_colon.iter().position(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n'))?;
             if after_colon[ws..].starts_with(&self.from) {
-                let start = at + 7 + skip + 1 + ws;
-                let mut out = Vec::with_capacity(json.len() + self.to.len());
-                out.extend_from_slice(&json[..start]);
-                out.extend_from_slice(&self.to);
-                out.extend_from_slice(&json[start + self.from.len()..]);
-                return Some(out);
+                return Some(at + 7 + skip + 1 + ws);
             }
         }
         None
     }
 }
 
-#[derive(Deserialize)]
-struct WithUsage {
-    #[serde(default)]
-    usage: Option<OpenAiUsage>,
+/// The `usage` object of a complete answer, read where it stands rather
+/// than by parsing the whole answer: the last `"usage"` member whose value is
+/// an object (quotes inside strings are escaped, so the pattern only matches
+/// members; OpenAI puts usage after the choices).
+fn whole_usage(body: &[u8]) -> Option<Usage> {
+    let finder = memmem::FinderRev::new(b"\"usage\"");
+    let mut end = body.len();
+    while let Some(at) = finder.rfind(&body[..end]) {
+        end = at;
+        let rest = &body[at + 7..];
+        let colon = rest.iter().position(|b| !b.is_ascii_whitespace())?;
+        if rest[colon] != b':' {
+            continue;
+        }
+        let value = &rest[colon + 1..];
+        let open = value.iter().position(|b| !b.is_ascii_whitespace())?;
+        if value[open] != b'{' {
+            continue;
+        }
+        let mut de = serde_json::Deserializer::from_slice(&value[open..]);
+        return OpenAiUsage::deserialize(&mut de).ok().map(Usage::from);
+    }
+    None
 }
 
 /// A complete answer: the client's body (model renamed) and its usage.
 pub(crate) fn decode_whole(body: Bytes, rename: Option<&ModelRename>) -> (Bytes, Option<Usage>) {
-    let usage = serde_json::from_slice::<WithUsage>(&body).ok().and_then(|w| w.usage).map(Usage::from);
+    let usage = whole_usage(&body);
     let body = rename.and_then(|r| r.apply(&body)).map_or(body, Bytes::from);
     (body, usage)
 }
@@ -301,6 +337,15 @@ mod tests {
         assert!(out.starts_with(r#"{"id":"x","model": "gpt-4o","choices""#), "{out}");
         assert!(out.contains(r#"\"model\":\"eastus-prod-deploy-7f3a\""#), "content is untouched: {out}");
         assert!(ModelRename::new("same", "same").is_none());
+    }
+
+    #[test]
+    fn the_usage_of_a_whole_answer_is_found_where_it_stands() {
+        let body = br#"{"id":"x","choices":[{"message":{"content":"the \"usage\": {\"prompt_tokens\":99}"}}],"usage" : {"prompt_tokens":7,"completion_tokens":2,"prompt_tokens_details":null}}"#;
+        let (_, usage) = decode_whole(Bytes::from_static(body), None);
+        assert_eq!(usage.map(|u| (u.input, u.output)), Some((7, 2)));
+        let (_, none) = decode_whole(Bytes::from_static(br#"{"id":"x","usage":null}"#), None);
+        assert_eq!(none, None);
     }
 
     #[test]

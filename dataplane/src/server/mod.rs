@@ -4,31 +4,35 @@
 mod admin;
 mod request_id;
 
-use std::future::Future;
-use std::net::SocketAddr;
+use std::convert::Infallible;
+use std::future::{Future, Ready, ready};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::Router;
-use axum::response::IntoResponse;
-use axum::serve::ListenerExt;
+use axum::extract::Request;
+use axum::response::Response;
+use axum::serve::{IncomingStream, Listener, ListenerExt};
+use futures_util::future::Either;
 use http::{HeaderName, HeaderValue, Method};
 use tokio::net::TcpListener;
-use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
+use tower::{Layer, Service};
+use tower_http::cors::{AllowHeaders, AllowOrigin, Cors, CorsLayer};
 
-pub(crate) use request_id::RequestId;
+pub(crate) use request_id::{RequestId, X_REQUEST_ID};
 
-use crate::api::{self, ApiError};
+use crate::api::Api;
 use crate::state::Gateway;
+use request_id::{Envelope, EnvelopeLayer};
 
 /// Browser origins allowed to call the API (CORS); empty: CORS is off.
 #[derive(Clone, Debug, Default)]
-pub(crate) struct Cors {
+pub(crate) struct CorsOrigins {
     pub origins: Vec<HeaderValue>,
 }
 
-impl Cors {
+impl CorsOrigins {
     /// The layer, or `None` when no origin is allowed. `*` allows any origin.
     fn layer(&self) -> Option<CorsLayer> {
         if self.origins.is_empty() {
@@ -52,16 +56,77 @@ impl Cors {
     }
 }
 
-/// The client API. Outermost first: a panic anywhere becomes an OpenAI-shaped
-/// 500; every request gets an id and a span; CORS answers preflights; the
-/// `/v1` routes authenticate as a whole; anything else is 404.
-pub(crate) fn client_router(gw: Arc<Gateway>, cors: &Cors) -> Router {
-    api::router(gw.clone())
-        .fallback(|| async { ApiError::route_not_found() })
-        .with_state(gw)
-        .layer(tower::util::option_layer(cors.layer()))
-        .layer(axum::middleware::from_fn(request_id::layer))
-        .layer(CatchPanicLayer::custom(|_| ApiError::internal("The gateway failed on this request.").into_response()))
+/// The client API for one connection, one ordered stack. Outermost first:
+/// the envelope (request id, span, panic -> 500); CORS answers preflights for
+/// allowed origins; the API dispatcher, which authenticates every route
+/// before its handler (404 for unknown URLs).
+pub(crate) type ClientService = Envelope<MaybeCors>;
+
+/// The API, behind the CORS layer when origins are configured.
+#[derive(Clone)]
+pub(crate) enum MaybeCors {
+    With(Cors<Api>),
+    Without(Api),
+}
+
+impl Service<Request> for MaybeCors {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Either<<Cors<Api> as Service<Request>>::Future, <Api as Service<Request>>::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        match self {
+            MaybeCors::With(s) => s.poll_ready(cx),
+            MaybeCors::Without(s) => s.poll_ready(cx),
+        }
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        match self {
+            MaybeCors::With(s) => Either::Left(s.call(request)),
+            MaybeCors::Without(s) => Either::Right(s.call(request)),
+        }
+    }
+}
+
+/// Makes the client stack for each accepted connection (its peer address is
+/// part of it, so no request carries connection info around).
+#[derive(Clone)]
+pub(crate) struct ClientStack {
+    gw: Arc<Gateway>,
+    cors: Option<CorsLayer>,
+}
+
+impl ClientStack {
+    pub fn new(gw: Arc<Gateway>, cors: &CorsOrigins) -> Self {
+        Self { gw, cors: cors.layer() }
+    }
+
+    pub fn for_peer(&self, peer: IpAddr) -> ClientService {
+        let api = Api::new(self.gw.clone(), peer);
+        let inner = match &self.cors {
+            Some(cors) => MaybeCors::With(cors.layer(api)),
+            None => MaybeCors::Without(api),
+        };
+        EnvelopeLayer.layer(inner)
+    }
+}
+
+impl<'a, L> Service<IncomingStream<'a, L>> for ClientStack
+where
+    L: Listener<Addr = SocketAddr>,
+{
+    type Response = ClientService;
+    type Error = Infallible;
+    type Future = Ready<Result<ClientService, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, stream: IncomingStream<'a, L>) -> Self::Future {
+        ready(Ok(self.for_peer(stream.remote_addr().ip())))
+    }
 }
 
 /// The two bound listeners.
@@ -76,11 +141,11 @@ pub(crate) struct Listeners {
 pub(crate) async fn serve(
     listeners: Listeners,
     gw: Arc<Gateway>,
-    cors: &Cors,
+    cors: &CorsOrigins,
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
 ) -> std::io::Result<()> {
-    let app = client_router(gw.clone(), cors).into_make_service_with_connect_info::<SocketAddr>();
+    let app = ClientStack::new(gw.clone(), cors);
     let client = listeners.client.tap_io(|tcp| {
         // Without it, replies on kept-alive connections stall ~40 ms on delayed ACKs.
         if let Err(e) = tcp.set_nodelay(true) {

@@ -1,27 +1,41 @@
-//! Request ids: the client's `x-request-id` when it is sane, else a new one.
-//! The id is in a tracing span around the request (so in every log line about
-//! it), in the request's extensions (forwarded upstream), and in the answer.
+//! The envelope around every client request: its id (the client's
+//! `x-request-id` when sane, else a new one put in its place) in a tracing
+//! span around the request — so in every log line about it —, forwarded
+//! upstream, and in the answer; and a panic anywhere in the
+//! request's handling becomes an OpenAI-shaped 500 instead of a dropped
+//! connection.
+//!
+//! Written as a plain tower service (no boxing, no per-request clone of the
+//! service stack) because it wraps every request.
 
+use std::future::Future;
+use std::io::Write as _;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 
 use axum::extract::Request;
-use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
+use tower::{Layer, Service};
 use tracing::Instrument;
+use tracing::instrument::Instrumented;
 
-static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+use crate::api::ApiError;
+
+pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Longest client-chosen id kept.
 const MAX_LEN: usize = 128;
 
-/// The request's id.
-#[derive(Clone, Debug)]
-pub(crate) struct RequestId(pub HeaderValue);
+/// Request ids.
+pub(crate) struct RequestId;
 
 impl RequestId {
-    /// For a request that somehow has none (tests that skip the layer).
+    /// For a request that somehow has none.
     pub fn none() -> HeaderValue {
         HeaderValue::from_static("-")
     }
@@ -42,16 +56,107 @@ fn new_id() -> HeaderValue {
     static IDS: OnceLock<(u32, AtomicU64)> = OnceLock::new();
     let (prefix, next) = IDS.get_or_init(|| (rand::random(), AtomicU64::new(1)));
     let n = next.fetch_add(1, Ordering::Relaxed);
-    HeaderValue::from_str(&format!("{prefix:08x}-{n:x}")).unwrap_or_else(|_| RequestId::none())
+    let mut id = Id { bytes: [0; 25], len: 0 };
+    let mut cursor = std::io::Cursor::new(&mut id.bytes[..]);
+    if write!(cursor, "{prefix:08x}-{n:x}").is_err() {
+        return RequestId::none();
+    }
+    id.len = cursor.position() as usize;
+    // Shared, so the copies for the answer and the upstream cost no allocation.
+    HeaderValue::from_maybe_shared(Bytes::from_owner(id)).unwrap_or_else(|_| RequestId::none())
 }
 
-pub(super) async fn layer(mut request: Request, next: Next) -> Response {
-    let id = request.headers().get(&X_REQUEST_ID).filter(|v| sane(v)).cloned().unwrap_or_else(new_id);
-    let span = tracing::info_span!("request", request_id = id.to_str().unwrap_or_default());
-    request.extensions_mut().insert(RequestId(id.clone()));
-    let mut response = next.run(request).instrument(span).await;
-    response.headers_mut().insert(X_REQUEST_ID.clone(), id);
-    response
+/// A generated id: 8 hex digits, a dash, at most 16 more.
+struct Id {
+    bytes: [u8; 25],
+    len: usize,
+}
+
+impl AsRef<[u8]> for Id {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct EnvelopeLayer;
+
+impl<S> Layer<S> for EnvelopeLayer {
+    type Service = Envelope<S>;
+
+    fn layer(&self, inner: S) -> Envelope<S> {
+        Envelope { inner }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct Envelope<S> {
+    inner: S,
+}
+
+impl<S> Service<Request> for Envelope<S>
+where
+    S: Service<Request, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = EnvelopeFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request) -> Self::Future {
+        let id = match request.headers().get(&X_REQUEST_ID).filter(|v| sane(v)) {
+            Some(id) => id.clone(),
+            None => {
+                // The request carries the id it will be known by from here on.
+                let id = new_id();
+                request.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
+                id
+            }
+        };
+        let span = tracing::info_span!("request", request_id = id.to_str().unwrap_or_default());
+        let inner = {
+            let _entered = span.enter();
+            self.inner.call(request)
+        };
+        EnvelopeFuture { inner: inner.instrument(span), id: Some(id) }
+    }
+}
+
+pin_project_lite::pin_project! {
+    pub(crate) struct EnvelopeFuture<F> {
+        #[pin]
+        inner: Instrumented<F>,
+        id: Option<HeaderValue>,
+    }
+}
+
+impl<F, E> Future for EnvelopeFuture<F>
+where
+    F: Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let inner = this.inner;
+        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| inner.poll(cx)));
+        let mut response = match polled {
+            Ok(Poll::Pending) => return Poll::Pending,
+            Ok(Poll::Ready(Err(e))) => return Poll::Ready(Err(e)),
+            Ok(Poll::Ready(Ok(response))) => response,
+            Err(_) => {
+                tracing::error!("the gateway panicked on this request");
+                ApiError::internal("The gateway failed on this request.").into_response()
+            }
+        };
+        if let Some(id) = this.id.take() {
+            response.headers_mut().insert(X_REQUEST_ID.clone(), id);
+        }
+        Poll::Ready(Ok(response))
+    }
 }
 
 #[cfg(test)]
@@ -65,5 +170,24 @@ mod tests {
         assert!(!sane(&HeaderValue::from_static("has space")));
         assert!(!sane(&HeaderValue::from_str(&"x".repeat(MAX_LEN + 1)).unwrap_or_else(|_| RequestId::none())));
         assert_ne!(new_id(), new_id());
+    }
+
+    #[tokio::test]
+    async fn a_panic_becomes_an_openai_shaped_500_with_the_request_id() {
+        let panics = tower::service_fn(|_: Request| async {
+            if true {
+                panic!("boom");
+            }
+            Ok::<Response, std::convert::Infallible>(Response::default())
+        });
+        let mut service = EnvelopeLayer.layer(panics);
+        let request = Request::builder().header("x-request-id", "abc").body(axum::body::Body::empty());
+        let response = match request {
+            Ok(r) => service.call(r).await,
+            Err(e) => panic!("{e}"),
+        };
+        let response = response.unwrap_or_else(|e| match e {});
+        assert_eq!(response.status(), http::StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(response.headers()["x-request-id"], "abc");
     }
 }

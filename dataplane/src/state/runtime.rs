@@ -51,7 +51,6 @@ pub(crate) struct ChannelRuntime {
 pub(crate) struct ModelRuntime {
     /// The public name.
     pub label: Label,
-    pub upstream_name: String,
     pub prices: Prices,
     /// Set when answers must be renamed from the upstream name to the public one.
     pub rename: Option<Arc<ModelRename>>,
@@ -114,7 +113,6 @@ impl Runtime {
                     .iter()
                     .map(|m| ModelRuntime {
                         label: Label::new(&m.name),
-                        upstream_name: m.upstream.clone(),
                         prices: m.prices,
                         rename: ModelRename::new(&m.name, &m.upstream),
                         chat: uri(m, Operation::Chat),
