@@ -13,6 +13,7 @@ pub mod cli;
 mod clock;
 mod config;
 mod metering;
+mod parts;
 mod pipeline;
 mod providers;
 mod relay;

@@ -5,7 +5,6 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use axum::body::Body;
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, header};
 use http_body_util::BodyExt;
@@ -15,9 +14,14 @@ use serde_json::value::RawValue;
 use smallvec::SmallVec;
 
 use super::error::ApiError;
+use crate::parts::Parts;
 
 /// Reads a body of at most `limit` bytes; 413 past it.
-pub(crate) async fn read(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
+pub(crate) async fn read<B>(body: B, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
     let declared =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
@@ -65,7 +69,7 @@ pub(crate) struct RequestBody<'a> {
 pub(crate) struct Rewrite<'m> {
     /// Replaces `model` (the channel maps the public name to another): the
     /// new name as a JSON string, quotes included.
-    pub model: Option<&'m [u8]>,
+    pub model: Option<&'m Bytes>,
     /// What happens to `stream_options`.
     pub stream_options: StreamOptionsEdit,
 }
@@ -122,20 +126,28 @@ impl<'a> RequestBody<'a> {
 
     /// The body upstream: the client's bytes when nothing changes, else the
     /// top-level members re-joined (never re-serialised) with the edits.
-    pub fn upstream_body(&self, original: &Bytes, edit: Rewrite<'_>) -> Bytes {
+    pub fn upstream_body(&self, original: &Bytes, edit: Rewrite<'_>) -> Parts {
         let options_change = match edit.stream_options {
             StreamOptionsEdit::Keep => false,
             StreamOptionsEdit::IncludeUsage => !self.include_usage,
             StreamOptionsEdit::Remove => self.get("stream_options").is_some(),
         };
-        if edit.model.is_none() && !options_change {
-            return original.clone();
+        match (edit.model, self.get("model")) {
+            (None, _) if !options_change => return Parts::whole(original.clone()),
+            // Only the model changes: the new name between the untouched slices.
+            (Some(model), Some(raw)) if !options_change => {
+                let start = (raw.get().as_ptr() as usize).wrapping_sub(original.as_ptr() as usize);
+                if original.get(start..start + raw.get().len()) == Some(raw.get().as_bytes()) {
+                    return Parts::splice(original, start..start + raw.get().len(), model.clone());
+                }
+            }
+            _ => {}
         }
         let include_usage = options_change && edit.stream_options == StreamOptionsEdit::IncludeUsage;
         let merged = self.get("stream_options").filter(|_| include_usage).map(with_include_usage);
         let added: Option<&[u8]> = (include_usage && merged.is_none()).then_some(br#"{"include_usage":true}"#);
         let members = self.members.iter().filter_map(|(key, value)| match key.as_ref() {
-            "model" => Some((key.as_ref(), edit.model.unwrap_or(value.get().as_bytes()))),
+            "model" => Some((key.as_ref(), edit.model.map_or(value.get().as_bytes(), |m| &m[..]))),
             "stream_options" if options_change => merged.as_deref().map(|m| (key.as_ref(), m)),
             _ => Some((key.as_ref(), value.get().as_bytes())),
         });
@@ -148,7 +160,7 @@ impl<'a> RequestBody<'a> {
             push_member(&mut out, key, value);
         }
         out.push(b'}');
-        Bytes::from(out)
+        Parts::whole(Bytes::from(out))
     }
 }
 
@@ -254,7 +266,7 @@ mod tests {
     fn upstream(body: &'static [u8], edit: Rewrite<'_>) -> Result<String, ApiError> {
         let original = Bytes::from_static(body);
         let parsed = RequestBody::parse(body)?;
-        Ok(String::from_utf8_lossy(&parsed.upstream_body(&original, edit)).into_owned())
+        Ok(String::from_utf8_lossy(&parsed.upstream_body(&original, edit).contiguous()).into_owned())
     }
 
     #[test]
@@ -264,12 +276,18 @@ mod tests {
         assert_eq!(parsed.model, "gpt-4o");
         assert!(parsed.stream);
         assert!(!parsed.include_usage);
-        let edit = Rewrite { model: Some(br#""gpt-4o-2024-08-06""#), stream_options: StreamOptionsEdit::IncludeUsage };
+        let model = Bytes::from_static(br#""gpt-4o-2024-08-06""#);
+        let edit = Rewrite { model: Some(&model), stream_options: StreamOptionsEdit::IncludeUsage };
         assert_eq!(
             upstream(body, edit)?,
             r#"{"model":"gpt-4o-2024-08-06","messages":[{"role":"user","content":"h\u00e9 \"x\""}],"temperature":0.70,"stream":true,"stream_options":{"include_usage":true}}"#
         );
         assert_eq!(upstream(body, Rewrite::default())?.as_bytes(), body);
+        let only_model = Rewrite { model: Some(&model), stream_options: StreamOptionsEdit::Keep };
+        assert_eq!(
+            upstream(body, only_model)?,
+            r#"{"model":"gpt-4o-2024-08-06","messages":[{"role":"user","content":"h\u00e9 \"x\""}],"temperature":0.70,"stream":true}"#
+        );
         Ok(())
     }
 

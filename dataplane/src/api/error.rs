@@ -4,9 +4,10 @@
 
 use std::borrow::Cow;
 
-use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
 use serde::Serialize;
+
+use super::response::{Response, ResponseBody, json};
 
 /// An error answered to the client.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -142,13 +143,12 @@ impl ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let mut response = (self.status, self.body()).into_response();
-        let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+impl ApiError {
+    /// The error as the client's response.
+    pub(crate) fn response(self) -> Response {
+        let mut response = json(self.status, ResponseBody::whole(self.body()));
         if let Some(retry) = self.upstream.and_then(|u| u.retry_after) {
-            headers.insert(header::RETRY_AFTER, retry);
+            response.headers_mut().insert(header::RETRY_AFTER, retry);
         }
         response
     }

@@ -6,6 +6,7 @@
 mod body;
 mod error;
 mod models;
+mod response;
 
 use std::convert::Infallible;
 use std::future::{Future, Ready, ready};
@@ -14,18 +15,19 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use axum::extract::Request;
-use axum::response::{IntoResponse, Response};
 use futures_util::future::Either;
-use http::Method;
+use http::{HeaderValue, Method};
+use hyper::body::Incoming;
 use tower::Service;
 
 pub(crate) use body::{RequestBody, Rewrite, StreamOptionsEdit, read as read_body};
 pub use error::{ApiError, Relayed};
+pub(crate) use response::{Response, ResponseBody};
 
 use crate::pipeline::authenticate::authenticate;
 use crate::pipeline::{self, Caller};
 use crate::providers::Operation;
+use crate::server::{RequestId, TakesRequestId};
 use crate::state::Gateway;
 
 /// Every route of the client API. All of them authenticate; the listener for
@@ -88,7 +90,7 @@ impl ApiRoute {
     }
 
     /// Runs the route's handler for an authenticated caller.
-    async fn handle(self, gw: Arc<Gateway>, caller: Caller, request: Request) -> Response {
+    async fn handle(self, gw: Arc<Gateway>, caller: Caller, request: http::Request<Incoming>) -> Response {
         match self {
             ApiRoute::ChatCompletions | ApiRoute::Embeddings => {
                 let (parts, body) = request.into_parts();
@@ -112,17 +114,25 @@ pub(crate) struct Api {
     gw: Arc<Gateway>,
     /// The connection's peer address.
     peer: IpAddr,
+    /// The id of the request about to be called.
+    request_id: HeaderValue,
 }
 
 impl Api {
     pub fn new(gw: Arc<Gateway>, peer: IpAddr) -> Self {
-        Self { gw, peer }
+        Self { gw, peer, request_id: RequestId::none() }
+    }
+}
+
+impl TakesRequestId for Api {
+    fn set_request_id(&mut self, id: HeaderValue) {
+        self.request_id = id;
     }
 }
 
 type BoxedResponse = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
 
-impl Service<Request> for Api {
+impl Service<http::Request<Incoming>> for Api {
     type Response = Response;
     type Error = Infallible;
     type Future = Either<Ready<Result<Response, Infallible>>, BoxedResponse>;
@@ -131,16 +141,17 @@ impl Service<Request> for Api {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: Request) -> Self::Future {
-        let answer = |e: ApiError| Either::Left(ready(Ok(e.into_response())));
+    fn call(&mut self, request: http::Request<Incoming>) -> Self::Future {
+        let answer = |e: ApiError| Either::Left(ready(Ok(e.response())));
         let Some(route) = ApiRoute::of_request_path(request.uri().path()) else {
             return answer(ApiError::route_not_found());
         };
         if request.method() != route.method() {
             return answer(ApiError::method_not_allowed(request.method()));
         }
-        match authenticate(&self.gw, self.peer, request.headers(), route) {
-            Err(refusal) => Either::Left(ready(Ok(refusal))),
+        let request_id = std::mem::replace(&mut self.request_id, RequestId::none());
+        match authenticate(&self.gw, self.peer, request.headers(), route, request_id) {
+            Err(refusal) => answer(refusal),
             Ok(caller) => {
                 let gw = self.gw.clone();
                 Either::Right(Box::pin(async move { Ok(route.handle(gw, caller, request).await) }))

@@ -3,12 +3,11 @@
 
 use std::sync::Arc;
 
-use axum::body::Body;
-use axum::response::{IntoResponse, Response};
-use http::{HeaderValue, StatusCode, header};
+use http::StatusCode;
 use serde_json::json;
 
 use super::ApiError;
+use super::response::{Response, ResponseBody, json as json_response_of};
 use crate::pipeline::{Caller, Context};
 use crate::state::Gateway;
 
@@ -17,9 +16,7 @@ fn model_object(id: &str) -> serde_json::Value {
 }
 
 fn json_response(body: serde_json::Value) -> Response {
-    let mut response = Response::new(Body::from(serde_json::to_vec(&body).unwrap_or_default()));
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response
+    json_response_of(StatusCode::OK, ResponseBody::whole(serde_json::to_vec(&body).unwrap_or_default()))
 }
 
 pub(super) fn list(gw: Arc<Gateway>, caller: Caller) -> Response {
@@ -34,7 +31,7 @@ pub(super) fn retrieve(gw: Arc<Gateway>, caller: Caller, id: &str) -> Response {
     let response = if ctx.rt.models_for(ctx.key).contains(&id) {
         json_response(model_object(id))
     } else {
-        ApiError::model_not_found(id).into_response()
+        ApiError::model_not_found(id).response()
     };
     ctx.record.status = response.status().as_u16();
     response

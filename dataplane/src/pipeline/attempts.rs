@@ -17,6 +17,7 @@ use super::Context;
 use super::plan::Plan;
 use crate::api::{ApiError, RequestBody, Rewrite, StreamOptionsEdit};
 use crate::metering::Attempt;
+use crate::parts::Parts;
 use crate::providers::{ErrorFields, Operation, StreamDecoder, UpstreamBody, UpstreamError};
 use crate::state::{ChannelRuntime, Runtime};
 
@@ -34,7 +35,8 @@ const JSON_FOR_STREAM_LIMIT: usize = 16 * 1024 * 1024;
 /// A successful attempt's answer.
 pub(crate) enum Answer {
     Whole {
-        body: Bytes,
+        /// The answer in order (a renamed model between two slices of it).
+        parts: Parts,
         content_type: HeaderValue,
     },
     Stream {
@@ -175,7 +177,7 @@ impl Try<'_> {
                 .get(header::CONTENT_TYPE)
                 .cloned()
                 .unwrap_or(HeaderValue::from_static("application/json"));
-            return Ok(Answer::Whole { body: answer, content_type });
+            return Ok(Answer::Whole { parts: answer, content_type });
         }
         let decoder = channel.adapter.stream_decoder(
             stream_options == StreamOptionsEdit::IncludeUsage && !request.include_usage,

@@ -7,7 +7,6 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderValue};
 use ipnet::IpNet;
 use sha2::{Digest as _, Sha256};
@@ -16,7 +15,6 @@ use tokio::time::Instant;
 use super::Context;
 use crate::api::{ApiError, ApiRoute};
 use crate::clock::unix_seconds;
-use crate::server::{RequestId, X_REQUEST_ID};
 use crate::state::{Digest, Gateway, Runtime};
 
 /// The presented key: `Authorization: Bearer <key>`, or Azure-style `api-key`.
@@ -69,16 +67,16 @@ pub(crate) struct Caller {
 }
 
 /// Authenticates one request to `endpoint` from `peer`; a refusal is
-/// recorded and comes back as the response to send.
+/// recorded here and comes back as the error to answer.
 pub(crate) fn authenticate(
     gw: &Arc<Gateway>,
     peer: IpAddr,
     headers: &HeaderMap,
     endpoint: ApiRoute,
-) -> Result<Caller, Response> {
+    request_id: HeaderValue,
+) -> Result<Caller, ApiError> {
     let started = Instant::now();
     let rt = gw.live();
-    let request_id = headers.get(&X_REQUEST_ID).cloned().unwrap_or_else(RequestId::none);
     let client = client_ip(peer, headers, &gw.settings.trusted_proxies);
     match check(&rt, headers, client, unix_seconds()) {
         Ok(key) => Ok(Caller { rt, key, client, endpoint, request_id, started }),
@@ -87,7 +85,7 @@ pub(crate) fn authenticate(
             let mut ctx = Context::new(gw.clone(), caller);
             ctx.record.key = key;
             ctx.record.status = error.status.as_u16();
-            Err(error.into_response())
+            Err(error)
         }
     }
 }

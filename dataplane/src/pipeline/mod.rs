@@ -20,14 +20,13 @@ mod respond;
 
 use std::sync::Arc;
 
-use axum::body::Body;
-use axum::response::Response;
 use http::HeaderMap;
+use hyper::body::Incoming;
 use tokio::time::Instant;
 
 pub(crate) use authenticate::Caller;
 
-use crate::api::{self, ApiError, RequestBody};
+use crate::api::{self, ApiError, RequestBody, Response};
 use crate::metering::{self, UsageRecord};
 use crate::state::{Gateway, Runtime};
 
@@ -63,13 +62,13 @@ impl Drop for Context {
 }
 
 /// Runs a chat or embeddings request through the stages.
-pub(crate) async fn serve(gw: Arc<Gateway>, caller: Caller, headers: &HeaderMap, body: Body) -> Response {
+pub(crate) async fn serve(gw: Arc<Gateway>, caller: Caller, headers: &HeaderMap, body: Incoming) -> Response {
     let mut ctx = Context::new(gw, caller);
     let answer = stages(&mut ctx, headers, body).await;
     respond::respond(ctx, answer)
 }
 
-async fn stages(ctx: &mut Context, headers: &HeaderMap, body: Body) -> Result<attempts::Answer, ApiError> {
+async fn stages(ctx: &mut Context, headers: &HeaderMap, body: Incoming) -> Result<attempts::Answer, ApiError> {
     let rt = ctx.rt.clone();
     let bytes = api::read_body(body, headers, ctx.gw.settings.max_body_bytes).await?;
     let request = RequestBody::parse(&bytes)?;

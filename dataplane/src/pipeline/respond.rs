@@ -1,35 +1,35 @@
 //! `respond`: the answer as the client gets it — whole, relayed as a stream,
 //! or an OpenAI-shaped error — with the record's status set to match.
 
-use axum::body::Body;
-use axum::response::{IntoResponse, Response};
-use http::{HeaderValue, StatusCode, header};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
 
 use super::Context;
 use super::attempts::Answer;
-use crate::api::ApiError;
+use crate::api::{ApiError, Response, ResponseBody};
 use crate::relay::RelayBody;
 
 pub(super) fn respond(mut ctx: Context, answer: Result<Answer, ApiError>) -> Response {
     match answer {
-        Ok(Answer::Whole { body, content_type }) => {
+        Ok(Answer::Whole { parts, content_type }) => {
             ctx.record.status = StatusCode::OK.as_u16();
-            let mut response = Response::new(Body::from(body));
+            let mut response = Response::new(ResponseBody::Parts(parts));
+            // Sized for the request id the envelope adds, so it does not grow.
+            *response.headers_mut() = HeaderMap::with_capacity(2);
             response.headers_mut().insert(header::CONTENT_TYPE, content_type);
             response
         }
         Ok(Answer::Stream { first, body, decoder, deadline }) => {
             let deadline = Box::pin(tokio::time::sleep_until(deadline));
-            sse_response(Body::new(RelayBody::new(first, body, decoder, ctx, deadline)))
+            sse_response(ResponseBody::Stream(Box::new(RelayBody::new(first, body, decoder, ctx, deadline))))
         }
         Err(e) => {
             ctx.record.status = e.status.as_u16();
-            e.into_response()
+            e.response()
         }
     }
 }
 
-fn sse_response(body: Body) -> Response {
+fn sse_response(body: ResponseBody) -> Response {
     let mut response = Response::new(body);
     let h = response.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));

@@ -24,6 +24,7 @@ use weaver_crds::snapshot::{ChannelSnapshot, ModelSnapshot};
 pub(crate) use error::{ErrorFields, UpstreamError};
 
 use crate::metering::Usage;
+use crate::parts::Parts;
 use crate::state::{ClientPool, HttpClient};
 
 /// The OpenAI API operations the gateway sends upstream.
@@ -78,27 +79,28 @@ impl Adapter {
         &self,
         operation: Operation,
         uri: Option<&Uri>,
-        body: Bytes,
+        body: Parts,
         request_id: &HeaderValue,
     ) -> Result<http::Response<UpstreamBody>, UpstreamError> {
         match self {
             Adapter::OpenAi { client, headers } => {
                 let uri = uri.cloned().ok_or_else(|| UpstreamError::Connect("the channel has no valid URL".into()))?;
-                let mut request = http::Request::new(http_body_util::Full::new(body));
+                let length = body.len() as u64;
+                let mut request = http::Request::new(body);
                 *request.method_mut() = http::Method::POST;
                 *request.uri_mut() = uri;
-                *request.headers_mut() = request_headers(headers, request_id, request.body().size_hint().exact());
+                *request.headers_mut() = request_headers(headers, request_id, length);
                 let response = client.request(request).await.map_err(|e| UpstreamError::Connect(chain(&e)))?;
                 Ok(response.map(UpstreamBody::Http))
             }
-            Adapter::Mock => Ok(mock::answer(operation, &body)),
+            Adapter::Mock => Ok(mock::answer(operation, &body.contiguous())),
         }
     }
 }
 
 impl Adapter {
     /// A complete answer as the client gets it, and its usage.
-    pub fn decode_whole(&self, body: Bytes, rename: Option<&openai::ModelRename>) -> (Bytes, Option<Usage>) {
+    pub fn decode_whole(&self, body: Bytes, rename: Option<&openai::ModelRename>) -> (Parts, Option<Usage>) {
         match self {
             Adapter::OpenAi { .. } | Adapter::Mock => openai::decode_whole(body, rename),
         }
@@ -126,15 +128,15 @@ impl Adapter {
 /// The headers of one upstream request: the channel's (with `Host`, so the
 /// client need not build it), the request id and the body's length, in a
 /// map sized once.
-fn request_headers(channel: &HeaderMap, request_id: &HeaderValue, length: Option<u64>) -> HeaderMap {
-    let mut headers = HeaderMap::with_capacity(channel.len() + 2);
+fn request_headers(channel: &HeaderMap, request_id: &HeaderValue, length: u64) -> HeaderMap {
+    // Room for the two added here and one more: hyper-util's `Host` check
+    // takes an entry, which grows a full map.
+    let mut headers = HeaderMap::with_capacity(channel.len() + 3);
     for (name, value) in channel {
         headers.append(name.clone(), value.clone());
     }
     headers.insert(&crate::server::X_REQUEST_ID, request_id.clone());
-    if let Some(length) = length {
-        headers.insert(http::header::CONTENT_LENGTH, decimal(length));
-    }
+    headers.insert(http::header::CONTENT_LENGTH, decimal(length));
     headers
 }
 

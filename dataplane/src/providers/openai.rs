@@ -17,6 +17,7 @@ use weaver_crds::snapshot::{ChannelSnapshot, ModelSnapshot};
 
 use super::{ErrorFields, EventAction, Operation};
 use crate::metering::{OpenAiUsage, Usage};
+use crate::parts::Parts;
 
 /// The upstream URL of one operation for one model.
 pub(crate) fn url(channel: &ChannelSnapshot, model: &ModelSnapshot, operation: Operation) -> String {
@@ -71,13 +72,13 @@ pub(crate) fn headers(channel: &ChannelSnapshot) -> HeaderMap {
 #[derive(Debug)]
 pub(crate) struct ModelRename {
     /// The upstream name as a JSON string, quotes included.
-    from: Vec<u8>,
-    to: Vec<u8>,
+    from: Bytes,
+    to: Bytes,
 }
 
 impl ModelRename {
     /// The upstream name as a JSON string (for the request body).
-    pub fn upstream_json(&self) -> &[u8] {
+    pub fn upstream_json(&self) -> &Bytes {
         &self.from
     }
 
@@ -85,8 +86,8 @@ impl ModelRename {
     pub fn new(public: &str, upstream: &str) -> Option<Arc<Self>> {
         (public != upstream).then(|| {
             Arc::new(Self {
-                from: serde_json::to_vec(upstream).unwrap_or_default(),
-                to: serde_json::to_vec(public).unwrap_or_default(),
+                from: Bytes::from(serde_json::to_vec(upstream).unwrap_or_default()),
+                to: Bytes::from(serde_json::to_vec(public).unwrap_or_default()),
             })
         })
     }
@@ -147,11 +148,15 @@ fn whole_usage(body: &[u8]) -> Option<Usage> {
     None
 }
 
-/// A complete answer: the client's body (model renamed) and its usage.
-pub(crate) fn decode_whole(body: Bytes, rename: Option<&ModelRename>) -> (Bytes, Option<Usage>) {
+/// A complete answer: the client's body in order (with the model renamed, the
+/// public name between two slices of the upstream's bytes) and its usage.
+pub(crate) fn decode_whole(body: Bytes, rename: Option<&ModelRename>) -> (Parts, Option<Usage>) {
     let usage = whole_usage(&body);
-    let body = rename.and_then(|r| r.apply(&body)).map_or(body, Bytes::from);
-    (body, usage)
+    let parts = match rename.and_then(|r| Some((r, r.find(&body)?))) {
+        Some((r, start)) => Parts::splice(&body, start..start + r.from.len(), r.to.clone()),
+        None => Parts::whole(body),
+    };
+    (parts, usage)
 }
 
 /// Decodes a stream event by event.
@@ -337,6 +342,9 @@ mod tests {
         assert!(out.starts_with(r#"{"id":"x","model": "gpt-4o","choices""#), "{out}");
         assert!(out.contains(r#"\"model\":\"eastus-prod-deploy-7f3a\""#), "content is untouched: {out}");
         assert!(ModelRename::new("same", "same").is_none());
+        let whole = Bytes::from_static(br#"{"id":"x","model":"eastus-prod-deploy-7f3a","usage":null}"#);
+        let (parts, _) = decode_whole(whole, Some(&rename));
+        assert_eq!(&parts.contiguous()[..], br#"{"id":"x","model":"gpt-4o","usage":null}"#);
     }
 
     #[test]

@@ -5,24 +5,24 @@ mod admin;
 mod request_id;
 
 use std::convert::Infallible;
-use std::future::{Future, Ready, ready};
-use std::net::{IpAddr, SocketAddr};
+use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::extract::Request;
-use axum::response::Response;
-use axum::serve::{IncomingStream, Listener, ListenerExt};
 use futures_util::future::Either;
 use http::{HeaderName, HeaderValue, Method};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tower::{Layer, Service};
 use tower_http::cors::{AllowHeaders, AllowOrigin, Cors, CorsLayer};
 
-pub(crate) use request_id::{RequestId, X_REQUEST_ID};
+pub(crate) use request_id::{RequestId, TakesRequestId, X_REQUEST_ID};
 
-use crate::api::Api;
+use crate::api::{Api, Response};
 use crate::state::Gateway;
 use request_id::{Envelope, EnvelopeLayer};
 
@@ -57,22 +57,29 @@ impl CorsOrigins {
 }
 
 /// The client API for one connection, one ordered stack. Outermost first:
-/// the envelope (request id, span, panic -> 500); CORS answers preflights for
-/// allowed origins; the API dispatcher, which authenticates every route
-/// before its handler (404 for unknown URLs).
-pub(crate) type ClientService = Envelope<MaybeCors>;
+/// CORS answers preflights for allowed origins (when configured); the
+/// envelope (request id, span, panic -> 500); the API dispatcher, which
+/// authenticates every route before its handler (404 for unknown URLs).
+pub(crate) type ClientService = MaybeCors;
 
-/// The API, behind the CORS layer when origins are configured.
+/// The enveloped API, behind the CORS layer when origins are configured.
 #[derive(Clone)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "hyper's adapter clones the service for every request: a box would cost an allocation each time"
+)]
 pub(crate) enum MaybeCors {
-    With(Cors<Api>),
-    Without(Api),
+    With(Cors<Envelope<Api>>),
+    Without(Envelope<Api>),
 }
+
+type Request = http::Request<Incoming>;
 
 impl Service<Request> for MaybeCors {
     type Response = Response;
     type Error = Infallible;
-    type Future = Either<<Cors<Api> as Service<Request>>::Future, <Api as Service<Request>>::Future>;
+    type Future =
+        Either<<Cors<Envelope<Api>> as Service<Request>>::Future, <Envelope<Api> as Service<Request>>::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         match self {
@@ -103,29 +110,11 @@ impl ClientStack {
     }
 
     pub fn for_peer(&self, peer: IpAddr) -> ClientService {
-        let api = Api::new(self.gw.clone(), peer);
-        let inner = match &self.cors {
+        let api = EnvelopeLayer.layer(Api::new(self.gw.clone(), peer));
+        match &self.cors {
             Some(cors) => MaybeCors::With(cors.layer(api)),
             None => MaybeCors::Without(api),
-        };
-        EnvelopeLayer.layer(inner)
-    }
-}
-
-impl<'a, L> Service<IncomingStream<'a, L>> for ClientStack
-where
-    L: Listener<Addr = SocketAddr>,
-{
-    type Response = ClientService;
-    type Error = Infallible;
-    type Future = Ready<Result<ClientService, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, stream: IncomingStream<'a, L>) -> Self::Future {
-        ready(Ok(self.for_peer(stream.remote_addr().ip())))
+        }
     }
 }
 
@@ -145,13 +134,6 @@ pub(crate) async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
 ) -> std::io::Result<()> {
-    let app = ClientStack::new(gw.clone(), cors);
-    let client = listeners.client.tap_io(|tcp| {
-        // Without it, replies on kept-alive connections stall ~40 ms on delayed ACKs.
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY not set");
-        }
-    });
     let admin_done = Arc::new(tokio::sync::Notify::new());
     let admin = {
         let stop = admin_done.clone();
@@ -162,29 +144,59 @@ pub(crate) async fn serve(
                 .into_future(),
         )
     };
-    let begun = Arc::new(tokio::sync::Notify::new());
-    let signal = {
-        let begun = begun.clone();
-        async move {
-            shutdown.await;
-            gw.start_draining();
-            tracing::info!("shutting down: no new connections; finishing requests in flight");
-            begun.notify_one();
-        }
-    };
-    let mut server = tokio::spawn(axum::serve(client, app).with_graceful_shutdown(signal).into_future());
-    let served = tokio::select! {
-        done = &mut server => done.map_err(std::io::Error::other).and_then(|r| r),
-        () = begun.notified() => match tokio::time::timeout(grace, &mut server).await {
-            Ok(done) => done.map_err(std::io::Error::other).and_then(|r| r),
-            Err(_) => {
-                tracing::warn!(grace = %humantime::format_duration(grace), "grace period over; closing remaining connections");
-                server.abort();
-                Ok(())
-            }
-        },
-    };
+    let served = serve_clients(listeners.client, ClientStack::new(gw.clone(), cors), &gw, shutdown, grace).await;
     admin_done.notify_one();
     let _ = admin.await;
     served
+}
+
+/// The client listener's accept loop: one HTTP/1.1 connection task each, on
+/// hyper directly (requests and responses keep their concrete body types).
+async fn serve_clients(
+    listener: TcpListener,
+    stack: ClientStack,
+    gw: &Gateway,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+) -> std::io::Result<()> {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut connections = tokio::task::JoinSet::new();
+    let http = hyper::server::conn::http1::Builder::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: pause, then go on.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        // Without it, replies on kept-alive connections stall ~40 ms on delayed ACKs.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
+        let service = TowerToHyperService::new(stack.for_peer(peer.ip()));
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(tcp), service));
+        connections.spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, %peer, "client connection ended with an error");
+            }
+        });
+        // Finished connection tasks are reaped as we go.
+        while connections.try_join_next().is_some() {}
+    }
+    drop(listener);
+    gw.start_draining();
+    tracing::info!("shutting down: no new connections; finishing requests in flight");
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!(grace = %humantime::format_duration(grace), "grace period over; closing remaining connections");
+        connections.abort_all();
+    }
+    while connections.join_next().await.is_some() {}
+    Ok(())
 }

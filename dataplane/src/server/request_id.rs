@@ -1,7 +1,7 @@
 //! The envelope around every client request: its id (the client's
-//! `x-request-id` when sane, else a new one put in its place) in a tracing
-//! span around the request — so in every log line about it —, forwarded
-//! upstream, and in the answer; and a panic anywhere in the
+//! `x-request-id` when sane, else a new one) in a tracing span around the
+//! request — so in every log line about it —, handed to the API (which
+//! forwards it upstream and records it), and in the answer; and a panic anywhere in the
 //! request's handling becomes an OpenAI-shaped 500 instead of a dropped
 //! connection.
 //!
@@ -16,8 +16,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
-use axum::extract::Request;
-use axum::response::{IntoResponse, Response};
+use crate::api::Response;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use tower::{Layer, Service};
@@ -94,9 +93,15 @@ pub(crate) struct Envelope<S> {
     inner: S,
 }
 
-impl<S> Service<Request> for Envelope<S>
+/// A service told each request's id before it is called (so the id need not
+/// be written into the request).
+pub(crate) trait TakesRequestId {
+    fn set_request_id(&mut self, id: HeaderValue);
+}
+
+impl<S, B> Service<http::Request<B>> for Envelope<S>
 where
-    S: Service<Request, Response = Response>,
+    S: Service<http::Request<B>, Response = Response> + TakesRequestId,
 {
     type Response = Response;
     type Error = S::Error;
@@ -106,17 +111,10 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: Request) -> Self::Future {
-        let id = match request.headers().get(&X_REQUEST_ID).filter(|v| sane(v)) {
-            Some(id) => id.clone(),
-            None => {
-                // The request carries the id it will be known by from here on.
-                let id = new_id();
-                request.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
-                id
-            }
-        };
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let id = request.headers().get(&X_REQUEST_ID).filter(|v| sane(v)).cloned().unwrap_or_else(new_id);
         let span = tracing::info_span!("request", request_id = id.to_str().unwrap_or_default());
+        self.inner.set_request_id(id.clone());
         let inner = {
             let _entered = span.enter();
             self.inner.call(request)
@@ -149,7 +147,7 @@ where
             Ok(Poll::Ready(Ok(response))) => response,
             Err(_) => {
                 tracing::error!("the gateway panicked on this request");
-                ApiError::internal("The gateway failed on this request.").into_response()
+                ApiError::internal("The gateway failed on this request.").response()
             }
         };
         if let Some(id) = this.id.take() {
@@ -174,14 +172,24 @@ mod tests {
 
     #[tokio::test]
     async fn a_panic_becomes_an_openai_shaped_500_with_the_request_id() {
-        let panics = tower::service_fn(|_: Request| async {
-            if true {
-                panic!("boom");
+        #[derive(Clone)]
+        struct Panics;
+        impl TakesRequestId for Panics {
+            fn set_request_id(&mut self, _: HeaderValue) {}
+        }
+        impl Service<http::Request<()>> for Panics {
+            type Response = Response;
+            type Error = std::convert::Infallible;
+            type Future = std::future::Ready<Result<Response, std::convert::Infallible>>;
+            fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+                Poll::Ready(Ok(()))
             }
-            Ok::<Response, std::convert::Infallible>(Response::default())
-        });
-        let mut service = EnvelopeLayer.layer(panics);
-        let request = Request::builder().header("x-request-id", "abc").body(axum::body::Body::empty());
+            fn call(&mut self, _: http::Request<()>) -> Self::Future {
+                panic!("boom")
+            }
+        }
+        let mut service = EnvelopeLayer.layer(Panics);
+        let request = http::Request::builder().header("x-request-id", "abc").body(());
         let response = match request {
             Ok(r) => service.call(r).await,
             Err(e) => panic!("{e}"),

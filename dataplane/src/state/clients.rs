@@ -8,11 +8,9 @@ use std::sync::Mutex;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures_util::TryFutureExt;
 use futures_util::future::MapOk;
 use http::Uri;
-use http_body_util::Full;
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
@@ -20,7 +18,9 @@ use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::rt::TokioExecutor;
 use tower::Service;
 
-pub(crate) type HttpClient = Client<Quiet<HttpsConnector<HttpConnector>>, Full<Bytes>>;
+use crate::parts::Parts;
+
+pub(crate) type HttpClient = Client<Quiet<HttpsConnector<HttpConnector>>, Parts>;
 
 #[derive(Default)]
 pub(crate) struct ClientPool {
