@@ -14,6 +14,7 @@ pub mod money;
 pub mod protocol;
 pub mod routing_policy;
 pub mod snapshot;
+pub mod validation;
 
 pub use api_key::{ApiKey, ApiKeySpec};
 pub use channel::{Channel, ChannelSpec, Provider};
