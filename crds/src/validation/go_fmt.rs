@@ -18,7 +18,7 @@ pub(super) fn value(v: &Value) -> String {
 
 /// A JSON number as Go holds it after decoding a request body (integers as
 /// `int64`, everything else as `float64`) and prints it with `%v`.
-pub(super) fn number(n: &serde_json::Number) -> String {
+fn number(n: &serde_json::Number) -> String {
     match n.as_f64() {
         Some(f) if !(n.is_i64() || n.is_u64()) => float(f),
         _ => n.to_string(),

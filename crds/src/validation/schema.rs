@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use jsonschema::error::{TypeKind, ValidationErrorKind};
+use jsonschema::error::ValidationErrorKind;
 use jsonschema::paths::LocationSegment;
 use serde_json::{Map, Value};
 
@@ -259,7 +259,7 @@ impl Node {
                 let message = format!("Unsupported value: {shown}: supported values: {}", supported.join(", "));
                 FieldError::new(&name, message, true)
             }
-            ValidationErrorKind::Type { kind: TypeKind::Single(_) | TypeKind::Multiple(_) } => {
+            ValidationErrorKind::Type { .. } => {
                 let actual = type_of(v);
                 let detail = format!("{name} in body must be of type {}: \"{actual}\"", node.type_name);
                 FieldError::new(&name, format!("Invalid value: \"{actual}\": {detail}"), true)
