@@ -443,3 +443,40 @@ fn child(path: &str, name: &str) -> String {
     push_child(&mut p, name);
     p
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn build(schema: Value) -> Result<Node, SchemaError> {
+        let env = cel_env::env()?;
+        Node::build(&schema, "X", &env).map(|(node, _)| node)
+    }
+
+    #[test]
+    fn what_admission_does_not_mirror_fails_the_build() {
+        for schema in [
+            json!({"x-kubernetes-int-or-string": true}),
+            json!({"type": "string", "format": "email"}),
+            json!({"type": "array", "uniqueItems": true}),
+            json!({"type": "array", "x-kubernetes-list-type": "set"}),
+            json!({"type": "object", "x-kubernetes-validations": [{"rule": "true", "messageExpression": "'x'"}]}),
+            json!({"type": "object", "properties": {"a": {"type": "string", "oneOf": []}}}),
+        ] {
+            assert!(matches!(build(schema.clone()), Err(SchemaError::Unsupported { .. })), "{schema} was accepted");
+        }
+        let broken = json!({"type": "string", "x-kubernetes-validations": [{"rule": "self.("}]});
+        assert!(matches!(build(broken), Err(SchemaError::Rule { .. })));
+    }
+
+    #[test]
+    fn transition_rules_are_left_to_updates() -> Result<(), SchemaError> {
+        let rules = json!([{"rule": "self == oldSelf", "message": "immutable"}, {"rule": "size(self) > 0"}]);
+        let node = build(json!({"type": "string", "x-kubernetes-validations": rules}))?;
+        assert_eq!(node.rules.len(), 1);
+        assert_eq!(node.rules[0].message, None);
+        Ok(())
+    }
+}
