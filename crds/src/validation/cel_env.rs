@@ -3,6 +3,10 @@
 //! the functions of the Kubernetes CEL library that our rules call, with the
 //! semantics the API server gives them.
 //!
+//! `matches` is registered here rather than taken from the cel crate, whose
+//! version compiles the pattern on every call (90% of the time spent admitting
+//! manifests with prices and durations).
+//!
 //! Kubernetes CEL libraries:
 //! <https://kubernetes.io/docs/reference/using-api/cel/#kubernetes-ip-address-library>
 //! (`isIP`) and
@@ -11,8 +15,9 @@
 //! calling a function that is not registered here fails to evaluate, and the
 //! manifest is rejected with that error rather than accepted unchecked.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 
 use cel::common::types::{CelBool, CelString};
 use cel::objects::{Key, Map};
@@ -21,6 +26,8 @@ use cel::{Context, Env, ExecutionError, Program, Value};
 /// The standard environment with the Kubernetes functions our rules use.
 pub(super) fn env() -> Result<Env, cel::DeclarationError> {
     let mut env = Env::stdlib();
+    cel::add_overload!(env, fn matches: (CelString, CelString) -> Result<CelBool>, id = "matches")?;
+    cel::add_member_overload!(env, fn matches: (CelString, CelString) -> Result<CelBool>)?;
     cel::add_overload!(env, fn is_ip: (CelString) -> CelBool, name = "isIP")?;
     cel::add_overload!(env, fn is_cidr: (CelString) -> CelBool, name = "isCIDR")?;
     Ok(env)
@@ -53,6 +60,28 @@ fn to_cel(v: &serde_json::Value) -> Value {
             map: Arc::new(fields.iter().map(|(k, v)| (Key::String(Arc::new(k.clone())), to_cel(v))).collect()),
         }),
     }
+}
+
+/// `matches(string, string) bool` (also `s.matches(re)`): whether the RE2
+/// pattern matches anywhere in the string (CEL standard library; Rust's `regex`
+/// has RE2 semantics). Compiled patterns are kept: rules name a few fixed ones.
+fn matches(this: &CelString<'_>, pattern: &CelString<'_>) -> Result<CelBool, ExecutionError> {
+    static COMPILED: LazyLock<Mutex<HashMap<String, regex::Regex>>> = LazyLock::new(Mutex::default);
+    let mut compiled = COMPILED.lock().unwrap_or_else(PoisonError::into_inner);
+    let re = match compiled.get(pattern.inner()) {
+        Some(re) => re.clone(),
+        None => {
+            let re = regex::Regex::new(pattern.inner()).map_err(|e| ExecutionError::function_error("matches", e))?;
+            // A rule may build patterns from data; keep the cache bounded.
+            if compiled.len() >= 256 {
+                compiled.clear();
+            }
+            compiled.insert(pattern.inner().to_owned(), re.clone());
+            re
+        }
+    };
+    drop(compiled);
+    Ok(CelBool::from(re.is_match(this.inner())))
 }
 
 /// `isIP(string) bool`: an IPv4 or IPv6 address; IPv4-mapped IPv6 addresses,
@@ -131,5 +160,7 @@ mod tests {
         assert_eq!(eval(base_url, json!({"provider": "openai"})), Ok(true));
         assert_eq!(eval("self.all(c, isCIDR(c) || isIP(c))", json!(["10.0.0.1", "10.0.0.0/8"])), Ok(true));
         assert!(eval("self.size()", json!("abc")).is_err(), "a rule must yield a bool");
+        assert_eq!(eval("matches(self, 'b+')", json!("abbc")), Ok(true), "unanchored, as RE2");
+        assert!(eval("self.matches('(')", json!("x")).is_err(), "a bad pattern is an error");
     }
 }
