@@ -4,7 +4,7 @@
 //! semantics the API server gives them.
 //!
 //! `matches` is registered here rather than taken from the cel crate, whose
-//! version compiles the pattern on every call (90% of the time spent admitting
+//! version compiles the pattern on every call (most of the time spent admitting
 //! manifests with prices and durations).
 //!
 //! Kubernetes CEL libraries:
