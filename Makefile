@@ -1,31 +1,59 @@
 # One entry point for humans and CI. `make help` lists the recipes.
 SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
-PYTHON ?= python3
 PORT ?= 8080
+# Build outputs, the control plane binaries and the Python test environment live
+# here (.ci/run sets the same default).
+WEAVER_CACHE ?= $(HOME)/.cache/llm-weaver
+export WEAVER_CACHE
+# The Python that creates the test environment; the tests run in the environment.
+HOST_PYTHON ?= python3
+VENV := $(WEAVER_CACHE)/venv
+PYTHON := $(VENV)/bin/python
+# apt-get needs root: run as root, or with sudo.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_INSTALL := $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends
 
 .PHONY: help run test setup fmt lint unit e2e crds bench control-plane-up control-plane-down
 
 help:
-	@echo "make run     - the standalone gateway with the demo config (config/dev) on 127.0.0.1:$(PORT)"
-	@echo "make test    - everything CI runs: set-up, fmt, clippy, unit + integration tests, SDK and CRD e2e"
-	@echo "make crds    - regenerate crds/manifests from the Rust types"
-	@echo "make bench   - loopback benchmark (direct vs nginx vs gateway) and allocations per request (not part of CI)"
+	@echo "make help                - this list"
+	@echo "make run                 - the standalone gateway with the demo config (config/dev) on 127.0.0.1:$(PORT)"
+	@echo "make test                - everything CI runs: setup, lint, unit, e2e"
+	@echo "make setup               - openssl and curl (apt-get if missing), the Python test packages in $(VENV)"
+	@echo "make fmt                 - format the Rust code"
+	@echo "make lint                - cargo fmt --check and clippy -D warnings"
+	@echo "make unit                - build the binaries, cargo test (unit and integration tests)"
+	@echo "make e2e                 - operator, OpenAI SDK and CRD tests against the binaries and a real API server"
+	@echo "make crds                - regenerate crds/manifests from the Rust types"
+	@echo "make bench               - loopback benchmark (direct vs nginx vs gateway) and allocations per request (not part of CI)"
+	@echo "make control-plane-up    - start a kube-apiserver + etcd for your own experiments (prints the KUBECONFIG line)"
+	@echo "make control-plane-down  - stop it"
 
 run:
 	cargo run --release -p weaver-gateway -- --manifests config/dev --listen 127.0.0.1:$(PORT)
 
 test: setup lint unit e2e
 
-# Installs what the tests need on a fresh machine (idempotent).
+# Installs what the tests need on a fresh machine (idempotent): openssl and curl
+# for the control plane, and the pinned Python packages in a virtual environment
+# under $(WEAVER_CACHE), so no Python of yours is changed (Debian's python3 needs
+# python3-venv for that: it is installed when venv fails). The environment is
+# rebuilt when e2e/requirements.txt changes.
 setup:
-	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r e2e/requirements.txt
-	command -v openssl >/dev/null || (apt-get update -qq && apt-get install -y -qq openssl)
+	command -v openssl >/dev/null && command -v curl >/dev/null || ($(APT_INSTALL) openssl curl)
+	cmp -s e2e/requirements.txt $(VENV)/requirements.txt || { \
+	  { $(HOST_PYTHON) -m venv --clear $(VENV) || \
+	    { $(APT_INSTALL) python3-venv && $(HOST_PYTHON) -m venv --clear $(VENV); }; } && \
+	  $(PYTHON) -m pip install --quiet --disable-pip-version-check -r e2e/requirements.txt && \
+	  cp e2e/requirements.txt $(VENV)/requirements.txt; }
 
 fmt:
 	cargo fmt --all
 
 lint:
+	@for t in $$(sed -n 's/^\.PHONY: //p' Makefile); do \
+	  grep -q "^	@echo \"make $$t " Makefile || { echo "make help does not list $$t"; exit 1; }; done
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 
@@ -36,16 +64,17 @@ unit:
 	cargo run -q -p weaver-gateway -- --check config/samples
 
 # The official OpenAI SDK against the real binaries; the CRDs and the operator
-# (with two gateways in cluster mode) against a real kube-apiserver + etcd,
-# built from Go modules on first use (~4 min) and thrown away afterwards.
+# (with two gateways in cluster mode) against a real kube-apiserver + etcd. The
+# control plane binaries are built from Go modules on first use (about 8 min on
+# a cold 2-core machine) and cached; each plane is thrown away afterwards.
 PLANE ?= $(or $(TMPDIR),/tmp)/llm-weaver-e2e-plane
-e2e:
+e2e: setup
 	cargo build --workspace --bins
 	e2e/control-plane build
 	e2e/control-plane down $(PLANE) >/dev/null 2>&1 || true
 	e2e/control-plane up $(PLANE) >/dev/null
 	trap 'e2e/control-plane down $(PLANE) >/dev/null' EXIT; \
-	  WEAVER_E2E_KUBECONFIG=$(PLANE)/kubeconfig cargo test -p weaver-e2e --test operator -- --ignored --test-threads 4 && \
+	  WEAVER_E2E_KUBECONFIG=$(PLANE)/kubeconfig WEAVER_E2E_PYTHON=$(PYTHON) cargo test -p weaver-e2e --test operator -- --ignored --test-threads 4 && \
 	  $(PYTHON) -m pytest e2e/sdk e2e/crd -q
 
 crds:

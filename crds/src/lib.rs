@@ -2,7 +2,9 @@
 //! snapshot pushed to gateways and the pure compiler from one to the other.
 //!
 //! Nothing here does I/O, so the operator (resources from the API server) and the
-//! standalone gateway (resources from a folder of manifests) compile the same way.
+//! standalone gateway (resources from a folder of manifests) compile the same way,
+//! and manifests read from files are admitted against the same generated CRDs
+//! the API server enforces ([`validation`]).
 
 pub mod api_key;
 pub mod channel;
@@ -14,6 +16,7 @@ pub mod money;
 pub mod protocol;
 pub mod routing_policy;
 pub mod snapshot;
+pub mod validation;
 
 pub use api_key::{ApiKey, ApiKeySpec};
 pub use channel::{Channel, ChannelSpec, Provider};

@@ -1,36 +1,54 @@
-//! Reading resources from YAML manifests, as `kubectl apply -f` would.
+//! Reading resources from YAML manifests, as `kubectl apply -f` and the API
+//! server would: every Channel, ApiKey and RoutingPolicy is admitted against its
+//! CRD ([`crate::validation`]) before it is taken.
+
+use std::fmt;
 
 use k8s_openapi::api::core::v1::Secret;
+use kube::Resource;
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
 
 use crate::compiler::Resources;
-use crate::{ApiKey, Channel, RoutingPolicy};
+use crate::validation::{self, AdmitError};
+
+/// Where a document is in its text: its number counted from 1, as people
+/// count, and the line (from 1) it starts on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Position {
+    /// 1 for the first document of the text.
+    pub document: usize,
+    /// The line of the document's `---` marker, or of its first content when
+    /// it has no marker; `None` if the text could not be split into documents.
+    pub line: Option<usize>,
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "document {} (line {line})", self.document),
+            None => write!(f, "document {}", self.document),
+        }
+    }
+}
 
 /// A document that could not be read. Carries the document's position, kind and
 /// name but never its content (it may be a Secret).
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
-    #[error("document {index}: not valid YAML: {source}")]
-    Yaml { index: usize, source: serde_yaml::Error },
-    #[error("document {index} ({kind} {name}): {source}")]
-    Invalid { index: usize, kind: String, name: String, source: serde_yaml::Error },
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct TypeMeta {
-    #[serde(default)]
-    api_version: String,
-    #[serde(default)]
-    kind: String,
-    #[serde(default)]
-    metadata: NameOnly,
-}
-
-#[derive(Default, Deserialize)]
-struct NameOnly {
-    #[serde(default)]
-    name: String,
+    /// The YAML does not parse (the message has the line and column).
+    #[error("{at}: not valid YAML: {source}")]
+    Yaml { at: Position, source: serde_yaml::Error },
+    /// A document that is not a mapping, so not a Kubernetes object.
+    #[error("{at}: not a Kubernetes object (a mapping with apiVersion and kind)")]
+    NotAnObject { at: Position },
+    /// The API server would refuse the object; the message is its answer.
+    #[error("{at}: {source}")]
+    Rejected { at: Position, source: AdmitError },
+    /// The object passed its schema but does not fit the Rust types.
+    #[error("{at} ({kind} {name}): {source}")]
+    Invalid { at: Position, kind: String, name: String, source: serde_json::Error },
 }
 
 /// Adds every Channel, ApiKey, RoutingPolicy and core/v1 Secret of a
@@ -39,42 +57,25 @@ struct NameOnly {
 /// Returns how many documents were taken; on error nothing of this text is
 /// added, so a half-edited file cannot leave a half-read config.
 pub fn parse_into(text: &str, into: &mut Resources) -> Result<usize, ManifestError> {
+    let lines = document_lines(text);
     let mut staged = Resources::default();
     let mut taken = 0;
     for (index, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let value = serde_yaml::Value::deserialize(doc).map_err(|source| ManifestError::Yaml { index, source })?;
+        let at = Position { document: index + 1, line: lines.get(index).copied() };
+        let mut value = Value::deserialize(doc).map_err(|source| ManifestError::Yaml { at, source })?;
         if value.is_null() {
             continue;
         }
-        let meta: TypeMeta =
-            serde_yaml::from_value(value.clone()).map_err(|source| ManifestError::Yaml { index, source })?;
-        let invalid = |source| ManifestError::Invalid {
-            index,
-            kind: meta.kind.clone(),
-            name: meta.metadata.name.clone(),
-            source,
-        };
-        match (meta.api_version.as_str(), meta.kind.as_str()) {
-            ("llmweaver.io/v1alpha1", "Channel") => {
-                let mut obj: Channel = serde_yaml::from_value(value).map_err(invalid)?;
-                default_namespace(&mut obj.metadata);
-                staged.channels.push(obj);
-            }
-            ("llmweaver.io/v1alpha1", "ApiKey") => {
-                let mut obj: ApiKey = serde_yaml::from_value(value).map_err(invalid)?;
-                default_namespace(&mut obj.metadata);
-                staged.api_keys.push(obj);
-            }
-            ("llmweaver.io/v1alpha1", "RoutingPolicy") => {
-                let mut obj: RoutingPolicy = serde_yaml::from_value(value).map_err(invalid)?;
-                default_namespace(&mut obj.metadata);
-                staged.routing_policies.push(obj);
-            }
-            ("v1", "Secret") => {
-                let mut obj: Secret = serde_yaml::from_value(value).map_err(invalid)?;
-                default_namespace(&mut obj.metadata);
-                staged.secrets.push(obj);
-            }
+        if !value.is_object() {
+            return Err(ManifestError::NotAnObject { at });
+        }
+        integral_floats_to_integers(&mut value);
+        let field = |key: &str| value.get(key).and_then(Value::as_str).unwrap_or_default().to_owned();
+        match (field("apiVersion").as_str(), field("kind").as_str()) {
+            ("llmweaver.io/v1alpha1", "Channel") => staged.channels.push(admitted(value, at)?),
+            ("llmweaver.io/v1alpha1", "ApiKey") => staged.api_keys.push(admitted(value, at)?),
+            ("llmweaver.io/v1alpha1", "RoutingPolicy") => staged.routing_policies.push(admitted(value, at)?),
+            ("v1", "Secret") => staged.secrets.push(decoded::<Secret>(value, at)?),
             _ => continue,
         }
         taken += 1;
@@ -86,6 +87,143 @@ pub fn parse_into(text: &str, into: &mut Resources) -> Result<usize, ManifestErr
     Ok(taken)
 }
 
-fn default_namespace(meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) {
-    meta.namespace.get_or_insert_with(|| "default".to_owned());
+/// One of our kinds, after the admission the API server would give it.
+fn admitted<K>(mut value: Value, at: Position) -> Result<K, ManifestError>
+where
+    K: Resource<DynamicType = ()> + DeserializeOwned,
+{
+    validation::admit::<K>(&mut value).map_err(|source| ManifestError::Rejected { at, source })?;
+    decoded(value, at)
+}
+
+fn decoded<K>(value: Value, at: Position) -> Result<K, ManifestError>
+where
+    K: Resource<DynamicType = ()> + DeserializeOwned,
+{
+    let name = value.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_owned();
+    let mut obj: K = serde_json::from_value(value).map_err(|source| ManifestError::Invalid {
+        at,
+        kind: K::kind(&()).into_owned(),
+        name,
+        source,
+    })?;
+    obj.meta_mut().namespace.get_or_insert_with(|| "default".to_owned());
+    Ok(obj)
+}
+
+/// `kubectl` sends YAML as JSON, where `100.0` and `1e4` become the integers
+/// `100` and `10000`; do the same so that an integer field reads them alike.
+fn integral_floats_to_integers(value: &mut Value) {
+    match value {
+        Value::Number(n) => {
+            // Only integral values well within i64 range, so the cast is exact.
+            if let Some(f) = n.as_f64().filter(|f| n.is_f64() && f.fract() == 0.0 && f.abs() < 9.0e15) {
+                *n = serde_json::Number::from(f as i64);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(integral_floats_to_integers),
+        Value::Object(fields) => fields.values_mut().for_each(integral_floats_to_integers),
+        _ => {}
+    }
+}
+
+/// The line (from 1) each document of a YAML stream starts on, in the order the
+/// YAML parser yields them: a `---` marker starts a document; so does the first
+/// content of the stream, or after a `...` end marker, when no marker precedes
+/// it. YAML forbids both markers at the start of a line inside a document's
+/// content, so the scan needs no parsing.
+fn document_lines(text: &str) -> Vec<usize> {
+    let marker =
+        |line: &str, m: &str| line.strip_prefix(m).is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t']));
+    let mut starts = Vec::new();
+    let mut in_document = false;
+    for (i, line) in text.lines().enumerate() {
+        if marker(line, "---") {
+            starts.push(i + 1);
+            in_document = true;
+        } else if marker(line, "...") {
+            in_document = false;
+        } else if !in_document {
+            let content = line.trim_start();
+            if !(content.is_empty() || content.starts_with('#') || content.starts_with('%')) {
+                starts.push(i + 1);
+                in_document = true;
+            }
+        }
+    }
+    starts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHANNEL: &str = "apiVersion: llmweaver.io/v1alpha1\nkind: Channel\nmetadata: {name: c}\n\
+                           spec: {provider: openai, models: [{name: m}], weight: 20000}\n";
+
+    fn error(text: &str) -> String {
+        match parse_into(text, &mut Resources::default()) {
+            Ok(n) => panic!("expected an error, took {n} documents"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn documents_are_numbered_from_one_with_the_line_they_start_on() {
+        let text = format!("# header\n\napiVersion: v1\nkind: ConfigMap\n---\n# a comment\n{CHANNEL}");
+        assert_eq!(
+            error(&text),
+            "document 2 (line 5): Channel.llmweaver.io \"c\" is invalid: spec.weight: Invalid value: 20000: \
+             spec.weight in body should be less than or equal to 10000"
+        );
+        assert!(error(CHANNEL).starts_with("document 1 (line 1): "));
+        assert!(
+            error(&format!("---\n---\n{CHANNEL}")).starts_with("document 2 (line 2): "),
+            "an empty document counts"
+        );
+    }
+
+    #[test]
+    fn document_starts_follow_the_markers() {
+        assert_eq!(document_lines("a: 1\n---\nb: 2\n"), [1, 2]);
+        assert_eq!(document_lines("# c\n\n--- # x\na: 1\n---\n"), [3, 5]);
+        assert_eq!(document_lines("a: |\n  ---\n  text\n---\nb: 1\n...\n# c\nc: 1\n"), [1, 4, 8]);
+        assert_eq!(document_lines("%YAML 1.2\n---\na: 1\n"), [2]);
+        assert_eq!(document_lines("---a: 1\n"), [1], "`---a` is content, not a marker");
+    }
+
+    #[test]
+    fn yaml_errors_carry_the_file_line() {
+        let text = format!("{CHANNEL}---\napiVersion: v1\nkind: [\n");
+        let e = error(&text.replace("20000", "1"));
+        assert!(e.starts_with("document 2 (line 5): not valid YAML: "), "{e}");
+        assert!(e.contains("line 8"), "{e}");
+    }
+
+    #[test]
+    fn a_rejected_text_adds_nothing() {
+        let mut resources = Resources::default();
+        let good = CHANNEL.replace("20000", "1").replace("name: c", "name: good");
+        assert!(parse_into(&format!("{good}---\n{CHANNEL}"), &mut resources).is_err());
+        assert!(resources.channels.is_empty());
+    }
+
+    #[test]
+    fn admitted_objects_carry_defaults_and_a_namespace() -> Result<(), ManifestError> {
+        let mut resources = Resources::default();
+        let text = CHANNEL.replace("weight: 20000", "weight: 5e1");
+        assert_eq!(parse_into(&text, &mut resources)?, 1);
+        let channel = &resources.channels[0];
+        assert_eq!(channel.spec.weight, 50, "YAML floats with integral values read as integers, as with kubectl");
+        assert_eq!(channel.metadata.namespace.as_deref(), Some("default"));
+        Ok(())
+    }
+
+    #[test]
+    fn scalars_are_not_objects() {
+        assert_eq!(
+            error("hello\n"),
+            "document 1 (line 1): not a Kubernetes object (a mapping with apiVersion and kind)"
+        );
+    }
 }

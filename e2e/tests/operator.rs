@@ -355,8 +355,10 @@ async fn issued_keys_reach_every_gateway_quickly() -> anyhow::Result<()> {
     assert_eq!(owner.first().map(|o| (o.kind.as_str(), o.name.as_str())), Some(("ApiKey", "app")));
     bed.until_all(&key, "gpt-4o-mini", StatusCode::OK).await?;
 
-    // The official OpenAI SDK gets an answer through a gateway.
-    let out = tokio::process::Command::new("python3")
+    // The official OpenAI SDK gets an answer through a gateway (in the test
+    // environment `make setup` creates; `make e2e` names its python).
+    let python = std::env::var_os("WEAVER_E2E_PYTHON").unwrap_or_else(|| "python3".into());
+    let out = tokio::process::Command::new(python)
         .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("sdk/chat_once.py"))
         .args([format!("{}/v1", bed.gateway(0)), key.clone(), "gpt-4o-mini".into()])
         .output()

@@ -9,6 +9,27 @@ fn compile_yaml(yaml: &str) -> Compiled {
     compile(&resources, 7)
 }
 
+/// Compiles the objects as written, without the admission `parse_into` applies:
+/// what the operator may get from an API server that stored them under an older
+/// CRD. The compiler must fail closed on these too.
+fn compile_unadmitted(yaml: &str) -> Compiled {
+    use serde::Deserialize;
+    fn decode<T: serde::de::DeserializeOwned>(value: serde_yaml::Value) -> T {
+        serde_yaml::from_value(value).unwrap_or_else(|e| panic!("fixture does not decode: {e}"))
+    }
+    let mut resources = Resources::default();
+    for doc in serde_yaml::Deserializer::from_str(yaml) {
+        let value = serde_yaml::Value::deserialize(doc).unwrap_or_else(|e| panic!("fixture is not YAML: {e}"));
+        match value.get("kind").and_then(serde_yaml::Value::as_str) {
+            Some("Channel") => resources.channels.push(decode(value)),
+            Some("ApiKey") => resources.api_keys.push(decode(value)),
+            Some("Secret") => resources.secrets.push(decode(value)),
+            _ => {}
+        }
+    }
+    compile(&resources, 7)
+}
+
 fn reasons(c: &Compiled) -> Vec<(Kind, &str, ProblemReason)> {
     c.problems.iter().map(|p| (p.kind, p.name.as_str(), p.reason)).collect()
 }
@@ -255,8 +276,11 @@ spec:
 #[test]
 fn duplicate_models_and_duplicate_keys_are_reported() {
     let twin = KEY.replace("name: checkout,", "name: twin,");
-    let c =
-        compile_yaml(&format!("{SECRETS}{}{KEY}{twin}", channel("a", "", "{name: m}, {name: m, upstreamModel: x}", 1)));
+    // Duplicate model names are refused at admission (`x-kubernetes-list-type: map`).
+    let c = compile_unadmitted(&format!(
+        "{SECRETS}{}{KEY}{twin}",
+        channel("a", "", "{name: m}, {name: m, upstreamModel: x}", 1)
+    ));
     assert_eq!(
         reasons(&c),
         vec![(Kind::Channel, "a", ProblemReason::DuplicateModel), (Kind::ApiKey, "twin", ProblemReason::DuplicateKey),]
@@ -267,17 +291,18 @@ fn duplicate_models_and_duplicate_keys_are_reported() {
 
 #[test]
 fn invalid_fields_that_bypass_the_schema_fail_closed() {
-    // Standalone mode has no API server to run the CEL rules, so the compiler
-    // re-checks what would otherwise open a key or mis-bill.
+    // Admission refuses these in both modes; an object stored under an older
+    // CRD may still carry them, so the compiler re-checks what would otherwise
+    // open a key or mis-bill.
     let bad_cidr = KEY.replace("secretRef:", "ipAllowlist: [\"10.0.0.0/33\"]\n  secretRef:");
-    let c = compile_yaml(&format!("{SECRETS}{}{bad_cidr}", channel("a", "", "{name: m}", 1)));
+    let c = compile_unadmitted(&format!("{SECRETS}{}{bad_cidr}", channel("a", "", "{name: m}", 1)));
     assert_eq!(reasons(&c), vec![(Kind::ApiKey, "checkout", ProblemReason::InvalidField)]);
     assert!(c.snapshot.keys.is_empty());
 
     let bad_price = channel("p", "", "{name: m, pricing: {inputPerMillion: \"cheap\"}}", 1);
     let bad_timeout =
         channel("t", "", "{name: m}", 1).replace("weight: 1", "weight: 1\n  timeouts: {connect: 5 parsecs}");
-    let c = compile_yaml(&format!("{SECRETS}{bad_price}{bad_timeout}"));
+    let c = compile_unadmitted(&format!("{SECRETS}{bad_price}{bad_timeout}"));
     assert_eq!(
         reasons(&c),
         vec![(Kind::Channel, "p", ProblemReason::InvalidField), (Kind::Channel, "t", ProblemReason::InvalidField)]
