@@ -57,9 +57,13 @@ lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 
+PG ?= $(or $(TMPDIR),/tmp)/llm-weaver-unit-postgres
 unit:
 	cargo build --workspace --bins
-	cargo test --workspace
+	e2e/postgres down $(PG) >/dev/null 2>&1 || true
+	pg_env=$$(e2e/postgres up $(PG)); eval "$$pg_env"; \
+	  trap 'e2e/postgres down $(PG) >/dev/null' EXIT; \
+	  cargo test --workspace
 	cargo run -q -p weaver-gateway -- --check config/dev
 	cargo run -q -p weaver-gateway -- --check config/samples
 

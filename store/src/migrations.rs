@@ -1,0 +1,28 @@
+//! The schema, embedded in the binary and applied in version order at start-up.
+//! Applied versions are recorded in `weaver_store_migrations`; a migration is never
+//! edited once released — a change is a new file.
+
+pub(crate) struct Migration {
+    pub version: i64,
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+pub(crate) const POSTGRES: &[Migration] =
+    &[Migration { version: 1, name: "usage", sql: include_str!("../migrations/postgres/0001_usage.sql") }];
+
+pub(crate) const SQLITE: &[Migration] =
+    &[Migration { version: 1, name: "usage", sql: include_str!("../migrations/sqlite/0001_usage.sql") }];
+
+pub(crate) const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS weaver_store_migrations \
+    (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_ms BIGINT NOT NULL)";
+
+/// The migrations `current` lacks; an error when the database is newer than the code
+/// (an older replica must not write into a schema it does not know).
+pub(crate) fn pending(all: &'static [Migration], current: i64) -> Result<&'static [Migration], crate::StoreError> {
+    let newest = all.last().map_or(0, |m| m.version);
+    if current > newest {
+        return Err(crate::StoreError::SchemaTooNew(current));
+    }
+    Ok(&all[all.partition_point(|m| m.version <= current)..])
+}

@@ -1,0 +1,367 @@
+//! The Postgres store, for clusters: events partitioned by UTC day, rollups upserted
+//! in the inserting transaction, batches sent as arrays through one `UNNEST` insert.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{Executor, Postgres};
+
+use crate::query::{DAY_MS, GroupBy, KeyUsage, RecordFilter, RecordPage, Rollup, SummaryRow, UsageFilter, floor_day};
+use crate::rollup::{deltas, dense_text, to_i64};
+use crate::sql::{self, Dialect};
+use crate::{Cursor, MaintainReport, StoreError, StoreOptions, UsageRecord, UsageStore, migrations, now_ms};
+
+const DIALECT: Dialect = Dialect {
+    attempts: "attempts::text",
+    sketch_join: "CROSS JOIN LATERAL unnest(u.latency) WITH ORDINALITY AS s(c, i)",
+    sketch_bucket: "s.i - 1",
+    sketch_count: "s.c",
+};
+
+/// Serialises migrations of replicas starting together (any constant works; this
+/// one spells "weaver").
+const MIGRATION_LOCK: i64 = 0x7765_6176_6572;
+
+/// A Postgres usage store. Cheap to clone (the pool is shared).
+#[derive(Clone, Debug)]
+pub struct PgStore {
+    pool: PgPool,
+    options: StoreOptions,
+    /// Days (start, unix ms) whose event partition is known to exist, so inserts
+    /// issue `CREATE TABLE` only for a day they have not seen.
+    partitions: Arc<Mutex<BTreeSet<i64>>>,
+}
+
+impl PgStore {
+    /// A pool for `url` that connects on first use, so a gateway can start (and
+    /// spool) while the database is away.
+    pub fn connect_lazy(url: &str, options: StoreOptions) -> Result<PgStore, StoreError> {
+        let connect: PgConnectOptions = url.parse()?;
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections)
+            .acquire_timeout(options.acquire_timeout)
+            .connect_lazy_with(connect.application_name("llm-weaver"));
+        Ok(PgStore { pool, options, partitions: Arc::default() })
+    }
+
+    /// The pool, for callers that keep other tables in the same database.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Creates the partitions for `days` (day starts, unix ms) that are not known yet.
+    async fn ensure_partitions(&self, days: impl IntoIterator<Item = i64>) -> Result<usize, StoreError> {
+        let missing: Vec<i64> = {
+            let known = self.partitions.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            days.into_iter().filter(|d| !known.contains(d)).collect::<BTreeSet<_>>().into_iter().collect()
+        };
+        let mut created = 0;
+        for day in missing {
+            let name = partition_name(day)?;
+            let create = format!(
+                "CREATE TABLE IF NOT EXISTS {name} PARTITION OF usage_events FOR VALUES FROM ({day}) TO ({})",
+                day + DAY_MS
+            );
+            if let Err(err) = sqlx::raw_sql(&create).execute(&self.pool).await {
+                // Two replicas creating the same partition at once: one of them loses
+                // the race on the catalog; the partition exists all the same.
+                let exists: Option<String> =
+                    sqlx::query_scalar("SELECT to_regclass($1)::text").bind(&name).fetch_one(&self.pool).await?;
+                if exists.is_none() {
+                    return Err(err.into());
+                }
+            } else {
+                created += 1;
+            }
+            self.partitions.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(day);
+        }
+        Ok(created)
+    }
+}
+
+/// `usage_events_YYYYMMDD` for the UTC day starting at `day_ms`.
+fn partition_name(day_ms: i64) -> Result<String, StoreError> {
+    let ts = jiff::Timestamp::from_millisecond(day_ms)
+        .map_err(|_| StoreError::OutOfRange { field: "time", value: day_ms.unsigned_abs() })?;
+    Ok(format!("usage_events_{}", ts.strftime("%Y%m%d")))
+}
+
+/// The day a partition name stands for, or `None` for a table we did not name.
+fn partition_day(name: &str) -> Option<i64> {
+    let date = jiff::civil::Date::strptime("%Y%m%d", name.strip_prefix("usage_events_")?).ok()?;
+    Some(date.to_zoned(jiff::tz::TimeZone::UTC).ok()?.timestamp().as_millisecond())
+}
+
+/// Column arrays of a batch, in `usage_events` column order.
+#[derive(Default)]
+struct Columns {
+    time: Vec<i64>,
+    request_id: Vec<String>,
+    namespace: Vec<String>,
+    api_key: Vec<String>,
+    channel: Vec<String>,
+    model: Vec<String>,
+    upstream_model: Vec<String>,
+    status: Vec<i32>,
+    outcome: Vec<&'static str>,
+    input: Vec<i64>,
+    output: Vec<i64>,
+    cached: Vec<i64>,
+    cache_write: Vec<i64>,
+    reasoning: Vec<i64>,
+    estimated: Vec<bool>,
+    cost: Vec<i64>,
+    duration: Vec<i64>,
+    ttft: Vec<Option<i64>>,
+    replica: Vec<String>,
+    attempts: Vec<String>,
+}
+
+impl Columns {
+    fn of(records: &[UsageRecord]) -> Result<Columns, StoreError> {
+        let mut c = Columns::default();
+        for r in records {
+            c.time.push(r.time);
+            c.request_id.push(r.request_id.clone());
+            c.namespace.push(r.namespace.clone());
+            c.api_key.push(r.api_key.clone());
+            c.channel.push(r.channel.clone().unwrap_or_default());
+            c.model.push(r.model.clone());
+            c.upstream_model.push(r.upstream_model.clone());
+            c.status.push(i32::from(r.status));
+            c.outcome.push(r.outcome.as_str());
+            c.input.push(to_i64("input_tokens", r.input_tokens)?);
+            c.output.push(to_i64("output_tokens", r.output_tokens)?);
+            c.cached.push(to_i64("cached_input_tokens", r.cached_input_tokens)?);
+            c.cache_write.push(to_i64("cache_write_tokens", r.cache_write_tokens)?);
+            c.reasoning.push(to_i64("reasoning_tokens", r.reasoning_tokens)?);
+            c.estimated.push(r.estimated);
+            c.cost.push(to_i64("cost_nanos", r.cost_nanos)?);
+            c.duration.push(to_i64("duration_ms", r.duration_ms)?);
+            c.ttft.push(r.ttft_ms.map(|t| to_i64("ttft_ms", t)).transpose()?);
+            c.replica.push(r.replica.clone());
+            c.attempts.push(serde_json::to_string(&r.attempts)?);
+        }
+        Ok(c)
+    }
+}
+
+const INSERT_EVENTS: &str = "INSERT INTO usage_events (time_ms, request_id, namespace, api_key, channel, model, \
+    upstream_model, status, outcome, input_tokens, output_tokens, cached_input_tokens, cache_write_tokens, \
+    reasoning_tokens, estimated, cost_nanos, duration_ms, ttft_ms, replica, attempts) \
+    SELECT t.time_ms, t.request_id, t.namespace, t.api_key, t.channel, t.model, t.upstream_model, t.status, \
+    t.outcome, t.input_tokens, t.output_tokens, t.cached_input_tokens, t.cache_write_tokens, t.reasoning_tokens, \
+    t.estimated, t.cost_nanos, t.duration_ms, t.ttft_ms, t.replica, t.attempts::jsonb \
+    FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::int[], \
+    $9::text[], $10::bigint[], $11::bigint[], $12::bigint[], $13::bigint[], $14::bigint[], $15::bool[], \
+    $16::bigint[], $17::bigint[], $18::bigint[], $19::text[], $20::text[]) \
+    AS t(time_ms, request_id, namespace, api_key, channel, model, upstream_model, status, outcome, input_tokens, \
+    output_tokens, cached_input_tokens, cache_write_tokens, reasoning_tokens, estimated, cost_nanos, duration_ms, \
+    ttft_ms, replica, attempts) \
+    ON CONFLICT DO NOTHING RETURNING time_ms, request_id";
+
+fn upsert_rollup(table: &str) -> String {
+    format!(
+        "INSERT INTO {table} (bucket_ms, namespace, api_key, model, channel, requests, errors, input_tokens, \
+         output_tokens, cached_input_tokens, cost_nanos, latency) \
+         SELECT b, ns, k, m, c, r, e, i, o, ci, cost, lat::bigint[] FROM UNNEST($1::bigint[], $2::text[], \
+         $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], \
+         $11::bigint[], $12::text[]) AS t(b, ns, k, m, c, r, e, i, o, ci, cost, lat) \
+         ON CONFLICT (bucket_ms, namespace, api_key, model, channel) DO UPDATE SET \
+         requests = {table}.requests + excluded.requests, errors = {table}.errors + excluded.errors, \
+         input_tokens = {table}.input_tokens + excluded.input_tokens, \
+         output_tokens = {table}.output_tokens + excluded.output_tokens, \
+         cached_input_tokens = {table}.cached_input_tokens + excluded.cached_input_tokens, \
+         cost_nanos = {table}.cost_nanos + excluded.cost_nanos, \
+         latency = weaver_sketch_add({table}.latency, excluded.latency)"
+    )
+}
+
+impl UsageStore for PgStore {
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(MIGRATION_LOCK).execute(&mut *tx).await?;
+        (&mut *tx).execute(sqlx::raw_sql(migrations::CREATE_TABLE)).await?;
+        let current: Option<i64> =
+            sqlx::query_scalar("SELECT max(version) FROM weaver_store_migrations").fetch_one(&mut *tx).await?;
+        for m in migrations::pending(migrations::POSTGRES, current.unwrap_or(0))? {
+            // Through the Executor trait: its boxed future keeps this one Send.
+            (&mut *tx).execute(sqlx::raw_sql(m.sql)).await.map_err(|source| StoreError::Migration {
+                version: m.version,
+                name: m.name,
+                source,
+            })?;
+            sqlx::query("INSERT INTO weaver_store_migrations (version, name, applied_ms) VALUES ($1, $2, $3)")
+                .bind(m.version)
+                .bind(m.name)
+                .bind(now_ms())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        self.maintain(now_ms()).await?;
+        Ok(())
+    }
+
+    async fn maintain(&self, now_ms: i64) -> Result<MaintainReport, StoreError> {
+        let today = floor_day(now_ms);
+        let ahead = (0..=i64::from(self.options.partitions_ahead_days)).map(|d| today + d * DAY_MS);
+        let created = self.ensure_partitions(ahead).await?;
+        let cutoff = today - i64::from(self.options.retention_days) * DAY_MS;
+        let names: Vec<String> = sqlx::query_scalar(
+            "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+             WHERE i.inhparent = 'usage_events'::regclass",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut dropped = 0;
+        for name in names {
+            // A partition goes once its whole day is older than the retention.
+            let Some(day) = partition_day(&name) else { continue };
+            if day + DAY_MS <= cutoff {
+                sqlx::raw_sql(&format!("DROP TABLE IF EXISTS {name}")).execute(&self.pool).await?;
+                self.partitions.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&day);
+                dropped += 1;
+            }
+        }
+        let hourly_cutoff = today - i64::from(self.options.hourly_retention_days) * DAY_MS;
+        let hourly = sqlx::query("DELETE FROM usage_hourly WHERE bucket_ms < $1")
+            .bind(hourly_cutoff)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(MaintainReport { partitions_created: created, partitions_dropped: dropped, rows_deleted: hourly })
+    }
+
+    async fn insert_batch(&self, records: &[UsageRecord]) -> Result<u64, StoreError> {
+        if records.is_empty() {
+            return Ok(0);
+        }
+        self.ensure_partitions(records.iter().map(|r| floor_day(r.time))).await?;
+        let c = Columns::of(records)?;
+        let mut tx = self.pool.begin().await?;
+        let inserted: Vec<(i64, String)> = sqlx::query_as(INSERT_EVENTS)
+            .bind(c.time)
+            .bind(c.request_id)
+            .bind(c.namespace)
+            .bind(c.api_key)
+            .bind(c.channel)
+            .bind(c.model)
+            .bind(c.upstream_model)
+            .bind(c.status)
+            .bind(c.outcome)
+            .bind(c.input)
+            .bind(c.output)
+            .bind(c.cached)
+            .bind(c.cache_write)
+            .bind(c.reasoning)
+            .bind(c.estimated)
+            .bind(c.cost)
+            .bind(c.duration)
+            .bind(c.ttft)
+            .bind(c.replica)
+            .bind(c.attempts)
+            .fetch_all(&mut *tx)
+            .await?;
+        let fresh = crate::newly_inserted(records, inserted);
+        for table in [Rollup::Hourly, Rollup::Daily] {
+            let rows = deltas(table, fresh.iter().copied());
+            if rows.is_empty() {
+                continue;
+            }
+            let mut buckets = Vec::with_capacity(rows.len());
+            let mut names: [Vec<String>; 4] = Default::default();
+            let mut sums: [Vec<i64>; 6] = Default::default();
+            let mut sketches = Vec::with_capacity(rows.len());
+            for (k, t) in rows {
+                buckets.push(k.bucket_ms);
+                for (column, value) in names.iter_mut().zip([k.namespace, k.api_key, k.model, k.channel]) {
+                    column.push(value);
+                }
+                for (sum, (field, v)) in sums.iter_mut().zip([
+                    ("requests", t.requests),
+                    ("errors", t.errors),
+                    ("input_tokens", t.input_tokens),
+                    ("output_tokens", t.output_tokens),
+                    ("cached_input_tokens", t.cached_input_tokens),
+                    ("cost_nanos", t.cost_nanos),
+                ]) {
+                    sum.push(to_i64(field, v)?);
+                }
+                sketches.push(dense_text(&t.latency, '{', '}'));
+            }
+            let table = match table {
+                Rollup::Hourly => "usage_hourly",
+                Rollup::Daily => "usage_daily",
+            };
+            let [r, e, i, o, ci, cost] = sums;
+            let [ns, key, model, channel] = names;
+            sqlx::query(&upsert_rollup(table))
+                .bind(buckets)
+                .bind(ns)
+                .bind(key)
+                .bind(model)
+                .bind(channel)
+                .bind(r)
+                .bind(e)
+                .bind(i)
+                .bind(o)
+                .bind(ci)
+                .bind(cost)
+                .bind(sketches)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(fresh.len() as u64)
+    }
+
+    async fn records(&self, filter: &RecordFilter, cursor: Option<&str>, limit: u32) -> Result<RecordPage, StoreError> {
+        let cursor = cursor.map(Cursor::decode).transpose()?;
+        let rows = sql::records_query::<Postgres>(&DIALECT, filter, cursor.as_ref(), limit)
+            .build()
+            .fetch_all(&self.pool)
+            .await?;
+        sql::records_page(&rows, limit)
+    }
+
+    async fn summary(&self, filter: &UsageFilter, group_by: &[GroupBy]) -> Result<Vec<SummaryRow>, StoreError> {
+        let group_by = sql::normalise(group_by);
+        let mut acc = sql::SummaryAcc::default();
+        let hourly_only = group_by.contains(&GroupBy::Hour);
+        for range in crate::query::rollup_ranges(filter.from_ms, filter.to_ms, hourly_only) {
+            let rows =
+                sql::summary_totals_query::<Postgres>(&range, filter, &group_by).build().fetch_all(&self.pool).await?;
+            acc.add_totals(&rows, &group_by)?;
+            let rows = sql::summary_sketch_query::<Postgres>(&DIALECT, &range, filter, &group_by)
+                .build()
+                .fetch_all(&self.pool)
+                .await?;
+            acc.add_sketches(&rows, &group_by)?;
+        }
+        Ok(acc.finish())
+    }
+
+    async fn key_usage(&self, namespace: &str, key: &str, since_ms: i64) -> Result<KeyUsage, StoreError> {
+        let plan = crate::query::key_usage_plan(since_ms);
+        let row =
+            sql::key_usage_query::<Postgres>(namespace, key, since_ms, plan).build().fetch_one(&self.pool).await?;
+        sql::key_usage_from_row(&row)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests fail loudly")]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_names_round_trip_to_their_day() {
+        let day = 19_700 * DAY_MS;
+        let name = partition_name(day).unwrap_or_default();
+        assert_eq!(name, "usage_events_20231209");
+        assert_eq!(partition_day(&name), Some(day));
+        assert_eq!(partition_day("usage_events_default"), None);
+    }
+}
