@@ -31,7 +31,7 @@ help:
 	@echo "make control-plane-down  - stop it"
 
 run:
-	cargo run --release -p weaver-gateway -- --manifests config/dev --listen 127.0.0.1:$(PORT)
+	cargo run --release -p weaver-gateway -- --manifests config/dev --listen 127.0.0.1:$(PORT) --data-dir .weaver
 
 test: setup lint unit e2e
 

@@ -181,16 +181,24 @@ metadata: {{name: bench, namespace: bench}}
 spec: {{allowedModels: ["bench-*"]}}
 """
         )
-        gateway = subprocess.Popen(
-            [
-                "taskset", "-c", HOP_CORE, str(BIN / "weaver-gateway"),
-                "--manifests", str(manifests), "--listen", f"127.0.0.1:{gw_port}", "--admin-listen", "127.0.0.1:0", "--log-format", "json",
-            ],
-            stderr=subprocess.DEVNULL,
-            env={**os.environ, "TOKIO_WORKER_THREADS": "1", "RUST_LOG": "warn"},
-        )
-        procs.append(gateway)
-        for port in (mock_port, nginx_port, gw_port):
+        def start_gateway(port: int, store: str) -> subprocess.Popen:
+            proc = subprocess.Popen(
+                [
+                    "taskset", "-c", HOP_CORE, str(BIN / "weaver-gateway"),
+                    "--manifests", str(manifests), "--listen", f"127.0.0.1:{port}", "--admin-listen", "127.0.0.1:0",
+                    "--store", store, "--data-dir", str(work / f"data-{port}"), "--log-format", "json",
+                ],
+                stderr=subprocess.DEVNULL,
+                env={**os.environ, "TOKIO_WORKER_THREADS": "1", "RUST_LOG": "warn"},
+            )
+            procs.append(proc)
+            return proc
+
+        # The relay alone, and the same with every request metered into SQLite.
+        gateway = start_gateway(gw_port, "off")
+        metered_port = free_port()
+        metered = start_gateway(metered_port, f"sqlite://{work}/usage-{metered_port}.db")
+        for port in (mock_port, nginx_port, gw_port, metered_port):
             wait_for_port(port)
         nginx_worker = int(
             subprocess.run(["pgrep", "-P", str(procs[1].pid)], capture_output=True, text=True).stdout.split()[0]
@@ -199,6 +207,7 @@ spec: {{allowedModels: ["bench-*"]}}
             "direct": (f"http://127.0.0.1:{mock_port}/v1/chat/completions", None),
             "nginx": (f"http://127.0.0.1:{nginx_port}/v1/chat/completions", nginx_worker),
             "gateway": (f"http://127.0.0.1:{gw_port}/v1/chat/completions", gateway.pid),
+            "gw+sqlite": (f"http://127.0.0.1:{metered_port}/v1/chat/completions", metered.pid),
         }
         results: dict[str, dict] = {}
         for kind, body in (("plain", CHAT), ("stream", STREAM)):
@@ -238,8 +247,10 @@ spec: {{allowedModels: ["bench-*"]}}
                 print(f"{name}: {results[f'stream/{name}']['failed']} of 300 TTFB requests failed")
         for kind in ("plain", "stream"):
             g, n = results[f"{kind}/gateway"], results[f"{kind}/nginx"]
+            m = results[f"{kind}/gw+sqlite"]
             if n["cpu_us"] > 0:
                 print(f"{kind}: gateway CPU per request = {g['cpu_us'] / n['cpu_us']:.2f}x nginx")
+            print(f"{kind}: metering into SQLite adds {m['cpu_us'] - g['cpu_us']:.1f} us CPU per request")
     finally:
         for p in reversed(procs):
             p.terminate()

@@ -17,9 +17,10 @@ use weaver_telemetry::LogFormat;
 
 use crate::config::cluster::{self, Cluster, ClusterError};
 use crate::config::manifests::{self, LoadError, ManifestDir};
-use crate::metering::Metrics;
+use crate::metering::{Metrics, UsageSink};
 use crate::server::{CorsOrigins, Listeners};
 use crate::state::{Gateway, Settings};
+use weaver_store::{Store, StoreOptions, UsageStore as _, Writer, WriterConfig};
 
 /// LLM Weaver gateway: an OpenAI-compatible endpoint in front of many LLM providers.
 #[derive(Debug, Parser)]
@@ -62,6 +63,19 @@ pub struct Args {
     /// Address to listen on. Containers pass 0.0.0.0:8080.
     #[arg(long, env = "WEAVER_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// Where usage records are kept: `sqlite://PATH`, `postgres://...`, or
+    /// `off`. Default: standalone, `sqlite://<data-dir>/usage.db`; cluster
+    /// mode, off (usage goes to the operator's reports only).
+    #[arg(long, env = "WEAVER_STORE", value_name = "URL")]
+    pub store: Option<String>,
+    /// The gateway's own files: the SQLite usage store by default, and the
+    /// spool that keeps usage records while the store is unreachable.
+    #[arg(long, env = "WEAVER_DATA_DIR", default_value = "/var/lib/llm-weaver")]
+    pub data_dir: PathBuf,
+    /// Serve requests even when usage records cannot be kept (the queue and
+    /// the spool are full); by default such requests are refused with 503.
+    #[arg(long, env = "WEAVER_USAGE_FAIL_OPEN")]
+    pub usage_fail_open: bool,
     /// Address for `/healthz`, `/readyz` and `/metrics`, kept off the client
     /// port. Containers pass 0.0.0.0:9090.
     #[arg(long, env = "WEAVER_ADMIN_LISTEN", default_value = "127.0.0.1:9090")]
@@ -117,6 +131,10 @@ fn positive_duration(text: &str) -> Result<Duration, String> {
 pub enum RunError {
     #[error("{} problem(s) in the manifests", .0)]
     Problems(usize),
+    #[error("cannot open the usage store: {0}")]
+    Store(#[from] weaver_store::StoreError),
+    #[error("cannot start the usage writer: {0}")]
+    Writer(#[from] weaver_store::WriterError),
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error("cannot load the manifests: {0}")]
@@ -182,8 +200,16 @@ async fn load_manifests(gw: &Arc<Gateway>, dir: &std::path::Path) -> Result<Mani
 /// work; it serves the cached snapshot if there is one and is not ready until
 /// a snapshot is applied, whether the operator is reachable or not.
 pub async fn start(args: Args, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<Started, RunError> {
+    let started_at = crate::clock::unix_millis();
+    let instance = args.instance.clone().unwrap_or_else(|| cluster::default_instance(started_at));
+    let writer = open_store(&args, &instance).await?;
     let settings = Settings { max_body_bytes: args.max_body_bytes, trusted_proxies: args.trusted_proxies };
-    let gw = Gateway::new(settings, Metrics::new(args.metrics_per_key));
+    let sink = writer.as_ref().map(|w| UsageSink {
+        writer: w.handle(),
+        replica: instance.clone(),
+        fail_open: args.usage_fail_open,
+    });
+    let gw = Gateway::new(settings, Metrics::new(args.metrics_per_key), sink);
     enum Prepared {
         Manifests(ManifestDir),
         Operator(Cluster),
@@ -196,7 +222,7 @@ pub async fn start(args: Args, shutdown: impl Future<Output = ()> + Send + 'stat
                 ca_file: args.operator_ca,
                 token_file: args.token_file,
                 cache_file: args.cache_file,
-                instance: args.instance.unwrap_or_else(|| cluster::default_instance(gw.started_at)),
+                instance,
                 report_interval: args.report_interval,
             };
             let gw2 = gw.clone();
@@ -232,10 +258,49 @@ pub async fn start(args: Args, shutdown: impl Future<Output = ()> + Send + 'stat
             let listeners = Listeners { client, admin };
             let served = crate::server::serve(listeners, gw, &cors, shutdown, args.shutdown_grace).await;
             source.stop().await;
+            // Every record of the requests that ran is written, or spooled
+            // for the next start.
+            if let Some(writer) = writer {
+                writer.flush_and_close().await?;
+            }
             served.map_err(RunError::Serve)
         }
     });
     Ok(Started { addr, admin_addr, gateway: gw, serving })
+}
+
+/// Opens the usage store (migrating it) and starts its writer, unless the
+/// store is off.
+async fn open_store(args: &Args, instance: &str) -> Result<Option<Writer>, RunError> {
+    let url = match (&args.store, &args.manifests) {
+        (Some(url), _) if url == "off" => return Ok(None),
+        (Some(url), _) => url.clone(),
+        (None, Some(_)) => format!("sqlite://{}", args.data_dir.join("usage.db").display()),
+        (None, None) => return Ok(None),
+    };
+    let store = Store::connect(&url, StoreOptions::default())?;
+    store.migrate().await?;
+    let spool = args.data_dir.join("spool").join(spool_name(instance));
+    let writer = Writer::start(store, WriterConfig::new(spool))?;
+    tracing::info!(store = %redacted(&url), "usage store ready");
+    Ok(Some(writer))
+}
+
+/// A spool folder per gateway name: a restarted pod of the same name finds
+/// and replays its predecessor's records.
+fn spool_name(instance: &str) -> String {
+    instance.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect()
+}
+
+/// A store URL for logs: no password.
+fn redacted(url: &str) -> String {
+    match Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("redacted"));
+            parsed.to_string()
+        }
+        _ => url.to_owned(),
+    }
 }
 
 /// Runs until `shutdown` resolves and the server has drained; with

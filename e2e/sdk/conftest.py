@@ -125,7 +125,10 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, upstream: Process) -> Proc
         )
     )
     proc = Process(
-        [binary("weaver-gateway"), "--manifests", str(folder), "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--log-format", "json"],
+        [
+            binary("weaver-gateway"), "--manifests", str(folder), "--listen", "127.0.0.1:0",
+            "--admin-listen", "127.0.0.1:0", "--data-dir", str(folder / ".data"), "--log-format", "json",
+        ],
         folder / "gateway.log",
     )
     proc.client_key = CLIENT_KEY

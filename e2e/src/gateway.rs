@@ -29,7 +29,10 @@ impl TestGateway {
         let dir = tempfile::tempdir()?;
         std::fs::write(dir.path().join("config.yaml"), manifests)?;
         let path = dir.path().to_string_lossy().into_owned();
-        let mut args = vec!["--manifests", &path, "--reload-interval", "100ms"];
+        // The usage store (SQLite) and spool live in the temporary folder too;
+        // a hidden folder, so the manifest reader skips it.
+        let data = dir.path().join(".data").to_string_lossy().into_owned();
+        let mut args = vec!["--manifests", &path, "--reload-interval", "100ms", "--data-dir", &data];
         args.extend_from_slice(flags);
         let mut gateway = Self::start_with_args(&args).await?;
         gateway.dir = Some(dir);
@@ -65,6 +68,12 @@ impl TestGateway {
     /// A URL on the admin listener (`/metrics`, `/healthz`, `/readyz`).
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.admin_addr)
+    }
+
+    /// The URL of a standalone gateway's usage store (SQLite in its temporary
+    /// folder); `None` in cluster mode.
+    pub fn usage_store_url(&self) -> Option<String> {
+        self.dir.as_ref().map(|d| format!("sqlite://{}", d.path().join(".data").join("usage.db").display()))
     }
 
     /// The manifests file of a standalone gateway; `None` in cluster mode.

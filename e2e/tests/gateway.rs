@@ -665,3 +665,60 @@ async fn error_bodies_that_are_not_openai_shaped_are_wrapped() -> anyhow::Result
     assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("injected failure")), "{body}");
     Ok(())
 }
+
+// --- metering --------------------------------------------------------------------------
+
+/// Every request that reached authentication is one record in the store, with
+/// its outcome, and its cost is tokens x the channel's pricing to the
+/// nano-dollar (0.15 / 0.60 USD per million: 150 / 600 nano-dollars a token).
+#[tokio::test]
+async fn every_request_is_one_usage_record_with_its_exact_cost() -> anyhow::Result<()> {
+    use weaver_store::{Outcome, RecordFilter, Store, StoreOptions, UsageStore as _};
+    let behaviour = Behaviour { tokens: Some(3), ..Behaviour::default() };
+    let mut s = setup(behaviour, "", &[]).await?;
+    let plain: Value = s.post("/v1/chat/completions", &chat(false)).await?.json().await?;
+    read_events(s.post("/v1/chat/completions", &chat(true)).await?).await?;
+    s.client.post(s.gateway.url("/v1/chat/completions")).json(&chat(false)).send().await?; // no key: 401
+    s.upstream.set(Behaviour { error_status: Some(500), ..Behaviour::default() });
+    s.post("/v1/chat/completions", &chat(false)).await?; // 502
+    // A stream the client abandons after its first chunk.
+    s.upstream.set(Behaviour { tokens: Some(50), chunk_delay: Duration::from_millis(50), ..Behaviour::default() });
+    let abandoned = s.post("/v1/chat/completions", &chat(true)).await?;
+    let mut stream = abandoned.bytes_stream();
+    stream.next().await;
+    drop(stream);
+    // Shutdown writes every record (or spools it) before the gateway exits.
+    s.gateway.begin_shutdown();
+    s.gateway.wait().await?;
+
+    let url = s.gateway.usage_store_url().ok_or_else(|| anyhow::anyhow!("standalone gateway"))?;
+    let store = Store::connect(&url, StoreOptions::default())?;
+    let page = store.records(&RecordFilter::default(), None, 100).await?;
+    let mut records = page.records;
+    records.sort_by_key(|r| r.time);
+    let outcomes: Vec<(u16, Outcome)> = records.iter().map(|r| (r.status, r.outcome)).collect();
+    assert_eq!(
+        outcomes,
+        [
+            (200, Outcome::Ok),
+            (200, Outcome::Ok),
+            (401, Outcome::Rejected),
+            (502, Outcome::UpstreamError),
+            (499, Outcome::ClientAborted),
+        ],
+        "{records:#?}"
+    );
+    let first = &records[0];
+    assert_eq!(first.input_tokens, plain["usage"]["prompt_tokens"].as_u64().unwrap_or_default());
+    assert_eq!(first.output_tokens, 3);
+    assert_eq!(first.cost_nanos, first.input_tokens * 150 + first.output_tokens * 600);
+    assert_eq!((first.namespace.as_str(), first.api_key.as_str()), ("team-a", "checkout"));
+    assert_eq!((first.model.as_str(), first.upstream_model.as_str()), ("gpt-4o-mini", "gpt-4o-mini-2024-07-18"));
+    assert_eq!(first.channel.as_deref(), Some("primary"));
+    assert_eq!(records[1].output_tokens, 3, "the stream's usage chunk was metered");
+    assert_eq!(records[3].attempts.len(), 1);
+    assert_eq!(records[3].cost_nanos, 0);
+    let ids: std::collections::HashSet<&str> = records.iter().map(|r| r.request_id.as_str()).collect();
+    assert_eq!(ids.len(), 5, "request ids are unique");
+    Ok(())
+}

@@ -134,6 +134,9 @@ fn main() -> anyhow::Result<()> {
         "127.0.0.1:0",
         "--admin-listen",
         "127.0.0.1:0",
+        // The relay's own allocations; the usage store's are measured apart.
+        "--store",
+        "off",
         // The folder watcher would tick (and allocate) on the worker twice a
         // second; it has nothing to do with requests.
         "--reload-interval",

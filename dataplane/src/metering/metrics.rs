@@ -111,6 +111,11 @@ pub(crate) struct Metrics {
     pub in_flight: Gauge,
     pub snapshot_version: Gauge,
     pub snapshot_load_errors: Counter,
+    /// Usage records that could not be queued for the store.
+    pub usage_records_lost: Counter,
+    /// Usage records waiting in memory, and bytes in the spool (set at scrape).
+    pub usage_queue_depth: Gauge,
+    pub usage_spool_bytes: Gauge,
     /// Put the ApiKey name into request and token series.
     pub per_key: bool,
     registry: Registry,
@@ -155,6 +160,24 @@ impl Metrics {
             "Configuration loads rejected (the previous snapshot stays in use)",
             snapshot_load_errors.clone(),
         );
+        let usage_records_lost = Counter::default();
+        registry.register(
+            "usage_records_lost",
+            "Usage records that could not be queued for the usage store (never expected: check the store)",
+            usage_records_lost.clone(),
+        );
+        let usage_queue_depth = Gauge::default();
+        registry.register(
+            "usage_queue_depth",
+            "Usage records waiting in memory for the store",
+            usage_queue_depth.clone(),
+        );
+        let usage_spool_bytes = Gauge::default();
+        registry.register(
+            "usage_spool_bytes",
+            "Bytes of usage records spooled on disk while the store is unavailable",
+            usage_spool_bytes.clone(),
+        );
         Self {
             requests,
             duration,
@@ -163,6 +186,9 @@ impl Metrics {
             in_flight,
             snapshot_version,
             snapshot_load_errors,
+            usage_records_lost,
+            usage_queue_depth,
+            usage_spool_bytes,
             per_key,
             registry,
         }

@@ -1,8 +1,9 @@
 //! Metering: one usage record per request that reached authentication, with
 //! every upstream attempt, finished exactly once when the request's context
 //! drops (also when the client goes away mid-stream). Finishing feeds the
-//! per-key and per-channel totals the operator's reports carry, and the
-//! Prometheus metrics; neither takes a process-wide lock.
+//! per-key and per-channel totals the operator's reports carry, the
+//! Prometheus metrics, and — with a store — the usage store's batch writer
+//! (a bounded queue; never a wait); none takes a process-wide lock.
 
 mod metrics;
 mod reports;
@@ -12,40 +13,34 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use smallvec::SmallVec;
+use weaver_store::{AttemptRecord, Outcome, WriterHandle};
 
 pub(crate) use metrics::{Label, Metrics};
 pub(crate) use reports::report;
 pub(crate) use usage::{OpenAiUsage, Usage};
 
 use crate::api::ApiRoute;
-use crate::clock::unix_seconds;
+use crate::clock::{unix_millis, unix_seconds};
 use crate::state::Runtime;
 use metrics::{Direction, RequestLabels, RouteLabels, TokenLabels};
 
 /// Status recorded for requests the client abandoned (nginx's convention).
 pub(crate) const CLIENT_CLOSED: u16 = 499;
 
-/// How a request ended, for the usage record.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Outcome {
-    Ok,
-    /// Every attempt failed, or the answer broke off.
-    UpstreamError,
-    /// The client went away before the answer was complete.
-    ClientAborted,
-    /// Refused by the gateway before any upstream attempt (auth, validation,
-    /// access, admission).
-    Rejected,
+/// Where finished records go: the usage store's writer.
+pub(crate) struct UsageSink {
+    pub writer: WriterHandle,
+    /// This gateway in the records.
+    pub replica: String,
+    /// Serve requests while records cannot be kept (the queue and the spool
+    /// are full), instead of refusing them with 503.
+    pub fail_open: bool,
 }
 
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Ok => "ok",
-            Outcome::UpstreamError => "upstream_error",
-            Outcome::ClientAborted => "client_aborted",
-            Outcome::Rejected => "rejected",
-        }
+impl UsageSink {
+    /// Whether a new request must be refused: records could not be kept.
+    pub fn refuses(&self) -> bool {
+        !self.fail_open && self.writer.is_full()
     }
 }
 
@@ -80,13 +75,24 @@ pub(crate) struct UsageRecord {
     pub usage: Option<Usage>,
     /// The client's address (behind trusted proxies, the forwarded one).
     pub client: IpAddr,
+    /// When the request arrived, in unix milliseconds.
+    pub time: i64,
     /// The request id (the client's, or one the gateway made).
     pub request_id: http::HeaderValue,
 }
 
 impl UsageRecord {
     pub fn new(endpoint: ApiRoute, key: Option<u32>, client: IpAddr, request_id: http::HeaderValue) -> Self {
-        Self { endpoint, key, status: CLIENT_CLOSED, attempts: SmallVec::new(), usage: None, client, request_id }
+        Self {
+            endpoint,
+            key,
+            status: CLIENT_CLOSED,
+            attempts: SmallVec::new(),
+            usage: None,
+            client,
+            time: unix_millis(),
+            request_id,
+        }
     }
 
     pub fn outcome(&self) -> Outcome {
@@ -108,8 +114,15 @@ impl UsageRecord {
     }
 }
 
-/// Completes a record: totals for the reports, Prometheus series, a log line.
-pub(crate) fn finish(metrics: &Metrics, rt: &Runtime, record: &UsageRecord, elapsed: Duration) {
+/// Completes a record: totals for the reports, Prometheus series, the usage
+/// store (when there is one), a log line.
+pub(crate) fn finish(
+    metrics: &Metrics,
+    sink: Option<&UsageSink>,
+    rt: &Runtime,
+    record: &UsageRecord,
+    elapsed: Duration,
+) {
     let key = record.key.and_then(|k| rt.keys.get(k as usize));
     let last = record.last_attempt();
     let route = last.and_then(|a| {
@@ -179,11 +192,18 @@ pub(crate) fn finish(metrics: &Metrics, rt: &Runtime, record: &UsageRecord, elap
             }
         }
     }
+    if let Some(sink) = sink {
+        let stored = stored_record(sink, rt, record, cost, elapsed);
+        if sink.writer.try_record(stored).is_err() {
+            metrics.usage_records_lost.inc();
+            tracing::error!("usage record lost: the usage queue is full or closed");
+        }
+    }
     tracing::debug!(
         client = %record.client,
         endpoint = record.endpoint.path(),
         status = record.status,
-        outcome = record.outcome().as_str(),
+        outcome = ?record.outcome(),
         attempts = record.attempts.len(),
         input_tokens = usage.input,
         output_tokens = usage.output,
@@ -192,4 +212,56 @@ pub(crate) fn finish(metrics: &Metrics, rt: &Runtime, record: &UsageRecord, elap
         duration_ms = elapsed.as_millis() as u64,
         "request finished"
     );
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The store's form of a record (names resolved through the runtime).
+fn stored_record(
+    sink: &UsageSink,
+    rt: &Runtime,
+    record: &UsageRecord,
+    cost_nanos: u64,
+    elapsed: Duration,
+) -> weaver_store::UsageRecord {
+    let key = record.key.and_then(|k| rt.keys.get(k as usize));
+    let route = record.last_attempt().and_then(|a| {
+        let channel = rt.channels.get(a.channel as usize)?;
+        Some((channel, channel.models.get(a.model as usize)?))
+    });
+    let usage = record.usage.unwrap_or_default();
+    let name = |c: u32| rt.channels.get(c as usize).map(|c| c.label.as_str().to_owned()).unwrap_or_default();
+    weaver_store::UsageRecord {
+        request_id: record.request_id.to_str().unwrap_or_default().to_owned(),
+        time: record.time,
+        namespace: key.map(|k| k.namespace.as_str().to_owned()).unwrap_or_default(),
+        api_key: key.map(|k| k.name.as_str().to_owned()).unwrap_or_default(),
+        channel: route.map(|(c, _)| c.label.as_str().to_owned()),
+        model: route.map(|(_, m)| m.label.as_str().to_owned()).unwrap_or_default(),
+        upstream_model: route.map(|(_, m)| m.upstream.as_str().to_owned()).unwrap_or_default(),
+        status: record.status,
+        outcome: record.outcome(),
+        input_tokens: usage.input,
+        output_tokens: usage.output,
+        cached_input_tokens: usage.cached_input,
+        cache_write_tokens: 0,
+        reasoning_tokens: usage.reasoning,
+        estimated: false,
+        cost_nanos,
+        duration_ms: millis(elapsed),
+        ttft_ms: record.last_attempt().and_then(|a| a.first_byte).map(millis),
+        replica: sink.replica.clone(),
+        attempts: record
+            .attempts
+            .iter()
+            .map(|a| AttemptRecord {
+                channel: name(a.channel),
+                status: a.status,
+                error: a.error.map(str::to_owned),
+                ttft_ms: a.first_byte.map(millis),
+            })
+            .collect(),
+    }
 }

@@ -57,7 +57,7 @@ impl Drop for Context {
     fn drop(&mut self) {
         self.gw.metrics.in_flight.dec();
         let _entered = self.span.enter();
-        metering::finish(&self.gw.metrics, &self.rt, &self.record, self.started.elapsed());
+        metering::finish(&self.gw.metrics, self.gw.usage.as_ref(), &self.rt, &self.record, self.started.elapsed());
     }
 }
 

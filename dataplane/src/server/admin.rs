@@ -28,6 +28,11 @@ async fn ready(State(gw): State<Arc<Gateway>>) -> Response {
 }
 
 async fn encode(State(gw): State<Arc<Gateway>>) -> Response {
+    if let Some(sink) = &gw.usage {
+        let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        gw.metrics.usage_queue_depth.set(gauge(sink.writer.queue_depth() as u64));
+        gw.metrics.usage_spool_bytes.set(gauge(sink.writer.spool_bytes()));
+    }
     let body = weaver_telemetry::encode_metrics(gw.metrics.registry());
     ([(header::CONTENT_TYPE, weaver_telemetry::OPENMETRICS_CONTENT_TYPE)], body).into_response()
 }

@@ -19,7 +19,7 @@ pub(crate) use registry::{Id, Registry};
 pub(crate) use runtime::{ChannelRuntime, Digest, Runtime};
 
 use crate::clock::unix_millis;
-use crate::metering::Metrics;
+use crate::metering::{Metrics, UsageSink};
 
 /// Operational settings that do not come from manifests.
 #[derive(Clone, Debug)]
@@ -36,6 +36,8 @@ pub struct Gateway {
     clients: ClientPool,
     pub(crate) registry: Registry,
     pub(crate) metrics: Metrics,
+    /// Where usage records go, when a store is configured.
+    pub(crate) usage: Option<UsageSink>,
     pub(crate) settings: Settings,
     /// Unix milliseconds when this instance began counting.
     pub(crate) started_at: i64,
@@ -44,7 +46,7 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub(crate) fn new(settings: Settings, metrics: Metrics) -> Arc<Self> {
+    pub(crate) fn new(settings: Settings, metrics: Metrics, usage: Option<UsageSink>) -> Arc<Self> {
         let clients = ClientPool::default();
         let registry = Registry::default();
         let (empty, _) = Runtime::build(Snapshot::default(), &clients, &registry);
@@ -53,6 +55,7 @@ impl Gateway {
             clients,
             registry,
             metrics,
+            usage,
             settings,
             started_at: unix_millis(),
             loaded: AtomicBool::new(false),

@@ -51,6 +51,8 @@ pub(crate) struct ChannelRuntime {
 pub(crate) struct ModelRuntime {
     /// The public name.
     pub label: Label,
+    /// The name sent upstream.
+    pub upstream: Label,
     pub prices: Prices,
     /// Set when answers must be renamed from the upstream name to the public one.
     pub rename: Option<Arc<ModelRename>>,
@@ -113,6 +115,7 @@ impl Runtime {
                     .iter()
                     .map(|m| ModelRuntime {
                         label: Label::new(&m.name),
+                        upstream: Label::new(&m.upstream),
                         prices: m.prices,
                         rename: ModelRename::new(&m.name, &m.upstream),
                         chat: uri(m, Operation::Chat),
