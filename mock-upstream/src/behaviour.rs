@@ -37,6 +37,11 @@ pub struct Behaviour {
     /// Cut the connection after this many body frames of a stream (stream
     /// events; each piece of a [`big_event`](Self::big_event) counts as one).
     pub drop_after: Option<usize>,
+    /// Hold a stream after this many body frames until
+    /// [`MockUpstream::release`](crate::MockUpstream::release) is called: a
+    /// test can then see what reached the client while the upstream waits,
+    /// without timing anything.
+    pub hold_after: Option<usize>,
     /// Only accept `Authorization: Bearer <key>` (or `api-key: <key>`, as Azure
     /// OpenAI takes it); anything else is a 401 `invalid_api_key`.
     pub require_key: Option<String>,

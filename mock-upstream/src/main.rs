@@ -80,6 +80,8 @@ async fn main() -> std::io::Result<()> {
         json_for_stream: a.json_for_stream,
         reject_stream_options: a.reject_stream_options,
         big_event: a.big_event_bytes.map(|total| (total, a.big_event_piece_bytes)),
+        // A process has nobody to release a held stream.
+        hold_after: None,
     };
     let mock = MockUpstream::start_on(a.listen, behaviour).await?;
     tracing::info!(addr = %mock.addr, "listening");

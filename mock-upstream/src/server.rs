@@ -35,6 +35,8 @@ pub struct Recorded {
 struct Shared {
     behaviour: Mutex<Behaviour>,
     seen: Mutex<Vec<Recorded>>,
+    /// Opened by `release` for streams held by `hold_after`.
+    gate: Arc<tokio::sync::Notify>,
 }
 
 /// A running mock OpenAI-compatible upstream; stops when dropped. It serves
@@ -50,7 +52,7 @@ pub struct MockUpstream {
 impl MockUpstream {
     /// Listens on `addr` (port 0 picks a free one).
     pub async fn start_on(addr: SocketAddr, behaviour: Behaviour) -> std::io::Result<Self> {
-        let shared = Arc::new(Shared { behaviour: Mutex::new(behaviour), seen: Mutex::default() });
+        let shared = Arc::new(Shared { behaviour: Mutex::new(behaviour), ..Shared::default() });
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let app = Router::new().fallback(handle).with_state(shared.clone());
@@ -80,6 +82,12 @@ impl MockUpstream {
     /// Replaces the behaviour for the requests that arrive from now on.
     pub fn set(&self, behaviour: Behaviour) {
         *lock(&self.shared.behaviour) = behaviour;
+    }
+
+    /// Lets one stream held by `hold_after` go on (or the next one, if none
+    /// waits yet).
+    pub fn release(&self) {
+        self.shared.gate.notify_one();
     }
 
     /// The requests received so far, oldest first.
@@ -118,12 +126,14 @@ async fn handle(
         body: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
     });
     pause(behaviour.latency).await;
-    respond(&behaviour, &method, &uri, &headers, &body).unwrap_or_else(|e| e.into_response(behaviour.error_format))
+    respond(&behaviour, &shared.gate, &method, &uri, &headers, &body)
+        .unwrap_or_else(|e| e.into_response(behaviour.error_format))
 }
 
 /// The answer, in the order the [`Behaviour`] docs give.
 fn respond(
     b: &Behaviour,
+    gate: &Arc<tokio::sync::Notify>,
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
@@ -177,7 +187,8 @@ fn respond(
         }
         None => answer.to_events(include_usage).into_iter().map(Frame::whole).collect(),
     };
-    Ok(stream::response(frames, b.chunk_delay, b.drop_after))
+    let hold = b.hold_after.map(|n| (n, gate.clone()));
+    Ok(stream::response(frames, b.chunk_delay, b.drop_after, hold))
 }
 
 /// [`Behaviour::error_status`], padded and with `Retry-After` as configured.

@@ -1,6 +1,7 @@
 //! Delivering a stream's events as HTTP body frames: paced, split into pieces,
 //! or cut off mid-stream.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -8,6 +9,7 @@ use axum::response::Response;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http::{HeaderValue, header};
+use tokio::sync::Notify;
 
 /// One body frame (one chunk of the chunked encoding).
 pub(crate) struct Frame {
@@ -33,23 +35,37 @@ impl Frame {
 }
 
 /// A `text/event-stream` response of `frames`, `delay` apart, cut (the
-/// connection fails) before frame number `drop_after` when set.
-pub(crate) fn response(frames: Vec<Frame>, delay: Duration, drop_after: Option<usize>) -> Response {
+/// connection fails) before frame number `drop_after` when set, and held
+/// before frame number `hold.0` until `hold.1` is notified.
+pub(crate) fn response(
+    frames: Vec<Frame>,
+    delay: Duration,
+    drop_after: Option<usize>,
+    hold: Option<(usize, Arc<Notify>)>,
+) -> Response {
     let drop_after = drop_after.unwrap_or(usize::MAX);
-    let stream = futures_util::stream::iter(frames.into_iter().enumerate()).then(move |(i, frame)| async move {
-        if i > 0 {
-            if frame.piece {
-                tokio::task::yield_now().await;
+    let stream = futures_util::stream::iter(frames.into_iter().enumerate()).then(move |(i, frame)| {
+        let hold = hold.clone();
+        async move {
+            if let Some((at, gate)) = hold
+                && i == at
+            {
+                gate.notified().await;
             }
-            pause(delay).await;
+            if i > 0 {
+                if frame.piece {
+                    tokio::task::yield_now().await;
+                }
+                pause(delay).await;
+            }
+            if i >= drop_after {
+                // Let the frames before the cut reach the wire first; hyper drops
+                // its unflushed buffer when a body fails.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                return Err(std::io::Error::other("connection dropped by fault injection"));
+            }
+            Ok::<_, std::io::Error>(frame.bytes)
         }
-        if i >= drop_after {
-            // Let the frames before the cut reach the wire first; hyper drops
-            // its unflushed buffer when a body fails.
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            return Err(std::io::Error::other("connection dropped by fault injection"));
-        }
-        Ok::<_, std::io::Error>(frame.bytes)
     });
     let mut response = Response::new(Body::from_stream(stream));
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
