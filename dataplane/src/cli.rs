@@ -202,7 +202,7 @@ async fn load_manifests(gw: &Arc<Gateway>, dir: &std::path::Path) -> Result<Mani
 pub async fn start(args: Args, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<Started, RunError> {
     let started_at = crate::clock::unix_millis();
     let instance = args.instance.clone().unwrap_or_else(|| cluster::default_instance(started_at));
-    let writer = open_store(&args, &instance).await?;
+    let writer = open_store(&args).await?;
     let settings = Settings { max_body_bytes: args.max_body_bytes, trusted_proxies: args.trusted_proxies };
     let sink = writer.as_ref().map(|w| UsageSink {
         writer: w.handle(),
@@ -271,7 +271,7 @@ pub async fn start(args: Args, shutdown: impl Future<Output = ()> + Send + 'stat
 
 /// Opens the usage store (migrating it) and starts its writer, unless the
 /// store is off.
-async fn open_store(args: &Args, instance: &str) -> Result<Option<Writer>, RunError> {
+async fn open_store(args: &Args) -> Result<Option<Writer>, RunError> {
     let url = match (&args.store, &args.manifests) {
         (Some(url), _) if url == "off" => return Ok(None),
         (Some(url), _) => url.clone(),
@@ -280,16 +280,12 @@ async fn open_store(args: &Args, instance: &str) -> Result<Option<Writer>, RunEr
     };
     let store = Store::connect(&url, StoreOptions::default())?;
     store.migrate().await?;
-    let spool = args.data_dir.join("spool").join(spool_name(instance));
+    // One gateway per data folder: a restarted gateway replays what its
+    // predecessor left in the spool.
+    let spool = args.data_dir.join("spool");
     let writer = Writer::start(store, WriterConfig::new(spool))?;
     tracing::info!(store = %redacted(&url), "usage store ready");
     Ok(Some(writer))
-}
-
-/// A spool folder per gateway name: a restarted pod of the same name finds
-/// and replays its predecessor's records.
-fn spool_name(instance: &str) -> String {
-    instance.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect()
 }
 
 /// A store URL for logs: no password.
