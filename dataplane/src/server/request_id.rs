@@ -115,18 +115,24 @@ where
         let id = request.headers().get(&X_REQUEST_ID).filter(|v| sane(v)).cloned().unwrap_or_else(new_id);
         let span = tracing::info_span!("request", request_id = id.to_str().unwrap_or_default());
         self.inner.set_request_id(id.clone());
-        let inner = {
+        // The inner service does work in `call` itself (routing,
+        // authentication): a panic there is caught too.
+        let called = {
             let _entered = span.enter();
-            self.inner.call(request)
+            std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.call(request)))
         };
-        EnvelopeFuture { inner: inner.instrument(span), id: Some(id) }
+        if called.is_err() {
+            span.in_scope(|| tracing::error!("the gateway panicked on this request"));
+        }
+        EnvelopeFuture { inner: called.ok().map(|f| f.instrument(span)), id: Some(id) }
     }
 }
 
 pin_project_lite::pin_project! {
     pub(crate) struct EnvelopeFuture<F> {
+        // `None`: the inner service panicked while it was called.
         #[pin]
-        inner: Instrumented<F>,
+        inner: Option<Instrumented<F>>,
         id: Option<HeaderValue>,
     }
 }
@@ -139,16 +145,19 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let inner = this.inner;
-        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| inner.poll(cx)));
-        let mut response = match polled {
-            Ok(Poll::Pending) => return Poll::Pending,
-            Ok(Poll::Ready(Err(e))) => return Poll::Ready(Err(e)),
-            Ok(Poll::Ready(Ok(response))) => response,
-            Err(_) => {
-                tracing::error!("the gateway panicked on this request");
-                ApiError::internal("The gateway failed on this request.").response()
-            }
+        let failed = || ApiError::internal("The gateway failed on this request.").response();
+        let mut response = match this.inner.as_pin_mut() {
+            // Logged where it was caught, in `call`.
+            None => failed(),
+            Some(inner) => match std::panic::catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
+                Ok(Poll::Pending) => return Poll::Pending,
+                Ok(Poll::Ready(Err(e))) => return Poll::Ready(Err(e)),
+                Ok(Poll::Ready(Ok(response))) => response,
+                Err(_) => {
+                    tracing::error!("the gateway panicked on this request");
+                    failed()
+                }
+            },
         };
         if let Some(id) = this.id.take() {
             response.headers_mut().insert(X_REQUEST_ID.clone(), id);
