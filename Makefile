@@ -69,8 +69,9 @@ unit:
 
 # The official OpenAI SDK against the real binaries; the CRDs and the operator
 # (with two gateways in cluster mode) against a real kube-apiserver + etcd. The
-# control plane binaries are built from Go modules on first use (about 8 min on
-# a cold 2-core machine) and cached; each plane is thrown away afterwards.
+# control plane binaries are built from Go modules on first use (about 5 min on
+# a cold, otherwise idle 2-core machine) and cached; each plane is thrown away
+# afterwards.
 PLANE ?= $(or $(TMPDIR),/tmp)/llm-weaver-e2e-plane
 e2e: setup
 	cargo build --workspace --bins
