@@ -37,24 +37,37 @@ fn label(encoder: &mut LabelSetEncoder<'_>, key: &'static str, value: &str) -> R
     (key, value).encode(encoder.encode_label())
 }
 
-/// `namespace, model, channel, code`, plus `key` when per-key series are on.
+/// Where a series belongs: `namespace, [key,] model, channel` (the key only
+/// when per-key series are on).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub(crate) struct RequestLabels {
+pub(crate) struct Scope {
     pub namespace: Label,
     pub key: Option<Label>,
     pub model: Label,
     pub channel: Label,
-    pub code: u16,
 }
 
-impl EncodeLabelSet for RequestLabels {
+impl Scope {
     fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> Result<(), std::fmt::Error> {
         label(encoder, "namespace", self.namespace.as_str())?;
         if let Some(key) = &self.key {
             label(encoder, "key", key.as_str())?;
         }
         label(encoder, "model", self.model.as_str())?;
-        label(encoder, "channel", self.channel.as_str())?;
+        label(encoder, "channel", self.channel.as_str())
+    }
+}
+
+/// A [`Scope`] and the HTTP status.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct RequestLabels {
+    pub scope: Scope,
+    pub code: u16,
+}
+
+impl EncodeLabelSet for RequestLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> Result<(), std::fmt::Error> {
+        self.scope.encode(encoder)?;
         ("code", self.code).encode(encoder.encode_label())
     }
 }
@@ -81,23 +94,16 @@ pub(crate) enum Direction {
     reasoning,
 }
 
+/// A [`Scope`] and the token direction.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct TokenLabels {
-    pub namespace: Label,
-    pub key: Option<Label>,
-    pub model: Label,
-    pub channel: Label,
+    pub scope: Scope,
     pub direction: Direction,
 }
 
 impl EncodeLabelSet for TokenLabels {
     fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> Result<(), std::fmt::Error> {
-        label(encoder, "namespace", self.namespace.as_str())?;
-        if let Some(key) = &self.key {
-            label(encoder, "key", key.as_str())?;
-        }
-        label(encoder, "model", self.model.as_str())?;
-        label(encoder, "channel", self.channel.as_str())?;
+        self.scope.encode(encoder)?;
         ("direction", self.direction).encode(encoder.encode_label())
     }
 }

@@ -21,8 +21,8 @@ pub(crate) use usage::{OpenAiUsage, Usage};
 
 use crate::api::ApiRoute;
 use crate::clock::{unix_millis, unix_seconds};
-use crate::state::Runtime;
-use metrics::{Direction, RequestLabels, RouteLabels, TokenLabels};
+use crate::state::{ChannelRuntime, KeyRuntime, ModelRuntime, Runtime};
+use metrics::{Direction, RequestLabels, RouteLabels, Scope, TokenLabels};
 
 /// Status recorded for requests the client abandoned (nginx's convention).
 pub(crate) const CLIENT_CLOSED: u16 = 499;
@@ -156,16 +156,8 @@ pub(crate) fn finish(
     let key_label = metrics.per_key.then(|| key.map_or_else(Label::none, |k| k.name.clone()));
     let (model, channel) =
         route.map_or_else(|| (Label::none(), Label::none()), |(c, m)| (m.label.clone(), c.label.clone()));
-    metrics
-        .requests
-        .get_or_create(&RequestLabels {
-            namespace: namespace.clone(),
-            key: key_label.clone(),
-            model: model.clone(),
-            channel: channel.clone(),
-            code: record.status,
-        })
-        .inc();
+    let scope = Scope { namespace, key: key_label, model: model.clone(), channel: channel.clone() };
+    metrics.requests.get_or_create(&RequestLabels { scope: scope.clone(), code: record.status }).inc();
     if route.is_some() {
         let labels = RouteLabels { model: model.clone(), channel: channel.clone() };
         if let Some(ttfb) = last.and_then(|a| a.first_byte) {
@@ -179,21 +171,12 @@ pub(crate) fn finish(
             (Direction::reasoning, usage.reasoning),
         ] {
             if n > 0 {
-                metrics
-                    .tokens
-                    .get_or_create(&TokenLabels {
-                        namespace: namespace.clone(),
-                        key: key_label.clone(),
-                        model: model.clone(),
-                        channel: channel.clone(),
-                        direction,
-                    })
-                    .inc_by(n);
+                metrics.tokens.get_or_create(&TokenLabels { scope: scope.clone(), direction }).inc_by(n);
             }
         }
     }
     if let Some(sink) = sink {
-        let stored = stored_record(sink, rt, record, cost, elapsed);
+        let stored = stored_record(sink, rt, record, Resolved { key, route, cost_nanos: cost }, elapsed);
         if sink.writer.try_record(stored).is_err() {
             metrics.usage_records_lost.inc();
             tracing::error!("usage record lost: the usage queue is full or closed");
@@ -219,18 +202,21 @@ fn millis(d: Duration) -> u64 {
 }
 
 /// The store's form of a record (names resolved through the runtime).
+/// What `finish` already looked up in the runtime for a record.
+struct Resolved<'rt> {
+    key: Option<&'rt KeyRuntime>,
+    /// The answering (last) attempt's channel and model.
+    route: Option<(&'rt ChannelRuntime, &'rt ModelRuntime)>,
+    cost_nanos: u64,
+}
+
 fn stored_record(
     sink: &UsageSink,
     rt: &Runtime,
     record: &UsageRecord,
-    cost_nanos: u64,
+    Resolved { key, route, cost_nanos }: Resolved<'_>,
     elapsed: Duration,
 ) -> weaver_store::UsageRecord {
-    let key = record.key.and_then(|k| rt.keys.get(k as usize));
-    let route = record.last_attempt().and_then(|a| {
-        let channel = rt.channels.get(a.channel as usize)?;
-        Some((channel, channel.models.get(a.model as usize)?))
-    });
     let usage = record.usage.unwrap_or_default();
     let name = |c: u32| rt.channels.get(c as usize).map(|c| c.label.as_str().to_owned()).unwrap_or_default();
     weaver_store::UsageRecord {

@@ -16,7 +16,7 @@ use weaver_crds::Snapshot;
 
 pub(crate) use clients::{ClientPool, HttpClient};
 pub(crate) use registry::{Id, Registry};
-pub(crate) use runtime::{ChannelRuntime, Digest, Runtime};
+pub(crate) use runtime::{ChannelRuntime, Digest, KeyRuntime, ModelRuntime, Runtime};
 
 use crate::clock::unix_millis;
 use crate::metering::{Metrics, UsageSink};
