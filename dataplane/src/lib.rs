@@ -2,8 +2,9 @@
 //! keys, routes across upstream channels and meters what flows through.
 //!
 //! The request path, in order (each stage one module of [`pipeline`]):
-//! `server` (request id, CORS, body limit) -> `pipeline::authenticate` (a
-//! layer on the whole `/v1` router) -> `api` (thin handlers) ->
+//! `server` (CORS, then the envelope: request id, span, panic -> 500) ->
+//! `api` (the dispatcher: route, then `pipeline::authenticate` for every
+//! route, then the handler; the body is read under its size limit there) ->
 //! `pipeline::admit` -> `pipeline::plan` -> `pipeline::attempts` (one upstream
 //! attempt each through the channel's `providers` adapter) ->
 //! `pipeline::respond` (`relay` for streams) -> `metering` when the context drops.

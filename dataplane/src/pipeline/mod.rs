@@ -1,7 +1,8 @@
 //! The request pipeline: one ordered list of stages over a per-request
 //! [`Context`], each stage one module.
 //!
-//! 1. [`authenticate`] — a layer on the whole `/v1` router: key, client address.
+//! 1. [`authenticate`] — run by the API dispatcher before any handler: key,
+//!    client address.
 //! 2. [`admit`] — may this key make this request now (model access; rate
 //!    limits and budget reservations belong here).
 //! 3. [`plan`] — the candidates for key x model, in the policy's order.
