@@ -194,11 +194,16 @@ spec: {{allowedModels: ["bench-*"]}}
             procs.append(proc)
             return proc
 
-        # The relay alone, and the same with every request metered into SQLite.
+        # The relay alone, and the same with every request metered into SQLite
+        # (in-process) and into Postgres (another process: what the gateway
+        # spends is the record, the queue and the batch encoding).
         gateway = start_gateway(gw_port, "off")
         metered_port = free_port()
         metered = start_gateway(metered_port, f"sqlite://{work}/usage-{metered_port}.db")
-        for port in (mock_port, nginx_port, gw_port, metered_port):
+        pg_url = os.environ.get("WEAVER_TEST_POSTGRES_URL")
+        pg_port = free_port()
+        pg_gateway = start_gateway(pg_port, pg_url) if pg_url else None
+        for port in (mock_port, nginx_port, gw_port, metered_port) + ((pg_port,) if pg_url else ()):
             wait_for_port(port)
         nginx_worker = int(
             subprocess.run(["pgrep", "-P", str(procs[1].pid)], capture_output=True, text=True).stdout.split()[0]
@@ -209,6 +214,8 @@ spec: {{allowedModels: ["bench-*"]}}
             "gateway": (f"http://127.0.0.1:{gw_port}/v1/chat/completions", gateway.pid),
             "gw+sqlite": (f"http://127.0.0.1:{metered_port}/v1/chat/completions", metered.pid),
         }
+        if pg_gateway:
+            hops["gw+postgres"] = (f"http://127.0.0.1:{pg_port}/v1/chat/completions", pg_gateway.pid)
         results: dict[str, dict] = {}
         for kind, body in (("plain", CHAT), ("stream", STREAM)):
             for name, (url, pid) in hops.items():
@@ -251,6 +258,9 @@ spec: {{allowedModels: ["bench-*"]}}
             if n["cpu_us"] > 0:
                 print(f"{kind}: gateway CPU per request = {g['cpu_us'] / n['cpu_us']:.2f}x nginx")
             print(f"{kind}: metering into SQLite adds {m['cpu_us'] - g['cpu_us']:.1f} us CPU per request")
+            if pg_gateway:
+                p = results[f"{kind}/gw+postgres"]
+                print(f"{kind}: metering into Postgres adds {p['cpu_us'] - g['cpu_us']:.1f} us CPU per request (gateway process)")
     finally:
         for p in reversed(procs):
             p.terminate()

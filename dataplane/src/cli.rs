@@ -279,12 +279,24 @@ async fn open_store(args: &Args) -> Result<Option<Writer>, RunError> {
         (None, None) => return Ok(None),
     };
     let store = Store::connect(&url, StoreOptions::default())?;
-    store.migrate().await?;
     // One gateway per data folder: a restarted gateway replays what its
     // predecessor left in the spool.
-    let spool = args.data_dir.join("spool");
-    let writer = Writer::start(store, WriterConfig::new(spool))?;
-    tracing::info!(store = %redacted(&url), "usage store ready");
+    let config = WriterConfig::new(args.data_dir.join("spool"));
+    let writer = match store.migrate().await {
+        Ok(()) => {
+            tracing::info!(store = %redacted(&url), "usage store ready");
+            Writer::start(store, config)?
+        }
+        // A database server that is away must not keep gateways from serving:
+        // records are spooled until it answers. A SQLite file that cannot be
+        // opened is a set-up mistake, said at once.
+        Err(weaver_store::StoreError::Database(err)) if matches!(store, Store::Postgres(_)) => {
+            tracing::warn!(store = %redacted(&url), %err,
+                "usage store unreachable at start; usage records are spooled until it answers");
+            Writer::start_unmigrated(store, config)?
+        }
+        Err(err) => return Err(err.into()),
+    };
     Ok(Some(writer))
 }
 

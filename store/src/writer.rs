@@ -33,12 +33,16 @@ pub struct WriterConfig {
     pub spool_max_bytes: u64,
     /// Size at which a spool segment is rotated, in bytes.
     pub spool_segment_bytes: u64,
+    /// How often the writer runs [`UsageStore::maintain`] (partitions ahead,
+    /// retention); the first run is at start. `None`: never (another process,
+    /// such as a sibling replica, does it).
+    pub maintain_interval: Option<Duration>,
 }
 
 impl WriterConfig {
     /// Defaults with the spool in `spool_dir`: a 64k-record queue, batches of up to
-    /// 1,000 records or 200 ms, a 5 s store timeout, 1 s between retries, and a
-    /// 1 GiB spool in 16 MiB segments.
+    /// 1,000 records or 200 ms, a 5 s store timeout, 1 s between retries, a
+    /// 1 GiB spool in 16 MiB segments, and maintenance hourly.
     pub fn new(spool_dir: impl Into<PathBuf>) -> WriterConfig {
         WriterConfig {
             queue_capacity: 65_536,
@@ -49,6 +53,7 @@ impl WriterConfig {
             spool_dir: spool_dir.into(),
             spool_max_bytes: 1 << 30,
             spool_segment_bytes: 16 << 20,
+            maintain_interval: Some(Duration::from_secs(3600)),
         }
     }
 }
@@ -61,6 +66,8 @@ struct Shared {
     spool_full: AtomicBool,
     /// Records the store acknowledged (new or already there).
     stored: AtomicU64,
+    /// Records written to the spool (replays do not count again).
+    spooled: AtomicU64,
     close: Notify,
 }
 
@@ -93,6 +100,12 @@ impl WriterHandle {
         self.shared.stored.load(Ordering::Relaxed)
     }
 
+    /// Records written to the spool since start, to be replayed once the store
+    /// answers: with [`WriterHandle::stored`], how many records are safe on disk.
+    pub fn spooled(&self) -> u64 {
+        self.shared.spooled.load(Ordering::Relaxed)
+    }
+
     /// Both the queue and the spool are at their bound: a new record could not be
     /// kept, so the gateway should refuse requests (503) rather than serve them unmetered.
     pub fn is_full(&self) -> bool {
@@ -109,14 +122,37 @@ pub struct Writer {
 
 impl Writer {
     /// Opens the spool (replaying what a previous process left there once the store
-    /// answers) and starts the writer task on the current runtime.
+    /// answers) and starts the writer task on the current runtime, for a store
+    /// already migrated.
     pub fn start<S: UsageStore + 'static>(store: S, config: WriterConfig) -> Result<Writer, WriterError> {
+        Writer::spawn(store, config, true)
+    }
+
+    /// Like [`Writer::start`] for a store that could not be migrated yet (it was
+    /// unreachable at start-up): records are spooled until a migration succeeds,
+    /// tried before each insert.
+    pub fn start_unmigrated<S: UsageStore + 'static>(store: S, config: WriterConfig) -> Result<Writer, WriterError> {
+        Writer::spawn(store, config, false)
+    }
+
+    fn spawn<S: UsageStore + 'static>(store: S, config: WriterConfig, migrated: bool) -> Result<Writer, WriterError> {
         let spool = Spool::open(&config.spool_dir, config.spool_max_bytes, config.spool_segment_bytes)?;
         let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
         let shared = Arc::new(Shared::default());
         shared.spool_bytes.store(spool.bytes(), Ordering::Relaxed);
         let retry_at = (!spool.is_empty()).then(Instant::now);
-        let task = Task { store, config, rx, spool: Some(spool), shared: shared.clone(), pending: None, retry_at };
+        let maintain_at = config.maintain_interval.map(|_| Instant::now());
+        let task = Task {
+            store,
+            config,
+            rx,
+            spool: Some(spool),
+            shared: shared.clone(),
+            pending: None,
+            retry_at,
+            maintain_at,
+            migrated,
+        };
         Ok(Writer { handle: WriterHandle { tx, shared }, task: tokio::spawn(task.run()) })
     }
 
@@ -137,7 +173,21 @@ impl Writer {
 enum Next {
     Batch(Vec<UsageRecord>),
     Retry,
+    Maintain,
     Close,
+}
+
+/// How long maintenance may take (dropping a partition waits for its locks).
+const MAINTAIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// When maintenance failed, the pause before it is tried again.
+const MAINTAIN_RETRY: Duration = Duration::from_secs(60);
+
+/// Sleeps until `at`, or forever when there is nothing to wait for.
+async fn until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 struct Task<S> {
@@ -152,6 +202,10 @@ struct Task<S> {
     pending: Option<Vec<UsageRecord>>,
     /// When to try the store again (spool replay or the pending batch).
     retry_at: Option<Instant>,
+    /// When to run the store's maintenance next.
+    maintain_at: Option<Instant>,
+    /// The store's schema is current; until then nothing is inserted.
+    migrated: bool,
 }
 
 impl<S: UsageStore> Task<S> {
@@ -160,28 +214,25 @@ impl<S: UsageStore> Task<S> {
             match self.next().await {
                 Next::Batch(batch) => self.write(batch).await?,
                 Next::Retry => self.retry().await?,
+                Next::Maintain => self.maintain().await,
                 Next::Close => return self.close().await,
             }
         }
     }
 
     async fn next(&mut self) -> Next {
-        let retry_at = self.retry_at;
-        let retry = async move {
-            match retry_at {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
+        let (retry, maintain) = (until(self.retry_at), until(self.maintain_at));
         if self.pending.is_some() {
             return tokio::select! {
                 () = self.shared.close.notified() => Next::Close,
                 () = retry => Next::Retry,
+                () = maintain => Next::Maintain,
             };
         }
         let first = tokio::select! {
             () = self.shared.close.notified() => return Next::Close,
             () = retry => return Next::Retry,
+            () = maintain => return Next::Maintain,
             first = self.rx.recv() => first,
         };
         let Some(first) = first else { return Next::Close };
@@ -210,6 +261,32 @@ impl<S: UsageStore> Task<S> {
         Next::Batch(batch)
     }
 
+    /// Creates partitions ahead and applies retention; a failure is logged and
+    /// tried again later, never fatal (records keep flowing meanwhile).
+    async fn maintain(&mut self) {
+        let Some(interval) = self.config.maintain_interval else { return };
+        let next = match tokio::time::timeout(MAINTAIN_TIMEOUT, self.store.maintain(crate::now_ms())).await {
+            Ok(Ok(report)) => {
+                tracing::info!(
+                    partitions_created = report.partitions_created,
+                    partitions_dropped = report.partitions_dropped,
+                    rows_deleted = report.rows_deleted,
+                    "usage store maintenance done"
+                );
+                interval
+            }
+            Ok(Err(err)) => {
+                tracing::warn!(category = err.category(), %err, "usage store maintenance failed; trying again later");
+                MAINTAIN_RETRY.min(interval)
+            }
+            Err(_) => {
+                tracing::warn!(timeout = ?MAINTAIN_TIMEOUT, "usage store maintenance timed out; trying again later");
+                MAINTAIN_RETRY.min(interval)
+            }
+        };
+        self.maintain_at = Some(Instant::now() + next);
+    }
+
     fn spool_is_empty(&self) -> bool {
         self.spool.as_ref().is_none_or(Spool::is_empty)
     }
@@ -223,8 +300,30 @@ impl<S: UsageStore> Task<S> {
         self.spool_or_hold(batch).await
     }
 
+    /// Migrates the store if that is still to do; false (and a retry scheduled)
+    /// when it fails.
+    async fn migrate(&mut self) -> bool {
+        if self.migrated {
+            return true;
+        }
+        match tokio::time::timeout(self.config.store_timeout, self.store.migrate()).await {
+            Ok(Ok(())) => {
+                tracing::info!("usage store migrated; records flow to it");
+                self.migrated = true;
+                return true;
+            }
+            Ok(Err(err)) => tracing::warn!(category = err.category(), %err, "usage store migration failed; spooling"),
+            Err(_) => tracing::warn!(timeout = ?self.config.store_timeout, "usage store migration timed out; spooling"),
+        }
+        self.retry_at = Some(Instant::now() + self.config.retry_interval);
+        false
+    }
+
     /// Inserts within the store timeout; false (and a retry scheduled) on failure.
     async fn insert(&mut self, batch: &[UsageRecord]) -> bool {
+        if !self.migrate().await {
+            return false;
+        }
         match tokio::time::timeout(self.config.store_timeout, self.store.insert_batch(batch)).await {
             Ok(Ok(_)) => {
                 self.shared.stored.fetch_add(batch.len() as u64, Ordering::Relaxed);
@@ -245,6 +344,7 @@ impl<S: UsageStore> Task<S> {
     }
 
     async fn spool_or_hold(&mut self, batch: Vec<UsageRecord>) -> Result<(), WriterError> {
+        let len = batch.len();
         let (batch, result) = self
             .with_spool(move |spool| {
                 let r = spool.append(&batch);
@@ -253,6 +353,7 @@ impl<S: UsageStore> Task<S> {
             .await?;
         match result {
             Ok(()) => {
+                self.shared.spooled.fetch_add(len as u64, Ordering::Relaxed);
                 self.retry_at.get_or_insert_with(|| Instant::now() + self.config.retry_interval);
                 Ok(())
             }
@@ -341,9 +442,14 @@ impl<S: UsageStore> Task<S> {
                     (batch, r)
                 })
                 .await?;
-            if let Err(err) = result {
-                tracing::error!(%err, records = len, "usage records lost at shutdown");
-                lost += len;
+            match result {
+                Ok(()) => {
+                    self.shared.spooled.fetch_add(len as u64, Ordering::Relaxed);
+                }
+                Err(err) => {
+                    tracing::error!(%err, records = len, "usage records lost at shutdown");
+                    lost += len;
+                }
             }
         }
         if lost > 0 { Err(WriterError::Lost { lost }) } else { Ok(()) }
@@ -364,6 +470,7 @@ mod tests {
     struct Fake {
         batches: Arc<Mutex<Vec<usize>>>,
         down: Arc<AtomicBool>,
+        maintained: Arc<AtomicU64>,
     }
 
     impl Fake {
@@ -377,6 +484,10 @@ mod tests {
             Ok(())
         }
         async fn maintain(&self, _: i64) -> Result<MaintainReport, StoreError> {
+            self.maintained.fetch_add(1, Ordering::SeqCst);
+            if self.down.load(Ordering::SeqCst) {
+                return Err(StoreError::Database(sqlx::Error::PoolTimedOut));
+            }
             Ok(MaintainReport::default())
         }
         async fn insert_batch(&self, records: &[UsageRecord]) -> Result<u64, StoreError> {
@@ -438,6 +549,29 @@ mod tests {
         assert_eq!(store.batches(), vec![3, 10, 10, 5], "closing flushes the rest");
         assert_eq!(handle.stored(), 28);
         assert!(handle.try_record(record(99)).is_err(), "closed");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn maintenance_runs_at_start_then_each_interval_and_sooner_after_a_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Fake::default();
+        let config =
+            WriterConfig { maintain_interval: Some(Duration::from_secs(3600)), ..WriterConfig::new(dir.path()) };
+        let writer = Writer::start(store.clone(), config).unwrap();
+        let runs = || store.maintained.load(Ordering::SeqCst);
+        settle().await;
+        assert_eq!(runs(), 1, "at start");
+        tokio::time::advance(Duration::from_secs(3599)).await;
+        settle().await;
+        assert_eq!(runs(), 1, "not before the interval");
+        store.down.store(true, Ordering::SeqCst);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        settle().await;
+        assert_eq!(runs(), 2, "each interval");
+        tokio::time::advance(MAINTAIN_RETRY).await;
+        settle().await;
+        assert_eq!(runs(), 3, "a failed run is tried again before the next interval");
+        writer.flush_and_close().await.unwrap();
     }
 
     #[tokio::test(start_paused = true)]

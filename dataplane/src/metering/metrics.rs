@@ -122,6 +122,10 @@ pub(crate) struct Metrics {
     /// Usage records waiting in memory, and bytes in the spool (set at scrape).
     pub usage_queue_depth: Gauge,
     pub usage_spool_bytes: Gauge,
+    /// Records the store acknowledged, and records written to the spool
+    /// (brought up to the writer's counts at scrape).
+    pub usage_records_stored: Counter,
+    pub usage_records_spooled: Counter,
     /// Put the ApiKey name into request and token series.
     pub per_key: bool,
     registry: Registry,
@@ -184,6 +188,18 @@ impl Metrics {
             "Bytes of usage records spooled on disk while the store is unavailable",
             usage_spool_bytes.clone(),
         );
+        let usage_records_stored = Counter::default();
+        registry.register(
+            "usage_records_stored",
+            "Usage records the usage store acknowledged",
+            usage_records_stored.clone(),
+        );
+        let usage_records_spooled = Counter::default();
+        registry.register(
+            "usage_records_spooled",
+            "Usage records written to the local spool because the store did not answer (replayed later)",
+            usage_records_spooled.clone(),
+        );
         Self {
             requests,
             duration,
@@ -195,6 +211,8 @@ impl Metrics {
             usage_records_lost,
             usage_queue_depth,
             usage_spool_bytes,
+            usage_records_stored,
+            usage_records_spooled,
             per_key,
             registry,
         }

@@ -32,6 +32,10 @@ async fn encode(State(gw): State<Arc<Gateway>>) -> Response {
         let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         gw.metrics.usage_queue_depth.set(gauge(sink.writer.queue_depth() as u64));
         gw.metrics.usage_spool_bytes.set(gauge(sink.writer.spool_bytes()));
+        // fetch_max: two scrapes at once cannot count twice.
+        let m = &gw.metrics;
+        m.usage_records_stored.inner().fetch_max(sink.writer.stored(), std::sync::atomic::Ordering::Relaxed);
+        m.usage_records_spooled.inner().fetch_max(sink.writer.spooled(), std::sync::atomic::Ordering::Relaxed);
     }
     let body = weaver_telemetry::encode_metrics(gw.metrics.registry());
     ([(header::CONTENT_TYPE, weaver_telemetry::OPENMETRICS_CONTENT_TYPE)], body).into_response()
