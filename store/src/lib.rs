@@ -10,6 +10,7 @@
 //! milliseconds (UTC) throughout.
 
 mod error;
+pub mod ledger;
 mod migrations;
 mod postgres;
 mod query;

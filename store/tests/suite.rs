@@ -74,6 +74,7 @@ both!(
     maintenance_applies_retention,
     writer_spools_while_the_store_is_down_and_replays_exactly_once,
     a_spool_left_by_a_crash_replays_on_start,
+    concurrent_replicas_never_lease_more_than_the_budget,
 );
 
 const BASE: i64 = 1_750_000_000_000; // mid-June 2025
@@ -373,6 +374,8 @@ fn config(dir: &std::path::Path) -> WriterConfig {
         batch_size: 64,
         batch_interval: Duration::from_millis(5),
         retry_interval: Duration::from_millis(20),
+        // The records here are from 2025: retention would delete them.
+        maintain_interval: None,
         ..WriterConfig::new(dir.join("spool"))
     }
 }
@@ -486,4 +489,55 @@ proptest! {
             assert_eq!(ids.len(), n);
         });
     }
+}
+
+/// Six replicas syncing at once (each spending part of its slice, wanting more,
+/// finally giving back the rest): the ledger serialises them, grants never
+/// exceed what is left, and what they settled is exactly what they spent.
+async fn concurrent_replicas_never_lease_more_than_the_budget(store: &Store, _: &std::path::Path) {
+    use weaver_store::ledger::{BudgetId, SyncRequest};
+    const LIMIT: u64 = 1_000_000;
+    let id = BudgetId { namespace: "team-a".into(), name: "checkout".into(), period_ms: BASE };
+    let tasks: Vec<_> = (0..6)
+        .map(|r| {
+            let (store, id) = (store.clone(), id.clone());
+            tokio::spawn(async move {
+                let (mut slice, mut spent_total) = (0u64, 0u64);
+                for round in 0..25 {
+                    let spent = slice / 2;
+                    let request = SyncRequest {
+                        limit_nanos: LIMIT,
+                        replica: format!("replica-{r}"),
+                        spent_nanos: spent,
+                        release_nanos: 0,
+                        want_nanos: 40_000,
+                        now_ms: BASE + round,
+                        ttl_ms: 60_000,
+                    };
+                    let view = store.sync_budget(&id, &request).await.expect("sync");
+                    assert!(view.slice_nanos <= slice - spent + 40_000);
+                    spent_total += spent;
+                    slice = view.slice_nanos;
+                }
+                let last = SyncRequest {
+                    limit_nanos: LIMIT,
+                    replica: format!("replica-{r}"),
+                    spent_nanos: 0,
+                    release_nanos: slice,
+                    want_nanos: 0,
+                    now_ms: BASE + 100,
+                    ttl_ms: 60_000,
+                };
+                assert_eq!(store.sync_budget(&id, &last).await.expect("release").slice_nanos, 0);
+                spent_total
+            })
+        })
+        .collect();
+    let mut spent = 0;
+    for t in tasks {
+        spent += t.await.expect("task");
+    }
+    let totals = store.budget_totals(&id).await.expect("totals").expect("a ledger row");
+    assert_eq!((totals.settled_nanos, totals.leased_nanos), (spent, 0), "settled is what was spent; nothing held");
+    assert!(spent <= LIMIT && spent > LIMIT / 2, "the budget was used, never exceeded: {spent}");
 }
