@@ -7,6 +7,7 @@
 //! the API server enforces ([`validation`]).
 
 pub mod api_key;
+pub mod budget;
 pub mod channel;
 pub mod common;
 pub mod compiler;

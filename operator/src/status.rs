@@ -15,6 +15,7 @@ use kube::{Api, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use weaver_crds::api_key::{ApiKeyStatus, UsageStatus};
+use weaver_crds::budget::period_start;
 use weaver_crds::channel::{ChannelStatus, LatencyStatus};
 use weaver_crds::compiler::{Kind, Problem};
 use weaver_crds::money::Usd;
@@ -24,7 +25,7 @@ use weaver_crds::{ApiKey, Channel, RoutingPolicy};
 use crate::context::{Context, MANAGER};
 use crate::keys::{SecretIndex, issued_for, secret_of};
 use crate::metrics::ErrorCategory;
-use crate::usage::{Id, Totals, period_start};
+use crate::usage::{Id, Totals};
 
 fn time(unix: i64) -> Time {
     Time(Timestamp::from_second(unix).unwrap_or(Timestamp::UNIX_EPOCH))
