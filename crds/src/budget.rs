@@ -7,43 +7,18 @@ use crate::api_key::BudgetPeriod;
 /// Start of the budget period containing `now` (unix seconds, UTC calendar):
 /// days start at midnight, weeks on Monday, months on the 1st; `Total` never resets.
 pub fn period_start(period: Option<BudgetPeriod>, now: i64) -> i64 {
-    const DAY: i64 = 86_400;
-    let day_start = now - now.rem_euclid(DAY);
-    match period {
-        None | Some(BudgetPeriod::Total) => 0,
-        Some(BudgetPeriod::Daily) => day_start,
-        // 1970-01-01 was a Thursday: Monday is 3 days later.
-        Some(BudgetPeriod::Weekly) => day_start - (day_start / DAY - 4).rem_euclid(7) * DAY,
-        Some(BudgetPeriod::Monthly) => {
-            let days = day_start / DAY;
-            let (y, m, _) = civil_from_days(days);
-            days_from_civil(y, m, 1) * DAY
-        }
-    }
-}
-
-/// Howard Hinnant's civil-from-days algorithm.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let m = i64::from(m);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    let Some(period) = period.filter(|p| *p != BudgetPeriod::Total) else { return 0 };
+    // The calendar arithmetic is jiff's; out-of-range instants (far beyond any
+    // real clock) fall back to the epoch rather than panic.
+    let day = || -> Result<jiff::civil::Date, jiff::Error> {
+        Ok(jiff::Timestamp::from_second(now)?.to_zoned(jiff::tz::TimeZone::UTC).date())
+    };
+    let start = day().and_then(|d| match period {
+        BudgetPeriod::Daily | BudgetPeriod::Total => Ok(d),
+        BudgetPeriod::Weekly => d.checked_sub(jiff::Span::new().days(i64::from(d.weekday().to_monday_zero_offset()))),
+        BudgetPeriod::Monthly => Ok(d.first_of_month()),
+    });
+    start.and_then(|d| d.to_zoned(jiff::tz::TimeZone::UTC)).map_or(0, |z| z.timestamp().as_second())
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use crate::config::cluster::{self, Cluster, ClusterError};
 use crate::config::manifests::{self, LoadError, ManifestDir};
 use crate::metering::{Metrics, UsageSink};
 use crate::server::{CorsOrigins, Listeners};
-use crate::state::{Gateway, Settings};
+use crate::state::{Gateway, Ledger, Settings};
 use weaver_store::{Store, StoreOptions, UsageStore as _, Writer, WriterConfig};
 
 /// LLM Weaver gateway: an OpenAI-compatible endpoint in front of many LLM providers.
@@ -202,14 +202,18 @@ async fn load_manifests(gw: &Arc<Gateway>, dir: &std::path::Path) -> Result<Mani
 pub async fn start(args: Args, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<Started, RunError> {
     let started_at = crate::clock::unix_millis();
     let instance = args.instance.clone().unwrap_or_else(|| cluster::default_instance(started_at));
-    let writer = open_store(&args).await?;
+    let (writer, store) = open_store(&args).await?;
     let settings = Settings { max_body_bytes: args.max_body_bytes, trusted_proxies: args.trusted_proxies };
     let sink = writer.as_ref().map(|w| UsageSink {
         writer: w.handle(),
         replica: instance.clone(),
         fail_open: args.usage_fail_open,
     });
-    let gw = Gateway::new(settings, Metrics::new(args.metrics_per_key), sink);
+    // Budgets hold across replicas through the store's ledger; without a
+    // store, for this replica alone.
+    let ledger = store.map_or_else(|| Ledger::Local(Default::default()), Ledger::Store);
+    let gw = Gateway::new(settings, Metrics::new(args.metrics_per_key), sink, ledger);
+    let budgets = tokio::spawn(crate::state::budget::run_sync(gw.clone(), instance.clone()));
     enum Prepared {
         Manifests(ManifestDir),
         Operator(Cluster),
@@ -258,6 +262,7 @@ pub async fn start(args: Args, shutdown: impl Future<Output = ()> + Send + 'stat
             let listeners = Listeners { client, admin };
             let served = crate::server::serve(listeners, gw, &cors, shutdown, args.shutdown_grace).await;
             source.stop().await;
+            budgets.abort();
             // Every record of the requests that ran is written, or spooled
             // for the next start.
             if let Some(writer) = writer {
@@ -270,18 +275,19 @@ pub async fn start(args: Args, shutdown: impl Future<Output = ()> + Send + 'stat
 }
 
 /// Opens the usage store (migrating it) and starts its writer, unless the
-/// store is off.
-async fn open_store(args: &Args) -> Result<Option<Writer>, RunError> {
+/// store is off; also returns the store for the budget ledger.
+async fn open_store(args: &Args) -> Result<(Option<Writer>, Option<Store>), RunError> {
     let url = match (&args.store, &args.manifests) {
-        (Some(url), _) if url == "off" => return Ok(None),
+        (Some(url), _) if url == "off" => return Ok((None, None)),
         (Some(url), _) => url.clone(),
         (None, Some(_)) => format!("sqlite://{}", args.data_dir.join("usage.db").display()),
-        (None, None) => return Ok(None),
+        (None, None) => return Ok((None, None)),
     };
     let store = Store::connect(&url, StoreOptions::default())?;
     // One gateway per data folder: a restarted gateway replays what its
     // predecessor left in the spool.
     let config = WriterConfig::new(args.data_dir.join("spool"));
+    let ledger = store.clone();
     let writer = match store.migrate().await {
         Ok(()) => {
             tracing::info!(store = %redacted(&url), "usage store ready");
@@ -297,7 +303,7 @@ async fn open_store(args: &Args) -> Result<Option<Writer>, RunError> {
         }
         Err(err) => return Err(err.into()),
     };
-    Ok(Some(writer))
+    Ok((Some(writer), Some(ledger)))
 }
 
 /// A store URL for logs: no password.

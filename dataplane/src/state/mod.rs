@@ -2,6 +2,7 @@
 //! (loaded once per request), the upstream connection pools and the registry
 //! that outlive it, metrics, and operational settings.
 
+pub(crate) mod budget;
 mod clients;
 mod registry;
 mod runtime;
@@ -14,6 +15,7 @@ use arc_swap::ArcSwap;
 use ipnet::IpNet;
 use weaver_crds::Snapshot;
 
+pub(crate) use budget::Ledger;
 pub(crate) use clients::{ClientPool, HttpClient};
 pub(crate) use registry::{Id, Registry};
 pub(crate) use runtime::{ChannelRuntime, Digest, KeyRuntime, ModelRuntime, Runtime};
@@ -38,6 +40,8 @@ pub struct Gateway {
     pub(crate) metrics: Metrics,
     /// Where usage records go, when a store is configured.
     pub(crate) usage: Option<UsageSink>,
+    /// Where budget slices are leased from.
+    pub(crate) ledger: Ledger,
     pub(crate) settings: Settings,
     /// Unix milliseconds when this instance began counting.
     pub(crate) started_at: i64,
@@ -46,7 +50,7 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub(crate) fn new(settings: Settings, metrics: Metrics, usage: Option<UsageSink>) -> Arc<Self> {
+    pub(crate) fn new(settings: Settings, metrics: Metrics, usage: Option<UsageSink>, ledger: Ledger) -> Arc<Self> {
         let clients = ClientPool::default();
         let registry = Registry::default();
         let (empty, _) = Runtime::build(Snapshot::default(), &clients, &registry);
@@ -56,6 +60,7 @@ impl Gateway {
             registry,
             metrics,
             usage,
+            ledger,
             settings,
             started_at: unix_millis(),
             loaded: AtomicBool::new(false),

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use weaver_crds::protocol::LatencySketch;
 
+use super::budget::BudgetState;
 use crate::metering::Label;
 
 /// A namespaced object: (namespace, name).
@@ -57,6 +58,8 @@ pub(crate) struct KeyState {
     pub totals: Totals,
     /// Unix seconds of the last request; 0 before the first.
     pub last_used: AtomicI64,
+    /// This replica's slice of the key's budget.
+    pub budget: BudgetState,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -102,7 +105,12 @@ impl Registry {
         lock(&self.keys)
             .entry(id.clone())
             .or_insert_with(|| {
-                Arc::new(KeyState { id: id.clone(), totals: Totals::default(), last_used: AtomicI64::new(0) })
+                Arc::new(KeyState {
+                    id: id.clone(),
+                    totals: Totals::default(),
+                    last_used: AtomicI64::new(0),
+                    budget: BudgetState::default(),
+                })
             })
             .clone()
     }

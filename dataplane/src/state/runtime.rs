@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use http::Uri;
 use weaver_crds::money::Prices;
-use weaver_crds::snapshot::{Candidate, KeySnapshot, Snapshot};
+use weaver_crds::snapshot::{BudgetSnapshot, Candidate, KeySnapshot, Snapshot};
 use wildmatch::WildMatch;
 
 use super::ClientPool;
@@ -34,6 +34,7 @@ pub(crate) struct KeyRuntime {
     pub namespace: Label,
     pub name: Label,
     pub state: Arc<KeyState>,
+    pub budget: Option<BudgetSnapshot>,
 }
 
 pub(crate) struct ChannelRuntime {
@@ -92,6 +93,7 @@ impl Runtime {
                 state: registry.key(&id),
                 namespace: id.0,
                 name: id.1,
+                budget: k.budget,
             });
         }
         let channels = snapshot

@@ -1,0 +1,338 @@
+//! Budgets on the request path: a request reserves its maximum cost from the
+//! key's local slice of the budget, and settles its actual cost when it ends;
+//! the slice is leased from the ledger (`weaver_store::ledger`) by a background
+//! sync, so no request waits on a database while the slice lasts.
+//!
+//! Per key, `available` is what may be reserved now: the slice, less what is
+//! reserved by requests in flight, less what was spent since the last sync. It
+//! is one atomic, so a reservation is a compare-and-swap and no lock is shared
+//! between requests. The sync (one at a time per key, under `lease`) settles the
+//! spend, renews the slice before it expires, tops it up towards what the key
+//! spends, and gives back what an idle key holds. Amounts are nano-dollars,
+//! instants unix milliseconds.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures_util::StreamExt as _;
+use weaver_crds::budget::period_start;
+use weaver_crds::snapshot::BudgetSnapshot;
+use weaver_store::ledger::{Account, BudgetId, SyncRequest, SyncView};
+use weaver_store::{Store, StoreError};
+
+use super::{Gateway, KeyRuntime};
+use crate::clock::unix_millis;
+
+/// How long a slice stays a replica's without a sync.
+pub(crate) const LEASE_TTL_MS: i64 = 30_000;
+/// Reservations stop this long before the slice expires, so a replica whose
+/// syncs fail never spends a slice the ledger may already have handed on
+/// (clock skew between replicas must stay below it).
+const EXPIRY_MARGIN_MS: i64 = 10_000;
+
+/// Where slices come from: the shared ledger in the usage store, or — without
+/// a store — an in-process ledger (the budget then holds for this replica only).
+pub(crate) enum Ledger {
+    Store(Store),
+    Local(Mutex<HashMap<BudgetId, Account>>),
+}
+
+impl Ledger {
+    async fn sync(&self, id: &BudgetId, request: &SyncRequest) -> Result<SyncView, StoreError> {
+        match self {
+            Ledger::Store(store) => store.sync_budget(id, request).await,
+            Ledger::Local(accounts) => {
+                let mut accounts = accounts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                Ok(accounts.entry(id.clone()).or_default().sync(request))
+            }
+        }
+    }
+}
+
+/// The lease as the last sync left it; only the party holding the lock syncs.
+#[derive(Debug, Default)]
+struct Lease {
+    /// The period the slice belongs to (start, unix ms); `None` before the first sync.
+    period_ms: Option<i64>,
+    /// The slice the ledger granted this replica.
+    slice: u64,
+}
+
+/// One key's budget state on this replica; lives in the registry, so it
+/// survives snapshot swaps (a changed budget applies at the next sync).
+#[derive(Debug, Default)]
+pub(crate) struct BudgetState {
+    /// What may be reserved now; below zero when requests cost more than they
+    /// reserved (then nothing is reserved until a sync covers it).
+    available: AtomicI64,
+    /// Spent since the last sync.
+    spent: AtomicU64,
+    /// Reserved by requests in flight.
+    reserved: AtomicU64,
+    /// The largest reservation asked for since the last sync (slice sizing).
+    largest: AtomicU64,
+    /// Reservations are taken only before this instant (unix ms).
+    valid_until: AtomicI64,
+    lease: tokio::sync::Mutex<Lease>,
+}
+
+fn signed(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+impl BudgetState {
+    /// Reserves `amount` from the local slice; false when the slice (or its
+    /// validity) does not cover it — then a sync may top it up.
+    pub fn try_reserve(&self, amount: u64, now_ms: i64) -> bool {
+        self.largest.fetch_max(amount, Ordering::Relaxed);
+        if now_ms >= self.valid_until.load(Ordering::Acquire) {
+            return false;
+        }
+        let want = signed(amount);
+        let mut current = self.available.load(Ordering::Acquire);
+        loop {
+            if current < want {
+                return false;
+            }
+            match self.available.compare_exchange_weak(current, current - want, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => {
+                    self.reserved.fetch_add(amount, Ordering::Relaxed);
+                    return true;
+                }
+                Err(seen) => current = seen,
+            }
+        }
+    }
+
+    /// Ends a reservation of `reserved` that cost `cost`: the rest becomes
+    /// available again, the cost is settled at the next sync.
+    pub fn settle(&self, reserved: u64, cost: u64) {
+        self.spent.fetch_add(cost, Ordering::AcqRel);
+        self.reserved.fetch_sub(reserved, Ordering::AcqRel);
+        self.available.fetch_add(signed(reserved) - signed(cost), Ordering::AcqRel);
+    }
+
+    /// What may be reserved now, and what is reserved by requests in flight.
+    pub fn local(&self) -> (i64, u64) {
+        (self.available.load(Ordering::Acquire), self.reserved.load(Ordering::Acquire))
+    }
+
+    /// Whether the background sync should call the ledger: spend to settle, or
+    /// a slice to renew before it lapses (halfway through its validity). A key
+    /// that runs short between syncs tops up on the request path instead.
+    pub fn needs_sync(&self, now_ms: i64) -> bool {
+        let valid_until = self.valid_until.load(Ordering::Relaxed);
+        let holds_slice = self.available.load(Ordering::Relaxed) > 0 || self.reserved.load(Ordering::Relaxed) > 0;
+        self.spent.load(Ordering::Relaxed) > 0
+            || (holds_slice && valid_until - now_ms < (LEASE_TTL_MS - EXPIRY_MARGIN_MS) / 2)
+    }
+
+    /// Calls the ledger once for this key: settles the spend, gives back or
+    /// asks for slice so that about `target` is available (at least `need`),
+    /// renews the lease. On a new period, the old period's slice is given back
+    /// first. On failure the local state is as before (nothing is lost: the
+    /// spend is settled by the next successful sync).
+    pub async fn sync(&self, ledger: &Ledger, id: &BudgetId, sync: &Sync<'_>) -> Result<SyncView, StoreError> {
+        let mut lease = self.lease.lock().await;
+        let spent = self.spent.swap(0, Ordering::AcqRel);
+        let restore = |release: u64| {
+            self.spent.fetch_add(spent, Ordering::AcqRel);
+            self.available.fetch_add(signed(release), Ordering::AcqRel);
+        };
+        let largest = self.largest.swap(0, Ordering::Relaxed);
+        if let Some(old) = lease.period_ms.filter(|p| *p != id.period_ms) {
+            // The period rolled over: settle and give back everything of the old
+            // one; reservations still running settle into the new period.
+            let old_id = BudgetId { period_ms: old, ..id.clone() };
+            let release = lease.slice.saturating_sub(spent);
+            if let Err(e) = ledger.sync(&old_id, &sync.request(spent, release, 0)).await {
+                restore(0);
+                return Err(e);
+            }
+            self.available.fetch_sub(signed(release), Ordering::AcqRel);
+            *lease = Lease::default();
+            let target = sync.target(0, largest);
+            return self.grant(&mut lease, ledger, id, sync, (0, 0), target).await;
+        }
+        let target = sync.target(spent, largest);
+        // Give back only what exceeds the target, and take it out of reach first.
+        let release = u64::try_from(self.available.load(Ordering::Acquire) - signed(target)).unwrap_or(0);
+        if release > 0 {
+            self.available.fetch_sub(signed(release), Ordering::AcqRel);
+        }
+        let granted = self.grant(&mut lease, ledger, id, sync, (spent, release), target).await;
+        if granted.is_err() {
+            restore(release);
+        }
+        granted
+    }
+
+    /// The ledger call proper: settles `spent`, gives back `release` (already
+    /// out of `available`), asks for what brings `available` to `target`.
+    async fn grant(
+        &self,
+        lease: &mut Lease,
+        ledger: &Ledger,
+        id: &BudgetId,
+        sync: &Sync<'_>,
+        (spent, release): (u64, u64),
+        target: u64,
+    ) -> Result<SyncView, StoreError> {
+        let available = self.available.load(Ordering::Acquire);
+        let want = u64::try_from(signed(target.max(sync.need)) - available).unwrap_or(0);
+        let view = ledger.sync(id, &sync.request(spent, release, want)).await?;
+        // What the slice should be if the ledger kept ours; less when it had
+        // expired (the ledger handed it on), so take the difference back.
+        let expected = lease.slice.saturating_sub(spent).saturating_sub(release) + view.granted_nanos;
+        let correction = signed(view.slice_nanos) - signed(expected);
+        self.available.fetch_add(signed(view.granted_nanos) + correction, Ordering::AcqRel);
+        lease.slice = view.slice_nanos;
+        lease.period_ms = Some(id.period_ms);
+        self.valid_until.store(view.expires_ms - EXPIRY_MARGIN_MS, Ordering::Release);
+        Ok(view)
+    }
+}
+
+/// How often the background sync looks at every key with a budget.
+const SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+/// Keys synced at once (each sync is one ledger transaction).
+const SYNC_CONCURRENCY: usize = 8;
+
+/// The budget of key `key` in the period holding `now_ms`.
+pub(crate) fn budget_id(key: &KeyRuntime, budget: &BudgetSnapshot, now_ms: i64) -> BudgetId {
+    BudgetId {
+        namespace: key.namespace.as_str().to_owned(),
+        name: key.name.as_str().to_owned(),
+        period_ms: period_start(Some(budget.period), now_ms.div_euclid(1000)) * 1000,
+    }
+}
+
+/// Settles spend and renews slices of every key with a budget, each second,
+/// for as long as the gateway runs (the caller aborts it at shutdown).
+pub(crate) async fn run_sync(gw: Arc<Gateway>, replica: String) {
+    let mut tick = tokio::time::interval(SYNC_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let rt = gw.live();
+        let now_ms = unix_millis();
+        let due = rt.keys.iter().filter_map(|key| {
+            let budget = key.budget.as_ref()?;
+            key.state.budget.needs_sync(now_ms).then_some((key, budget))
+        });
+        futures_util::stream::iter(due)
+            .for_each_concurrent(SYNC_CONCURRENCY, |(key, budget)| {
+                let (gw, replica) = (&gw, &replica);
+                let replicas = rt.snapshot.gateway_replicas;
+                async move {
+                    let id = budget_id(key, budget, now_ms);
+                    let sync = Sync { limit_nanos: budget.amount.0, replica, now_ms, need: 0, replicas };
+                    if let Err(err) = key.state.budget.sync(&gw.ledger, &id, &sync).await {
+                        tracing::warn!(namespace = key.namespace.as_str(), key = key.name.as_str(), category = err.category(), %err,
+                            "budget ledger sync failed; spend stays local until the next one");
+                    }
+                }
+            })
+            .await;
+    }
+}
+
+/// The parameters of one sync.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Sync<'a> {
+    pub limit_nanos: u64,
+    pub replica: &'a str,
+    pub now_ms: i64,
+    /// Available wanted at least (a request waiting on this sync).
+    pub need: u64,
+    /// Gateway replicas sharing the budget.
+    pub replicas: u32,
+}
+
+impl Sync<'_> {
+    fn request(&self, spent: u64, release: u64, want: u64) -> SyncRequest {
+        SyncRequest {
+            limit_nanos: self.limit_nanos,
+            replica: self.replica.to_owned(),
+            spent_nanos: spent,
+            release_nanos: release,
+            want_nanos: want,
+            now_ms: self.now_ms,
+            ttl_ms: LEASE_TTL_MS,
+        }
+    }
+
+    /// How much to keep available: what the key spent over the last sync
+    /// interval, twice (so the background sync tops up before it runs dry), and
+    /// room for four of its largest reservations, but never more than a fair
+    /// share of the budget, so other replicas are not starved near its end.
+    fn target(&self, recent_spend: u64, largest: u64) -> u64 {
+        let share = self.limit_nanos / (4 * u64::from(self.replicas.max(1)));
+        recent_spend.saturating_mul(2).max(largest.saturating_mul(4)).min(share.max(largest))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests fail loudly")]
+mod tests {
+    use super::*;
+
+    fn id() -> BudgetId {
+        BudgetId { namespace: "team-a".into(), name: "checkout".into(), period_ms: 0 }
+    }
+
+    fn sync(limit: u64, now_ms: i64, need: u64) -> Sync<'static> {
+        Sync { limit_nanos: limit, replica: "r0", now_ms, need, replicas: 1 }
+    }
+
+    #[tokio::test]
+    async fn reservations_come_from_the_slice_and_settle_into_the_ledger() {
+        let ledger = Ledger::Local(Mutex::default());
+        let state = BudgetState::default();
+        assert!(!state.try_reserve(100, 0), "no slice before the first sync");
+        state.sync(&ledger, &id(), &sync(1_000, 0, 100)).await.unwrap();
+        assert!(state.try_reserve(100, 1));
+        assert!(state.try_reserve(150, 1));
+        // The slice: four of the largest reservation, at most a quarter of the budget.
+        assert!(!state.try_reserve(1, 1), "only what the slice holds");
+        state.settle(100, 40);
+        state.settle(150, 150);
+        assert_eq!(state.local().1, 0);
+        let view = state.sync(&ledger, &id(), &sync(1_000, 2, 0)).await.unwrap();
+        assert_eq!(view.totals.settled_nanos, 190, "exactly what the requests cost");
+        assert!(view.totals.settled_nanos + view.totals.leased_nanos <= 1_000);
+    }
+
+    #[tokio::test]
+    async fn the_budget_refuses_once_spent_and_a_new_period_starts_over() {
+        let ledger = Ledger::Local(Mutex::default());
+        let state = BudgetState::default();
+        let mut spent = 0;
+        for now in 0..100 {
+            if !state.try_reserve(60, now) {
+                state.sync(&ledger, &id(), &sync(1_000, now, 60)).await.unwrap();
+                if !state.try_reserve(60, now) {
+                    break;
+                }
+            }
+            state.settle(60, 50);
+            spent += 50;
+        }
+        assert!(spent <= 1_000 && spent >= 940, "used to the last reservation that fits: {spent}");
+        let view = state.sync(&ledger, &id(), &sync(1_000, 200, 0)).await.unwrap();
+        assert_eq!(view.totals.settled_nanos, spent);
+        let next = BudgetId { period_ms: 86_400_000, ..id() };
+        state.sync(&ledger, &next, &sync(1_000, 300, 60)).await.unwrap();
+        assert!(state.try_reserve(60, 301), "a new period has its whole budget");
+    }
+
+    #[tokio::test]
+    async fn a_slice_past_its_validity_is_not_spent() {
+        let ledger = Ledger::Local(Mutex::default());
+        let state = BudgetState::default();
+        state.sync(&ledger, &id(), &sync(1_000, 0, 100)).await.unwrap();
+        assert!(state.try_reserve(10, LEASE_TTL_MS - EXPIRY_MARGIN_MS - 1));
+        assert!(!state.try_reserve(10, LEASE_TTL_MS - EXPIRY_MARGIN_MS), "too close to the lease's expiry");
+    }
+}
