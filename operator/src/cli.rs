@@ -52,6 +52,12 @@ pub struct Args {
     /// Leader lease duration.
     #[arg(long, env = "WEAVER_LEASE_DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
     pub lease_duration: Duration,
+    /// The usage store the gateways write (`postgres://...`; `sqlite://PATH`
+    /// for a single machine). With it, ApiKey and Channel usage in status is
+    /// read from the store's rollups; without it, summed from the gateways'
+    /// reports.
+    #[arg(long, env = "WEAVER_STORE")]
+    pub store: Option<String>,
     /// Log format: `auto` is human-readable on a terminal and JSON otherwise.
     #[arg(long, env = "WEAVER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto)]
     pub log_format: LogFormat,
