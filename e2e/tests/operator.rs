@@ -147,7 +147,8 @@ impl Bed {
         .map(|s| s.to_string())
         .collect();
         if let Some(store) = &self.store {
-            args.extend(["--store".to_owned(), store.clone()]);
+            // Records of earlier days are re-read every second, not every 5 min.
+            args.extend(["--store".into(), store.clone(), "--store-history-refresh".into(), "1s".into()]);
         }
         let kubeconfig = self.cluster.kubeconfig.to_string_lossy().into_owned();
         let log = self.path(&format!("{identity}-{}.log", rand_suffix()));
@@ -832,9 +833,15 @@ async fn usage_comes_from_the_store_across_leader_changes_and_budget_alerts_fire
         )
         .await?;
     let (ok, failed, refused) = (Outcome::Ok, Outcome::UpstreamError, Outcome::Rejected);
+    // Two days ago: `app` (no budget) and the channel count all time, and
+    // earlier days are read apart from today.
+    let earlier = UsageRecord {
+        time: weaver_store::now_ms() - 2 * weaver_store::DAY_MS,
+        ..record(&ns, "app", Some("primary"), "a1", ok, (1_000, 200), 1_234_567)
+    };
     store
         .insert_batch(&[
-            record(&ns, "app", Some("primary"), "a1", ok, (1_000, 200), 1_234_567),
+            earlier,
             record(&ns, "app", Some("primary"), "a2", failed, (10, 0), 0),
             record(&ns, "app", None, "a3", refused, (0, 0), 0),
             record(&ns, "budgeted", Some("primary"), "b1", ok, (5_000, 1_000), 550_000_000),

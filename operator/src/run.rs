@@ -77,7 +77,7 @@ pub async fn start(args: Args) -> Result<Started, StartError> {
         .as_deref()
         .map(|url| weaver_store::Store::connect(url, weaver_store::StoreOptions::default()))
         .transpose()?
-        .map(|s| UsageReader::new(s, args.watch_namespace.clone()));
+        .map(|s| UsageReader::new(s, args.watch_namespace.clone(), args.store_history_refresh));
     let namespace = args.namespace.clone().unwrap_or_else(|| own_namespace(&client));
     let identity = args.identity.clone().unwrap_or_else(hostname);
     let listener =

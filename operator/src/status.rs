@@ -393,7 +393,7 @@ async fn usage_source(ctx: &Context, keys: &[Arc<ApiKey>], now: i64) -> UsageSou
     let Some(reader) = &ctx.store else { return UsageSource::Reports };
     let starts: BTreeSet<i64> =
         keys.iter().map(|k| period_start(k.spec.budget.as_ref().map(|b| b.period), now)).collect();
-    match reader.read(&starts).await {
+    match reader.read(&starts, now).await {
         Ok(totals) => UsageSource::Store(totals),
         Err(e) => {
             ctx.metrics.error(ErrorCategory::store);
