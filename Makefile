@@ -68,17 +68,22 @@ unit:
 	cargo run -q -p weaver-gateway -- --check config/samples
 
 # The official OpenAI SDK against the real binaries; the CRDs and the operator
-# (with two gateways in cluster mode) against a real kube-apiserver + etcd. The
+# (with two gateways in cluster mode) against a real kube-apiserver + etcd,
+# and a throwaway Postgres as the operator's usage store. The
 # control plane binaries are built from Go modules on first use (about 5 min on
 # a cold, otherwise idle 2-core machine) and cached; each plane is thrown away
 # afterwards.
 PLANE ?= $(or $(TMPDIR),/tmp)/llm-weaver-e2e-plane
+# The usage store the operator tests read (`--store`).
+E2E_PG ?= $(or $(TMPDIR),/tmp)/llm-weaver-e2e-postgres
 e2e: setup
 	cargo build --workspace --bins
 	e2e/control-plane build
 	e2e/control-plane down $(PLANE) >/dev/null 2>&1 || true
 	e2e/control-plane up $(PLANE) >/dev/null
-	trap 'e2e/control-plane down $(PLANE) >/dev/null' EXIT; \
+	e2e/postgres down $(E2E_PG) >/dev/null 2>&1 || true
+	pg_env=$$(e2e/postgres up $(E2E_PG)); eval "$$pg_env"; \
+	  trap 'e2e/control-plane down $(PLANE) >/dev/null; e2e/postgres down $(E2E_PG) >/dev/null' EXIT; \
 	  WEAVER_E2E_KUBECONFIG=$(PLANE)/kubeconfig WEAVER_E2E_PYTHON=$(PYTHON) cargo test -p weaver-e2e --test operator -- --ignored --test-threads 4 && \
 	  $(PYTHON) -m pytest e2e/sdk e2e/crd -q
 

@@ -82,6 +82,30 @@ pub struct Budget {
     pub amount: String,
     /// When spend resets (calendar periods in UTC).
     pub period: BudgetPeriod,
+    /// Percentages of `amount` whose crossing is announced (an Event on the
+    /// ApiKey, a metric, a log line), each once per period. Empty means 50,
+    /// 80 and 100.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10), inner(range(min = 1, max = 100)))]
+    #[x_kube(validation = Rule::new("self.all(t, t >= 1 && t <= 100)").message("every threshold must be a percentage from 1 to 100"))]
+    pub alert_thresholds: Vec<u32>,
+}
+
+/// Budget alert thresholds (percent of the budget) when a key names none.
+pub const DEFAULT_ALERT_THRESHOLDS: [u32; 3] = [50, 80, 100];
+
+impl Budget {
+    /// The thresholds to announce, in percent, ascending, each once.
+    pub fn thresholds(&self) -> Vec<u32> {
+        let mut t = if self.alert_thresholds.is_empty() {
+            DEFAULT_ALERT_THRESHOLDS.to_vec()
+        } else {
+            self.alert_thresholds.clone()
+        };
+        t.sort_unstable();
+        t.dedup();
+        t
+    }
 }
 
 /// Budget periods.
@@ -125,11 +149,25 @@ pub struct ApiKeyStatus {
     /// Usage in the current budget period.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<UsageStatus>,
+    /// The highest budget threshold announced in the current period, so a
+    /// restarted or new leader does not announce it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_alert: Option<BudgetAlertStatus>,
+}
+
+/// The last budget threshold announced.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BudgetAlertStatus {
+    /// Percent of the budget.
+    pub threshold: u32,
+    /// Start of the budget period it was announced in; a later period starts over.
+    pub period_start: Time,
 }
 
 /// Usage totals since `since` (for a key with a budget: the current budget
-/// period). Summed from the gateways' reports today; a durable usage store can
-/// take over the same fields.
+/// period). Read from the usage store when the operator has one (`--store`),
+/// else summed from the gateways' reports.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UsageStatus {
@@ -139,6 +177,10 @@ pub struct UsageStatus {
     pub input_tokens: u64,
     #[serde(default)]
     pub output_tokens: u64,
+    /// Requests that failed or were refused (outcome `upstream_error` or
+    /// `rejected`); only known with a usage store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errors: Option<u64>,
     /// USD as a decimal string.
     #[serde(default)]
     pub cost: String,

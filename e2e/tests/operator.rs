@@ -13,6 +13,7 @@ use serde_json::json;
 use weaver_crds::{ApiKey, Channel, RoutingPolicy};
 use weaver_e2e::cluster::{Cluster, Process, binary};
 use weaver_e2e::mock_upstream::{Behaviour, MockUpstream};
+use weaver_store::{Outcome, Store, StoreOptions, UsageRecord, UsageStore};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -28,6 +29,8 @@ struct Bed {
     gateways: Vec<Option<Process>>,
     dir: tempfile::TempDir,
     http: reqwest::Client,
+    /// The operators' `--store`, when the test gives one.
+    store: Option<String>,
 }
 
 fn manifests(upstream: &str) -> String {
@@ -67,6 +70,11 @@ spec: {{allowedModels: ["gpt-4o*"]}}
 
 impl Bed {
     async fn new() -> anyhow::Result<Self> {
+        Self::with_store(None).await
+    }
+
+    /// A bed whose operator reads usage from the store at `store`.
+    async fn with_store(store: Option<String>) -> anyhow::Result<Self> {
         let cluster = Cluster::connect().await?;
         let ns = cluster.namespace("e2e").await?;
         let upstream = MockUpstream::start(Behaviour::default()).await?;
@@ -80,6 +88,7 @@ impl Bed {
             gateways: vec![None, None],
             dir: tempfile::tempdir()?,
             http: reqwest::Client::new(),
+            store,
         };
         bed.operator = Some(bed.operator_process(None, "operator-0").await?);
         let token = bed.cluster.gateway_token(&bed.ns, "gateway", true).await?;
@@ -112,7 +121,7 @@ impl Bed {
             None => format!("127.0.0.1:{}", std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port()),
         };
         let advertise = format!("https://{listen}");
-        let args: Vec<String> = [
+        let mut args: Vec<String> = [
             "--listen",
             &listen,
             "--advertise-url",
@@ -137,6 +146,10 @@ impl Bed {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        if let Some(store) = &self.store {
+            // Records of earlier days are re-read every second, not every 5 min.
+            args.extend(["--store".into(), store.clone(), "--store-history-refresh".into(), "1s".into()]);
+        }
         let kubeconfig = self.cluster.kubeconfig.to_string_lossy().into_owned();
         let log = self.path(&format!("{identity}-{}.log", rand_suffix()));
         Process::start(&binary("weaver-operator")?, &args, &[("KUBECONFIG", &kubeconfig)], log).await
@@ -336,6 +349,141 @@ impl Bed {
     {
         let api: Api<K> = Api::namespaced(self.cluster.client.clone(), &self.ns);
         api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        Ok(())
+    }
+}
+
+/// The usage store `make e2e` starts (`e2e/postgres up`). Tests share its
+/// database: records carry the test's own namespace and the operator reads
+/// only the namespace it watches.
+fn store_url() -> String {
+    std::env::var("WEAVER_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| panic!("WEAVER_TEST_POSTGRES_URL is not set: run with `make e2e`"))
+}
+
+/// One metered request as a gateway would write it.
+fn record(
+    ns: &str,
+    key: &str,
+    channel: Option<&str>,
+    id: &str,
+    outcome: Outcome,
+    tokens: (u64, u64),
+    cost: u64,
+) -> UsageRecord {
+    UsageRecord {
+        request_id: format!("{ns}-{id}"),
+        time: weaver_store::now_ms(),
+        namespace: ns.into(),
+        api_key: key.into(),
+        channel: channel.map(str::to_owned),
+        model: "gpt-4o-mini".into(),
+        upstream_model: "gpt-4o-mini-2024-07-18".into(),
+        status: if outcome == Outcome::Ok { 200 } else { 502 },
+        outcome,
+        input_tokens: tokens.0,
+        output_tokens: tokens.1,
+        cached_input_tokens: 0,
+        cache_write_tokens: 0,
+        reasoning_tokens: 0,
+        estimated: false,
+        cost_nanos: cost,
+        duration_ms: 120,
+        ttft_ms: Some(40),
+        replica: "e2e".into(),
+        attempts: Vec::new(),
+    }
+}
+
+/// `(requests, input tokens, output tokens, cost, errors)` of a usage status.
+type Seen = (u64, u64, u64, String, Option<u64>);
+
+fn seen(u: Option<&weaver_crds::api_key::UsageStatus>) -> Option<Seen> {
+    u.map(|u| (u.requests, u.input_tokens, u.output_tokens, u.cost.clone(), u.errors))
+}
+
+impl Bed {
+    async fn key_usage(&self, name: &str) -> Option<Seen> {
+        let keys: Api<ApiKey> = Api::namespaced(self.cluster.client.clone(), &self.ns);
+        seen(keys.get(name).await.ok()?.status?.usage.as_ref())
+    }
+
+    async fn channel_usage(&self, name: &str) -> Option<Seen> {
+        let channels: Api<Channel> = Api::namespaced(self.cluster.client.clone(), &self.ns);
+        seen(channels.get(name).await.ok()?.status?.usage.as_ref())
+    }
+
+    /// Polls until ApiKey `key` and Channel `channel` show exactly these totals.
+    async fn until_usage(&self, key: &str, want_key: &Seen, channel: &str, want_channel: &Seen) -> anyhow::Result<()> {
+        let started = Instant::now();
+        loop {
+            let (k, c) = (self.key_usage(key).await, self.channel_usage(channel).await);
+            if k.as_ref() == Some(want_key) && c.as_ref() == Some(want_channel) {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                started.elapsed() < WAIT,
+                "status never showed the store's totals: key {k:?} (want {want_key:?}), channel {c:?} (want {want_channel:?})"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The budget alert Events of one object: `(type, message)`, each checked
+    /// to be a single occurrence (a repeat would be a series).
+    async fn budget_events(&self, name: &str) -> anyhow::Result<Vec<(String, String)>> {
+        let events: Api<Event> = Api::namespaced(self.cluster.client.clone(), &self.ns);
+        let mut out = Vec::new();
+        for e in events.list(&ListParams::default()).await?.items {
+            if e.involved_object.name.as_deref() != Some(name) || e.reason.as_deref() != Some("BudgetThresholdCrossed")
+            {
+                continue;
+            }
+            anyhow::ensure!(e.series.is_none() && e.count.unwrap_or(1) <= 1, "a budget alert repeated: {e:?}");
+            out.push((e.type_.unwrap_or_default(), e.message.unwrap_or_default()));
+        }
+        out.sort_by(|a, b| a.1.cmp(&b.1));
+        Ok(out)
+    }
+
+    async fn until_budget_events(&self, name: &str, n: usize) -> anyhow::Result<Vec<(String, String)>> {
+        let started = Instant::now();
+        loop {
+            let events = self.budget_events(name).await?;
+            if events.len() >= n {
+                return Ok(events);
+            }
+            anyhow::ensure!(started.elapsed() < WAIT, "{} budget alert Events, want {n}: {events:?}", events.len());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn operator_metrics(&self) -> String {
+        self.operator.as_ref().map(|o| format!("http://{}", o.addr("metrics_addr"))).unwrap_or_default()
+    }
+
+    /// Polls until the operator's metric `name` is at least `min`.
+    async fn until_metric(&self, name: &str, min: f64) -> anyhow::Result<f64> {
+        let started = Instant::now();
+        loop {
+            let value = self.metric(&self.operator_metrics(), name).await;
+            if value >= min {
+                return Ok(value);
+            }
+            anyhow::ensure!(started.elapsed() < WAIT, "{name} is {value}, want at least {min}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Kills the leading operator and starts `identity` in its place, with
+    /// `store`; returns once it holds the Lease.
+    async fn replace_operator(&mut self, identity: &str, store: Option<String>) -> anyhow::Result<()> {
+        if let Some(op) = self.operator.take() {
+            op.kill().await?;
+        }
+        self.store = store;
+        self.operator = Some(self.operator_process(None, identity).await?);
+        self.until_leader(identity).await?;
         Ok(())
     }
 }
@@ -666,5 +814,89 @@ async fn a_burst_of_applies_is_compiled_a_few_times_not_once_per_apply() -> anyh
     let compiles = bed.metric(&op_metrics, "weaver_operator_compiles_total").await - before;
     println!("{} applies -> {compiles} compilations", 2 * n);
     assert!(compiles <= 10.0, "{compiles} compilations for one burst");
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs the test control plane and Postgres: run with `make e2e`"]
+async fn usage_comes_from_the_store_across_leader_changes_and_budget_alerts_fire_once() -> anyhow::Result<()> {
+    use weaver_crds::money::Usd;
+    let store = Store::connect(&store_url(), StoreOptions::default())?;
+    store.migrate().await?;
+    let mut bed = Bed::with_store(Some(store_url())).await?;
+    let ns = bed.ns.clone();
+    bed.cluster
+        .apply_yaml(
+            &ns,
+            "apiVersion: llmweaver.io/v1alpha1\nkind: ApiKey\nmetadata: {name: budgeted}\n\
+             spec: {budget: {amount: \"1.00\", period: total, alertThresholds: [50, 100]}}\n",
+        )
+        .await?;
+    let (ok, failed, refused) = (Outcome::Ok, Outcome::UpstreamError, Outcome::Rejected);
+    // Two days ago: `app` (no budget) and the channel count all time, and
+    // earlier days are read apart from today.
+    let earlier = UsageRecord {
+        time: weaver_store::now_ms() - 2 * weaver_store::DAY_MS,
+        ..record(&ns, "app", Some("primary"), "a1", ok, (1_000, 200), 1_234_567)
+    };
+    store
+        .insert_batch(&[
+            earlier,
+            record(&ns, "app", Some("primary"), "a2", failed, (10, 0), 0),
+            record(&ns, "app", None, "a3", refused, (0, 0), 0),
+            record(&ns, "budgeted", Some("primary"), "b1", ok, (5_000, 1_000), 550_000_000),
+        ])
+        .await?;
+    let app = |requests, input, cost, errors| (requests, input, 200, Usd(cost).to_string(), Some(errors));
+    let channel =
+        |requests, input, output, cost, errors| (requests, input, output, Usd(cost).to_string(), Some(errors));
+    bed.until_usage("app", &app(3, 1_010, 1_234_567, 2), "primary", &channel(3, 6_010, 1_200, 551_234_567, 1)).await?;
+    let budgeted = (1, 5_000, 1_000, "0.55".to_owned(), Some(0));
+    // Applied just before the records: its first status may come a pass later.
+    bed.until_usage("budgeted", &budgeted, "primary", &channel(3, 6_010, 1_200, 551_234_567, 1)).await?;
+    let events = bed.until_budget_events("budgeted", 1).await?;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].0, "Normal");
+    assert!(events[0].1.contains("Spent 0.55 USD of the 1.00 USD budget (55%), crossing 50%"), "{events:?}");
+    let alerts = |t: u32| format!("weaver_operator_budget_alerts_total{{namespace=\"{ns}\",threshold=\"{t}\"}}");
+    assert_eq!(bed.metric(&bed.operator_metrics(), &alerts(50)).await, 1.0);
+    bed.until_condition::<ApiKey>("budgeted", "BudgetExceeded", "False", "WithinBudget").await?;
+
+    // A leader change: the new leader reads the same store, so a record
+    // written after it took over shows up once and nothing before it twice.
+    bed.replace_operator("operator-1", Some(store_url())).await?;
+    store.insert_batch(&[record(&ns, "app", Some("primary"), "a4", ok, (5, 0), 1_000)]).await?;
+    bed.until_usage("app", &app(4, 1_015, 1_235_567, 2), "primary", &channel(4, 6_015, 1_200, 551_235_567, 1)).await?;
+    assert_eq!(bed.key_usage("budgeted").await, Some(budgeted));
+    assert_eq!(bed.budget_events("budgeted").await?.len(), 1, "the new leader announced 50% again");
+
+    // Exactly at the budget: 100% is crossed, once, as a Warning.
+    store.insert_batch(&[record(&ns, "budgeted", Some("primary"), "b2", ok, (0, 0), 450_000_000)]).await?;
+    let events = bed.until_budget_events("budgeted", 2).await?;
+    bed.until_condition::<ApiKey>("budgeted", "BudgetExceeded", "True", "OverBudget").await?;
+    // One more pass after it (a record of another key) adds no Event.
+    store.insert_batch(&[record(&ns, "app", Some("primary"), "a5", ok, (5, 0), 1_000)]).await?;
+    bed.until_usage("app", &app(5, 1_020, 1_236_567, 2), "primary", &channel(6, 6_020, 1_200, 1_001_236_567, 1))
+        .await?;
+    assert_eq!(bed.budget_events("budgeted").await?, events);
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events[1].0, "Warning", "{events:?}");
+    assert!(events[1].1.contains("Spent 1.00 USD of the 1.00 USD budget (100%), crossing 100%"), "{events:?}");
+    assert_eq!(bed.metric(&bed.operator_metrics(), &alerts(100)).await, 1.0);
+    assert_eq!(bed.metric(&bed.operator_metrics(), &alerts(50)).await, -1.0, "50% was the old leader's");
+    let keys: Api<ApiKey> = Api::namespaced(bed.cluster.client.clone(), &ns);
+    let alert = keys.get("budgeted").await?.status.and_then(|s| s.budget_alert);
+    assert_eq!(alert.map(|a| (a.threshold, a.period_start.0.as_second())), Some((100, 0)));
+
+    // A leader whose store does not answer keeps the status it finds: no
+    // zeroed usage, an error counted on every pass.
+    let before = (bed.key_usage("app").await, bed.channel_usage("primary").await, bed.key_usage("budgeted").await);
+    bed.replace_operator("operator-2", Some("postgres://weaver@127.0.0.1:1/nothing".into())).await?;
+    // Two failed passes: the first one's writes are done when the second starts.
+    bed.until_metric("weaver_operator_errors_total{category=\"store\"}", 2.0).await?;
+    let after = (bed.key_usage("app").await, bed.channel_usage("primary").await, bed.key_usage("budgeted").await);
+    assert_eq!(after, before);
+    assert_eq!(bed.budget_events("budgeted").await?, events);
+    bed.until_condition::<ApiKey>("budgeted", "BudgetExceeded", "True", "OverBudget").await?;
     Ok(())
 }

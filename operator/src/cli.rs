@@ -52,6 +52,17 @@ pub struct Args {
     /// Leader lease duration.
     #[arg(long, env = "WEAVER_LEASE_DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
     pub lease_duration: Duration,
+    /// The usage store the gateways write (`postgres://...`; `sqlite://PATH`
+    /// for a single machine). With it, ApiKey and Channel usage in status is
+    /// read from the store's rollups; without it, summed from the gateways'
+    /// reports.
+    #[arg(long, env = "WEAVER_STORE")]
+    pub store: Option<String>,
+    /// How long usage before today (UTC) read from the store is reused; today's
+    /// is read every status interval. Records of earlier days that reach the
+    /// store late (a gateway replaying its spool) show within this time.
+    #[arg(long, env = "WEAVER_STORE_HISTORY_REFRESH", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub store_history_refresh: Duration,
     /// Log format: `auto` is human-readable on a terminal and JSON otherwise.
     #[arg(long, env = "WEAVER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto)]
     pub log_format: LogFormat,

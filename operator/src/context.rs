@@ -1,5 +1,6 @@
 //! What every task of the operator shares; nothing global.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -7,11 +8,13 @@ use kube::Client;
 use kube::runtime::events::Recorder;
 use tokio::sync::watch;
 
+use crate::alerts::Announced;
 use crate::auth::Authenticator;
 use crate::leader::Leadership;
 use crate::metrics::Metrics;
 use crate::state::{Published, Stores};
-use crate::usage::UsageBook;
+use crate::usage::{Id, UsageBook};
+use crate::usage_store::UsageReader;
 
 /// The field manager for everything the operator writes (server-side apply).
 pub const MANAGER: &str = "llm-weaver";
@@ -30,11 +33,20 @@ pub struct Context {
     /// Passes reports on to the leader.
     pub forward: Forwarder,
     pub gateway_timeout: Duration,
+    /// With `--store`: status usage comes from the usage store.
+    pub store: Option<UsageReader>,
+    /// Budget alerts this replica announced, per key: status may lag behind
+    /// in the watch cache for a pass, and must not make them fire twice.
+    pub alerts: Mutex<HashMap<Id, Announced>>,
 }
 
 impl Context {
     pub fn usage(&self) -> std::sync::MutexGuard<'_, UsageBook> {
         self.usage.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn alerts(&self) -> std::sync::MutexGuard<'_, HashMap<Id, Announced>> {
+        self.alerts.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

@@ -3,6 +3,7 @@
 //! compiler, serves the snapshot stream to gateways, issues and rotates keys,
 //! and writes health, usage and problems back into status.
 
+pub mod alerts;
 pub mod auth;
 pub mod cli;
 pub mod context;
@@ -15,3 +16,4 @@ pub mod state;
 pub mod status;
 pub mod tls;
 pub mod usage;
+pub mod usage_store;

@@ -16,11 +16,20 @@ pub enum ErrorCategory {
     event,
     report,
     stream,
+    /// The usage store did not answer a status pass's queries.
+    store,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ErrorLabels {
     pub category: ErrorCategory,
+}
+
+/// Budget alerts: the namespace (never the key's name) and the threshold in percent.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct AlertLabels {
+    pub namespace: String,
+    pub threshold: u32,
 }
 
 pub struct Metrics {
@@ -33,6 +42,9 @@ pub struct Metrics {
     pub live_gateways: Gauge,
     pub gateways_current: Gauge,
     pub problems: Gauge,
+    pub budget_alerts: Family<AlertLabels, Counter>,
+    pub status_pass_seconds: Histogram,
+    pub status_writes: Counter,
     registry: Registry,
 }
 
@@ -61,6 +73,16 @@ impl Metrics {
         );
         let problems = Gauge::default();
         r.register("problems", "Problems the last compilation reported", problems.clone());
+        let budget_alerts = Family::<AlertLabels, Counter>::default();
+        r.register("budget_alerts", "Budget thresholds crossed (each once per key and period)", budget_alerts.clone());
+        let status_pass_seconds = Histogram::new(exponential_buckets(0.01, 2.0, 14));
+        r.register(
+            "status_pass_seconds",
+            "Time to read usage and write every changed status once",
+            status_pass_seconds.clone(),
+        );
+        let status_writes = Counter::default();
+        r.register("status_writes", "Status patches sent", status_writes.clone());
         Self {
             compiles,
             errors,
@@ -71,12 +93,19 @@ impl Metrics {
             live_gateways,
             gateways_current,
             problems,
+            budget_alerts,
+            status_pass_seconds,
+            status_writes,
             registry: r,
         }
     }
 
     pub fn error(&self, category: ErrorCategory) {
         self.errors.get_or_create(&ErrorLabels { category }).inc();
+    }
+
+    pub fn budget_alert(&self, namespace: &str, threshold: u32) {
+        self.budget_alerts.get_or_create(&AlertLabels { namespace: namespace.to_owned(), threshold }).inc();
     }
 
     /// The OpenMetrics text exposition, encoded the way every binary does it.

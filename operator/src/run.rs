@@ -21,6 +21,7 @@ use crate::leader::{self, LeaderConfig};
 use crate::metrics::Metrics;
 use crate::state::{self, Published};
 use crate::usage::UsageBook;
+use crate::usage_store::UsageReader;
 use crate::{keys, server, status, tls};
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +34,8 @@ pub enum StartError {
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error("HTTP client: {0}")]
     Http(#[from] reqwest::Error),
+    #[error("usage store: {0}")]
+    Store(#[from] weaver_store::StoreError),
 }
 
 /// A running operator.
@@ -68,6 +71,13 @@ fn own_namespace(client: &Client) -> String {
 
 pub async fn start(args: Args) -> Result<Started, StartError> {
     let client = Client::try_default().await?;
+    // Connects lazily: an unreachable store is retried every status pass.
+    let store = args
+        .store
+        .as_deref()
+        .map(|url| weaver_store::Store::connect(url, weaver_store::StoreOptions::default()))
+        .transpose()?
+        .map(|s| UsageReader::new(s, args.watch_namespace.clone(), args.store_history_refresh));
     let namespace = args.namespace.clone().unwrap_or_else(|| own_namespace(&client));
     let identity = args.identity.clone().unwrap_or_else(hostname);
     let listener =
@@ -134,6 +144,8 @@ pub async fn start(args: Args) -> Result<Started, StartError> {
         replicas,
         forward,
         gateway_timeout: args.gateway_timeout,
+        store,
+        alerts: Mutex::default(),
     });
 
     let mut tasks = tokio::task::JoinSet::new();
@@ -153,6 +165,9 @@ async fn writer_loop(ctx: Arc<Context>, interval: std::time::Duration) {
     let mut leadership = ctx.leadership.clone();
     let mut was_leader = false;
     let mut ticker = tokio::time::interval(interval);
+    // A pass that takes longer than the interval (thousands of changed
+    // statuses) stretches the interval instead of queueing passes behind it.
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = ticker.tick() => {}

@@ -1,12 +1,20 @@
-//! Status: conditions from the compiler's problems, health and usage from the
-//! gateways' reports. Written by the leader only, with server-side apply under
-//! one field manager, and only when something changed; every condition
-//! transition also becomes an Event.
+//! Status: conditions from the compiler's problems, health from the gateways'
+//! reports, usage from the usage store (`--store`) or else from the reports.
+//! Written by the leader only, with server-side apply under one field manager,
+//! and only for objects whose status changed, [`WRITE_CONCURRENCY`] patches at
+//! a time; every condition transition also becomes an Event, and budget
+//! threshold crossings become alerts (`alerts.rs`).
+//!
+//! Scale: a pass writes every changed status before the next pass starts; the
+//! writer's interval stretches when a pass takes longer (10,000 changed
+//! ApiKeys take about as long as the README's measured figure), so status then
+//! trails usage by one pass rather than by one interval.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures_util::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
@@ -14,7 +22,7 @@ use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use weaver_crds::api_key::{ApiKeyStatus, UsageStatus};
+use weaver_crds::api_key::{ApiKeyStatus, BudgetAlertStatus, UsageStatus};
 use weaver_crds::budget::period_start;
 use weaver_crds::channel::{ChannelStatus, LatencyStatus};
 use weaver_crds::compiler::{Kind, Problem};
@@ -22,10 +30,27 @@ use weaver_crds::money::Usd;
 use weaver_crds::routing_policy::RoutingPolicyStatus;
 use weaver_crds::{ApiKey, Channel, RoutingPolicy};
 
+use crate::alerts::{self, Alert};
 use crate::context::{Context, MANAGER};
 use crate::keys::{SecretIndex, issued_for, secret_of};
 use crate::metrics::ErrorCategory;
 use crate::usage::{Id, Totals};
+use crate::usage_store::{Counted, StoreTotals};
+
+/// Status patches in flight at once: enough to hide the API server's latency,
+/// few enough not to crowd out other clients (the API server's default
+/// max-in-flight is 400 mutating requests).
+pub const WRITE_CONCURRENCY: usize = 16;
+
+/// Where one pass's usage comes from.
+enum UsageSource {
+    /// No store: the report book.
+    Reports,
+    /// What the store answered for this pass.
+    Store(StoreTotals),
+    /// The store did not answer: status keeps the usage it holds.
+    Unavailable,
+}
 
 fn time(unix: i64) -> Time {
     Time(Timestamp::from_second(unix).unwrap_or(Timestamp::UNIX_EPOCH))
@@ -83,9 +108,10 @@ fn ready(previous: &[Condition], problems: &[&Problem], generation: Option<i64>)
     }
 }
 
-fn usage_status(t: &Totals, since: Option<i64>) -> UsageStatus {
+fn usage_status(t: &Totals, errors: Option<u64>, since: Option<i64>) -> UsageStatus {
     UsageStatus {
         requests: t.requests,
+        errors,
         input_tokens: t.input_tokens,
         output_tokens: t.output_tokens,
         cost: Usd(t.cost).to_string(),
@@ -109,17 +135,28 @@ fn duration_text(ms: f64) -> String {
     if ms >= 1000.0 { format!("{:.2}s", ms / 1000.0) } else { format!("{ms:.0}ms") }
 }
 
-fn desired_channel(ctx: &Context, c: &Channel, problems: &[&Problem]) -> ChannelStatus {
+fn desired_channel(ctx: &Context, source: &UsageSource, c: &Channel, problems: &[&Problem]) -> ChannelStatus {
     let previous = c.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
     let generation = c.meta().generation;
     let id: Id = (c.namespace().unwrap_or_default(), c.name_any());
-    let (health, totals) = {
+    let (health, usage) = {
         let mut book = ctx.usage();
-        if !book.has_channel_base(&id) {
-            let persisted = c.status.as_ref().and_then(|s| s.usage.as_ref()).map(totals_of).unwrap_or_default();
-            book.set_channel_base(&id, persisted);
-        }
-        (book.health(&id), book.channel_totals(&id))
+        let usage = match source {
+            UsageSource::Reports => {
+                if !book.has_channel_base(&id) {
+                    let persisted = c.status.as_ref().and_then(|s| s.usage.as_ref()).map(totals_of).unwrap_or_default();
+                    book.set_channel_base(&id, persisted);
+                }
+                let totals = book.channel_totals(&id);
+                (totals.requests > 0).then(|| usage_status(&totals, None, None))
+            }
+            UsageSource::Store(store) => {
+                let Counted { totals, errors } = store.channel(&id);
+                (totals.requests > 0).then(|| usage_status(&totals, Some(errors), None))
+            }
+            UsageSource::Unavailable => c.status.as_ref().and_then(|s| s.usage.clone()),
+        };
+        (book.health(&id), usage)
     };
     let mut conditions = vec![if c.spec.disabled {
         condition(previous, "Ready", false, "Disabled", "The channel is disabled.".to_owned(), generation)
@@ -162,32 +199,51 @@ fn desired_channel(ctx: &Context, c: &Channel, problems: &[&Problem]) -> Channel
         observed_generation: generation,
         latency: (health.latency.count() > 0).then(|| LatencyStatus { p50: q(0.5), p95: q(0.95), p99: q(0.99) }),
         success_rate: rate.map(|r| format!("{:.1}%", r * 100.0)),
-        usage: (totals.requests > 0).then(|| usage_status(&totals, None)),
+        usage,
     }
 }
 
-fn desired_key(ctx: &Context, secrets: &SecretIndex, k: &ApiKey, problems: &[&Problem], now: i64) -> ApiKeyStatus {
+/// A key's desired status and the budget alerts to announce once it is written.
+fn desired_key(
+    ctx: &Context,
+    source: &UsageSource,
+    secrets: &SecretIndex,
+    k: &ApiKey,
+    problems: &[&Problem],
+    now: i64,
+) -> (ApiKeyStatus, Vec<Alert>) {
     let previous_status = k.status.clone().unwrap_or_default();
     let previous = previous_status.conditions.as_slice();
     let generation = k.meta().generation;
     let id: Id = (k.namespace().unwrap_or_default(), k.name_any());
     let period = k.spec.budget.as_ref().map(|b| b.period);
     let start = period_start(period, now);
-    let totals = {
-        let mut book = ctx.usage();
-        if !book.has_base(&id, start) {
-            // Continue from what status holds for this period (after a restart
-            // or a leader change), or start the new period from zero.
-            let persisted = previous_status
-                .usage
-                .as_ref()
-                .filter(|u| u.since.as_ref().map(|t| t.0.as_second()) == Some(start))
-                .map(totals_of)
-                .unwrap_or_default();
-            book.set_base(&id, start, persisted);
+    // What status holds for this period (after a restart or a leader change).
+    let persisted = previous_status
+        .usage
+        .as_ref()
+        .filter(|u| u.since.as_ref().map(|t| t.0.as_second()) == Some(start))
+        .map(totals_of);
+    let usage = match source {
+        UsageSource::Reports => {
+            let mut book = ctx.usage();
+            if !book.has_base(&id, start) {
+                // Continue from status, or start the new period from zero.
+                book.set_base(&id, start, persisted.unwrap_or_default());
+            }
+            Some(usage_status(&book.key_totals(&id), None, Some(start)))
         }
-        book.key_totals(&id)
+        UsageSource::Store(store) => {
+            let Counted { mut totals, errors } = store.key(&id, start);
+            // Rollups keep no instants: the last use comes from the reports,
+            // and status keeps it across restarts.
+            let kept = previous_status.usage.as_ref().and_then(|u| u.last_used.as_ref()).map(|t| t.0.as_second());
+            totals.last_used = kept.max(ctx.usage().key_last_used(&id));
+            Some(usage_status(&totals, Some(errors), Some(start)))
+        }
+        UsageSource::Unavailable => previous_status.usage.clone(),
     };
+    let spent = usage.as_ref().map_or(0, |u| totals_of(u).cost);
     let mut conditions = vec![if k.spec.disabled {
         condition(previous, "Ready", false, "Disabled", "The key is disabled.".to_owned(), generation)
     } else {
@@ -199,9 +255,13 @@ fn desired_key(ctx: &Context, secrets: &SecretIndex, k: &ApiKey, problems: &[&Pr
     } else {
         condition(previous, "Expired", false, "Valid", "The key has not expired.".to_owned(), generation)
     });
+    let announced = previous_status.budget_alert.as_ref().map(|a| (a.threshold, a.period_start.0.as_second()));
+    let announced = alerts::latest(announced, ctx.alerts().get(&id).copied());
+    let mut budget_alert = announced.filter(|(_, s)| *s == start);
+    let mut fire = Vec::new();
     if let Some(budget) = &k.spec.budget {
         let limit = budget.amount.parse::<Usd>().unwrap_or_default();
-        let spent = Usd(totals.cost);
+        let spent = Usd(spent);
         conditions.push(if spent >= limit && limit.0 > 0 {
             condition(
                 previous,
@@ -221,13 +281,31 @@ fn desired_key(ctx: &Context, secrets: &SecretIndex, k: &ApiKey, problems: &[&Pr
                 generation,
             )
         });
+        // Unknown usage (the store away) crosses nothing.
+        if !matches!(source, UsageSource::Unavailable) {
+            fire = alerts::crossed(&budget.thresholds(), spent.0, limit.0, start, announced)
+                .into_iter()
+                .map(|threshold| Alert {
+                    threshold,
+                    spent: spent.0,
+                    budget: limit.0,
+                    period: budget.period,
+                    period_start: start,
+                })
+                .collect();
+            if let Some(top) = fire.last() {
+                budget_alert = Some((top.threshold, start));
+            }
+        }
     }
-    ApiKeyStatus {
+    let status = ApiKeyStatus {
         conditions,
         observed_generation: generation,
         key_prefix: key_prefix(secrets, k),
-        usage: Some(usage_status(&totals, Some(start))),
-    }
+        usage,
+        budget_alert: budget_alert.map(|(threshold, start)| BudgetAlertStatus { threshold, period_start: time(start) }),
+    };
+    (status, fire)
 }
 
 /// `lw-` and four characters of an operator-issued key: enough to tell keys
@@ -252,14 +330,16 @@ fn desired_policy(p: &RoutingPolicy, problems: &[&Problem], resolved: Vec<String
     }
 }
 
-/// Writes `desired` when it differs from `current`, and announces transitions.
+/// Writes `desired` when it differs from `current`, and announces
+/// transitions. Returns whether status now holds `desired`.
 async fn apply_status<K, S>(
     ctx: &Context,
     obj: &K,
     current: Option<&S>,
     desired: S,
     conditions: impl Fn(&S) -> &[Condition],
-) where
+) -> bool
+where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
         + DeserializeOwned
@@ -267,19 +347,20 @@ async fn apply_status<K, S>(
     S: Serialize + PartialEq,
 {
     if current == Some(&desired) {
-        return;
+        return true;
     }
-    let (Some(ns), name) = (obj.namespace(), obj.name_any()) else { return };
+    let (Some(ns), name) = (obj.namespace(), obj.name_any()) else { return false };
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
     let patch = serde_json::json!({
         "apiVersion": K::api_version(&()),
         "kind": K::kind(&()),
         "status": desired,
     });
+    ctx.metrics.status_writes.inc();
     if let Err(e) = api.patch_status(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch)).await {
         ctx.metrics.error(ErrorCategory::status_write);
         tracing::warn!(kind = %K::kind(&()), namespace = %ns, name = %name, error = %e, "status write failed");
-        return;
+        return false;
     }
     let before = current.map(&conditions).unwrap_or_default();
     for c in conditions(&desired) {
@@ -302,6 +383,23 @@ async fn apply_status<K, S>(
         if let Err(e) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
             ctx.metrics.error(ErrorCategory::event);
             tracing::debug!(error = %e, "event not recorded");
+        }
+    }
+    true
+}
+
+/// The usage source of one pass: the store's totals for every period start
+/// the keys need, or the reports when there is no store.
+async fn usage_source(ctx: &Context, keys: &[Arc<ApiKey>], now: i64) -> UsageSource {
+    let Some(reader) = &ctx.store else { return UsageSource::Reports };
+    let starts: BTreeSet<i64> =
+        keys.iter().map(|k| period_start(k.spec.budget.as_ref().map(|b| b.period), now)).collect();
+    match reader.read(&starts, now).await {
+        Ok(totals) => UsageSource::Store(totals),
+        Err(e) => {
+            ctx.metrics.error(ErrorCategory::store);
+            tracing::warn!(error = %e, "usage store unavailable; status keeps its last usage");
+            UsageSource::Unavailable
         }
     }
 }
@@ -328,14 +426,55 @@ pub async fn write_all(ctx: &Arc<Context>, secrets: &SecretIndex) {
         by_object.get(&id).cloned().unwrap_or_default()
     };
     let now = Timestamp::now().as_second();
-    for c in ctx.stores.channels.state() {
-        let desired = desired_channel(ctx, &c, &problems_of(Kind::Channel, c.meta()));
-        apply_status(ctx, c.as_ref(), c.status.as_ref(), desired, |s: &ChannelStatus| s.conditions.as_slice()).await;
-    }
-    for k in ctx.stores.api_keys.state() {
-        let desired = desired_key(ctx, secrets, &k, &problems_of(Kind::ApiKey, k.meta()), now);
-        apply_status(ctx, k.as_ref(), k.status.as_ref(), desired, |s: &ApiKeyStatus| s.conditions.as_slice()).await;
-    }
+    let started = Instant::now();
+    let keys = ctx.stores.api_keys.state();
+    let source = usage_source(ctx, &keys, now).await;
+    // Desired states first (no awaits, the book's lock held briefly per
+    // object), then only the changed ones are written, concurrently.
+    let channels: Vec<_> = ctx
+        .stores
+        .channels
+        .state()
+        .into_iter()
+        .map(|c| {
+            let desired = desired_channel(ctx, &source, &c, &problems_of(Kind::Channel, c.meta()));
+            (c, desired)
+        })
+        .filter(|(c, desired)| c.status.as_ref() != Some(desired))
+        .collect();
+    futures_util::stream::iter(channels)
+        .map(|(c, desired)| async move {
+            apply_status(ctx, c.as_ref(), c.status.as_ref(), desired, |s: &ChannelStatus| s.conditions.as_slice()).await
+        })
+        .buffer_unordered(WRITE_CONCURRENCY)
+        .for_each(|_| async {})
+        .await;
+    let keys: Vec<_> = keys
+        .into_iter()
+        .map(|k| {
+            let (desired, fire) = desired_key(ctx, &source, secrets, &k, &problems_of(Kind::ApiKey, k.meta()), now);
+            (k, desired, fire)
+        })
+        .filter(|(k, desired, _)| k.status.as_ref() != Some(desired))
+        .collect();
+    futures_util::stream::iter(keys)
+        .map(|(k, desired, fire)| async move {
+            let announced = desired.budget_alert.as_ref().map(|a| (a.threshold, a.period_start.0.as_second()));
+            let written =
+                apply_status(ctx, k.as_ref(), k.status.as_ref(), desired, |s: &ApiKeyStatus| s.conditions.as_slice())
+                    .await;
+            // Announced only once status records it: a failed write retries
+            // next pass instead of announcing twice.
+            if written && !fire.is_empty() {
+                if let Some(a) = announced {
+                    ctx.alerts().insert((k.namespace().unwrap_or_default(), k.name_any()), a);
+                }
+                alerts::announce(ctx, &k, &fire).await;
+            }
+        })
+        .buffer_unordered(WRITE_CONCURRENCY)
+        .for_each(|_| async {})
+        .await;
     for p in ctx.stores.policies.state() {
         let key = (p.namespace().unwrap_or_default(), p.name_any());
         let resolved = published.resolved.get(&key).cloned().unwrap_or_default();
@@ -343,4 +482,5 @@ pub async fn write_all(ctx: &Arc<Context>, secrets: &SecretIndex) {
         apply_status(ctx, p.as_ref(), p.status.as_ref(), desired, |s: &RoutingPolicyStatus| s.conditions.as_slice())
             .await;
     }
+    ctx.metrics.status_pass_seconds.observe(started.elapsed().as_secs_f64());
 }

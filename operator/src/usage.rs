@@ -6,8 +6,9 @@
 //! persisted base plus every live instance's growth since its baseline. An
 //! instance that stops reporting has its growth folded into the base. After a
 //! leader change the new leader starts its base from what status says, so at
-//! most one status interval of usage can be counted late or twice-missed; a
-//! durable usage store replaces this arithmetic in a later milestone.
+//! most one status interval of usage can be counted late or twice-missed. With
+//! a usage store (`--store`) status usage comes from the store instead
+//! (`usage_store.rs`), and the book serves only health and the last use.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -264,6 +265,11 @@ impl UsageBook {
             }
         }
         t
+    }
+
+    /// The latest use of a key any live instance reported (unix seconds).
+    pub fn key_last_used(&self, id: &Id) -> Option<i64> {
+        self.instances.values().filter_map(|i| i.keys.get(id)?.last_used).max()
     }
 
     pub fn channel_totals(&self, id: &Id) -> Totals {

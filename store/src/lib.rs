@@ -71,6 +71,19 @@ pub trait UsageStore: Send + Sync {
         group_by: &[GroupBy],
     ) -> impl Future<Output = Result<Vec<SummaryRow>, StoreError>> + Send;
 
+    /// Totals per group over exactly `[from_ms, to_ms)` of `filter`, for any
+    /// bounds: raw events for the ragged hour at either end, rollups for the
+    /// whole hours and days between (rollups are written with the events, so the
+    /// current hour is in them). No latency percentiles (`p*_ms` are `None`):
+    /// this is the query for status and budgets, run for every object each
+    /// status interval, so it skips the sketch work [`UsageStore::summary`] does.
+    /// Rows come ordered by group.
+    fn totals(
+        &self,
+        filter: &UsageFilter,
+        group_by: &[GroupBy],
+    ) -> impl Future<Output = Result<Vec<SummaryRow>, StoreError>> + Send;
+
     /// One key's usage since `since_ms` (unix milliseconds), exact for any instant:
     /// raw events up to the next full hour, then hourly rollups to the next full
     /// day, then daily rollups. Rollups are written with the events, so the current
@@ -173,6 +186,13 @@ impl UsageStore for Store {
         match self {
             Store::Postgres(s) => s.summary(filter, group_by).await,
             Store::Sqlite(s) => s.summary(filter, group_by).await,
+        }
+    }
+
+    async fn totals(&self, filter: &UsageFilter, group_by: &[GroupBy]) -> Result<Vec<SummaryRow>, StoreError> {
+        match self {
+            Store::Postgres(s) => s.totals(filter, group_by).await,
+            Store::Sqlite(s) => s.totals(filter, group_by).await,
         }
     }
 

@@ -343,6 +343,18 @@ impl UsageStore for PgStore {
         Ok(acc.finish())
     }
 
+    async fn totals(&self, filter: &UsageFilter, group_by: &[GroupBy]) -> Result<Vec<SummaryRow>, StoreError> {
+        let group_by = sql::normalise(group_by);
+        let mut acc = sql::SummaryAcc::default();
+        let hourly_only = group_by.contains(&GroupBy::Hour);
+        for piece in crate::query::exact_pieces(filter.from_ms, filter.to_ms, hourly_only) {
+            let rows =
+                sql::exact_totals_query::<Postgres>(&piece, filter, &group_by).build().fetch_all(&self.pool).await?;
+            acc.add_totals(&rows, &group_by)?;
+        }
+        Ok(acc.finish())
+    }
+
     async fn key_usage(&self, namespace: &str, key: &str, since_ms: i64) -> Result<KeyUsage, StoreError> {
         let plan = crate::query::key_usage_plan(since_ms);
         let row =

@@ -87,17 +87,21 @@ impl Cursor {
 pub enum GroupBy {
     Day,
     Hour,
+    /// The namespace alone; with [`GroupBy::Channel`] it names a Channel object
+    /// (channel names are unique per namespace only).
+    Namespace,
     Key,
     Model,
     Channel,
 }
 
 impl GroupBy {
-    /// Parses `day`, `hour`, `key`, `model` or `channel`.
+    /// Parses `day`, `hour`, `namespace`, `key`, `model` or `channel`.
     pub fn parse(text: &str) -> Option<GroupBy> {
         Some(match text {
             "day" => GroupBy::Day,
             "hour" => GroupBy::Hour,
+            "namespace" => GroupBy::Namespace,
             "key" => GroupBy::Key,
             "model" => GroupBy::Model,
             "channel" => GroupBy::Channel,
@@ -111,6 +115,7 @@ impl GroupBy {
 pub struct GroupKey {
     /// Start of the day or hour, unix milliseconds (UTC).
     pub bucket_ms: Option<i64>,
+    pub namespace: Option<String>,
     /// `(namespace, key name)`: key names are unique per namespace only.
     pub api_key: Option<(String, String)>,
     pub model: Option<String>,
@@ -188,6 +193,50 @@ pub(crate) fn rollup_ranges(from_ms: Option<i64>, to_ms: Option<i64>, hourly_onl
     out
 }
 
+/// Where one piece of an exact range is read from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Source {
+    Events,
+    Rollup(Rollup),
+}
+
+/// A half-open range `[from_ms, to_ms)` read from one source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Piece {
+    pub source: Source,
+    pub from_ms: i64,
+    pub to_ms: i64,
+}
+
+/// Splits a range into pieces that answer it exactly for any bounds: raw events
+/// for the ragged hour at either end (at most an hour each), rollups (per
+/// [`rollup_ranges`]) for the whole hours between. An open end reads no raw events.
+pub(crate) fn exact_pieces(from_ms: Option<i64>, to_ms: Option<i64>, hourly_only: bool) -> Vec<Piece> {
+    let from = from_ms.unwrap_or(i64::MIN / 2);
+    let to = to_ms.unwrap_or(i64::MAX / 2);
+    if from >= to {
+        return Vec::new();
+    }
+    let (whole_from, whole_to) = (ceil_to(from, HOUR_MS), floor_hour(to));
+    let events = |from_ms, to_ms| Piece { source: Source::Events, from_ms, to_ms };
+    if whole_from >= whole_to {
+        return vec![events(from, to)];
+    }
+    let mut out = Vec::with_capacity(5);
+    if from < whole_from && from_ms.is_some() {
+        out.push(events(from, whole_from));
+    }
+    out.extend(rollup_ranges(Some(whole_from), Some(whole_to), hourly_only).into_iter().map(|r| Piece {
+        source: Source::Rollup(r.table),
+        from_ms: r.from_ms,
+        to_ms: r.to_ms,
+    }));
+    if whole_to < to && to_ms.is_some() {
+        out.push(events(whole_to, to));
+    }
+    out
+}
+
 /// The pieces that answer [`KeyUsage`] exactly for any `since`: raw events up to
 /// the next full hour (at most one hour of one key, through an index), hourly
 /// rollups up to the next full day, daily rollups from there on. Rollups are
@@ -236,6 +285,29 @@ mod tests {
         assert_eq!(rollup_ranges(Some(d), Some(3 * d), true), vec![hourly(d, 3 * d)]);
         assert_eq!(rollup_ranges(Some(d + h), Some(d + 5 * h), false), vec![hourly(d + h, d + 5 * h)]);
         assert_eq!(rollup_ranges(Some(d + h), Some(d + h + 5), false), vec![]);
+    }
+
+    #[test]
+    fn exact_pieces_read_raw_events_only_at_ragged_edges() {
+        let (d, h) = (DAY_MS, HOUR_MS);
+        let events = |a, b| Piece { source: Source::Events, from_ms: a, to_ms: b };
+        let hourly = |a, b| Piece { source: Source::Rollup(Rollup::Hourly), from_ms: a, to_ms: b };
+        let daily = |a, b| Piece { source: Source::Rollup(Rollup::Daily), from_ms: a, to_ms: b };
+        assert_eq!(
+            exact_pieces(Some(d + 3 * h + 5), Some(4 * d + 2 * h + 7), false),
+            vec![
+                events(d + 3 * h + 5, d + 4 * h),
+                hourly(d + 4 * h, 2 * d),
+                daily(2 * d, 4 * d),
+                hourly(4 * d, 4 * d + 2 * h),
+                events(4 * d + 2 * h, 4 * d + 2 * h + 7)
+            ]
+        );
+        // Aligned bounds and open ends read no raw events.
+        assert_eq!(exact_pieces(Some(d), None, false)[0], daily(d, floor_day(floor_hour(i64::MAX / 2))));
+        assert!(exact_pieces(Some(d), None, false).iter().all(|p| p.source != Source::Events));
+        assert_eq!(exact_pieces(Some(d + 5), Some(d + 9), false), vec![events(d + 5, d + 9)]);
+        assert_eq!(exact_pieces(Some(d + 5), Some(d + 5), false), vec![]);
     }
 
     #[test]

@@ -9,7 +9,8 @@ use weaver_crds::protocol::LatencySketch;
 
 use crate::StoreError;
 use crate::query::{
-    Cursor, DAY_MS, GroupBy, GroupKey, KeyUsagePlan, RecordFilter, Rollup, RollupRange, SummaryRow, UsageFilter,
+    Cursor, DAY_MS, GroupBy, GroupKey, HOUR_MS, KeyUsagePlan, Piece, RecordFilter, Rollup, RollupRange, Source,
+    SummaryRow, UsageFilter,
 };
 use crate::record::{Outcome, UsageRecord};
 use crate::rollup::to_u64;
@@ -157,12 +158,21 @@ pub(crate) fn normalise(group_by: &[GroupBy]) -> Vec<GroupBy> {
 }
 
 fn group_columns(group_by: &[GroupBy]) -> Vec<String> {
+    group_columns_at(group_by, false)
+}
+
+/// The group columns of rollup rows, or of raw events (`events`: whose time
+/// column is `time_ms`, not an hour's `bucket_ms`).
+fn group_columns_at(group_by: &[GroupBy], events: bool) -> Vec<String> {
     group_by
         .iter()
         .map(|g| match g {
             // Integer division: the start of the UTC day, from hourly or daily rows.
+            GroupBy::Day if events => format!("(time_ms / {DAY_MS}) * {DAY_MS}"),
             GroupBy::Day => format!("(bucket_ms / {DAY_MS}) * {DAY_MS}"),
+            GroupBy::Hour if events => format!("(time_ms / {HOUR_MS}) * {HOUR_MS}"),
             GroupBy::Hour => "bucket_ms".into(),
+            GroupBy::Namespace => "namespace".into(),
             GroupBy::Key => "namespace, api_key".into(),
             GroupBy::Model => "model".into(),
             GroupBy::Channel => "channel".into(),
@@ -218,6 +228,40 @@ where
     qb
 }
 
+/// Totals per group from one piece of an exact range, in the column layout of
+/// [`summary_totals_query`] (so [`SummaryAcc::add_totals`] reads both).
+pub(crate) fn exact_totals_query<'q, DB>(piece: &Piece, f: &UsageFilter, group_by: &[GroupBy]) -> QueryBuilder<'q, DB>
+where
+    DB: Database,
+    String: Encode<'q, DB> + Type<DB>,
+    i64: Encode<'q, DB> + Type<DB>,
+{
+    let table = match piece.source {
+        Source::Rollup(table) => table,
+        Source::Events => {
+            let columns = group_columns_at(group_by, true);
+            let errors = [Outcome::Ok, Outcome::UpstreamError, Outcome::ClientAborted, Outcome::Rejected]
+                .into_iter()
+                .filter(|o| o.is_error())
+                .map(|o| format!("'{}'", o.as_str()))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let mut select = columns.clone();
+            select.push("CAST(count(*) AS bigint)".into());
+            select.push(format!("CAST(coalesce(sum(CASE WHEN outcome IN ({errors}) THEN 1 ELSE 0 END), 0) AS bigint)"));
+            for c in ["input_tokens", "output_tokens", "cached_input_tokens", "cost_nanos"] {
+                select.push(format!("CAST(coalesce(sum({c}), 0) AS bigint)"));
+            }
+            let mut qb = QueryBuilder::new(format!("SELECT {} FROM usage_events", select.join(", ")));
+            qb.push(" WHERE time_ms >= ").push_bind(piece.from_ms).push(" AND time_ms < ").push_bind(piece.to_ms);
+            push_dimensions(&mut qb, f);
+            push_group_by(&mut qb, &columns, None);
+            return qb;
+        }
+    };
+    summary_totals_query(&RollupRange { table, from_ms: piece.from_ms, to_ms: piece.to_ms }, f, group_by)
+}
+
 /// Merged sketch buckets per group from one rollup range: (group..., bucket, count).
 pub(crate) fn summary_sketch_query<'q, DB>(
     dialect: &Dialect,
@@ -263,6 +307,7 @@ impl SummaryAcc {
         for g in group_by {
             match g {
                 GroupBy::Day | GroupBy::Hour => key.bucket_ms = Some(row.try_get(i)?),
+                GroupBy::Namespace => key.namespace = Some(row.try_get(i)?),
                 GroupBy::Key => {
                     key.api_key = Some((row.try_get(i)?, row.try_get(i + 1)?));
                     i += 1;

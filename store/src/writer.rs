@@ -503,6 +503,9 @@ mod tests {
         async fn summary(&self, _: &UsageFilter, _: &[GroupBy]) -> Result<Vec<SummaryRow>, StoreError> {
             Ok(Vec::new())
         }
+        async fn totals(&self, _: &UsageFilter, _: &[GroupBy]) -> Result<Vec<SummaryRow>, StoreError> {
+            Ok(Vec::new())
+        }
         async fn key_usage(&self, _: &str, _: &str, _: i64) -> Result<KeyUsage, StoreError> {
             Ok(KeyUsage::default())
         }

@@ -71,6 +71,7 @@ both!(
     pagination_walks_every_record_once,
     filters_select_the_matching_records,
     key_usage_is_exact_for_any_instant,
+    totals_are_exact_for_any_bounds,
     maintenance_applies_retention,
     writer_spools_while_the_store_is_down_and_replays_exactly_once,
     a_spool_left_by_a_crash_replays_on_start,
@@ -154,6 +155,7 @@ fn oracle(records: &[UsageRecord], group_by: &[GroupBy]) -> BTreeMap<weaver_stor
             match g {
                 GroupBy::Day => key.bucket_ms = Some(floor_day(r.time)),
                 GroupBy::Hour => key.bucket_ms = Some(floor_hour(r.time)),
+                GroupBy::Namespace => key.namespace = Some(r.namespace.clone()),
                 GroupBy::Key => key.api_key = Some((r.namespace.clone(), r.api_key.clone())),
                 GroupBy::Model => key.model = Some(r.model.clone()),
                 GroupBy::Channel => key.channel = Some(r.channel.clone().unwrap_or_default()),
@@ -224,6 +226,44 @@ async fn n_records_make_n_rows_and_exact_summaries(store: &Store, _: &std::path:
     let whole = store.summary(&filter, &[]).await.expect("summary");
     assert_eq!(whole.len(), 1);
     assert_eq!(whole[0].p95_ms, sketch.quantile(0.95));
+}
+
+async fn totals_are_exact_for_any_bounds(store: &Store, _: &std::path::Path) {
+    let records = mixed(900, 11);
+    store.insert_batch(&records).await.expect("insert");
+    let h0 = floor_hour(BASE);
+    let bounds = [
+        (None, None),
+        // Ragged at both ends: raw events, hourly and daily rollups.
+        (Some(h0 + 5 * HOUR_MS + 1_234), Some(h0 + 2 * DAY_MS + 7 * HOUR_MS + 99)),
+        // Inside one hour: raw events only.
+        (Some(h0 + HOUR_MS + 10), Some(h0 + HOUR_MS + 1_800_000)),
+        // A budget period: from a day start, open-ended (daily rollups only).
+        (Some(floor_day(BASE) + DAY_MS), None),
+        (None, Some(BASE + DAY_MS + 17)),
+    ];
+    let groupings: &[&[GroupBy]] = &[
+        &[],
+        &[GroupBy::Key],
+        &[GroupBy::Namespace, GroupBy::Channel],
+        &[GroupBy::Hour, GroupBy::Key],
+        &[GroupBy::Day, GroupBy::Namespace, GroupBy::Model],
+    ];
+    for (from_ms, to_ms) in bounds {
+        let expected: Vec<_> = records
+            .iter()
+            .filter(|r| r.namespace == "team-b")
+            .filter(|r| from_ms.is_none_or(|t| r.time >= t) && to_ms.is_none_or(|t| r.time < t))
+            .cloned()
+            .collect();
+        assert!(!expected.is_empty(), "{from_ms:?}..{to_ms:?} selects something");
+        let filter = UsageFilter { from_ms, to_ms, namespaces: vec!["team-b".into()], ..Default::default() };
+        for group_by in groupings {
+            let rows = store.totals(&filter, group_by).await.expect("totals");
+            assert_eq!(totals(&rows), oracle(&expected, group_by), "{from_ms:?}..{to_ms:?} by {group_by:?}");
+            assert!(rows.iter().all(|r| r.p50_ms.is_none()), "no percentiles");
+        }
+    }
 }
 
 async fn a_replayed_batch_adds_nothing(store: &Store, _: &std::path::Path) {
@@ -363,6 +403,9 @@ impl UsageStore for Flaky {
     }
     async fn summary(&self, f: &UsageFilter, g: &[GroupBy]) -> Result<Vec<SummaryRow>, StoreError> {
         self.inner.summary(f, g).await
+    }
+    async fn totals(&self, f: &UsageFilter, g: &[GroupBy]) -> Result<Vec<SummaryRow>, StoreError> {
+        self.inner.totals(f, g).await
     }
     async fn key_usage(&self, ns: &str, key: &str, since: i64) -> Result<KeyUsage, StoreError> {
         self.inner.key_usage(ns, key, since).await
