@@ -8,11 +8,15 @@ pub(crate) struct Migration {
     pub sql: &'static str,
 }
 
-pub(crate) const POSTGRES: &[Migration] =
-    &[Migration { version: 1, name: "usage", sql: include_str!("../migrations/postgres/0001_usage.sql") }];
+pub(crate) const POSTGRES: &[Migration] = &[
+    Migration { version: 1, name: "usage", sql: include_str!("../migrations/postgres/0001_usage.sql") },
+    Migration { version: 2, name: "usage_bodies", sql: include_str!("../migrations/postgres/0002_usage_bodies.sql") },
+];
 
-pub(crate) const SQLITE: &[Migration] =
-    &[Migration { version: 1, name: "usage", sql: include_str!("../migrations/sqlite/0001_usage.sql") }];
+pub(crate) const SQLITE: &[Migration] = &[
+    Migration { version: 1, name: "usage", sql: include_str!("../migrations/sqlite/0001_usage.sql") },
+    Migration { version: 2, name: "usage_bodies", sql: include_str!("../migrations/sqlite/0002_usage_bodies.sql") },
+];
 
 pub(crate) const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS weaver_store_migrations \
     (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_ms BIGINT NOT NULL)";
