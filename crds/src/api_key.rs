@@ -70,6 +70,31 @@ pub struct ApiKeySpec {
     #[schemars(length(max = 32))]
     #[x_kube(validation = Rule::new("self.matches('^([0-9]+(ms|s|m|h))+$')").message("must be a duration such as 500ms, 30s, 5m or 1h30m"))]
     pub rotation_grace_period: Option<String>,
+    /// What the gateway records about this key's requests beyond usage. Off
+    /// unless set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logging: Option<Logging>,
+}
+
+/// Request and response logging for one key.
+#[derive(KubeSchema, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[x_kube(validation = Rule::new("!has(self.maxBodyBytes) || self.bodies").message("maxBodyBytes applies only with bodies: true"))]
+#[serde(rename_all = "camelCase")]
+pub struct Logging {
+    /// Store each request's body and its answer (a stream's SSE text) with its
+    /// usage record, secrets redacted. Default false.
+    #[serde(default)]
+    pub bodies: bool,
+    /// Bytes stored per body; longer ones are cut and marked truncated.
+    /// Default 16384, at most 1 MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1_048_576))]
+    pub max_body_bytes: Option<u32>,
+}
+
+impl Logging {
+    /// Bytes stored per body when `maxBodyBytes` is not set.
+    pub const DEFAULT_MAX_BODY_BYTES: u32 = 16 * 1024;
 }
 
 /// A spending cap per period.

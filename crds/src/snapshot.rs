@@ -135,6 +135,10 @@ pub struct KeySnapshot {
     pub route_table: u32,
     pub budget: Option<BudgetSnapshot>,
     pub rate_limit: Option<crate::api_key::RateLimit>,
+    /// Bytes stored per body when the key logs request and response bodies;
+    /// `None`: bodies are not logged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_bodies: Option<u32>,
 }
 
 /// One accepted key.

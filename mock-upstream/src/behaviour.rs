@@ -52,6 +52,10 @@ pub struct Behaviour {
     /// in whole answers and in the stream's usage chunk. A gateway that reads
     /// `cached_tokens` as a plain integer fails to meter these.
     pub null_usage_details: bool,
+    /// Never report usage: whole answers have no `usage` member, and streams
+    /// no usage chunk even when asked for one, as OpenAI-compatible servers
+    /// that ignore `stream_options` send them.
+    pub omit_usage: bool,
     /// A `"stream": true` request is answered `200 application/json` instead of
     /// an event stream, as some OpenAI-compatible servers and proxies do when
     /// they fail before streaming (quota errors) or ignore `stream` altogether.

@@ -27,6 +27,8 @@ pub(crate) struct Answer {
     completion_tokens: u64,
     finish_reason: &'static str,
     null_usage_details: bool,
+    /// Whole answers carry no `usage` member.
+    omit_usage: bool,
 }
 
 /// Roughly four characters a token.
@@ -88,6 +90,7 @@ impl Answer {
             prompt_tokens,
             finish_reason,
             null_usage_details,
+            omit_usage: false,
         })
     }
 
@@ -108,6 +111,12 @@ impl Answer {
         self.completion_tokens = estimate_tokens(&text);
         self.tokens = vec![text];
         self.finish_reason = "stop";
+        self
+    }
+
+    /// Leaves `usage` out of whole answers.
+    pub fn without_usage(mut self) -> Self {
+        self.omit_usage = true;
         self
     }
 
@@ -140,7 +149,7 @@ impl Answer {
                 logprobs: None,
                 finish_reason: self.finish_reason,
             }],
-            usage: self.usage(),
+            usage: (!self.omit_usage).then(|| self.usage()),
             system_fingerprint: None,
         };
         serde_json::to_vec(&body).unwrap_or_default()
@@ -233,7 +242,8 @@ struct Completion<'a> {
     created: u64,
     model: &'a str,
     choices: [CompletionChoice<'a>; 1],
-    usage: Usage,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<Usage>,
     system_fingerprint: Option<&'a str>,
 }
 

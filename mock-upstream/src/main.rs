@@ -48,6 +48,9 @@ struct Args {
     /// Send null usage details (`cached_tokens: null`, `completion_tokens_details: null`).
     #[arg(long, env = "WEAVER_MOCK_NULL_USAGE_DETAILS")]
     null_usage_details: bool,
+    /// Never report usage (no `usage` in answers, no usage chunk in streams).
+    #[arg(long, env = "WEAVER_MOCK_OMIT_USAGE")]
+    omit_usage: bool,
     /// Answer `"stream": true` with 200 application/json: an error object or a whole completion.
     #[arg(long, env = "WEAVER_MOCK_JSON_FOR_STREAM", value_enum)]
     json_for_stream: Option<JsonForStream>,
@@ -77,6 +80,7 @@ async fn main() -> std::io::Result<()> {
         drop_after: a.drop_after,
         require_key: a.require_key,
         null_usage_details: a.null_usage_details,
+        omit_usage: a.omit_usage,
         json_for_stream: a.json_for_stream,
         reject_stream_options: a.reject_stream_options,
         big_event: a.big_event_bytes.map(|total| (total, a.big_event_piece_bytes)),

@@ -159,7 +159,10 @@ fn respond(
     if embeddings {
         return Ok(json(crate::embeddings::answer(&request)?));
     }
-    let answer = Answer::for_chat(&request, b.tokens, b.null_usage_details)?;
+    let mut answer = Answer::for_chat(&request, b.tokens, b.null_usage_details)?;
+    if b.omit_usage {
+        answer = answer.without_usage();
+    }
     if !request.stream {
         return Ok(json(answer.to_json()));
     }
@@ -170,7 +173,7 @@ fn respond(
         Some(JsonForStream::Completion) => return Ok(json(answer.to_json())),
         None => {}
     }
-    let include_usage = request.include_usage();
+    let include_usage = request.include_usage() && !b.omit_usage;
     let frames = match b.big_event {
         Some((total, piece)) => {
             let events = answer.with_one_big_token(total, include_usage).to_events(include_usage);

@@ -43,6 +43,7 @@ fn record(i: usize, now: i64) -> UsageRecord {
         ttft_ms: Some(80),
         replica: "gw-0".into(),
         attempts: vec![AttemptRecord { channel: "openai".into(), status: 200, error: None, ttft_ms: Some(80) }],
+        bodies: None,
     }
 }
 

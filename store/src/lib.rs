@@ -31,7 +31,7 @@ pub use query::{
     DAY_MS, GroupBy, GroupKey, HOUR_MS, KeyUsage, RecordFilter, RecordPage, SummaryRow, UsageFilter, floor_day,
     floor_hour,
 };
-pub use record::{ApiRecord, AttemptRecord, Outcome, UsageRecord};
+pub use record::{ApiRecord, AttemptRecord, Bodies, Outcome, UsageRecord};
 pub use sqlite::SqliteStore;
 pub use writer::{Writer, WriterConfig, WriterHandle};
 
@@ -94,6 +94,11 @@ pub trait UsageStore: Send + Sync {
         key: &str,
         since_ms: i64,
     ) -> impl Future<Output = Result<KeyUsage, StoreError>> + Send;
+
+    /// The logged bodies of the request with this id (the newest, should ids
+    /// repeat), or `None` when its key did not log bodies or they have expired
+    /// (bodies are kept as long as events).
+    fn bodies(&self, request_id: &str) -> impl Future<Output = Result<Option<Bodies>, StoreError>> + Send;
 }
 
 /// Settings shared by both stores.
@@ -200,6 +205,13 @@ impl UsageStore for Store {
         match self {
             Store::Postgres(s) => s.key_usage(namespace, key, since_ms).await,
             Store::Sqlite(s) => s.key_usage(namespace, key, since_ms).await,
+        }
+    }
+
+    async fn bodies(&self, request_id: &str) -> Result<Option<Bodies>, StoreError> {
+        match self {
+            Store::Postgres(s) => s.bodies(request_id).await,
+            Store::Sqlite(s) => s.bodies(request_id).await,
         }
     }
 }

@@ -28,8 +28,8 @@ const MIGRATION_LOCK: i64 = 0x7765_6176_6572;
 pub struct PgStore {
     pool: PgPool,
     options: StoreOptions,
-    /// Days (start, unix ms) whose event partition is known to exist, so inserts
-    /// issue `CREATE TABLE` only for a day they have not seen.
+    /// Days (start, unix ms) whose event and body partitions are known to exist,
+    /// so inserts issue `CREATE TABLE` only for a day they have not seen.
     partitions: Arc<Mutex<BTreeSet<i64>>>,
 }
 
@@ -58,21 +58,23 @@ impl PgStore {
         };
         let mut created = 0;
         for day in missing {
-            let name = partition_name(day)?;
-            let create = format!(
-                "CREATE TABLE IF NOT EXISTS {name} PARTITION OF usage_events FOR VALUES FROM ({day}) TO ({})",
-                day + DAY_MS
-            );
-            if let Err(err) = sqlx::raw_sql(&create).execute(&self.pool).await {
-                // Two replicas creating the same partition at once: one of them loses
-                // the race on the catalog; the partition exists all the same.
-                let exists: Option<String> =
-                    sqlx::query_scalar("SELECT to_regclass($1)::text").bind(&name).fetch_one(&self.pool).await?;
-                if exists.is_none() {
-                    return Err(err.into());
+            for table in PARTITIONED {
+                let name = partition_name(table, day)?;
+                let create = format!(
+                    "CREATE TABLE IF NOT EXISTS {name} PARTITION OF {table} FOR VALUES FROM ({day}) TO ({})",
+                    day + DAY_MS
+                );
+                if let Err(err) = sqlx::raw_sql(&create).execute(&self.pool).await {
+                    // Two replicas creating the same partition at once: one of them loses
+                    // the race on the catalog; the partition exists all the same.
+                    let exists: Option<String> =
+                        sqlx::query_scalar("SELECT to_regclass($1)::text").bind(&name).fetch_one(&self.pool).await?;
+                    if exists.is_none() {
+                        return Err(err.into());
+                    }
+                } else if table == "usage_events" {
+                    created += 1;
                 }
-            } else {
-                created += 1;
             }
             self.partitions.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(day);
         }
@@ -80,16 +82,19 @@ impl PgStore {
     }
 }
 
-/// `usage_events_YYYYMMDD` for the UTC day starting at `day_ms`.
-fn partition_name(day_ms: i64) -> Result<String, StoreError> {
+/// The tables partitioned by UTC day, with the same partitions and retention.
+const PARTITIONED: [&str; 2] = ["usage_events", "usage_bodies"];
+
+/// `<table>_YYYYMMDD` for the UTC day starting at `day_ms`.
+fn partition_name(table: &str, day_ms: i64) -> Result<String, StoreError> {
     let ts = jiff::Timestamp::from_millisecond(day_ms)
         .map_err(|_| StoreError::OutOfRange { field: "time", value: day_ms.unsigned_abs() })?;
-    Ok(format!("usage_events_{}", ts.strftime("%Y%m%d")))
+    Ok(format!("{table}_{}", ts.strftime("%Y%m%d")))
 }
 
-/// The day a partition name stands for, or `None` for a table we did not name.
-fn partition_day(name: &str) -> Option<i64> {
-    let date = jiff::civil::Date::strptime("%Y%m%d", name.strip_prefix("usage_events_")?).ok()?;
+/// The day a partition of `table` stands for, or `None` for a table we did not name.
+fn partition_day(table: &str, name: &str) -> Option<i64> {
+    let date = jiff::civil::Date::strptime("%Y%m%d", name.strip_prefix(table)?.strip_prefix('_')?).ok()?;
     Some(date.to_zoned(jiff::tz::TimeZone::UTC).ok()?.timestamp().as_millisecond())
 }
 
@@ -161,6 +166,10 @@ const INSERT_EVENTS: &str = "INSERT INTO usage_events (time_ms, request_id, name
     ttft_ms, replica, attempts) \
     ON CONFLICT DO NOTHING RETURNING time_ms, request_id";
 
+const INSERT_BODIES: &str = "INSERT INTO usage_bodies (time_ms, request_id, request, request_truncated, response, \
+    response_truncated) SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bool[], $5::text[], \
+    $6::bool[]) ON CONFLICT DO NOTHING";
+
 fn upsert_rollup(table: &str) -> String {
     format!(
         "INSERT INTO {table} (bucket_ms, namespace, api_key, model, channel, requests, errors, input_tokens, \
@@ -209,20 +218,25 @@ impl UsageStore for PgStore {
         let ahead = (0..=i64::from(self.options.partitions_ahead_days)).map(|d| today + d * DAY_MS);
         let created = self.ensure_partitions(ahead).await?;
         let cutoff = today - i64::from(self.options.retention_days) * DAY_MS;
-        let names: Vec<String> = sqlx::query_scalar(
-            "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
-             WHERE i.inhparent = 'usage_events'::regclass",
-        )
-        .fetch_all(&self.pool)
-        .await?;
         let mut dropped = 0;
-        for name in names {
-            // A partition goes once its whole day is older than the retention.
-            let Some(day) = partition_day(&name) else { continue };
-            if day + DAY_MS <= cutoff {
-                sqlx::raw_sql(&format!("DROP TABLE IF EXISTS {name}")).execute(&self.pool).await?;
-                self.partitions.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&day);
-                dropped += 1;
+        for table in PARTITIONED {
+            let names: Vec<String> = sqlx::query_scalar(
+                "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+                 WHERE i.inhparent = $1::regclass",
+            )
+            .bind(table)
+            .fetch_all(&self.pool)
+            .await?;
+            for name in names {
+                // A partition goes once its whole day is older than the retention.
+                let Some(day) = partition_day(table, &name) else { continue };
+                if day + DAY_MS <= cutoff {
+                    sqlx::raw_sql(&format!("DROP TABLE IF EXISTS {name}")).execute(&self.pool).await?;
+                    self.partitions.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&day);
+                    if table == "usage_events" {
+                        dropped += 1;
+                    }
+                }
             }
         }
         let hourly_cutoff = today - i64::from(self.options.hourly_retention_days) * DAY_MS;
@@ -265,6 +279,19 @@ impl UsageStore for PgStore {
             .fetch_all(&mut *tx)
             .await?;
         let fresh = crate::newly_inserted(records, inserted);
+        let logged: Vec<(&UsageRecord, &crate::Bodies)> =
+            fresh.iter().filter_map(|r| Some((*r, r.bodies.as_ref()?))).collect();
+        if !logged.is_empty() {
+            sqlx::query(INSERT_BODIES)
+                .bind(logged.iter().map(|(r, _)| r.time).collect::<Vec<_>>())
+                .bind(logged.iter().map(|(r, _)| r.request_id.as_str()).collect::<Vec<_>>())
+                .bind(logged.iter().map(|(_, b)| b.request.as_str()).collect::<Vec<_>>())
+                .bind(logged.iter().map(|(_, b)| b.request_truncated).collect::<Vec<_>>())
+                .bind(logged.iter().map(|(_, b)| b.response.as_str()).collect::<Vec<_>>())
+                .bind(logged.iter().map(|(_, b)| b.response_truncated).collect::<Vec<_>>())
+                .execute(&mut *tx)
+                .await?;
+        }
         for table in [Rollup::Hourly, Rollup::Daily] {
             let rows = deltas(table, fresh.iter().copied());
             if rows.is_empty() {
@@ -361,6 +388,11 @@ impl UsageStore for PgStore {
             sql::key_usage_query::<Postgres>(namespace, key, since_ms, plan).build().fetch_one(&self.pool).await?;
         sql::key_usage_from_row(&row)
     }
+
+    async fn bodies(&self, request_id: &str) -> Result<Option<crate::Bodies>, StoreError> {
+        let row = sqlx::query(sql::SELECT_BODIES).bind(request_id).fetch_optional(&self.pool).await?;
+        row.as_ref().map(sql::bodies_from_row).transpose()
+    }
 }
 
 #[cfg(test)]
@@ -371,9 +403,11 @@ mod tests {
     #[test]
     fn partition_names_round_trip_to_their_day() {
         let day = 19_700 * DAY_MS;
-        let name = partition_name(day).unwrap_or_default();
+        let name = partition_name("usage_events", day).unwrap_or_default();
         assert_eq!(name, "usage_events_20231209");
-        assert_eq!(partition_day(&name), Some(day));
-        assert_eq!(partition_day("usage_events_default"), None);
+        assert_eq!(partition_day("usage_events", &name), Some(day));
+        assert_eq!(partition_day("usage_events", "usage_events_default"), None);
+        assert_eq!(partition_day("usage_bodies", "usage_bodies_20231209"), Some(day));
+        assert_eq!(partition_day("usage_events", "usage_bodies_20231209"), None);
     }
 }

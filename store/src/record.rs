@@ -92,6 +92,25 @@ pub struct UsageRecord {
     /// The gateway replica that served the request.
     pub replica: String,
     pub attempts: Vec<AttemptRecord>,
+    /// The request's and the answer's bodies, for keys that log them. Stored in
+    /// a table of their own (read with [`UsageStore::bodies`](crate::UsageStore::bodies)),
+    /// so record queries never read them; `None` in records read back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bodies: Option<Bodies>,
+}
+
+/// The bodies of one request as logged: secrets redacted, each cut to the
+/// key's cap (in bytes, on a character boundary).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bodies {
+    /// The client's request body.
+    pub request: String,
+    /// The request body was longer than what is stored.
+    pub request_truncated: bool,
+    /// The answer as the upstream sent it: a JSON body, or a stream's SSE text.
+    pub response: String,
+    /// The answer was longer than what is stored.
+    pub response_truncated: bool,
 }
 
 impl UsageRecord {
@@ -162,6 +181,7 @@ pub(crate) mod tests {
             ttft_ms: Some(120),
             replica: "gw-0".into(),
             attempts: vec![AttemptRecord { channel: "openai".into(), status: 200, error: None, ttft_ms: Some(120) }],
+            bodies: None,
         }
     }
 

@@ -146,6 +146,26 @@ where
         replica: row.try_get(18)?,
         attempts: serde_json::from_str(&attempts)
             .map_err(|_| StoreError::Corrupt { column: "attempts", value: attempts.clone() })?,
+        bodies: None,
+    })
+}
+
+/// One request's bodies, newest first should the id repeat.
+pub(crate) const SELECT_BODIES: &str = "SELECT request, request_truncated, response, response_truncated \
+    FROM usage_bodies WHERE request_id = $1 ORDER BY time_ms DESC LIMIT 1";
+
+pub(crate) fn bodies_from_row<R>(row: &R) -> Result<crate::Bodies, StoreError>
+where
+    R: Row,
+    usize: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> bool: Decode<'r, R::Database> + Type<R::Database>,
+{
+    Ok(crate::Bodies {
+        request: row.try_get(0)?,
+        request_truncated: row.try_get(1)?,
+        response: row.try_get(2)?,
+        response_truncated: row.try_get(3)?,
     })
 }
 

@@ -107,13 +107,14 @@ impl UsageStore for SqliteStore {
         let today = floor_day(now_ms);
         let cutoff = today - i64::from(self.options.retention_days) * DAY_MS;
         let events = sqlx::query("DELETE FROM usage_events WHERE time_ms < ?").bind(cutoff).execute(&self.pool).await?;
+        let bodies = sqlx::query("DELETE FROM usage_bodies WHERE time_ms < ?").bind(cutoff).execute(&self.pool).await?;
         let hourly_cutoff = today - i64::from(self.options.hourly_retention_days) * DAY_MS;
         let hourly =
             sqlx::query("DELETE FROM usage_hourly WHERE bucket_ms < ?").bind(hourly_cutoff).execute(&self.pool).await?;
         Ok(MaintainReport {
             partitions_created: 0,
             partitions_dropped: 0,
-            rows_deleted: events.rows_affected() + hourly.rows_affected(),
+            rows_deleted: events.rows_affected() + bodies.rows_affected() + hourly.rows_affected(),
         })
     }
 
@@ -165,6 +166,24 @@ impl UsageStore for SqliteStore {
             inserted.extend(qb.build_query_as::<(i64, String)>().fetch_all(&mut *tx).await?);
         }
         let fresh = crate::newly_inserted(records, inserted);
+        let logged: Vec<(&UsageRecord, &crate::Bodies)> =
+            fresh.iter().filter_map(|r| Some((*r, r.bodies.as_ref()?))).collect();
+        for chunk in logged.chunks(ROWS_PER_STATEMENT) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO usage_bodies (time_ms, request_id, request, request_truncated, response, \
+                 response_truncated) ",
+            );
+            qb.push_values(chunk, |mut b, (r, bodies)| {
+                b.push_bind(r.time)
+                    .push_bind(r.request_id.as_str())
+                    .push_bind(bodies.request.as_str())
+                    .push_bind(bodies.request_truncated)
+                    .push_bind(bodies.response.as_str())
+                    .push_bind(bodies.response_truncated);
+            });
+            qb.push(" ON CONFLICT DO NOTHING");
+            qb.build().execute(&mut *tx).await?;
+        }
         for table in [Rollup::Hourly, Rollup::Daily] {
             let name = match table {
                 Rollup::Hourly => "usage_hourly",
@@ -246,5 +265,10 @@ impl UsageStore for SqliteStore {
         let plan = crate::query::key_usage_plan(since_ms);
         let row = sql::key_usage_query::<Sqlite>(namespace, key, since_ms, plan).build().fetch_one(&self.pool).await?;
         sql::key_usage_from_row(&row)
+    }
+
+    async fn bodies(&self, request_id: &str) -> Result<Option<crate::Bodies>, StoreError> {
+        let row = sqlx::query(sql::SELECT_BODIES).bind(request_id).fetch_optional(&self.pool).await?;
+        row.as_ref().map(sql::bodies_from_row).transpose()
     }
 }

@@ -509,6 +509,9 @@ mod tests {
         async fn key_usage(&self, _: &str, _: &str, _: i64) -> Result<KeyUsage, StoreError> {
             Ok(KeyUsage::default())
         }
+        async fn bodies(&self, _: &str) -> Result<Option<crate::Bodies>, StoreError> {
+            Ok(None)
+        }
     }
 
     fn record(i: usize) -> UsageRecord {

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use weaver_store::{
-    AttemptRecord, DAY_MS, GroupBy, HOUR_MS, KeyUsage, MaintainReport, Outcome, RecordFilter, RecordPage, Store,
-    StoreError, StoreOptions, SummaryRow, UsageFilter, UsageRecord, UsageStore, Writer, WriterConfig, floor_day,
+    AttemptRecord, Bodies, DAY_MS, GroupBy, HOUR_MS, KeyUsage, MaintainReport, Outcome, RecordFilter, RecordPage,
+    Store, StoreError, StoreOptions, SummaryRow, UsageFilter, UsageRecord, UsageStore, Writer, WriterConfig, floor_day,
     floor_hour,
 };
 
@@ -73,6 +73,7 @@ both!(
     key_usage_is_exact_for_any_instant,
     totals_are_exact_for_any_bounds,
     maintenance_applies_retention,
+    bodies_are_stored_once_read_back_and_expire_with_their_events,
     writer_spools_while_the_store_is_down_and_replays_exactly_once,
     a_spool_left_by_a_crash_replays_on_start,
     concurrent_replicas_never_lease_more_than_the_budget,
@@ -121,6 +122,7 @@ fn mixed(n: usize, seed: u64) -> Vec<UsageRecord> {
                         ttft_ms: None,
                     })
                     .collect(),
+                bodies: None,
             }
         })
         .collect()
@@ -372,6 +374,34 @@ async fn maintenance_applies_retention(store: &Store, _: &std::path::Path) {
     assert_eq!(since_old.expect("summary").first().map(|r| r.requests), Some(1));
 }
 
+async fn bodies_are_stored_once_read_back_and_expire_with_their_events(store: &Store, _: &std::path::Path) {
+    let bodies = |n: usize| Bodies {
+        request: format!("{{\"model\":\"m\",\"messages\":[{{\"content\":\"caf\u{e9} {n}\"}}]}}"),
+        request_truncated: n.is_multiple_of(2),
+        response: "data: {\"choices\":[]}\n\n".repeat(n + 1),
+        response_truncated: true,
+    };
+    let mut records = mixed(6, 21);
+    for (i, r) in records.iter_mut().enumerate().take(3) {
+        r.bodies = Some(bodies(i));
+    }
+    let old = UsageRecord { time: BASE - 40 * DAY_MS, bodies: Some(bodies(9)), ..mixed(1, 22).remove(0) };
+    records.push(old.clone());
+    assert_eq!(store.insert_batch(&records).await.expect("insert"), 7);
+    // A replay (the spool after a crash) stores nothing twice.
+    assert_eq!(store.insert_batch(&records).await.expect("replay"), 0);
+    for r in &records {
+        assert_eq!(store.bodies(&r.request_id).await.expect("bodies"), r.bodies, "{}", r.request_id);
+    }
+    assert_eq!(store.bodies("no-such-request").await.expect("bodies"), None);
+    // Records are read without their bodies.
+    let page = store.records(&RecordFilter::default(), None, 100).await.expect("records");
+    assert!(page.records.iter().all(|r| r.bodies.is_none()));
+    store.maintain(BASE).await.expect("maintain");
+    assert_eq!(store.bodies(&old.request_id).await.expect("bodies"), None, "expired with its event");
+    assert_eq!(store.bodies(&records[0].request_id).await.expect("bodies"), records[0].bodies);
+}
+
 /// A store that fails while `down` is set (the database behind it is real).
 #[derive(Clone)]
 struct Flaky {
@@ -410,6 +440,9 @@ impl UsageStore for Flaky {
     async fn key_usage(&self, ns: &str, key: &str, since: i64) -> Result<KeyUsage, StoreError> {
         self.inner.key_usage(ns, key, since).await
     }
+    async fn bodies(&self, request_id: &str) -> Result<Option<Bodies>, StoreError> {
+        self.inner.bodies(request_id).await
+    }
 }
 
 fn config(dir: &std::path::Path) -> WriterConfig {
@@ -443,7 +476,10 @@ async fn writer_spools_while_the_store_is_down_and_replays_exactly_once(store: &
     let flaky = Flaky { inner: store.clone(), down: down.clone() };
     let writer = Writer::start(flaky, config(dir)).expect("writer");
     let handle = writer.handle();
-    let records = mixed(900, 9);
+    let mut records = mixed(900, 9);
+    // One record written from the spool carries logged bodies.
+    let logged = Bodies { request: "{\"model\":\"m\"}".into(), response: "data: {}\n\n".into(), ..Bodies::default() };
+    records[450].bodies = Some(logged.clone());
     for r in &records[..300] {
         handle.try_record(r.clone()).expect("queued");
     }
@@ -461,6 +497,8 @@ async fn writer_spools_while_the_store_is_down_and_replays_exactly_once(store: &
     }
     wait_for("the replay", || async { count(store).await == 900 && handle.spool_bytes() == 0 }).await;
     writer.flush_and_close().await.expect("close");
+    assert_eq!(store.bodies(&records[450].request_id).await.expect("bodies"), Some(logged));
+    records[450].bodies = None;
     assert_eq!(all_records(store, &RecordFilter::default(), 1000).await, sorted(records.clone()));
     let rows = store.summary(&UsageFilter::default(), &[GroupBy::Key]).await.expect("summary");
     assert_eq!(totals(&rows), oracle(&records, &[GroupBy::Key]), "rollups count each record once");

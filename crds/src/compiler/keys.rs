@@ -120,5 +120,10 @@ fn compile_key(
         route_table: tables.table_for(ns, policy),
         budget,
         rate_limit: spec.rate_limit.clone(),
+        log_bodies: spec
+            .logging
+            .as_ref()
+            .filter(|l| l.bodies)
+            .map(|l| l.max_body_bytes.unwrap_or(crate::api_key::Logging::DEFAULT_MAX_BODY_BYTES)),
     })
 }

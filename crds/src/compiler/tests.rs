@@ -112,6 +112,18 @@ fn the_issue_examples_compile_cleanly() {
 }
 
 #[test]
+fn body_logging_is_off_unless_asked_and_takes_the_default_cap() {
+    let base = format!("{SECRETS}{}", channel("a", "", "{name: m}", 1));
+    assert_eq!(key(&compile_yaml(&format!("{base}{KEY}")), "checkout").log_bodies, None);
+    let on = KEY.to_owned() + "  logging: {bodies: true}\n";
+    assert_eq!(key(&compile_yaml(&format!("{base}{on}")), "checkout").log_bodies, Some(16_384));
+    let capped = KEY.to_owned() + "  logging: {bodies: true, maxBodyBytes: 100}\n";
+    assert_eq!(key(&compile_yaml(&format!("{base}{capped}")), "checkout").log_bodies, Some(100));
+    let off = KEY.to_owned() + "  logging: {bodies: false}\n";
+    assert_eq!(key(&compile_yaml(&format!("{base}{off}")), "checkout").log_bodies, None);
+}
+
+#[test]
 fn key_digest_is_of_the_trimmed_secret_value_and_no_plaintext_is_kept() {
     let c = compile_yaml(&format!("{SECRETS}{}{KEY}", channel("a", "", "{name: m}", 1)));
     let k = key(&c, "checkout");

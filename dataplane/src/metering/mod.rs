@@ -5,7 +5,10 @@
 //! Prometheus metrics, and — with a store — the usage store's batch writer
 //! (a bounded queue; never a wait); none takes a process-wide lock.
 
+mod capture;
+mod estimate;
 mod metrics;
+mod redact;
 mod reports;
 mod usage;
 
@@ -15,6 +18,7 @@ use std::time::Duration;
 use smallvec::SmallVec;
 use weaver_store::{AttemptRecord, Outcome, WriterHandle};
 
+pub(crate) use capture::{BodyLog, Capture};
 pub(crate) use metrics::{Label, Metrics};
 pub(crate) use reports::report;
 pub(crate) use usage::{OpenAiUsage, Usage};
@@ -73,6 +77,9 @@ pub(crate) struct UsageRecord {
     pub attempts: SmallVec<[Attempt; 2]>,
     /// Tokens of the answering attempt, when the upstream reported them.
     pub usage: Option<Usage>,
+    /// The bodies as far as they are kept: to count tokens the upstream did
+    /// not report, and for keys that log bodies.
+    pub capture: Capture,
     /// The client's address (behind trusted proxies, the forwarded one).
     pub client: IpAddr,
     /// When the request arrived, in unix milliseconds.
@@ -82,13 +89,20 @@ pub(crate) struct UsageRecord {
 }
 
 impl UsageRecord {
-    pub fn new(endpoint: ApiRoute, key: Option<u32>, client: IpAddr, request_id: http::HeaderValue) -> Self {
+    pub fn new(
+        endpoint: ApiRoute,
+        key: Option<u32>,
+        client: IpAddr,
+        request_id: http::HeaderValue,
+        capture: Capture,
+    ) -> Self {
         Self {
             endpoint,
             key,
             status: CLIENT_CLOSED,
             attempts: SmallVec::new(),
             usage: None,
+            capture,
             client,
             time: unix_millis(),
             request_id,
@@ -129,7 +143,10 @@ pub(crate) fn finish(
         let channel = rt.channels.get(a.channel as usize)?;
         Some((channel, channel.models.get(a.model as usize)?))
     });
-    let usage = record.usage.unwrap_or_default();
+    // Counted only here, and only when the upstream reported nothing for an
+    // answer it gave: never on the path where usage is reported.
+    let estimate = if record.usage.is_none() { record.capture.estimate() } else { None };
+    let usage = record.usage.or(estimate.map(|e| e.usage)).unwrap_or_default();
     let cost = route.map_or(0, |(_, m)| m.prices.cost(usage.input, usage.cached_input, usage.output).0);
     if let Some(k) = key {
         k.state.totals.add(usage.input, usage.output, cost);
@@ -176,7 +193,8 @@ pub(crate) fn finish(
         }
     }
     if let Some(sink) = sink {
-        let stored = stored_record(sink, rt, record, Resolved { key, route, cost_nanos: cost }, elapsed);
+        let resolved = Resolved { key, route, usage, estimated: estimate.is_some(), cost_nanos: cost };
+        let stored = stored_record(sink, rt, record, resolved, elapsed);
         if sink.writer.try_record(stored).is_err() {
             metrics.usage_records_lost.inc();
             tracing::error!("usage record lost: the usage queue is full or closed");
@@ -191,6 +209,8 @@ pub(crate) fn finish(
         input_tokens = usage.input,
         output_tokens = usage.output,
         usage_known = record.usage.is_some(),
+        estimated = estimate.is_some(),
+        estimate_extrapolated = estimate.is_some_and(|e| e.scaled),
         cost_nanos = cost,
         duration_ms = elapsed.as_millis() as u64,
         "request finished"
@@ -207,6 +227,9 @@ struct Resolved<'rt> {
     key: Option<&'rt KeyRuntime>,
     /// The answering (last) attempt's channel and model.
     route: Option<(&'rt ChannelRuntime, &'rt ModelRuntime)>,
+    /// Reported, or counted by the gateway (`estimated`).
+    usage: Usage,
+    estimated: bool,
     cost_nanos: u64,
 }
 
@@ -214,10 +237,17 @@ fn stored_record(
     sink: &UsageSink,
     rt: &Runtime,
     record: &UsageRecord,
-    Resolved { key, route, cost_nanos }: Resolved<'_>,
+    Resolved { key, route, usage, estimated, cost_nanos }: Resolved<'_>,
     elapsed: Duration,
 ) -> weaver_store::UsageRecord {
-    let usage = record.usage.unwrap_or_default();
+    // The channels' credentials are redacted from logged bodies too (an
+    // upstream error may echo what it was sent).
+    let credentials: SmallVec<[&str; 2]> = record
+        .attempts
+        .iter()
+        .filter_map(|a| rt.snapshot.channels.get(a.channel as usize)?.credential.as_ref())
+        .map(|c| c.0.as_str())
+        .collect();
     let name = |c: u32| rt.channels.get(c as usize).map(|c| c.label.as_str().to_owned()).unwrap_or_default();
     weaver_store::UsageRecord {
         request_id: record.request_id.to_str().unwrap_or_default().to_owned(),
@@ -234,7 +264,7 @@ fn stored_record(
         cached_input_tokens: usage.cached_input,
         cache_write_tokens: 0,
         reasoning_tokens: usage.reasoning,
-        estimated: false,
+        estimated,
         cost_nanos,
         duration_ms: millis(elapsed),
         ttft_ms: record.last_attempt().and_then(|a| a.first_byte).map(millis),
@@ -249,5 +279,6 @@ fn stored_record(
                 ttft_ms: a.first_byte.map(millis),
             })
             .collect(),
+        bodies: record.capture.bodies(&credentials),
     }
 }

@@ -172,6 +172,7 @@ impl Try<'_> {
             let whole = read_bounded(&mut body, usize::MAX, deadline).await?;
             let (answer, usage) = channel.adapter.decode_whole(whole, target.rename.as_deref());
             ctx.record.usage = usage;
+            ctx.record.capture.whole(&answer, usage.is_some());
             let content_type = parts
                 .headers
                 .get(header::CONTENT_TYPE)

@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use super::Context;
 use crate::api::{ApiError, ApiRoute};
 use crate::clock::unix_seconds;
+use crate::metering::BodyLog;
 use crate::state::{Digest, Gateway, Runtime};
 
 /// The presented key: `Authorization: Bearer <key>`, or Azure-style `api-key`.
@@ -64,6 +65,8 @@ pub(crate) struct Caller {
     pub endpoint: ApiRoute,
     pub request_id: HeaderValue,
     pub started: Instant,
+    /// Set when the key logs bodies: the cap, and the presented key to redact.
+    pub log: Option<Box<BodyLog>>,
 }
 
 /// Authenticates one request to `endpoint` from `peer`; a refusal is
@@ -79,9 +82,16 @@ pub(crate) fn authenticate(
     let rt = gw.live();
     let client = client_ip(peer, headers, &gw.settings.trusted_proxies);
     match check(&rt, headers, client, unix_seconds()) {
-        Ok(key) => Ok(Caller { rt, key, client, endpoint, request_id, started }),
+        Ok(key) => {
+            // Nothing is copied unless the key logs bodies.
+            let log = rt.snapshot.keys.get(key as usize).and_then(|k| k.log_bodies).and_then(|max| {
+                let presented = presented_key(headers)?;
+                Some(Box::new(BodyLog { max_bytes: max as usize, key: presented.into() }))
+            });
+            Ok(Caller { rt, key, client, endpoint, request_id, started, log })
+        }
         Err((key, error)) => {
-            let caller = Caller { rt, key: key.unwrap_or(u32::MAX), client, endpoint, request_id, started };
+            let caller = Caller { rt, key: key.unwrap_or(u32::MAX), client, endpoint, request_id, started, log: None };
             let mut ctx = Context::new(gw.clone(), caller);
             ctx.record.key = key;
             ctx.record.status = error.status.as_u16();

@@ -28,7 +28,7 @@ use tokio::time::Instant;
 pub(crate) use authenticate::Caller;
 
 use crate::api::{self, ApiError, RequestBody, Response};
-use crate::metering::{self, UsageRecord};
+use crate::metering::{self, Capture, UsageRecord};
 use crate::state::{Gateway, Runtime};
 
 /// Everything one request carries through the stages.
@@ -49,7 +49,8 @@ pub(crate) struct Context {
 impl Context {
     pub fn new(gw: Arc<Gateway>, caller: Caller) -> Self {
         gw.metrics.in_flight.inc();
-        let record = UsageRecord::new(caller.endpoint, Some(caller.key), caller.client, caller.request_id);
+        let capture = Capture::new(caller.log);
+        let record = UsageRecord::new(caller.endpoint, Some(caller.key), caller.client, caller.request_id, capture);
         Self { gw, rt: caller.rt, key: caller.key, started: caller.started, span: tracing::Span::current(), record }
     }
 }
@@ -72,6 +73,7 @@ pub(crate) async fn serve(gw: Arc<Gateway>, caller: Caller, headers: &HeaderMap,
 async fn stages(ctx: &mut Context, headers: &HeaderMap, body: Incoming) -> Result<attempts::Answer, ApiError> {
     let rt = ctx.rt.clone();
     let bytes = api::read_body(body, headers, ctx.gw.settings.max_body_bytes).await?;
+    ctx.record.capture.request(&bytes);
     let request = RequestBody::parse(&bytes)?;
     admit::admit(ctx, &rt, &request)?;
     let mut plan = plan::plan(&rt, ctx.key, &request)?;

@@ -46,9 +46,10 @@ impl RelayBody {
         first: Bytes,
         inner: UpstreamBody,
         decoder: StreamDecoder,
-        ctx: Context,
+        mut ctx: Context,
         deadline: Pin<Box<Sleep>>,
     ) -> Self {
+        ctx.record.capture.stream();
         let mut relay = Self {
             pending: None,
             pending_error: None,
@@ -69,6 +70,9 @@ impl RelayBody {
     /// What of one upstream frame goes to the client: the frame itself
     /// (zero-copy) when every complete event in it passes as it is.
     fn relay(&mut self, frame: Bytes) -> Bytes {
+        if let Some(ctx) = self.ctx.as_mut() {
+            ctx.record.capture.frame(&frame);
+        }
         let mut events = self.framer.push(frame);
         let mut edited: Option<BytesMut> = None;
         while let Some(range) = events.next_range() {

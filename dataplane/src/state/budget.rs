@@ -319,7 +319,7 @@ mod tests {
             state.settle(60, 50);
             spent += 50;
         }
-        assert!(spent <= 1_000 && spent >= 940, "used to the last reservation that fits: {spent}");
+        assert!((940..=1_000).contains(&spent), "used to the last reservation that fits: {spent}");
         let view = state.sync(&ledger, &id(), &sync(1_000, 200, 0)).await.unwrap();
         assert_eq!(view.totals.settled_nanos, spent);
         let next = BudgetId { period_ms: 86_400_000, ..id() };
