@@ -97,6 +97,11 @@ pub struct Args {
     /// How long requests and streams in flight may run on after SIGTERM.
     #[arg(long, env = "WEAVER_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+    /// Standalone: how many gateways serve these manifests behind one load
+    /// balancer; each enforces 1/N of every key's rate limits. (In cluster
+    /// mode the operator counts the live gateways.)
+    #[arg(long, env = "WEAVER_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..), conflicts_with = "operator")]
+    pub replicas: u32,
     /// How often the manifests folder is checked for changes.
     #[arg(long, env = "WEAVER_RELOAD_INTERVAL", default_value = "500ms", value_parser = positive_duration)]
     pub reload_interval: Duration,
@@ -180,8 +185,8 @@ impl Source {
 }
 
 /// Standalone: the first load of the folder must succeed.
-async fn load_manifests(gw: &Arc<Gateway>, dir: &std::path::Path) -> Result<ManifestDir, RunError> {
-    let mut source = ManifestDir::new(dir);
+async fn load_manifests(gw: &Arc<Gateway>, dir: &std::path::Path, replicas: u32) -> Result<ManifestDir, RunError> {
+    let mut source = ManifestDir::new(dir).with_replicas(replicas);
     let gw2 = gw.clone();
     let (source, first) = tokio::task::spawn_blocking(move || {
         let outcome = source.poll(&gw2);
@@ -219,7 +224,7 @@ pub async fn start(args: Args, shutdown: impl Future<Output = ()> + Send + 'stat
         Operator(Cluster),
     }
     let prepared = match (args.manifests, args.operator) {
-        (Some(dir), _) => Prepared::Manifests(load_manifests(&gw, &dir).await?),
+        (Some(dir), _) => Prepared::Manifests(load_manifests(&gw, &dir, args.replicas).await?),
         (None, Some(operator)) => {
             let config = cluster::Config {
                 operator,
@@ -346,6 +351,9 @@ mod tests {
         assert!(parse(&["--operator", "http://op:8080"]).is_err(), "plain http would expose the token");
         assert!(parse(&["--operator", "https://op:8443", "--report-interval", "0s"]).is_err());
         assert!(parse(&["--manifests", "dir"]).is_ok_and(|a| a.manifests.is_some() && a.operator.is_none()));
+        assert!(parse(&["--manifests", "dir", "--replicas", "3"]).is_ok_and(|a| a.replicas == 3));
+        assert!(parse(&["--manifests", "dir", "--replicas", "0"]).is_err());
+        assert!(parse(&["--operator", "https://op:8443", "--replicas", "2"]).is_err(), "the operator counts replicas");
         assert!(parse(&["--operator", "https://op:8443"]).is_ok_and(|a| a.operator.is_some()
             && a.report_interval == Duration::from_secs(2)
             && a.token_file == std::path::Path::new("/var/run/secrets/llmweaver.io/token")));

@@ -5,7 +5,7 @@
 //! `server` (CORS, then the envelope: request id, span, panic -> 500) ->
 //! `api` (the dispatcher: route, then `pipeline::authenticate` for every
 //! route, then the handler; the body is read under its size limit there) ->
-//! `pipeline::admit` -> `pipeline::plan` -> `pipeline::attempts` (one upstream
+//! `pipeline::admit` (rate limits: [`limits`]) -> `pipeline::plan` -> `pipeline::attempts` (one upstream
 //! attempt each through the channel's `providers` adapter) ->
 //! `pipeline::respond` (`relay` for streams) -> `metering` when the context drops.
 
@@ -13,6 +13,7 @@ pub mod api;
 pub mod cli;
 mod clock;
 mod config;
+pub mod limits;
 mod metering;
 mod parts;
 mod pipeline;

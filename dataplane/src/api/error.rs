@@ -23,6 +23,8 @@ pub struct ApiError {
     /// What an upstream said, for an error relayed from it (boxed: rare, and
     /// errors travel through every stage's `Result`).
     pub upstream: Option<Box<Relayed>>,
+    /// The gateway's own `Retry-After`, in seconds (its rate limits).
+    pub retry_after: Option<u64>,
 }
 
 /// The upstream's own `type`, `code` and `param`, and its `Retry-After`.
@@ -50,7 +52,7 @@ struct Fields<'a> {
 
 impl ApiError {
     fn new(status: StatusCode, kind: &'static str, code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
-        Self { status, kind, category: code, message: message.into(), upstream: None }
+        Self { status, kind, category: code, message: message.into(), upstream: None, retry_after: None }
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
@@ -112,10 +114,25 @@ impl ApiError {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "api_error", "internal_error", message)
     }
 
+    /// 429 from the key's own rate limits: OpenAI's `type` (`requests`,
+    /// `tokens`) and code `rate_limit_exceeded`; `Retry-After` when waiting helps.
+    pub fn rate_limited(kind: &'static str, message: String, retry_after: Option<u64>) -> Self {
+        let mut error = Self::new(StatusCode::TOO_MANY_REQUESTS, kind, "rate_limit_exceeded", message);
+        error.retry_after = retry_after;
+        error
+    }
+
     /// An error relayed from an upstream, keeping what it said.
     pub fn relayed(status: StatusCode, category: &'static str, message: String, upstream: Relayed) -> Self {
         let kind = if status == StatusCode::TOO_MANY_REQUESTS { "rate_limit_error" } else { "invalid_request_error" };
-        Self { status, kind, category, message: Cow::Owned(message), upstream: Some(Box::new(upstream)) }
+        Self {
+            status,
+            kind,
+            category,
+            message: Cow::Owned(message),
+            upstream: Some(Box::new(upstream)),
+            retry_after: None,
+        }
     }
 
     /// The JSON body.
@@ -147,7 +164,9 @@ impl ApiError {
     /// The error as the client's response.
     pub(crate) fn response(self) -> Response {
         let mut response = json(self.status, ResponseBody::whole(self.body()));
-        if let Some(retry) = self.upstream.and_then(|u| u.retry_after) {
+        if let Some(seconds) = self.retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        } else if let Some(retry) = self.upstream.and_then(|u| u.retry_after) {
             response.headers_mut().insert(header::RETRY_AFTER, retry);
         }
         response

@@ -55,6 +55,9 @@ pub(crate) enum Outcome {
 
 pub(crate) struct ManifestDir {
     dir: PathBuf,
+    /// Gateways serving this folder behind one load balancer (`--replicas`):
+    /// each enforces this share of every rate limit.
+    replicas: u32,
     fingerprint: Option<u64>,
     problems: BTreeSet<Problem>,
     version: u64,
@@ -79,7 +82,13 @@ fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), LoadError> {
 
 impl ManifestDir {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into(), fingerprint: None, problems: BTreeSet::new(), version: 0 }
+        Self { dir: dir.into(), replicas: 1, fingerprint: None, problems: BTreeSet::new(), version: 0 }
+    }
+
+    /// Snapshots say `replicas` gateways share the rate limits (at least one).
+    pub fn with_replicas(mut self, replicas: u32) -> Self {
+        self.replicas = replicas.max(1);
+        self
     }
 
     pub fn path(&self) -> &Path {
@@ -95,7 +104,8 @@ impl ManifestDir {
         };
         // Remember even a broken state, so it is reported once, not every poll.
         self.fingerprint = Some(fingerprint);
-        let compiled = compile(&parse(&files)?, self.version + 1);
+        let mut compiled = compile(&parse(&files)?, self.version + 1);
+        compiled.snapshot.gateway_replicas = self.replicas;
         if self.version > 0 {
             let new: Vec<Problem> = compiled.problems.iter().filter(|p| !self.problems.contains(*p)).cloned().collect();
             if !new.is_empty() {

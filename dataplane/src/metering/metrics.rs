@@ -13,6 +13,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::state::KeyRuntime;
+
 /// A label value shared by reference, so recording a request allocates nothing.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct Label(Arc<str>);
@@ -108,12 +110,40 @@ impl EncodeLabelSet for TokenLabels {
     }
 }
 
+/// Why `admit` refused a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types, reason = "label values are written in snake_case")]
+pub(crate) enum RefusalReason {
+    metering_unavailable,
+    model_not_allowed,
+    concurrency,
+    rate_limit_requests,
+    rate_limit_tokens,
+}
+
+/// A refusal's namespace and reason (never the key: it is in the log line
+/// and the usage record).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct RefusalLabels {
+    pub namespace: Label,
+    pub reason: RefusalReason,
+}
+
+impl EncodeLabelSet for RefusalLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> Result<(), std::fmt::Error> {
+        label(encoder, "namespace", self.namespace.as_str())?;
+        ("reason", self.reason).encode(encoder.encode_label())
+    }
+}
+
 /// Every gateway metric.
 pub(crate) struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     pub duration: Family<RouteLabels, Histogram>,
     pub first_token: Family<RouteLabels, Histogram>,
     pub tokens: Family<TokenLabels, Counter>,
+    /// Requests `admit` refused, by namespace and reason.
+    pub admissions_refused: Family<RefusalLabels, Counter>,
     pub in_flight: Gauge,
     pub snapshot_version: Gauge,
     pub snapshot_load_errors: Counter,
@@ -160,6 +190,12 @@ impl Metrics {
         );
         let tokens = Family::<TokenLabels, Counter>::default();
         registry.register("tokens", "Tokens metered, by direction", tokens.clone());
+        let admissions_refused = Family::<RefusalLabels, Counter>::default();
+        registry.register(
+            "admissions_refused",
+            "Requests refused before any upstream call, by namespace and reason (rate limits, concurrency, model access, metering)",
+            admissions_refused.clone(),
+        );
         let in_flight = Gauge::default();
         registry.register("in_flight_requests", "Requests being served", in_flight.clone());
         let snapshot_version = Gauge::default();
@@ -205,6 +241,7 @@ impl Metrics {
             duration,
             first_token,
             tokens,
+            admissions_refused,
             in_flight,
             snapshot_version,
             snapshot_load_errors,
@@ -216,6 +253,11 @@ impl Metrics {
             per_key,
             registry,
         }
+    }
+
+    /// Counts a request `admit` refused for `key`.
+    pub fn refused(&self, key: &KeyRuntime, reason: RefusalReason) {
+        self.admissions_refused.get_or_create(&RefusalLabels { namespace: key.namespace.clone(), reason }).inc();
     }
 
     pub fn registry(&self) -> &Registry {

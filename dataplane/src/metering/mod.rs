@@ -1,6 +1,8 @@
 //! Metering: one usage record per request that reached authentication, with
 //! every upstream attempt, finished exactly once when the request's context
-//! drops (also when the client goes away mid-stream). Finishing feeds the
+//! drops (also when the client goes away mid-stream). Finishing settles what
+//! admission took (the key's concurrency slot; its token reservation,
+//! corrected to the tokens the record shows) and feeds the
 //! per-key and per-channel totals the operator's reports carry, the
 //! Prometheus metrics, and — with a store — the usage store's batch writer
 //! (a bounded queue; never a wait); none takes a process-wide lock.
@@ -19,12 +21,14 @@ use smallvec::SmallVec;
 use weaver_store::{AttemptRecord, Outcome, WriterHandle};
 
 pub(crate) use capture::{BodyLog, Capture};
-pub(crate) use metrics::{Label, Metrics};
+pub(crate) use metrics::{Label, Metrics, RefusalReason};
 pub(crate) use reports::report;
 pub(crate) use usage::{OpenAiUsage, Usage};
 
 use crate::api::ApiRoute;
 use crate::clock::{unix_millis, unix_seconds};
+use crate::limits::Nanos;
+use crate::pipeline::Admission;
 use crate::state::{ChannelRuntime, KeyRuntime, ModelRuntime, Runtime};
 use metrics::{Direction, RequestLabels, RouteLabels, Scope, TokenLabels};
 
@@ -128,16 +132,41 @@ impl UsageRecord {
     }
 }
 
-/// Completes a record: totals for the reports, Prometheus series, the usage
-/// store (when there is one), a log line.
+/// What a finished request gives back: what its admission took, settled at
+/// `now` (on the gateway's limiter clock).
+pub(crate) struct Settle<'a> {
+    pub admission: &'a mut Admission,
+    pub now: Nanos,
+}
+
+impl UsageRecord {
+    /// Tokens the request used, to settle its reservation: the usage when
+    /// known; none at all when no upstream answered (nothing ran); `None`
+    /// (unknown: the reservation stands) for an answer without usage.
+    fn tokens_used(&self) -> Option<u64> {
+        match self.usage {
+            Some(u) => Some(u.input.saturating_add(u.output)),
+            None if self.attempts.iter().all(|a| a.first_byte.is_none()) => Some(0),
+            None => None,
+        }
+    }
+}
+
+/// Completes a record: settles what admission took (the key's concurrency
+/// slot, its token reservation corrected to the tokens used), totals for the
+/// reports, Prometheus series, the usage store (when there is one), a log line.
 pub(crate) fn finish(
     metrics: &Metrics,
     sink: Option<&UsageSink>,
     rt: &Runtime,
     record: &UsageRecord,
+    settle: Settle<'_>,
     elapsed: Duration,
 ) {
     let key = record.key.and_then(|k| rt.keys.get(k as usize));
+    if let Some(k) = key {
+        settle.admission.settle(k, record.tokens_used(), settle.now);
+    }
     let last = record.last_attempt();
     let route = last.and_then(|a| {
         let channel = rt.channels.get(a.channel as usize)?;

@@ -1,15 +1,60 @@
-//! `admit`: whether this key may make this request now: the key's model
-//! allowlist, and whether its usage can be kept (a full usage queue and spool
-//! refuse with 503 rather than serve unmetered traffic). Rate limits,
-//! concurrency and budget reservations are decided here too, against state
-//! in the registry, before any upstream is called.
+//! `admit`: whether this key may make this request now — whether its usage
+//! can be kept (a full usage queue and spool refuse with 503 rather than
+//! serve unmetered traffic), the key's model allowlist, then its rate limits
+//! (`limits`: concurrency, requests and tokens per minute, this replica's
+//! share). Everything here is decided before any upstream is called, against
+//! per-key atomics in the registry; a refusal is counted by reason.
+//!
+//! What admission takes is held in the request's [`Admission`] and settled
+//! when the context drops (`metering::finish`, which knows the real tokens).
+//! A budget reservation (reserve the request's maximum cost, settle the
+//! actual) is meant to sit beside the limits there: one more field, taken
+//! here after the limits and settled in the same place.
 
 use super::Context;
-use crate::api::{ApiError, RequestBody};
-use crate::state::Runtime;
+use crate::api::{ApiError, ApiRoute, RequestBody};
+use crate::limits::{Demand, Exceeded, Held, KeyLimits, Levels};
+use crate::metering::RefusalReason;
+use crate::state::{KeyRuntime, Runtime};
 
-pub(super) fn admit(ctx: &Context, rt: &Runtime, request: &RequestBody<'_>) -> Result<(), ApiError> {
+/// What admission took for one request; settled when its context drops.
+#[derive(Debug, Default)]
+pub(crate) struct Admission {
+    /// The key's rate-limit slot and token reservation, when it has limits.
+    pub limits: Option<Held>,
+    /// The limit levels to report in this request's answer (also for a
+    /// refusal); `None` before admission looked at them.
+    pub levels: Option<Levels>,
+}
+
+impl Admission {
+    /// Settles what was taken: the concurrency slot comes back and the token
+    /// reservation is corrected to `used` tokens (`None`: unknown, the
+    /// reservation stands).
+    pub fn settle(&mut self, key: &KeyRuntime, used: Option<u64>, now: crate::limits::Nanos) {
+        if let (Some(held), Some(limits)) = (self.limits.take(), key.limits.as_ref()) {
+            limits.settle(&key.state.limits, held, used, now);
+        }
+    }
+
+    /// Gives the concurrency slot back early (a client that left, while the
+    /// rest of the answer is still read for its usage).
+    pub fn release_slot(&mut self, key: &KeyRuntime) {
+        if let (Some(held), Some(limits)) = (self.limits.as_mut(), key.limits.as_ref()) {
+            limits.release_slot(&key.state.limits, held);
+        }
+    }
+}
+
+pub(super) fn admit(
+    ctx: &mut Context,
+    rt: &Runtime,
+    request: &RequestBody<'_>,
+    body_bytes: usize,
+) -> Result<(), ApiError> {
+    let key = &rt.keys[ctx.key as usize];
     if ctx.gw.usage.as_ref().is_some_and(|sink| sink.refuses()) {
+        ctx.gw.metrics.refused(key, RefusalReason::metering_unavailable);
         return Err(ApiError::unavailable(
             "metering_unavailable",
             "The gateway cannot record usage right now (its usage store and spool are full); try again shortly.",
@@ -17,7 +62,52 @@ pub(super) fn admit(ctx: &Context, rt: &Runtime, request: &RequestBody<'_>) -> R
     }
     let model = request.model.as_ref();
     if !rt.model_allowed(ctx.key, model) {
+        ctx.gw.metrics.refused(key, RefusalReason::model_not_allowed);
         return Err(ApiError::forbidden("model_not_allowed", format!("This API key may not use the model `{model}`.")));
     }
+    if let Some(limits) = &key.limits {
+        rate_limits(ctx, key, limits, request, body_bytes)?;
+    }
     Ok(())
+}
+
+fn rate_limits(
+    ctx: &mut Context,
+    key: &KeyRuntime,
+    limits: &KeyLimits,
+    request: &RequestBody<'_>,
+    body_bytes: usize,
+) -> Result<(), ApiError> {
+    let demand = match ctx.record.endpoint {
+        ApiRoute::Embeddings => Demand::embeddings(body_bytes),
+        _ => Demand::chat(body_bytes, max_output_tokens(request)),
+    };
+    let now = ctx.gw.nanos(ctx.started);
+    match limits.admit(&key.state.limits, demand, now) {
+        Ok(held) => {
+            ctx.admission.levels = Some(held.levels);
+            ctx.admission.limits = Some(held);
+            Ok(())
+        }
+        Err(refusal) => {
+            ctx.admission.levels = Some(refusal.levels);
+            let exceeded = refusal.exceeded;
+            let reason = match exceeded {
+                Exceeded::Concurrency { .. } => RefusalReason::concurrency,
+                Exceeded::Requests { .. } => RefusalReason::rate_limit_requests,
+                Exceeded::Tokens { .. } => RefusalReason::rate_limit_tokens,
+            };
+            ctx.gw.metrics.refused(key, reason);
+            tracing::debug!(reason = ?reason, key = key.name.as_str(), "rate limit refused a request");
+            Err(ApiError::rate_limited(exceeded.kind(), exceeded.message(), exceeded.retry_after_secs()))
+        }
+    }
+}
+
+/// The client's output limit: `max_completion_tokens`, else the older
+/// `max_tokens` (a `null` or a non-number counts as not given).
+fn max_output_tokens(request: &RequestBody<'_>) -> Option<u64> {
+    ["max_completion_tokens", "max_tokens"]
+        .into_iter()
+        .find_map(|name| request.get(name).and_then(|raw| raw.get().parse::<u64>().ok()))
 }

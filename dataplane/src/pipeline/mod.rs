@@ -3,8 +3,9 @@
 //!
 //! 1. [`authenticate`] — run by the API dispatcher before any handler: key,
 //!    client address.
-//! 2. [`admit`] — may this key make this request now (model access; rate
-//!    limits and budget reservations belong here).
+//! 2. [`admit`] — may this key make this request now (model access, rate
+//!    limits; budget reservations belong here too); what it takes is held
+//!    in the context's [`Admission`] and settled when the context drops.
 //! 3. [`plan`] — the candidates for key x model, in the policy's order.
 //! 4. [`attempts`] — one upstream attempt per candidate through the channel's
 //!    provider adapter; a stream's first chunk is peeked before the response
@@ -25,6 +26,7 @@ use http::HeaderMap;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
+pub(crate) use admit::Admission;
 pub(crate) use authenticate::Caller;
 
 use crate::api::{self, ApiError, RequestBody, Response};
@@ -44,6 +46,8 @@ pub(crate) struct Context {
     /// handler, such as a stream's relay.
     pub span: tracing::Span,
     pub record: UsageRecord,
+    /// What admission took (rate-limit slot and reservation), settled on drop.
+    pub admission: Admission,
 }
 
 impl Context {
@@ -51,7 +55,34 @@ impl Context {
         gw.metrics.in_flight.inc();
         let capture = Capture::new(caller.log);
         let record = UsageRecord::new(caller.endpoint, Some(caller.key), caller.client, caller.request_id, capture);
-        Self { gw, rt: caller.rt, key: caller.key, started: caller.started, span: tracing::Span::current(), record }
+        Self {
+            gw,
+            rt: caller.rt,
+            key: caller.key,
+            started: caller.started,
+            span: tracing::Span::current(),
+            record,
+            admission: Admission::default(),
+        }
+    }
+
+    /// The key's rate-limit headers for this request's answer (nothing for a
+    /// key without limits): the levels admission saw, or — for an answer
+    /// given before admission looked — the levels now, taking nothing.
+    pub fn write_limit_headers(&self, headers: &mut HeaderMap) {
+        let Some(key) = self.rt.keys.get(self.key as usize) else { return };
+        let Some(limits) = &key.limits else { return };
+        let levels =
+            self.admission.levels.unwrap_or_else(|| limits.levels(&key.state.limits, self.gw.nanos(self.started)));
+        headers.reserve(limits.header_count());
+        limits.write_headers(&levels, headers);
+    }
+
+    /// Gives the request's concurrency slot back before the context drops.
+    pub fn release_concurrency(&mut self) {
+        if let Some(key) = self.rt.keys.get(self.key as usize) {
+            self.admission.release_slot(key);
+        }
     }
 }
 
@@ -59,7 +90,10 @@ impl Drop for Context {
     fn drop(&mut self) {
         self.gw.metrics.in_flight.dec();
         let _entered = self.span.enter();
-        metering::finish(&self.gw.metrics, self.gw.usage.as_ref(), &self.rt, &self.record, self.started.elapsed());
+        let elapsed = self.started.elapsed();
+        let now = self.gw.nanos(self.started + elapsed);
+        let settled = metering::Settle { admission: &mut self.admission, now };
+        metering::finish(&self.gw.metrics, self.gw.usage.as_ref(), &self.rt, &self.record, settled, elapsed);
     }
 }
 
@@ -75,7 +109,7 @@ async fn stages(ctx: &mut Context, headers: &HeaderMap, body: Incoming) -> Resul
     let bytes = api::read_body(body, headers, ctx.gw.settings.max_body_bytes).await?;
     ctx.record.capture.request(&bytes);
     let request = RequestBody::parse(&bytes)?;
-    admit::admit(ctx, &rt, &request)?;
+    admit::admit(ctx, &rt, &request, bytes.len())?;
     let mut plan = plan::plan(&rt, ctx.key, &request)?;
     attempts::run(ctx, &rt, &request, &bytes, &mut plan).await
 }

@@ -1,5 +1,6 @@
 //! `respond`: the answer as the client gets it — whole, relayed as a stream,
-//! or an OpenAI-shaped error — with the record's status set to match.
+//! or an OpenAI-shaped error — with the record's status set to match and,
+//! for a key with rate limits, OpenAI's `x-ratelimit-*` headers.
 
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 
@@ -16,15 +17,21 @@ pub(super) fn respond(mut ctx: Context, answer: Result<Answer, ApiError>) -> Res
             // Sized for the request id the envelope adds, so it does not grow.
             *response.headers_mut() = HeaderMap::with_capacity(2);
             response.headers_mut().insert(header::CONTENT_TYPE, content_type);
+            ctx.write_limit_headers(response.headers_mut());
             response
         }
         Ok(Answer::Stream { first, body, decoder, deadline }) => {
+            let mut response = sse_response(ResponseBody::Empty);
+            ctx.write_limit_headers(response.headers_mut());
             let deadline = Box::pin(tokio::time::sleep_until(deadline));
-            sse_response(ResponseBody::Stream(Box::new(RelayBody::new(first, body, decoder, ctx, deadline))))
+            *response.body_mut() = ResponseBody::Stream(Box::new(RelayBody::new(first, body, decoder, ctx, deadline)));
+            response
         }
         Err(e) => {
             ctx.record.status = e.status.as_u16();
-            e.response()
+            let mut response = e.response();
+            ctx.write_limit_headers(response.headers_mut());
+            response
         }
     }
 }

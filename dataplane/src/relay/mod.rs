@@ -274,6 +274,8 @@ impl Drop for RelayBody {
             return;
         };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        // The client is gone: its concurrency slot is free while the usage is read.
+        ctx.release_concurrency();
         let mut framer = std::mem::take(&mut self.framer);
         let mut decoder = std::mem::replace(&mut self.decoder, StreamDecoder::closed());
         runtime.spawn(async move {

@@ -43,7 +43,11 @@ impl CorsOrigins {
         } else {
             AllowOrigin::list(self.origins.iter().cloned())
         };
-        let exposed = ["x-request-id", "retry-after"].map(HeaderName::from_static);
+        let exposed: Vec<HeaderName> = ["x-request-id", "retry-after"]
+            .map(HeaderName::from_static)
+            .into_iter()
+            .chain(crate::limits::HEADER_NAMES)
+            .collect();
         Some(
             CorsLayer::new()
                 .allow_origin(origins)

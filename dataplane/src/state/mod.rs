@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use arc_swap::ArcSwap;
 use ipnet::IpNet;
+use tokio::time::Instant;
 use weaver_crds::Snapshot;
 
 pub(crate) use budget::Ledger;
@@ -21,6 +22,7 @@ pub(crate) use registry::{Id, Registry};
 pub(crate) use runtime::{ChannelRuntime, Digest, KeyRuntime, ModelRuntime, Runtime};
 
 use crate::clock::unix_millis;
+use crate::limits::Nanos;
 use crate::metering::{Metrics, UsageSink};
 
 /// Operational settings that do not come from manifests.
@@ -45,6 +47,8 @@ pub struct Gateway {
     pub(crate) settings: Settings,
     /// Unix milliseconds when this instance began counting.
     pub(crate) started_at: i64,
+    /// Zero of the rate limiters' clock (monotonic).
+    epoch: Instant,
     loaded: AtomicBool,
     draining: AtomicBool,
 }
@@ -63,6 +67,7 @@ impl Gateway {
             ledger,
             settings,
             started_at: unix_millis(),
+            epoch: Instant::now(),
             loaded: AtomicBool::new(false),
             draining: AtomicBool::new(false),
         })
@@ -84,6 +89,11 @@ impl Gateway {
         self.metrics.snapshot_version.set(i64::try_from(version).unwrap_or(i64::MAX));
         self.loaded.store(true, Ordering::Release);
         tracing::info!(version, "snapshot applied");
+    }
+
+    /// `at` on the rate limiters' clock: nanoseconds since the gateway started.
+    pub(crate) fn nanos(&self, at: Instant) -> Nanos {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
     }
 
     /// The live runtime; hold it for the whole request.

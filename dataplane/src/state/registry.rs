@@ -1,7 +1,9 @@
 //! State that outlives a snapshot: per channel and per key, keyed by identity
 //! (namespace, name). A snapshot swap re-links the new runtime to the same
-//! entries, so counters, health and (later) limiter buckets and leases carry
-//! over; entries of objects that disappeared are pruned at that swap.
+//! entries, so counters, health, rate-limit buckets and requests in flight
+//! (and, later, budget leases) carry over — a configuration change must not
+//! hand a key a fresh allowance; entries of objects that disappeared are
+//! pruned at that swap.
 //!
 //! The maps are locked only when a snapshot is applied and when a report is
 //! built; requests reach their entries through the `Arc`s the runtime holds
@@ -14,6 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use weaver_crds::protocol::LatencySketch;
 
 use super::budget::BudgetState;
+use crate::limits::Buckets;
 use crate::metering::Label;
 
 /// A namespaced object: (namespace, name).
@@ -60,6 +63,8 @@ pub(crate) struct KeyState {
     pub last_used: AtomicI64,
     /// This replica's slice of the key's budget.
     pub budget: BudgetState,
+    /// Rate-limit buckets and requests in flight.
+    pub limits: Buckets,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -110,6 +115,7 @@ impl Registry {
                     totals: Totals::default(),
                     last_used: AtomicI64::new(0),
                     budget: BudgetState::default(),
+                    limits: Buckets::default(),
                 })
             })
             .clone()

@@ -14,6 +14,7 @@ use wildmatch::WildMatch;
 
 use super::ClientPool;
 use super::registry::{ChannelState, KeyState, Registry};
+use crate::limits::KeyLimits;
 use crate::metering::Label;
 use crate::providers::openai::ModelRename;
 use crate::providers::{Adapter, Operation};
@@ -31,6 +32,8 @@ pub(crate) struct Runtime {
 
 pub(crate) struct KeyRuntime {
     allowed: Vec<WildMatch>,
+    /// This replica's share of the key's rate limits; `None` without any.
+    pub limits: Option<KeyLimits>,
     pub namespace: Label,
     pub name: Label,
     pub state: Arc<KeyState>,
@@ -90,6 +93,7 @@ impl Runtime {
             let id = (Label::new(&k.namespace), Label::new(&k.name));
             keys.push(KeyRuntime {
                 allowed: k.allowed_models.iter().map(|g| WildMatch::new(g)).collect(),
+                limits: k.rate_limit.as_ref().and_then(|l| KeyLimits::new(l, snapshot.gateway_replicas)),
                 state: registry.key(&id),
                 namespace: id.0,
                 name: id.1,
