@@ -216,9 +216,9 @@ pub async fn start(args: Args, shutdown: impl Future<Output = ()> + Send + 'stat
     });
     // Budgets hold across replicas through the store's ledger; without a
     // store, for this replica alone.
-    let ledger = store.map_or_else(|| Ledger::Local(Default::default()), Ledger::Store);
+    let ledger = Ledger::new(store, instance.clone());
     let gw = Gateway::new(settings, Metrics::new(args.metrics_per_key), sink, ledger);
-    let budgets = tokio::spawn(crate::state::budget::run_sync(gw.clone(), instance.clone()));
+    let budgets = tokio::spawn(crate::state::budget::run_sync(gw.clone()));
     enum Prepared {
         Manifests(ManifestDir),
         Operator(Cluster),

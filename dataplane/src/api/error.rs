@@ -122,6 +122,13 @@ impl ApiError {
         error
     }
 
+    /// 429 `insufficient_quota` / `budget_exceeded`: the key's (or its
+    /// namespace's) budget cannot cover the request, as OpenAI answers an
+    /// account out of credit.
+    pub fn budget_exceeded(message: String) -> Self {
+        Self::new(StatusCode::TOO_MANY_REQUESTS, "insufficient_quota", "budget_exceeded", message)
+    }
+
     /// An error relayed from an upstream, keeping what it said.
     pub fn relayed(status: StatusCode, category: &'static str, message: String, upstream: Relayed) -> Self {
         let kind = if status == StatusCode::TOO_MANY_REQUESTS { "rate_limit_error" } else { "invalid_request_error" };

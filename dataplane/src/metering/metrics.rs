@@ -119,6 +119,7 @@ pub(crate) enum RefusalReason {
     concurrency,
     rate_limit_requests,
     rate_limit_tokens,
+    budget_exceeded,
 }
 
 /// A refusal's namespace and reason (never the key: it is in the log line

@@ -11,10 +11,16 @@
 //! actual) is meant to sit beside the limits there: one more field, taken
 //! here after the limits and settled in the same place.
 
+use weaver_crds::money::Usd;
+use weaver_crds::snapshot::BudgetSnapshot;
+
 use super::Context;
+use super::plan::Plan;
 use crate::api::{ApiError, ApiRoute, RequestBody};
-use crate::limits::{Demand, Exceeded, Held, KeyLimits, Levels};
+use crate::clock::unix_millis;
+use crate::limits::{DEFAULT_OUTPUT_TOKENS, Demand, Exceeded, Held, KeyLimits, Levels};
 use crate::metering::RefusalReason;
+use crate::state::budget::{Sync, budget_id};
 use crate::state::{KeyRuntime, Runtime};
 
 /// What admission took for one request; settled when its context drops.
@@ -25,6 +31,8 @@ pub(crate) struct Admission {
     /// The limit levels to report in this request's answer (also for a
     /// refusal); `None` before admission looked at them.
     pub levels: Option<Levels>,
+    /// Nano-dollars reserved from the key's budget slice.
+    pub budget: Option<u64>,
 }
 
 impl Admission {
@@ -102,6 +110,71 @@ fn rate_limits(
             Err(ApiError::rate_limited(exceeded.kind(), exceeded.message(), exceeded.retry_after_secs()))
         }
     }
+}
+
+/// Reserves the request's maximum cost from the key's budget slice — input
+/// tokens at most the body's bytes (a token is at least one byte of text),
+/// output at most the client's limit (else [`DEFAULT_OUTPUT_TOKENS`]), at the
+/// dearest candidate's prices — topping the slice up from the ledger when it
+/// is short (the only time a request waits on the ledger). 429
+/// `budget_exceeded` when the budget cannot cover it, before any upstream call.
+pub(super) async fn reserve_budget(
+    ctx: &mut Context,
+    rt: &Runtime,
+    plan: &Plan<'_>,
+    request: &RequestBody<'_>,
+    body_bytes: usize,
+) -> Result<(), ApiError> {
+    let key = &rt.keys[ctx.key as usize];
+    let Some(budget) = &key.budget else { return Ok(()) };
+    let output = match ctx.record.endpoint {
+        ApiRoute::Embeddings => 0,
+        _ => max_output_tokens(request).unwrap_or(DEFAULT_OUTPUT_TOKENS),
+    };
+    let amount = plan.max_cost(rt, body_bytes as u64, output);
+    let state = &key.state.budget;
+    let now_ms = unix_millis();
+    if !state.try_reserve(amount, now_ms) && !state.recently_spent(now_ms) {
+        let mut sync = Sync {
+            limit_nanos: budget.amount.0,
+            now_ms,
+            need: amount,
+            replicas: rt.snapshot.gateway_replicas,
+            give_back: false,
+        };
+        let id = budget_id(key, budget, now_ms);
+        if let Err(err) = state.sync(&ctx.gw.ledger, &id, &sync).await {
+            tracing::warn!(category = err.category(), %err, "budget ledger unreachable; the request cannot be covered");
+        }
+        if !state.try_reserve(amount, now_ms) {
+            sync.give_back = true;
+            sync.need = 0;
+            if let Err(err) = state.sync(&ctx.gw.ledger, &id, &sync).await {
+                tracing::debug!(category = err.category(), %err, "budget slice not given back");
+            }
+            state.mark_spent(now_ms, SPENT_BACKOFF_MS);
+            return Err(refuse_budget(ctx, key, budget, amount));
+        }
+    } else if state.recently_spent(now_ms) && !state.try_reserve(amount, now_ms) {
+        return Err(refuse_budget(ctx, key, budget, amount));
+    }
+    ctx.admission.budget = Some(amount);
+    Ok(())
+}
+
+/// After the ledger refused to cover a request, how long further requests
+/// the slice cannot cover are refused without asking it again.
+const SPENT_BACKOFF_MS: i64 = 100;
+
+fn refuse_budget(ctx: &Context, key: &KeyRuntime, budget: &BudgetSnapshot, amount: u64) -> ApiError {
+    ctx.gw.metrics.refused(key, RefusalReason::budget_exceeded);
+    ApiError::budget_exceeded(format!(
+        "This API key's {:?} budget of ${} cannot cover this request (up to ${} reserved); \
+         it is spent or held by requests in flight.",
+        budget.period,
+        budget.amount,
+        Usd(amount)
+    ))
 }
 
 /// The client's output limit: `max_completion_tokens`, else the older

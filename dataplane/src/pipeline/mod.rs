@@ -111,5 +111,6 @@ async fn stages(ctx: &mut Context, headers: &HeaderMap, body: Incoming) -> Resul
     let request = RequestBody::parse(&bytes)?;
     admit::admit(ctx, &rt, &request, bytes.len())?;
     let mut plan = plan::plan(&rt, ctx.key, &request)?;
+    admit::reserve_budget(ctx, &rt, &plan, &request, bytes.len()).await?;
     attempts::run(ctx, &rt, &request, &bytes, &mut plan).await
 }

@@ -29,6 +29,17 @@ pub(super) fn plan<'rt>(rt: &'rt Runtime, key: u32, request: &RequestBody<'_>) -
 }
 
 impl Plan<'_> {
+    /// The most any candidate would charge for `input` and `output` tokens,
+    /// in nano-dollars (what a budget reserves before the first attempt).
+    pub fn max_cost(&self, rt: &Runtime, input: u64, output: u64) -> u64 {
+        self.candidates
+            .iter()
+            .filter_map(|c| rt.channels.get(c.channel as usize)?.models.get(c.model as usize))
+            .map(|m| m.prices.cost(input, 0, output).0)
+            .max()
+            .unwrap_or(0)
+    }
+
     /// The next candidate to try.
     pub fn next(&mut self, rng: &mut impl Rng) -> Option<Candidate> {
         let tried = self.tried;

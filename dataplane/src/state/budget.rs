@@ -31,18 +31,31 @@ pub(crate) const LEASE_TTL_MS: i64 = 30_000;
 /// (clock skew between replicas must stay below it).
 const EXPIRY_MARGIN_MS: i64 = 10_000;
 
-/// Where slices come from: the shared ledger in the usage store, or — without
-/// a store — an in-process ledger (the budget then holds for this replica only).
-pub(crate) enum Ledger {
+/// Where slices come from, for this replica.
+pub(crate) struct Ledger {
+    backend: Backend,
+    /// This replica's name in the ledger's leases.
+    replica: String,
+}
+
+/// The shared ledger in the usage store, or — without a store — one in
+/// process (the budget then holds for this replica only).
+enum Backend {
     Store(Store),
     Local(Mutex<HashMap<BudgetId, Account>>),
 }
 
 impl Ledger {
+    /// Leases from `store`'s ledger, or from one in process without a store.
+    pub fn new(store: Option<Store>, replica: String) -> Ledger {
+        let backend = store.map_or_else(|| Backend::Local(Mutex::default()), Backend::Store);
+        Ledger { backend, replica }
+    }
+
     async fn sync(&self, id: &BudgetId, request: &SyncRequest) -> Result<SyncView, StoreError> {
-        match self {
-            Ledger::Store(store) => store.sync_budget(id, request).await,
-            Ledger::Local(accounts) => {
+        match &self.backend {
+            Backend::Store(store) => store.sync_budget(id, request).await,
+            Backend::Local(accounts) => {
                 let mut accounts = accounts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 Ok(accounts.entry(id.clone()).or_default().sync(request))
             }
@@ -74,6 +87,9 @@ pub(crate) struct BudgetState {
     largest: AtomicU64,
     /// Reservations are taken only before this instant (unix ms).
     valid_until: AtomicI64,
+    /// Until this instant (unix ms) a request the slice cannot cover is
+    /// refused without asking the ledger again: it just said the budget is spent.
+    spent_until: AtomicI64,
     lease: tokio::sync::Mutex<Lease>,
 }
 
@@ -105,6 +121,17 @@ impl BudgetState {
         }
     }
 
+    /// Whether the ledger said lately that the budget cannot cover more.
+    pub fn recently_spent(&self, now_ms: i64) -> bool {
+        now_ms < self.spent_until.load(Ordering::Relaxed)
+    }
+
+    /// Remembers for `for_ms` that the budget could not cover a request, so
+    /// refusals do not each cost a ledger call.
+    pub fn mark_spent(&self, now_ms: i64, for_ms: i64) {
+        self.spent_until.store(now_ms + for_ms, Ordering::Relaxed);
+    }
+
     /// Ends a reservation of `reserved` that cost `cost`: the rest becomes
     /// available again, the cost is settled at the next sync.
     pub fn settle(&self, reserved: u64, cost: u64) {
@@ -114,6 +141,7 @@ impl BudgetState {
     }
 
     /// What may be reserved now, and what is reserved by requests in flight.
+    #[cfg(test)]
     pub fn local(&self) -> (i64, u64) {
         (self.available.load(Ordering::Acquire), self.reserved.load(Ordering::Acquire))
     }
@@ -133,7 +161,7 @@ impl BudgetState {
     /// renews the lease. On a new period, the old period's slice is given back
     /// first. On failure the local state is as before (nothing is lost: the
     /// spend is settled by the next successful sync).
-    pub async fn sync(&self, ledger: &Ledger, id: &BudgetId, sync: &Sync<'_>) -> Result<SyncView, StoreError> {
+    pub async fn sync(&self, ledger: &Ledger, id: &BudgetId, sync: &Sync) -> Result<SyncView, StoreError> {
         let mut lease = self.lease.lock().await;
         let spent = self.spent.swap(0, Ordering::AcqRel);
         let restore = |release: u64| {
@@ -146,16 +174,16 @@ impl BudgetState {
             // one; reservations still running settle into the new period.
             let old_id = BudgetId { period_ms: old, ..id.clone() };
             let release = lease.slice.saturating_sub(spent);
-            if let Err(e) = ledger.sync(&old_id, &sync.request(spent, release, 0)).await {
+            if let Err(e) = ledger.sync(&old_id, &sync.request(&ledger.replica, spent, release, 0)).await {
                 restore(0);
                 return Err(e);
             }
             self.available.fetch_sub(signed(release), Ordering::AcqRel);
             *lease = Lease::default();
-            let target = sync.target(0, largest);
+            let target = if sync.give_back { 0 } else { sync.target(0, largest) };
             return self.grant(&mut lease, ledger, id, sync, (0, 0), target).await;
         }
-        let target = sync.target(spent, largest);
+        let target = if sync.give_back { 0 } else { sync.target(spent, largest) };
         // Give back only what exceeds the target, and take it out of reach first.
         let release = u64::try_from(self.available.load(Ordering::Acquire) - signed(target)).unwrap_or(0);
         if release > 0 {
@@ -175,13 +203,13 @@ impl BudgetState {
         lease: &mut Lease,
         ledger: &Ledger,
         id: &BudgetId,
-        sync: &Sync<'_>,
+        sync: &Sync,
         (spent, release): (u64, u64),
         target: u64,
     ) -> Result<SyncView, StoreError> {
         let available = self.available.load(Ordering::Acquire);
         let want = u64::try_from(signed(target.max(sync.need)) - available).unwrap_or(0);
-        let view = ledger.sync(id, &sync.request(spent, release, want)).await?;
+        let view = ledger.sync(id, &sync.request(&ledger.replica, spent, release, want)).await?;
         // What the slice should be if the ledger kept ours; less when it had
         // expired (the ledger handed it on), so take the difference back.
         let expected = lease.slice.saturating_sub(spent).saturating_sub(release) + view.granted_nanos;
@@ -210,7 +238,7 @@ pub(crate) fn budget_id(key: &KeyRuntime, budget: &BudgetSnapshot, now_ms: i64) 
 
 /// Settles spend and renews slices of every key with a budget, each second,
 /// for as long as the gateway runs (the caller aborts it at shutdown).
-pub(crate) async fn run_sync(gw: Arc<Gateway>, replica: String) {
+pub(crate) async fn run_sync(gw: Arc<Gateway>) {
     let mut tick = tokio::time::interval(SYNC_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -223,11 +251,11 @@ pub(crate) async fn run_sync(gw: Arc<Gateway>, replica: String) {
         });
         futures_util::stream::iter(due)
             .for_each_concurrent(SYNC_CONCURRENCY, |(key, budget)| {
-                let (gw, replica) = (&gw, &replica);
+                let gw = &gw;
                 let replicas = rt.snapshot.gateway_replicas;
                 async move {
                     let id = budget_id(key, budget, now_ms);
-                    let sync = Sync { limit_nanos: budget.amount.0, replica, now_ms, need: 0, replicas };
+                    let sync = Sync { limit_nanos: budget.amount.0, now_ms, need: 0, replicas, give_back: false };
                     if let Err(err) = key.state.budget.sync(&gw.ledger, &id, &sync).await {
                         tracing::warn!(namespace = key.namespace.as_str(), key = key.name.as_str(), category = err.category(), %err,
                             "budget ledger sync failed; spend stays local until the next one");
@@ -240,21 +268,25 @@ pub(crate) async fn run_sync(gw: Arc<Gateway>, replica: String) {
 
 /// The parameters of one sync.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Sync<'a> {
+pub(crate) struct Sync {
     pub limit_nanos: u64,
-    pub replica: &'a str,
     pub now_ms: i64,
     /// Available wanted at least (a request waiting on this sync).
     pub need: u64,
     /// Gateway replicas sharing the budget.
     pub replicas: u32,
+    /// Give back everything not reserved: this replica could not cover a
+    /// request, and what it holds may complete another replica's slice (near
+    /// a budget's end, leftovers scattered over replicas would otherwise each
+    /// be too small for any request).
+    pub give_back: bool,
 }
 
-impl Sync<'_> {
-    fn request(&self, spent: u64, release: u64, want: u64) -> SyncRequest {
+impl Sync {
+    fn request(&self, replica: &str, spent: u64, release: u64, want: u64) -> SyncRequest {
         SyncRequest {
             limit_nanos: self.limit_nanos,
-            replica: self.replica.to_owned(),
+            replica: replica.to_owned(),
             spent_nanos: spent,
             release_nanos: release,
             want_nanos: want,
@@ -282,13 +314,13 @@ mod tests {
         BudgetId { namespace: "team-a".into(), name: "checkout".into(), period_ms: 0 }
     }
 
-    fn sync(limit: u64, now_ms: i64, need: u64) -> Sync<'static> {
-        Sync { limit_nanos: limit, replica: "r0", now_ms, need, replicas: 1 }
+    fn sync(limit: u64, now_ms: i64, need: u64) -> Sync {
+        Sync { limit_nanos: limit, now_ms, need, replicas: 1, give_back: false }
     }
 
     #[tokio::test]
     async fn reservations_come_from_the_slice_and_settle_into_the_ledger() {
-        let ledger = Ledger::Local(Mutex::default());
+        let ledger = Ledger::new(None, "r0".into());
         let state = BudgetState::default();
         assert!(!state.try_reserve(100, 0), "no slice before the first sync");
         state.sync(&ledger, &id(), &sync(1_000, 0, 100)).await.unwrap();
@@ -306,7 +338,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_budget_refuses_once_spent_and_a_new_period_starts_over() {
-        let ledger = Ledger::Local(Mutex::default());
+        let ledger = Ledger::new(None, "r0".into());
         let state = BudgetState::default();
         let mut spent = 0;
         for now in 0..100 {
@@ -329,7 +361,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_slice_past_its_validity_is_not_spent() {
-        let ledger = Ledger::Local(Mutex::default());
+        let ledger = Ledger::new(None, "r0".into());
         let state = BudgetState::default();
         state.sync(&ledger, &id(), &sync(1_000, 0, 100)).await.unwrap();
         assert!(state.try_reserve(10, LEASE_TTL_MS - EXPIRY_MARGIN_MS - 1));

@@ -1,0 +1,145 @@
+//! Budgets hold: many concurrent requests (plain, streamed, some abandoned by
+//! their client) against a key with a small budget, through one gateway on
+//! SQLite and through three replicas sharing one Postgres. Settled spend never
+//! exceeds the budget, the budget is used to at least 95 % before requests are
+//! refused, refusals are 429 `budget_exceeded`, and the ledger's settled spend
+//! is exactly what the usage records cost.
+
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use serde_json::{Value, json};
+use weaver_e2e::fixtures::{KEY, openai_namespace};
+use weaver_e2e::gateway::TestGateway;
+use weaver_e2e::mock_upstream::{Behaviour, MockUpstream};
+use weaver_e2e::postgres::PgCluster;
+use weaver_store::ledger::BudgetId;
+use weaver_store::{RecordFilter, Store, StoreOptions, UsageStore as _};
+
+/// The budget: four thousandths of a dollar, never resetting; each request
+/// here costs about 1/400 of it and reserves about three times that.
+const BUDGET_NANOS: u64 = 4_000_000;
+const KEY_SPEC: &str = r#"budget: {amount: "0.004", period: total}"#;
+const REQUESTS: usize = 600;
+
+/// What the clients saw.
+#[derive(Debug, Default)]
+struct Seen {
+    ok: usize,
+    refused: usize,
+    timed_out: usize,
+    other: Vec<String>,
+}
+
+/// Sends `REQUESTS` requests, eight at a time, spread over `gateways`:
+/// alternately plain and streamed, every fifth stream abandoned after its
+/// first chunk.
+async fn load(gateways: &[&TestGateway]) -> anyhow::Result<Seen> {
+    let http = reqwest::Client::new();
+    let results: Vec<anyhow::Result<Result<(), (u16, String)>>> = futures_util::stream::iter(0..REQUESTS)
+        .map(|i| {
+            let (http, gw) = (http.clone(), gateways[i % gateways.len()]);
+            async move {
+                let stream = i % 2 == 1;
+                let body = json!({"model": "gpt-4o-mini", "max_tokens": 16, "stream": stream,
+                    "messages": [{"role": "user", "content": "Say hi"}]});
+                let response = http.post(gw.url("/v1/chat/completions")).bearer_auth(KEY).json(&body).send().await?;
+                let status = response.status().as_u16();
+                if status != 200 {
+                    let error: Value = response.json().await?;
+                    return Ok(Err((status, error["error"]["code"].as_str().unwrap_or_default().to_owned())));
+                }
+                let mut body = response.bytes_stream();
+                if stream && i % 10 == 1 {
+                    body.next().await; // the client leaves after the first chunk
+                } else {
+                    while let Some(chunk) = body.next().await {
+                        chunk?;
+                    }
+                }
+                Ok(Ok(()))
+            }
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    let mut seen = Seen::default();
+    for r in results {
+        match r? {
+            Ok(()) => seen.ok += 1,
+            Err((429, code)) if code == "budget_exceeded" => seen.refused += 1,
+            // A loaded test machine can miss the fixture's 1 s first-byte timeout;
+            // such a request costs nothing and is not a budget matter.
+            Err((504, code)) if code == "upstream_timeout" => seen.timed_out += 1,
+            Err((status, code)) => seen.other.push(format!("{status} {code}")),
+        }
+    }
+    Ok(seen)
+}
+
+/// The cost of every usage record in `store`, in nano-dollars.
+async fn recorded_cost(store: &Store) -> anyhow::Result<u64> {
+    let (mut total, mut cursor) = (0, None);
+    loop {
+        let page = store.records(&RecordFilter::default(), cursor.as_deref(), 1000).await?;
+        total += page.records.iter().map(|r| r.cost_nanos).sum::<u64>();
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => return Ok(total),
+        }
+    }
+}
+
+/// Checks what a run left: refusals only once the budget was nearly used,
+/// settled spend within it, the ledger agreeing with the records exactly.
+async fn check(seen: &Seen, store: &Store) -> anyhow::Result<()> {
+    assert_eq!(seen.other, Vec::<String>::new(), "only answers and budget refusals");
+    assert!(seen.refused > 0 && seen.ok > 300, "the budget ran out during the run: {seen:?}");
+    let id = BudgetId { namespace: "team-a".into(), name: "checkout".into(), period_ms: 0 };
+    // Replicas settle their spend within a second or two.
+    let mut settled = 0;
+    for _ in 0..200 {
+        let totals = store.budget_totals(&id).await?.unwrap_or_default();
+        settled = totals.settled_nanos;
+        if settled == recorded_cost(store).await? {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let cost = recorded_cost(store).await?;
+    assert_eq!(settled, cost, "the ledger settled exactly what the records cost");
+    assert!(cost <= BUDGET_NANOS, "settled spend {cost} exceeds the budget {BUDGET_NANOS}");
+    assert!(cost * 100 >= BUDGET_NANOS * 95, "only {cost} of {BUDGET_NANOS} used before refusals");
+    println!("{seen:?}; {cost} of {BUDGET_NANOS} nano-dollars spent");
+    Ok(())
+}
+
+fn upstream_behaviour() -> Behaviour {
+    Behaviour { tokens: Some(12), chunk_delay: Duration::from_millis(2), ..Behaviour::default() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_gateway_on_sqlite_keeps_a_budget() -> anyhow::Result<()> {
+    let upstream = MockUpstream::start(upstream_behaviour()).await?;
+    let gw = TestGateway::start(&openai_namespace(&upstream.base_url(), KEY_SPEC), &[]).await?;
+    let seen = load(&[&gw]).await?;
+    let url = gw.usage_store_url().ok_or_else(|| anyhow::anyhow!("standalone"))?;
+    let store = Store::connect(&url, StoreOptions::default())?;
+    check(&seen, &store).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_sharing_postgres_keep_one_budget() -> anyhow::Result<()> {
+    let pg = PgCluster::up()?;
+    let upstream = MockUpstream::start(upstream_behaviour()).await?;
+    let manifests = openai_namespace(&upstream.base_url(), KEY_SPEC);
+    let mut gateways = Vec::new();
+    for i in 0..3 {
+        let instance = format!("gw-{i}");
+        let flags = ["--store", pg.url.as_str(), "--instance", instance.as_str(), "--replicas", "3"];
+        gateways.push(TestGateway::start(&manifests, &flags).await?);
+    }
+    let seen = load(&gateways.iter().collect::<Vec<_>>()).await?;
+    let store = Store::connect(&pg.url, StoreOptions::default())?;
+    check(&seen, &store).await
+}
