@@ -2,6 +2,11 @@
 //! in a real API server, one operator and two gateways. Prints the snapshot
 //! build time and size, and the time from one `apply` to both gateways
 //! serving the new version. Run with `bench/scale`.
+//!
+//! With `WEAVER_TEST_POSTGRES_URL` set (`bench/scale` starts a throwaway
+//! Postgres), the operator reads usage from that store and the bench then
+//! writes one usage record for every key and times how long the operator
+//! takes to write the 10,000 changed ApiKey statuses.
 
 use std::time::{Duration, Instant};
 
@@ -89,6 +94,11 @@ async fn main() -> anyhow::Result<()> {
     .iter()
     .map(|s| s.to_string())
     .collect();
+    let store_url = std::env::var("WEAVER_TEST_POSTGRES_URL").ok();
+    let mut args = args;
+    if let Some(url) = &store_url {
+        args.extend(["--store".to_owned(), url.clone()]);
+    }
     let operator = Process::start(
         &binary("weaver-operator")?,
         &args,
@@ -121,11 +131,13 @@ async fn main() -> anyhow::Result<()> {
             p(&format!("cache-{i}.json")),
             "--listen".into(),
             "127.0.0.1:0".into(),
+            "--admin-listen".into(),
+            "127.0.0.1:0".into(),
             "--log-format".into(),
             "json".into(),
         ];
         let g = Process::start(&binary("weaver-gateway")?, &args, &[], dir.path().join(format!("gw-{i}.log"))).await?;
-        gateways.push(format!("http://{}", g.addr("addr")));
+        gateways.push(format!("http://{}", g.addr("admin_addr")));
         processes.push(g);
     }
     let mut took = Vec::new();
@@ -164,9 +176,85 @@ async fn main() -> anyhow::Result<()> {
         took[took.len() / 2],
         took[took.len() - 1]
     );
+    if let Some(url) = &store_url {
+        status_writes(&http, &op_metrics, url, &ns).await?;
+    }
     for p in processes {
         p.kill().await?;
     }
     operator.kill().await?;
+    Ok(())
+}
+
+/// One usage record per key, then the time until the operator has written
+/// every key's changed status.
+async fn status_writes(http: &reqwest::Client, op_metrics: &str, url: &str, ns: &str) -> anyhow::Result<()> {
+    use weaver_store::{Outcome, Store, StoreOptions, UsageRecord, UsageStore};
+    let passes = "weaver_operator_status_pass_seconds_count";
+    let writes = "weaver_operator_status_writes_total";
+    // The start-up passes (conditions of every object) are done when a pass
+    // writes nothing.
+    let started = Instant::now();
+    loop {
+        let (p0, w0) = (metric(http, op_metrics, passes).await, metric(http, op_metrics, writes).await);
+        while metric(http, op_metrics, passes).await <= p0 {
+            anyhow::ensure!(started.elapsed() < Duration::from_secs(600), "no status pass");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if metric(http, op_metrics, writes).await == w0 {
+            break;
+        }
+    }
+    let store = Store::connect(url, StoreOptions::default())?;
+    store.migrate().await?;
+    let now = weaver_store::now_ms();
+    let records: Vec<UsageRecord> = (0..KEYS)
+        .map(|i| UsageRecord {
+            request_id: format!("{ns}-{i}"),
+            time: now,
+            namespace: ns.to_owned(),
+            api_key: format!("key-{i}"),
+            channel: Some(format!("ch-{}", i % CHANNELS)),
+            model: "shared-model".into(),
+            upstream_model: "shared-model".into(),
+            status: 200,
+            outcome: Outcome::Ok,
+            input_tokens: 100,
+            output_tokens: 10,
+            cached_input_tokens: 0,
+            cache_write_tokens: 0,
+            reasoning_tokens: 0,
+            estimated: false,
+            cost_nanos: 1_000,
+            duration_ms: 100,
+            ttft_ms: Some(10),
+            replica: "scale".into(),
+            attempts: Vec::new(),
+        })
+        .collect();
+    let (sum0, w0) = (
+        metric(http, op_metrics, "weaver_operator_status_pass_seconds_sum").await,
+        metric(http, op_metrics, writes).await,
+    );
+    for chunk in records.chunks(1_000) {
+        store.insert_batch(chunk).await?;
+    }
+    let inserted = Instant::now();
+    let want = (KEYS + CHANNELS) as f64;
+    while metric(http, op_metrics, writes).await - w0 < want {
+        anyhow::ensure!(inserted.elapsed() < Duration::from_secs(600), "statuses not written in 10 min");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let took = inserted.elapsed();
+    // Wait for the pass that wrote them to end, for its duration.
+    let p0 = metric(http, op_metrics, passes).await;
+    while metric(http, op_metrics, passes).await <= p0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pass = metric(http, op_metrics, "weaver_operator_status_pass_seconds_sum").await - sum0;
+    println!(
+        "usage store -> status: {KEYS} changed ApiKey + {CHANNELS} Channel statuses written {took:.1?} after \
+         the records were inserted (status passes in between: {pass:.1} s in total)"
+    );
     Ok(())
 }

@@ -392,6 +392,7 @@ fn record(
         ttft_ms: Some(40),
         replica: "e2e".into(),
         attempts: Vec::new(),
+        bodies: None,
     }
 }
 
