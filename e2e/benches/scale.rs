@@ -230,6 +230,7 @@ async fn status_writes(http: &reqwest::Client, op_metrics: &str, url: &str, ns: 
             ttft_ms: Some(10),
             replica: "scale".into(),
             attempts: Vec::new(),
+            bodies: None,
         })
         .collect();
     let (sum0, w0) = (
