@@ -18,7 +18,8 @@ use weaver_telemetry::LogFormat;
 use crate::config::cluster::{self, Cluster, ClusterError};
 use crate::config::manifests::{self, LoadError, ManifestDir};
 use crate::metering::{Metrics, UsageSink};
-use crate::server::{CorsOrigins, Listeners};
+use crate::server::usage_api::{AdminToken, LiveKeys, TokenError, TokenSource};
+use crate::server::{CorsOrigins, Listeners, UsageApi};
 use crate::state::{Gateway, Ledger, Settings};
 use weaver_store::{Store, StoreOptions, UsageStore as _, Writer, WriterConfig};
 
@@ -77,9 +78,19 @@ pub struct Args {
     #[arg(long, env = "WEAVER_USAGE_FAIL_OPEN")]
     pub usage_fail_open: bool,
     /// Address for `/healthz`, `/readyz` and `/metrics`, kept off the client
-    /// port. Containers pass 0.0.0.0:9090.
+    /// port, and (standalone, with a usage store) the usage API under
+    /// `/admin/v1/`. Containers pass 0.0.0.0:9090.
     #[arg(long, env = "WEAVER_ADMIN_LISTEN", default_value = "127.0.0.1:9090")]
     pub admin_listen: SocketAddr,
+    /// The usage API's bearer token. Prefer the environment variable or
+    /// --admin-token-file: a flag's value shows in the process list.
+    #[arg(long, env = "WEAVER_ADMIN_TOKEN", hide_env_values = true, conflicts_with = "admin_token_file")]
+    pub admin_token: Option<AdminTokenText>,
+    /// File holding the usage API's bearer token. Without it (or
+    /// WEAVER_ADMIN_TOKEN), a token is generated into <data-dir>/admin-token
+    /// (mode 0600) on the first start and reused afterwards.
+    #[arg(long, env = "WEAVER_ADMIN_TOKEN_FILE", value_name = "PATH")]
+    pub admin_token_file: Option<PathBuf>,
     /// Browser origins allowed to call the API (CORS preflights are answered
     /// for them); `*` allows any. Off when empty.
     #[arg(long = "cors-allow-origin", env = "WEAVER_CORS_ALLOW_ORIGINS", value_delimiter = ',', value_parser = parse_origin)]
@@ -108,6 +119,24 @@ pub struct Args {
     /// Log format: `auto` is human-readable on a terminal and JSON otherwise.
     #[arg(long, env = "WEAVER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto)]
     pub log_format: LogFormat,
+}
+
+/// An admin token from the command line or the environment; `Debug` never
+/// shows it (the parsed arguments are debug-printable).
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminTokenText(String);
+
+impl std::str::FromStr for AdminTokenText {
+    type Err = std::convert::Infallible;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Ok(AdminTokenText(text.to_owned()))
+    }
+}
+
+impl std::fmt::Debug for AdminTokenText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminTokenText(<redacted>)")
+    }
 }
 
 /// The token travels with every request, so plain HTTP is refused.
@@ -140,6 +169,8 @@ pub enum RunError {
     Store(#[from] weaver_store::StoreError),
     #[error("cannot start the usage writer: {0}")]
     Writer(#[from] weaver_store::WriterError),
+    #[error("no admin token for the usage API: {0}")]
+    AdminToken(#[from] TokenError),
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error("cannot load the manifests: {0}")]
@@ -216,7 +247,7 @@ pub async fn start(args: Args, shutdown: impl Future<Output = ()> + Send + 'stat
     });
     // Budgets hold across replicas through the store's ledger; without a
     // store, for this replica alone.
-    let ledger = Ledger::new(store, instance.clone());
+    let ledger = Ledger::new(store.clone(), instance.clone());
     let gw = Gateway::new(settings, Metrics::new(args.metrics_per_key), sink, ledger);
     let budgets = tokio::spawn(crate::state::budget::run_sync(gw.clone()));
     enum Prepared {
@@ -248,6 +279,18 @@ pub async fn start(args: Args, shutdown: impl Future<Output = ()> + Send + 'stat
         let bound = listener.local_addr().map_err(RunError::Serve)?;
         Ok::<_, RunError>((listener, bound))
     };
+    let usage_api = match (&prepared, store) {
+        (Prepared::Operator(_), _) => {
+            UsageApi::Off("cluster-mode gateways do not serve the usage API; the operator does")
+        }
+        (Prepared::Manifests(_), None) => {
+            UsageApi::Off("the usage API needs a usage store; this gateway runs with --store off")
+        }
+        (Prepared::Manifests(_), Some(store)) => {
+            let token = admin_token(&args.admin_token, args.admin_token_file.clone(), args.data_dir.clone()).await?;
+            UsageApi::Served(weaver_usage_api::router(store, token, LiveKeys(gw.clone())))
+        }
+    };
     let (client, addr) = bind(args.listen).await?;
     let (admin, admin_addr) = bind(args.admin_listen).await?;
     let source = match prepared {
@@ -264,7 +307,7 @@ pub async fn start(args: Args, shutdown: impl Future<Output = ()> + Send + 'stat
         let gw = gw.clone();
         async move {
             let cors = CorsOrigins { origins: args.cors_allow_origins };
-            let listeners = Listeners { client, admin };
+            let listeners = Listeners { client, admin, usage_api };
             let served = crate::server::serve(listeners, gw, &cors, shutdown, args.shutdown_grace).await;
             source.stop().await;
             budgets.abort();
@@ -279,8 +322,33 @@ pub async fn start(args: Args, shutdown: impl Future<Output = ()> + Send + 'stat
     Ok(Started { addr, admin_addr, gateway: gw, serving })
 }
 
+/// The usage API's admin token (reading or generating its file: blocking
+/// work); logs where it comes from, never the token.
+async fn admin_token(
+    given: &Option<AdminTokenText>,
+    file: Option<PathBuf>,
+    data_dir: PathBuf,
+) -> Result<AdminToken, RunError> {
+    let given = given.as_ref().map(|AdminTokenText(t)| t.clone());
+    let (token, source) =
+        tokio::task::spawn_blocking(move || AdminToken::load(given.as_deref(), file.as_deref(), &data_dir))
+            .await
+            .map_err(|e| RunError::Serve(std::io::Error::other(e)))??;
+    match source {
+        TokenSource::Given => tracing::info!("usage API on the admin listener; admin token from WEAVER_ADMIN_TOKEN"),
+        TokenSource::File(path) => {
+            tracing::info!(file = %path.display(), "usage API on the admin listener; admin token from the file")
+        }
+        TokenSource::DataDir(path, generated) => {
+            tracing::info!(file = %path.display(), generated, "usage API on the admin listener; admin token in the file")
+        }
+    }
+    Ok(token)
+}
+
 /// Opens the usage store (migrating it) and starts its writer, unless the
-/// store is off; also returns the store for the budget ledger.
+/// store is off; also returns the store (a clone shares the connection pool)
+/// for the budget ledger and the usage API's reads.
 async fn open_store(args: &Args) -> Result<(Option<Writer>, Option<Store>), RunError> {
     let url = match (&args.store, &args.manifests) {
         (Some(url), _) if url == "off" => return Ok((None, None)),

@@ -76,6 +76,12 @@ impl TestGateway {
         self.dir.as_ref().map(|d| format!("sqlite://{}", d.path().join(".data").join("usage.db").display()))
     }
 
+    /// The `--data-dir` of a standalone gateway started by [`Self::start`]
+    /// (its SQLite store, spool and generated admin token); `None` otherwise.
+    pub fn data_dir(&self) -> Option<PathBuf> {
+        self.dir.as_ref().map(|d| d.path().join(".data"))
+    }
+
     /// The manifests file of a standalone gateway; `None` in cluster mode.
     pub fn manifest_path(&self) -> Option<PathBuf> {
         self.dir.as_ref().map(|d| d.path().join("config.yaml"))

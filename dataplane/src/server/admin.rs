@@ -1,26 +1,44 @@
 //! The admin listener (`--admin-listen`): probes and metrics, kept off the
-//! port clients use. These are the only routes that do not authenticate.
+//! port clients use, and the usage API under `/admin/v1/` (standalone with a
+//! store; it checks the admin token on every route). The probes and metrics
+//! are the only routes of the gateway that do not authenticate.
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{any, get};
 use http::{StatusCode, header};
 
 use crate::state::Gateway;
 
-/// The open routes, all on the admin listener.
+/// The open routes, all on the admin listener. Everything else on it (the
+/// usage API, `/admin/v1/...`) authenticates.
 pub(crate) const ADMIN_ROUTES: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 
-pub(super) fn router(gw: Arc<Gateway>) -> Router {
+/// Whether this gateway serves the usage API.
+pub enum UsageApi {
+    /// Its routes (built by `weaver_usage_api::router`).
+    Served(Router),
+    /// Not here; `/admin/v1/...` answers 404 with this reason.
+    Off(&'static str),
+}
+
+pub(super) fn router(gw: Arc<Gateway>, usage_api: UsageApi) -> Router {
     let [healthz, readyz, metrics] = ADMIN_ROUTES;
-    Router::new()
+    let open = Router::new()
         .route(healthz, get(|| async { "ok" }))
         .route(readyz, get(ready))
         .route(metrics, get(encode))
-        .with_state(gw)
+        .with_state(gw);
+    match usage_api {
+        UsageApi::Served(api) => open.merge(api),
+        UsageApi::Off(reason) => open.route(
+            "/admin/v1/{*rest}",
+            any(move || async move { weaver_usage_api::ApiError::not_found("usage_api_off", reason) }),
+        ),
+    }
 }
 
 async fn ready(State(gw): State<Arc<Gateway>>) -> Response {

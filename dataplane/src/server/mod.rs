@@ -3,6 +3,7 @@
 
 mod admin;
 mod request_id;
+pub(crate) mod usage_api;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -20,6 +21,7 @@ use tokio::net::TcpListener;
 use tower::{Layer, Service};
 use tower_http::cors::{AllowHeaders, AllowOrigin, Cors, CorsLayer};
 
+pub(crate) use admin::UsageApi;
 pub(crate) use request_id::{RequestId, TakesRequestId, X_REQUEST_ID};
 
 use crate::api::{Api, Response};
@@ -122,10 +124,11 @@ impl ClientStack {
     }
 }
 
-/// The two bound listeners.
+/// The two bound listeners, and what the admin one serves besides probes and metrics.
 pub(crate) struct Listeners {
     pub client: TcpListener,
     pub admin: TcpListener,
+    pub usage_api: UsageApi,
 }
 
 /// Serves until `shutdown` resolves, then stops accepting client connections,
@@ -141,7 +144,7 @@ pub(crate) async fn serve(
     let admin_done = Arc::new(tokio::sync::Notify::new());
     let admin = {
         let stop = admin_done.clone();
-        let app = admin::router(gw.clone());
+        let app = admin::router(gw.clone(), listeners.usage_api);
         tokio::spawn(
             axum::serve(listeners.admin, app)
                 .with_graceful_shutdown(async move { stop.notified().await })
