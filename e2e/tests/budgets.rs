@@ -125,7 +125,24 @@ async fn one_gateway_on_sqlite_keeps_a_budget() -> anyhow::Result<()> {
     let seen = load(&[&gw]).await?;
     let url = gw.usage_store_url().ok_or_else(|| anyhow::anyhow!("standalone"))?;
     let store = Store::connect(&url, StoreOptions::default())?;
-    check(&seen, &store).await
+    check(&seen, &store).await?;
+    // The usage API's key endpoint shows the ledger: settled, leased, reserved
+    // (abandoned streams may still be finishing on the gateway's side).
+    let token_file = gw.data_dir().ok_or_else(|| anyhow::anyhow!("standalone"))?.join("admin-token");
+    let token = std::fs::read_to_string(token_file)?;
+    let http = reqwest::Client::new();
+    let key_status = || async {
+        let response = http.get(gw.admin_url("/admin/v1/keys/team-a/checkout")).bearer_auth(token.trim()).send();
+        response.await?.json::<Value>().await
+    };
+    weaver_e2e::gateway::eventually("no reservation left in flight", || async {
+        key_status().await.is_ok_and(|k| k["budget"]["ledger"]["reserved_usd"] == "0.00")
+    })
+    .await?;
+    let key = key_status().await?;
+    let cost = weaver_crds::money::Usd(recorded_cost(&store).await?).to_string();
+    assert_eq!(key["budget"]["ledger"]["settled_usd"].as_str(), Some(cost.as_str()), "{key}");
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -25,6 +25,20 @@ use crate::params::Params;
 pub struct KeyInfo {
     /// The key's budget (amount in nano-dollars, period), if it has one.
     pub budget: Option<BudgetSnapshot>,
+    /// The budget ledger's view of the current period, where the embedding
+    /// binary enforces budgets.
+    pub ledger: Option<LedgerAmounts>,
+}
+
+/// Where a budget stands in the ledger, in nano-dollars.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LedgerAmounts {
+    /// Spend settled by the gateways.
+    pub settled: u64,
+    /// Slices leased to gateways and not spent yet.
+    pub leased: u64,
+    /// Held by requests in flight on the answering gateway (part of its slice).
+    pub reserved: u64,
 }
 
 /// Looks keys up in whatever the embedding binary holds (the gateway's live
@@ -34,8 +48,7 @@ pub trait KeyDirectory: Send + Sync + 'static {
     fn key(&self, namespace: &str, name: &str) -> impl Future<Output = Result<Option<KeyInfo>, ApiError>> + Send;
 }
 
-/// The answer. Open for more members (reserved and leased amounts arrive with
-/// budget enforcement); clients ignore members they do not know.
+/// The answer. Open for more members; clients ignore members they do not know.
 #[derive(Serialize)]
 struct KeyStatus {
     namespace: String,
@@ -53,6 +66,16 @@ struct BudgetStatus {
     period_start: String,
     /// `limit - spent`, never below zero.
     remaining_usd: String,
+    /// Settled, leased and reserved amounts, where the ledger is known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ledger: Option<LedgerStatus>,
+}
+
+#[derive(Serialize)]
+struct LedgerStatus {
+    settled_usd: String,
+    leased_usd: String,
+    reserved_usd: String,
 }
 
 /// Usage since the start of the current period (for a key without a budget:
@@ -88,6 +111,11 @@ pub(crate) async fn handle<S: UsageStore + Clone + 'static, A: Authorize, K: Key
         period: b.period,
         period_start: rfc3339.clone(),
         remaining_usd: Usd(b.amount.0.saturating_sub(usage.cost_nanos)).to_string(),
+        ledger: info.ledger.map(|l| LedgerStatus {
+            settled_usd: Usd(l.settled).to_string(),
+            leased_usd: Usd(l.leased).to_string(),
+            reserved_usd: Usd(l.reserved).to_string(),
+        }),
     });
     let usage = PeriodUsage {
         since: rfc3339,

@@ -39,7 +39,7 @@ use weaver_store::UsageStore;
 pub use auth::{Access, Authorize, Resource, Scope};
 pub use error::ApiError;
 pub use export::{CSV_COLUMNS, PAGE as EXPORT_PAGE};
-pub use keys::{KeyDirectory, KeyInfo};
+pub use keys::{KeyDirectory, KeyInfo, LedgerAmounts};
 pub use params::{DEFAULT_LIMIT, MAX_LIMIT};
 
 use auth::Visible;

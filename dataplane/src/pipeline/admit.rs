@@ -134,7 +134,10 @@ pub(super) async fn reserve_budget(
     let amount = plan.max_cost(rt, body_bytes as u64, output);
     let state = &key.state.budget;
     let now_ms = unix_millis();
-    if !state.try_reserve(amount, now_ms) && !state.recently_spent(now_ms) {
+    if !state.try_reserve(amount, now_ms) {
+        if state.recently_spent(now_ms) {
+            return Err(refuse_budget(ctx, key, budget, amount));
+        }
         let mut sync = Sync {
             limit_nanos: budget.amount.0,
             now_ms,
@@ -155,8 +158,6 @@ pub(super) async fn reserve_budget(
             state.mark_spent(now_ms, SPENT_BACKOFF_MS);
             return Err(refuse_budget(ctx, key, budget, amount));
         }
-    } else if state.recently_spent(now_ms) && !state.try_reserve(amount, now_ms) {
-        return Err(refuse_budget(ctx, key, budget, amount));
     }
     ctx.admission.budget = Some(amount);
     Ok(())

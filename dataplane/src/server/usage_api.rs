@@ -12,9 +12,11 @@ use http::{HeaderMap, header};
 use rand::Rng as _;
 use rand::distr::Alphanumeric;
 use sha2::{Digest as _, Sha256};
-use weaver_usage_api::{Access, ApiError, Authorize, KeyDirectory, KeyInfo, Scope};
+use weaver_usage_api::{Access, ApiError, Authorize, KeyDirectory, KeyInfo, LedgerAmounts, Scope};
 
+use crate::clock::unix_millis;
 use crate::state::Gateway;
+use crate::state::budget::budget_id;
 
 /// The file in `--data-dir` that holds the generated admin token.
 pub const TOKEN_FILE: &str = "admin-token";
@@ -137,8 +139,22 @@ impl KeyDirectory for LiveKeys {
         // A scan of the snapshot's keys: an admin read, off the request path,
         // so no index is kept per snapshot for it.
         let live = self.0.live();
-        let key = live.snapshot.keys.iter().find(|k| k.namespace == namespace && k.name == name);
-        Ok(key.map(|k| KeyInfo { budget: k.budget }))
+        let Some(key) = live.keys.iter().find(|k| k.namespace.as_str() == namespace && k.name.as_str() == name) else {
+            return Ok(None);
+        };
+        let ledger = match &key.budget {
+            Some(budget) => {
+                let id = budget_id(key, budget, unix_millis());
+                let totals = self.0.ledger.totals(&id).await.map_err(ApiError::from_store)?;
+                Some(LedgerAmounts {
+                    settled: totals.settled_nanos,
+                    leased: totals.leased_nanos,
+                    reserved: key.state.budget.reserved(),
+                })
+            }
+            None => None,
+        };
+        Ok(Some(KeyInfo { budget: key.budget, ledger }))
     }
 }
 

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use futures_util::StreamExt as _;
 use weaver_crds::budget::period_start;
 use weaver_crds::snapshot::BudgetSnapshot;
-use weaver_store::ledger::{Account, BudgetId, SyncRequest, SyncView};
+use weaver_store::ledger::{Account, BudgetId, LedgerTotals, SyncRequest, SyncView};
 use weaver_store::{Store, StoreError};
 
 use super::{Gateway, KeyRuntime};
@@ -50,6 +50,17 @@ impl Ledger {
     pub fn new(store: Option<Store>, replica: String) -> Ledger {
         let backend = store.map_or_else(|| Backend::Local(Mutex::default()), Backend::Store);
         Ledger { backend, replica }
+    }
+
+    /// The ledger's totals for budget `id` (zeros before any replica used it).
+    pub async fn totals(&self, id: &BudgetId) -> Result<LedgerTotals, StoreError> {
+        match &self.backend {
+            Backend::Store(store) => Ok(store.budget_totals(id).await?.unwrap_or_default()),
+            Backend::Local(accounts) => {
+                let accounts = accounts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                Ok(accounts.get(id).map(Account::totals).unwrap_or_default())
+            }
+        }
     }
 
     async fn sync(&self, id: &BudgetId, request: &SyncRequest) -> Result<SyncView, StoreError> {
@@ -138,6 +149,11 @@ impl BudgetState {
         self.spent.fetch_add(cost, Ordering::AcqRel);
         self.reserved.fetch_sub(reserved, Ordering::AcqRel);
         self.available.fetch_add(signed(reserved) - signed(cost), Ordering::AcqRel);
+    }
+
+    /// Nano-dollars reserved by requests in flight on this replica.
+    pub fn reserved(&self) -> u64 {
+        self.reserved.load(Ordering::Acquire)
     }
 
     /// What may be reserved now, and what is reserved by requests in flight.
