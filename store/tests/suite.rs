@@ -336,7 +336,7 @@ async fn maintenance_applies_retention(store: &Store, _: &std::path::Path) {
 async fn bodies_are_stored_once_read_back_and_expire_with_their_events(store: &Store, _: &std::path::Path) {
     let bodies = |n: usize| Bodies {
         request: format!("{{\"model\":\"m\",\"messages\":[{{\"content\":\"caf\u{e9} {n}\"}}]}}"),
-        request_truncated: n % 2 == 0,
+        request_truncated: n.is_multiple_of(2),
         response: "data: {\"choices\":[]}\n\n".repeat(n + 1),
         response_truncated: true,
     };
