@@ -66,6 +66,11 @@ impl Capture {
         Self { log, ..Self::default() }
     }
 
+    /// The key logs bodies.
+    pub fn logs_bodies(&self) -> bool {
+        self.log.is_some()
+    }
+
     fn answer_cap(&self) -> usize {
         self.log.as_ref().map_or(ANSWER_KEEP, |l| l.max_bytes.max(ANSWER_KEEP))
     }

@@ -272,14 +272,17 @@ fn stored_record(
     Resolved { key, route, usage, estimated, cost_nanos }: Resolved<'_>,
     elapsed: Duration,
 ) -> weaver_store::UsageRecord {
-    // The channels' credentials are redacted from logged bodies too (an
-    // upstream error may echo what it was sent).
-    let credentials: SmallVec<[&str; 2]> = record
-        .attempts
-        .iter()
-        .filter_map(|a| rt.snapshot.channels.get(a.channel as usize)?.credential.as_ref())
-        .map(|c| c.0.as_str())
-        .collect();
+    let bodies = record.capture.logs_bodies().then(|| {
+        // The channels' credentials are redacted from logged bodies too (an
+        // upstream error may echo what it was sent).
+        let credentials: SmallVec<[&str; 2]> = record
+            .attempts
+            .iter()
+            .filter_map(|a| rt.snapshot.channels.get(a.channel as usize)?.credential.as_ref())
+            .map(|c| c.0.as_str())
+            .collect();
+        record.capture.bodies(&credentials)
+    });
     let name = |c: u32| rt.channels.get(c as usize).map(|c| c.label.as_str().to_owned()).unwrap_or_default();
     weaver_store::UsageRecord {
         request_id: record.request_id.to_str().unwrap_or_default().to_owned(),
@@ -311,6 +314,6 @@ fn stored_record(
                 ttft_ms: a.first_byte.map(millis),
             })
             .collect(),
-        bodies: record.capture.bodies(&credentials),
+        bodies: bodies.flatten(),
     }
 }

@@ -32,7 +32,9 @@ pub(crate) fn redact(body: &[u8], secrets: &[&str], max: usize) -> Redacted {
             text = text.replace(secret, MASK);
         }
         // Kept bytes that end inside a secret would leave its first characters.
-        if let Some(n) = (MIN_SECRET / 2..secret.len()).rev().find(|n| text.ends_with(&secret[..*n])) {
+        if let Some(n) =
+            (MIN_SECRET / 2..secret.len()).rev().find(|n| secret.get(..*n).is_some_and(|p| text.ends_with(p)))
+        {
             text.truncate(text.len() - n);
         }
     }
