@@ -14,7 +14,7 @@ PYTHON := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL := $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends
 
-.PHONY: help run test setup fmt lint unit e2e crds bench control-plane-up control-plane-down
+.PHONY: help run test setup fmt lint unit e2e crds bench bench-export control-plane-up control-plane-down
 
 help:
 	@echo "make help                - this list"
@@ -27,6 +27,7 @@ help:
 	@echo "make e2e                 - operator, OpenAI SDK and CRD tests against the binaries and a real API server"
 	@echo "make crds                - regenerate crds/manifests from the Rust types"
 	@echo "make bench               - loopback benchmark (direct vs nginx vs gateway) and allocations per request (not part of CI)"
+	@echo "make bench-export        - the usage export of 100,000 records through the gateway: records/s, peak RSS (not part of CI)"
 	@echo "make control-plane-up    - start a kube-apiserver + etcd for your own experiments (prints the KUBECONFIG line)"
 	@echo "make control-plane-down  - stop it"
 
@@ -92,6 +93,15 @@ crds:
 
 bench:
 	bench/run
+
+# A throwaway Postgres for the export benchmark; SQLite needs nothing.
+BENCH_PG ?= $(or $(TMPDIR),/tmp)/llm-weaver-bench-postgres
+bench-export:
+	cargo build --release -p weaver-gateway -p weaver-bench-export
+	e2e/postgres down $(BENCH_PG) >/dev/null 2>&1 || true
+	pg_env=$$(e2e/postgres up $(BENCH_PG)); eval "$$pg_env"; \
+	  trap 'e2e/postgres down $(BENCH_PG) >/dev/null' EXIT; \
+	  "$${CARGO_TARGET_DIR:-target}/release/weaver-bench-export"
 
 control-plane-up:
 	e2e/control-plane up

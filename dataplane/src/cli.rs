@@ -412,6 +412,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_admin_token_comes_from_one_place_and_is_never_printed() {
+        let parse = |argv: &[&str]| Args::try_parse_from([&["weaver-gateway", "--manifests", "dir"], argv].concat());
+        assert!(parse(&["--admin-token", "t", "--admin-token-file", "f"]).is_err());
+        let args = parse(&["--admin-token", "s3cret-value"]);
+        assert!(args.is_ok_and(|a| !format!("{a:?}").contains("s3cret-value")));
+    }
+
+    #[test]
     fn exactly_one_source_is_required() {
         let parse = |argv: &[&str]| Args::try_parse_from([&["weaver-gateway"], argv].concat());
         assert!(parse(&[]).is_err());

@@ -41,7 +41,11 @@ impl ApiError {
             StatusCode::BAD_REQUEST,
             "invalid_request_error",
             "unknown_parameter",
-            format!("unknown query parameter {name:?}; this route takes {}", known.join(", ")),
+            if known.is_empty() {
+                format!("unknown query parameter {name:?}; this route takes none")
+            } else {
+                format!("unknown query parameter {name:?}; this route takes {}", known.join(", "))
+            },
         )
     }
 

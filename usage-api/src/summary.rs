@@ -63,6 +63,12 @@ fn rfc3339(ms: i64) -> Option<String> {
     jiff::Timestamp::from_millisecond(ms).ok().map(|t| t.to_string())
 }
 
+/// The UTC date of a day bucket, `2026-11-29`.
+fn utc_date(ms: i64) -> Option<String> {
+    let ts = jiff::Timestamp::from_millisecond(floor_day(ms)).ok()?;
+    Some(jiff::tz::Offset::UTC.to_datetime(ts).date().to_string())
+}
+
 fn row(r: SummaryRow, group_by: &[GroupBy]) -> Row {
     let has = |g| group_by.contains(&g);
     let bucket = r.group.bucket_ms;
@@ -71,8 +77,7 @@ fn row(r: SummaryRow, group_by: &[GroupBy]) -> Row {
         None => (None, None),
     };
     Row {
-        // A day bucket is the UTC midnight: its RFC 3339 form starts with the date.
-        day: bucket.filter(|_| has(GroupBy::Day)).and_then(|b| rfc3339(floor_day(b))).map(|t| t[..10].to_owned()),
+        day: bucket.filter(|_| has(GroupBy::Day)).and_then(utc_date),
         hour: bucket.filter(|_| has(GroupBy::Hour)).and_then(rfc3339),
         namespace,
         api_key,
