@@ -448,3 +448,46 @@ async fn a_cache_file_others_can_read_is_not_loaded() -> anyhow::Result<()> {
     gw.shutdown().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn rate_limits_take_the_replica_share_the_operator_counts_and_survive_new_versions() -> anyhow::Result<()> {
+    let limited = |version: u64, replicas: u32| -> anyhow::Result<Snapshot> {
+        let mut s = snapshot(version, false)?;
+        s.keys[0].rate_limit =
+            Some(weaver_crds::api_key::RateLimit { requests_per_minute: Some(4), ..Default::default() });
+        s.gateway_replicas = replicas;
+        Ok(s)
+    };
+    let pki = pki()?;
+    let operator = FakeOperator::start(&pki, &limited(1, 2)?, None).await?;
+    let files = Files::new(&pki.ca_pem, "token\n")?;
+    let gw = start_gateway(&operator.url, &files, "gw-limits").await?;
+    let http = client()?;
+    eventually("the gateway is ready", || async { Ok(gw.ready(&http).await?.then_some(())) }).await?;
+
+    // Two live gateways: this one admits 2 of the key's 4 a minute.
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(gw.chat(&http, ALPHA).await?);
+    }
+    assert_eq!(statuses, [StatusCode::OK, StatusCode::OK, StatusCode::TOO_MANY_REQUESTS]);
+
+    // One gateway left: its share is the whole limit, but the bucket it
+    // emptied stays empty (the fill carries over; it refills at the new rate).
+    operator.push(&limited(2, 1)?)?;
+    let limit_header = || async {
+        let body = json!({"model": "demo-chat", "messages": [{"role": "user", "content": "Hello"}]});
+        let r = http.post(gw.url("/v1/chat/completions")).bearer_auth(ALPHA).json(&body).send().await?;
+        let limit = r.headers().get("x-ratelimit-limit-requests").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        anyhow::Ok((r.status(), limit))
+    };
+    let (status, _) = eventually("version 2 applies the whole limit", || async {
+        let (status, limit) = limit_header().await?;
+        Ok((limit.as_deref() == Some("4")).then_some((status, ())))
+    })
+    .await?;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "a new version does not refill the bucket");
+    gw.shutdown().await?;
+    operator.stop().await?;
+    Ok(())
+}

@@ -10,7 +10,9 @@
 //! time and reads each answer to its end. After a warm-up (connection pools,
 //! metric label sets and maps populated) the counters are reset and N more
 //! requests are sent; the program prints allocations and bytes per request,
-//! for plain and then for streamed requests.
+//! for plain and then for streamed requests. With `--rate-limits` the key
+//! has every rate limit on (high enough that nothing is refused), so the
+//! figure includes admission, settling and the `x-ratelimit-*` headers.
 //!
 //! What is counted: every `alloc`, `alloc_zeroed` and `realloc` (one each; the
 //! bytes are the requested size, a `realloc` its new size) made on a thread of
@@ -123,9 +125,10 @@ unsafe impl GlobalAlloc for Counting {
 // ---------------------------------------------------------------- the run
 
 fn main() -> anyhow::Result<()> {
+    let rate_limits = std::env::args().skip(1).any(|a| a == "--rate-limits");
     let upstream = Upstream::start()?;
     let manifests = tempfile::tempdir()?;
-    std::fs::write(manifests.path().join("bench.yaml"), manifests_yaml(upstream.addr))?;
+    std::fs::write(manifests.path().join("bench.yaml"), manifests_yaml(upstream.addr, rate_limits))?;
     let args = Args::try_parse_from([
         "weaver-gateway",
         "--manifests",
@@ -159,7 +162,8 @@ fn main() -> anyhow::Result<()> {
     let mut client = Client::connect(started.addr)?;
     println!(
         "Heap allocations on the gateway's threads (1 worker), per request: {MEASURED} sequential requests \
-         on one keep-alive connection after {WARM_UP} to warm up; openai channel, fixed loopback upstream"
+         on one keep-alive connection after {WARM_UP} to warm up; openai channel, fixed loopback upstream{}",
+        if rate_limits { "; key with rate limits" } else { "" }
     );
     for (kind, body) in [("plain", plain_request_body()), ("streamed", streamed_request_body())] {
         let request = http_request(started.addr, &body);
@@ -194,7 +198,12 @@ fn main() -> anyhow::Result<()> {
     upstream.stop()
 }
 
-fn manifests_yaml(upstream: SocketAddr) -> String {
+fn manifests_yaml(upstream: SocketAddr, rate_limits: bool) -> String {
+    let limits = if rate_limits {
+        "rateLimit: {requestsPerMinute: 1000000000, tokensPerMinute: 1000000000000, maxConcurrent: 1000}"
+    } else {
+        ""
+    };
     format!(
         r#"apiVersion: v1
 kind: Secret
@@ -224,6 +233,7 @@ metadata: {{name: bench, namespace: bench}}
 spec:
   secretRef: {{name: client-key}}
   allowedModels: ["gpt-4o-*"]
+  {limits}
 "#
     )
 }

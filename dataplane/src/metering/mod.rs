@@ -130,16 +130,7 @@ impl UsageRecord {
     pub fn last_attempt_mut(&mut self) -> Option<&mut Attempt> {
         self.attempts.last_mut()
     }
-}
 
-/// What a finished request gives back: what its admission took, settled at
-/// `now` (on the gateway's limiter clock).
-pub(crate) struct Settle<'a> {
-    pub admission: &'a mut Admission,
-    pub now: Nanos,
-}
-
-impl UsageRecord {
     /// Tokens the request used, to settle its reservation: the usage when
     /// known; none at all when no upstream answered (nothing ran); `None`
     /// (unknown: the reservation stands) for an answer without usage.
@@ -150,6 +141,13 @@ impl UsageRecord {
             None => None,
         }
     }
+}
+
+/// What a finished request gives back: what its admission took, settled at
+/// `now` (on the gateway's limiter clock).
+pub(crate) struct Settle<'a> {
+    pub admission: &'a mut Admission,
+    pub now: Nanos,
 }
 
 /// Completes a record: settles what admission took (the key's concurrency

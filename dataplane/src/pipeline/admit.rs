@@ -185,3 +185,21 @@ fn max_output_tokens(request: &RequestBody<'_>) -> Option<u64> {
         .into_iter()
         .find_map(|name| request.get(name).and_then(|raw| raw.get().parse::<u64>().ok()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn max_output(body: &[u8]) -> Option<u64> {
+        RequestBody::parse(body).ok().and_then(|r| max_output_tokens(&r))
+    }
+
+    #[test]
+    fn the_output_limit_is_max_completion_tokens_then_max_tokens() {
+        assert_eq!(max_output(br#"{"model":"m","max_tokens":100}"#), Some(100));
+        assert_eq!(max_output(br#"{"model":"m","max_tokens":100,"max_completion_tokens":50}"#), Some(50));
+        assert_eq!(max_output(br#"{"model":"m","max_completion_tokens":null,"max_tokens":7}"#), Some(7));
+        assert_eq!(max_output(br#"{"model":"m","max_tokens":"many"}"#), None);
+        assert_eq!(max_output(br#"{"model":"m"}"#), None);
+    }
+}

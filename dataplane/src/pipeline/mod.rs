@@ -78,6 +78,11 @@ impl Context {
         limits.write_headers(&levels, headers);
     }
 
+    /// How many headers [`write_limit_headers`](Self::write_limit_headers) adds.
+    pub fn limit_header_count(&self) -> usize {
+        self.rt.keys.get(self.key as usize).and_then(|k| k.limits.as_ref()).map_or(0, |l| l.header_count())
+    }
+
     /// Gives the request's concurrency slot back before the context drops.
     pub fn release_concurrency(&mut self) {
         if let Some(key) = self.rt.keys.get(self.key as usize) {

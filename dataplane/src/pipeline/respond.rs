@@ -14,8 +14,9 @@ pub(super) fn respond(mut ctx: Context, answer: Result<Answer, ApiError>) -> Res
         Ok(Answer::Whole { parts, content_type }) => {
             ctx.record.status = StatusCode::OK.as_u16();
             let mut response = Response::new(ResponseBody::Parts(parts));
-            // Sized for the request id the envelope adds, so it does not grow.
-            *response.headers_mut() = HeaderMap::with_capacity(2);
+            // Sized for the request id the envelope adds and the key's
+            // rate-limit headers, so it does not grow.
+            *response.headers_mut() = HeaderMap::with_capacity(2 + ctx.limit_header_count());
             response.headers_mut().insert(header::CONTENT_TYPE, content_type);
             ctx.write_limit_headers(response.headers_mut());
             response
