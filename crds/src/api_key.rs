@@ -114,6 +114,12 @@ pub struct Budget {
     #[schemars(length(max = 10), inner(range(min = 1, max = 100)))]
     #[x_kube(validation = Rule::new("self.all(t, t >= 1 && t <= 100)").message("every threshold must be a percentage from 1 to 100"))]
     pub alert_thresholds: Vec<u32>,
+    /// Output tokens a request reserves from the budget when it sets neither
+    /// `max_tokens` nor `max_completion_tokens`. Default 1024. A request that
+    /// produces more is still charged what it produced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub reserve_output_tokens: Option<u32>,
 }
 
 /// Budget alert thresholds (percent of the budget) when a key names none.

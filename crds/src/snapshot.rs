@@ -155,4 +155,7 @@ pub struct KeyDigest {
 pub struct BudgetSnapshot {
     pub amount: Usd,
     pub period: BudgetPeriod,
+    /// Output tokens reserved for a request that sets no output limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserve_output_tokens: Option<u32>,
 }

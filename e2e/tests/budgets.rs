@@ -160,3 +160,24 @@ async fn three_replicas_sharing_postgres_keep_one_budget() -> anyhow::Result<()>
     let store = Store::connect(&pg.url, StoreOptions::default())?;
     check(&seen, &store).await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_without_max_tokens_reserves_the_keys_output_allowance() -> anyhow::Result<()> {
+    let upstream = MockUpstream::start(upstream_behaviour()).await?;
+    // 100,000 output tokens at $0.60 per million reserve $0.06: more than the budget.
+    let spec = r#"budget: {amount: "0.004", period: total, reserveOutputTokens: 100000}"#;
+    let gw = TestGateway::start(&openai_namespace(&upstream.base_url(), spec), &[]).await?;
+    let http = reqwest::Client::new();
+    let send = |body: Value| http.post(gw.url("/v1/chat/completions")).bearer_auth(KEY).json(&body).send();
+    let message = json!([{"role": "user", "content": "Say hi"}]);
+    let unbounded = send(json!({"model": "gpt-4o-mini", "messages": message})).await?;
+    assert_eq!(unbounded.status(), 429);
+    let error: Value = unbounded.json().await?;
+    assert_eq!(
+        (error["error"]["type"].as_str(), error["error"]["code"].as_str()),
+        (Some("insufficient_quota"), Some("budget_exceeded"))
+    );
+    let bounded = send(json!({"model": "gpt-4o-mini", "messages": message, "max_tokens": 16})).await?;
+    assert_eq!(bounded.status(), 200, "a request that bounds its output fits");
+    Ok(())
+}

@@ -91,7 +91,9 @@ fn compile_key(
         .budget
         .as_ref()
         .map(|b| match b.amount.parse::<Usd>() {
-            Ok(amount) if amount.0 > 0 => Ok(BudgetSnapshot { amount, period: b.period }),
+            Ok(amount) if amount.0 > 0 => {
+                Ok(BudgetSnapshot { amount, period: b.period, reserve_output_tokens: b.reserve_output_tokens })
+            }
             Ok(_) => Err(invalid("budget.amount must be positive".to_owned())),
             Err(e) => Err(invalid(format!("budget.amount: {e}"))),
         })

@@ -114,7 +114,8 @@ fn rate_limits(
 
 /// Reserves the request's maximum cost from the key's budget slice — input
 /// tokens at most the body's bytes (a token is at least one byte of text),
-/// output at most the client's limit (else [`DEFAULT_OUTPUT_TOKENS`]), at the
+/// output at most the client's limit (else the budget's
+/// `reserveOutputTokens`, else [`DEFAULT_OUTPUT_TOKENS`]), at the
 /// dearest candidate's prices — topping the slice up from the ledger when it
 /// is short (the only time a request waits on the ledger). 429
 /// `budget_exceeded` when the budget cannot cover it, before any upstream call.
@@ -129,13 +130,14 @@ pub(super) async fn reserve_budget(
     let Some(budget) = &key.budget else { return Ok(()) };
     let output = match ctx.record.endpoint {
         ApiRoute::Embeddings => 0,
-        _ => max_output_tokens(request).unwrap_or(DEFAULT_OUTPUT_TOKENS),
+        _ => max_output_tokens(request)
+            .unwrap_or_else(|| budget.reserve_output_tokens.map_or(DEFAULT_OUTPUT_TOKENS, u64::from)),
     };
     let amount = plan.max_cost(rt, body_bytes as u64, output);
     let state = &key.state.budget;
     let now_ms = unix_millis();
     if !state.try_reserve(amount, now_ms) {
-        if state.recently_spent(now_ms) {
+        if state.recently_refused(amount, now_ms) {
             return Err(refuse_budget(ctx, key, budget, amount));
         }
         let mut sync = Sync {
@@ -155,7 +157,7 @@ pub(super) async fn reserve_budget(
             if let Err(err) = state.sync(&ctx.gw.ledger, &id, &sync).await {
                 tracing::debug!(category = err.category(), %err, "budget slice not given back");
             }
-            state.mark_spent(now_ms, SPENT_BACKOFF_MS);
+            state.mark_refused(amount, now_ms, REFUSAL_BACKOFF_MS);
             return Err(refuse_budget(ctx, key, budget, amount));
         }
     }
@@ -163,9 +165,9 @@ pub(super) async fn reserve_budget(
     Ok(())
 }
 
-/// After the ledger refused to cover a request, how long further requests
-/// the slice cannot cover are refused without asking it again.
-const SPENT_BACKOFF_MS: i64 = 100;
+/// After the ledger could not cover a request, how long further requests as
+/// large that the slice cannot cover are refused without asking it again.
+const REFUSAL_BACKOFF_MS: i64 = 100;
 
 fn refuse_budget(ctx: &Context, key: &KeyRuntime, budget: &BudgetSnapshot, amount: u64) -> ApiError {
     ctx.gw.metrics.refused(key, RefusalReason::budget_exceeded);

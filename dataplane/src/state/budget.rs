@@ -98,9 +98,11 @@ pub(crate) struct BudgetState {
     largest: AtomicU64,
     /// Reservations are taken only before this instant (unix ms).
     valid_until: AtomicI64,
-    /// Until this instant (unix ms) a request the slice cannot cover is
-    /// refused without asking the ledger again: it just said the budget is spent.
+    /// Until this instant (unix ms) a request the slice cannot cover, reserving
+    /// at least `refused_from`, is refused without asking the ledger again: it
+    /// just said the budget cannot cover that much.
     spent_until: AtomicI64,
+    refused_from: AtomicU64,
     lease: tokio::sync::Mutex<Lease>,
 }
 
@@ -132,15 +134,20 @@ impl BudgetState {
         }
     }
 
-    /// Whether the ledger said lately that the budget cannot cover more.
-    pub fn recently_spent(&self, now_ms: i64) -> bool {
-        now_ms < self.spent_until.load(Ordering::Relaxed)
+    /// Whether the ledger said lately that the budget cannot cover `amount`.
+    pub fn recently_refused(&self, amount: u64, now_ms: i64) -> bool {
+        now_ms < self.spent_until.load(Ordering::Relaxed) && amount >= self.refused_from.load(Ordering::Relaxed)
     }
 
-    /// Remembers for `for_ms` that the budget could not cover a request, so
-    /// refusals do not each cost a ledger call.
-    pub fn mark_spent(&self, now_ms: i64, for_ms: i64) {
-        self.spent_until.store(now_ms + for_ms, Ordering::Relaxed);
+    /// Remembers for `for_ms` that the budget could not cover `amount`, so
+    /// refusals of as much or more do not each cost a ledger call (smaller
+    /// requests still ask).
+    pub fn mark_refused(&self, amount: u64, now_ms: i64, for_ms: i64) {
+        if now_ms >= self.spent_until.swap(now_ms + for_ms, Ordering::Relaxed) {
+            self.refused_from.store(amount, Ordering::Relaxed);
+        } else {
+            self.refused_from.fetch_min(amount, Ordering::Relaxed);
+        }
     }
 
     /// Ends a reservation of `reserved` that cost `cost`: the rest becomes
