@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 
 use sqlx::Row as _;
 
-use crate::{Store, StoreError};
+use crate::{Store, StoreError, UsageStore as _};
 
 /// Which budget: an ApiKey's (`name` = its name) or a namespace's (`name` = ""),
 /// in the period starting at `period_ms` (unix ms; 0 for a budget that never resets).
@@ -135,7 +135,7 @@ fn to_u64(column: &'static str, value: i64) -> Result<u64, StoreError> {
 
 /// The same statements for both databases (`$n` placeholders work in both).
 const UPSERT_LEDGER: &str = "INSERT INTO budget_ledger \
-    (namespace, name, period_ms, limit_nanos, settled_nanos, leased_nanos, updated_ms) VALUES ($1, $2, $3, $4, 0, 0, $5) \
+    (namespace, name, period_ms, limit_nanos, settled_nanos, leased_nanos, updated_ms) VALUES ($1, $2, $3, $4, $6, 0, $5) \
     ON CONFLICT (namespace, name, period_ms) DO UPDATE SET limit_nanos = excluded.limit_nanos \
     RETURNING settled_nanos";
 const SELECT_LEASES: &str = "SELECT replica, granted_nanos, expires_ms FROM budget_leases \
@@ -152,7 +152,7 @@ const SELECT_TOTALS: &str = "SELECT limit_nanos, settled_nanos, leased_nanos FRO
 /// serialised per budget by the ledger row the first statement writes (a row lock
 /// in Postgres, the database write lock in SQLite).
 macro_rules! sync_in {
-    ($pool:expr, $id:expr, $request:expr) => {{
+    ($pool:expr, $id:expr, $request:expr, $opening:expr) => {{
         let (id, request) = ($id, $request);
         let mut tx = $pool.begin().await?;
         let settled: i64 = sqlx::query_scalar(UPSERT_LEDGER)
@@ -161,6 +161,7 @@ macro_rules! sync_in {
             .bind(id.period_ms)
             .bind(to_i64("limit_nanos", request.limit_nanos)?)
             .bind(request.now_ms)
+            .bind(to_i64("settled_nanos", $opening)?)
             .fetch_one(&mut *tx)
             .await?;
         let mut account = Account {
@@ -231,10 +232,18 @@ macro_rules! totals_in {
 impl Store {
     /// One replica's call to the ledger of budget `id` (see the module doc): a
     /// single transaction, safe from any number of replicas at once.
+    ///
+    /// A period's ledger opens with what the key already spent in it (its usage
+    /// records since the period start), so a budget added or raised mid-period
+    /// counts the spend before it.
     pub async fn sync_budget(&self, id: &BudgetId, request: &SyncRequest) -> Result<SyncView, StoreError> {
+        let opening = match self.budget_totals(id).await? {
+            Some(_) => 0,
+            None => self.key_usage(&id.namespace, &id.name, id.period_ms).await?.cost_nanos,
+        };
         match self {
-            Store::Postgres(s) => sync_in!(s.pool(), id, request),
-            Store::Sqlite(s) => sync_in!(s.pool(), id, request),
+            Store::Postgres(s) => sync_in!(s.pool(), id, request, opening),
+            Store::Sqlite(s) => sync_in!(s.pool(), id, request, opening),
         }
     }
 

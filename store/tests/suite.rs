@@ -77,6 +77,7 @@ both!(
     writer_spools_while_the_store_is_down_and_replays_exactly_once,
     a_spool_left_by_a_crash_replays_on_start,
     concurrent_replicas_never_lease_more_than_the_budget,
+    a_ledger_opens_with_the_spend_already_in_its_period,
 );
 
 const BASE: i64 = 1_750_000_000_000; // mid-June 2025
@@ -621,4 +622,33 @@ async fn concurrent_replicas_never_lease_more_than_the_budget(store: &Store, _: 
     let totals = store.budget_totals(&id).await.expect("totals").expect("a ledger row");
     assert_eq!((totals.settled_nanos, totals.leased_nanos), (spent, 0), "settled is what was spent; nothing held");
     assert!(spent <= LIMIT && spent > LIMIT / 2, "the budget was used, never exceeded: {spent}");
+}
+
+/// A budget added mid-period counts what the key spent earlier in the period.
+async fn a_ledger_opens_with_the_spend_already_in_its_period(store: &Store, _: &std::path::Path) {
+    use weaver_store::ledger::{BudgetId, SyncRequest};
+    let period = floor_day(BASE);
+    let earlier: Vec<UsageRecord> = mixed(40, 31)
+        .into_iter()
+        .map(|r| UsageRecord { namespace: "team-a".into(), api_key: "late".into(), time: period + HOUR_MS, ..r })
+        .enumerate()
+        .map(|(i, r)| UsageRecord { request_id: format!("late-{i}"), ..r })
+        .collect();
+    let before: UsageRecord = UsageRecord { time: period - HOUR_MS, request_id: "prior".into(), ..earlier[0].clone() };
+    store.insert_batch(&earlier).await.expect("insert");
+    store.insert_batch(std::slice::from_ref(&before)).await.expect("insert");
+    let spent: u64 = earlier.iter().map(|r| r.cost_nanos).sum();
+    let id = BudgetId { namespace: "team-a".into(), name: "late".into(), period_ms: period };
+    let request = SyncRequest {
+        limit_nanos: spent + 1_000,
+        replica: "r0".into(),
+        spent_nanos: 0,
+        release_nanos: 0,
+        want_nanos: 10_000,
+        now_ms: period + 2 * HOUR_MS,
+        ttl_ms: 30_000,
+    };
+    let view = store.sync_budget(&id, &request).await.expect("sync");
+    assert_eq!(view.totals.settled_nanos, spent, "the period's earlier spend, not the previous period's");
+    assert_eq!(view.granted_nanos, 1_000, "only what is left of the budget");
 }

@@ -172,9 +172,9 @@ const REFUSAL_BACKOFF_MS: i64 = 100;
 fn refuse_budget(ctx: &Context, key: &KeyRuntime, budget: &BudgetSnapshot, amount: u64) -> ApiError {
     ctx.gw.metrics.refused(key, RefusalReason::budget_exceeded);
     ApiError::budget_exceeded(format!(
-        "This API key's {:?} budget of ${} cannot cover this request (up to ${} reserved); \
+        "This API key's {} budget of ${} cannot cover this request (up to ${} reserved); \
          it is spent or held by requests in flight.",
-        budget.period,
+        format!("{:?}", budget.period).to_lowercase(),
         budget.amount,
         Usd(amount)
     ))
