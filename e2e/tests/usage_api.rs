@@ -550,6 +550,12 @@ async fn every_route_needs_the_admin_token() {
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{path}");
         assert!(bed.get(&path).await.status().is_success(), "{path} with the token");
     }
+    // Any other method: an OpenAI-shaped 405 that says what to use.
+    let response = bed.client.post(bed.gateway.admin_url("/admin/v1/usage/records")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let body: Value = response.json().await.unwrap();
+    error_schema.validate(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    assert_eq!(body["error"]["code"], "method_not_allowed");
     // The probes and metrics stay open.
     for open in ["/healthz", "/readyz", "/metrics"] {
         let response = bed.client.get(bed.gateway.admin_url(open)).send().await.unwrap();

@@ -64,6 +64,16 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "invalid_request_error", code, message)
     }
 
+    /// 405: a routed path asked with a method other than GET.
+    pub fn method_not_allowed() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request_error",
+            "method_not_allowed",
+            "the usage API is read-only: use GET",
+        )
+    }
+
     /// 503: the store (or whatever authorizes) did not answer.
     pub fn unavailable(code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", code, message)

@@ -102,6 +102,7 @@ where
         .route(paths::KEY, get(keys::handle::<S, A, K>))
         .route(paths::OPENAPI, get(openapi::<S, A, K>))
         .route("/admin/v1/{*rest}", axum::routing::any(not_routed))
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .with_state(api)
         // Usage data is per caller and changes by the second: no cache keeps it.
         .layer(axum::middleware::map_response(no_store))
