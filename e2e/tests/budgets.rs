@@ -97,15 +97,12 @@ async fn check(seen: &Seen, store: &Store) -> anyhow::Result<()> {
     assert!(seen.refused > 0 && seen.ok > 300, "the budget ran out during the run: {seen:?}");
     let id = BudgetId { namespace: "team-a".into(), name: "checkout".into(), period_ms: 0 };
     // Replicas settle their spend within a second or two.
-    let mut settled = 0;
-    for _ in 0..200 {
-        let totals = store.budget_totals(&id).await?.unwrap_or_default();
-        settled = totals.settled_nanos;
-        if settled == recorded_cost(store).await? {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    weaver_e2e::gateway::eventually("the ledger settles what the records cost", || async {
+        let settled = store.budget_totals(&id).await.ok().flatten().map(|t| t.settled_nanos);
+        recorded_cost(store).await.ok().is_some_and(|cost| Some(cost) == settled)
+    })
+    .await?;
+    let settled = store.budget_totals(&id).await?.unwrap_or_default().settled_nanos;
     let cost = recorded_cost(store).await?;
     assert_eq!(settled, cost, "the ledger settled exactly what the records cost");
     assert!(cost <= BUDGET_NANOS, "settled spend {cost} exceeds the budget {BUDGET_NANOS}");
