@@ -219,8 +219,8 @@ impl UsageStore for Store {
 /// The records of a batch that the database reported as inserted, each once (a
 /// batch may carry the same record twice; the database keeps the first).
 fn newly_inserted(records: &[UsageRecord], inserted: Vec<(i64, String)>) -> Vec<&UsageRecord> {
-    let mut fresh: HashSet<(i64, String)> = inserted.into_iter().collect();
-    records.iter().filter(|r| fresh.remove(&(r.time, r.request_id.clone()))).collect()
+    let mut fresh: HashSet<(i64, &str)> = inserted.iter().map(|(t, id)| (*t, id.as_str())).collect();
+    records.iter().filter(|r| fresh.remove(&(r.time, r.request_id.as_str()))).collect()
 }
 
 /// The wall clock in unix milliseconds (migration bookkeeping, maintenance).

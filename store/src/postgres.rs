@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{Executor, Postgres};
+use sqlx::{Executor, Postgres, Row};
 
 use crate::query::{DAY_MS, GroupBy, KeyUsage, RecordFilter, RecordPage, Rollup, SummaryRow, UsageFilter, floor_day};
 use crate::rollup::{deltas, dense_text, to_i64};
@@ -98,16 +98,17 @@ fn partition_day(table: &str, name: &str) -> Option<i64> {
     Some(date.to_zoned(jiff::tz::TimeZone::UTC).ok()?.timestamp().as_millisecond())
 }
 
-/// Column arrays of a batch, in `usage_events` column order.
+/// Column arrays of a batch, in `usage_events` column order, borrowed from
+/// the records (the writer's hot loop: no string copies).
 #[derive(Default)]
-struct Columns {
+struct Columns<'a> {
     time: Vec<i64>,
-    request_id: Vec<String>,
-    namespace: Vec<String>,
-    api_key: Vec<String>,
-    channel: Vec<String>,
-    model: Vec<String>,
-    upstream_model: Vec<String>,
+    request_id: Vec<&'a str>,
+    namespace: Vec<&'a str>,
+    api_key: Vec<&'a str>,
+    channel: Vec<&'a str>,
+    model: Vec<&'a str>,
+    upstream_model: Vec<&'a str>,
     status: Vec<i32>,
     outcome: Vec<&'static str>,
     input: Vec<i64>,
@@ -119,21 +120,21 @@ struct Columns {
     cost: Vec<i64>,
     duration: Vec<i64>,
     ttft: Vec<Option<i64>>,
-    replica: Vec<String>,
+    replica: Vec<&'a str>,
     attempts: Vec<String>,
 }
 
-impl Columns {
-    fn of(records: &[UsageRecord]) -> Result<Columns, StoreError> {
+impl<'a> Columns<'a> {
+    fn of(records: &'a [UsageRecord]) -> Result<Columns<'a>, StoreError> {
         let mut c = Columns::default();
         for r in records {
             c.time.push(r.time);
-            c.request_id.push(r.request_id.clone());
-            c.namespace.push(r.namespace.clone());
-            c.api_key.push(r.api_key.clone());
-            c.channel.push(r.channel.clone().unwrap_or_default());
-            c.model.push(r.model.clone());
-            c.upstream_model.push(r.upstream_model.clone());
+            c.request_id.push(&r.request_id);
+            c.namespace.push(&r.namespace);
+            c.api_key.push(&r.api_key);
+            c.channel.push(r.channel.as_deref().unwrap_or_default());
+            c.model.push(&r.model);
+            c.upstream_model.push(&r.upstream_model);
             c.status.push(i32::from(r.status));
             c.outcome.push(r.outcome.as_str());
             c.input.push(to_i64("input_tokens", r.input_tokens)?);
@@ -145,14 +146,44 @@ impl Columns {
             c.cost.push(to_i64("cost_nanos", r.cost_nanos)?);
             c.duration.push(to_i64("duration_ms", r.duration_ms)?);
             c.ttft.push(r.ttft_ms.map(|t| to_i64("ttft_ms", t)).transpose()?);
-            c.replica.push(r.replica.clone());
+            c.replica.push(&r.replica);
             c.attempts.push(serde_json::to_string(&r.attempts)?);
         }
         Ok(c)
     }
+
+    /// The events insert with these columns bound; `returning` adds the
+    /// inserted rows' keys to its answer.
+    fn insert(&self, returning: bool) -> sqlx::query::Query<'_, Postgres, sqlx::postgres::PgArguments> {
+        let sql = if returning { INSERT_EVENTS_RETURNING } else { INSERT_EVENTS };
+        sqlx::query(sql)
+            .bind(&self.time)
+            .bind(&self.request_id)
+            .bind(&self.namespace)
+            .bind(&self.api_key)
+            .bind(&self.channel)
+            .bind(&self.model)
+            .bind(&self.upstream_model)
+            .bind(&self.status)
+            .bind(&self.outcome)
+            .bind(&self.input)
+            .bind(&self.output)
+            .bind(&self.cached)
+            .bind(&self.cache_write)
+            .bind(&self.reasoning)
+            .bind(&self.estimated)
+            .bind(&self.cost)
+            .bind(&self.duration)
+            .bind(&self.ttft)
+            .bind(&self.replica)
+            .bind(&self.attempts)
+    }
 }
 
-const INSERT_EVENTS: &str = "INSERT INTO usage_events (time_ms, request_id, namespace, api_key, channel, model, \
+// A macro so that both forms below are literals.
+macro_rules! insert_events {
+    () => {
+        "INSERT INTO usage_events (time_ms, request_id, namespace, api_key, channel, model, \
     upstream_model, status, outcome, input_tokens, output_tokens, cached_input_tokens, cache_write_tokens, \
     reasoning_tokens, estimated, cost_nanos, duration_ms, ttft_ms, replica, attempts) \
     SELECT t.time_ms, t.request_id, t.namespace, t.api_key, t.channel, t.model, t.upstream_model, t.status, \
@@ -164,7 +195,11 @@ const INSERT_EVENTS: &str = "INSERT INTO usage_events (time_ms, request_id, name
     AS t(time_ms, request_id, namespace, api_key, channel, model, upstream_model, status, outcome, input_tokens, \
     output_tokens, cached_input_tokens, cache_write_tokens, reasoning_tokens, estimated, cost_nanos, duration_ms, \
     ttft_ms, replica, attempts) \
-    ON CONFLICT DO NOTHING RETURNING time_ms, request_id";
+    ON CONFLICT DO NOTHING"
+    };
+}
+const INSERT_EVENTS: &str = insert_events!();
+const INSERT_EVENTS_RETURNING: &str = concat!(insert_events!(), " RETURNING time_ms, request_id");
 
 const INSERT_BODIES: &str = "INSERT INTO usage_bodies (time_ms, request_id, request, request_truncated, response, \
     response_truncated) SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bool[], $5::text[], \
@@ -255,30 +290,22 @@ impl UsageStore for PgStore {
         self.ensure_partitions(records.iter().map(|r| floor_day(r.time))).await?;
         let c = Columns::of(records)?;
         let mut tx = self.pool.begin().await?;
-        let inserted: Vec<(i64, String)> = sqlx::query_as(INSERT_EVENTS)
-            .bind(c.time)
-            .bind(c.request_id)
-            .bind(c.namespace)
-            .bind(c.api_key)
-            .bind(c.channel)
-            .bind(c.model)
-            .bind(c.upstream_model)
-            .bind(c.status)
-            .bind(c.outcome)
-            .bind(c.input)
-            .bind(c.output)
-            .bind(c.cached)
-            .bind(c.cache_write)
-            .bind(c.reasoning)
-            .bind(c.estimated)
-            .bind(c.cost)
-            .bind(c.duration)
-            .bind(c.ttft)
-            .bind(c.replica)
-            .bind(c.attempts)
-            .fetch_all(&mut *tx)
-            .await?;
-        let fresh = crate::newly_inserted(records, inserted);
+        // Usually every record is new: then the count says so, and the rows'
+        // keys need not come back. A replayed batch that was partly stored
+        // before is redone, asking which rows are new, so that only those
+        // reach the rollups.
+        let fresh = if c.insert(false).execute(&mut *tx).await?.rows_affected() == records.len() as u64 {
+            records.iter().collect()
+        } else {
+            tx.rollback().await?;
+            tx = self.pool.begin().await?;
+            let inserted = c.insert(true).fetch_all(&mut *tx).await?;
+            let keys = inserted
+                .iter()
+                .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+                .collect::<Result<_, sqlx::Error>>()?;
+            crate::newly_inserted(records, keys)
+        };
         let logged: Vec<(&UsageRecord, &crate::Bodies)> =
             fresh.iter().filter_map(|r| Some((*r, r.bodies.as_ref()?))).collect();
         if !logged.is_empty() {
@@ -298,7 +325,7 @@ impl UsageStore for PgStore {
                 continue;
             }
             let mut buckets = Vec::with_capacity(rows.len());
-            let mut names: [Vec<String>; 4] = Default::default();
+            let mut names: [Vec<&str>; 4] = Default::default();
             let mut sums: [Vec<i64>; 6] = Default::default();
             let mut sketches = Vec::with_capacity(rows.len());
             for (k, t) in rows {

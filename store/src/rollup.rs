@@ -12,14 +12,15 @@ use crate::record::UsageRecord;
 
 /// The identity of one rollup row. Ordered, so every writer upserts rows in the same
 /// order and two replicas' transactions cannot deadlock on each other's rows.
+/// Borrowed from the batch's records: a rollup row costs no string copies.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) struct RollupKey {
+pub(crate) struct RollupKey<'a> {
     pub bucket_ms: i64,
-    pub namespace: String,
-    pub api_key: String,
-    pub model: String,
+    pub namespace: &'a str,
+    pub api_key: &'a str,
+    pub model: &'a str,
     /// '' when no channel answered.
-    pub channel: String,
+    pub channel: &'a str,
 }
 
 /// What a batch adds to one rollup row.
@@ -53,8 +54,8 @@ impl Totals {
 pub(crate) fn deltas<'a>(
     table: Rollup,
     records: impl IntoIterator<Item = &'a UsageRecord>,
-) -> BTreeMap<RollupKey, Totals> {
-    let mut out: BTreeMap<RollupKey, Totals> = BTreeMap::new();
+) -> BTreeMap<RollupKey<'a>, Totals> {
+    let mut out: BTreeMap<RollupKey<'a>, Totals> = BTreeMap::new();
     for r in records {
         let bucket_ms = match table {
             Rollup::Hourly => floor_hour(r.time),
@@ -62,10 +63,10 @@ pub(crate) fn deltas<'a>(
         };
         let key = RollupKey {
             bucket_ms,
-            namespace: r.namespace.clone(),
-            api_key: r.api_key.clone(),
-            model: r.model.clone(),
-            channel: r.channel.clone().unwrap_or_default(),
+            namespace: &r.namespace,
+            api_key: &r.api_key,
+            model: &r.model,
+            channel: r.channel.as_deref().unwrap_or_default(),
         };
         out.entry(key).or_default().add(r);
     }

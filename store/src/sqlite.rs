@@ -3,7 +3,9 @@
 
 use std::str::FromStr;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 use sqlx::{Executor, QueryBuilder, Sqlite};
 
 use crate::query::{DAY_MS, GroupBy, KeyUsage, RecordFilter, RecordPage, Rollup, SummaryRow, UsageFilter, floor_day};
@@ -123,49 +125,17 @@ impl UsageStore for SqliteStore {
             return Ok(0);
         }
         let mut tx = self.pool.begin().await?;
-        let mut inserted: Vec<(i64, String)> = Vec::with_capacity(records.len());
-        for chunk in records.chunks(ROWS_PER_STATEMENT) {
-            let mut rows = Vec::with_capacity(chunk.len());
-            for r in chunk {
-                rows.push((
-                    r,
-                    [
-                        to_i64("input_tokens", r.input_tokens)?,
-                        to_i64("output_tokens", r.output_tokens)?,
-                        to_i64("cached_input_tokens", r.cached_input_tokens)?,
-                        to_i64("cache_write_tokens", r.cache_write_tokens)?,
-                        to_i64("reasoning_tokens", r.reasoning_tokens)?,
-                        to_i64("cost_nanos", r.cost_nanos)?,
-                        to_i64("duration_ms", r.duration_ms)?,
-                    ],
-                    r.ttft_ms.map(|t| to_i64("ttft_ms", t)).transpose()?,
-                    serde_json::to_string(&r.attempts)?,
-                ));
-            }
-            let mut qb = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO usage_events (time_ms, request_id, namespace, api_key, channel, model, upstream_model, \
-                 status, outcome, input_tokens, output_tokens, cached_input_tokens, cache_write_tokens, \
-                 reasoning_tokens, cost_nanos, duration_ms, estimated, ttft_ms, replica, attempts) ",
-            );
-            qb.push_values(rows, |mut b, (r, n, ttft, attempts)| {
-                b.push_bind(r.time)
-                    .push_bind(r.request_id.clone())
-                    .push_bind(r.namespace.clone())
-                    .push_bind(r.api_key.clone())
-                    .push_bind(r.channel.clone().unwrap_or_default())
-                    .push_bind(r.model.clone())
-                    .push_bind(r.upstream_model.clone())
-                    .push_bind(i32::from(r.status))
-                    .push_bind(r.outcome.as_str());
-                for v in n {
-                    b.push_bind(v);
-                }
-                b.push_bind(r.estimated).push_bind(ttft).push_bind(r.replica.clone()).push_bind(attempts);
-            });
-            qb.push(" ON CONFLICT DO NOTHING RETURNING time_ms, request_id");
-            inserted.extend(qb.build_query_as::<(i64, String)>().fetch_all(&mut *tx).await?);
-        }
-        let fresh = crate::newly_inserted(records, inserted);
+        // Usually every record is new: then the count says so, and the rows'
+        // keys need not come back. A replayed batch that was partly stored
+        // before is redone, asking which rows are new, so that only those
+        // reach the rollups.
+        let fresh = if insert_events(&mut tx, records, false).await?.0 == records.len() as u64 {
+            records.iter().collect()
+        } else {
+            tx.rollback().await?;
+            tx = self.pool.begin().await?;
+            crate::newly_inserted(records, insert_events(&mut tx, records, true).await?.1)
+        };
         let logged: Vec<(&UsageRecord, &crate::Bodies)> =
             fresh.iter().filter_map(|r| Some((*r, r.bodies.as_ref()?))).collect();
         for chunk in logged.chunks(ROWS_PER_STATEMENT) {
@@ -206,10 +176,10 @@ impl UsageStore for SqliteStore {
                 let mut qb = QueryBuilder::<Sqlite>::new(upsert_rollup(name));
                 qb.push_values(values, |mut b, (k, sums, sketch)| {
                     b.push_bind(k.bucket_ms)
-                        .push_bind(k.namespace.clone())
-                        .push_bind(k.api_key.clone())
-                        .push_bind(k.model.clone())
-                        .push_bind(k.channel.clone());
+                        .push_bind(k.namespace)
+                        .push_bind(k.api_key)
+                        .push_bind(k.model)
+                        .push_bind(k.channel);
                     for v in sums {
                         b.push_bind(v);
                     }
@@ -271,4 +241,64 @@ impl UsageStore for SqliteStore {
         let row = sqlx::query(sql::SELECT_BODIES).bind(request_id).fetch_optional(&self.pool).await?;
         row.as_ref().map(sql::bodies_from_row).transpose()
     }
+}
+
+/// Inserts the events of `records` (duplicates of stored ones are skipped):
+/// the number of rows inserted, and with `returning` their keys.
+async fn insert_events(
+    tx: &mut SqliteConnection,
+    records: &[UsageRecord],
+    returning: bool,
+) -> Result<(u64, Vec<(i64, String)>), StoreError> {
+    let mut count = 0;
+    let mut inserted = Vec::new();
+    for chunk in records.chunks(ROWS_PER_STATEMENT) {
+        let mut rows = Vec::with_capacity(chunk.len());
+        for r in chunk {
+            rows.push((
+                r,
+                [
+                    to_i64("input_tokens", r.input_tokens)?,
+                    to_i64("output_tokens", r.output_tokens)?,
+                    to_i64("cached_input_tokens", r.cached_input_tokens)?,
+                    to_i64("cache_write_tokens", r.cache_write_tokens)?,
+                    to_i64("reasoning_tokens", r.reasoning_tokens)?,
+                    to_i64("cost_nanos", r.cost_nanos)?,
+                    to_i64("duration_ms", r.duration_ms)?,
+                ],
+                r.ttft_ms.map(|t| to_i64("ttft_ms", t)).transpose()?,
+                serde_json::to_string(&r.attempts)?,
+            ));
+        }
+        let mut qb = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO usage_events (time_ms, request_id, namespace, api_key, channel, model, upstream_model, \
+             status, outcome, input_tokens, output_tokens, cached_input_tokens, cache_write_tokens, \
+             reasoning_tokens, cost_nanos, duration_ms, estimated, ttft_ms, replica, attempts) ",
+        );
+        qb.push_values(rows, |mut b, (r, n, ttft, attempts)| {
+            b.push_bind(r.time)
+                .push_bind(r.request_id.as_str())
+                .push_bind(r.namespace.as_str())
+                .push_bind(r.api_key.as_str())
+                .push_bind(r.channel.as_deref().unwrap_or_default())
+                .push_bind(r.model.as_str())
+                .push_bind(r.upstream_model.as_str())
+                .push_bind(i32::from(r.status))
+                .push_bind(r.outcome.as_str());
+            for v in n {
+                b.push_bind(v);
+            }
+            b.push_bind(r.estimated).push_bind(ttft).push_bind(r.replica.as_str()).push_bind(attempts);
+        });
+        qb.push(" ON CONFLICT DO NOTHING");
+        if returning {
+            qb.push(" RETURNING time_ms, request_id");
+            let rows = qb.build_query_as::<(i64, String)>().fetch_all(&mut *tx).await?;
+            count += rows.len() as u64;
+            inserted.extend(rows);
+        } else {
+            count += qb.build().execute(&mut *tx).await?.rows_affected();
+        }
+    }
+    Ok((count, inserted))
 }

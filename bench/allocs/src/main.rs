@@ -12,7 +12,10 @@
 //! requests are sent; the program prints allocations and bytes per request,
 //! for plain and then for streamed requests. With `--rate-limits` the key
 //! has every rate limit on (high enough that nothing is refused), so the
-//! figure includes admission, settling and the `x-ratelimit-*` headers.
+//! figure includes admission, settling and the `x-ratelimit-*` headers. With
+//! `--store URL` (`sqlite://PATH` or `postgres://...`) every request is also
+//! metered into that usage store: the figure then includes building the
+//! record and the batch writer's share (it runs on the same worker).
 //!
 //! What is counted: every `alloc`, `alloc_zeroed` and `realloc` (one each; the
 //! bytes are the requested size, a `realloc` its new size) made on a thread of
@@ -52,8 +55,9 @@ use weaver_gateway::cli::{Args, start};
 const WARM_UP: u64 = 2_000;
 const MEASURED: u64 = 20_000;
 /// Long enough for the gateway to finish a request after its last byte is
-/// sent (the usage record is written when the response body is dropped).
-const SETTLE: Duration = Duration::from_millis(200);
+/// sent (the usage record is made when the response body is dropped), and
+/// for the usage writer's batch interval (200 ms) to pass.
+const SETTLE: Duration = Duration::from_millis(500);
 const CLIENT_KEY: &str = "lw-bench-allocs-key-0123456789abcdef";
 
 // ---------------------------------------------------------------- counting
@@ -125,7 +129,13 @@ unsafe impl GlobalAlloc for Counting {
 // ---------------------------------------------------------------- the run
 
 fn main() -> anyhow::Result<()> {
-    let rate_limits = std::env::args().skip(1).any(|a| a == "--rate-limits");
+    let options: Vec<String> = std::env::args().skip(1).collect();
+    let rate_limits = options.iter().any(|a| a == "--rate-limits");
+    let store = match options.iter().position(|a| a == "--store") {
+        Some(i) => options.get(i + 1).context("--store needs a URL")?.clone(),
+        None => "off".to_owned(),
+    };
+    let data_dir = tempfile::tempdir()?;
     let upstream = Upstream::start()?;
     let manifests = tempfile::tempdir()?;
     std::fs::write(manifests.path().join("bench.yaml"), manifests_yaml(upstream.addr, rate_limits))?;
@@ -137,9 +147,11 @@ fn main() -> anyhow::Result<()> {
         "127.0.0.1:0",
         "--admin-listen",
         "127.0.0.1:0",
-        // The relay's own allocations; the usage store's are measured apart.
+        // Off by default: the relay's own allocations.
         "--store",
-        "off",
+        &store,
+        "--data-dir",
+        &data_dir.path().to_string_lossy(),
         // The folder watcher would tick (and allocate) on the worker twice a
         // second; it has nothing to do with requests.
         "--reload-interval",
@@ -162,8 +174,13 @@ fn main() -> anyhow::Result<()> {
     let mut client = Client::connect(started.addr)?;
     println!(
         "Heap allocations on the gateway's threads (1 worker), per request: {MEASURED} sequential requests \
-         on one keep-alive connection after {WARM_UP} to warm up; openai channel, fixed loopback upstream{}",
-        if rate_limits { "; key with rate limits" } else { "" }
+         on one keep-alive connection after {WARM_UP} to warm up; openai channel, fixed loopback upstream{}{}",
+        if rate_limits { "; key with rate limits" } else { "" },
+        if store == "off" {
+            String::new()
+        } else {
+            format!("; metered into {}", store.split(':').next().unwrap_or(""))
+        }
     );
     for (kind, body) in [("plain", plain_request_body()), ("streamed", streamed_request_body())] {
         let request = http_request(started.addr, &body);
