@@ -7,7 +7,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::common::SecretKeyRef;
+use crate::common::{DurationString, SecretKeyRef};
 
 /// An upstream provider endpoint that serves some models.
 #[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -59,6 +59,22 @@ pub struct ChannelSpec {
     /// Upstream timeouts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeouts: Option<Timeouts>,
+    /// Most requests in flight to the upstream at once, across all gateway
+    /// replicas (each takes its share, at least 1). A request that finds the
+    /// channel full goes to another channel, or waits up to `queueTimeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub max_concurrency: Option<u32>,
+    /// Most requests sent to the upstream per minute, across all gateway
+    /// replicas (each takes its share, at least 1; a token bucket whose burst
+    /// is the whole minute's share).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000000))]
+    pub requests_per_minute: Option<u32>,
+    /// How long a request waits for this channel when it and every other
+    /// candidate are at their caps, before it is answered 503. Default 5s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_timeout: Option<DurationString>,
     /// Extra headers sent upstream with every request (not for secrets: they are
     /// visible to anyone who can read the Channel).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

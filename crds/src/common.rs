@@ -1,6 +1,8 @@
 //! Field types shared by several kinds.
 
-use schemars::JsonSchema;
+use std::borrow::Cow;
+
+use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Serialize};
 
 /// Points at one key of a Secret in the resource's own namespace.
@@ -26,6 +28,41 @@ pub const DURATION_PATTERN: &str = "^([0-9]+(ms|s|m|h))+$";
 /// Parses a duration written as `DURATION_PATTERN` allows (`500ms`, `30s`, `1h30m`).
 pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     humantime::parse_duration(text).map_err(|e| format!("invalid duration {text:?}: {e}"))
+}
+
+/// A duration as a string field (`500ms`, `30s`, `5m`, `1h30m`): its schema
+/// carries the same length limit and CEL rule as the channel timeouts, so
+/// `kubectl apply` rejects anything the gateway could not parse.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct DurationString(pub String);
+
+impl DurationString {
+    /// The duration, in milliseconds (saturating).
+    pub fn millis(&self) -> Result<u64, String> {
+        parse_duration(&self.0).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+}
+
+impl JsonSchema for DurationString {
+    fn schema_name() -> Cow<'static, str> {
+        "DurationString".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "maxLength": 32,
+            "x-kubernetes-validations": [{
+                "rule": format!("self.matches('{DURATION_PATTERN}')"),
+                "message": "must be a duration such as 500ms, 30s, 5m or 1h30m",
+            }],
+        })
+    }
 }
 
 #[cfg(test)]

@@ -47,6 +47,10 @@ pub struct ChannelReport {
     pub latency: LatencySketch,
     #[serde(default)]
     pub input_tokens: u64,
+    /// Of `input_tokens`, those the upstream served from its prompt cache
+    /// (their share shows how well `cache-aware` routing keeps caches warm).
+    #[serde(default)]
+    pub cached_input_tokens: u64,
     #[serde(default)]
     pub output_tokens: u64,
     /// Nano-dollars.

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::api_key::BudgetPeriod;
 use crate::channel::Provider;
 use crate::money::{Prices, Usd};
+use crate::routing_policy::{RetryOn, Strategy};
 
 /// One immutable configuration version.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -20,6 +21,10 @@ pub struct Snapshot {
     pub channels: Vec<ChannelSnapshot>,
     /// Model -> candidates tables that keys point into.
     pub route_tables: Vec<RouteTable>,
+    /// How routes pick and retry: one per RoutingPolicy, and one per
+    /// namespace for the models no policy routes.
+    #[serde(default)]
+    pub policies: Vec<PolicySnapshot>,
     /// Client keys, sorted by namespace and name.
     pub keys: Vec<KeySnapshot>,
     /// Gateway replicas currently connected to the operator (1 standalone), so
@@ -34,7 +39,14 @@ fn one() -> u32 {
 
 impl Default for Snapshot {
     fn default() -> Self {
-        Self { version: 0, channels: Vec::new(), route_tables: Vec::new(), keys: Vec::new(), gateway_replicas: 1 }
+        Self {
+            version: 0,
+            channels: Vec::new(),
+            route_tables: Vec::new(),
+            policies: Vec::new(),
+            keys: Vec::new(),
+            gateway_replicas: 1,
+        }
     }
 }
 
@@ -55,6 +67,26 @@ pub struct ChannelSnapshot {
     /// Ask the upstream for stream usage (`stream_options.include_usage`).
     #[serde(default = "yes")]
     pub stream_usage: bool,
+    /// Caps that protect the upstream.
+    #[serde(default)]
+    pub limits: ChannelLimits,
+}
+
+/// A channel's caps, for all gateway replicas together (each takes its share).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelLimits {
+    /// Requests in flight at once.
+    pub max_concurrency: Option<u32>,
+    /// Requests a minute.
+    pub requests_per_minute: Option<u32>,
+    /// How long a request waits when every candidate is at its caps.
+    pub queue_timeout_ms: u64,
+}
+
+impl Default for ChannelLimits {
+    fn default() -> Self {
+        Self { max_concurrency: None, requests_per_minute: None, queue_timeout_ms: 5_000 }
+    }
 }
 
 fn yes() -> bool {
@@ -102,7 +134,17 @@ impl Default for TimeoutsSnapshot {
 pub struct RouteTable {
     /// Namespace/name of the RoutingPolicy a key named, if any.
     pub policy: Option<String>,
-    pub routes: BTreeMap<String, Vec<Candidate>>,
+    pub routes: BTreeMap<String, Route>,
+}
+
+/// The channels that may serve one model, and how to pick among them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Route {
+    /// In the order tiers are tried: the requested model's by priority, then
+    /// each fallback model's (`Candidate::fallback`) by priority.
+    pub candidates: Vec<Candidate>,
+    /// Index into `Snapshot::policies`.
+    pub policy: u32,
 }
 
 /// One channel that can serve a model.
@@ -113,7 +155,110 @@ pub struct Candidate {
     /// Index into that channel's `models`.
     pub model: u32,
     pub weight: u32,
+    /// Lower is preferred (the channel's, or the policy's override).
     pub priority: i32,
+    /// 0 for the requested model; n for the policy's n-th fallback model.
+    #[serde(default)]
+    pub fallback: u8,
+}
+
+/// A RoutingPolicy's settings, with every default filled in.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicySnapshot {
+    pub namespace: String,
+    /// `None`: the namespace's defaults, for models no policy routes.
+    pub name: Option<String>,
+    pub strategy: Strategy,
+    pub retry: RetrySnapshot,
+    pub outlier: OutlierSnapshot,
+    pub cache_aware: CacheAwareSnapshot,
+}
+
+impl PolicySnapshot {
+    /// The defaults of a namespace's routes that no policy claims.
+    pub fn defaults(namespace: &str) -> Self {
+        Self {
+            namespace: namespace.to_owned(),
+            name: None,
+            strategy: Strategy::default(),
+            retry: RetrySnapshot::default(),
+            outlier: OutlierSnapshot::default(),
+            cache_aware: CacheAwareSnapshot::default(),
+        }
+    }
+}
+
+/// Retries, with durations in milliseconds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetrySnapshot {
+    /// Total attempts, the first included.
+    pub attempts: u32,
+    pub retry_on: Vec<RetryOn>,
+    pub backoff_base_ms: u64,
+    pub backoff_max_ms: u64,
+    pub per_try_timeout_ms: Option<u64>,
+    pub timeout_ms: Option<u64>,
+    /// Retries as a percentage of requests, over the budget's window.
+    pub budget_percent: u32,
+    /// Retries always allowed per second.
+    pub budget_min_per_second: u32,
+}
+
+impl Default for RetrySnapshot {
+    fn default() -> Self {
+        Self {
+            attempts: 2,
+            retry_on: RetryOn::ALL.to_vec(),
+            backoff_base_ms: 25,
+            backoff_max_ms: 250,
+            per_try_timeout_ms: None,
+            timeout_ms: None,
+            budget_percent: 20,
+            budget_min_per_second: 10,
+        }
+    }
+}
+
+/// Outlier ejection, with durations in milliseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutlierSnapshot {
+    /// 0: never by count.
+    pub consecutive_failures: u32,
+    pub failure_rate_percent: Option<u32>,
+    pub min_requests: u32,
+    pub interval_ms: u64,
+    pub base_ejection_ms: u64,
+    pub max_ejection_ms: u64,
+    pub panic_threshold_percent: u32,
+}
+
+impl Default for OutlierSnapshot {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: 5,
+            failure_rate_percent: None,
+            min_requests: 20,
+            interval_ms: 10_000,
+            base_ejection_ms: 30_000,
+            max_ejection_ms: 300_000,
+            panic_threshold_percent: 0,
+        }
+    }
+}
+
+/// The `cache-aware` strategy's settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheAwareSnapshot {
+    /// Messages hashed after the leading system messages and tools.
+    pub prefix_messages: u32,
+    /// A channel's bound, in percent of its weighted share of requests in flight.
+    pub load_factor_percent: u32,
+}
+
+impl Default for CacheAwareSnapshot {
+    fn default() -> Self {
+        Self { prefix_messages: 1, load_factor_percent: 125 }
+    }
 }
 
 /// A client key; only digests of the key material are here.

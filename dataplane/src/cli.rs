@@ -99,6 +99,11 @@ pub struct Args {
     /// series per key: mind the cardinality with many keys).
     #[arg(long, env = "WEAVER_METRICS_PER_KEY")]
     pub metrics_per_key: bool,
+    /// Name the channel that answered in an `x-weaver-channel` response
+    /// header (`--channel-header false` to leave it out, e.g. when channel
+    /// names should stay internal).
+    #[arg(long, env = "WEAVER_CHANNEL_HEADER", default_value_t = true, action = clap::ArgAction::Set)]
+    pub channel_header: bool,
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "WEAVER_MAX_BODY_BYTES", default_value_t = 10 * 1024 * 1024)]
     pub max_body_bytes: usize,
@@ -239,7 +244,11 @@ pub async fn start(args: Args, shutdown: impl Future<Output = ()> + Send + 'stat
     let started_at = crate::clock::unix_millis();
     let instance = args.instance.clone().unwrap_or_else(|| cluster::default_instance(started_at));
     let (writer, store) = open_store(&args).await?;
-    let settings = Settings { max_body_bytes: args.max_body_bytes, trusted_proxies: args.trusted_proxies };
+    let settings = Settings {
+        max_body_bytes: args.max_body_bytes,
+        trusted_proxies: args.trusted_proxies,
+        channel_header: args.channel_header,
+    };
     let sink = writer.as_ref().map(|w| UsageSink {
         writer: w.handle(),
         replica: instance.clone(),

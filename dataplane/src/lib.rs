@@ -19,7 +19,7 @@ mod parts;
 mod pipeline;
 mod providers;
 mod relay;
-mod routing;
+pub mod routing;
 mod server;
 mod state;
 

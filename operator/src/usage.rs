@@ -311,6 +311,7 @@ mod tests {
                 failures: requests / 10,
                 latency: LatencySketch::default(),
                 input_tokens: 0,
+                cached_input_tokens: 0,
                 output_tokens: 0,
                 cost,
             }],

@@ -8,6 +8,7 @@
 //! with one dangling channel reference keeps routing to the others).
 
 pub mod keys;
+mod policies;
 mod routes;
 
 use std::collections::BTreeMap;
@@ -121,11 +122,13 @@ pub fn compile(resources: &Resources, version: u64) -> Compiled {
     let keys = keys::compile_keys(&resources.api_keys, &secrets, &mut tables, &mut problems);
     let mut problems = problems.0;
     problems.sort();
+    let (route_tables, policies) = tables.into_parts();
     Compiled {
         snapshot: Snapshot {
             version,
             channels: channels.into_iter().map(|c| c.snapshot).collect(),
-            route_tables: tables.into_tables(),
+            route_tables,
+            policies,
             keys,
             gateway_replicas: 1,
         },

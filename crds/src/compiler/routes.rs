@@ -5,12 +5,16 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use kube::ResourceExt;
 use kube::core::{Selector, SelectorExt};
 
+use super::policies::compile_policy;
 use super::{Kind, ProblemReason, Problems, SecretIndex, matches_any, namespace_of, sorted};
 use crate::channel::Channel;
 use crate::common::parse_duration;
 use crate::money::{Prices, Usd};
 use crate::routing_policy::RoutingPolicy;
-use crate::snapshot::{Candidate, ChannelSnapshot, Credential, ModelSnapshot, RouteTable, TimeoutsSnapshot};
+use crate::snapshot::{
+    Candidate, ChannelLimits, ChannelSnapshot, Credential, ModelSnapshot, PolicySnapshot, Route, RouteTable,
+    TimeoutsSnapshot,
+};
 
 /// A channel that made it into the snapshot, with what routing needs to know.
 pub(super) struct UsableChannel<'a> {
@@ -88,6 +92,14 @@ fn compile_channel(
             }
         }
     };
+    let limits = ChannelLimits {
+        max_concurrency: spec.max_concurrency.filter(|n| *n > 0),
+        requests_per_minute: spec.requests_per_minute.filter(|n| *n > 0),
+        queue_timeout_ms: match &spec.queue_timeout {
+            Some(d) => d.millis().map_err(|e| invalid(format!("queueTimeout: {e}")))?,
+            None => ChannelLimits::default().queue_timeout_ms,
+        },
+    };
     for (name, value) in &spec.headers {
         if !is_header_name(name) || value.chars().any(|ch| ch.is_control()) {
             return Err(invalid(format!("headers: {name:?} is not a valid HTTP header")));
@@ -134,6 +146,7 @@ fn compile_channel(
         timeouts,
         azure_api_version: spec.azure.as_ref().and_then(|a| a.api_version.clone()),
         stream_usage: spec.stream_usage.unwrap_or(true),
+        limits,
     })
 }
 
@@ -142,7 +155,7 @@ fn is_header_name(name: &str) -> bool {
     !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
-type Routes = BTreeMap<String, Vec<Candidate>>;
+type Routes = BTreeMap<String, Route>;
 
 /// Route tables: one per namespace for keys without a policy, and one per
 /// (namespace, policy) that some key names.
@@ -155,19 +168,31 @@ pub(super) struct RouteTables {
     policies: BTreeMap<(String, String), Routes>,
     /// Each policy's model globs.
     globs: BTreeMap<(String, String), Vec<String>>,
+    /// Each policy's index into `settings`.
+    policy_index: BTreeMap<(String, String), u32>,
+    /// The snapshot's policies: every RoutingPolicy, then each namespace's defaults.
+    settings: Vec<PolicySnapshot>,
+    /// Each policy's fallback models, by index into `settings`.
+    fallbacks: Vec<Vec<String>>,
 }
 
 /// The candidates a policy gives a model it matches: its own channels only,
 /// and none when none of them can serve it right now. Falling back to other
 /// channels of the namespace would silently break what the policy is for (a
 /// region, a price); the gateway answers 503 instead.
-fn claimed(policy: &Routes, model: &str) -> Vec<Candidate> {
-    policy.get(model).cloned().unwrap_or_default()
+fn claimed(policy: &Routes, model: &str, index: u32) -> Route {
+    policy.get(model).cloned().unwrap_or(Route { candidates: Vec::new(), policy: index })
+}
+
+fn index_of(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 impl RouteTables {
     pub(super) fn new(channels: &[UsableChannel<'_>], policies: &[RoutingPolicy], problems: &mut Problems) -> Self {
-        let mut by_namespace: BTreeMap<&str, Routes> = BTreeMap::new();
+        let mut settings = Vec::new();
+        let mut fallbacks = Vec::new();
+        let mut by_namespace: BTreeMap<&str, BTreeMap<String, Vec<Candidate>>> = BTreeMap::new();
         for (idx, ch) in channels.iter().enumerate() {
             let routes = by_namespace.entry(ch.snapshot.namespace.as_str()).or_default();
             for (midx, m) in ch.snapshot.models.iter().enumerate() {
@@ -176,24 +201,63 @@ impl RouteTables {
         }
         let mut policy_routes = BTreeMap::new();
         let mut globs = BTreeMap::new();
+        let mut policy_index = BTreeMap::new();
         for p in sorted(policies) {
             let id = (namespace_of(p).to_owned(), p.name_any());
-            policy_routes.insert(id.clone(), policy_candidates(p, channels, problems));
+            let index = index_of(settings.len());
+            settings.push(compile_policy(p, problems));
+            let served = by_namespace.get(id.0.as_str());
+            let mut own = Vec::new();
+            for f in &p.spec.fallback {
+                if !served.is_some_and(|routes| routes.contains_key(&f.model)) {
+                    problems.push(
+                        Kind::RoutingPolicy,
+                        p,
+                        ProblemReason::NoChannelForModel,
+                        format!("fallback model {:?} is served by no channel of the namespace", f.model),
+                    );
+                }
+                if !own.contains(&f.model) {
+                    own.push(f.model.clone());
+                }
+            }
+            fallbacks.push(own);
+            let routes = policy_candidates(p, channels, problems)
+                .into_iter()
+                .map(|(model, candidates)| (model, Route { candidates, policy: index }))
+                .collect();
+            policy_routes.insert(id.clone(), routes);
+            policy_index.insert(id.clone(), index);
             globs.insert(id, p.spec.models.clone());
         }
         // A namespace's policies (in name order, first match wins) take over the
         // models they match; other models go to every channel serving them.
         let mut defaults: BTreeMap<String, Routes> = BTreeMap::new();
-        for (ns, mut routes) in by_namespace {
-            for (model, cands) in routes.iter_mut() {
-                let owner = globs.iter().find(|((pns, _), g)| pns == ns && matches_any(g, model));
-                if let Some((id, _)) = owner {
-                    *cands = claimed(&policy_routes[id], model);
-                }
+        for (ns, routes) in by_namespace {
+            let index = index_of(settings.len());
+            settings.push(PolicySnapshot::defaults(ns));
+            fallbacks.push(Vec::new());
+            let mut table = Routes::new();
+            for (model, candidates) in routes {
+                let owner = globs.iter().find(|((pns, _), g)| pns == ns && matches_any(g, &model));
+                let route = match owner {
+                    Some((id, _)) => claimed(&policy_routes[id], &model, policy_index[id]),
+                    None => Route { candidates, policy: index },
+                };
+                table.insert(model, route);
             }
-            defaults.insert(ns.to_owned(), routes);
+            defaults.insert(ns.to_owned(), table);
         }
-        Self { tables: Vec::new(), index: HashMap::new(), defaults, policies: policy_routes, globs }
+        Self {
+            tables: Vec::new(),
+            index: HashMap::new(),
+            defaults,
+            policies: policy_routes,
+            globs,
+            policy_index,
+            settings,
+            fallbacks,
+        }
     }
 
     /// Whether the namespace has a policy of that name.
@@ -210,21 +274,41 @@ impl RouteTables {
         let mut routes = self.defaults.get(namespace).cloned().unwrap_or_default();
         if let Some(p) = policy {
             let id = (namespace.to_owned(), p.to_owned());
-            if let (Some(own), Some(globs)) = (self.policies.get(&id), self.globs.get(&id)) {
-                for (model, cands) in routes.iter_mut() {
+            if let (Some(own), Some(globs), Some(&index)) =
+                (self.policies.get(&id), self.globs.get(&id), self.policy_index.get(&id))
+            {
+                for (model, route) in routes.iter_mut() {
                     if matches_any(globs, model) {
-                        *cands = claimed(own, model);
+                        *route = claimed(own, model, index);
                     }
                 }
-                for (model, cands) in own {
-                    routes.entry(model.clone()).or_insert_with(|| cands.clone());
+                for (model, route) in own {
+                    routes.entry(model.clone()).or_insert_with(|| route.clone());
                 }
             }
         }
-        let idx = u32::try_from(self.tables.len()).unwrap_or(u32::MAX);
+        let routes = self.with_fallbacks(routes);
+        let idx = index_of(self.tables.len());
         self.tables.push(RouteTable { policy: policy.map(|p| format!("{namespace}/{p}")), routes });
         self.index.insert(id, idx);
         idx
+    }
+
+    /// Each route in tier order: its own candidates by priority, then those
+    /// of its policy's fallback models (what this table routes them to, not
+    /// their own fallbacks), each by priority.
+    fn with_fallbacks(&self, primary: Routes) -> Routes {
+        let mut out = primary.clone();
+        for (model, route) in out.iter_mut() {
+            let fallbacks = self.fallbacks.get(route.policy as usize).map(Vec::as_slice).unwrap_or_default();
+            for (n, other) in fallbacks.iter().enumerate().filter(|(_, m)| *m != model) {
+                let Some(theirs) = primary.get(other) else { continue };
+                let level = u8::try_from(n + 1).unwrap_or(u8::MAX);
+                route.candidates.extend(theirs.candidates.iter().map(|c| Candidate { fallback: level, ..*c }));
+            }
+            route.candidates.sort_by_key(|c| (c.fallback, c.priority));
+        }
+        out
     }
 
     /// The channel names each policy routes to.
@@ -234,7 +318,7 @@ impl RouteTables {
             .map(|(id, routes)| {
                 let names: BTreeSet<String> = routes
                     .values()
-                    .flatten()
+                    .flat_map(|r| &r.candidates)
                     .filter_map(|c| channels.get(c.channel as usize))
                     .map(|c| c.snapshot.name.clone())
                     .collect();
@@ -243,31 +327,31 @@ impl RouteTables {
             .collect()
     }
 
-    pub(super) fn into_tables(self) -> Vec<RouteTable> {
-        self.tables
+    /// The route tables and the policies they point into.
+    pub(super) fn into_parts(self) -> (Vec<RouteTable>, Vec<PolicySnapshot>) {
+        (self.tables, self.settings)
     }
 }
 
 fn candidate(channel: usize, model: usize, weight: u32, priority: i32) -> Candidate {
-    Candidate {
-        channel: u32::try_from(channel).unwrap_or(u32::MAX),
-        model: u32::try_from(model).unwrap_or(u32::MAX),
-        weight,
-        priority,
-    }
+    Candidate { channel: index_of(channel), model: index_of(model), weight, priority, fallback: 0 }
 }
 
 /// The models a policy routes and, for each, the channels it resolves to.
-fn policy_candidates(p: &RoutingPolicy, channels: &[UsableChannel<'_>], problems: &mut Problems) -> Routes {
+fn policy_candidates(
+    p: &RoutingPolicy,
+    channels: &[UsableChannel<'_>],
+    problems: &mut Problems,
+) -> BTreeMap<String, Vec<Candidate>> {
     let ns = namespace_of(p);
     let in_ns = || channels.iter().enumerate().filter(|(_, c)| c.snapshot.namespace == ns);
-    // channel index -> weight override
-    let mut chosen: BTreeMap<usize, Option<u32>> = BTreeMap::new();
+    // channel index -> the entry's weight and priority overrides
+    let mut chosen: BTreeMap<usize, (Option<u32>, Option<i32>)> = BTreeMap::new();
     for r in &p.spec.channels {
         match (&r.name, &r.selector) {
             (Some(name), _) => match in_ns().find(|(_, c)| &c.snapshot.name == name) {
                 Some((idx, _)) => {
-                    chosen.insert(idx, r.weight);
+                    chosen.insert(idx, (r.weight, r.priority));
                 }
                 None => problems.push(
                     Kind::RoutingPolicy,
@@ -279,7 +363,7 @@ fn policy_candidates(p: &RoutingPolicy, channels: &[UsableChannel<'_>], problems
             (None, Some(selector)) => match Selector::try_from(selector.clone()) {
                 Ok(sel) => {
                     for (idx, _) in in_ns().filter(|(_, c)| sel.matches(c.labels)) {
-                        chosen.entry(idx).or_insert(r.weight);
+                        chosen.entry(idx).or_insert((r.weight, r.priority));
                     }
                 }
                 Err(e) => {
@@ -294,8 +378,8 @@ fn policy_candidates(p: &RoutingPolicy, channels: &[UsableChannel<'_>], problems
             ),
         }
     }
-    let mut routes = Routes::new();
-    for (&idx, &weight) in &chosen {
+    let mut routes = BTreeMap::<String, Vec<Candidate>>::new();
+    for (&idx, &(weight, priority)) in &chosen {
         let ch = &channels[idx];
         for (midx, m) in ch.snapshot.models.iter().enumerate() {
             if matches_any(&p.spec.models, &m.name) {
@@ -303,7 +387,7 @@ fn policy_candidates(p: &RoutingPolicy, channels: &[UsableChannel<'_>], problems
                     idx,
                     midx,
                     weight.unwrap_or(ch.weight),
-                    ch.priority,
+                    priority.unwrap_or(ch.priority),
                 ));
             }
         }

@@ -45,8 +45,8 @@ fn route(c: &Compiled, key_name: &str, model: &str) -> Vec<(String, u32)> {
     table
         .routes
         .get(model)
-        .map(|cands| {
-            cands
+        .map(|r| {
+            r.candidates
                 .iter()
                 .map(|cand: &Candidate| (c.snapshot.channels[cand.channel as usize].name.clone(), cand.weight))
                 .collect()
@@ -381,5 +381,128 @@ spec: {models: ["gpt-4o"], channels: [{name: eu}]}
     // than quietly going to `us`.
     assert_eq!(route(&c, "checkout", "gpt-4o"), vec![]);
     let k = key(&c, "checkout");
-    assert_eq!(c.snapshot.route_tables[k.route_table as usize].routes.get("gpt-4o"), Some(&vec![]));
+    let routed = c.snapshot.route_tables[k.route_table as usize].routes.get("gpt-4o");
+    assert_eq!(routed.map(|r| r.candidates.len()), Some(0));
+}
+
+/// (channel, model, priority, fallback level) of each candidate, in order.
+fn tiers(c: &Compiled, key_name: &str, model: &str) -> Vec<(String, String, i32, u8)> {
+    let k = key(c, key_name);
+    let route = &c.snapshot.route_tables[k.route_table as usize].routes[model];
+    route
+        .candidates
+        .iter()
+        .map(|cand| {
+            let ch = &c.snapshot.channels[cand.channel as usize];
+            (ch.name.clone(), ch.models[cand.model as usize].name.clone(), cand.priority, cand.fallback)
+        })
+        .collect()
+}
+
+#[test]
+fn priorities_and_fallback_models_order_the_candidates_in_tiers() {
+    let policy = r#"
+---
+apiVersion: llmweaver.io/v1alpha1
+kind: RoutingPolicy
+metadata: {name: resilient, namespace: team-a}
+spec:
+  models: ["gpt-4o"]
+  channels:
+    - name: backup
+      priority: 5
+    - name: main
+  fallback: [{model: gpt-4o-mini}, {model: gpt-4o}]
+"#;
+    let yaml = format!(
+        "{SECRETS}{}{}{}{policy}{KEY}",
+        channel("backup", "", "{name: gpt-4o}", 1),
+        channel("main", "", "{name: gpt-4o}", 1),
+        channel("small", "", "{name: gpt-4o-mini}", 1).replace("weight: 1", "weight: 1\n  priority: -3"),
+    );
+    let c = compile_yaml(&yaml);
+    assert_eq!(reasons(&c), vec![]);
+    assert_eq!(
+        tiers(&c, "checkout", "gpt-4o"),
+        vec![
+            ("main".into(), "gpt-4o".into(), 0, 0),
+            ("backup".into(), "gpt-4o".into(), 5, 0),
+            ("small".into(), "gpt-4o-mini".into(), -3, 1),
+        ],
+        "the policy's priority override, then the fallback model (never itself again)"
+    );
+    // The fallback model's own route has no fallback of its own.
+    assert_eq!(tiers(&c, "checkout", "gpt-4o-mini"), vec![("small".into(), "gpt-4o-mini".into(), -3, 0)]);
+}
+
+#[test]
+fn policy_settings_are_compiled_with_defaults_and_checked() {
+    use crate::routing_policy::{RetryOn, Strategy};
+    let policy = r#"
+---
+apiVersion: llmweaver.io/v1alpha1
+kind: RoutingPolicy
+metadata: {name: tuned, namespace: team-a}
+spec:
+  models: ["m"]
+  channels: [{name: a}]
+  strategy: cache-aware
+  cacheAware: {prefixMessages: 2}
+  fallback: [{model: nowhere}]
+  retry:
+    attempts: 3
+    retryOn: [timeout, "5xx"]
+    backoff: {base: 2s, max: 1s}
+    perTryTimeout: 10s
+    timeout: 30s
+    budget: {percent: 50}
+  outlierDetection: {consecutiveFailures: 2, baseEjectionTime: 1s, panicThresholdPercent: 30}
+"#;
+    let c = compile_yaml(&format!("{SECRETS}{}{policy}{KEY}", channel("a", "", "{name: m}, {name: n}", 1)));
+    assert_eq!(
+        reasons(&c),
+        vec![
+            (Kind::RoutingPolicy, "tuned", ProblemReason::InvalidField),
+            (Kind::RoutingPolicy, "tuned", ProblemReason::NoChannelForModel),
+        ]
+    );
+    let route = |model: &str| &c.snapshot.route_tables[key(&c, "checkout").route_table as usize].routes[model];
+    let p = &c.snapshot.policies[route("m").policy as usize];
+    assert_eq!(
+        (p.name.as_deref(), p.strategy, p.cache_aware.prefix_messages),
+        (Some("tuned"), Strategy::CacheAware, 2)
+    );
+    assert_eq!(p.cache_aware.load_factor_percent, 125);
+    assert_eq!((p.retry.attempts, p.retry.retry_on.clone()), (3, vec![RetryOn::ServerError, RetryOn::Timeout]));
+    assert_eq!((p.retry.backoff_base_ms, p.retry.backoff_max_ms), (1000, 1000), "base above max is cut to max");
+    assert_eq!((p.retry.per_try_timeout_ms, p.retry.timeout_ms), (Some(10_000), Some(30_000)));
+    assert_eq!((p.retry.budget_percent, p.retry.budget_min_per_second), (50, 10));
+    assert_eq!(
+        (p.outlier.consecutive_failures, p.outlier.base_ejection_ms, p.outlier.max_ejection_ms),
+        (2, 1000, 300_000)
+    );
+    assert_eq!(p.outlier.panic_threshold_percent, 30);
+    // A model no policy claims gets the namespace's defaults.
+    let d = &c.snapshot.policies[route("n").policy as usize];
+    assert_eq!((d.name.as_deref(), d.namespace.as_str()), (None, "team-a"));
+    assert_eq!(d.retry, crate::snapshot::RetrySnapshot::default());
+}
+
+#[test]
+fn channel_caps_reach_the_snapshot() {
+    let capped = channel("a", "", "{name: m}", 1)
+        .replace("weight: 1", "weight: 1\n  maxConcurrency: 8\n  requestsPerMinute: 600\n  queueTimeout: 250ms");
+    let c = compile_yaml(&format!("{SECRETS}{capped}{}{KEY}", channel("b", "", "{name: m}", 1)));
+    let limits: Vec<_> = c.snapshot.channels.iter().map(|ch| ch.limits).collect();
+    assert_eq!(
+        limits,
+        vec![
+            crate::snapshot::ChannelLimits {
+                max_concurrency: Some(8),
+                requests_per_minute: Some(600),
+                queue_timeout_ms: 250
+            },
+            crate::snapshot::ChannelLimits::default(),
+        ]
+    );
 }

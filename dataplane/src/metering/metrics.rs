@@ -13,6 +13,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::routing::metrics::RoutingMetrics;
 use crate::state::KeyRuntime;
 
 /// A label value shared by reference, so recording a request allocates nothing.
@@ -157,6 +158,8 @@ pub(crate) struct Metrics {
     /// (brought up to the writer's counts at scrape).
     pub usage_records_stored: Counter,
     pub usage_records_spooled: Counter,
+    /// Attempts, retries, fallbacks, ejections, channel states.
+    pub routing: RoutingMetrics,
     /// Put the ApiKey name into request and token series.
     pub per_key: bool,
     registry: Registry,
@@ -237,7 +240,9 @@ impl Metrics {
             "Usage records written to the local spool because the store did not answer (replayed later)",
             usage_records_spooled.clone(),
         );
+        let routing = RoutingMetrics::register(&mut registry);
         Self {
+            routing,
             requests,
             duration,
             first_token,

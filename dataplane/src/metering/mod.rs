@@ -188,6 +188,7 @@ pub(crate) fn finish(
         let state = &channel.state;
         if Some(i) == answering {
             state.totals.add(usage.input, usage.output, cost);
+            state.cached_input_tokens.fetch_add(usage.cached_input, std::sync::atomic::Ordering::Relaxed);
         } else {
             state.totals.add(0, 0, 0);
         }

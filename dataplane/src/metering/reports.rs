@@ -20,6 +20,7 @@ pub(crate) fn report(registry: &Registry, instance: &str, started_at: i64, appli
             failures: s.failures.load(Ordering::Relaxed),
             latency: s.latency(),
             input_tokens: s.totals.input_tokens.load(Ordering::Relaxed),
+            cached_input_tokens: s.cached_input_tokens.load(Ordering::Relaxed),
             output_tokens: s.totals.output_tokens.load(Ordering::Relaxed),
             cost: s.totals.cost.load(Ordering::Relaxed),
         })

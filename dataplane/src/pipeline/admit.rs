@@ -182,7 +182,7 @@ fn refuse_budget(ctx: &Context, key: &KeyRuntime, budget: &BudgetSnapshot, amoun
 
 /// The client's output limit: `max_completion_tokens`, else the older
 /// `max_tokens` (a `null` or a non-number counts as not given).
-fn max_output_tokens(request: &RequestBody<'_>) -> Option<u64> {
+pub(super) fn max_output_tokens(request: &RequestBody<'_>) -> Option<u64> {
     ["max_completion_tokens", "max_tokens"]
         .into_iter()
         .find_map(|name| request.get(name).and_then(|raw| raw.get().parse::<u64>().ok()))

@@ -1,8 +1,15 @@
-//! `attempts`: one upstream attempt per candidate of the plan, each through
-//! its channel's provider adapter. A stream's first chunk is read before the
-//! response is committed, so a timeout measures time to first token and a
-//! failed attempt can still go to another channel. Typed upstream errors say
-//! whether another attempt may follow.
+//! `attempts`: one upstream attempt at a time through the channel's
+//! provider adapter, on the member the plan picks, until one answers or the
+//! policy says stop. A stream's first chunk is read before the response is
+//! committed, so a timeout measures time to first token and a failed attempt
+//! can still go to another channel; once a byte went to the client nothing
+//! is retried (a stream that breaks later ends with an error event).
+//!
+//! A failure is retried when its class is in the policy's `retryOn`, the
+//! policy allows another attempt, the overall deadline has not passed, a
+//! channel is available for it (another one at once; the same one after a
+//! jittered backoff) and the retry budget covers it. Every attempt's outcome
+//! feeds its channel's passive health (ejection, rate limiting) and latency.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -11,7 +18,6 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, StatusCode, header};
 use http_body_util::BodyExt;
 use tokio::time::Instant;
-use weaver_crds::snapshot::Candidate;
 
 use super::Context;
 use super::plan::Plan;
@@ -19,12 +25,9 @@ use crate::api::{ApiError, RequestBody, Rewrite, StreamOptionsEdit};
 use crate::metering::Attempt;
 use crate::parts::Parts;
 use crate::providers::{ErrorFields, Operation, StreamDecoder, UpstreamBody, UpstreamError};
+use crate::routing::metrics::{AttemptLabels, ChannelLabels, ModelLabels, NamespaceLabels, ReasonLabels};
+use crate::routing::{DEFAULT_RATE_LIMITED, Lease, Member, Pick, Policy};
 use crate::state::{ChannelRuntime, Runtime};
-
-/// Attempts per request, until routing policies bring retry settings and a
-/// retry budget (a refused `stream_options` is retried once on the same
-/// channel and does not count).
-const MAX_ATTEMPTS: usize = 1;
 
 /// Largest upstream error body read; the message is cut shorter still.
 const ERROR_BODY_LIMIT: usize = 1024 * 1024;
@@ -44,9 +47,28 @@ pub(crate) enum Answer {
         first: Bytes,
         body: UpstreamBody,
         decoder: StreamDecoder,
-        /// The channel's `total` timeout.
+        /// The channel's `total` timeout, from the attempt's start.
         deadline: Instant,
     },
+}
+
+/// The last failed attempt.
+struct Failed {
+    error: UpstreamError,
+    /// The member it was made on.
+    member: usize,
+}
+
+/// Why no further attempt is made.
+enum Stop {
+    /// No member can serve (or none may take a retry).
+    NoMember,
+    /// The retry budget is spent.
+    Budget,
+    /// The overall deadline does not leave room.
+    Deadline,
+    /// Every member stayed at its caps for the queue timeout.
+    Saturated,
 }
 
 pub(super) async fn run(
@@ -57,54 +79,273 @@ pub(super) async fn run(
     plan: &mut Plan<'_>,
 ) -> Result<Answer, ApiError> {
     let operation = ctx.record.endpoint.operation().unwrap_or(Operation::Chat);
-    let mut candidate = plan.next(&mut rand::rng()).ok_or_else(|| {
-        ApiError::unavailable("no_channel_available", format!("No channel can serve `{}` right now.", request.model))
-    })?;
-    let mut without_stream_options = false;
+    let policy = plan.policy();
+    let overall = policy.retry.timeout.map(|t| ctx.started + t);
+    policy.budget.deposit(ctx.gw.nanos(ctx.started));
+    let mut failed: Option<Failed> = None;
+    let mut backoff = None;
+    // Attempts that count against `retry.attempts`.
+    let mut made = 0;
     loop {
-        let channel = &rt.channels[candidate.channel as usize];
-        let attempt = Try { channel, candidate, operation, without_stream_options };
-        let error = match attempt.run(ctx, request, original).await {
-            Ok(answer) => return Ok(answer),
-            Err(e) => e,
-        };
-        let name = channel.label.as_str();
-        if request.stream && !without_stream_options && error.refuses_member("stream_options") {
-            tracing::warn!(channel = name, "upstream refuses `stream_options`; streams on this channel go without it");
-            channel.state.refuses_stream_options.store(true, Ordering::Relaxed);
-            without_stream_options = true;
-            continue;
+        if let Some(f) = &failed {
+            let retried = f.error.retry_class().is_some_and(|class| policy.retry.on(class));
+            let in_time = overall.is_none_or(|d| Instant::now() < d);
+            if !(retried && made < policy.retry.attempts && in_time) {
+                return Err(give_up(ctx, rt, plan, request, failed, Stop::NoMember));
+            }
         }
-        tracing::warn!(channel = name, error = %error, "upstream attempt failed");
-        without_stream_options = false;
-        let next = (error.retryable() && ctx.record.attempts.len() < MAX_ATTEMPTS)
-            .then(|| plan.next(&mut rand::rng()))
-            .flatten();
-        match next {
-            Some(next) => candidate = next,
-            None => return Err(error.into_api_error(name)),
+        let retry = failed.as_ref().map(|f| (f, &mut backoff));
+        let (index, lease) = match choose(ctx, plan, retry, overall).await {
+            Ok(chosen) => chosen,
+            Err(stop) => return Err(give_up(ctx, rt, plan, request, failed, stop)),
+        };
+        let member = plan.member(index);
+        let channel = &rt.channels[member.channel as usize];
+        plan.mark_tried(index);
+        made += 1;
+        count_attempt(ctx, rt, plan, member, failed.as_ref());
+        let mut without_stream_options = false;
+        let (result, started) = loop {
+            let started = Instant::now();
+            let attempt = Try { channel, member, operation, without_stream_options, started, overall, policy };
+            match attempt.run(ctx, request, original).await {
+                Err(e) if request.stream && !without_stream_options && e.refuses_member("stream_options") => {
+                    tracing::warn!(
+                        channel = channel.label.as_str(),
+                        "upstream refuses `stream_options`; streams on this channel go without it"
+                    );
+                    channel.state.refuses_stream_options.store(true, Ordering::Relaxed);
+                    without_stream_options = true;
+                }
+                other => break (other, started),
+            }
+        };
+        let now = Instant::now();
+        let nanos = ctx.gw.nanos(now);
+        let elapsed = now.saturating_duration_since(started);
+        match result {
+            Ok(answer) => {
+                member.upstream.health.succeeded(nanos, &policy.outlier);
+                member.upstream.latency.observe(elapsed.as_nanos() as f64, nanos);
+                channel.attempts_ok.inc();
+                if matches!(answer, Answer::Stream { .. }) {
+                    ctx.upstream = Some(lease);
+                }
+                return Ok(answer);
+            }
+            Err(error) => {
+                drop(lease);
+                tracing::warn!(channel = channel.label.as_str(), error = %error, "upstream attempt failed");
+                passive_health(ctx, channel, member, policy, &error, elapsed, nanos);
+                failed = Some(Failed { error, member: index });
+            }
         }
     }
 }
 
-/// One attempt on one candidate.
+/// Finds the member for the next attempt and takes its slot. A retry is
+/// charged to the budget, and waits the backoff when it goes to a channel
+/// this request already tried; when every member is at its caps, waits
+/// (boundedly) for the best one.
+async fn choose(
+    ctx: &Context,
+    plan: &Plan<'_>,
+    mut retry: Option<(&Failed, &mut Option<backon::ExponentialBackoff>)>,
+    overall: Option<Instant>,
+) -> Result<(usize, Lease), Stop> {
+    let policy = plan.policy();
+    let metrics = &ctx.gw.metrics.routing;
+    // Members found full since the last pick (the pick raced another request).
+    let mut skip = 0u128;
+    let (mut charged, mut waited) = (false, false);
+    let mut queue_until = None;
+    loop {
+        let now = Instant::now();
+        let nanos = ctx.gw.nanos(now);
+        let pick = plan.pick(retry.is_some(), skip, nanos, &mut rand::rng());
+        match pick {
+            Pick::Exhausted => return Err(Stop::NoMember),
+            Pick::Full(i) => {
+                let member = plan.member(i);
+                let until = *queue_until.get_or_insert(now + member.caps.queue_timeout);
+                let until = overall.map_or(until, |d| until.min(d));
+                if now >= until {
+                    return Err(Stop::Saturated);
+                }
+                // A request-rate cap frees up at a known time; a concurrency
+                // cap when a slot comes back.
+                let rate_wait = member.upstream.rate_wait(&member.caps, nanos);
+                let wake = if rate_wait.is_zero() { until } else { (now + rate_wait).min(until) };
+                let _ = tokio::time::timeout_at(wake, member.upstream.released()).await;
+                skip = 0;
+            }
+            Pick::Member(i) => {
+                if let Some((_, backoff)) = retry.as_mut() {
+                    if !charged {
+                        if !policy.budget.try_withdraw(nanos, policy.budget_rule) {
+                            let labels = NamespaceLabels { namespace: policy.namespace.clone() };
+                            metrics.retry_budget_exhausted.get_or_create(&labels).inc();
+                            return Err(Stop::Budget);
+                        }
+                        charged = true;
+                    }
+                    if plan.tried(i) && !waited {
+                        waited = true;
+                        let waits = backoff.get_or_insert_with(|| policy.retry.backoff());
+                        let wait = waits.next().unwrap_or(policy.retry.backoff_max);
+                        if overall.is_some_and(|d| now + wait >= d) {
+                            return Err(Stop::Deadline);
+                        }
+                        tokio::time::sleep(wait).await;
+                        // Things changed while waiting: pick again.
+                        continue;
+                    }
+                }
+                let member = plan.member(i);
+                match member.upstream.acquire(&member.caps, policy.outlier, nanos) {
+                    Some(lease) => return Ok((i, lease)),
+                    None => skip |= 1 << i,
+                }
+            }
+        }
+    }
+}
+
+/// Counts a retry and an attempt on a lower tier than the route's first.
+fn count_attempt(ctx: &Context, rt: &Runtime, plan: &Plan<'_>, member: &Member, failed: Option<&Failed>) {
+    let policy = plan.policy();
+    let metrics = &ctx.gw.metrics.routing;
+    if let Some(f) = failed {
+        let labels = ReasonLabels { namespace: policy.namespace.clone(), reason: f.error.category() };
+        metrics.retries.get_or_create(&labels).inc();
+    }
+    if member.tier > 0 {
+        let first = plan.member(0);
+        let requested = rt.channels.get(first.channel as usize).and_then(|c| c.models.get(first.model as usize));
+        if let Some(model) = requested {
+            let labels = ModelLabels { namespace: policy.namespace.clone(), model: model.label.clone() };
+            metrics.fallbacks.get_or_create(&labels).inc();
+        }
+    }
+}
+
+/// What a failed attempt says about its channel: a pause the upstream asked
+/// for (`Retry-After`, or the default for a 429), a failure that may eject
+/// it, or — for the client's own mistakes — that it is up. A timeout also
+/// counts as a (long) latency.
+fn passive_health(
+    ctx: &Context,
+    channel: &ChannelRuntime,
+    member: &Member,
+    policy: &Policy,
+    error: &UpstreamError,
+    elapsed: Duration,
+    now: crate::limits::Nanos,
+) {
+    let metrics = &ctx.gw.metrics.routing;
+    let labels = AttemptLabels {
+        namespace: channel.namespace.clone(),
+        channel: channel.label.clone(),
+        result: error.category(),
+    };
+    metrics.attempts.get_or_create(&labels).inc();
+    let health = &member.upstream.health;
+    match error.retry_after() {
+        Some(wait) => health.rate_limited(now, wait, &policy.outlier),
+        None if error.rate_limited() => health.rate_limited(now, DEFAULT_RATE_LIMITED, &policy.outlier),
+        None => {}
+    }
+    if error.counts_against_channel() {
+        if let Some(period) = health.failed(now, &policy.outlier) {
+            ejected(ctx, channel, period);
+        }
+    } else if !error.rate_limited() {
+        health.succeeded(now, &policy.outlier);
+    }
+    if matches!(error, UpstreamError::Timeout(_)) {
+        member.upstream.latency.observe(elapsed.as_nanos() as f64, now);
+    }
+}
+
+impl Context {
+    /// Counts a failure of the answering channel after its answer began (a
+    /// stream that broke off or ran out of time), with the same ejection
+    /// rules as a failed attempt.
+    pub(crate) fn answer_broke(&self) {
+        let (Some(lease), Some(attempt)) = (&self.upstream, self.record.last_attempt()) else { return };
+        let now = self.gw.nanos(Instant::now());
+        if let (Some(period), Some(channel)) = (lease.failed(now), self.rt.channels.get(attempt.channel as usize)) {
+            ejected(self, channel, period);
+        }
+    }
+}
+
+/// Counts and logs an ejection of `channel` for `period` nanoseconds.
+fn ejected(ctx: &Context, channel: &ChannelRuntime, period: crate::limits::Nanos) {
+    let labels = ChannelLabels { namespace: channel.namespace.clone(), channel: channel.label.clone() };
+    ctx.gw.metrics.routing.ejections.get_or_create(&labels).inc();
+    tracing::warn!(
+        channel = channel.label.as_str(),
+        ejected_for = %humantime::format_duration(Duration::from_millis(period / 1_000_000)),
+        "channel ejected from routing after failures"
+    );
+}
+
+/// The error the client gets when no further attempt is made: the last
+/// failure's, or why none was made.
+fn give_up(
+    ctx: &Context,
+    rt: &Runtime,
+    plan: &Plan<'_>,
+    request: &RequestBody<'_>,
+    failed: Option<Failed>,
+    stop: Stop,
+) -> ApiError {
+    if let Some(f) = failed {
+        let name = rt.channels.get(plan.member(f.member).channel as usize).map_or("", |c| c.label.as_str());
+        return f.error.into_api_error(name);
+    }
+    let model = &request.model;
+    match stop {
+        Stop::Saturated => {
+            let labels = NamespaceLabels { namespace: plan.policy().namespace.clone() };
+            ctx.gw.metrics.routing.saturated.get_or_create(&labels).inc();
+            let mut error = ApiError::unavailable(
+                "channel_saturated",
+                format!("Every channel that serves `{model}` is at its concurrency or rate cap; try again shortly."),
+            );
+            error.retry_after = Some(1);
+            error
+        }
+        Stop::NoMember | Stop::Budget | Stop::Deadline => {
+            ApiError::unavailable("no_channel_available", format!("No channel can serve `{model}` right now."))
+        }
+    }
+}
+
+/// One attempt on one member.
 struct Try<'a> {
     channel: &'a ChannelRuntime,
-    candidate: Candidate,
+    member: &'a Member,
     operation: Operation,
     without_stream_options: bool,
+    /// When the attempt began.
+    started: Instant,
+    /// The request's deadline until its answer begins.
+    overall: Option<Instant>,
+    policy: &'a Policy,
 }
 
 impl Try<'_> {
     async fn run(
-        self,
+        &self,
         ctx: &mut Context,
         request: &RequestBody<'_>,
         original: &Bytes,
     ) -> Result<Answer, UpstreamError> {
         ctx.record.attempts.push(Attempt {
-            channel: self.candidate.channel,
-            model: self.candidate.model,
+            channel: self.member.channel,
+            model: self.member.model,
             status: 0,
             error: None,
             counts_against_channel: false,
@@ -135,7 +376,7 @@ impl Try<'_> {
         original: &Bytes,
     ) -> Result<Answer, UpstreamError> {
         let channel = self.channel;
-        let target = &channel.models[self.candidate.model as usize];
+        let target = &channel.models[self.member.model as usize];
         let stream = request.stream && self.operation == Operation::Chat;
         let refused = self.without_stream_options || channel.state.refuses_stream_options.load(Ordering::Relaxed);
         let stream_options = match (stream, refused, channel.stream_usage) {
@@ -144,18 +385,32 @@ impl Try<'_> {
             (true, false, true) => StreamOptionsEdit::IncludeUsage,
         };
         // The runtime knows the public name maps to another (`rename`); the
-        // client named the public one.
-        let model = target.rename.as_deref().map(|r| r.upstream_json());
+        // client named the public one — or another model, when this is a
+        // fallback, which then goes upstream under its own name.
+        let model = if target.label.as_str() == request.model.as_ref() {
+            target.rename.as_deref().map(|r| r.upstream_json())
+        } else {
+            Some(&target.upstream_json)
+        };
         let body = request.upstream_body(original, Rewrite { model, stream_options });
 
-        let deadline = ctx.started + channel.total;
         // A non-streamed answer sends its headers only once it is complete, so
-        // only `total` bounds it; `firstByte` is time to first token of a stream.
-        let (first_byte_deadline, limit) = if stream {
-            ((ctx.started + channel.first_byte).min(deadline), channel.first_byte.min(channel.total))
-        } else {
-            (deadline, channel.total)
+        // `total` bounds all of it; `firstByte` is time to first token of a
+        // stream. The policy's per-try limit bounds either, and its overall
+        // deadline everything until the answer begins.
+        let within = |limit: Duration| self.policy.retry.per_try.map_or(limit, |p| limit.min(p));
+        let until = |limit: Duration| {
+            let at = self.started + limit;
+            self.overall.map_or(at, |d| at.min(d))
         };
+        let total = self.started + channel.total;
+        let (first_byte_deadline, deadline) = if stream {
+            (until(within(channel.first_byte.min(channel.total))), until(channel.total))
+        } else {
+            let whole = until(within(channel.total));
+            (whole, whole)
+        };
+        let limit = round(first_byte_deadline.saturating_duration_since(self.started));
         let sent = channel.adapter.send(self.operation, target.uri(self.operation), body, &ctx.record.request_id);
         let response =
             tokio::time::timeout_at(first_byte_deadline, sent).await.map_err(|_| UpstreamError::Timeout(limit))??;
@@ -198,7 +453,7 @@ impl Try<'_> {
                 error,
                 retry_after: None,
             })?;
-            return Ok(Answer::Stream { first: events, body: UpstreamBody::Local(None), decoder, deadline });
+            return Ok(Answer::Stream { first: events, body: UpstreamBody::Local(None), decoder, deadline: total });
         }
         let first = loop {
             match tokio::time::timeout_at(first_byte_deadline, body.frame()).await {
@@ -212,7 +467,7 @@ impl Try<'_> {
                 }
             }
         };
-        Ok(Answer::Stream { first, body, decoder, deadline })
+        Ok(Answer::Stream { first, body, decoder, deadline: total })
     }
 }
 

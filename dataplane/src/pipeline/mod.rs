@@ -31,6 +31,7 @@ pub(crate) use authenticate::Caller;
 
 use crate::api::{self, ApiError, RequestBody, Response};
 use crate::metering::{self, Capture, UsageRecord};
+use crate::routing::Lease;
 use crate::state::{Gateway, Runtime};
 
 /// Everything one request carries through the stages.
@@ -48,6 +49,9 @@ pub(crate) struct Context {
     pub record: UsageRecord,
     /// What admission took (rate-limit slot and reservation), settled on drop.
     pub admission: Admission,
+    /// The answering attempt's slot on its channel, given back when the
+    /// context drops (for a stream: when the relay ends).
+    pub upstream: Option<Lease>,
 }
 
 impl Context {
@@ -63,6 +67,7 @@ impl Context {
             span: tracing::Span::current(),
             record,
             admission: Admission::default(),
+            upstream: None,
         }
     }
 
@@ -115,7 +120,7 @@ async fn stages(ctx: &mut Context, headers: &HeaderMap, body: Incoming) -> Resul
     ctx.record.capture.request(&bytes);
     let request = RequestBody::parse(&bytes)?;
     admit::admit(ctx, &rt, &request, bytes.len())?;
-    let mut plan = plan::plan(&rt, ctx.key, &request)?;
+    let mut plan = plan::plan(&rt, ctx.key, &request, ctx.record.endpoint, bytes.len())?;
     admit::reserve_budget(ctx, &rt, &plan, &request, bytes.len()).await?;
     attempts::run(ctx, &rt, &request, &bytes, &mut plan).await
 }

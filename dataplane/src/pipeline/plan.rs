@@ -1,53 +1,92 @@
-//! `plan`: the candidates for key x model, handed out one attempt at a time in
-//! the order the routing strategy gives.
+//! `plan`: the route for key x model, handed out one attempt at a time by
+//! the policy's strategy (`routing`), with what the strategy needs to know
+//! about the request worked out once.
 
 use rand::Rng;
-use weaver_crds::snapshot::Candidate;
+use weaver_crds::routing_policy::Strategy;
 
-use crate::api::{ApiError, RequestBody};
-use crate::routing;
+use super::admit::max_output_tokens;
+use crate::api::{ApiError, ApiRoute, RequestBody};
+use crate::limits::{Demand, Nanos};
+use crate::routing::{self, Member, Pick, Policy, Route};
 use crate::state::Runtime;
 
-/// The candidates of one request; [`Plan::next`] gives each at most once.
+/// The route of one request, and which of its members it tried.
 pub(super) struct Plan<'rt> {
-    candidates: &'rt [Candidate],
-    /// Bit i: candidate i was handed out (candidates past 128 are never retried).
+    route: &'rt Route,
+    /// Bit i: member i served an attempt of this request.
     tried: u128,
+    facts: routing::Request,
 }
 
-pub(super) fn plan<'rt>(rt: &'rt Runtime, key: u32, request: &RequestBody<'_>) -> Result<Plan<'rt>, ApiError> {
+pub(super) fn plan<'rt>(
+    rt: &'rt Runtime,
+    key: u32,
+    request: &RequestBody<'_>,
+    endpoint: ApiRoute,
+    body_bytes: usize,
+) -> Result<Plan<'rt>, ApiError> {
     let model = request.model.as_ref();
-    let candidates = rt.candidates(key, model).ok_or_else(|| ApiError::model_not_found(model))?;
-    let plan = Plan { candidates, tried: 0 };
-    if !plan.candidates.iter().any(|c| c.weight > 0) {
+    let route = rt.route(key, model).ok_or_else(|| ApiError::model_not_found(model))?;
+    if !route.members().iter().any(|m| m.weight > 0) {
         return Err(ApiError::unavailable(
             "no_channel_available",
             format!("No channel can serve `{model}` right now."),
         ));
     }
-    Ok(plan)
+    // Only what the strategy reads: nothing for most.
+    let mut facts = routing::Request::default();
+    match route.policy.strategy {
+        Strategy::CacheAware => facts.prefix = routing::prefix::prefix_hash(request, route.policy.prefix_messages),
+        Strategy::LowestCost => {
+            let demand = match endpoint {
+                ApiRoute::Embeddings => Demand::embeddings(body_bytes),
+                _ => Demand::chat(body_bytes, max_output_tokens(request)),
+            };
+            (facts.input_tokens, facts.output_tokens) = (demand.input, demand.output);
+        }
+        _ => {}
+    }
+    Ok(Plan { route, tried: 0, facts })
 }
 
-impl Plan<'_> {
-    /// The most any candidate would charge for `input` and `output` tokens,
-    /// in nano-dollars (what a budget reserves before the first attempt).
-    pub fn max_cost(&self, rt: &Runtime, input: u64, output: u64) -> u64 {
-        self.candidates
-            .iter()
-            .filter_map(|c| rt.channels.get(c.channel as usize)?.models.get(c.model as usize))
-            .map(|m| m.prices.cost(input, 0, output).0)
-            .max()
-            .unwrap_or(0)
+impl<'rt> Plan<'rt> {
+    pub fn policy(&self) -> &'rt Policy {
+        &self.route.policy
     }
 
-    /// The next candidate to try.
-    pub fn next(&mut self, rng: &mut impl Rng) -> Option<Candidate> {
-        let tried = self.tried;
-        let untried = |i: usize| i >= 128 || tried & (1 << i) == 0;
-        let i = routing::pick(self.candidates, untried, rng)?;
+    pub fn member(&self, i: usize) -> &'rt Member {
+        &self.route.members()[i]
+    }
+
+    /// The most any candidate would charge for `input` and `output` tokens,
+    /// in nano-dollars (what a budget reserves before the first attempt).
+    pub fn max_cost(&self, _rt: &Runtime, input: u64, output: u64) -> u64 {
+        self.route.members().iter().map(|m| m.prices.cost(input, 0, output).0).max().unwrap_or(0)
+    }
+
+    /// The member for the next attempt, passing over `skip`. A first attempt
+    /// may panic (serve despite health); a retry goes only where the channel
+    /// is fine, to one this request has not tried when there is one.
+    pub fn pick(&self, retry: bool, skip: u128, now: Nanos, rng: &mut impl Rng) -> Pick {
+        if !retry {
+            return self.route.pick(&self.facts, skip, true, now, rng);
+        }
+        match self.route.pick(&self.facts, skip | self.tried, false, now, rng) {
+            Pick::Member(i) => Pick::Member(i),
+            // Tried members too (they cover the untried ones' answer).
+            _ => self.route.pick(&self.facts, skip, false, now, rng),
+        }
+    }
+
+    /// Whether member `i` served an attempt of this request.
+    pub fn tried(&self, i: usize) -> bool {
+        i < 128 && self.tried & (1 << i) != 0
+    }
+
+    pub fn mark_tried(&mut self, i: usize) {
         if i < 128 {
             self.tried |= 1 << i;
         }
-        self.candidates.get(i).copied()
     }
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use http::{HeaderValue, StatusCode};
 use serde::Deserialize;
+use weaver_crds::routing_policy::RetryOn;
 
 use crate::api::{ApiError, Relayed};
 
@@ -94,16 +95,46 @@ pub(crate) enum UpstreamError {
 }
 
 impl UpstreamError {
-    /// Another attempt (on another channel, or after a wait) may succeed.
-    pub fn retryable(&self) -> bool {
+    /// The class of failure a routing policy's `retryOn` names, when another
+    /// attempt (on another channel, or after a wait) may succeed; `None`
+    /// for the client's own mistakes. A refused credential is the channel's
+    /// fault (answered 502), so it goes with `5xx`.
+    pub fn retry_class(&self) -> Option<RetryOn> {
         match self {
-            UpstreamError::Connect(_) | UpstreamError::Timeout(_) | UpstreamError::Body(_) => true,
-            UpstreamError::Status { status, .. } => {
-                *status == StatusCode::TOO_MANY_REQUESTS
-                    || status.is_server_error()
-                    || matches!(status.as_u16(), 401 | 403)
+            UpstreamError::Connect(_) | UpstreamError::Body(_) => Some(RetryOn::Connect),
+            UpstreamError::Timeout(_) => Some(RetryOn::Timeout),
+            UpstreamError::Status { status, .. } if *status == StatusCode::TOO_MANY_REQUESTS => {
+                Some(RetryOn::TooManyRequests)
+            }
+            UpstreamError::Status { status, .. }
+                if status.is_server_error() || matches!(status.as_u16(), 401 | 403) =>
+            {
+                Some(RetryOn::ServerError)
+            }
+            UpstreamError::Status { .. } => None,
+        }
+    }
+
+    /// How long the upstream asked to be left alone: its `Retry-After`
+    /// (seconds, or an HTTP date) on a 429 or 503.
+    pub fn retry_after(&self) -> Option<Duration> {
+        let UpstreamError::Status { status, retry_after: Some(value), .. } = self else { return None };
+        if !matches!(status.as_u16(), 429 | 503) {
+            return None;
+        }
+        let text = value.to_str().ok()?.trim();
+        match text.parse::<u64>() {
+            Ok(seconds) => Some(Duration::from_secs(seconds)),
+            Err(_) => {
+                let at = httpdate::parse_http_date(text).ok()?;
+                Some(at.duration_since(std::time::SystemTime::now()).unwrap_or_default())
             }
         }
+    }
+
+    /// The upstream says it is rate limited (429).
+    pub fn rate_limited(&self) -> bool {
+        matches!(self, UpstreamError::Status { status, .. } if *status == StatusCode::TOO_MANY_REQUESTS)
     }
 
     /// The failure says something about the channel's health (a client's bad
@@ -223,8 +254,24 @@ mod tests {
         assert_eq!(status(429).into_api_error("c").status, StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(status(401).into_api_error("c").status, StatusCode::BAD_GATEWAY);
         assert_eq!(status(503).into_api_error("c").status, StatusCode::BAD_GATEWAY);
-        assert!(status(503).retryable() && status(503).counts_against_channel());
-        assert!(status(429).retryable() && !status(429).counts_against_channel());
-        assert!(!status(400).retryable() && !status(400).counts_against_channel());
+        assert!(status(503).retry_class() == Some(RetryOn::ServerError) && status(503).counts_against_channel());
+        assert!(status(429).retry_class() == Some(RetryOn::TooManyRequests) && !status(429).counts_against_channel());
+        assert!(status(400).retry_class().is_none() && !status(400).counts_against_channel());
+        assert_eq!(status(401).retry_class(), Some(RetryOn::ServerError));
+        assert_eq!(UpstreamError::Timeout(Duration::from_secs(1)).retry_class(), Some(RetryOn::Timeout));
+    }
+
+    #[test]
+    fn retry_after_is_seconds_or_a_date() {
+        let with = |code: u16, value: &'static str| UpstreamError::Status {
+            status: StatusCode::from_u16(code).unwrap_or(StatusCode::IM_A_TEAPOT),
+            error: ErrorFields::default(),
+            retry_after: Some(HeaderValue::from_static(value)),
+        };
+        assert_eq!(with(429, "7").retry_after(), Some(Duration::from_secs(7)));
+        assert_eq!(with(503, " 2 ").retry_after(), Some(Duration::from_secs(2)));
+        assert_eq!(with(429, "Wed, 21 Oct 2015 07:28:00 GMT").retry_after(), Some(Duration::ZERO), "a past date");
+        assert_eq!(with(500, "7").retry_after(), None);
+        assert_eq!(with(429, "soon").retry_after(), None);
     }
 }

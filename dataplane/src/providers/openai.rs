@@ -302,6 +302,7 @@ mod tests {
             timeouts: TimeoutsSnapshot::default(),
             azure_api_version: azure.map(str::to_owned),
             stream_usage: true,
+            limits: Default::default(),
         }
     }
 

@@ -133,6 +133,7 @@ impl RelayBody {
                 attempt.error = Some(error.category);
                 attempt.counts_against_channel = true;
             }
+            ctx.answer_broke();
         }
         Poll::Ready(Some(Ok(Frame::data(Bytes::from(error.sse_event())))))
     }

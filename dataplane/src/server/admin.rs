@@ -55,6 +55,7 @@ async fn encode(State(gw): State<Arc<Gateway>>) -> Response {
         m.usage_records_stored.inner().fetch_max(sink.writer.stored(), std::sync::atomic::Ordering::Relaxed);
         m.usage_records_spooled.inner().fetch_max(sink.writer.spooled(), std::sync::atomic::Ordering::Relaxed);
     }
+    gw.metrics.routing.observe(&gw.registry, gw.nanos(tokio::time::Instant::now()));
     let body = weaver_telemetry::encode_metrics(gw.metrics.registry());
     ([(header::CONTENT_TYPE, weaver_telemetry::OPENMETRICS_CONTENT_TYPE)], body).into_response()
 }

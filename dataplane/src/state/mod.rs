@@ -32,6 +32,8 @@ pub(crate) struct Settings {
     pub max_body_bytes: usize,
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<IpNet>,
+    /// Name the answering channel in an `x-weaver-channel` response header.
+    pub channel_header: bool,
 }
 
 /// One gateway process.
@@ -57,7 +59,7 @@ impl Gateway {
     pub(crate) fn new(settings: Settings, metrics: Metrics, usage: Option<UsageSink>, ledger: Ledger) -> Arc<Self> {
         let clients = ClientPool::default();
         let registry = Registry::default();
-        let (empty, _) = Runtime::build(Snapshot::default(), &clients, &registry);
+        let (empty, _) = Runtime::build(Snapshot::default(), &clients, &registry, &metrics);
         Arc::new(Self {
             live: ArcSwap::from_pointee(empty),
             clients,
@@ -78,13 +80,14 @@ impl Gateway {
     /// entries of objects that disappeared are pruned.
     pub(crate) fn apply(&self, snapshot: Snapshot) {
         let version = snapshot.version;
-        let (runtime, warnings) = Runtime::build(snapshot, &self.clients, &self.registry);
+        let (runtime, warnings) = Runtime::build(snapshot, &self.clients, &self.registry, &self.metrics);
         for w in warnings {
             tracing::warn!(problem = %w, "snapshot problem");
         }
         let channels: HashSet<&Id> = runtime.channels.iter().map(|c| &c.state.id).collect();
         let keys: HashSet<&Id> = runtime.keys.iter().map(|k| &k.state.id).collect();
         self.registry.retain(&channels, &keys);
+        self.registry.retain_budgets(&runtime.policy_ids.iter().collect());
         self.live.store(Arc::new(runtime));
         self.metrics.snapshot_version.set(i64::try_from(version).unwrap_or(i64::MAX));
         self.loaded.store(true, Ordering::Release);

@@ -18,6 +18,7 @@ use weaver_crds::protocol::LatencySketch;
 use super::budget::BudgetState;
 use crate::limits::Buckets;
 use crate::metering::Label;
+use crate::routing::{RetryBudget, Upstream};
 
 /// A namespaced object: (namespace, name).
 pub(crate) type Id = (Label, Label);
@@ -53,6 +54,12 @@ pub(crate) struct ChannelState {
     /// The upstream refused `stream_options` by name (learnt once, kept
     /// across snapshots): streams go without it and their usage is unknown.
     pub refuses_stream_options: AtomicBool,
+    /// Input tokens of answered attempts that the upstream served from its
+    /// prompt cache (part of `totals.input_tokens`).
+    pub cached_input_tokens: AtomicU64,
+    /// Routing state: in flight, caps, passive health, latency. The probe
+    /// flag in its health is for active health checks to drive.
+    pub upstream: Arc<Upstream>,
 }
 
 #[derive(Debug)]
@@ -86,6 +93,9 @@ impl ChannelState {
 pub(crate) struct Registry {
     channels: Mutex<HashMap<Id, Arc<ChannelState>>>,
     keys: Mutex<HashMap<Id, Arc<KeyState>>>,
+    /// Retry budgets per RoutingPolicy, and per namespace (name "") for the
+    /// routes no policy claims.
+    budgets: Mutex<HashMap<Id, Arc<RetryBudget>>>,
 }
 
 impl Registry {
@@ -100,6 +110,8 @@ impl Registry {
                     failures: AtomicU64::new(0),
                     latency: Mutex::default(),
                     refuses_stream_options: AtomicBool::new(false),
+                    cached_input_tokens: AtomicU64::new(0),
+                    upstream: Arc::default(),
                 })
             })
             .clone()
@@ -119,6 +131,17 @@ impl Registry {
                 })
             })
             .clone()
+    }
+
+    /// The retry budget of a policy (namespace, name; name "" for a
+    /// namespace's defaults), created on first sight.
+    pub fn budget(&self, id: &Id) -> Arc<RetryBudget> {
+        lock(&self.budgets).entry(id.clone()).or_default().clone()
+    }
+
+    /// Drops the budgets of policies no longer configured.
+    pub fn retain_budgets(&self, policies: &HashSet<&Id>) {
+        lock(&self.budgets).retain(|id, _| policies.contains(id));
     }
 
     /// Drops the entries of objects no longer configured. Requests still

@@ -3,21 +3,25 @@
 //! headers, metric labels, links to the registry). Built once per snapshot,
 //! swapped atomically, loaded once per request.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::Uri;
+use bytes::Bytes;
+use http::{HeaderValue, Uri};
+use prometheus_client::metrics::counter::Counter;
 use weaver_crds::money::Prices;
 use weaver_crds::snapshot::{BudgetSnapshot, Candidate, KeySnapshot, Snapshot};
 use wildmatch::WildMatch;
 
 use super::ClientPool;
-use super::registry::{ChannelState, KeyState, Registry};
+use super::registry::{ChannelState, Id, KeyState, Registry};
 use crate::limits::KeyLimits;
-use crate::metering::Label;
+use crate::metering::{Label, Metrics};
 use crate::providers::openai::ModelRename;
 use crate::providers::{Adapter, Operation};
+use crate::routing::metrics::AttemptLabels;
+use crate::routing::{Caps, Member, Policy, Route, channel_key};
 
 /// SHA-256 of a presented key.
 pub(crate) type Digest = [u8; 32];
@@ -28,6 +32,11 @@ pub(crate) struct Runtime {
     by_digest: HashMap<Digest, (u32, Option<i64>)>,
     pub keys: Vec<KeyRuntime>,
     pub channels: Vec<ChannelRuntime>,
+    /// Per route table of the snapshot: model -> route.
+    routes: Vec<BTreeMap<String, Route>>,
+    /// The identities of the snapshot's policies (namespace, name; name ""
+    /// for a namespace's defaults), whose retry budgets are in the registry.
+    pub policy_ids: Vec<Id>,
 }
 
 pub(crate) struct KeyRuntime {
@@ -43,6 +52,14 @@ pub(crate) struct KeyRuntime {
 pub(crate) struct ChannelRuntime {
     /// The channel's name.
     pub label: Label,
+    pub namespace: Label,
+    /// The name as the `x-weaver-channel` header's value.
+    pub header: HeaderValue,
+    /// `weaver_gateway_upstream_attempts_total{result="ok"}` of this channel,
+    /// looked up once per snapshot.
+    pub attempts_ok: Counter,
+    /// This replica's share of the channel's caps.
+    pub caps: Caps,
     pub adapter: Adapter,
     pub models: Vec<ModelRuntime>,
     pub first_byte: Duration,
@@ -60,6 +77,9 @@ pub(crate) struct ModelRuntime {
     pub prices: Prices,
     /// Set when answers must be renamed from the upstream name to the public one.
     pub rename: Option<Arc<ModelRename>>,
+    /// The upstream name as a JSON string, for a request that falls back
+    /// from another model to this one.
+    pub upstream_json: Bytes,
     chat: Option<Uri>,
     embeddings: Option<Uri>,
 }
@@ -76,7 +96,7 @@ impl ModelRuntime {
 impl Runtime {
     /// Derives the runtime; problems that only show here (a base URL that is
     /// not a valid URI) are returned as messages and the model is not routed to.
-    pub fn build(snapshot: Snapshot, pool: &ClientPool, registry: &Registry) -> (Self, Vec<String>) {
+    pub fn build(snapshot: Snapshot, pool: &ClientPool, registry: &Registry, metrics: &Metrics) -> (Self, Vec<String>) {
         let mut warnings = Vec::new();
         let mut by_digest = HashMap::with_capacity(snapshot.keys.len());
         let mut keys = Vec::with_capacity(snapshot.keys.len());
@@ -124,13 +144,19 @@ impl Runtime {
                         upstream: Label::new(&m.upstream),
                         prices: m.prices,
                         rename: ModelRename::new(&m.name, &m.upstream),
+                        upstream_json: Bytes::from(serde_json::to_vec(&m.upstream).unwrap_or_default()),
                         chat: uri(m, Operation::Chat),
                         embeddings: uri(m, Operation::Embeddings),
                     })
                     .collect();
                 let id = (Label::new(&ch.namespace), Label::new(&ch.name));
+                let ok = AttemptLabels { namespace: id.0.clone(), channel: id.1.clone(), result: "ok" };
                 ChannelRuntime {
                     state: registry.channel(&id),
+                    header: HeaderValue::from_str(&ch.name).unwrap_or(HeaderValue::from_static("")),
+                    attempts_ok: metrics.routing.attempts.get_or_create(&ok).clone(),
+                    caps: Caps::share(&ch.limits, snapshot.gateway_replicas),
+                    namespace: id.0,
                     label: id.1,
                     adapter,
                     models,
@@ -139,8 +165,38 @@ impl Runtime {
                     stream_usage: ch.stream_usage,
                 }
             })
+            .collect::<Vec<_>>();
+        let policy_ids: Vec<Id> = snapshot
+            .policies
+            .iter()
+            .map(|p| (Label::new(&p.namespace), Label::new(p.name.as_deref().unwrap_or(""))))
             .collect();
-        (Self { snapshot, by_digest, keys, channels }, warnings)
+        let policies: Vec<Arc<Policy>> = snapshot
+            .policies
+            .iter()
+            .zip(&policy_ids)
+            .map(|(p, id)| Arc::new(Policy::new(p, registry.budget(id))))
+            .collect();
+        let keys_of: Vec<u64> = snapshot.channels.iter().map(|c| channel_key(&c.namespace, &c.name)).collect();
+        let routes = snapshot
+            .route_tables
+            .iter()
+            .map(|table| {
+                table
+                    .routes
+                    .iter()
+                    .filter_map(|(model, route)| {
+                        let Some(policy) = policies.get(route.policy as usize) else {
+                            warnings.push(format!("route {model:?} names a policy the snapshot lacks"));
+                            return None;
+                        };
+                        let members = route.candidates.iter().filter_map(|c| member(c, &channels, &keys_of)).collect();
+                        Some((model.clone(), Route::new(members, policy.clone())))
+                    })
+                    .collect()
+            })
+            .collect();
+        (Self { snapshot, by_digest, keys, channels, routes, policy_ids }, warnings)
     }
 
     /// The key a digest belongs to, and when that digest stops working.
@@ -155,11 +211,11 @@ impl Runtime {
         allowed.is_empty() || allowed.iter().any(|g| g.matches(model))
     }
 
-    /// The candidates for a model under a key: `None` when nothing routes the
-    /// model (404), empty when its policy's channels are all unusable (503).
-    pub fn candidates(&self, key: u32, model: &str) -> Option<&[Candidate]> {
+    /// The route of a model under a key: `None` when nothing routes the
+    /// model (404); without members when its channels are all unusable (503).
+    pub fn route(&self, key: u32, model: &str) -> Option<&Route> {
         let k = self.snapshot.keys.get(key as usize)?;
-        self.snapshot.route_tables.get(k.route_table as usize)?.routes.get(model).map(Vec::as_slice)
+        self.routes.get(k.route_table as usize)?.get(model)
     }
 
     /// The models a key may use, sorted.
@@ -171,10 +227,29 @@ impl Runtime {
             .map(|t| {
                 t.routes
                     .iter()
-                    .filter(|(m, c)| !c.is_empty() && self.model_allowed(key, m))
+                    .filter(|(m, r)| !r.candidates.is_empty() && self.model_allowed(key, m))
                     .map(|(m, _)| m.as_str())
                     .collect()
             })
             .unwrap_or_default()
     }
+}
+
+/// A candidate as its route picks it (`None` when the snapshot's indices do
+/// not hold, which the compiler never produces).
+fn member(c: &Candidate, channels: &[ChannelRuntime], keys: &[u64]) -> Option<Member> {
+    let channel = channels.get(c.channel as usize)?;
+    let model = channel.models.get(c.model as usize)?;
+    Some(Member {
+        channel: c.channel,
+        model: c.model,
+        weight: c.weight,
+        priority: c.priority,
+        fallback: c.fallback,
+        tier: 0,
+        prices: model.prices,
+        key: *keys.get(c.channel as usize)?,
+        caps: channel.caps,
+        upstream: channel.state.upstream.clone(),
+    })
 }
