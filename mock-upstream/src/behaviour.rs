@@ -65,6 +65,11 @@ pub struct Behaviour {
     /// supplied: stream_options"; without it streams work (and, having no
     /// `include_usage`, end without a usage chunk).
     pub reject_stream_options: bool,
+    /// A prompt cache, as OpenAI's and vLLM's: the upstream remembers each
+    /// chat prompt's prefix (its leading system messages and the first other
+    /// message) and reports the prefix's tokens as
+    /// `prompt_tokens_details.cached_tokens` when a later request repeats it.
+    pub prefix_cache: bool,
     /// `(total, piece)`: a streamed answer's content is one SSE event of
     /// `total` bytes (`data: ` to the blank line), sent as separate body frames
     /// of `piece` bytes, after the role chunk and before the finish chunk (and

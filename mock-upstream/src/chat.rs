@@ -29,11 +29,27 @@ pub(crate) struct Answer {
     null_usage_details: bool,
     /// Whole answers carry no `usage` member.
     omit_usage: bool,
+    /// Prompt tokens served from the (simulated) prompt cache.
+    cached_tokens: u64,
 }
 
 /// Roughly four characters a token.
 pub(crate) fn estimate_tokens(text: &str) -> u64 {
     (text.chars().count() as u64).div_ceil(4)
+}
+
+/// The prompt prefix a provider's cache would key on: the leading system
+/// (and developer) messages and the first other message, as `(key, tokens)`
+/// with tokens counted as [`Answer::for_chat`] counts the prompt's; `None`
+/// without messages.
+pub(crate) fn cache_prefix(request: &Request) -> Option<(Vec<u8>, u64)> {
+    let messages = request.get("messages")?.as_array()?;
+    let texts = message_texts(request).ok()?;
+    let system = |m: &Value| matches!(m.get("role").and_then(Value::as_str), Some("system" | "developer"));
+    let end = messages.iter().position(|m| !system(m)).map_or(messages.len(), |i| i + 1);
+    let key = serde_json::to_vec(&messages[..end]).ok()?;
+    let tokens = 3 + texts[..end].iter().map(|t| 4 + estimate_tokens(t)).sum::<u64>();
+    (end > 0).then_some((key, tokens))
 }
 
 /// The text of each message: a string `content`, or the `text` of its parts.
@@ -91,7 +107,14 @@ impl Answer {
             finish_reason,
             null_usage_details,
             omit_usage: false,
+            cached_tokens: 0,
         })
+    }
+
+    /// Reports `n` of the prompt tokens as read from the prompt cache.
+    pub fn with_cached_tokens(mut self, n: u64) -> Self {
+        self.cached_tokens = n.min(self.prompt_tokens);
+        self
     }
 
     /// Replaces the completion with one token of filler text, sized so that its
@@ -124,7 +147,10 @@ impl Answer {
         let (prompt_tokens_details, completion_tokens_details) = if self.null_usage_details {
             (PromptDetails { cached_tokens: None, audio_tokens: None }, None)
         } else {
-            (PromptDetails { cached_tokens: Some(0), audio_tokens: Some(0) }, Some(CompletionDetails::default()))
+            (
+                PromptDetails { cached_tokens: Some(self.cached_tokens), audio_tokens: Some(0) },
+                Some(CompletionDetails::default()),
+            )
         };
         Usage {
             prompt_tokens: self.prompt_tokens,

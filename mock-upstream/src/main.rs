@@ -57,6 +57,9 @@ struct Args {
     /// Reject bodies with `stream_options` (400), like Azure OpenAI api-version 2024-02-01.
     #[arg(long, env = "WEAVER_MOCK_REJECT_STREAM_OPTIONS")]
     reject_stream_options: bool,
+    /// Simulate a prompt cache: report a repeated prompt prefix as cached tokens.
+    #[arg(long, env = "WEAVER_MOCK_PREFIX_CACHE")]
+    prefix_cache: bool,
     /// Stream the content as one SSE event of this many bytes.
     #[arg(long, env = "WEAVER_MOCK_BIG_EVENT_BYTES")]
     big_event_bytes: Option<usize>,
@@ -83,6 +86,7 @@ async fn main() -> std::io::Result<()> {
         omit_usage: a.omit_usage,
         json_for_stream: a.json_for_stream,
         reject_stream_options: a.reject_stream_options,
+        prefix_cache: a.prefix_cache,
         big_event: a.big_event_bytes.map(|total| (total, a.big_event_piece_bytes)),
         // A process has nobody to release a held stream.
         hold_after: None,

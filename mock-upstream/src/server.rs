@@ -1,8 +1,10 @@
 //! The HTTP server: records every request, then answers it as the current
 //! [`Behaviour`] says.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use axum::Router;
 use axum::extract::State;
@@ -29,6 +31,8 @@ pub struct Recorded {
     pub raw: Bytes,
     /// The body parsed as JSON (`Null` when it is not JSON).
     pub body: serde_json::Value,
+    /// When it arrived (before any `latency`).
+    pub at: Instant,
 }
 
 #[derive(Default)]
@@ -37,6 +41,8 @@ struct Shared {
     seen: Mutex<Vec<Recorded>>,
     /// Opened by `release` for streams held by `hold_after`.
     gate: Arc<tokio::sync::Notify>,
+    /// Prompt prefixes seen, for `prefix_cache`.
+    prefixes: Mutex<HashSet<Vec<u8>>>,
 }
 
 /// A running mock OpenAI-compatible upstream; stops when dropped. It serves
@@ -124,16 +130,17 @@ async fn handle(
         headers: headers.clone(),
         raw: body.clone(),
         body: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+        at: Instant::now(),
     });
     pause(behaviour.latency).await;
-    respond(&behaviour, &shared.gate, &method, &uri, &headers, &body)
+    respond(&behaviour, &shared, &method, &uri, &headers, &body)
         .unwrap_or_else(|e| e.into_response(behaviour.error_format))
 }
 
 /// The answer, in the order the [`Behaviour`] docs give.
 fn respond(
     b: &Behaviour,
-    gate: &Arc<tokio::sync::Notify>,
+    shared: &Shared,
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
@@ -160,6 +167,12 @@ fn respond(
         return Ok(json(crate::embeddings::answer(&request)?));
     }
     let mut answer = Answer::for_chat(&request, b.tokens, b.null_usage_details)?;
+    if b.prefix_cache
+        && let Some((prefix, tokens)) = crate::chat::cache_prefix(&request)
+        && !lock(&shared.prefixes).insert(prefix)
+    {
+        answer = answer.with_cached_tokens(tokens);
+    }
     if b.omit_usage {
         answer = answer.without_usage();
     }
@@ -190,7 +203,7 @@ fn respond(
         }
         None => answer.to_events(include_usage).into_iter().map(Frame::whole).collect(),
     };
-    let hold = b.hold_after.map(|n| (n, gate.clone()));
+    let hold = b.hold_after.map(|n| (n, shared.gate.clone()));
     Ok(stream::response(frames, b.chunk_delay, b.drop_after, hold))
 }
 

@@ -438,3 +438,27 @@ async fn unknown_routes_and_bad_bodies_are_openai_errors() -> TestResult {
     assert_eq!(m.requests().last().map(|r| r.uri.clone()).as_deref(), Some(azure));
     Ok(())
 }
+
+#[tokio::test]
+async fn a_repeated_prompt_prefix_is_reported_as_cached_tokens() -> TestResult {
+    let m = MockUpstream::start(Behaviour { prefix_cache: true, ..Behaviour::default() }).await?;
+    let ask = |question: &str| {
+        json!({"model": "m", "messages": [
+            {"role": "system", "content": "You answer in one word, always, whatever you are asked."},
+            {"role": "user", "content": "Hello there"},
+            {"role": "assistant", "content": "Hi"},
+            {"role": "user", "content": question}
+        ]})
+        .to_string()
+    };
+    let cached = |reply: &Reply| reply.json()["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64();
+    let first = post(&m, "/v1/chat/completions", &[], &ask("Why?")).await?;
+    assert_eq!(cached(&first), Some(0), "a cold cache");
+    let second = post(&m, "/v1/chat/completions", &[], &ask("Why not?")).await?;
+    // The system message (56 characters: 14 tokens) and the first user message (3), 4 each for
+    // framing, 3 for the request.
+    assert_eq!(cached(&second), Some(3 + (4 + 14) + (4 + 3)));
+    let other = ask("Why?").replace("one word", "two words");
+    assert_eq!(cached(&post(&m, "/v1/chat/completions", &[], &other).await?), Some(0), "another prefix");
+    Ok(())
+}
