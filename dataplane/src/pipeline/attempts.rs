@@ -172,11 +172,17 @@ async fn choose(
                 if now >= until {
                     return Err(Stop::Saturated);
                 }
-                // A request-rate cap frees up at a known time; a concurrency
-                // cap when a slot comes back.
-                let rate_wait = member.upstream.rate_wait(&member.caps, nanos);
-                let wake = if rate_wait.is_zero() { until } else { (now + rate_wait).min(until) };
-                let _ = tokio::time::timeout_at(wake, member.upstream.released()).await;
+                // Listening before looking again: a slot given back in
+                // between still wakes this request.
+                let mut released = std::pin::pin!(member.upstream.released());
+                released.as_mut().enable();
+                if member.upstream.full(&member.caps, ctx.gw.nanos(Instant::now())) {
+                    // A request-rate cap frees up at a known time; a
+                    // concurrency cap when a slot comes back.
+                    let rate_wait = member.upstream.rate_wait(&member.caps, nanos);
+                    let wake = if rate_wait.is_zero() { until } else { (now + rate_wait).min(until) };
+                    let _ = tokio::time::timeout_at(wake, released).await;
+                }
                 skip = 0;
             }
             Pick::Member(i) => {

@@ -33,17 +33,12 @@ pub(super) fn choose(route: &Route, set: u128, request: &Request, now: Nanos, rn
     match route.policy.strategy {
         Strategy::Weighted => smooth(route, set),
         Strategy::Random => nth(set, rng.random_range(0..set.count_ones() as usize)),
-        Strategy::LowestCost => {
-            let cost = |i: usize| m[i].prices.cost(request.input_tokens, 0, request.output_tokens).0;
-            let least = members(set).map(cost).min().unwrap_or(0);
-            smooth(route, subset(set, |i| cost(i) == least))
-        }
+        Strategy::LowestCost => smooth(
+            route,
+            least(set, |i| m[i].prices.cost(request.input_tokens, 0, request.output_tokens).0),
+        ),
         Strategy::LowestLatency => two_choices(m, set, now, rng),
-        Strategy::LeastBusy => {
-            let busy = |i: usize| m[i].upstream.in_flight();
-            let least = members(set).map(busy).min().unwrap_or(0);
-            smooth(route, subset(set, |i| busy(i) == least))
-        }
+        Strategy::LeastBusy => smooth(route, least(set, |i| u64::from(m[i].upstream.in_flight()))),
         Strategy::CacheAware => match request.prefix {
             Some(hash) => rendezvous(m, set, hash, route.policy.load_factor_percent),
             None => smooth(route, set),
@@ -51,8 +46,18 @@ pub(super) fn choose(route: &Route, set: u128, request: &Request, now: Nanos, rn
     }
 }
 
-fn subset(set: u128, keep: impl Fn(usize) -> bool) -> u128 {
-    members(set).filter(|i| keep(*i)).fold(0, |s, i| s | (1 << i))
+/// The members of `set` with the least `key`, in one pass.
+fn least(set: u128, key: impl Fn(usize) -> u64) -> u128 {
+    let mut best = (u64::MAX, 0u128);
+    for i in members(set) {
+        let k = key(i);
+        if k < best.0 {
+            best = (k, 1 << i);
+        } else if k == best.0 {
+            best.1 |= 1 << i;
+        }
+    }
+    best.1
 }
 
 fn nth(set: u128, n: usize) -> usize {
@@ -104,25 +109,35 @@ fn two_choices(m: &[Member], set: u128, now: Nanos, rng: &mut impl Rng) -> usize
 /// Hashing with Bounded Loads"). A channel joining or leaving moves only the
 /// prefixes it wins or won; no ring needs building.
 fn rendezvous(m: &[Member], set: u128, prefix: u64, load_factor_percent: u32) -> usize {
-    let total_weight: u64 = members(set).map(|i| u64::from(m[i].weight)).sum();
-    let in_flight: u64 = members(set).map(|i| u64::from(m[i].upstream.in_flight())).sum();
-    let equal = members(set).all(|i| m[i].weight == m[set.trailing_zeros() as usize].weight);
-    let score = |i: usize| {
+    let (mut total_weight, mut in_flight, mut equal) = (0u64, 0u64, true);
+    let first_weight = m[set.trailing_zeros() as usize].weight;
+    for i in members(set) {
+        total_weight += u64::from(m[i].weight);
+        in_flight += u64::from(m[i].upstream.in_flight());
+        equal &= m[i].weight == first_weight;
+    }
+    let room = u128::from(load_factor_percent) * u128::from(in_flight + 1);
+    let share = 100 * u128::from(total_weight.max(1));
+    // The best scorer under its bound, and the best of all (when none is).
+    let (mut under, mut any) = ((f64::NEG_INFINITY, None), (f64::NEG_INFINITY, None));
+    for i in members(set) {
         let h = mix(prefix ^ m[i].key);
-        if equal {
-            return h as f64;
+        let score = if equal {
+            h as f64
+        } else {
+            // u in (0, 1): the top 53 bits, never zero.
+            let u = ((h >> 11) | 1) as f64 / (1u64 << 53) as f64;
+            -f64::from(m[i].weight) / u.ln()
+        };
+        let bound = (room * u128::from(m[i].weight)).div_ceil(share);
+        if score > under.0 && u128::from(m[i].upstream.in_flight()) < bound {
+            under = (score, Some(i));
         }
-        // u in (0, 1): the top 53 bits, never zero.
-        let u = ((h >> 11) | 1) as f64 / (1u64 << 53) as f64;
-        -f64::from(m[i].weight) / u.ln()
-    };
-    let under_bound = |i: usize| {
-        let share = u128::from(load_factor_percent) * u128::from(in_flight + 1) * u128::from(m[i].weight);
-        let bound = share.div_ceil(100 * u128::from(total_weight.max(1)));
-        u128::from(m[i].upstream.in_flight()) < bound
-    };
-    let best = |pool: u128| members(pool).map(|i| (score(i), i)).max_by(|a, b| a.0.total_cmp(&b.0)).map(|(_, i)| i);
-    best(subset(set, under_bound)).or_else(|| best(set)).unwrap_or(set.trailing_zeros() as usize)
+        if score > any.0 {
+            any = (score, Some(i));
+        }
+    }
+    under.1.or(any.1).unwrap_or(set.trailing_zeros() as usize)
 }
 
 /// A 64-bit finaliser (MurmurHash3's), so that nearby inputs score apart.

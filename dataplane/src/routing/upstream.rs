@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Notify;
+use tokio::sync::futures::Notified;
 use weaver_crds::snapshot::ChannelLimits;
 
 use super::health::{Health, Outlier};
@@ -91,10 +92,11 @@ impl Upstream {
         Some(lease)
     }
 
-    /// Waits until a capped channel gives a slot back (or returns at once
-    /// when one came back since the last wait).
-    pub async fn released(&self) {
-        self.released.notified().await;
+    /// Resolves when a capped channel gives a slot back. Enable it (or poll
+    /// it once) before checking whether the channel is still full, so a slot
+    /// that comes back in between is not missed.
+    pub fn released(&self) -> Notified<'_> {
+        self.released.notified()
     }
 }
 
