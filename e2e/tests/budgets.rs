@@ -13,8 +13,9 @@ use weaver_e2e::fixtures::{KEY, openai_namespace};
 use weaver_e2e::gateway::TestGateway;
 use weaver_e2e::mock_upstream::{Behaviour, MockUpstream};
 use weaver_e2e::postgres::PgCluster;
+use weaver_e2e::records;
 use weaver_store::ledger::BudgetId;
-use weaver_store::{RecordFilter, Store, StoreOptions, UsageStore as _};
+use weaver_store::{RecordFilter, Store, StoreOptions};
 
 /// The budget: four thousandths of a dollar, never resetting; each request
 /// here costs about 1/400 of it and reserves about three times that.
@@ -79,15 +80,7 @@ async fn load(gateways: &[&TestGateway]) -> anyhow::Result<Seen> {
 
 /// The cost of every usage record in `store`, in nano-dollars.
 async fn recorded_cost(store: &Store) -> anyhow::Result<u64> {
-    let (mut total, mut cursor) = (0, None);
-    loop {
-        let page = store.records(&RecordFilter::default(), cursor.as_deref(), 1000).await?;
-        total += page.records.iter().map(|r| r.cost_nanos).sum::<u64>();
-        match page.next_cursor {
-            Some(next) => cursor = Some(next),
-            None => return Ok(total),
-        }
-    }
+    Ok(records::all(store, &RecordFilter::default()).await?.iter().map(|r| r.cost_nanos).sum())
 }
 
 /// Checks what a run left: refusals only once the budget was nearly used,
