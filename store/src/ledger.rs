@@ -16,6 +16,8 @@
 use std::collections::BTreeMap;
 
 use sqlx::Row as _;
+use weaver_crds::api_key::BudgetPeriod;
+use weaver_crds::budget::period_start;
 
 use crate::{Store, StoreError, UsageStore as _};
 
@@ -26,6 +28,20 @@ pub struct BudgetId {
     pub namespace: String,
     pub name: String,
     pub period_ms: i64,
+}
+
+impl BudgetId {
+    /// ApiKey `namespace/name`'s budget of `period`, in the period holding
+    /// `now_ms` (unix ms; periods on the UTC calendar). The gateways that
+    /// enforce a budget and everything that reads it (the usage API) name
+    /// the ledger row alike through this.
+    pub fn key(namespace: &str, name: &str, period: BudgetPeriod, now_ms: i64) -> BudgetId {
+        BudgetId {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            period_ms: period_start(Some(period), now_ms.div_euclid(1000)).saturating_mul(1000),
+        }
+    }
 }
 
 /// One replica's call to the ledger.

@@ -14,6 +14,7 @@ use weaver_crds::budget::period_start;
 use weaver_crds::money::Usd;
 use weaver_crds::snapshot::BudgetSnapshot;
 use weaver_store::UsageStore;
+use weaver_store::ledger::LedgerTotals;
 
 use crate::UsageApi;
 use crate::auth::{Authorize, Resource};
@@ -39,6 +40,15 @@ pub struct LedgerAmounts {
     pub leased: u64,
     /// Held by requests in flight on the answering gateway (part of its slice).
     pub reserved: u64,
+}
+
+impl LedgerAmounts {
+    /// The ledger's `totals` for the key's current period, with `reserved`
+    /// held by requests in flight on the answering process (0 where none run,
+    /// as in the operator).
+    pub fn new(totals: &LedgerTotals, reserved: u64) -> Self {
+        LedgerAmounts { settled: totals.settled_nanos, leased: totals.leased_nanos, reserved }
+    }
 }
 
 /// Looks keys up in whatever the embedding binary holds (the gateway's live

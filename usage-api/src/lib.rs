@@ -108,6 +108,16 @@ where
         .layer(axum::middleware::map_response(no_store))
 }
 
+/// Where the usage API is not served (no store, say): every `/admin/v1/...`
+/// URL answers 404 `usage_api_off` with `reason`, which should say how to
+/// turn it on.
+pub fn off(reason: &'static str) -> Router {
+    Router::new().route(
+        "/admin/v1/{*rest}",
+        axum::routing::any(move || async move { ApiError::not_found("usage_api_off", reason) }),
+    )
+}
+
 async fn no_store(mut response: Response) -> Response {
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response

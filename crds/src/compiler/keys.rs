@@ -7,7 +7,7 @@ use sha2::{Digest, Sha256};
 
 use super::routes::RouteTables;
 use super::{Kind, ProblemReason, Problems, SecretIndex, namespace_of, sorted};
-use crate::api_key::ApiKey;
+use crate::api_key::{ApiKey, Budget};
 use crate::common::SecretKeyRef;
 use crate::money::Usd;
 use crate::snapshot::{BudgetSnapshot, KeyDigest, KeySnapshot};
@@ -25,6 +25,18 @@ pub fn previous_key_field(key: &str) -> String {
 /// Annotation on a generated Secret: unix seconds until which the previous key
 /// is still accepted.
 pub const PREVIOUS_EXPIRES_ANNOTATION: &str = "llmweaver.io/previous-key-expires-at";
+
+/// An ApiKey's budget as the gateways enforce it (the operator's usage API
+/// shows the same); `Err` says what is wrong with it.
+pub fn budget_snapshot(b: &Budget) -> Result<BudgetSnapshot, String> {
+    match b.amount.parse::<Usd>() {
+        Ok(amount) if amount.0 > 0 => {
+            Ok(BudgetSnapshot { amount, period: b.period, reserve_output_tokens: b.reserve_output_tokens })
+        }
+        Ok(_) => Err("budget.amount must be positive".to_owned()),
+        Err(e) => Err(format!("budget.amount: {e}")),
+    }
+}
 
 /// Lower-case hex SHA-256 of a presented key, as the snapshot stores it.
 pub fn key_digest(key: &str) -> String {
@@ -87,17 +99,7 @@ fn compile_key(
                 .map_err(|_| invalid(format!("ipAllowlist: {entry:?} is not an IP address or CIDR")))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let budget = spec
-        .budget
-        .as_ref()
-        .map(|b| match b.amount.parse::<Usd>() {
-            Ok(amount) if amount.0 > 0 => {
-                Ok(BudgetSnapshot { amount, period: b.period, reserve_output_tokens: b.reserve_output_tokens })
-            }
-            Ok(_) => Err(invalid("budget.amount must be positive".to_owned())),
-            Err(e) => Err(invalid(format!("budget.amount: {e}"))),
-        })
-        .transpose()?;
+    let budget = spec.budget.as_ref().map(budget_snapshot).transpose().map_err(invalid)?;
     let policy = spec.routing_policy.as_deref();
     let policy = match policy {
         Some(p) if !tables.has_policy(ns, p) => {

@@ -146,11 +146,7 @@ impl KeyDirectory for LiveKeys {
             Some(budget) => {
                 let id = budget_id(key, budget, unix_millis());
                 let totals = self.0.ledger.totals(&id).await.map_err(ApiError::from_store)?;
-                Some(LedgerAmounts {
-                    settled: totals.settled_nanos,
-                    leased: totals.leased_nanos,
-                    reserved: key.state.budget.reserved(),
-                })
+                Some(LedgerAmounts::new(&totals, key.state.budget.reserved()))
             }
             None => None,
         };

@@ -16,7 +16,6 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures_util::StreamExt as _;
-use weaver_crds::budget::period_start;
 use weaver_crds::snapshot::BudgetSnapshot;
 use weaver_store::ledger::{Account, BudgetId, LedgerTotals, SyncRequest, SyncView};
 use weaver_store::{Store, StoreError};
@@ -252,11 +251,7 @@ const SYNC_CONCURRENCY: usize = 8;
 
 /// The budget of key `key` in the period holding `now_ms`.
 pub(crate) fn budget_id(key: &KeyRuntime, budget: &BudgetSnapshot, now_ms: i64) -> BudgetId {
-    BudgetId {
-        namespace: key.namespace.as_str().to_owned(),
-        name: key.name.as_str().to_owned(),
-        period_ms: period_start(Some(budget.period), now_ms.div_euclid(1000)) * 1000,
-    }
+    BudgetId::key(key.namespace.as_str(), key.name.as_str(), budget.period, now_ms)
 }
 
 /// Settles spend and renews slices of every key with a budget, each second,
