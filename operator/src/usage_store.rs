@@ -123,6 +123,11 @@ impl UsageReader {
         }
     }
 
+    /// The store itself, for the usage API.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     fn filter(&self, from_s: Option<i64>, to_s: Option<i64>) -> UsageFilter {
         UsageFilter {
             from_ms: from_s.map(|s| s.saturating_mul(1000)),
