@@ -143,6 +143,25 @@ impl Cluster {
     /// A projected-style token (audience `llm-weaver`) for ServiceAccount
     /// `name`, bound to the gateway role when `authorised`.
     pub async fn gateway_token(&self, namespace: &str, name: &str, authorised: bool) -> anyhow::Result<String> {
+        if authorised {
+            let binding = ClusterRoleBinding {
+                metadata: kube::api::ObjectMeta { name: Some(format!("{namespace}-{name}")), ..Default::default() },
+                role_ref: RoleRef {
+                    api_group: "rbac.authorization.k8s.io".into(),
+                    kind: "ClusterRole".into(),
+                    name: GATEWAY_ROLE.into(),
+                },
+                subjects: Some(vec![service_account_subject(namespace, name)]),
+            };
+            self.apply_cluster(&binding).await?;
+        }
+        self.token(namespace, name, &[TOKEN_AUDIENCE]).await
+    }
+
+    /// A token for ServiceAccount `name` (created when missing) for
+    /// `audiences`; none means the API server's own, as `kubectl create
+    /// token` issues.
+    pub async fn token(&self, namespace: &str, name: &str, audiences: &[&str]) -> anyhow::Result<String> {
         let sa = ServiceAccount {
             metadata: kube::api::ObjectMeta {
                 name: Some(name.into()),
@@ -152,26 +171,9 @@ impl Cluster {
             ..Default::default()
         };
         self.apply(namespace, &sa).await?;
-        if authorised {
-            let binding = ClusterRoleBinding {
-                metadata: kube::api::ObjectMeta { name: Some(format!("{namespace}-{name}")), ..Default::default() },
-                role_ref: RoleRef {
-                    api_group: "rbac.authorization.k8s.io".into(),
-                    kind: "ClusterRole".into(),
-                    name: GATEWAY_ROLE.into(),
-                },
-                subjects: Some(vec![Subject {
-                    kind: "ServiceAccount".into(),
-                    name: name.into(),
-                    namespace: Some(namespace.into()),
-                    ..Default::default()
-                }]),
-            };
-            self.apply_cluster(&binding).await?;
-        }
         let request = TokenRequest {
             spec: TokenRequestSpec {
-                audiences: vec![TOKEN_AUDIENCE.into()],
+                audiences: audiences.iter().map(|a| (*a).to_owned()).collect(),
                 expiration_seconds: Some(3600),
                 ..Default::default()
             },
@@ -189,6 +191,16 @@ impl Cluster {
         let data: BTreeMap<String, k8s_openapi::ByteString> = secret.data.unwrap_or_default();
         let ca = data.get("ca.crt").context("no ca.crt in the operator's TLS Secret")?;
         Ok(String::from_utf8(ca.0.clone())?)
+    }
+}
+
+/// RBAC's name for ServiceAccount `namespace/name`.
+pub fn service_account_subject(namespace: &str, name: &str) -> Subject {
+    Subject {
+        kind: "ServiceAccount".into(),
+        name: name.into(),
+        namespace: Some(namespace.into()),
+        ..Default::default()
     }
 }
 

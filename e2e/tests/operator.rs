@@ -10,6 +10,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 use weaver_crds::{ApiKey, Channel, RoutingPolicy};
 use weaver_e2e::bed::{Bed, WAIT, store_url};
+use weaver_e2e::cluster::{Cluster, Process, binary};
 use weaver_store::{Outcome, Store, StoreOptions, UsageRecord, UsageStore};
 
 /// One metered request as a gateway would write it.
@@ -287,6 +288,11 @@ async fn a_gateway_with_the_wrong_service_account_is_refused() -> anyhow::Result
     assert_eq!(forged.status(), StatusCode::UNAUTHORIZED);
     let allowed = client.get(&url).bearer_auth(std::fs::read_to_string(bed.path("token"))?).send().await?;
     assert_eq!(allowed.status(), StatusCode::OK);
+    // Without --store the operator serves no usage API, and says so.
+    let off = client.get(format!("{}/admin/v1/usage/records", bed.operator_url())).send().await?;
+    assert_eq!(off.status(), StatusCode::NOT_FOUND);
+    let body: serde_json::Value = off.json().await?;
+    assert_eq!(body["error"]["code"], "usage_api_off", "{body}");
     Ok(())
 }
 
@@ -453,5 +459,231 @@ async fn usage_comes_from_the_store_across_leader_changes_and_budget_alerts_fire
     assert_eq!(after, before);
     assert_eq!(bed.budget_events("budgeted").await?, events);
     bed.until_condition::<ApiKey>("budgeted", "BudgetExceeded", "True", "OverBudget").await?;
+    Ok(())
+}
+
+/// A usage API caller of the operator at `base` (`https://.../admin/v1`).
+struct UsageReader {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl UsageReader {
+    /// `GET base + path` with `token` (none: no Authorization header): the
+    /// status and the JSON body.
+    async fn get(&self, token: Option<&str>, path: &str) -> anyhow::Result<(StatusCode, serde_json::Value)> {
+        let mut request = self.http.get(format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await?;
+        let status = response.status();
+        let text = response.text().await?;
+        Ok((status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))))
+    }
+
+    /// Polls until `GET path` answers 200 with a body `want` accepts (RBAC
+    /// objects and the operator's watch take a moment to apply).
+    async fn until(
+        &self,
+        token: &str,
+        path: &str,
+        want: impl Fn(&serde_json::Value) -> bool,
+    ) -> anyhow::Result<serde_json::Value> {
+        let started = Instant::now();
+        loop {
+            let (status, body) = self.get(Some(token), path).await?;
+            if status == StatusCode::OK && want(&body) {
+                return Ok(body);
+            }
+            anyhow::ensure!(started.elapsed() < WAIT, "GET {path} never answered as wanted; last {status} {body}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// The request ids of a records page.
+fn record_ids(page: &serde_json::Value) -> std::collections::BTreeSet<String> {
+    page["data"].as_array().into_iter().flatten().filter_map(|r| r["request_id"].as_str().map(str::to_owned)).collect()
+}
+
+#[tokio::test]
+#[ignore = "needs the test control plane and Postgres: run with `make e2e`"]
+async fn the_usage_api_shows_each_caller_the_namespaces_its_rbac_allows() -> anyhow::Result<()> {
+    use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+    use weaver_crds::money::Usd;
+    use weaver_e2e::cluster::service_account_subject;
+
+    let cluster = Cluster::connect().await?;
+    let (a, b, home) = (
+        cluster.namespace("usage-a").await?,
+        cluster.namespace("usage-b").await?,
+        cluster.namespace("usage-op").await?,
+    );
+    // ApiKeys make A and B namespaces a request naming none may come to.
+    let key = |spec: &str| {
+        format!("apiVersion: llmweaver.io/v1alpha1\nkind: ApiKey\nmetadata: {{name: app}}\nspec: {spec}\n")
+    };
+    cluster.apply_yaml(&a, &key("{budget: {amount: \"2.00\", period: monthly}}")).await?;
+    cluster.apply_yaml(&b, &key("{}")).await?;
+    let store = Store::connect(&store_url()?, StoreOptions::default())?;
+    store.migrate().await?;
+    let written = [
+        record(&a, "app", Some("primary"), "1", Outcome::Ok, (100, 10), 1_000),
+        record(&a, "app", Some("primary"), "2", Outcome::Ok, (200, 20), 2_000),
+        record(&a, "gone", None, "3", Outcome::Rejected, (0, 0), 0),
+        record(&b, "app", Some("primary"), "4", Outcome::Ok, (300, 30), 30_000),
+        record(&b, "app", Some("primary"), "5", Outcome::Ok, (400, 40), 40_000),
+    ];
+    store.insert_batch(&written).await?;
+    let ids = |namespaces: &[&str]| -> std::collections::BTreeSet<String> {
+        written.iter().filter(|r| namespaces.contains(&r.namespace.as_str())).map(|r| r.request_id.clone()).collect()
+    };
+
+    // Team A's ServiceAccount may read usage and ApiKeys in A (a Role); the
+    // auditor everywhere (a ClusterRole); nobody nothing.
+    let rules = vec![PolicyRule {
+        api_groups: Some(vec!["llmweaver.io".into()]),
+        resources: Some(vec!["apikeys".into(), "apikeys/usage".into()]),
+        verbs: vec!["get".into()],
+        ..Default::default()
+    }];
+    let meta = |name: &str| ObjectMeta { name: Some(name.into()), ..Default::default() };
+    let role_ref = |kind: &str, name: &str| RoleRef {
+        api_group: "rbac.authorization.k8s.io".into(),
+        kind: kind.into(),
+        name: name.into(),
+    };
+    cluster.apply(&a, &Role { metadata: meta("usage-reader"), rules: Some(rules.clone()) }).await?;
+    let binding = RoleBinding {
+        metadata: meta("team"),
+        role_ref: role_ref("Role", "usage-reader"),
+        subjects: Some(vec![service_account_subject(&a, "team")]),
+    };
+    cluster.apply(&a, &binding).await?;
+    let auditor_role = format!("{home}-usage-reader");
+    cluster
+        .apply_cluster(&ClusterRole { metadata: meta(&auditor_role), rules: Some(rules), ..Default::default() })
+        .await?;
+    let binding = ClusterRoleBinding {
+        metadata: meta(&auditor_role),
+        role_ref: role_ref("ClusterRole", &auditor_role),
+        subjects: Some(vec![service_account_subject(&home, "auditor")]),
+    };
+    cluster.apply_cluster(&binding).await?;
+    // As `kubectl create token` issues them: for the API server's audiences.
+    let team = cluster.token(&a, "team", &[]).await?;
+    let auditor = cluster.token(&home, "auditor", &[]).await?;
+    let nobody = cluster.token(&home, "nobody", &[]).await?;
+    let for_gateways = cluster.token(&home, "auditor", &[weaver_crds::protocol::TOKEN_AUDIENCE]).await?;
+
+    // Another replica holds the Lease throughout, so this one (watching every
+    // namespace) writes nothing into other tests' namespaces: serving the
+    // usage API takes no leadership.
+    let lease = Lease {
+        metadata: meta("llm-weaver-operator"),
+        spec: Some(LeaseSpec {
+            holder_identity: Some("another-replica".into()),
+            lease_duration_seconds: Some(3600),
+            renew_time: Some(MicroTime(k8s_openapi::jiff::Timestamp::now())),
+            ..Default::default()
+        }),
+    };
+    cluster.apply(&home, &lease).await?;
+    let dir = tempfile::tempdir()?;
+    let store_url = store_url()?;
+    let args: Vec<String> = [
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--namespace",
+        &home,
+        "--identity",
+        "usage-api",
+        "--store",
+        &store_url,
+        "--log-format",
+        "json",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let kubeconfig = cluster.kubeconfig.to_string_lossy().into_owned();
+    let log = dir.path().join("operator.log");
+    let operator = Process::start(&binary("weaver-operator")?, &args, &[("KUBECONFIG", &kubeconfig)], log).await?;
+    let ca = reqwest::Certificate::from_pem(cluster.operator_ca(&home).await?.as_bytes())?;
+    let api = UsageReader {
+        http: reqwest::Client::builder().add_root_certificate(ca).build()?,
+        base: format!("https://{}/admin/v1", operator.addr("addr")),
+    };
+
+    // Team A asking for everything gets A's records, exactly as written.
+    let page = api.until(&team, "/usage/records", |p| record_ids(p) == ids(&[&a])).await?;
+    for r in page["data"].as_array().into_iter().flatten() {
+        let sent = written
+            .iter()
+            .find(|w| r["request_id"] == w.request_id.as_str())
+            .ok_or_else(|| anyhow::anyhow!("a record nobody wrote: {r}"))?;
+        assert_eq!((r["namespace"].as_str(), r["api_key"].as_str()), (Some(a.as_str()), Some(sent.api_key.as_str())));
+        assert_eq!(r["input_tokens"], sent.input_tokens);
+        assert_eq!(r["cost_usd"], Usd(sent.cost_nanos).to_string());
+    }
+    let (status, summary) = api.get(Some(&team), "/usage/summary").await?;
+    assert_eq!(status, StatusCode::OK, "{summary}");
+    assert_eq!(
+        (&summary["data"][0]["requests"], &summary["data"][0]["cost_usd"]),
+        (&json!(3), &json!(Usd(3_000).to_string()))
+    );
+    // ... and a 403 naming the namespace and the RBAC it lacks for B.
+    for path in [format!("/usage/records?namespace={b}"), format!("/usage/export?namespace={a},{b}")] {
+        let (status, body) = api.get(Some(&team), &path).await?;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}: {body}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(&format!(
+                "cannot get resource \"apikeys/usage\" in API group \"llmweaver.io\" in the namespace \"{b}\""
+            )),
+            "{message}"
+        );
+    }
+    // A key's budget needs `get` on that ApiKey.
+    let (status, body) = api.get(Some(&team), &format!("/keys/{a}/app")).await?;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["budget"]["limit_usd"], "2.00".parse::<Usd>()?.to_string());
+    assert_eq!((&body["usage"]["requests"], &body["usage"]["cost_usd"]), (&json!(2), &json!(Usd(3_000).to_string())));
+    assert!(body["budget"]["ledger"].is_object(), "{body}");
+    let (status, body) = api.get(Some(&team), &format!("/keys/{b}/app")).await?;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, body) = api.get(Some(&team), &format!("/keys/{a}/missing")).await?;
+    assert_eq!((status, &body["error"]["code"]), (StatusCode::NOT_FOUND, &json!("key_not_found")));
+
+    // The cluster-wide reader sees both namespaces, asked by name or not.
+    let both = format!("/usage/records?namespace={a},{b}");
+    api.until(&auditor, &both, |p| record_ids(p) == ids(&[&a, &b])).await?;
+    let (status, summary) = api.get(Some(&auditor), "/usage/summary?group_by=key").await?;
+    assert_eq!(status, StatusCode::OK, "{summary}");
+    let requests = |ns: &str, key: &str| {
+        summary["data"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|row| row["namespace"] == ns && row["api_key"] == key)
+            .map(|row| row["requests"].clone())
+    };
+    assert_eq!((requests(&a, "app"), requests(&b, "app")), (Some(json!(2)), Some(json!(2))), "{summary}");
+
+    // Authenticated without any grant: 403 for usage, the document is open.
+    let (status, body) = api.get(Some(&nobody), "/usage/records").await?;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("nor in any namespace that has ApiKeys")));
+    assert_eq!(api.get(Some(&nobody), "/openapi.yaml").await?.0, StatusCode::OK);
+    // No token, a bad one, one for the gateways' audience: 401.
+    for token in [None, Some("not-a-token"), Some(for_gateways.as_str())] {
+        let (status, body) = api.get(token, "/usage/records").await?;
+        assert_eq!((status, &body["error"]["code"]), (StatusCode::UNAUTHORIZED, &json!("invalid_admin_token")));
+    }
     Ok(())
 }
