@@ -201,22 +201,14 @@ impl Bed {
             &listen,
             "--advertise-url",
             &advertise,
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--namespace",
-            &self.ns,
             "--watch-namespace",
             &self.ns,
-            "--identity",
-            identity,
             "--status-interval",
             "500ms",
             "--gateway-timeout",
             &gateway_timeout,
             "--lease-duration",
             "3s",
-            "--log-format",
-            "json",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -225,9 +217,8 @@ impl Bed {
             // Records of earlier days are re-read every second, not every 5 min.
             args.extend(["--store".into(), store.clone(), "--store-history-refresh".into(), "1s".into()]);
         }
-        let kubeconfig = self.cluster.kubeconfig.to_string_lossy().into_owned();
         let log = self.path(&format!("{identity}-{}.log", rand_suffix()));
-        Process::start(&binary("weaver-operator")?, &args, &[("KUBECONFIG", &kubeconfig)], log).await
+        self.cluster.operator(&self.ns, identity, &args, log).await
     }
 
     /// The replica holding the leader Lease.

@@ -184,6 +184,27 @@ impl Cluster {
         token.status.map(|s| s.token).context("TokenRequest returned no token")
     }
 
+    /// Starts an operator replica on this plane: replica `identity`, its
+    /// Lease and TLS Secret in `namespace`, metrics on a free loopback port,
+    /// JSON logs into `log`, and `args` besides (`--listen` among them).
+    pub async fn operator(
+        &self,
+        namespace: &str,
+        identity: &str,
+        args: &[String],
+        log: PathBuf,
+    ) -> anyhow::Result<Process> {
+        let mut all: Vec<String> =
+            ["--metrics-listen", "127.0.0.1:0", "--log-format", "json", "--namespace", namespace]
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect();
+        all.extend(["--identity".to_owned(), identity.to_owned()]);
+        all.extend_from_slice(args);
+        let kubeconfig = self.kubeconfig.to_string_lossy().into_owned();
+        Process::start(&binary("weaver-operator")?, &all, &[("KUBECONFIG", &kubeconfig)], log).await
+    }
+
     /// The CA the operator's serving certificate chains to, from its Secret.
     pub async fn operator_ca(&self, operator_namespace: &str) -> anyhow::Result<String> {
         let secret =

@@ -10,7 +10,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 use weaver_crds::{ApiKey, Channel, RoutingPolicy};
 use weaver_e2e::bed::{Bed, WAIT, store_url};
-use weaver_e2e::cluster::{Cluster, Process, binary};
+use weaver_e2e::cluster::Cluster;
 use weaver_store::{Outcome, Store, StoreOptions, UsageRecord, UsageStore};
 
 /// One metered request as a gateway would write it.
@@ -593,27 +593,8 @@ async fn the_usage_api_shows_each_caller_the_namespaces_its_rbac_allows() -> any
     };
     cluster.apply(&home, &lease).await?;
     let dir = tempfile::tempdir()?;
-    let store_url = store_url()?;
-    let args: Vec<String> = [
-        "--listen",
-        "127.0.0.1:0",
-        "--metrics-listen",
-        "127.0.0.1:0",
-        "--namespace",
-        &home,
-        "--identity",
-        "usage-api",
-        "--store",
-        &store_url,
-        "--log-format",
-        "json",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let kubeconfig = cluster.kubeconfig.to_string_lossy().into_owned();
-    let log = dir.path().join("operator.log");
-    let operator = Process::start(&binary("weaver-operator")?, &args, &[("KUBECONFIG", &kubeconfig)], log).await?;
+    let args = ["--listen".to_owned(), "127.0.0.1:0".to_owned(), "--store".to_owned(), store_url()?];
+    let operator = cluster.operator(&home, "usage-api", &args, dir.path().join("operator.log")).await?;
     let ca = reqwest::Certificate::from_pem(cluster.operator_ca(&home).await?.as_bytes())?;
     let api = UsageReader {
         http: reqwest::Client::builder().add_root_certificate(ca).build()?,
