@@ -1,7 +1,7 @@
 //! The usage API of LLM Weaver: request records, summaries, streamed exports
 //! and per-key budget status, read from the usage store (`weaver-store`) and
 //! served as an axum [`Router`] by the standalone gateway (on its admin
-//! listener) and, later, by the operator.
+//! listener) and by the operator (on its HTTPS port, behind Kubernetes RBAC).
 //!
 //! The embedding binary supplies two small things: [`Authorize`] (who the
 //! caller is and which namespaces it may read) and [`KeyDirectory`] (which
