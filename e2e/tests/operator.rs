@@ -9,8 +9,9 @@ use kube::api::Api;
 use reqwest::StatusCode;
 use serde_json::json;
 use weaver_crds::{ApiKey, Channel, RoutingPolicy};
-use weaver_e2e::bed::{Bed, WAIT, store_url};
+use weaver_e2e::bed::{Bed, Setup, WAIT, store_url};
 use weaver_e2e::cluster::Cluster;
+use weaver_e2e::mock_upstream::{Behaviour, MockUpstream};
 use weaver_store::{Outcome, Store, StoreOptions, UsageRecord, UsageStore};
 
 /// One metered request as a gateway would write it.
@@ -346,18 +347,35 @@ async fn a_standby_replica_forwards_reports_and_takes_over_when_the_leader_dies(
     Ok(())
 }
 
+/// The burst of [`a_burst_of_applies_is_compiled_a_few_times_not_once_per_apply`]:
+/// ApiKeys with a Secret each.
+const BURST: usize = 200;
+
 #[tokio::test]
 #[ignore = "needs the test control plane: run with `make e2e`"]
 async fn a_burst_of_applies_is_compiled_a_few_times_not_once_per_apply() -> anyhow::Result<()> {
     use futures_util::{StreamExt, TryStreamExt};
-    let bed = Bed::new().await?;
-    bed.until_converged(0.0).await?;
-    let op_metrics = bed.operator.as_ref().map(|o| format!("http://{}", o.addr("metrics_addr"))).unwrap_or_default();
-    // Let the start-up work (key issuance, status) settle first.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let before = bed.metric(&op_metrics, "weaver_operator_compiles_total").await;
-    let n = 200;
-    futures_util::stream::iter(0..n)
+    // One gateway, so the replica count the snapshot carries never changes:
+    // only the resources make the operator compile.
+    let mut setup = Setup::new(MockUpstream::start(Behaviour::default()).await?);
+    setup.gateways = 1;
+    let bed = Bed::start(setup).await?;
+    let operator = bed.operator.as_ref().ok_or_else(|| anyhow::anyhow!("no operator"))?;
+    // The gateway serving the issued key means the last change of the
+    // start-up (issuing it) is compiled; the status writes that follow
+    // compile nothing.
+    let app = bed.issued_key("app").await?;
+    bed.until_all(&app, "gpt-4o-mini", StatusCode::OK).await?;
+    let metrics = bed.operator_metrics();
+    let compiles = || bed.metric(&metrics, "weaver_operator_compiles_total");
+    let before = compiles().await;
+
+    // The operator is paused while the burst is applied, so it finds the
+    // whole burst waiting however long the applies take on a loaded machine
+    // (as an operator throttled by its CPU limit during a GitOps sync): what
+    // is counted is how it coalesces a burst, not how fast the burst came.
+    operator.pause().await?;
+    let applied = futures_util::stream::iter(0..BURST)
         .map(|i| {
             let (cluster, ns) = (bed.cluster.clone(), bed.ns.clone());
             async move {
@@ -369,12 +387,38 @@ async fn a_burst_of_applies_is_compiled_a_few_times_not_once_per_apply() -> anyh
         })
         .buffer_unordered(32)
         .try_collect::<Vec<_>>()
-        .await?;
-    bed.until_all(&format!("lw-burst-{:04}-0123456789abcdef", n - 1), "gpt-4o-mini", StatusCode::OK).await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let compiles = bed.metric(&op_metrics, "weaver_operator_compiles_total").await - before;
-    println!("{} applies -> {compiles} compilations", 2 * n);
-    assert!(compiles <= 10.0, "{compiles} compilations for one burst");
+        .await;
+    operator.resume().await?;
+    applied?;
+    bed.until_all(&format!("lw-burst-{:04}-0123456789abcdef", BURST - 1), "gpt-4o-mini", StatusCode::OK).await?;
+    // The leader writes every new ApiKey's status: watch events too.
+    let keys: Api<ApiKey> = Api::namespaced(bed.cluster.client.clone(), &bed.ns);
+    let started = Instant::now();
+    loop {
+        let ready = keys
+            .list(&Default::default())
+            .await?
+            .items
+            .iter()
+            .filter(|k| k.metadata.name.as_deref().is_some_and(|n| n.starts_with("burst-")))
+            .filter(|k| {
+                let conditions = k.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+                conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+            })
+            .count();
+        if ready == BURST {
+            break;
+        }
+        anyhow::ensure!(started.elapsed() < WAIT, "{ready} of {BURST} ApiKeys ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // One compilation for the burst; at most one more for each of the two
+    // watches (Secrets, ApiKeys) the API server may have cut while the
+    // operator did not read, which resume a moment later.
+    let compiles = compiles().await - before;
+    println!("{} applies -> {compiles} compilations", 2 * BURST);
+    assert!(compiles <= 3.0, "{compiles} compilations for one burst of {} applies", 2 * BURST);
     Ok(())
 }
 
