@@ -506,46 +506,6 @@ async fn usage_comes_from_the_store_across_leader_changes_and_budget_alerts_fire
     Ok(())
 }
 
-/// A usage API caller of the operator at `base` (`https://.../admin/v1`).
-struct UsageReader {
-    http: reqwest::Client,
-    base: String,
-}
-
-impl UsageReader {
-    /// `GET base + path` with `token` (none: no Authorization header): the
-    /// status and the JSON body.
-    async fn get(&self, token: Option<&str>, path: &str) -> anyhow::Result<(StatusCode, serde_json::Value)> {
-        let mut request = self.http.get(format!("{}{path}", self.base));
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        let response = request.send().await?;
-        let status = response.status();
-        let text = response.text().await?;
-        Ok((status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))))
-    }
-
-    /// Polls until `GET path` answers 200 with a body `want` accepts (RBAC
-    /// objects and the operator's watch take a moment to apply).
-    async fn until(
-        &self,
-        token: &str,
-        path: &str,
-        want: impl Fn(&serde_json::Value) -> bool,
-    ) -> anyhow::Result<serde_json::Value> {
-        let started = Instant::now();
-        loop {
-            let (status, body) = self.get(Some(token), path).await?;
-            if status == StatusCode::OK && want(&body) {
-                return Ok(body);
-            }
-            anyhow::ensure!(started.elapsed() < WAIT, "GET {path} never answered as wanted; last {status} {body}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
 /// The request ids of a records page.
 fn record_ids(page: &serde_json::Value) -> std::collections::BTreeSet<String> {
     page["data"].as_array().into_iter().flatten().filter_map(|r| r["request_id"].as_str().map(str::to_owned)).collect()
@@ -555,10 +515,11 @@ fn record_ids(page: &serde_json::Value) -> std::collections::BTreeSet<String> {
 #[ignore = "needs the test control plane and Postgres: run with `make e2e`"]
 async fn the_usage_api_shows_each_caller_the_namespaces_its_rbac_allows() -> anyhow::Result<()> {
     use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef};
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
     use weaver_crds::money::Usd;
     use weaver_e2e::cluster::service_account_subject;
+    use weaver_e2e::usage_reader::{UsageReader, role_ref, rules, team_token};
 
     let cluster = Cluster::connect().await?;
     let (a, b, home) = (
@@ -588,28 +549,11 @@ async fn the_usage_api_shows_each_caller_the_namespaces_its_rbac_allows() -> any
 
     // Team A's ServiceAccount may read usage and ApiKeys in A (a Role); the
     // auditor everywhere (a ClusterRole); nobody nothing.
-    let rules = vec![PolicyRule {
-        api_groups: Some(vec!["llmweaver.io".into()]),
-        resources: Some(vec!["apikeys".into(), "apikeys/usage".into()]),
-        verbs: vec!["get".into()],
-        ..Default::default()
-    }];
+    let team = team_token(&cluster, &a, "team").await?;
     let meta = |name: &str| ObjectMeta { name: Some(name.into()), ..Default::default() };
-    let role_ref = |kind: &str, name: &str| RoleRef {
-        api_group: "rbac.authorization.k8s.io".into(),
-        kind: kind.into(),
-        name: name.into(),
-    };
-    cluster.apply(&a, &Role { metadata: meta("usage-reader"), rules: Some(rules.clone()) }).await?;
-    let binding = RoleBinding {
-        metadata: meta("team"),
-        role_ref: role_ref("Role", "usage-reader"),
-        subjects: Some(vec![service_account_subject(&a, "team")]),
-    };
-    cluster.apply(&a, &binding).await?;
     let auditor_role = format!("{home}-usage-reader");
     cluster
-        .apply_cluster(&ClusterRole { metadata: meta(&auditor_role), rules: Some(rules), ..Default::default() })
+        .apply_cluster(&ClusterRole { metadata: meta(&auditor_role), rules: Some(rules()), ..Default::default() })
         .await?;
     let binding = ClusterRoleBinding {
         metadata: meta(&auditor_role),
@@ -618,7 +562,6 @@ async fn the_usage_api_shows_each_caller_the_namespaces_its_rbac_allows() -> any
     };
     cluster.apply_cluster(&binding).await?;
     // As `kubectl create token` issues them: for the API server's audiences.
-    let team = cluster.token(&a, "team", &[]).await?;
     let auditor = cluster.token(&home, "auditor", &[]).await?;
     let nobody = cluster.token(&home, "nobody", &[]).await?;
     let for_gateways = cluster.token(&home, "auditor", &[weaver_crds::protocol::TOKEN_AUDIENCE]).await?;
@@ -639,11 +582,8 @@ async fn the_usage_api_shows_each_caller_the_namespaces_its_rbac_allows() -> any
     let dir = tempfile::tempdir()?;
     let args = ["--listen".to_owned(), "127.0.0.1:0".to_owned(), "--store".to_owned(), store_url()?];
     let operator = cluster.operator(&home, "usage-api", &args, dir.path().join("operator.log")).await?;
-    let ca = reqwest::Certificate::from_pem(cluster.operator_ca(&home).await?.as_bytes())?;
-    let api = UsageReader {
-        http: reqwest::Client::builder().add_root_certificate(ca).build()?,
-        base: format!("https://{}/admin/v1", operator.addr("addr")),
-    };
+    let api =
+        UsageReader::new(&format!("https://{}", operator.addr("addr")), cluster.operator_ca(&home).await?.as_bytes())?;
 
     // Team A asking for everything gets A's records, exactly as written.
     let page = api.until(&team, "/usage/records", |p| record_ids(p) == ids(&[&a])).await?;
