@@ -165,10 +165,7 @@ impl Bed {
             bed.standby = Some(bed.operator_process(None, "operator-1").await?);
         }
         for i in 0..setup.gateways {
-            let url = match &bed.standby {
-                Some(standby) if i % 2 == 1 => format!("https://{}", standby.addr("addr")),
-                _ => bed.operator_url(),
-            };
+            let url = if bed.standby.is_some() && i % 2 == 1 { bed.standby_url() } else { bed.operator_url() };
             bed.start_gateway_at(i, &url, "gateway", "token").await?;
         }
         Ok(bed)
@@ -243,6 +240,11 @@ impl Bed {
     /// The HTTPS address of the operator started first (empty once it is gone).
     pub fn operator_url(&self) -> String {
         self.operator.as_ref().map(|o| format!("https://{}", o.addr("addr"))).unwrap_or_default()
+    }
+
+    /// The HTTPS address of the standby replica (empty without one).
+    pub fn standby_url(&self) -> String {
+        self.standby.as_ref().map(|o| format!("https://{}", o.addr("addr"))).unwrap_or_default()
     }
 
     /// (Re)starts gateway `i` following the operator started first.

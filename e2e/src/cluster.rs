@@ -284,6 +284,25 @@ impl Process {
         self.listening[field].as_str().unwrap_or_default().to_owned()
     }
 
+    /// Pauses the process (SIGSTOP) until [`Process::resume`]: as a pod
+    /// throttled by its CPU limit, it finds what happened meanwhile waiting
+    /// in its connections.
+    pub async fn pause(&self) -> anyhow::Result<()> {
+        self.signal("STOP").await
+    }
+
+    /// Lets a paused process go on (SIGCONT).
+    pub async fn resume(&self) -> anyhow::Result<()> {
+        self.signal("CONT").await
+    }
+
+    async fn signal(&self, name: &str) -> anyhow::Result<()> {
+        let pid = self.child.id().context("the process has exited")?;
+        let status = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status().await?;
+        anyhow::ensure!(status.success(), "kill -{name} {pid} failed: {status}");
+        Ok(())
+    }
+
     /// Stops the process (SIGKILL) and waits for it.
     pub async fn kill(mut self) -> anyhow::Result<()> {
         self.child.kill().await?;

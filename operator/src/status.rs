@@ -409,7 +409,9 @@ async fn usage_source(ctx: &Context, keys: &[Arc<ApiKey>], now: i64) -> UsageSou
 pub async fn write_all(ctx: &Arc<Context>, secrets: &SecretIndex) {
     let published = ctx.published.borrow().clone();
     let live = ctx.usage().prune(Instant::now(), ctx.gateway_timeout);
-    let live_u32 = u32::try_from(live).unwrap_or(u32::MAX);
+    // No gateway counts as one, as in the snapshot: a pass before the first
+    // report (or after the last gateway left) then compiles nothing.
+    let live_u32 = u32::try_from(live).unwrap_or(u32::MAX).max(1);
     ctx.replicas.send_if_modified(|r| std::mem::replace(r, live_u32) != live_u32);
     ctx.metrics.live_gateways.set(i64::try_from(live).unwrap_or(i64::MAX));
     let current = published.snapshot.version;
