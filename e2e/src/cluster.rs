@@ -110,7 +110,7 @@ impl Cluster {
         Ok(())
     }
 
-    /// Applies every Channel, ApiKey, RoutingPolicy and Secret in `yaml` to `namespace`.
+    /// Applies every Channel, ApiKey, RoutingPolicy, NamespacePolicy and Secret in `yaml` to `namespace`.
     pub async fn apply_yaml(&self, namespace: &str, yaml: &str) -> anyhow::Result<()> {
         let mut r = Resources::default();
         weaver_crds::manifests::parse_into(yaml, &mut r)?;
@@ -124,6 +124,9 @@ impl Cluster {
             self.apply(namespace, &o).await?;
         }
         for o in r.api_keys {
+            self.apply(namespace, &o).await?;
+        }
+        for o in r.namespace_policies {
             self.apply(namespace, &o).await?;
         }
         Ok(())

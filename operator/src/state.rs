@@ -17,7 +17,7 @@ use kube::runtime::{Predicate, WatchStreamExt, predicates, watcher};
 use kube::{Api, Client, Resource};
 use tokio::sync::{Notify, watch};
 use weaver_crds::compiler::{Problem, Resources, compile};
-use weaver_crds::{ApiKey, Channel, RoutingPolicy, Snapshot};
+use weaver_crds::{ApiKey, Channel, NamespacePolicy, RoutingPolicy, Snapshot};
 
 use crate::metrics::Metrics;
 
@@ -27,6 +27,7 @@ pub struct Stores {
     pub channels: Store<Channel>,
     pub api_keys: Store<ApiKey>,
     pub policies: Store<RoutingPolicy>,
+    pub namespace_policies: Store<NamespacePolicy>,
     pub secrets: Store<Secret>,
 }
 
@@ -151,6 +152,7 @@ pub fn watch_all(client: &Client, namespace: Option<&str>, changed: Arc<Notify>)
         channels: watch_kind(client, namespace, changed.clone()),
         api_keys: watch_kind(client, namespace, changed.clone()),
         policies: watch_kind(client, namespace, changed.clone()),
+        namespace_policies: watch_kind(client, namespace, changed.clone()),
         secrets: watch_kind(client, namespace, changed),
     }
 }
@@ -160,6 +162,7 @@ impl Stores {
         self.channels.wait_until_ready().await?;
         self.api_keys.wait_until_ready().await?;
         self.policies.wait_until_ready().await?;
+        self.namespace_policies.wait_until_ready().await?;
         self.secrets.wait_until_ready().await
     }
 
@@ -171,6 +174,7 @@ impl Stores {
             channels: owned(self.channels.state()),
             api_keys: owned(self.api_keys.state()),
             routing_policies: owned(self.policies.state()),
+            namespace_policies: owned(self.namespace_policies.state()),
             secrets: owned(self.secrets.state()),
         }
     }
