@@ -12,7 +12,7 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::wait::await_condition;
 use reqwest::StatusCode;
 use serde_json::json;
-use weaver_crds::{ApiKey, Channel};
+use weaver_crds::{ApiKey, Channel, NamespacePolicy};
 
 use crate::cluster::{Cluster, Process, binary};
 use crate::mock_upstream::{Behaviour, MockUpstream};
@@ -489,6 +489,12 @@ impl Bed {
     pub async fn channel_usage(&self, name: &str) -> Option<Seen> {
         let channels: Api<Channel> = Api::namespaced(self.cluster.client.clone(), &self.ns);
         seen(channels.get(name).await.ok()?.status?.usage.as_ref())
+    }
+
+    /// The usage in the status of the namespace's NamespacePolicy.
+    pub async fn namespace_usage(&self) -> Option<Seen> {
+        let policies: Api<NamespacePolicy> = Api::namespaced(self.cluster.client.clone(), &self.ns);
+        seen(policies.get(weaver_crds::namespace_policy::NAME).await.ok()?.status?.usage.as_ref())
     }
 
     /// Polls until ApiKey `key` and Channel `channel` show exactly these totals.

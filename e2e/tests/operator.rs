@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use reqwest::StatusCode;
 use serde_json::json;
-use weaver_crds::{ApiKey, Channel, RoutingPolicy};
+use weaver_crds::{ApiKey, Channel, NamespacePolicy, RoutingPolicy};
 use weaver_e2e::bed::{Bed, Setup, WAIT, store_url};
 use weaver_e2e::cluster::Cluster;
 use weaver_e2e::mock_upstream::{Behaviour, MockUpstream};
@@ -422,21 +422,26 @@ async fn a_burst_of_applies_is_compiled_a_few_times_not_once_per_apply() -> anyh
     Ok(())
 }
 
+/// The usage store `make e2e` starts, migrated, and a bed whose operator
+/// reads it, with `yaml` applied to the bed's namespace.
+async fn bed_on_store(yaml: &str) -> anyhow::Result<(Store, Bed)> {
+    let store = Store::connect(&store_url()?, StoreOptions::default())?;
+    store.migrate().await?;
+    let bed = Bed::with_store(Some(store_url()?)).await?;
+    bed.cluster.apply_yaml(&bed.ns, yaml).await?;
+    Ok((store, bed))
+}
+
 #[tokio::test]
 #[ignore = "needs the test control plane and Postgres: run with `make e2e`"]
 async fn usage_comes_from_the_store_across_leader_changes_and_budget_alerts_fire_once() -> anyhow::Result<()> {
     use weaver_crds::money::Usd;
-    let store = Store::connect(&store_url()?, StoreOptions::default())?;
-    store.migrate().await?;
-    let mut bed = Bed::with_store(Some(store_url()?)).await?;
+    let (store, mut bed) = bed_on_store(
+        "apiVersion: llmweaver.io/v1alpha1\nkind: ApiKey\nmetadata: {name: budgeted}\n\
+         spec: {budget: {amount: \"1.00\", period: total, alertThresholds: [50, 100]}}\n",
+    )
+    .await?;
     let ns = bed.ns.clone();
-    bed.cluster
-        .apply_yaml(
-            &ns,
-            "apiVersion: llmweaver.io/v1alpha1\nkind: ApiKey\nmetadata: {name: budgeted}\n\
-             spec: {budget: {amount: \"1.00\", period: total, alertThresholds: [50, 100]}}\n",
-        )
-        .await?;
     let (ok, failed, refused) = (Outcome::Ok, Outcome::UpstreamError, Outcome::Rejected);
     // Two days ago: `app` (no budget) and the channel count all time, and
     // earlier days are read apart from today.
@@ -650,5 +655,46 @@ async fn the_usage_api_shows_each_caller_the_namespaces_its_rbac_allows() -> any
         let (status, body) = api.get(token, "/usage/records").await?;
         assert_eq!((status, &body["error"]["code"]), (StatusCode::UNAUTHORIZED, &json!("invalid_admin_token")));
     }
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs the test control plane and Postgres: run with `make e2e`"]
+async fn a_namespace_policy_shows_its_keys_spend_together_and_alerts_on_its_budget() -> anyhow::Result<()> {
+    use weaver_crds::money::Usd;
+    let (store, bed) = bed_on_store(
+        "apiVersion: llmweaver.io/v1alpha1\nkind: NamespacePolicy\nmetadata: {name: default}\n\
+         spec: {budget: {amount: \"1.00\", period: total, alertThresholds: [50, 100]}}\n",
+    )
+    .await?;
+    let ns = bed.ns.clone();
+    bed.until_condition::<NamespacePolicy>("default", "Ready", "True", "Compiled").await?;
+    // Two keys' spend (the second has no ApiKey: usage counts all the same).
+    let ok = Outcome::Ok;
+    store
+        .insert_batch(&[
+            record(&ns, "app", Some("primary"), "n1", ok, (1_000, 100), 300_000_000),
+            record(&ns, "other", Some("primary"), "n2", ok, (2_000, 200), 300_000_000),
+        ])
+        .await?;
+    let policies: Api<NamespacePolicy> = Api::namespaced(bed.cluster.client.clone(), &ns);
+    let status = || async { policies.get("default").await.ok().and_then(|p| p.status).unwrap_or_default() };
+    let started = Instant::now();
+    while bed.namespace_usage().await != Some((2, 3_000, 300, Usd(600_000_000).to_string(), Some(0))) {
+        anyhow::ensure!(started.elapsed() < WAIT, "no namespace usage in status: {:?}", status().await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status().await.remaining.as_deref(), Some("0.40"));
+    bed.until_condition::<NamespacePolicy>("default", "BudgetExceeded", "False", "WithinBudget").await?;
+    let events = bed.until_budget_events("default", 1).await?;
+    assert!(events[0].1.contains("Spent 0.60 USD of the 1.00 USD budget (60%), crossing 50%"), "{events:?}");
+
+    store.insert_batch(&[record(&ns, "app", Some("primary"), "n3", ok, (0, 0), 400_000_000)]).await?;
+    bed.until_condition::<NamespacePolicy>("default", "BudgetExceeded", "True", "OverBudget").await?;
+    let events = bed.until_budget_events("default", 2).await?;
+    assert_eq!(events[1].0, "Warning", "{events:?}");
+    assert_eq!(status().await.remaining.as_deref(), Some("0.00"));
+    let alerts = format!("weaver_operator_budget_alerts_total{{namespace=\"{ns}\",threshold=\"100\"}}");
+    assert_eq!(bed.metric(&bed.operator_metrics(), &alerts).await, 1.0);
     Ok(())
 }

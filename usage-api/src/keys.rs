@@ -13,8 +13,8 @@ use weaver_crds::api_key::BudgetPeriod;
 use weaver_crds::budget::period_start;
 use weaver_crds::money::Usd;
 use weaver_crds::snapshot::BudgetSnapshot;
-use weaver_store::UsageStore;
 use weaver_store::ledger::LedgerTotals;
+use weaver_store::{Scope, UsageStore};
 
 use crate::UsageApi;
 use crate::auth::{Authorize, Resource};
@@ -114,7 +114,11 @@ pub(crate) async fn handle<S: UsageStore + Clone + 'static, A: Authorize, K: Key
     let now_s = jiff::Timestamp::now().as_second();
     let start_s = period_start(info.budget.map(|b| b.period), now_s);
     let since_ms = start_s.saturating_mul(1000);
-    let usage = api.store.key_usage(&namespace, &name, since_ms).await.map_err(ApiError::from_store)?;
+    let usage = api
+        .store
+        .usage(&Scope::key(namespace.as_str(), name.as_str()), since_ms)
+        .await
+        .map_err(ApiError::from_store)?;
     let rfc3339 = jiff::Timestamp::from_second(start_s).map(|t| t.to_string()).unwrap_or_default();
     let budget = info.budget.map(|b| BudgetStatus {
         limit_usd: b.amount.to_string(),
