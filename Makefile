@@ -24,7 +24,7 @@ help:
 	@echo "make fmt                 - format the Rust code"
 	@echo "make lint                - cargo fmt --check and clippy -D warnings"
 	@echo "make unit                - build the binaries, cargo test (unit and integration tests)"
-	@echo "make e2e                 - operator, OpenAI SDK and CRD tests against the binaries and a real API server"
+	@echo "make e2e                 - operator, replicas, OpenAI SDK and CRD tests against the binaries and a real API server"
 	@echo "make crds                - regenerate crds/manifests from the Rust types"
 	@echo "make bench               - loopback benchmark (direct vs nginx vs gateway) and allocations per request (not part of CI)"
 	@echo "make bench-export        - the usage export of 100,000 records through the gateway: records/s, peak RSS (not part of CI)"
@@ -70,7 +70,9 @@ unit:
 
 # The official OpenAI SDK against the real binaries; the CRDs and the operator
 # (with two gateways in cluster mode) against a real kube-apiserver + etcd,
-# and a throwaway Postgres as the operator's usage store. The
+# and a throwaway Postgres as the operator's usage store; usage and rate
+# limits across gateway and operator replicas (the rate-limit test hammers
+# for two minutes). The
 # control plane binaries are built from Go modules on first use (about 5 min on
 # a cold, otherwise idle 2-core machine) and cached; each plane is thrown away
 # afterwards.
@@ -85,7 +87,7 @@ e2e: setup
 	e2e/postgres down $(E2E_PG) >/dev/null 2>&1 || true
 	pg_env=$$(e2e/postgres up $(E2E_PG)); eval "$$pg_env"; \
 	  trap 'e2e/control-plane down $(PLANE) >/dev/null; e2e/postgres down $(E2E_PG) >/dev/null' EXIT; \
-	  WEAVER_E2E_KUBECONFIG=$(PLANE)/kubeconfig WEAVER_E2E_PYTHON=$(PYTHON) cargo test -p weaver-e2e --test operator -- --ignored --test-threads 4 && \
+	  WEAVER_E2E_KUBECONFIG=$(PLANE)/kubeconfig WEAVER_E2E_PYTHON=$(PYTHON) cargo test -p weaver-e2e --test operator --test replicas -- --ignored --test-threads 4 && \
 	  $(PYTHON) -m pytest e2e/sdk e2e/crd -q
 
 crds:

@@ -1,11 +1,16 @@
 //! Test harness for LLM Weaver: a way to run the gateway under test on a free
 //! loopback port (standalone with a folder of manifests, or following an
 //! operator), the manifests tests build, helpers for the operator tests
-//! against a real API server, a Postgres a test can stop and start, and
-//! (re-exported) the mock LLM upstream.
+//! against a real API server (and a whole test bed of operator and gateway
+//! processes there), a Postgres a test can stop and start, reading back the
+//! usage records a store holds, reading the operator's usage API as a team
+//! does, and (re-exported) the mock LLM upstream.
 
+pub mod bed;
 pub mod cluster;
 pub mod fixtures;
 pub mod gateway;
 pub mod mock_upstream;
 pub mod postgres;
+pub mod records;
+pub mod usage_reader;

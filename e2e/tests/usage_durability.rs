@@ -13,6 +13,7 @@ use weaver_e2e::cluster::{Process, binary};
 use weaver_e2e::fixtures::{KEY, openai_namespace};
 use weaver_e2e::mock_upstream::{Behaviour, MockUpstream};
 use weaver_e2e::postgres::PgCluster;
+use weaver_e2e::records;
 use weaver_store::{RecordFilter, Store, StoreOptions, UsageFilter, UsageStore as _};
 
 /// How long the database stays away while requests keep coming (the figure).
@@ -74,20 +75,6 @@ async fn chat(http: &reqwest::Client, addr: &str, stream: bool) -> anyhow::Resul
     Ok(id)
 }
 
-/// The request id of every record in the store, duplicates included.
-async fn stored_ids(store: &Store) -> anyhow::Result<Vec<String>> {
-    let mut ids = Vec::new();
-    let mut cursor = None;
-    loop {
-        let page = store.records(&RecordFilter::default(), cursor.as_deref(), 1000).await?;
-        ids.extend(page.records.into_iter().map(|r| r.request_id));
-        match page.next_cursor {
-            Some(next) => cursor = Some(next),
-            None => return Ok(ids),
-        }
-    }
-}
-
 /// Requests counted in the store's rollups (cheap to poll).
 async fn stored_count(store: &Store) -> anyhow::Result<usize> {
     let rows = store.summary(&UsageFilter::default(), &[]).await?;
@@ -96,13 +83,7 @@ async fn stored_count(store: &Store) -> anyhow::Result<usize> {
 
 /// Asserts the store holds exactly `expected` (each id once).
 async fn assert_exactly(store: &Store, expected: &HashSet<String>) -> anyhow::Result<()> {
-    let ids = stored_ids(store).await?;
-    let unique: HashSet<String> = ids.iter().cloned().collect();
-    assert_eq!(ids.len(), unique.len(), "a record is in the store twice");
-    let missing = expected.difference(&unique).count();
-    let extra = unique.difference(expected).count();
-    assert_eq!((missing, extra), (0, 0), "records missing / not from this test's requests");
-    Ok(())
+    records::ensure_exactly(&records::all(store, &RecordFilter::default()).await?, expected)
 }
 
 struct Bed {

@@ -6,12 +6,14 @@
 //! deterministic (a quote of the last message, or filler tokens) with realistic
 //! usage, served over real HTTP with knobs for latency, stream length and
 //! pacing, and for faults real upstreams have shown ([`Behaviour`]). Every
-//! request is recorded for assertions ([`MockUpstream::requests`]).
+//! request is recorded for assertions ([`MockUpstream::requests`]), and the
+//! requests in flight are counted ([`MockUpstream::peak_in_flight`]).
 
 mod behaviour;
 mod chat;
 mod embeddings;
 mod error;
+mod in_flight;
 mod request;
 mod server;
 mod stream;

@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 use crate::behaviour::{Behaviour, ErrorFormat, JsonForStream};
 use crate::chat::Answer;
 use crate::error::UpstreamError;
+use crate::in_flight::InFlight;
 use crate::request::{Request, presented_key};
 use crate::stream::{self, Frame, pause};
 
@@ -41,6 +42,7 @@ struct Shared {
     seen: Mutex<Vec<Recorded>>,
     /// Opened by `release` for streams held by `hold_after`.
     gate: Arc<tokio::sync::Notify>,
+    in_flight: Arc<InFlight>,
     /// Prompt prefixes seen, for `prefix_cache`.
     prefixes: Mutex<HashSet<Vec<u8>>>,
 }
@@ -101,6 +103,26 @@ impl MockUpstream {
         lock(&self.shared.seen).clone()
     }
 
+    /// Requests being answered at this instant: each counts from its arrival
+    /// until its response body has been sent to the end, or abandoned with
+    /// its connection.
+    pub fn in_flight(&self) -> usize {
+        self.shared.in_flight.current()
+    }
+
+    /// The most requests answered at once (as [`in_flight`](Self::in_flight)
+    /// counts them) since the start or the last
+    /// [`reset_peak_in_flight`](Self::reset_peak_in_flight): what a
+    /// concurrency limit in front of this upstream must bound.
+    pub fn peak_in_flight(&self) -> usize {
+        self.shared.in_flight.peak()
+    }
+
+    /// Starts measuring a new peak from the requests in flight now.
+    pub fn reset_peak_in_flight(&self) {
+        self.shared.in_flight.reset_peak();
+    }
+
     /// Waits until the server task ends (for the binary).
     pub async fn wait(mut self) {
         let _ = (&mut self.task).await;
@@ -124,6 +146,7 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let slot = shared.in_flight.enter();
     let behaviour = lock(&shared.behaviour).clone();
     lock(&shared.seen).push(Recorded {
         uri: uri.to_string(),
@@ -133,8 +156,9 @@ async fn handle(
         at: Instant::now(),
     });
     pause(behaviour.latency).await;
-    respond(&behaviour, &shared, &method, &uri, &headers, &body)
-        .unwrap_or_else(|e| e.into_response(behaviour.error_format))
+    let response = respond(&behaviour, &shared, &method, &uri, &headers, &body)
+        .unwrap_or_else(|e| e.into_response(behaviour.error_format));
+    slot.hold_until_sent(response)
 }
 
 /// The answer, in the order the [`Behaviour`] docs give.

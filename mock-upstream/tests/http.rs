@@ -462,3 +462,35 @@ async fn a_repeated_prompt_prefix_is_reported_as_cached_tokens() -> TestResult {
     assert_eq!(cached(&post(&m, "/v1/chat/completions", &[], &other).await?), Some(0), "another prefix");
     Ok(())
 }
+
+#[tokio::test]
+async fn requests_count_in_flight_until_their_answer_is_sent() -> TestResult {
+    let m =
+        std::sync::Arc::new(mock(Behaviour { tokens: Some(3), hold_after: Some(2), ..Behaviour::default() }).await?);
+    // A whole answer no longer counts once its client has read it.
+    let r = post(&m, CHAT, &[], &chat(json!({}))).await?;
+    assert_eq!((r.header("content-length").is_some(), m.in_flight(), m.peak_in_flight()), (true, 0, 1));
+
+    // Two held streams count until they end.
+    let streams: Vec<_> = (0..2)
+        .map(|_| {
+            let m = m.clone();
+            tokio::spawn(async move { post(&m, CHAT, &[], &chat(json!({"stream": true}))).await })
+        })
+        .collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while m.in_flight() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "the streams never arrived");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(m.peak_in_flight(), 2);
+    m.release();
+    m.release();
+    for s in streams {
+        assert!(s.await??.complete);
+    }
+    assert_eq!((m.in_flight(), m.peak_in_flight()), (0, 2), "the peak stays until reset");
+    m.reset_peak_in_flight();
+    assert_eq!(m.peak_in_flight(), 0);
+    Ok(())
+}

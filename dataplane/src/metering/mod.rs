@@ -175,10 +175,8 @@ pub(crate) fn finish(
     let estimate = if record.usage.is_none() { record.capture.estimate() } else { None };
     let usage = record.usage.or(estimate.map(|e| e.usage)).unwrap_or_default();
     let cost = route.map_or(0, |(_, m)| m.prices.cost(usage.input, usage.cached_input, usage.output).0);
-    if let (Some(k), Some(reserved)) = (key, settle.admission.budget.take()) {
-        k.state.budget.settle(reserved, cost);
-    }
     if let Some(k) = key {
+        settle.admission.settle_budgets(rt, k, cost);
         k.state.totals.add(usage.input, usage.output, cost);
         k.state.last_used.store(unix_seconds(), std::sync::atomic::Ordering::Relaxed);
     }

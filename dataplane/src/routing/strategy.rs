@@ -33,10 +33,9 @@ pub(super) fn choose(route: &Route, set: u128, request: &Request, now: Nanos, rn
     match route.policy.strategy {
         Strategy::Weighted => smooth(route, set),
         Strategy::Random => nth(set, rng.random_range(0..set.count_ones() as usize)),
-        Strategy::LowestCost => smooth(
-            route,
-            least(set, |i| m[i].prices.cost(request.input_tokens, 0, request.output_tokens).0),
-        ),
+        Strategy::LowestCost => {
+            smooth(route, least(set, |i| m[i].prices.cost(request.input_tokens, 0, request.output_tokens).0))
+        }
         Strategy::LowestLatency => two_choices(m, set, now, rng),
         Strategy::LeastBusy => smooth(route, least(set, |i| u64::from(m[i].upstream.in_flight()))),
         Strategy::CacheAware => match request.prefix {
