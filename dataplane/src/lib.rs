@@ -5,8 +5,9 @@
 //! `server` (CORS, then the envelope: request id, span, panic -> 500) ->
 //! `api` (the dispatcher: route, then `pipeline::authenticate` for every
 //! route, then the handler; the body is read under its size limit there) ->
-//! `pipeline::admit` (rate limits: [`limits`]) -> `pipeline::plan` -> `pipeline::attempts` (one upstream
-//! attempt each through the channel's `providers` adapter) ->
+//! `pipeline::admit` (rate limits: [`limits`]) -> `pipeline::plan` (the model's [`routing`] route) ->
+//! `pipeline::attempts` (upstream attempts through the channels' `providers` adapters, each channel
+//! picked by the policy's strategy, retried as it says) ->
 //! `pipeline::respond` (`relay` for streams) -> `metering` when the context drops.
 
 pub mod api;
