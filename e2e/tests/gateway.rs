@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use weaver_e2e::fixtures::{KEY, openai_namespace as manifests, secondary_openai_channel};
 use weaver_e2e::gateway::{TestGateway, eventually};
 use weaver_e2e::mock_upstream::{Behaviour, ErrorFormat, JsonForStream, MockUpstream};
-use weaver_gateway::api::ApiRoute;
+use weaver_gateway::api::{ApiRoute, Dialect};
 
 struct Setup {
     upstream: MockUpstream,
@@ -474,8 +474,19 @@ async fn every_api_route_answers_401_without_a_key_and_metrics_stay_off_the_clie
     for route in ApiRoute::ALL {
         let request = s.client.request(route.method(), s.gateway.url(route.example_path()));
         let request = if route.method() == reqwest::Method::POST { request.json(&chat(false)) } else { request };
-        let (status, code) = error_of(request.send().await?).await?;
-        assert_eq!((status, code.as_str()), (StatusCode::UNAUTHORIZED, "invalid_api_key"), "{route:?}");
+        let response = request.send().await?;
+        match route.dialect() {
+            Dialect::OpenAi => {
+                let (status, code) = error_of(response).await?;
+                assert_eq!((status, code.as_str()), (StatusCode::UNAUTHORIZED, "invalid_api_key"), "{route:?}");
+            }
+            // Anthropic's SDKs parse their own shape, which has no code.
+            Dialect::Anthropic => {
+                assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{route:?}");
+                let body: Value = response.json().await?;
+                assert_eq!((body["type"].as_str(), body["error"]["type"].as_str()), (Some("error"), Some("authentication_error")));
+            }
+        }
     }
     assert!(s.upstream.requests().is_empty());
     for open in ["/metrics", "/healthz", "/readyz"] {
@@ -484,7 +495,8 @@ async fn every_api_route_answers_401_without_a_key_and_metrics_stay_off_the_clie
     }
     // Refusals are counted too (no key: no namespace).
     let m = s.metrics().await?;
-    assert_eq!(sample(&m, r#"weaver_gateway_requests_total{namespace="",model="",channel="",code="401"}"#), 4.0);
+    let routes = ApiRoute::ALL.len() as f64;
+    assert_eq!(sample(&m, r#"weaver_gateway_requests_total{namespace="",model="",channel="",code="401"}"#), routes);
     Ok(())
 }
 

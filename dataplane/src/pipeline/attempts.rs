@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderValue, StatusCode, header};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
 use http_body_util::BodyExt;
 use tokio::time::Instant;
 use weaver_crds::snapshot::Candidate;
@@ -18,7 +18,7 @@ use super::plan::Plan;
 use crate::api::{ApiError, RequestBody, Rewrite, StreamOptionsEdit};
 use crate::metering::Attempt;
 use crate::parts::Parts;
-use crate::providers::{ErrorFields, Operation, StreamDecoder, UpstreamBody, UpstreamError};
+use crate::providers::{Answering, ErrorFields, Operation, StreamDecoder, UpstreamBody, UpstreamError};
 use crate::state::{ChannelRuntime, Runtime};
 
 /// Attempts per request, until routing policies bring retry settings and a
@@ -54,6 +54,7 @@ pub(super) async fn run(
     rt: &Runtime,
     request: &RequestBody<'_>,
     original: &Bytes,
+    client_headers: &HeaderMap,
     plan: &mut Plan<'_>,
 ) -> Result<Answer, ApiError> {
     let operation = ctx.record.endpoint.operation().unwrap_or(Operation::Chat);
@@ -63,7 +64,7 @@ pub(super) async fn run(
     let mut without_stream_options = false;
     loop {
         let channel = &rt.channels[candidate.channel as usize];
-        let attempt = Try { channel, candidate, operation, without_stream_options };
+        let attempt = Try { channel, candidate, operation, without_stream_options, client_headers };
         let error = match attempt.run(ctx, request, original).await {
             Ok(answer) => return Ok(answer),
             Err(e) => e,
@@ -93,6 +94,7 @@ struct Try<'a> {
     candidate: Candidate,
     operation: Operation,
     without_stream_options: bool,
+    client_headers: &'a HeaderMap,
 }
 
 impl Try<'_> {
@@ -136,7 +138,7 @@ impl Try<'_> {
     ) -> Result<Answer, UpstreamError> {
         let channel = self.channel;
         let target = &channel.models[self.candidate.model as usize];
-        let stream = request.stream && self.operation == Operation::Chat;
+        let stream = request.stream && self.operation.streams();
         let refused = self.without_stream_options || channel.state.refuses_stream_options.load(Ordering::Relaxed);
         let stream_options = match (stream, refused, channel.stream_usage) {
             (false, _, _) | (true, false, false) => StreamOptionsEdit::Keep,
@@ -146,7 +148,7 @@ impl Try<'_> {
         // The runtime knows the public name maps to another (`rename`); the
         // client named the public one.
         let model = target.rename.as_deref().map(|r| r.upstream_json());
-        let body = request.upstream_body(original, Rewrite { model, stream_options });
+        let body = channel.adapter.prepare(self.operation, request, original, Rewrite { model, stream_options }, target)?;
 
         let deadline = ctx.started + channel.total;
         // A non-streamed answer sends its headers only once it is complete, so
@@ -156,7 +158,13 @@ impl Try<'_> {
         } else {
             (deadline, channel.total)
         };
-        let sent = channel.adapter.send(self.operation, target.uri(self.operation), body, &ctx.record.request_id);
+        let sent = channel.adapter.send(
+            self.operation,
+            target.uri(self.operation),
+            body,
+            &ctx.record.request_id,
+            self.client_headers,
+        );
         let response =
             tokio::time::timeout_at(first_byte_deadline, sent).await.map_err(|_| UpstreamError::Timeout(limit))??;
         let (parts, mut body) = response.into_parts();
@@ -168,9 +176,17 @@ impl Try<'_> {
                 retry_after: parts.headers.get(header::RETRY_AFTER).cloned(),
             });
         }
+        let answering = Answering {
+            operation: self.operation,
+            rename: target.rename.as_ref(),
+            model: request.model.as_ref(),
+            include_usage: request.include_usage,
+            drop_usage_chunk: stream_options == StreamOptionsEdit::IncludeUsage && !request.include_usage,
+        };
+        let error_with_200 = |error: ErrorFields| UpstreamError::Status { status: error.implied_status(), error, retry_after: None };
         if !stream {
             let whole = read_bounded(&mut body, usize::MAX, deadline).await?;
-            let (answer, usage) = channel.adapter.decode_whole(whole, target.rename.as_deref());
+            let (answer, usage) = channel.adapter.decode_whole(whole, &answering).map_err(error_with_200)?;
             ctx.record.usage = usage;
             ctx.record.capture.whole(&answer, usage.is_some());
             let content_type = parts
@@ -180,10 +196,7 @@ impl Try<'_> {
                 .unwrap_or(HeaderValue::from_static("application/json"));
             return Ok(Answer::Whole { parts: answer, content_type });
         }
-        let decoder = channel.adapter.stream_decoder(
-            stream_options == StreamOptionsEdit::IncludeUsage && !request.include_usage,
-            target.rename.clone(),
-        );
+        let decoder = channel.adapter.stream_decoder(&answering);
         let is_event_stream = parts
             .headers
             .get(header::CONTENT_TYPE)
@@ -193,11 +206,7 @@ impl Try<'_> {
             // Some upstreams answer a stream request with plain JSON: an error
             // object with a 200, or the whole completion.
             let whole = read_bounded(&mut body, JSON_FOR_STREAM_LIMIT, deadline).await?;
-            let events = channel.adapter.json_for_stream(&whole).map_err(|error| UpstreamError::Status {
-                status: error.implied_status(),
-                error,
-                retry_after: None,
-            })?;
+            let events = channel.adapter.json_for_stream(&whole).map_err(error_with_200)?;
             return Ok(Answer::Stream { first: events, body: UpstreamBody::Local(None), decoder, deadline });
         }
         let first = loop {
@@ -256,7 +265,10 @@ impl ErrorFields {
     /// The status an error object implies when it came with a 200.
     fn implied_status(&self) -> StatusCode {
         let says = |word: &str| [&self.kind, &self.code].iter().any(|f| f.as_deref().is_some_and(|v| v.contains(word)));
-        if says("quota") || says("rate_limit") {
+        if says("overloaded") {
+            // Anthropic's overloaded_error, which a 529 carries.
+            StatusCode::from_u16(529).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
+        } else if says("quota") || says("rate_limit") {
             StatusCode::TOO_MANY_REQUESTS
         } else if says("authentication") || says("api_key") {
             StatusCode::UNAUTHORIZED

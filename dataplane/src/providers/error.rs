@@ -91,13 +91,23 @@ pub(crate) enum UpstreamError {
     Status { status: StatusCode, error: ErrorFields, retry_after: Option<HeaderValue> },
     #[error("broke off before the answer began: {0}")]
     Body(String),
+    /// The request cannot be put in the channel's wire format (content the
+    /// provider has no place for, a malformed member): the client's error.
+    #[error("cannot take the request: {}", .0.message)]
+    Translation(crate::api::ApiError),
 }
+
+/// Anthropic's "overloaded" status (<https://docs.claude.com/en/api/errors>).
+const OVERLOADED: u16 = 529;
 
 impl UpstreamError {
     /// Another attempt (on another channel, or after a wait) may succeed.
     pub fn retryable(&self) -> bool {
         match self {
-            UpstreamError::Connect(_) | UpstreamError::Timeout(_) | UpstreamError::Body(_) => true,
+            // Another channel may speak a format the request fits.
+            UpstreamError::Connect(_) | UpstreamError::Timeout(_) | UpstreamError::Body(_) | UpstreamError::Translation(_) => {
+                true
+            }
             UpstreamError::Status { status, .. } => {
                 *status == StatusCode::TOO_MANY_REQUESTS
                     || status.is_server_error()
@@ -111,6 +121,7 @@ impl UpstreamError {
     pub fn counts_against_channel(&self) -> bool {
         match self {
             UpstreamError::Connect(_) | UpstreamError::Timeout(_) | UpstreamError::Body(_) => true,
+            UpstreamError::Translation(_) => false,
             UpstreamError::Status { status, .. } => status.is_server_error() || matches!(status.as_u16(), 401 | 403),
         }
     }
@@ -121,9 +132,11 @@ impl UpstreamError {
             UpstreamError::Connect(_) => "upstream_unreachable",
             UpstreamError::Timeout(_) => "upstream_timeout",
             UpstreamError::Body(_) => "upstream_body_error",
+            UpstreamError::Translation(e) => e.category,
             UpstreamError::Status { status, .. } => match status.as_u16() {
                 401 | 403 => "upstream_auth_failed",
                 429 => "upstream_rate_limited",
+                OVERLOADED => "upstream_overloaded",
                 400..=499 => "upstream_client_error",
                 _ => "upstream_error",
             },
@@ -135,6 +148,7 @@ impl UpstreamError {
         match self {
             UpstreamError::Connect(_) | UpstreamError::Body(_) => 502,
             UpstreamError::Timeout(_) => 504,
+            UpstreamError::Translation(e) => e.status.as_u16(),
             UpstreamError::Status { status, .. } => status.as_u16(),
         }
     }
@@ -162,6 +176,12 @@ impl UpstreamError {
             UpstreamError::Body(why) => {
                 ApiError::bad_gateway(category, format!("The answer of channel `{channel}` broke off: {why}"))
             }
+            UpstreamError::Translation(error) => error,
+            // Retryable and not the caller's doing: 503, as for no channel.
+            UpstreamError::Status { status, error, .. } if status.as_u16() == OVERLOADED => ApiError::unavailable(
+                category,
+                format!("Channel `{channel}` is overloaded: {}", if error.message.is_empty() { "try again" } else { &error.message }),
+            ),
             UpstreamError::Status { status, .. } if matches!(status.as_u16(), 401 | 403) => ApiError::bad_gateway(
                 category,
                 format!("Channel `{channel}` was refused by its upstream ({status}); check its credentials."),
@@ -226,5 +246,16 @@ mod tests {
         assert!(status(503).retryable() && status(503).counts_against_channel());
         assert!(status(429).retryable() && !status(429).counts_against_channel());
         assert!(!status(400).retryable() && !status(400).counts_against_channel());
+        let overloaded = status(529);
+        assert!(overloaded.retryable() && overloaded.counts_against_channel());
+        assert_eq!(overloaded.category(), "upstream_overloaded");
+        assert_eq!(overloaded.into_api_error("c").status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[test]
+    fn anthropic_error_bodies_keep_their_type_and_message() {
+        let body = br#"{"type":"error","error":{"type":"rate_limit_error","message":"slow down"},"request_id":"req_1"}"#;
+        let fields = ErrorFields::parse(body);
+        assert_eq!((fields.kind.as_deref(), fields.message.as_str()), (Some("rate_limit_error"), "slow down"));
     }
 }

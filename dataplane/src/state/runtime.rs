@@ -60,15 +60,18 @@ pub(crate) struct ModelRuntime {
     pub prices: Prices,
     /// Set when answers must be renamed from the upstream name to the public one.
     pub rename: Option<Arc<ModelRename>>,
+    /// Chat completions and Messages (one URL for both in either format).
     chat: Option<Uri>,
     embeddings: Option<Uri>,
+    count_tokens: Option<Uri>,
 }
 
 impl ModelRuntime {
     pub fn uri(&self, operation: Operation) -> Option<&Uri> {
         match operation {
-            Operation::Chat => self.chat.as_ref(),
+            Operation::Chat | Operation::Messages => self.chat.as_ref(),
             Operation::Embeddings => self.embeddings.as_ref(),
+            Operation::CountTokens => self.count_tokens.as_ref(),
         }
     }
 }
@@ -126,6 +129,7 @@ impl Runtime {
                         rename: ModelRename::new(&m.name, &m.upstream),
                         chat: uri(m, Operation::Chat),
                         embeddings: uri(m, Operation::Embeddings),
+                        count_tokens: uri(m, Operation::CountTokens),
                     })
                     .collect();
                 let id = (Label::new(&ch.namespace), Label::new(&ch.name));
