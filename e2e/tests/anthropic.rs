@@ -31,7 +31,8 @@ struct Setup {
 
 async fn setup(behaviour: Behaviour, key_spec: &str) -> anyhow::Result<Setup> {
     let upstream = MockUpstream::start(Behaviour { require_key: Some(UPSTREAM_KEY.into()), ..behaviour }).await?;
-    let yaml = openai_namespace(&upstream.base_url(), key_spec) + &anthropic_channel(&format!("http://{}", upstream.addr));
+    let yaml =
+        openai_namespace(&upstream.base_url(), key_spec) + &anthropic_channel(&format!("http://{}", upstream.addr));
     let gateway = TestGateway::start(&yaml, &[]).await?;
     Ok(Setup { upstream, gateway, client: reqwest::Client::new() })
 }
@@ -155,7 +156,10 @@ async fn images_reach_an_anthropic_channel() -> anyhow::Result<()> {
         "This is LLM Weaver's mock channel. You said: What is this? (and 2 images)"
     );
     let seen = &s.upstream.requests()[0].body["messages"][0]["content"];
-    assert_eq!(seen[1], json!({"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}));
+    assert_eq!(
+        seen[1],
+        json!({"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}})
+    );
     assert_eq!(seen[2], json!({"type": "image", "source": {"type": "url", "url": "https://example.com/cat.jpg"}}));
     Ok(())
 }
@@ -215,7 +219,8 @@ async fn a_two_turn_tool_conversation_keeps_its_ids() -> anyhow::Result<()> {
         let response = s.chat(&first).await?;
         let (id, arguments, finish) = if stream {
             let chunks = data_events(response).await?;
-            let calls: Vec<&Value> = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["tool_calls"].get(0)).collect();
+            let calls: Vec<&Value> =
+                chunks.iter().filter_map(|c| c["choices"][0]["delta"]["tool_calls"].get(0)).collect();
             assert!(calls.len() > 3, "the arguments arrive in fragments: {calls:?}");
             assert!(calls.iter().all(|c| c["index"] == 0));
             let arguments: String = calls.iter().filter_map(|c| c["function"]["arguments"].as_str()).collect();
@@ -329,7 +334,10 @@ async fn anthropic_errors_become_openai_errors_with_the_right_status() -> anyhow
     let s = setup(Behaviour::default(), "").await?;
     s.set(Behaviour { error_status: Some(429), retry_after: Some(7), ..Behaviour::default() });
     let (status, retry_after, error) = openai_error(s.chat(&chat_body("x", false)).await?).await?;
-    assert_eq!((status, retry_after.as_deref(), error["type"].as_str()), (StatusCode::TOO_MANY_REQUESTS, Some("7"), Some("rate_limit_error")));
+    assert_eq!(
+        (status, retry_after.as_deref(), error["type"].as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, Some("7"), Some("rate_limit_error"))
+    );
 
     s.set(Behaviour { error_status: Some(529), ..Behaviour::default() });
     let (status, _, error) = openai_error(s.chat(&chat_body("x", false)).await?).await?;
@@ -342,7 +350,10 @@ async fn anthropic_errors_become_openai_errors_with_the_right_status() -> anyhow
         {"role": "tool", "tool_call_id": "not-t", "content": "?"}]);
     let (status, _, error) = openai_error(s.chat(&hot).await?).await?;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert!(error["message"].as_str().is_some_and(|m| m.contains("tool_use_id")), "the upstream's message is kept: {error}");
+    assert!(
+        error["message"].as_str().is_some_and(|m| m.contains("tool_use_id")),
+        "the upstream's message is kept: {error}"
+    );
 
     // A 200 whose body is an error: for a plain request and a streamed one.
     for stream in [false, true] {
@@ -390,7 +401,10 @@ async fn messages_pass_through_to_an_anthropic_channel_and_are_metered() -> anyh
     let seen = &s.upstream.requests()[0];
     assert_eq!(seen.uri, "/v1/messages");
     assert_eq!(seen.raw, raw.replace("claude-test", "claude-sonnet-4-6").as_bytes(), "the body was re-encoded");
-    assert_eq!(seen.headers.get("anthropic-beta").and_then(|v| v.to_str().ok()), Some("token-efficient-tools-2025-02-19"));
+    assert_eq!(
+        seen.headers.get("anthropic-beta").and_then(|v| v.to_str().ok()),
+        Some("token-efficient-tools-2025-02-19")
+    );
 
     let response = s
         .client
@@ -410,7 +424,8 @@ async fn messages_pass_through_to_an_anthropic_channel_and_are_metered() -> anyh
     let text: String = events.iter().filter_map(|(_, d)| d["delta"]["text"].as_str()).collect();
     assert_eq!(text, "This is LLM Weaver's mock channel. You said: Say hi mock:cache");
     let records = s.records().await?;
-    let stream = records.iter().find(|r| r.request_id == "native-stream").ok_or_else(|| anyhow::anyhow!("no record"))?;
+    let stream =
+        records.iter().find(|r| r.request_id == "native-stream").ok_or_else(|| anyhow::anyhow!("no record"))?;
     assert!(!stream.estimated);
     assert_eq!((stream.cached_input_tokens, stream.cache_write_tokens), (CACHE_READ_TOKENS, CACHE_WRITE_TOKENS));
     assert_eq!(stream.output_tokens, 11);
@@ -427,7 +442,10 @@ async fn messages_are_translated_for_an_openai_channel() -> anyhow::Result<()> {
     assert_eq!(message["type"], "message");
     assert_eq!(message["model"], "gpt-4o-mini");
     assert_eq!(message["stop_reason"], "end_turn");
-    assert_eq!(message["content"], json!([{"type": "text", "text": "This is LLM Weaver's mock channel. You said: Say hi"}]));
+    assert_eq!(
+        message["content"],
+        json!([{"type": "text", "text": "This is LLM Weaver's mock channel. You said: Say hi"}])
+    );
     assert!(message["usage"]["input_tokens"].as_u64().is_some_and(|n| n > 0));
     let seen = &s.upstream.requests()[0];
     assert_eq!(seen.uri, "/v1/chat/completions");
@@ -499,7 +517,8 @@ async fn messages_errors_are_anthropic_shaped() -> anyhow::Result<()> {
         assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
         anyhow::Ok((status, body["error"]["type"].as_str().unwrap_or_default().to_owned(), retry_after))
     };
-    let no_key = s.client.post(s.gateway.url("/v1/messages")).json(&messages_body("claude-test", "x", false)).send().await?;
+    let no_key =
+        s.client.post(s.gateway.url("/v1/messages")).json(&messages_body("claude-test", "x", false)).send().await?;
     assert_eq!(anthropic_error(no_key).await?, (StatusCode::UNAUTHORIZED, "authentication_error".into(), None));
     let forbidden = s.messages("/v1/messages", &messages_body("gpt-4o-mini", "x", false)).await?;
     assert_eq!(anthropic_error(forbidden).await?, (StatusCode::FORBIDDEN, "permission_error".into(), None));
@@ -510,13 +529,18 @@ async fn messages_errors_are_anthropic_shaped() -> anyhow::Result<()> {
 
     s.set(Behaviour { error_status: Some(429), retry_after: Some(3), ..Behaviour::default() });
     let limited = s.messages("/v1/messages", &messages_body("claude-test", "x", false)).await?;
-    assert_eq!(anthropic_error(limited).await?, (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error".into(), Some("3".into())));
+    assert_eq!(
+        anthropic_error(limited).await?,
+        (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error".into(), Some("3".into()))
+    );
     s.set(Behaviour { error_status: Some(529), ..Behaviour::default() });
     let overloaded = s.messages("/v1/messages", &messages_body("claude-test", "x", false)).await?;
     assert_eq!(anthropic_error(overloaded).await?, (StatusCode::SERVICE_UNAVAILABLE, "overloaded_error".into(), None));
 
     s.set(Behaviour::default());
-    let events = named_events(s.messages("/v1/messages", &messages_body("claude-test", "mock:error-mid-stream", true)).await?).await?;
+    let events =
+        named_events(s.messages("/v1/messages", &messages_body("claude-test", "mock:error-mid-stream", true)).await?)
+            .await?;
     let (name, data) = events.last().cloned().unwrap_or_default();
     assert_eq!(name, "error");
     assert_eq!((data["type"].as_str(), data["error"]["type"].as_str()), (Some("error"), Some("overloaded_error")));

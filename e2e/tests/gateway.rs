@@ -484,7 +484,10 @@ async fn every_api_route_answers_401_without_a_key_and_metrics_stay_off_the_clie
             Dialect::Anthropic => {
                 assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{route:?}");
                 let body: Value = response.json().await?;
-                assert_eq!((body["type"].as_str(), body["error"]["type"].as_str()), (Some("error"), Some("authentication_error")));
+                assert_eq!(
+                    (body["type"].as_str(), body["error"]["type"].as_str()),
+                    (Some("error"), Some("authentication_error"))
+                );
             }
         }
     }

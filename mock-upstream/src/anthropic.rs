@@ -64,8 +64,18 @@ const MEMBERS: &[&str] = &[
 ];
 
 /// The same for `/v1/messages/count_tokens`.
-const COUNT_MEMBERS: &[&str] =
-    &["model", "messages", "system", "tools", "tool_choice", "thinking", "output_config", "mcp_servers", "context_management", "cache_control"];
+const COUNT_MEMBERS: &[&str] = &[
+    "model",
+    "messages",
+    "system",
+    "tools",
+    "tool_choice",
+    "thinking",
+    "output_config",
+    "mcp_servers",
+    "context_management",
+    "cache_control",
+];
 
 /// An error in Anthropic's shape: `{"type":"error","error":{"type","message"},"request_id"}`.
 pub(crate) fn error_response(status: StatusCode, kind: &str, message: &str) -> Response {
@@ -87,8 +97,21 @@ pub(crate) fn error_kind(status: StatusCode) -> &'static str {
     }
 }
 
-fn invalid(message: impl Into<String>) -> Response {
-    error_response(StatusCode::BAD_REQUEST, "invalid_request_error", &message.into())
+/// Why a request is refused, until it becomes the response.
+struct Refusal {
+    status: StatusCode,
+    kind: &'static str,
+    message: String,
+}
+
+impl Refusal {
+    fn response(&self) -> Response {
+        error_response(self.status, self.kind, &self.message)
+    }
+}
+
+fn invalid(message: impl Into<String>) -> Refusal {
+    Refusal { status: StatusCode::BAD_REQUEST, kind: "invalid_request_error", message: message.into() }
 }
 
 /// A request to the Messages API, checked.
@@ -121,11 +144,15 @@ impl Checked {
 }
 
 /// Whether the request carries the headers Anthropic requires.
-fn check_headers(headers: &HeaderMap, required_key: Option<&str>) -> Result<(), Response> {
+fn check_headers(headers: &HeaderMap, required_key: Option<&str>) -> Result<(), Refusal> {
     if let Some(key) = required_key
         && headers.get("x-api-key").and_then(|v| v.to_str().ok()) != Some(key)
     {
-        return Err(error_response(StatusCode::UNAUTHORIZED, "authentication_error", "invalid x-api-key"));
+        return Err(Refusal {
+            status: StatusCode::UNAUTHORIZED,
+            kind: "authentication_error",
+            message: "invalid x-api-key".to_owned(),
+        });
     }
     if headers.get("anthropic-version").is_none() {
         return Err(invalid("anthropic-version: header is required"));
@@ -146,14 +173,14 @@ fn text_of(content: &Value) -> String {
     }
 }
 
-fn only_members(object: &Map<String, Value>, allowed: &[&str], at: &str) -> Result<(), Response> {
+fn only_members(object: &Map<String, Value>, allowed: &[&str], at: &str) -> Result<(), Refusal> {
     match object.keys().find(|k| !allowed.contains(&k.as_str())) {
         Some(extra) => Err(invalid(format!("{at}{extra}: Extra inputs are not permitted"))),
         None => Ok(()),
     }
 }
 
-fn check_block(block: &Value, role: &str, at: &str, previous_tool_uses: &[String]) -> Result<(), Response> {
+fn check_block(block: &Value, role: &str, at: &str, previous_tool_uses: &[String]) -> Result<(), Refusal> {
     let Some(object) = block.as_object() else { return Err(invalid(format!("{at}: Input should be an object"))) };
     let kind = object.get("type").and_then(Value::as_str).unwrap_or_default();
     let allowed: &[&str] = match kind {
@@ -163,14 +190,16 @@ fn check_block(block: &Value, role: &str, at: &str, previous_tool_uses: &[String
         "tool_result" => &["type", "tool_use_id", "content", "is_error", "cache_control"],
         "thinking" => &["type", "thinking", "signature"],
         "redacted_thinking" => &["type", "data"],
-        other => return Err(invalid(format!("{at}.type: Input tag '{other}' found using 'type' does not match any of the expected tags"))),
+        other => {
+            return Err(invalid(format!(
+                "{at}.type: Input tag '{other}' found using 'type' does not match any of the expected tags"
+            )));
+        }
     };
     only_members(object, allowed, &format!("{at}.{kind}."))?;
     match kind {
-        "text" => {
-            if object.get("text").and_then(Value::as_str).is_none_or(str::is_empty) {
-                return Err(invalid(format!("{at}: text content blocks must be non-empty")));
-            }
+        "text" if object.get("text").and_then(Value::as_str).is_none_or(str::is_empty) => {
+            return Err(invalid(format!("{at}: text content blocks must be non-empty")));
         }
         "image" => {
             let source = object.get("source").cloned().unwrap_or(Value::Null);
@@ -189,10 +218,8 @@ fn check_block(block: &Value, role: &str, at: &str, previous_tool_uses: &[String
                 return Err(invalid(format!("{at}.source: invalid image source")));
             }
         }
-        "tool_use" => {
-            if role != "assistant" || !object.get("input").is_some_and(Value::is_object) {
-                return Err(invalid(format!("{at}: tool_use blocks need an object `input`, in assistant turns")));
-            }
+        "tool_use" if role != "assistant" || !object.get("input").is_some_and(Value::is_object) => {
+            return Err(invalid(format!("{at}: tool_use blocks need an object `input`, in assistant turns")));
         }
         "tool_result" => {
             let id = object.get("tool_use_id").and_then(Value::as_str).unwrap_or_default();
@@ -208,7 +235,7 @@ fn check_block(block: &Value, role: &str, at: &str, previous_tool_uses: &[String
 }
 
 /// Checks a request as Anthropic would.
-fn check(body: &[u8], count: bool) -> Result<Checked, Response> {
+fn check(body: &[u8], count: bool) -> Result<Checked, Refusal> {
     let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(body) else {
         return Err(invalid("The request body is not valid JSON."));
     };
@@ -246,7 +273,9 @@ fn check(body: &[u8], count: bool) -> Result<Checked, Response> {
     let mut previous_tool_uses: Vec<String> = Vec::new();
     let (mut last_user_text, mut images, mut tool_results) = (String::new(), 0, Vec::new());
     for (i, m) in messages.iter().enumerate() {
-        let Some(object) = m.as_object() else { return Err(invalid(format!("messages.{i}: Input should be an object"))) };
+        let Some(object) = m.as_object() else {
+            return Err(invalid(format!("messages.{i}: Input should be an object")));
+        };
         only_members(object, &["role", "content"], &format!("messages.{i}."))?;
         let role = object.get("role").and_then(Value::as_str).unwrap_or_default();
         if role != "user" && role != "assistant" {
@@ -308,12 +337,17 @@ fn check(body: &[u8], count: bool) -> Result<Checked, Response> {
         None => Vec::new(),
         Some(Value::Array(tools)) => {
             for (i, t) in tools.iter().enumerate() {
-                let schema_ok = t.get("input_schema").and_then(|s| s.get("type")).and_then(Value::as_str) == Some("object");
+                let schema_ok =
+                    t.get("input_schema").and_then(|s| s.get("type")).and_then(Value::as_str) == Some("object");
                 if t.get("name").and_then(Value::as_str).is_none() || !schema_ok {
                     return Err(invalid(format!("tools.{i}: a custom tool needs `name` and an object `input_schema`")));
                 }
                 if let Some(object) = t.as_object() {
-                    only_members(object, &["name", "description", "input_schema", "cache_control", "strict", "type"], &format!("tools.{i}.custom."))?;
+                    only_members(
+                        object,
+                        &["name", "description", "input_schema", "cache_control", "strict", "type"],
+                        &format!("tools.{i}.custom."),
+                    )?;
                 }
             }
             tools.clone()
@@ -353,7 +387,11 @@ enum Block {
     Thinking(String),
     /// The text, one token each.
     Text(Vec<String>),
-    ToolUse { id: String, name: String, input: Value },
+    ToolUse {
+        id: String,
+        name: String,
+        input: Value,
+    },
 }
 
 /// A Messages answer, before it is encoded whole or as events.
@@ -513,7 +551,9 @@ impl Answer {
             if index > 0 {
                 events.push(event("ping", &json!({"type": "ping"})));
             }
-            let delta = |delta: Value| event("content_block_delta", &json!({"type": "content_block_delta", "index": index, "delta": delta}));
+            let delta = |delta: Value| {
+                event("content_block_delta", &json!({"type": "content_block_delta", "index": index, "delta": delta}))
+            };
             match block {
                 Block::Thinking(t) => {
                     events.push(event("content_block_start", &json!({"type": "content_block_start", "index": index, "content_block": {"type": "thinking", "thinking": "", "signature": ""}})));
@@ -567,7 +607,7 @@ pub(crate) enum Reply {
 pub(crate) fn messages(headers: &HeaderMap, body: &[u8], required_key: Option<&str>, tokens: Option<usize>) -> Reply {
     let request = match check_headers(headers, required_key).and_then(|()| check(body, false)) {
         Ok(r) => r,
-        Err(response) => return Reply::Whole(response),
+        Err(refusal) => return Reply::Whole(refusal.response()),
     };
     if request.says("mock:error-200") {
         return Reply::Whole(error_response(StatusCode::OK, "overloaded_error", "Overloaded"));
@@ -587,7 +627,7 @@ pub(crate) fn count_tokens(headers: &HeaderMap, body: &[u8], required_key: Optio
             let body = json!({"input_tokens": request.input_tokens()});
             ([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
         }
-        Err(response) => response,
+        Err(refusal) => refusal.response(),
     }
 }
 
@@ -596,7 +636,7 @@ mod tests {
     use super::*;
 
     fn checked(body: &str) -> Result<Checked, u16> {
-        check(body.as_bytes(), false).map_err(|r| r.status().as_u16())
+        check(body.as_bytes(), false).map_err(|r| r.status.as_u16())
     }
 
     #[test]

@@ -212,7 +212,8 @@ impl Answer {
             id: format!("chatcmpl-mock{}", digest[..6].iter().map(|b| format!("{b:02x}")).collect::<String>()),
             created: unix_seconds(),
             model: request.model.clone(),
-            completion_tokens: completion.len() as u64 + calls.iter().map(|c| estimate_tokens(&c.arguments)).sum::<u64>(),
+            completion_tokens: completion.len() as u64
+                + calls.iter().map(|c| estimate_tokens(&c.arguments)).sum::<u64>(),
             tokens: completion,
             prompt_tokens,
             finish_reason,
@@ -270,13 +271,15 @@ impl Answer {
             .calls
             .iter()
             .enumerate()
-            .map(|(i, c)| ToolCall {
-                index: None,
-                id: Some(&c.id),
-                kind: Some("function"),
-                function: FunctionCall { name: Some(&c.name), arguments: &c.arguments },
-            }
-            .at(i, false))
+            .map(|(i, c)| {
+                ToolCall {
+                    index: None,
+                    id: Some(&c.id),
+                    kind: Some("function"),
+                    function: FunctionCall { name: Some(&c.name), arguments: &c.arguments },
+                }
+                .at(i, false)
+            })
             .collect();
         let body = Completion {
             id: &self.id,
@@ -319,7 +322,11 @@ impl Answer {
     /// `"usage":null` on every other chunk) and `[DONE]`.
     pub fn to_events(&self, include_usage: bool) -> Vec<Bytes> {
         let mut events = Vec::with_capacity(self.tokens.len() + 4);
-        events.push(self.chunk(Delta { role: Some("assistant"), content: Some(""), tool_calls: None }, None, include_usage));
+        events.push(self.chunk(
+            Delta { role: Some("assistant"), content: Some(""), tool_calls: None },
+            None,
+            include_usage,
+        ));
         for token in &self.tokens {
             events.push(self.chunk(Delta::content(token), None, include_usage));
         }
@@ -332,8 +339,12 @@ impl Answer {
             };
             events.push(self.chunk(Delta::call(start.at(i, true)), None, include_usage));
             for piece in fragments(&call.arguments) {
-                let fragment =
-                    ToolCall { index: None, id: None, kind: None, function: FunctionCall { name: None, arguments: piece } };
+                let fragment = ToolCall {
+                    index: None,
+                    id: None,
+                    kind: None,
+                    function: FunctionCall { name: None, arguments: piece },
+                };
                 events.push(self.chunk(Delta::call(fragment.at(i, true)), None, include_usage));
             }
         }

@@ -227,7 +227,8 @@ fn respond(
 fn messages(b: &Behaviour, gate: &Arc<tokio::sync::Notify>, path: &str, headers: &HeaderMap, body: &[u8]) -> Response {
     if let Some(status) = b.error_status {
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let mut response = crate::anthropic::error_response(status, crate::anthropic::error_kind(status), "injected failure");
+        let mut response =
+            crate::anthropic::error_response(status, crate::anthropic::error_kind(status), "injected failure");
         if matches!(status.as_u16(), 429 | 529)
             && let Some(seconds) = b.retry_after
         {

@@ -148,7 +148,10 @@ impl Try<'_> {
         // The runtime knows the public name maps to another (`rename`); the
         // client named the public one.
         let model = target.rename.as_deref().map(|r| r.upstream_json());
-        let body = channel.adapter.prepare(self.operation, request, original, Rewrite { model, stream_options }, target)?;
+        let body = channel
+            .adapter
+            .prepare(self.operation, request, original, Rewrite { model, stream_options }, target)
+            .map_err(UpstreamError::Translation)?;
 
         let deadline = ctx.started + channel.total;
         // A non-streamed answer sends its headers only once it is complete, so
@@ -183,7 +186,8 @@ impl Try<'_> {
             include_usage: request.include_usage,
             drop_usage_chunk: stream_options == StreamOptionsEdit::IncludeUsage && !request.include_usage,
         };
-        let error_with_200 = |error: ErrorFields| UpstreamError::Status { status: error.implied_status(), error, retry_after: None };
+        let error_with_200 =
+            |error: ErrorFields| UpstreamError::Status { status: error.implied_status(), error, retry_after: None };
         if !stream {
             let whole = read_bounded(&mut body, usize::MAX, deadline).await?;
             let (answer, usage) = channel.adapter.decode_whole(whole, &answering).map_err(error_with_200)?;

@@ -105,9 +105,10 @@ impl UpstreamError {
     pub fn retryable(&self) -> bool {
         match self {
             // Another channel may speak a format the request fits.
-            UpstreamError::Connect(_) | UpstreamError::Timeout(_) | UpstreamError::Body(_) | UpstreamError::Translation(_) => {
-                true
-            }
+            UpstreamError::Connect(_)
+            | UpstreamError::Timeout(_)
+            | UpstreamError::Body(_)
+            | UpstreamError::Translation(_) => true,
             UpstreamError::Status { status, .. } => {
                 *status == StatusCode::TOO_MANY_REQUESTS
                     || status.is_server_error()
@@ -180,7 +181,10 @@ impl UpstreamError {
             // Retryable and not the caller's doing: 503, as for no channel.
             UpstreamError::Status { status, error, .. } if status.as_u16() == OVERLOADED => ApiError::unavailable(
                 category,
-                format!("Channel `{channel}` is overloaded: {}", if error.message.is_empty() { "try again" } else { &error.message }),
+                format!(
+                    "Channel `{channel}` is overloaded: {}",
+                    if error.message.is_empty() { "try again" } else { &error.message }
+                ),
             ),
             UpstreamError::Status { status, .. } if matches!(status.as_u16(), 401 | 403) => ApiError::bad_gateway(
                 category,
@@ -254,7 +258,8 @@ mod tests {
 
     #[test]
     fn anthropic_error_bodies_keep_their_type_and_message() {
-        let body = br#"{"type":"error","error":{"type":"rate_limit_error","message":"slow down"},"request_id":"req_1"}"#;
+        let body =
+            br#"{"type":"error","error":{"type":"rate_limit_error","message":"slow down"},"request_id":"req_1"}"#;
         let fields = ErrorFields::parse(body);
         assert_eq!((fields.kind.as_deref(), fields.message.as_str()), (Some("rate_limit_error"), "slow down"));
     }

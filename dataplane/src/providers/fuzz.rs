@@ -62,11 +62,24 @@ fn text() -> impl Strategy<Value = String> {
 fn anthropic_event() -> impl Strategy<Value = String> {
     let index = prop_oneof![0u64..4, Just(u64::MAX)];
     let kind = prop_oneof![Just("text"), Just("tool_use"), Just("thinking"), Just("server_tool_use"), Just("x")];
-    let delta = prop_oneof![Just("text_delta"), Just("input_json_delta"), Just("thinking_delta"), Just("signature_delta"), Just("?")];
-    let reason = prop_oneof![Just(Value::Null), Just(json!("end_turn")), Just(json!("tool_use")), Just(json!("refusal")), Just(json!(7))];
+    let delta = prop_oneof![
+        Just("text_delta"),
+        Just("input_json_delta"),
+        Just("thinking_delta"),
+        Just("signature_delta"),
+        Just("?")
+    ];
+    let reason = prop_oneof![
+        Just(Value::Null),
+        Just(json!("end_turn")),
+        Just(json!("tool_use")),
+        Just(json!("refusal")),
+        Just(json!(7))
+    ];
     let usage = prop_oneof![
         Just(Value::Null),
-        (0u64..1000, 0u64..1000).prop_map(|(i, o)| json!({"input_tokens": i, "output_tokens": o, "cache_read_input_tokens": null})),
+        (0u64..1000, 0u64..1000)
+            .prop_map(|(i, o)| json!({"input_tokens": i, "output_tokens": o, "cache_read_input_tokens": null})),
         Just(json!({"output_tokens": "many"})),
     ];
     (0u8..9, index, kind, delta, text(), reason, usage).prop_map(|(which, index, kind, delta, text, reason, usage)| {
@@ -131,7 +144,7 @@ proptest! {
     ) {
         let stream = events.concat().into_bytes();
         for mut decoder in decoders() {
-            let whole = feed(&mut decoder, &[stream.clone()]);
+            let whole = feed(&mut decoder, std::slice::from_ref(&stream));
             // Passthrough decoders pass on whatever the upstream sent.
             if matches!(decoder, StreamDecoder::AnthropicToChat(_)) {
                 prop_assert!(well_formed(&whole), "{}", String::from_utf8_lossy(&whole));
@@ -141,7 +154,7 @@ proptest! {
         let mut one = StreamDecoder::AnthropicToChat(anthropic::stream::ToChunks::new("public", true));
         let mut many = StreamDecoder::AnthropicToChat(anthropic::stream::ToChunks::new("public", true));
         let strip = |out: Vec<u8>| String::from_utf8_lossy(&out).replace(|c: char| c.is_ascii_digit(), "");
-        prop_assert_eq!(strip(feed(&mut one, &[stream.clone()])), strip(feed(&mut many, &split(&stream, &cuts))));
+        prop_assert_eq!(strip(feed(&mut one, std::slice::from_ref(&stream))), strip(feed(&mut many, &split(&stream, &cuts))));
     }
 
     #[test]
@@ -151,7 +164,7 @@ proptest! {
     ) {
         let stream = events.concat().into_bytes();
         let mut whole = StreamDecoder::ChatToMessages(messages::stream::ToEvents::new("public"));
-        let out = feed(&mut whole, &[stream.clone()]);
+        let out = feed(&mut whole, std::slice::from_ref(&stream));
         prop_assert!(well_formed(&out), "{}", String::from_utf8_lossy(&out));
         let text = String::from_utf8_lossy(&out).into_owned();
         for event in text.split("\n\n").filter(|e| !e.trim().is_empty()) {

@@ -12,10 +12,10 @@
 //! clients of Anthropic channels, [`messages`] for Messages clients of
 //! OpenAI-wire channels); where they match, bodies pass through.
 
+pub(crate) mod anthropic;
 mod error;
 #[cfg(test)]
 mod fuzz;
-pub(crate) mod anthropic;
 pub(crate) mod messages;
 pub(crate) mod mock;
 pub(crate) mod openai;
@@ -70,10 +70,6 @@ impl Operation {
 }
 
 /// How a channel reaches its upstream.
-#[expect(
-    clippy::large_enum_variant,
-    reason = "built once per channel and snapshot; boxing would add a pointer chase per request"
-)]
 pub(crate) enum Adapter {
     /// Over HTTP in the OpenAI wire format.
     OpenAi { client: HttpClient, headers: HeaderMap, limit: LimitMember },
@@ -127,7 +123,8 @@ impl Adapter {
     /// The body to send upstream for a client's request, in the channel's
     /// wire format: the client's bytes (the model and `stream_options`
     /// edited as `edit` says) where dialect and format match, else the
-    /// translation.
+    /// translation; the error the client gets when the request cannot be
+    /// put in the channel's format.
     pub fn prepare(
         &self,
         operation: Operation,
@@ -135,10 +132,8 @@ impl Adapter {
         original: &Bytes,
         edit: Rewrite<'_>,
         model: &ModelRuntime,
-    ) -> Result<Parts, UpstreamError> {
-        let translated = |result: Result<Vec<u8>, ApiError>| {
-            result.map(|bytes| Parts::whole(Bytes::from(bytes))).map_err(UpstreamError::Translation)
-        };
+    ) -> Result<Parts, ApiError> {
+        let translated = |result: Result<Vec<u8>, ApiError>| result.map(|bytes| Parts::whole(Bytes::from(bytes)));
         match (self, operation) {
             (Adapter::OpenAi { .. } | Adapter::Mock, Operation::Chat | Operation::Embeddings) => {
                 Ok(request.upstream_body(original, edit))
@@ -160,12 +155,12 @@ impl Adapter {
                 translated(anthropic::request::translate(request, model.upstream.as_str(), request.stream))
             }
             (Adapter::Anthropic { .. }, Operation::Messages | Operation::CountTokens) => {
-                Ok(request.upstream_body(original, Rewrite { model: edit.model, stream_options: StreamOptionsEdit::Keep }))
+                Ok(request
+                    .upstream_body(original, Rewrite { model: edit.model, stream_options: StreamOptionsEdit::Keep }))
             }
-            (Adapter::Anthropic { .. }, Operation::Embeddings) => Err(UpstreamError::Translation(ApiError::bad_request(
-                "unsupported_operation",
-                "Anthropic channels do not serve embeddings.",
-            ))),
+            (Adapter::Anthropic { .. }, Operation::Embeddings) => {
+                Err(ApiError::bad_request("unsupported_operation", "Anthropic channels do not serve embeddings."))
+            }
         }
     }
 
@@ -254,9 +249,10 @@ impl Adapter {
             (Adapter::Anthropic { .. }, Operation::Messages) => {
                 StreamDecoder::Anthropic(anthropic::Passthrough::new(answering.rename.cloned()))
             }
-            (Adapter::Anthropic { .. }, _) => {
-                StreamDecoder::AnthropicToChat(anthropic::stream::ToChunks::new(answering.model, answering.include_usage))
-            }
+            (Adapter::Anthropic { .. }, _) => StreamDecoder::AnthropicToChat(anthropic::stream::ToChunks::new(
+                answering.model,
+                answering.include_usage,
+            )),
             (Adapter::OpenAi { .. } | Adapter::Mock, _) => {
                 StreamDecoder::OpenAi(openai::StreamDecoder::new(answering.drop_usage_chunk, answering.rename.cloned()))
             }
@@ -276,7 +272,12 @@ impl Adapter {
 /// The headers of one upstream request: the channel's (with `Host`, so the
 /// client need not build it), the request id, the body's length and the
 /// client's `anthropic-beta` (Anthropic channels), in a map sized once.
-fn request_headers(channel: &HeaderMap, request_id: &HeaderValue, length: u64, beta: Option<&HeaderValue>) -> HeaderMap {
+fn request_headers(
+    channel: &HeaderMap,
+    request_id: &HeaderValue,
+    length: u64,
+    beta: Option<&HeaderValue>,
+) -> HeaderMap {
     // Room for the ones added here and one more: hyper-util's `Host` check
     // takes an entry, which grows a full map.
     let mut headers = HeaderMap::with_capacity(channel.len() + 3 + usize::from(beta.is_some()));

@@ -64,7 +64,7 @@ pub(crate) fn data_event(value: &impl Serialize) -> Vec<u8> {
 /// `event: <name>`, `data: <json>` and the blank line.
 pub(crate) fn named_event(name: &str, value: &impl Serialize) -> Vec<u8> {
     let mut out = Vec::with_capacity(64);
-    let _ = write!(out, "event: {name}\n");
+    let _ = writeln!(out, "event: {name}");
     out.extend(data_event(value));
     out
 }

@@ -210,10 +210,20 @@ struct Turn<'a> {
 #[derive(Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum Block<'a> {
-    Text { text: Str<'a> },
-    Image { source: Source<'a> },
-    Document { source: Source<'a> },
-    ToolUse { id: Str<'a>, name: Str<'a>, input: Box<RawValue> },
+    Text {
+        text: Str<'a>,
+    },
+    Image {
+        source: Source<'a>,
+    },
+    Document {
+        source: Source<'a>,
+    },
+    ToolUse {
+        id: Str<'a>,
+        name: Str<'a>,
+        input: Box<RawValue>,
+    },
     ToolResult {
         tool_use_id: Str<'a>,
         #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -468,7 +478,8 @@ fn user_blocks<'a>(content: Option<&'a RawValue>) -> Result<Vec<Block<'a>>, ApiE
                 }
             }
             "image_url" => {
-                let url = part.image_url.ok_or_else(|| invalid("invalid_messages", "An `image_url` part needs a URL."))?;
+                let url =
+                    part.image_url.ok_or_else(|| invalid("invalid_messages", "An `image_url` part needs a URL."))?;
                 blocks.push(Block::Image { source: image_source(url)? });
             }
             "file" => {
@@ -536,7 +547,6 @@ fn slice<'a>(text: &Str<'a>, range: Range<usize>) -> Str<'a> {
 }
 
 /// Tools and the tool choice.
-#[expect(clippy::type_complexity, reason = "two members of the request, returned together")]
 fn tools<'a>(request: &RequestBody<'a>) -> Result<(Vec<Tool<'a>>, Option<ToolChoice<'a>>), ApiError> {
     let given: Vec<ChatTool<'a>> = request.member("tools")?.unwrap_or_default();
     let mut tools = Vec::with_capacity(given.len());
@@ -549,12 +559,7 @@ fn tools<'a>(request: &RequestBody<'a>) -> Result<(Vec<Tool<'a>>, Option<ToolCho
             Some(given) => Schema::Given(given),
             None => Schema::AnyObject { kind: "object", properties: Empty {} },
         };
-        tools.push(Tool {
-            name: f.name,
-            description: f.description,
-            input_schema,
-            strict: f.strict.filter(|s| *s),
-        });
+        tools.push(Tool { name: f.name, description: f.description, input_schema, strict: f.strict.filter(|s| *s) });
     }
     if tools.is_empty() {
         return Ok((tools, None));

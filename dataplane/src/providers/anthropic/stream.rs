@@ -86,10 +86,8 @@ impl ErrorView<'_> {
     /// a failed upstream (502).
     pub fn api_error(&self) -> ApiError {
         let kind = self.kind.as_deref().unwrap_or("api_error");
-        let message = format!(
-            "The upstream stream failed: {kind}: {}",
-            self.message.as_deref().unwrap_or("no message")
-        );
+        let message =
+            format!("The upstream stream failed: {kind}: {}", self.message.as_deref().unwrap_or("no message"));
         if kind == "overloaded_error" {
             ApiError::unavailable("upstream_overloaded", message)
         } else {

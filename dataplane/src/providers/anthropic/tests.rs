@@ -171,10 +171,14 @@ fn a_message_becomes_a_chat_completion_with_cache_usage() {
         json!({"prompt_tokens": 35, "completion_tokens": 30, "total_tokens": 65,
                "prompt_tokens_details": {"cached_tokens": 20}, "completion_tokens_details": {"reasoning_tokens": 0}})
     );
-    let refused = br#"{"type":"message","content":[],"stop_reason":"refusal","usage":{"input_tokens":1,"output_tokens":1}}"#;
+    let refused =
+        br#"{"type":"message","content":[],"stop_reason":"refusal","usage":{"input_tokens":1,"output_tokens":1}}"#;
     let (body, _) = response::completion(refused, "c").unwrap_or_else(|e| panic!("{e:?}"));
     let out: Value = serde_json::from_slice(&body).unwrap_or_default();
-    assert_eq!((out["choices"][0]["finish_reason"].clone(), out["choices"][0]["message"]["content"].clone()), (json!("content_filter"), Value::Null));
+    assert_eq!(
+        (out["choices"][0]["finish_reason"].clone(), out["choices"][0]["message"]["content"].clone()),
+        (json!("content_filter"), Value::Null)
+    );
 }
 
 #[test]
@@ -198,21 +202,51 @@ fn tool_stream() -> Vec<String> {
 fn tool_stream_with(start_usage: Value, delta_usage: Value) -> Vec<String> {
     let e = |name: &str, data: Value| format!("event: {name}\ndata: {data}\n\n");
     vec![
-        e("message_start", json!({"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant",
+        e(
+            "message_start",
+            json!({"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant",
             "model": "claude-sonnet-4-6", "content": [], "stop_reason": null, "stop_sequence": null,
-            "usage": start_usage}})),
+            "usage": start_usage}}),
+        ),
         e("ping", json!({"type": "ping"})),
-        e("content_block_start", json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})),
-        e("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": ""}})),
-        e("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Let me check."}})),
+        e(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        ),
+        e(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": ""}}),
+        ),
+        e(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Let me check."}}),
+        ),
         e("content_block_stop", json!({"type": "content_block_stop", "index": 0})),
-        e("content_block_start", json!({"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "id": "toolu_1", "name": "weather", "input": {}}})),
-        e("content_block_delta", json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": ""}})),
-        e("content_block_delta", json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "{\"ci"}})),
-        e("content_block_delta", json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "ty\": \"Par"}})),
-        e("content_block_delta", json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "is\"}"}})),
+        e(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "id": "toolu_1", "name": "weather", "input": {}}}),
+        ),
+        e(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": ""}}),
+        ),
+        e(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "{\"ci"}}),
+        ),
+        e(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "ty\": \"Par"}}),
+        ),
+        e(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "is\"}"}}),
+        ),
         e("content_block_stop", json!({"type": "content_block_stop", "index": 1})),
-        e("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": null}, "usage": delta_usage})),
+        e(
+            "message_delta",
+            json!({"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": null}, "usage": delta_usage}),
+        ),
         e("message_stop", json!({"type": "message_stop"})),
     ]
 }
@@ -248,7 +282,9 @@ fn stream_events_become_chunks_as_they_come() {
     let chunks = self::chunks(&out);
     // role, text, tool start, three fragments, finish, usage.
     assert_eq!(chunks.len(), 8, "{out}");
-    assert!(chunks.iter().all(|c| c["object"] == "chat.completion.chunk" && c["model"] == "claude" && c["id"] == "msg_1"));
+    assert!(
+        chunks.iter().all(|c| c["object"] == "chat.completion.chunk" && c["model"] == "claude" && c["id"] == "msg_1")
+    );
     assert_eq!(chunks[0]["choices"][0]["delta"], json!({"role": "assistant", "content": ""}));
     assert_eq!(chunks[1]["choices"][0]["delta"], json!({"content": "Let me check."}));
     assert_eq!(
@@ -303,7 +339,10 @@ fn passthrough_meters_usage_from_the_passing_events_and_renames_the_model() {
         assert!(failed.is_none());
         assert!(out.contains(r#""model":"claude""#) && !out.contains("claude-sonnet-4-6"), "{out}");
         assert_eq!(out.len(), events.concat().len() - "-sonnet-4-6".len(), "everything else passes as it came");
-        assert_eq!(decoder.usage(), Some(Usage { input: 16 + cache_write, cached_input: 4, cache_write, output: 25, reasoning: 0 }));
+        assert_eq!(
+            decoder.usage(),
+            Some(Usage { input: 16 + cache_write, cached_input: 4, cache_write, output: 25, reasoning: 0 })
+        );
     }
 }
 

@@ -143,9 +143,6 @@ mod tests {
         )
         .unwrap_or_default();
         usage.update(serde_json::from_str(r#"{"output_tokens":7,"input_tokens":null}"#).unwrap_or_default());
-        assert_eq!(
-            Usage::from(usage),
-            Usage { input: 60, cached_input: 30, cache_write: 20, output: 7, reasoning: 0 }
-        );
+        assert_eq!(Usage::from(usage), Usage { input: 60, cached_input: 30, cache_write: 20, output: 7, reasoning: 0 });
     }
 }

@@ -347,7 +347,9 @@ pub(crate) fn translate(request: &RequestBody<'_>, target: &Target<'_>) -> Resul
             "tool" => ChatToolChoice::Named {
                 kind: "function",
                 function: Named {
-                    name: choice.name.ok_or_else(|| invalid("invalid_tool_choice", "`tool_choice.name` is required."))?,
+                    name: choice
+                        .name
+                        .ok_or_else(|| invalid("invalid_tool_choice", "`tool_choice.name` is required."))?,
                 },
             },
             _ => ChatToolChoice::Mode("auto"),
@@ -371,7 +373,8 @@ fn message<'a>() -> ChatMessage<'a> {
 
 /// Content that is a string or blocks, as blocks.
 fn blocks(content: &RawValue) -> Result<Vec<BlockView<'_>>, ApiError> {
-    let malformed = |e: serde_json::Error| invalid("invalid_messages", format!("A message `content` is malformed: {e}"));
+    let malformed =
+        |e: serde_json::Error| invalid("invalid_messages", format!("A message `content` is malformed: {e}"));
     if content.get().starts_with('"') {
         let text: Str<'_> = serde_json::from_str(content.get()).map_err(malformed)?;
         return Ok(vec![BlockView {

@@ -4,9 +4,9 @@ use serde_json::{Value, json};
 
 use super::request::{LimitMember, Target, translate};
 use super::*;
-use crate::providers::EventAction;
 use crate::api::RequestBody;
 use crate::metering::Usage;
+use crate::providers::EventAction;
 
 fn chat(body: &Value, limit: LimitMember) -> Result<Value, crate::api::ApiError> {
     let bytes = serde_json::to_vec(body).unwrap_or_default();
@@ -80,7 +80,10 @@ fn a_messages_request_becomes_a_chat_request() -> Result<(), crate::api::ApiErro
         "parallel_tool_calls": false,
     });
     assert_eq!(out, expected, "{}", serde_json::to_string_pretty(&out).unwrap_or_default());
-    let plain = chat(&json!({"model": "c", "max_tokens": 9, "messages": [{"role": "user", "content": "hi"}]}), LimitMember::MaxTokens)?;
+    let plain = chat(
+        &json!({"model": "c", "max_tokens": 9, "messages": [{"role": "user", "content": "hi"}]}),
+        LimitMember::MaxTokens,
+    )?;
     assert_eq!(
         plain,
         json!({"model": "gpt-4o-2024-08-06", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 9})
@@ -138,10 +141,16 @@ fn openai_stream() -> Vec<String> {
         delta(json!({"reasoning_content": "Hmm."}), Value::Null),
         delta(json!({"content": "Checking"}), Value::Null),
         delta(json!({"content": "."}), Value::Null),
-        delta(json!({"tool_calls": [{"index": 0, "id": "call_1", "type": "function", "function": {"name": "weather", "arguments": ""}}]}), Value::Null),
+        delta(
+            json!({"tool_calls": [{"index": 0, "id": "call_1", "type": "function", "function": {"name": "weather", "arguments": ""}}]}),
+            Value::Null,
+        ),
         delta(json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"ci"}}]}), Value::Null),
         delta(json!({"tool_calls": [{"index": 0, "function": {"arguments": "ty\":\"Paris\"}"}}]}), Value::Null),
-        delta(json!({"tool_calls": [{"index": 1, "id": "call_2", "type": "function", "function": {"name": "time", "arguments": "{}"}}]}), Value::Null),
+        delta(
+            json!({"tool_calls": [{"index": 1, "id": "call_2", "type": "function", "function": {"name": "time", "arguments": "{}"}}]}),
+            Value::Null,
+        ),
         delta(json!({}), json!("tool_calls")),
         c(json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "gpt", "choices": [],
                  "usage": {"prompt_tokens": 30, "completion_tokens": 9, "prompt_tokens_details": {"cached_tokens": 10}}})),
@@ -232,7 +241,9 @@ fn a_stream_without_done_still_ends_and_a_cut_one_fails() {
     let mut decoder = stream::ToEvents::new("claude");
     run(&mut decoder, &chunks[..chunks.len() - 1]);
     match decoder.end() {
-        EventAction::Replace(bytes) => assert!(String::from_utf8_lossy(&bytes).ends_with("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n")),
+        EventAction::Replace(bytes) => assert!(
+            String::from_utf8_lossy(&bytes).ends_with("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n")
+        ),
         _ => panic!("a finished stream ends with message_stop"),
     }
     let mut cut = stream::ToEvents::new("claude");
@@ -247,8 +258,10 @@ fn a_stream_without_done_still_ends_and_a_cut_one_fails() {
 
 #[test]
 fn tokens_are_counted_locally_for_openai_channels() {
-    let counted: Value = serde_json::from_slice(&count_tokens(br#"{"model":"m","messages":[{"role":"user","content":"Hello, world"}]}"#))
-        .unwrap_or_default();
+    let counted: Value = serde_json::from_slice(&count_tokens(
+        br#"{"model":"m","messages":[{"role":"user","content":"Hello, world"}]}"#,
+    ))
+    .unwrap_or_default();
     let text = bpe_openai::o200k_base().count("Hello, world") as u64;
     assert_eq!(counted, json!({"input_tokens": text + 3 + 3}));
 }
