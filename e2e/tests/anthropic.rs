@@ -2,13 +2,10 @@
 //! of every channel — over real loopback HTTP against the mock upstream,
 //! which speaks both wire formats from its own code.
 
-use std::time::Duration;
-
-use futures_util::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use weaver_e2e::fixtures::{KEY, anthropic_channel, openai_namespace};
-use weaver_e2e::gateway::TestGateway;
+use weaver_e2e::gateway::{TestGateway, read_until};
 use weaver_e2e::mock_upstream::anthropic::{CACHE_READ_TOKENS, CACHE_WRITE_TOKENS};
 use weaver_e2e::mock_upstream::{Behaviour, MockUpstream};
 use weaver_store::{RecordFilter, Store, StoreOptions, UsageRecord, UsageStore as _};
@@ -175,22 +172,10 @@ async fn streams_are_translated_event_by_event_as_they_arrive() -> anyhow::Resul
     assert_eq!(response.status(), StatusCode::OK);
     let mut stream = response.bytes_stream();
     let mut text = String::new();
-    let before_release = async {
-        while !text.contains("\"content\":\"This \"") {
-            let Some(chunk) = stream.next().await else { break };
-            text.push_str(&String::from_utf8_lossy(&chunk?));
-        }
-        anyhow::Ok(())
-    };
-    // A bound on the wait, not a measurement: a buffering relay never delivers.
-    tokio::time::timeout(Duration::from_secs(10), before_release)
-        .await
-        .map_err(|_| anyhow::anyhow!("nothing reached the client while the upstream held the stream: {text:?}"))??;
+    read_until(&mut stream, &mut text, |text| text.contains("\"content\":\"This \"")).await?;
     assert!(text.contains(r#""role":"assistant""#), "{text}");
     s.upstream.release();
-    while let Some(chunk) = stream.next().await {
-        text.push_str(&String::from_utf8_lossy(&chunk?));
-    }
+    read_until(&mut stream, &mut text, |_| false).await?;
     let chunks: Vec<Value> = text
         .split("\n\n")
         .filter_map(|e| e.trim().strip_prefix("data: "))

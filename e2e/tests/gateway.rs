@@ -7,7 +7,7 @@ use futures_util::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use weaver_e2e::fixtures::{KEY, openai_namespace as manifests, secondary_openai_channel};
-use weaver_e2e::gateway::{TestGateway, eventually};
+use weaver_e2e::gateway::{TestGateway, eventually, read_until};
 use weaver_e2e::mock_upstream::{Behaviour, ErrorFormat, JsonForStream, MockUpstream};
 use weaver_gateway::api::{ApiRoute, Dialect};
 
@@ -132,22 +132,10 @@ async fn streams_are_relayed_chunk_by_chunk_as_they_arrive() -> anyhow::Result<(
     assert_eq!(response.headers()["content-type"], "text/event-stream");
     let mut stream = response.bytes_stream();
     let mut text = String::new();
-    let before_release = async {
-        while text.matches("data: ").count() < 2 {
-            let Some(chunk) = stream.next().await else { break };
-            text.push_str(&String::from_utf8_lossy(&chunk?));
-        }
-        anyhow::Ok(())
-    };
-    // A bound on the wait, not a measurement: a buffering relay never delivers.
-    tokio::time::timeout(Duration::from_secs(10), before_release)
-        .await
-        .map_err(|_| anyhow::anyhow!("nothing reached the client while the upstream held the stream: {text:?}"))??;
+    read_until(&mut stream, &mut text, |text| text.matches("data: ").count() >= 2).await?;
     assert!(text.contains(r#""role":"assistant""#) && text.contains(r#""content":" the""#), "{text}");
     s.upstream.release();
-    while let Some(chunk) = stream.next().await {
-        text.push_str(&String::from_utf8_lossy(&chunk?));
-    }
+    read_until(&mut stream, &mut text, |_| false).await?;
     let events: Vec<&str> = text.split("\n\n").filter_map(|e| e.trim().strip_prefix("data: ")).collect();
     // role + 4 tokens + finish + [DONE]; the usage chunk the gateway asked for
     // on the client's behalf is not passed on.

@@ -258,18 +258,25 @@ impl Part<'_> {
     }
 }
 
+/// A tool call of a request's assistant message, an answer, or a stream's
+/// delta (`index` and `id` are read by the Messages translation).
 #[derive(Deserialize)]
-struct ToolCall<'a> {
+pub(crate) struct ToolCall<'a> {
+    /// Which call a streamed delta continues.
+    #[serde(default)]
+    pub index: Option<u32>,
     #[serde(default, borrow)]
-    function: Function<'a>,
+    pub id: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    pub function: Function<'a>,
 }
 
 #[derive(Deserialize, Default)]
-struct Function<'a> {
+pub(crate) struct Function<'a> {
     #[serde(default, borrow)]
-    name: Option<Str<'a>>,
+    pub name: Option<Str<'a>>,
     #[serde(default, borrow)]
-    arguments: Option<Str<'a>>,
+    pub arguments: Option<Str<'a>>,
 }
 
 impl Function<'_> {
@@ -313,22 +320,24 @@ impl EmbeddingInput<'_> {
     }
 }
 
-/// What an answer's message or a stream's delta says.
+/// What an answer's message or a stream's delta says (the parts of
+/// OpenAI's wire format that carry text; also what the Messages
+/// translation reads of an answer).
 #[derive(Deserialize, Default)]
-struct Said<'a> {
+pub(crate) struct Said<'a> {
     #[serde(default, borrow)]
-    content: Option<Str<'a>>,
+    pub content: Option<Str<'a>>,
     #[serde(default, borrow)]
-    refusal: Option<Str<'a>>,
+    pub refusal: Option<Str<'a>>,
     /// DeepSeek, vLLM and others put reasoning text here.
     #[serde(default, borrow)]
-    reasoning_content: Option<Str<'a>>,
+    pub reasoning_content: Option<Str<'a>>,
     #[serde(default, borrow)]
-    reasoning: Option<Str<'a>>,
+    pub reasoning: Option<Str<'a>>,
     #[serde(default, borrow)]
-    tool_calls: Option<Vec<ToolCall<'a>>>,
+    pub tool_calls: Option<Vec<ToolCall<'a>>>,
     #[serde(default, borrow)]
-    function_call: Option<Function<'a>>,
+    pub function_call: Option<Function<'a>>,
 }
 
 impl Said<'_> {

@@ -21,6 +21,7 @@ use smallvec::SmallVec;
 use weaver_store::{AttemptRecord, Outcome, WriterHandle};
 
 pub(crate) use capture::{BodyLog, Capture};
+pub(crate) use estimate::Said;
 pub(crate) use metrics::{Label, Metrics, RefusalReason};
 pub(crate) use reports::report;
 pub(crate) use usage::{OpenAiUsage, Usage};

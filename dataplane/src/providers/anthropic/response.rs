@@ -10,7 +10,7 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::wire::{AnthropicUsage, finish_reason};
+use super::wire::{AnthropicUsage, BlockView, finish_reason};
 use crate::metering::Usage;
 use crate::providers::ErrorFields;
 
@@ -28,23 +28,6 @@ struct MessageView<'a> {
     stop_reason: Option<Str<'a>>,
     #[serde(default)]
     usage: Option<AnthropicUsage>,
-}
-
-/// Any content block; members of the types not translated are skipped.
-#[derive(Deserialize)]
-pub(super) struct BlockView<'a> {
-    #[serde(rename = "type", borrow)]
-    pub kind: Str<'a>,
-    #[serde(default, borrow)]
-    pub text: Option<Str<'a>>,
-    #[serde(default, borrow)]
-    pub thinking: Option<Str<'a>>,
-    #[serde(default, borrow)]
-    pub id: Option<Str<'a>>,
-    #[serde(default, borrow)]
-    pub name: Option<Str<'a>>,
-    #[serde(default, borrow)]
-    pub input: Option<&'a RawValue>,
 }
 
 #[derive(Serialize)]

@@ -22,8 +22,8 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
-use super::response::{BlockView, FunctionOut, OpenAiUsageOut, ToolCallOut};
-use super::wire::{AnthropicUsage, finish_reason};
+use super::response::{FunctionOut, OpenAiUsageOut, ToolCallOut};
+use super::wire::{AnthropicUsage, BlockView, finish_reason};
 use crate::api::ApiError;
 use crate::metering::Usage;
 use crate::providers::EventAction;

@@ -3,9 +3,54 @@
 //! `MessageDeltaUsage`, `StopReason` and `ErrorResponse` types,
 //! <https://github.com/anthropics/anthropic-sdk-python/tree/main/src/anthropic/types>).
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
 
 use crate::metering::Usage;
+
+type Str<'a> = Cow<'a, str>;
+
+/// Any content block, of a request or an answer; the members of block
+/// types nothing translates are skipped.
+#[derive(Default, Deserialize)]
+pub(crate) struct BlockView<'a> {
+    #[serde(rename = "type", borrow)]
+    pub kind: Str<'a>,
+    #[serde(default, borrow)]
+    pub text: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    pub thinking: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    pub source: Option<SourceView<'a>>,
+    #[serde(default, borrow)]
+    pub id: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    pub name: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    pub input: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    pub tool_use_id: Option<Str<'a>>,
+    /// A tool result's content: a string or blocks.
+    #[serde(default, borrow)]
+    pub content: Option<&'a RawValue>,
+    #[serde(default)]
+    pub is_error: Option<bool>,
+}
+
+/// An image's or a document's source.
+#[derive(Deserialize)]
+pub(crate) struct SourceView<'a> {
+    #[serde(rename = "type", borrow)]
+    pub kind: Str<'a>,
+    #[serde(default, borrow)]
+    pub media_type: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    pub data: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    pub url: Option<Str<'a>>,
+}
 
 /// `null` and a missing member both mean "not said".
 fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {

@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::api::{ApiError, RequestBody};
+use crate::providers::anthropic::wire::{BlockView, SourceView};
 
 type Str<'a> = Cow<'a, str>;
 
@@ -51,42 +52,6 @@ struct TurnView<'a> {
     role: Str<'a>,
     #[serde(borrow)]
     content: &'a RawValue,
-}
-
-/// Any content block; members of the types not translated are skipped.
-#[derive(Deserialize)]
-pub(super) struct BlockView<'a> {
-    #[serde(rename = "type", borrow)]
-    pub kind: Str<'a>,
-    #[serde(default, borrow)]
-    pub text: Option<Str<'a>>,
-    #[serde(default, borrow)]
-    source: Option<SourceView<'a>>,
-    #[serde(default, borrow)]
-    id: Option<Str<'a>>,
-    #[serde(default, borrow)]
-    name: Option<Str<'a>>,
-    #[serde(default, borrow)]
-    pub input: Option<&'a RawValue>,
-    #[serde(default, borrow)]
-    tool_use_id: Option<Str<'a>>,
-    /// A tool result's content: a string or blocks.
-    #[serde(default, borrow)]
-    pub content: Option<&'a RawValue>,
-    #[serde(default)]
-    is_error: Option<bool>,
-}
-
-#[derive(Deserialize)]
-struct SourceView<'a> {
-    #[serde(rename = "type", borrow)]
-    kind: Str<'a>,
-    #[serde(default, borrow)]
-    media_type: Option<Str<'a>>,
-    #[serde(default, borrow)]
-    data: Option<Str<'a>>,
-    #[serde(default, borrow)]
-    url: Option<Str<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -377,17 +342,7 @@ fn blocks(content: &RawValue) -> Result<Vec<BlockView<'_>>, ApiError> {
         |e: serde_json::Error| invalid("invalid_messages", format!("A message `content` is malformed: {e}"));
     if content.get().starts_with('"') {
         let text: Str<'_> = serde_json::from_str(content.get()).map_err(malformed)?;
-        return Ok(vec![BlockView {
-            kind: Cow::Borrowed("text"),
-            text: Some(text),
-            source: None,
-            id: None,
-            name: None,
-            input: None,
-            tool_use_id: None,
-            content: None,
-            is_error: None,
-        }]);
+        return Ok(vec![BlockView { kind: Cow::Borrowed("text"), text: Some(text), ..BlockView::default() }]);
     }
     serde_json::from_str(content.get()).map_err(malformed)
 }

@@ -9,7 +9,7 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::metering::{OpenAiUsage, Usage};
+use crate::metering::{OpenAiUsage, Said, Usage};
 use crate::providers::ErrorFields;
 use crate::providers::anthropic::wire::stop_reason;
 
@@ -28,57 +28,30 @@ struct CompletionView<'a> {
 #[derive(Deserialize)]
 struct ChoiceView<'a> {
     #[serde(borrow)]
-    message: MessageView<'a>,
+    message: Said<'a>,
     #[serde(default, borrow)]
     finish_reason: Option<Str<'a>>,
 }
 
-#[derive(Deserialize)]
-struct MessageView<'a> {
-    #[serde(default, borrow)]
-    content: Option<Str<'a>>,
-    #[serde(default, borrow)]
-    refusal: Option<Str<'a>>,
-    #[serde(default, borrow)]
-    reasoning_content: Option<Str<'a>>,
-    #[serde(default, borrow)]
-    reasoning: Option<Str<'a>>,
-    #[serde(default, borrow)]
-    tool_calls: Option<Vec<ToolCallView<'a>>>,
-}
-
-#[derive(Deserialize)]
-pub(super) struct ToolCallView<'a> {
-    #[serde(default, borrow)]
-    pub id: Option<Str<'a>>,
-    #[serde(default, borrow)]
-    pub function: Option<FunctionView<'a>>,
-}
-
-#[derive(Deserialize)]
-pub(super) struct FunctionView<'a> {
-    #[serde(default, borrow)]
-    pub name: Option<Str<'a>>,
-    #[serde(default, borrow)]
-    pub arguments: Option<Str<'a>>,
-}
-
+/// A message: whole, or as `message_start` opens a stream (no content and
+/// no stop reason yet).
 #[derive(Serialize)]
-struct Message<'a> {
-    id: &'a str,
+pub(super) struct Message<'a> {
+    pub id: &'a str,
     #[serde(rename = "type")]
-    kind: &'static str,
-    role: &'static str,
-    model: &'a str,
-    content: Vec<Block<'a>>,
-    stop_reason: &'static str,
-    stop_sequence: Option<()>,
-    usage: AnthropicUsageOut,
+    pub kind: &'static str,
+    pub role: &'static str,
+    pub model: &'a str,
+    pub content: Vec<Block<'a>>,
+    pub stop_reason: Option<&'static str>,
+    pub stop_sequence: Option<()>,
+    pub usage: AnthropicUsageOut,
 }
 
+/// A content block: whole, or empty as `content_block_start` opens it.
 #[derive(Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-enum Block<'a> {
+pub(super) enum Block<'a> {
     Thinking { thinking: &'a str, signature: &'static str },
     Text { text: &'a str },
     ToolUse { id: &'a str, name: &'a str, input: Input<'a> },
@@ -139,7 +112,6 @@ pub(crate) fn message(body: &[u8], model: &str) -> Result<(Vec<u8>, Option<Usage
     let choice = completion.choices.first();
     let mut content = Vec::new();
     let mut finish = "stop";
-    let mut arguments: Vec<Str<'_>> = Vec::new();
     if let Some(choice) = choice {
         let m = &choice.message;
         if let Some(thinking) = m.reasoning_content.as_deref().or(m.reasoning.as_deref()).filter(|t| !t.is_empty()) {
@@ -149,20 +121,13 @@ pub(crate) fn message(body: &[u8], model: &str) -> Result<(Vec<u8>, Option<Usage
             content.push(Block::Text { text });
         }
         finish = choice.finish_reason.as_deref().unwrap_or("stop");
-        arguments = m
-            .tool_calls
-            .iter()
-            .flatten()
-            .map(|c| c.function.as_ref().and_then(|f| f.arguments.clone()).unwrap_or_default())
-            .collect();
     }
     let calls = choice.and_then(|c| c.message.tool_calls.as_ref()).map_or(&[][..], Vec::as_slice);
-    for (call, args) in calls.iter().zip(&arguments) {
-        let function = call.function.as_ref();
+    for call in calls {
         content.push(Block::ToolUse {
             id: call.id.as_deref().unwrap_or_default(),
-            name: function.and_then(|f| f.name.as_deref()).unwrap_or_default(),
-            input: Input::of(args),
+            name: call.function.name.as_deref().unwrap_or_default(),
+            input: Input::of(call.function.arguments.as_deref().unwrap_or_default()),
         });
     }
     let message = Message {
@@ -171,7 +136,7 @@ pub(crate) fn message(body: &[u8], model: &str) -> Result<(Vec<u8>, Option<Usage
         role: "assistant",
         model,
         content,
-        stop_reason: stop_reason(finish),
+        stop_reason: Some(stop_reason(finish)),
         stop_sequence: None,
         usage: usage.unwrap_or_default().into(),
     };

@@ -15,9 +15,9 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
-use super::response::{AnthropicUsageOut, FunctionView, Input};
+use super::response::{AnthropicUsageOut, Block, Input, Message};
 use crate::api::ApiError;
-use crate::metering::{OpenAiUsage, Usage};
+use crate::metering::{OpenAiUsage, Said, Usage};
 use crate::providers::anthropic::wire::stop_reason;
 use crate::providers::{ErrorFields, EventAction};
 use crate::relay::sse;
@@ -41,41 +41,17 @@ struct ChoiceView<'a> {
     #[serde(default)]
     index: u32,
     #[serde(default, borrow)]
-    delta: Option<DeltaView<'a>>,
+    delta: Option<Said<'a>>,
     #[serde(default, borrow)]
     finish_reason: Option<Str<'a>>,
-}
-
-#[derive(Deserialize)]
-struct DeltaView<'a> {
-    #[serde(default, borrow)]
-    content: Option<Str<'a>>,
-    #[serde(default, borrow)]
-    refusal: Option<Str<'a>>,
-    #[serde(default, borrow)]
-    reasoning_content: Option<Str<'a>>,
-    #[serde(default, borrow)]
-    reasoning: Option<Str<'a>>,
-    #[serde(default, borrow)]
-    tool_calls: Option<Vec<ToolDeltaView<'a>>>,
-}
-
-#[derive(Deserialize)]
-struct ToolDeltaView<'a> {
-    #[serde(default)]
-    index: Option<u32>,
-    #[serde(default, borrow)]
-    id: Option<Str<'a>>,
-    #[serde(default, borrow)]
-    function: Option<FunctionView<'a>>,
 }
 
 #[derive(Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum Event<'a> {
-    MessageStart { message: StartMessage<'a> },
+    MessageStart { message: Message<'a> },
     Ping,
-    ContentBlockStart { index: u64, content_block: StartBlock<'a> },
+    ContentBlockStart { index: u64, content_block: Block<'a> },
     ContentBlockDelta { index: u64, delta: BlockDelta<'a> },
     ContentBlockStop { index: u64 },
     MessageDelta { delta: StopDelta, usage: AnthropicUsageOut },
@@ -94,29 +70,6 @@ impl Event<'_> {
             Event::MessageStop => "message_stop",
         }
     }
-}
-
-#[derive(Serialize)]
-struct StartMessage<'a> {
-    id: &'a str,
-    #[serde(rename = "type")]
-    kind: &'static str,
-    role: &'static str,
-    model: &'a str,
-    content: [(); 0],
-    stop_reason: Option<()>,
-    stop_sequence: Option<()>,
-    /// Input is only known when the usage chunk arrives, at the end (the
-    /// SDKs take it from `message_delta`).
-    usage: AnthropicUsageOut,
-}
-
-#[derive(Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum StartBlock<'a> {
-    Text { text: &'static str },
-    Thinking { thinking: &'static str, signature: &'static str },
-    ToolUse { id: &'a str, name: &'a str, input: Input<'static> },
 }
 
 #[derive(Serialize)]
@@ -193,12 +146,14 @@ impl ToEvents {
             return;
         }
         self.started = true;
-        let message = StartMessage {
+        // Input is only known when the usage chunk arrives, at the end
+        // (the SDKs take it from `message_delta`).
+        let message = Message {
             id,
             kind: "message",
             role: "assistant",
             model: &self.model,
-            content: [],
+            content: Vec::new(),
             stop_reason: None,
             stop_sequence: None,
             usage: Usage::default().into(),
@@ -224,8 +179,8 @@ impl ToEvents {
         let index = self.next_block;
         self.next_block += 1;
         let content_block = match kind {
-            Open::Thinking => StartBlock::Thinking { thinking: "", signature: "" },
-            _ => StartBlock::Text { text: "" },
+            Open::Thinking => Block::Thinking { thinking: "", signature: "" },
+            _ => Block::Text { text: "" },
         };
         Self::write(out, &Event::ContentBlockStart { index, content_block });
         self.open = Some((index, kind));
@@ -269,7 +224,7 @@ impl ToEvents {
         if out.is_empty() { EventAction::Drop } else { EventAction::Replace(Bytes::from(out)) }
     }
 
-    fn delta(&mut self, out: &mut Vec<u8>, delta: DeltaView<'_>) {
+    fn delta(&mut self, out: &mut Vec<u8>, delta: Said<'_>) {
         let reasoning = delta.reasoning_content.as_deref().or(delta.reasoning.as_deref());
         if let Some(thinking) = reasoning.filter(|t| !t.is_empty()) {
             let index = self.open(out, Open::Thinking);
@@ -282,7 +237,7 @@ impl ToEvents {
         }
         for call in delta.tool_calls.into_iter().flatten() {
             let n = call.index.unwrap_or(0);
-            let function = call.function.as_ref();
+            let function = &call.function;
             let known = self.tools.iter().find(|(i, _)| *i == n).map(|(_, b)| *b);
             let index = match known {
                 Some(index) => index,
@@ -292,9 +247,9 @@ impl ToEvents {
                     self.next_block += 1;
                     self.tools.push((n, index));
                     let fallback = format!("call_{n}");
-                    let content_block = StartBlock::ToolUse {
+                    let content_block = Block::ToolUse {
                         id: call.id.as_deref().unwrap_or(&fallback),
-                        name: function.and_then(|f| f.name.as_deref()).unwrap_or_default(),
+                        name: function.name.as_deref().unwrap_or_default(),
                         input: Input::Empty {},
                     };
                     Self::write(out, &Event::ContentBlockStart { index, content_block });
@@ -302,7 +257,7 @@ impl ToEvents {
                     index
                 }
             };
-            if let Some(fragment) = function.and_then(|f| f.arguments.as_deref()).filter(|a| !a.is_empty()) {
+            if let Some(fragment) = function.arguments.as_deref().filter(|a| !a.is_empty()) {
                 let delta = BlockDelta::InputJsonDelta { partial_json: fragment };
                 Self::write(out, &Event::ContentBlockDelta { index, delta });
             }
