@@ -14,10 +14,10 @@ fn decoders() -> Vec<StreamDecoder> {
     let rename = openai::ModelRename::new("public", "upstream-model");
     vec![
         StreamDecoder::OpenAi(openai::StreamDecoder::new(true, rename.clone())),
-        StreamDecoder::AnthropicToChat(anthropic::stream::ToChunks::new("public", true)),
-        StreamDecoder::AnthropicToChat(anthropic::stream::ToChunks::new("public", false)),
-        StreamDecoder::Anthropic(anthropic::Passthrough::new(rename)),
-        StreamDecoder::ChatToMessages(messages::stream::ToEvents::new("public")),
+        StreamDecoder::AnthropicToChat(Box::new(anthropic::stream::ToChunks::new("public", true))),
+        StreamDecoder::AnthropicToChat(Box::new(anthropic::stream::ToChunks::new("public", false))),
+        StreamDecoder::Anthropic(Box::new(anthropic::Passthrough::new(rename))),
+        StreamDecoder::ChatToMessages(Box::new(messages::stream::ToEvents::new("public"))),
     ]
 }
 
@@ -151,8 +151,8 @@ proptest! {
             }
         }
         // The split does not change the translation.
-        let mut one = StreamDecoder::AnthropicToChat(anthropic::stream::ToChunks::new("public", true));
-        let mut many = StreamDecoder::AnthropicToChat(anthropic::stream::ToChunks::new("public", true));
+        let mut one = StreamDecoder::AnthropicToChat(Box::new(anthropic::stream::ToChunks::new("public", true)));
+        let mut many = StreamDecoder::AnthropicToChat(Box::new(anthropic::stream::ToChunks::new("public", true)));
         let strip = |out: Vec<u8>| String::from_utf8_lossy(&out).replace(|c: char| c.is_ascii_digit(), "");
         prop_assert_eq!(strip(feed(&mut one, std::slice::from_ref(&stream))), strip(feed(&mut many, &split(&stream, &cuts))));
     }
@@ -163,7 +163,7 @@ proptest! {
         cuts in proptest::collection::vec(any::<usize>(), 0..8),
     ) {
         let stream = events.concat().into_bytes();
-        let mut whole = StreamDecoder::ChatToMessages(messages::stream::ToEvents::new("public"));
+        let mut whole = StreamDecoder::ChatToMessages(Box::new(messages::stream::ToEvents::new("public")));
         let out = feed(&mut whole, std::slice::from_ref(&stream));
         prop_assert!(well_formed(&out), "{}", String::from_utf8_lossy(&out));
         let text = String::from_utf8_lossy(&out).into_owned();
@@ -172,7 +172,7 @@ proptest! {
             let data: Value = serde_json::from_slice(&fields.data).unwrap_or(Value::Null);
             prop_assert_eq!(fields.name.map(|n| String::from_utf8_lossy(n).into_owned()), data["type"].as_str().map(str::to_owned));
         }
-        let mut split_decoder = StreamDecoder::ChatToMessages(messages::stream::ToEvents::new("public"));
+        let mut split_decoder = StreamDecoder::ChatToMessages(Box::new(messages::stream::ToEvents::new("public")));
         prop_assert_eq!(out, feed(&mut split_decoder, &split(&stream, &cuts)));
     }
 }

@@ -244,15 +244,15 @@ impl Adapter {
     pub fn stream_decoder(&self, answering: &Answering<'_>) -> StreamDecoder {
         match (self, answering.operation) {
             (Adapter::OpenAi { .. } | Adapter::Mock, Operation::Messages) => {
-                StreamDecoder::ChatToMessages(messages::stream::ToEvents::new(answering.model))
+                StreamDecoder::ChatToMessages(Box::new(messages::stream::ToEvents::new(answering.model)))
             }
             (Adapter::Anthropic { .. }, Operation::Messages) => {
-                StreamDecoder::Anthropic(anthropic::Passthrough::new(answering.rename.cloned()))
+                StreamDecoder::Anthropic(Box::new(anthropic::Passthrough::new(answering.rename.cloned())))
             }
-            (Adapter::Anthropic { .. }, _) => StreamDecoder::AnthropicToChat(anthropic::stream::ToChunks::new(
-                answering.model,
-                answering.include_usage,
-            )),
+            (Adapter::Anthropic { .. }, _) => {
+                let translate = anthropic::stream::ToChunks::new(answering.model, answering.include_usage);
+                StreamDecoder::AnthropicToChat(Box::new(translate))
+            }
             (Adapter::OpenAi { .. } | Adapter::Mock, _) => {
                 StreamDecoder::OpenAi(openai::StreamDecoder::new(answering.drop_usage_chunk, answering.rename.cloned()))
             }
@@ -353,16 +353,18 @@ impl Body for UpstreamBody {
 }
 
 /// Reads a stream's events and decides, event by event, what the client gets.
+/// The other formats' decoders are boxed: the OpenAI passthrough's relay
+/// stays as small as it was without them.
 pub(crate) enum StreamDecoder {
     /// OpenAI chunks for an OpenAI client: passed on (model renamed, the
     /// usage chunk the gateway asked for dropped).
     OpenAi(openai::StreamDecoder),
     /// Anthropic events for an OpenAI client: translated.
-    AnthropicToChat(anthropic::stream::ToChunks),
+    AnthropicToChat(Box<anthropic::stream::ToChunks>),
     /// Anthropic events for a Messages client: passed on.
-    Anthropic(anthropic::Passthrough),
+    Anthropic(Box<anthropic::Passthrough>),
     /// OpenAI chunks for a Messages client: translated.
-    ChatToMessages(messages::stream::ToEvents),
+    ChatToMessages(Box<messages::stream::ToEvents>),
 }
 
 /// What happens to one upstream event.
