@@ -76,7 +76,8 @@ pub struct ApiKeySpec {
     pub logging: Option<Logging>,
 }
 
-/// Request and response logging for one key.
+/// Request and response logging for one key (or, on a NamespacePolicy, for
+/// the keys of a namespace that set none).
 #[derive(KubeSchema, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[x_kube(validation = Rule::new("!has(self.maxBodyBytes) || self.bodies").message("maxBodyBytes applies only with bodies: true"))]
 #[serde(rename_all = "camelCase")]
@@ -108,8 +109,8 @@ pub struct Budget {
     /// When spend resets (calendar periods in UTC).
     pub period: BudgetPeriod,
     /// Percentages of `amount` whose crossing is announced (an Event on the
-    /// ApiKey, a metric, a log line), each once per period. Empty means 50,
-    /// 80 and 100.
+    /// ApiKey or NamespacePolicy, a metric, a log line), each once per period.
+    /// Empty means 50, 80 and 100.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 10), inner(range(min = 1, max = 100)))]
     #[x_kube(validation = Rule::new("self.all(t, t >= 1 && t <= 100)").message("every threshold must be a percentage from 1 to 100"))]
@@ -122,7 +123,7 @@ pub struct Budget {
     pub reserve_output_tokens: Option<u32>,
 }
 
-/// Budget alert thresholds (percent of the budget) when a key names none.
+/// Budget alert thresholds (percent of the budget) when a budget names none.
 pub const DEFAULT_ALERT_THRESHOLDS: [u32; 3] = [50, 80, 100];
 
 impl Budget {

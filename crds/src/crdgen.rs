@@ -3,7 +3,7 @@
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
-use crate::{ApiKey, Channel, RoutingPolicy};
+use crate::{ApiKey, Channel, NamespacePolicy, RoutingPolicy};
 
 /// Every CRD of the API, with the file name it is kept under in `crds/manifests/`.
 pub fn crds() -> Vec<(&'static str, CustomResourceDefinition)> {
@@ -11,6 +11,7 @@ pub fn crds() -> Vec<(&'static str, CustomResourceDefinition)> {
         ("llmweaver.io_channels.yaml", Channel::crd()),
         ("llmweaver.io_apikeys.yaml", ApiKey::crd()),
         ("llmweaver.io_routingpolicies.yaml", RoutingPolicy::crd()),
+        ("llmweaver.io_namespacepolicies.yaml", NamespacePolicy::crd()),
     ]
 }
 

@@ -14,6 +14,7 @@ pub mod compiler;
 pub mod crdgen;
 pub mod manifests;
 pub mod money;
+pub mod namespace_policy;
 pub mod protocol;
 pub mod routing_policy;
 pub mod snapshot;
@@ -22,6 +23,7 @@ pub mod validation;
 pub use api_key::{ApiKey, ApiKeySpec};
 pub use channel::{Channel, ChannelSpec, Provider};
 pub use compiler::{Problem, ProblemReason, Resources, compile};
+pub use namespace_policy::{NamespacePolicy, NamespacePolicySpec};
 pub use routing_policy::{RoutingPolicy, RoutingPolicySpec};
 pub use snapshot::Snapshot;
 

@@ -1,6 +1,6 @@
 //! Reading resources from YAML manifests, as `kubectl apply -f` and the API
-//! server would: every Channel, ApiKey and RoutingPolicy is admitted against its
-//! CRD ([`crate::validation`]) before it is taken.
+//! server would: every Channel, ApiKey, RoutingPolicy and NamespacePolicy is
+//! admitted against its CRD ([`crate::validation`]) before it is taken.
 
 use std::fmt;
 
@@ -51,7 +51,7 @@ pub enum ManifestError {
     Invalid { at: Position, kind: String, name: String, source: serde_json::Error },
 }
 
-/// Adds every Channel, ApiKey, RoutingPolicy and core/v1 Secret of a
+/// Adds every Channel, ApiKey, RoutingPolicy, NamespacePolicy and core/v1 Secret of a
 /// (multi-document) YAML text to `into`, defaulting the namespace to
 /// `default`. Other kinds are skipped, so a folder may hold any manifests.
 /// Returns how many documents were taken; on error nothing of this text is
@@ -75,6 +75,7 @@ pub fn parse_into(text: &str, into: &mut Resources) -> Result<usize, ManifestErr
             ("llmweaver.io/v1alpha1", "Channel") => staged.channels.push(admitted(value, at)?),
             ("llmweaver.io/v1alpha1", "ApiKey") => staged.api_keys.push(admitted(value, at)?),
             ("llmweaver.io/v1alpha1", "RoutingPolicy") => staged.routing_policies.push(admitted(value, at)?),
+            ("llmweaver.io/v1alpha1", "NamespacePolicy") => staged.namespace_policies.push(admitted(value, at)?),
             ("v1", "Secret") => staged.secrets.push(decoded::<Secret>(value, at)?),
             _ => continue,
         }
@@ -83,6 +84,7 @@ pub fn parse_into(text: &str, into: &mut Resources) -> Result<usize, ManifestErr
     into.channels.append(&mut staged.channels);
     into.api_keys.append(&mut staged.api_keys);
     into.routing_policies.append(&mut staged.routing_policies);
+    into.namespace_policies.append(&mut staged.namespace_policies);
     into.secrets.append(&mut staged.secrets);
     Ok(taken)
 }

@@ -22,6 +22,10 @@ pub struct Snapshot {
     pub route_tables: Vec<RouteTable>,
     /// Client keys, sorted by namespace and name.
     pub keys: Vec<KeySnapshot>,
+    /// Namespace-wide settings (from NamespacePolicies) that the gateway
+    /// enforces, sorted by namespace; only namespaces with something to enforce.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<NamespaceSnapshot>,
     /// Gateway replicas currently connected to the operator (1 standalone), so
     /// each replica can take its share of per-key rate limits.
     #[serde(default = "one")]
@@ -34,7 +38,14 @@ fn one() -> u32 {
 
 impl Default for Snapshot {
     fn default() -> Self {
-        Self { version: 0, channels: Vec::new(), route_tables: Vec::new(), keys: Vec::new(), gateway_replicas: 1 }
+        Self {
+            version: 0,
+            channels: Vec::new(),
+            route_tables: Vec::new(),
+            keys: Vec::new(),
+            namespaces: Vec::new(),
+            gateway_replicas: 1,
+        }
     }
 }
 
@@ -135,8 +146,8 @@ pub struct KeySnapshot {
     pub route_table: u32,
     pub budget: Option<BudgetSnapshot>,
     pub rate_limit: Option<crate::api_key::RateLimit>,
-    /// Bytes stored per body when the key logs request and response bodies;
-    /// `None`: bodies are not logged.
+    /// Bytes stored per body when the key logs request and response bodies
+    /// (its own `logging`, else its namespace's); `None`: bodies are not logged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_bodies: Option<u32>,
 }
@@ -150,12 +161,22 @@ pub struct KeyDigest {
     pub expires_at: Option<i64>,
 }
 
+/// What a namespace's keys share, from its NamespacePolicy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamespaceSnapshot {
+    pub namespace: String,
+    /// The budget of the namespace's keys together; each request reserves
+    /// from it and from its key's own budget.
+    pub budget: Option<BudgetSnapshot>,
+}
+
 /// A parsed budget.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BudgetSnapshot {
     pub amount: Usd,
     pub period: BudgetPeriod,
-    /// Output tokens reserved for a request that sets no output limit.
+    /// Output tokens reserved for a request that sets no output limit (a
+    /// namespace's: the default for its keys' budgets that name none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reserve_output_tokens: Option<u32>,
 }

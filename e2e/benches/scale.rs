@@ -76,36 +76,13 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     println!("created in {:.1?}", created.elapsed());
 
-    let kubeconfig = cluster.kubeconfig.to_string_lossy().into_owned();
-    let args: Vec<String> = [
-        "--listen",
-        "127.0.0.1:0",
-        "--metrics-listen",
-        "127.0.0.1:0",
-        "--namespace",
-        &ns,
-        "--watch-namespace",
-        &ns,
-        "--identity",
-        "scale",
-        "--log-format",
-        "json",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut args: Vec<String> =
+        ["--listen", "127.0.0.1:0", "--watch-namespace", &ns].iter().map(|s| s.to_string()).collect();
     let store_url = std::env::var("WEAVER_TEST_POSTGRES_URL").ok();
-    let mut args = args;
     if let Some(url) = &store_url {
         args.extend(["--store".to_owned(), url.clone()]);
     }
-    let operator = Process::start(
-        &binary("weaver-operator")?,
-        &args,
-        &[("KUBECONFIG", &kubeconfig)],
-        dir.path().join("operator.log"),
-    )
-    .await?;
+    let operator = cluster.operator(&ns, "scale", &args, dir.path().join("operator.log")).await?;
     let op_metrics = format!("http://{}", operator.addr("metrics_addr"));
     let token = cluster.gateway_token(&ns, "gateway", true).await?;
     std::fs::write(dir.path().join("token"), token)?;

@@ -32,7 +32,12 @@ SAMPLES_DIR = Path(os.environ.get("WEAVER_SAMPLES_DIR", REPO / "config" / "sampl
 
 GROUP = "llmweaver.io"
 VERSION = "v1alpha1"
-PLURALS = {"Channel": "channels", "ApiKey": "apikeys", "RoutingPolicy": "routingpolicies"}
+PLURALS = {
+    "Channel": "channels",
+    "ApiKey": "apikeys",
+    "RoutingPolicy": "routingpolicies",
+    "NamespacePolicy": "namespacepolicies",
+}
 
 ESTABLISH_TIMEOUT = 60.0
 

@@ -1,7 +1,7 @@
 """The llmweaver.io CRDs (crds/manifests/*.yaml) against a real kube-apiserver.
 
 * every CRD is accepted and becomes Established (conftest.crds);
-* every Channel/ApiKey/RoutingPolicy in config/samples/*.yaml is accepted as written;
+* every Channel/ApiKey/RoutingPolicy/NamespacePolicy in config/samples/*.yaml is accepted as written;
 * a minimal valid object of each kind is accepted;
 * every manifest in invalid-manifests.yaml is rejected with HTTP 422 and exactly
   the causes (field and message) listed there, the same list standalone loading
@@ -28,7 +28,10 @@ MINIMAL = {
     "Channel": {"provider": "openai", "models": [{"name": "gpt-4o-mini"}]},
     "ApiKey": {},
     "RoutingPolicy": {"models": ["gpt-4o*"], "channels": [{"name": "x"}]},
+    "NamespacePolicy": {},
 }
+# A NamespacePolicy must be named default (at most one per namespace).
+MINIMAL_NAME = {"NamespacePolicy": "default"}
 
 
 def manifest(kind: str, spec: dict, name: str = "test") -> dict:
@@ -87,7 +90,7 @@ def test_sample_is_accepted(api, namespace, filename, doc):
 
 @pytest.mark.parametrize("kind", sorted(MINIMAL))
 def test_minimal_object_is_accepted(api, namespace, kind):
-    resp = create(api, namespace, manifest(kind, copy.deepcopy(MINIMAL[kind])))
+    resp = create(api, namespace, manifest(kind, copy.deepcopy(MINIMAL[kind]), MINIMAL_NAME.get(kind, "test")))
     assert resp.status_code == 201, describe(resp)
 
 

@@ -12,7 +12,7 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::wait::await_condition;
 use reqwest::StatusCode;
 use serde_json::json;
-use weaver_crds::{ApiKey, Channel};
+use weaver_crds::{ApiKey, Channel, NamespacePolicy};
 
 use crate::cluster::{Cluster, Process, binary};
 use crate::mock_upstream::{Behaviour, MockUpstream};
@@ -165,10 +165,7 @@ impl Bed {
             bed.standby = Some(bed.operator_process(None, "operator-1").await?);
         }
         for i in 0..setup.gateways {
-            let url = match &bed.standby {
-                Some(standby) if i % 2 == 1 => format!("https://{}", standby.addr("addr")),
-                _ => bed.operator_url(),
-            };
+            let url = if bed.standby.is_some() && i % 2 == 1 { bed.standby_url() } else { bed.operator_url() };
             bed.start_gateway_at(i, &url, "gateway", "token").await?;
         }
         Ok(bed)
@@ -201,22 +198,14 @@ impl Bed {
             &listen,
             "--advertise-url",
             &advertise,
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--namespace",
-            &self.ns,
             "--watch-namespace",
             &self.ns,
-            "--identity",
-            identity,
             "--status-interval",
             "500ms",
             "--gateway-timeout",
             &gateway_timeout,
             "--lease-duration",
             "3s",
-            "--log-format",
-            "json",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -225,9 +214,8 @@ impl Bed {
             // Records of earlier days are re-read every second, not every 5 min.
             args.extend(["--store".into(), store.clone(), "--store-history-refresh".into(), "1s".into()]);
         }
-        let kubeconfig = self.cluster.kubeconfig.to_string_lossy().into_owned();
         let log = self.path(&format!("{identity}-{}.log", rand_suffix()));
-        Process::start(&binary("weaver-operator")?, &args, &[("KUBECONFIG", &kubeconfig)], log).await
+        self.cluster.operator(&self.ns, identity, &args, log).await
     }
 
     /// The replica holding the leader Lease.
@@ -252,6 +240,11 @@ impl Bed {
     /// The HTTPS address of the operator started first (empty once it is gone).
     pub fn operator_url(&self) -> String {
         self.operator.as_ref().map(|o| format!("https://{}", o.addr("addr"))).unwrap_or_default()
+    }
+
+    /// The HTTPS address of the standby replica (empty without one).
+    pub fn standby_url(&self) -> String {
+        self.standby.as_ref().map(|o| format!("https://{}", o.addr("addr"))).unwrap_or_default()
     }
 
     /// (Re)starts gateway `i` following the operator started first.
@@ -496,6 +489,12 @@ impl Bed {
     pub async fn channel_usage(&self, name: &str) -> Option<Seen> {
         let channels: Api<Channel> = Api::namespaced(self.cluster.client.clone(), &self.ns);
         seen(channels.get(name).await.ok()?.status?.usage.as_ref())
+    }
+
+    /// The usage in the status of the namespace's NamespacePolicy.
+    pub async fn namespace_usage(&self) -> Option<Seen> {
+        let policies: Api<NamespacePolicy> = Api::namespaced(self.cluster.client.clone(), &self.ns);
+        seen(policies.get(weaver_crds::namespace_policy::NAME).await.ok()?.status?.usage.as_ref())
     }
 
     /// Polls until ApiKey `key` and Channel `channel` show exactly these totals.

@@ -110,7 +110,7 @@ impl Cluster {
         Ok(())
     }
 
-    /// Applies every Channel, ApiKey, RoutingPolicy and Secret in `yaml` to `namespace`.
+    /// Applies every Channel, ApiKey, RoutingPolicy, NamespacePolicy and Secret in `yaml` to `namespace`.
     pub async fn apply_yaml(&self, namespace: &str, yaml: &str) -> anyhow::Result<()> {
         let mut r = Resources::default();
         weaver_crds::manifests::parse_into(yaml, &mut r)?;
@@ -124,6 +124,9 @@ impl Cluster {
             self.apply(namespace, &o).await?;
         }
         for o in r.api_keys {
+            self.apply(namespace, &o).await?;
+        }
+        for o in r.namespace_policies {
             self.apply(namespace, &o).await?;
         }
         Ok(())
@@ -143,6 +146,25 @@ impl Cluster {
     /// A projected-style token (audience `llm-weaver`) for ServiceAccount
     /// `name`, bound to the gateway role when `authorised`.
     pub async fn gateway_token(&self, namespace: &str, name: &str, authorised: bool) -> anyhow::Result<String> {
+        if authorised {
+            let binding = ClusterRoleBinding {
+                metadata: kube::api::ObjectMeta { name: Some(format!("{namespace}-{name}")), ..Default::default() },
+                role_ref: RoleRef {
+                    api_group: "rbac.authorization.k8s.io".into(),
+                    kind: "ClusterRole".into(),
+                    name: GATEWAY_ROLE.into(),
+                },
+                subjects: Some(vec![service_account_subject(namespace, name)]),
+            };
+            self.apply_cluster(&binding).await?;
+        }
+        self.token(namespace, name, &[TOKEN_AUDIENCE]).await
+    }
+
+    /// A token for ServiceAccount `name` (created when missing) for
+    /// `audiences`; none means the API server's own, as `kubectl create
+    /// token` issues.
+    pub async fn token(&self, namespace: &str, name: &str, audiences: &[&str]) -> anyhow::Result<String> {
         let sa = ServiceAccount {
             metadata: kube::api::ObjectMeta {
                 name: Some(name.into()),
@@ -152,26 +174,9 @@ impl Cluster {
             ..Default::default()
         };
         self.apply(namespace, &sa).await?;
-        if authorised {
-            let binding = ClusterRoleBinding {
-                metadata: kube::api::ObjectMeta { name: Some(format!("{namespace}-{name}")), ..Default::default() },
-                role_ref: RoleRef {
-                    api_group: "rbac.authorization.k8s.io".into(),
-                    kind: "ClusterRole".into(),
-                    name: GATEWAY_ROLE.into(),
-                },
-                subjects: Some(vec![Subject {
-                    kind: "ServiceAccount".into(),
-                    name: name.into(),
-                    namespace: Some(namespace.into()),
-                    ..Default::default()
-                }]),
-            };
-            self.apply_cluster(&binding).await?;
-        }
         let request = TokenRequest {
             spec: TokenRequestSpec {
-                audiences: vec![TOKEN_AUDIENCE.into()],
+                audiences: audiences.iter().map(|a| (*a).to_owned()).collect(),
                 expiration_seconds: Some(3600),
                 ..Default::default()
             },
@@ -182,6 +187,27 @@ impl Cluster {
         token.status.map(|s| s.token).context("TokenRequest returned no token")
     }
 
+    /// Starts an operator replica on this plane: replica `identity`, its
+    /// Lease and TLS Secret in `namespace`, metrics on a free loopback port,
+    /// JSON logs into `log`, and `args` besides (`--listen` among them).
+    pub async fn operator(
+        &self,
+        namespace: &str,
+        identity: &str,
+        args: &[String],
+        log: PathBuf,
+    ) -> anyhow::Result<Process> {
+        let mut all: Vec<String> =
+            ["--metrics-listen", "127.0.0.1:0", "--log-format", "json", "--namespace", namespace]
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect();
+        all.extend(["--identity".to_owned(), identity.to_owned()]);
+        all.extend_from_slice(args);
+        let kubeconfig = self.kubeconfig.to_string_lossy().into_owned();
+        Process::start(&binary("weaver-operator")?, &all, &[("KUBECONFIG", &kubeconfig)], log).await
+    }
+
     /// The CA the operator's serving certificate chains to, from its Secret.
     pub async fn operator_ca(&self, operator_namespace: &str) -> anyhow::Result<String> {
         let secret =
@@ -189,6 +215,16 @@ impl Cluster {
         let data: BTreeMap<String, k8s_openapi::ByteString> = secret.data.unwrap_or_default();
         let ca = data.get("ca.crt").context("no ca.crt in the operator's TLS Secret")?;
         Ok(String::from_utf8(ca.0.clone())?)
+    }
+}
+
+/// RBAC's name for ServiceAccount `namespace/name`.
+pub fn service_account_subject(namespace: &str, name: &str) -> Subject {
+    Subject {
+        kind: "ServiceAccount".into(),
+        name: name.into(),
+        namespace: Some(namespace.into()),
+        ..Default::default()
     }
 }
 
@@ -249,6 +285,25 @@ impl Process {
     /// The address from the `listening` line's field.
     pub fn addr(&self, field: &str) -> String {
         self.listening[field].as_str().unwrap_or_default().to_owned()
+    }
+
+    /// Pauses the process (SIGSTOP) until [`Process::resume`]: as a pod
+    /// throttled by its CPU limit, it finds what happened meanwhile waiting
+    /// in its connections.
+    pub async fn pause(&self) -> anyhow::Result<()> {
+        self.signal("STOP").await
+    }
+
+    /// Lets a paused process go on (SIGCONT).
+    pub async fn resume(&self) -> anyhow::Result<()> {
+        self.signal("CONT").await
+    }
+
+    async fn signal(&self, name: &str) -> anyhow::Result<()> {
+        let pid = self.child.id().context("the process has exited")?;
+        let status = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status().await?;
+        anyhow::ensure!(status.success(), "kill -{name} {pid} failed: {status}");
+        Ok(())
     }
 
     /// Stops the process (SIGKILL) and waits for it.

@@ -3,7 +3,8 @@
 //! operator), the manifests tests build, helpers for the operator tests
 //! against a real API server (and a whole test bed of operator and gateway
 //! processes there), a Postgres a test can stop and start, reading back the
-//! usage records a store holds, and (re-exported) the mock LLM upstream.
+//! usage records a store holds, reading the operator's usage API as a team
+//! does, and (re-exported) the mock LLM upstream.
 
 pub mod bed;
 pub mod cluster;
@@ -12,3 +13,4 @@ pub mod gateway;
 pub mod mock_upstream;
 pub mod postgres;
 pub mod records;
+pub mod usage_reader;

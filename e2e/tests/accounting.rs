@@ -199,3 +199,25 @@ async fn bodies_are_logged_redacted_and_cut_for_keys_that_ask_only() -> anyhow::
     assert_eq!(r.outcome, Outcome::Ok);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_namespaces_logging_applies_to_keys_without_their_own() -> anyhow::Result<()> {
+    let policy = "---
+apiVersion: llmweaver.io/v1alpha1
+kind: NamespacePolicy
+metadata: {name: default, namespace: team-a}
+spec:
+  logging: {bodies: true, maxBodyBytes: 4096}
+";
+    // `checkout` sets no logging: the namespace's applies. `quiet` turns it off.
+    let quiet = api_key("quiet", "lw-quiet-key-0001").replace("spec: {}", "spec: {logging: {bodies: false}}");
+    let mut s = setup(Behaviour::default(), |y| y + policy + &quiet).await?;
+    assert_eq!(s.post(KEY, "namespace-logged", &chat("hello from the team", false)).await?.status(), StatusCode::OK);
+    assert_eq!(s.post("lw-quiet-key-0001", "opted-out", &chat("hello", false)).await?.status(), StatusCode::OK);
+    let store = s.store().await?;
+    let logged = store.bodies("namespace-logged").await?.ok_or_else(|| anyhow::anyhow!("no bodies stored"))?;
+    assert!(logged.request.contains("hello from the team"), "{}", logged.request);
+    assert!(logged.response.contains("You said: hello from the team"), "{}", logged.response);
+    assert_eq!(store.bodies("opted-out").await?, None, "a key's own logging overrides its namespace's");
+    Ok(())
+}

@@ -1,21 +1,22 @@
 //! Budgets hold: many concurrent requests (plain, streamed, some abandoned by
-//! their client) against a key with a small budget, through one gateway on
-//! SQLite and through three replicas sharing one Postgres. Settled spend never
-//! exceeds the budget, the budget is used to at least 95 % before requests are
-//! refused, refusals are 429 `budget_exceeded`, and the ledger's settled spend
-//! is exactly what the usage records cost.
+//! their client) against a key with a small budget — or two keys with large
+//! budgets sharing their namespace's small one (a NamespacePolicy) — through
+//! one gateway on SQLite and through replicas sharing one Postgres. Settled
+//! spend never exceeds the budget, the budget is used to at least 95 % before
+//! requests are refused, refusals are 429 `budget_exceeded`, and the ledger's
+//! settled spend is exactly what the usage records cost.
 
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use serde_json::{Value, json};
-use weaver_e2e::fixtures::{KEY, openai_namespace};
+use weaver_e2e::fixtures::{KEY, NAMESPACE, api_key, openai_namespace};
 use weaver_e2e::gateway::TestGateway;
 use weaver_e2e::mock_upstream::{Behaviour, MockUpstream};
 use weaver_e2e::postgres::PgCluster;
 use weaver_e2e::records;
 use weaver_store::ledger::BudgetId;
-use weaver_store::{RecordFilter, Store, StoreOptions};
+use weaver_store::{RecordFilter, Scope, Store, StoreOptions};
 
 /// The budget: four thousandths of a dollar, never resetting; each request
 /// here costs about 1/400 of it and reserves about three times that.
@@ -30,25 +31,31 @@ struct Seen {
     refused: usize,
     timed_out: usize,
     other: Vec<String>,
+    /// The message of a `budget_exceeded` refusal.
+    refusal: Option<String>,
 }
 
-/// Sends `REQUESTS` requests, eight at a time, spread over `gateways`:
-/// alternately plain and streamed, every fifth stream abandoned after its
-/// first chunk.
-async fn load(gateways: &[&TestGateway]) -> anyhow::Result<Seen> {
+/// A refused request: status, error code, message.
+type Refusal = (u16, String, String);
+
+/// Sends `REQUESTS` requests, eight at a time, spread over `gateways` and
+/// `keys`: alternately plain and streamed, every fifth stream abandoned after
+/// its first chunk.
+async fn load(gateways: &[&TestGateway], keys: &[&str]) -> anyhow::Result<Seen> {
     let http = reqwest::Client::new();
-    let results: Vec<anyhow::Result<Result<(), (u16, String)>>> = futures_util::stream::iter(0..REQUESTS)
+    let results: Vec<anyhow::Result<Result<(), Refusal>>> = futures_util::stream::iter(0..REQUESTS)
         .map(|i| {
-            let (http, gw) = (http.clone(), gateways[i % gateways.len()]);
+            let (http, gw, key) = (http.clone(), gateways[i % gateways.len()], keys[i % keys.len()]);
             async move {
                 let stream = i % 2 == 1;
                 let body = json!({"model": "gpt-4o-mini", "max_tokens": 16, "stream": stream,
                     "messages": [{"role": "user", "content": "Say hi"}]});
-                let response = http.post(gw.url("/v1/chat/completions")).bearer_auth(KEY).json(&body).send().await?;
+                let response = http.post(gw.url("/v1/chat/completions")).bearer_auth(key).json(&body).send().await?;
                 let status = response.status().as_u16();
                 if status != 200 {
                     let error: Value = response.json().await?;
-                    return Ok(Err((status, error["error"]["code"].as_str().unwrap_or_default().to_owned())));
+                    let text = |field: &str| error["error"][field].as_str().unwrap_or_default().to_owned();
+                    return Ok(Err((status, text("code"), text("message"))));
                 }
                 let mut body = response.bytes_stream();
                 if stream && i % 10 == 1 {
@@ -68,11 +75,14 @@ async fn load(gateways: &[&TestGateway]) -> anyhow::Result<Seen> {
     for r in results {
         match r? {
             Ok(()) => seen.ok += 1,
-            Err((429, code)) if code == "budget_exceeded" => seen.refused += 1,
+            Err((429, code, message)) if code == "budget_exceeded" => {
+                seen.refused += 1;
+                seen.refusal.get_or_insert(message);
+            }
             // A loaded test machine can miss the fixture's 1 s first-byte timeout;
             // such a request costs nothing and is not a budget matter.
-            Err((504, code)) if code == "upstream_timeout" => seen.timed_out += 1,
-            Err((status, code)) => seen.other.push(format!("{status} {code}")),
+            Err((504, code, _)) if code == "upstream_timeout" => seen.timed_out += 1,
+            Err((status, code, _)) => seen.other.push(format!("{status} {code}")),
         }
     }
     Ok(seen)
@@ -83,19 +93,24 @@ async fn recorded_cost(store: &Store) -> anyhow::Result<u64> {
     Ok(records::all(store, &RecordFilter::default()).await?.iter().map(|r| r.cost_nanos).sum())
 }
 
-/// Checks what a run left: refusals only once the budget was nearly used,
-/// settled spend within it, the ledger agreeing with the records exactly.
-async fn check(seen: &Seen, store: &Store) -> anyhow::Result<()> {
+/// The key budget of the fixture's key `checkout`.
+fn key_budget() -> BudgetId {
+    BudgetId { scope: Scope::key(NAMESPACE, "checkout"), period_ms: 0 }
+}
+
+/// Checks what a run left: refusals only once the budget `id` was nearly
+/// used, settled spend within it, the ledger agreeing with the records
+/// (every record is charged to that budget) exactly.
+async fn check(seen: &Seen, store: &Store, id: &BudgetId) -> anyhow::Result<()> {
     assert_eq!(seen.other, Vec::<String>::new(), "only answers and budget refusals");
     assert!(seen.refused > 0 && seen.ok > 300, "the budget ran out during the run: {seen:?}");
-    let id = BudgetId { namespace: "team-a".into(), name: "checkout".into(), period_ms: 0 };
     // Replicas settle their spend within a second or two.
     weaver_e2e::gateway::eventually("the ledger settles what the records cost", || async {
-        let settled = store.budget_totals(&id).await.ok().flatten().map(|t| t.settled_nanos);
+        let settled = store.budget_totals(id).await.ok().flatten().map(|t| t.settled_nanos);
         recorded_cost(store).await.ok().is_some_and(|cost| Some(cost) == settled)
     })
     .await?;
-    let settled = store.budget_totals(&id).await?.unwrap_or_default().settled_nanos;
+    let settled = store.budget_totals(id).await?.unwrap_or_default().settled_nanos;
     let cost = recorded_cost(store).await?;
     assert_eq!(settled, cost, "the ledger settled exactly what the records cost");
     assert!(cost <= BUDGET_NANOS, "settled spend {cost} exceeds the budget {BUDGET_NANOS}");
@@ -112,10 +127,10 @@ fn upstream_behaviour() -> Behaviour {
 async fn one_gateway_on_sqlite_keeps_a_budget() -> anyhow::Result<()> {
     let upstream = MockUpstream::start(upstream_behaviour()).await?;
     let gw = TestGateway::start(&openai_namespace(&upstream.base_url(), KEY_SPEC), &[]).await?;
-    let seen = load(&[&gw]).await?;
+    let seen = load(&[&gw], &[KEY]).await?;
     let url = gw.usage_store_url().ok_or_else(|| anyhow::anyhow!("standalone"))?;
     let store = Store::connect(&url, StoreOptions::default())?;
-    check(&seen, &store).await?;
+    check(&seen, &store, &key_budget()).await?;
     // The usage API's key endpoint shows the ledger: settled, leased, reserved
     // (abandoned streams may still be finishing on the gateway's side).
     let token_file = gw.data_dir().ok_or_else(|| anyhow::anyhow!("standalone"))?.join("admin-token");
@@ -146,9 +161,68 @@ async fn three_replicas_sharing_postgres_keep_one_budget() -> anyhow::Result<()>
         let flags = ["--store", pg.url.as_str(), "--instance", instance.as_str(), "--replicas", "3"];
         gateways.push(TestGateway::start(&manifests, &flags).await?);
     }
-    let seen = load(&gateways.iter().collect::<Vec<_>>()).await?;
+    let seen = load(&gateways.iter().collect::<Vec<_>>(), &[KEY]).await?;
     let store = Store::connect(&pg.url, StoreOptions::default())?;
-    check(&seen, &store).await
+    check(&seen, &store, &key_budget()).await
+}
+
+/// The second key of [`shared_budget`].
+const SECOND_KEY: &str = "lw-second-test-key";
+
+/// The fixture's namespace with two keys whose own budgets ($1 each) are far
+/// larger than their namespace's ([`BUDGET_NANOS`], a NamespacePolicy).
+fn shared_budget(upstream: &str) -> String {
+    let big = r#"budget: {amount: "1.00", period: total}"#;
+    let second = api_key("second", SECOND_KEY).replace("spec: {}", &format!("spec: {{{big}}}"));
+    openai_namespace(upstream, big)
+        + &second
+        + &format!(
+            "---\napiVersion: llmweaver.io/v1alpha1\nkind: NamespacePolicy\n\
+             metadata: {{name: default, namespace: {NAMESPACE}}}\n\
+             spec: {{budget: {{amount: \"0.004\", period: total}}}}\n"
+        )
+}
+
+/// What a shared-budget run must show beyond [`check`]: the namespace's
+/// budget refused (and said so), and each key's own ledger settled its share.
+async fn check_shared(seen: &Seen, store: &Store) -> anyhow::Result<()> {
+    check(seen, store, &BudgetId { scope: Scope::namespace(NAMESPACE), period_ms: 0 }).await?;
+    let message = seen.refusal.clone().unwrap_or_default();
+    assert!(message.starts_with("The total budget of $0.004 that the keys of namespace team-a share"), "{message}");
+    let cost = recorded_cost(store).await?;
+    weaver_e2e::gateway::eventually("each key's ledger settles its own requests", || async {
+        let mut keys = 0;
+        for name in ["checkout", "second"] {
+            let id = BudgetId { scope: Scope::key(NAMESPACE, name), period_ms: 0 };
+            keys += store.budget_totals(&id).await.ok().flatten().map_or(0, |t| t.settled_nanos);
+        }
+        keys == cost
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_keys_share_their_namespaces_budget_on_sqlite() -> anyhow::Result<()> {
+    let upstream = MockUpstream::start(upstream_behaviour()).await?;
+    let gw = TestGateway::start(&shared_budget(&upstream.base_url()), &[]).await?;
+    let seen = load(&[&gw], &[KEY, SECOND_KEY]).await?;
+    let url = gw.usage_store_url().ok_or_else(|| anyhow::anyhow!("standalone"))?;
+    check_shared(&seen, &Store::connect(&url, StoreOptions::default())?).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_on_postgres_share_a_namespaces_budget() -> anyhow::Result<()> {
+    let pg = PgCluster::up()?;
+    let upstream = MockUpstream::start(upstream_behaviour()).await?;
+    let manifests = shared_budget(&upstream.base_url());
+    let mut gateways = Vec::new();
+    for i in 0..2 {
+        let instance = format!("gw-{i}");
+        let flags = ["--store", pg.url.as_str(), "--instance", instance.as_str(), "--replicas", "2"];
+        gateways.push(TestGateway::start(&manifests, &flags).await?);
+    }
+    let seen = load(&gateways.iter().collect::<Vec<_>>(), &[KEY, SECOND_KEY]).await?;
+    check_shared(&seen, &Store::connect(&pg.url, StoreOptions::default())?).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

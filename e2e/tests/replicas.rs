@@ -6,8 +6,9 @@
 //! - Usage: two gateways write one Postgres while two keys send plain,
 //!   streamed, failed and abandoned requests through both, and the leading
 //!   operator is killed (SIGKILL) mid-run. The store holds every request once;
-//!   the usage API's summary and the ApiKey status the new leader writes equal
-//!   the records' sums, to the nano-dollar.
+//!   the usage API's summary (read from the leading operator with a token a
+//!   namespaced Role grants, as a team's dashboard reads it) and the ApiKey
+//!   status the new leader writes equal the records' sums, to the nano-dollar.
 //! - Rate limits: clients hammer three gateways with one key for two minutes.
 //!   Admitted requests stay within the bound the README states for the
 //!   window and come close to it; the upstream never has more of the key's
@@ -24,10 +25,9 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use weaver_crds::money::Usd;
 use weaver_e2e::bed::{Bed, Setup, UPSTREAM_CREDS, WAIT, api_key, channel, store_url};
-use weaver_e2e::fixtures;
-use weaver_e2e::gateway::TestGateway;
 use weaver_e2e::mock_upstream::{Behaviour, MockUpstream};
 use weaver_e2e::records;
+use weaver_e2e::usage_reader::{UsageReader, team_token};
 use weaver_store::{Outcome, RecordFilter, Store, StoreOptions, UsageFilter, UsageRecord, UsageStore as _};
 
 /// Channel `primary` at `upstream` serving `gpt-4o-mini`, with timeouts no
@@ -149,58 +149,47 @@ async fn status_totals(bed: &Bed, name: &str) -> Option<Totals> {
     Some(Totals { requests, errors: errors?, input_tokens, output_tokens, cost_nanos })
 }
 
-/// The admin token of the usage API's gateway.
-const ADMIN_TOKEN: &str = "e2e-admin-token";
+/// The ServiceAccount of the team's dashboard that reads the usage API.
+const DASHBOARD: &str = "usage-dashboard";
 
-/// The usage API, read as a user reads it: over HTTP with the admin token.
-//
-// SWITCH to the operator: on main, only the standalone gateway serves the
-// usage API (`usage-api/`, on its admin listener); the operator's copy of it
-// is being added on branch `opapi`. Until it lands, a standalone gateway on
-// the same Postgres serves the same routes from the same crate. Once the
-// operator serves them, read `summary_by_key` from the leading operator (the
-// standby after the failover) with its credentials, and drop `gateway`.
-struct UsageApi {
-    gateway: TestGateway,
-    http: reqwest::Client,
-}
-
-impl UsageApi {
-    async fn start(store: &str) -> anyhow::Result<Self> {
-        let flags = ["--store", store, "--admin-token", ADMIN_TOKEN];
-        let gateway = TestGateway::start(&fixtures::mock_channel(), &flags).await?;
-        Ok(Self { gateway, http: reqwest::Client::new() })
+/// The usage summary per ApiKey (`GET /admin/v1/usage/summary?group_by=key`)
+/// of namespace `ns`, read from an operator replica by a caller whose RBAC
+/// allows that namespace alone; its status and body when it does not answer
+/// 200.
+async fn summary_by_key(
+    api: &UsageReader,
+    token: &str,
+    ns: &str,
+) -> anyhow::Result<Result<BTreeMap<String, Totals>, String>> {
+    let (status, summary) = api.get(Some(token), "/usage/summary?group_by=key").await?;
+    if status != StatusCode::OK {
+        return Ok(Err(format!("{status} {summary}")));
     }
-
-    /// `GET /admin/v1/usage/summary?group_by=key` for namespace `ns`.
-    async fn summary_by_key(&self, ns: &str) -> anyhow::Result<BTreeMap<String, Totals>> {
-        let url = self.gateway.admin_url(&format!("/admin/v1/usage/summary?group_by=key&namespace={ns}"));
-        let response = self.http.get(url).bearer_auth(ADMIN_TOKEN).send().await?.error_for_status()?;
-        let summary: Value = response.json().await?;
-        let mut out = BTreeMap::new();
-        for row in summary["data"].as_array().into_iter().flatten() {
-            let n = |field: &str| row[field].as_u64().unwrap_or_default();
-            let cost = row["cost_usd"].as_str().unwrap_or_default().parse::<Usd>()?;
-            let totals = Totals {
-                requests: n("requests"),
-                errors: n("errors"),
-                input_tokens: n("input_tokens"),
-                output_tokens: n("output_tokens"),
-                cost_nanos: cost.0,
-            };
-            out.insert(row["api_key"].as_str().unwrap_or_default().to_owned(), totals);
-        }
-        Ok(out)
+    let mut out = BTreeMap::new();
+    for row in summary["data"].as_array().into_iter().flatten() {
+        anyhow::ensure!(row["namespace"] == ns, "a row of another namespace: {row}");
+        let n = |field: &str| row[field].as_u64().unwrap_or_default();
+        let cost = row["cost_usd"].as_str().unwrap_or_default().parse::<Usd>()?;
+        let totals = Totals {
+            requests: n("requests"),
+            errors: n("errors"),
+            input_tokens: n("input_tokens"),
+            output_tokens: n("output_tokens"),
+            cost_nanos: cost.0,
+        };
+        out.insert(row["api_key"].as_str().unwrap_or_default().to_owned(), totals);
     }
+    Ok(Ok(out))
 }
 
 /// Waits until the store holds exactly the requests `sent` (each once), then
-/// until the usage API's summary and every ApiKey's status equal the
-/// records' sums; returns the records.
+/// until the usage API's summary (read from `api` with `token`) and every
+/// ApiKey's status equal the records' sums; returns the records.
 async fn until_agreed(
     bed: &Bed,
     store: &Store,
-    api: &UsageApi,
+    api: &UsageReader,
+    token: &str,
     sent: &HashSet<String>,
 ) -> anyhow::Result<Vec<UsageRecord>> {
     let filter = RecordFilter {
@@ -221,16 +210,18 @@ async fn until_agreed(
     };
     let want = totals_by_key(&records);
     let mut status = BTreeMap::new();
-    let mut summary = BTreeMap::new();
+    // A fresh RoleBinding may take the API server a moment (and the
+    // operator caches a refusal for 5 s).
+    let mut summary = Err("not read".to_owned());
     while started.elapsed() < WAIT {
-        summary = api.summary_by_key(&bed.ns).await?;
+        summary = summary_by_key(api, token, &bed.ns).await?;
         status.clear();
         for name in want.keys() {
             if let Some(t) = status_totals(bed, name).await {
                 status.insert(name.clone(), t);
             }
         }
-        if summary == want && status == want {
+        if summary.as_ref() == Ok(&want) && status == want {
             return Ok(records);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -275,11 +266,14 @@ async fn usage_agrees_across_gateways_sharing_postgres_and_a_leader_failover() -
         ns: bed.ns.clone(),
         done: Arc::default(),
     };
-    let api = UsageApi::start(&url).await?;
+    // The team's dashboard reads the usage API from the leading operator.
+    let token = team_token(&bed.cluster, &bed.ns, DASHBOARD).await?;
+    let ca = std::fs::read(bed.path("ca.pem"))?;
+    let leader = UsageReader::new(&bed.operator_url(), &ca)?;
 
-    // The first leader's status agrees with the records.
+    // The first leader's summary and status agree with the records.
     sent.extend(traffic.run(0..PER_PHASE).await?);
-    until_agreed(&bed, &store, &api, &sent).await?;
+    until_agreed(&bed, &store, &leader, &token, &sent).await?;
 
     // It dies while requests run; the standby takes the lease.
     let during = tokio::spawn({
@@ -298,8 +292,10 @@ async fn usage_agrees_across_gateways_sharing_postgres_and_a_leader_failover() -
     sent.extend(during.await??);
     sent.extend(traffic.run(2 * PER_PHASE..3 * PER_PHASE).await?);
 
-    // Everything since the first check, the new leader alone has counted.
-    let records = until_agreed(&bed, &store, &api, &sent).await?;
+    // Everything since the first check, the new leader alone has counted;
+    // the dashboard now reads it.
+    let leader = UsageReader::new(&bed.standby_url(), &ca)?;
+    let records = until_agreed(&bed, &store, &leader, &token, &sent).await?;
     let outcomes: HashSet<Outcome> = records.iter().map(|r| r.outcome).collect();
     for outcome in [Outcome::Ok, Outcome::UpstreamError, Outcome::ClientAborted] {
         assert!(outcomes.contains(&outcome), "no {outcome:?} record among {outcomes:?}");

@@ -1,17 +1,17 @@
-//! Budget alerts: a key's spend crossing a threshold of its budget (50, 80 and
-//! 100 % unless the key names others) is announced once per budget period, as
-//! a Kubernetes Event on the ApiKey, a `tracing` event and the counter
+//! Budget alerts: a key's (or a namespace's) spend crossing a threshold of its
+//! budget (50, 80 and 100 % unless the budget names others) is announced once
+//! per budget period, as a Kubernetes Event on the ApiKey (or
+//! NamespacePolicy), a `tracing` event and the counter
 //! `weaver_operator_budget_alerts_total{namespace,threshold}`.
 //!
 //! "Once" survives restarts and leader changes because the highest threshold
-//! announced, with its period start, is kept in the ApiKey's status
+//! announced, with its period start, is kept in the object's status
 //! (`status.budgetAlert`), and announcements go out only after that status was
 //! written: a failed write announces nothing (the next pass tries again), a
 //! failed Event is lost rather than repeated.
 
 use kube::Resource;
 use kube::runtime::events::{Event, EventType};
-use weaver_crds::ApiKey;
 use weaver_crds::api_key::BudgetPeriod;
 use weaver_crds::money::Usd;
 
@@ -84,15 +84,18 @@ impl Alert {
     }
 }
 
-/// Announces crossings that status now records.
-pub async fn announce(ctx: &Context, key: &ApiKey, alerts: &[Alert]) {
-    let namespace = key.meta().namespace.clone().unwrap_or_default();
-    let name = key.meta().name.clone().unwrap_or_default();
+/// Announces crossings that the status of `obj` (an ApiKey or a
+/// NamespacePolicy) now records.
+pub async fn announce<K: Resource<DynamicType = ()>>(ctx: &Context, obj: &K, alerts: &[Alert]) {
+    let namespace = obj.meta().namespace.clone().unwrap_or_default();
+    let name = obj.meta().name.clone().unwrap_or_default();
+    let kind = K::kind(&());
     for alert in alerts {
         ctx.metrics.budget_alert(&namespace, alert.threshold);
         let message = alert.message();
         if alert.threshold >= 100 {
             tracing::warn!(
+                kind = %kind,
                 namespace = %namespace,
                 name = %name,
                 threshold = alert.threshold,
@@ -103,6 +106,7 @@ pub async fn announce(ctx: &Context, key: &ApiKey, alerts: &[Alert]) {
             );
         } else {
             tracing::info!(
+                kind = %kind,
                 namespace = %namespace,
                 name = %name,
                 threshold = alert.threshold,
@@ -119,7 +123,7 @@ pub async fn announce(ctx: &Context, key: &ApiKey, alerts: &[Alert]) {
             action: "Meter".to_owned(),
             secondary: None,
         };
-        if let Err(e) = ctx.recorder.publish(&event, &key.object_ref(&())).await {
+        if let Err(e) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
             ctx.metrics.error(ErrorCategory::event);
             tracing::warn!(namespace = %namespace, name = %name, error = %e, "budget alert Event not recorded");
         }

@@ -1,11 +1,15 @@
 //! Who may connect: TokenReview + SubjectAccessReview.
 //!
-//! Gateways present a projected ServiceAccount token bound to our audience. The API
-//! server says who it belongs to (TokenReview) and whether RBAC lets that identity
-//! use the resource (SubjectAccessReview), so access is granted with ordinary Roles.
-//! Decisions are cached briefly, keyed by a digest of the token, never the token.
+//! Gateways present a projected ServiceAccount token bound to our audience;
+//! people reading the usage API present a token for the API server's own
+//! audiences (`kubectl create token`, a kubeconfig's token). The API server
+//! says who it belongs to (TokenReview) and whether RBAC lets that identity do
+//! what is asked (SubjectAccessReview), so access is granted with ordinary
+//! Roles. Both answers are cached briefly, keyed by a digest of the token,
+//! never the token.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -23,11 +27,64 @@ const ALLOW_TTL: Duration = Duration::from_secs(30);
 const DENY_TTL: Duration = Duration::from_secs(5);
 const MAX_CACHE_ENTRIES: usize = 10_000;
 
-/// The authenticated caller.
+/// The authenticated caller, as the TokenReview named it; asked about again in
+/// SubjectAccessReviews, so it keeps everything RBAC may match on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Identity {
     pub username: String,
     pub groups: Vec<String>,
+    pub uid: Option<String>,
+    pub extra: Option<BTreeMap<String, Vec<String>>>,
+}
+
+/// The audiences a token must be for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Audience {
+    /// The operator's own (`llm-weaver`): gateways' projected tokens, which
+    /// the API server itself would refuse.
+    Operator,
+    /// The API server's defaults (its `--api-audiences`): what
+    /// `kubectl create token` issues and kubeconfigs hold.
+    ApiServer,
+}
+
+/// What a SubjectAccessReview asks: may the caller `verb` this, in API group
+/// [`API_GROUP`]? Empty strings mean "none": no subresource, any name, at the
+/// cluster scope (which RBAC grants only through ClusterRoleBindings).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Attributes {
+    pub verb: &'static str,
+    pub resource: &'static str,
+    pub subresource: &'static str,
+    pub name: String,
+    pub namespace: String,
+}
+
+impl Attributes {
+    /// `verb` on `resource`, at the cluster scope.
+    pub fn cluster(verb: &'static str, resource: &'static str) -> Self {
+        Self { verb, resource, subresource: "", name: String::new(), namespace: String::new() }
+    }
+}
+
+/// Reads like the API server's own refusals, so the missing rule is plain.
+impl fmt::Display for Attributes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} resource \"{}", self.verb, self.resource)?;
+        if !self.subresource.is_empty() {
+            write!(f, "/{}", self.subresource)?;
+        }
+        f.write_str("\"")?;
+        if !self.name.is_empty() {
+            write!(f, " named \"{}\"", self.name)?;
+        }
+        write!(f, " in API group \"{API_GROUP}\"")?;
+        if self.namespace.is_empty() {
+            f.write_str(" at the cluster scope")
+        } else {
+            write!(f, " in the namespace \"{}\"", self.namespace)
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -36,8 +93,8 @@ pub enum AuthError {
     MissingToken,
     #[error("token not accepted: {0}")]
     Unauthenticated(String),
-    #[error("{user} may not {verb} {resource}")]
-    Forbidden { user: String, verb: String, resource: String },
+    #[error("User \"{user}\" cannot {attributes}")]
+    Forbidden { user: String, attributes: Attributes },
     #[error("cannot reach the API server: {0}")]
     Api(String),
 }
@@ -62,7 +119,8 @@ impl AuthError {
     }
 }
 
-/// Checks bearer tokens against the API server; cheap to clone.
+/// Checks bearer tokens against the API server; cheap to clone (clones share
+/// one decision cache).
 #[derive(Clone)]
 pub struct Authenticator {
     client: kube::Client,
@@ -71,20 +129,50 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
+    /// `audience` is what [`Audience::Operator`] stands for.
     pub fn new(client: kube::Client, audience: impl Into<String>) -> Self {
         Self { client, audience: Arc::from(audience.into()), cache: Arc::new(DecisionCache::default()) }
     }
 
-    /// Extracts the bearer token from headers, runs a TokenReview (with the
-    /// audience), then a SubjectAccessReview for the returned user: `verb` on
-    /// `resource` in API group `llmweaver.io`, cluster-wide.
-    pub async fn authorize(&self, headers: &HeaderMap, verb: &str, resource: &str) -> Result<Identity, AuthError> {
+    /// For gateways: the bearer token of `headers`, for the operator's
+    /// audience, and `verb` on `resource` at the cluster scope.
+    pub async fn authorize(
+        &self,
+        headers: &HeaderMap,
+        verb: &'static str,
+        resource: &'static str,
+    ) -> Result<Identity, AuthError> {
         let token = bearer_token(headers)?;
-        let key = CacheKey::new(token, verb, resource);
+        let who = self.authenticate(token, Audience::Operator).await?;
+        self.check(token, Audience::Operator, &who, &Attributes::cluster(verb, resource)).await?;
+        Ok(who)
+    }
+
+    /// Who `token` (for `audience`) belongs to: a TokenReview, cached.
+    pub async fn authenticate(&self, token: &str, audience: Audience) -> Result<Identity, AuthError> {
+        let key = CacheKey::new(token, audience, None);
+        self.cached(key, self.review_token(token, audience)).await
+    }
+
+    /// Whether `who`, authenticated by `token`, may do `attributes`: a
+    /// SubjectAccessReview, cached. `Err(Forbidden)` when not.
+    pub async fn check(
+        &self,
+        token: &str,
+        audience: Audience,
+        who: &Identity,
+        attributes: &Attributes,
+    ) -> Result<(), AuthError> {
+        let key = CacheKey::new(token, audience, Some(attributes.clone()));
+        self.cached(key, self.review_access(who, attributes)).await.map(drop)
+    }
+
+    /// The cached decision for `key`, else `review`'s, cached for next time.
+    async fn cached(&self, key: CacheKey, review: impl Future<Output = Decision>) -> Decision {
         if let Some(decision) = self.cache.get(&key, Instant::now()) {
             return decision;
         }
-        let decision = self.review(token, verb, resource).await;
+        let decision = review.await;
         match &decision {
             Ok(_) => self.cache.put(key, decision.clone(), Instant::now() + ALLOW_TTL),
             Err(AuthError::Unauthenticated(_) | AuthError::Forbidden { .. }) => {
@@ -96,9 +184,14 @@ impl Authenticator {
         decision
     }
 
-    async fn review(&self, token: &str, verb: &str, resource: &str) -> Result<Identity, AuthError> {
+    async fn review_token(&self, token: &str, audience: Audience) -> Result<Identity, AuthError> {
+        // No audiences: the API server checks the token against its own.
+        let audiences = match audience {
+            Audience::Operator => Some(vec![self.audience.to_string()]),
+            Audience::ApiServer => None,
+        };
         let review = TokenReview {
-            spec: TokenReviewSpec { token: Some(token.to_owned()), audiences: Some(vec![self.audience.to_string()]) },
+            spec: TokenReviewSpec { token: Some(token.to_owned()), audiences },
             ..TokenReview::default()
         };
         let reviewed = Api::<TokenReview>::all(self.client.clone())
@@ -111,26 +204,38 @@ impl Authenticator {
             return Err(AuthError::Unauthenticated(reason));
         }
         // An API server that ignores audiences would otherwise accept tokens meant for others.
-        if !status.audiences.unwrap_or_default().iter().any(|a| **a == *self.audience) {
+        if audience == Audience::Operator && !status.audiences.unwrap_or_default().iter().any(|a| **a == *self.audience)
+        {
             return Err(AuthError::Unauthenticated(format!("token is not for audience {}", self.audience)));
         }
         let user = status.user.unwrap_or_default();
-        let identity =
-            Identity { username: user.username.unwrap_or_default(), groups: user.groups.unwrap_or_default() };
+        let identity = Identity {
+            username: user.username.unwrap_or_default(),
+            groups: user.groups.unwrap_or_default(),
+            uid: user.uid,
+            extra: user.extra,
+        };
         if identity.username.is_empty() {
             return Err(AuthError::Unauthenticated("token review named no user".to_owned()));
         }
+        Ok(identity)
+    }
 
+    async fn review_access(&self, who: &Identity, attributes: &Attributes) -> Result<Identity, AuthError> {
+        let given = |s: &str| (!s.is_empty()).then(|| s.to_owned());
         let access = SubjectAccessReview {
             spec: SubjectAccessReviewSpec {
-                user: Some(identity.username.clone()),
-                groups: Some(identity.groups.clone()),
-                uid: user.uid,
-                extra: user.extra,
+                user: Some(who.username.clone()),
+                groups: Some(who.groups.clone()),
+                uid: who.uid.clone(),
+                extra: who.extra.clone(),
                 resource_attributes: Some(ResourceAttributes {
                     group: Some(API_GROUP.to_owned()),
-                    resource: Some(resource.to_owned()),
-                    verb: Some(verb.to_owned()),
+                    resource: Some(attributes.resource.to_owned()),
+                    subresource: given(attributes.subresource),
+                    name: given(&attributes.name),
+                    namespace: given(&attributes.namespace),
+                    verb: Some(attributes.verb.to_owned()),
                     ..ResourceAttributes::default()
                 }),
                 ..SubjectAccessReviewSpec::default()
@@ -143,13 +248,9 @@ impl Authenticator {
             .map_err(|e| AuthError::Api(format!("SubjectAccessReview: {e}")))?;
         let allowed = reviewed.status.is_some_and(|s| s.allowed && s.denied != Some(true));
         if !allowed {
-            return Err(AuthError::Forbidden {
-                user: identity.username,
-                verb: verb.to_owned(),
-                resource: resource.to_owned(),
-            });
+            return Err(AuthError::Forbidden { user: who.username.clone(), attributes: attributes.clone() });
         }
-        Ok(identity)
+        Ok(who.clone())
     }
 }
 
@@ -165,24 +266,23 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<&str, AuthError> {
     Ok(token)
 }
 
-/// Identifies a decision without holding the token itself.
+/// Identifies a decision without holding the token itself: who the token
+/// is (`check: None`), or whether it may do `check`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct CacheKey {
     token_sha256: [u8; 32],
-    verb: String,
-    resource: String,
+    audience: Audience,
+    check: Option<Attributes>,
 }
 
 impl CacheKey {
-    fn new(token: &str, verb: &str, resource: &str) -> Self {
-        Self {
-            token_sha256: Sha256::digest(token.as_bytes()).into(),
-            verb: verb.to_owned(),
-            resource: resource.to_owned(),
-        }
+    fn new(token: &str, audience: Audience, check: Option<Attributes>) -> Self {
+        Self { token_sha256: Sha256::digest(token.as_bytes()).into(), audience, check }
     }
 }
 
+/// The identity, for a TokenReview; the same identity when allowed, for a
+/// SubjectAccessReview.
 type Decision = Result<Identity, AuthError>;
 
 #[derive(Default)]
@@ -245,56 +345,90 @@ mod tests {
         Ok(())
     }
 
+    /// A gateway's check and a usage reader's, as the usage API asks it.
+    fn snapshots() -> Option<Attributes> {
+        Some(Attributes::cluster("get", "gatewaysnapshots"))
+    }
+
+    fn usage_in(namespace: &str) -> Attributes {
+        Attributes {
+            verb: "get",
+            resource: "apikeys",
+            subresource: "usage",
+            name: String::new(),
+            namespace: namespace.into(),
+        }
+    }
+
     #[test]
-    fn statuses_and_messages() {
+    fn statuses_and_messages_name_what_rbac_lacks() {
         assert_eq!(AuthError::MissingToken.status(), StatusCode::UNAUTHORIZED);
         assert_eq!(AuthError::Unauthenticated("x".into()).status(), StatusCode::UNAUTHORIZED);
-        let forbidden = AuthError::Forbidden {
-            user: "system:serviceaccount:ns:gw".into(),
-            verb: "get".into(),
-            resource: "gatewaysnapshots".into(),
-        };
-        assert_eq!(forbidden.status(), StatusCode::FORBIDDEN);
-        assert_eq!(forbidden.to_string(), "system:serviceaccount:ns:gw may not get gatewaysnapshots");
+        let forbidden = |attributes| AuthError::Forbidden { user: "system:serviceaccount:ns:gw".into(), attributes };
+        let gateway = forbidden(Attributes::cluster("get", "gatewaysnapshots"));
+        assert_eq!(gateway.status(), StatusCode::FORBIDDEN);
+        assert_eq!(
+            gateway.to_string(),
+            "User \"system:serviceaccount:ns:gw\" cannot get resource \"gatewaysnapshots\" in API group \"llmweaver.io\" at the cluster scope"
+        );
+        assert_eq!(
+            forbidden(usage_in("team-b")).to_string(),
+            "User \"system:serviceaccount:ns:gw\" cannot get resource \"apikeys/usage\" in API group \"llmweaver.io\" in the namespace \"team-b\""
+        );
+        let key = Attributes { subresource: "", name: "app".into(), ..usage_in("team-b") };
+        assert!(forbidden(key).to_string().contains("cannot get resource \"apikeys\" named \"app\" in API group"));
         assert_eq!(AuthError::Api("down".into()).status(), StatusCode::SERVICE_UNAVAILABLE);
     }
 
     #[test]
     fn cache_key_holds_a_digest_not_the_token() {
-        let key = CacheKey::new("secret-token", "get", "gatewaysnapshots");
+        let key = CacheKey::new("secret-token", Audience::Operator, snapshots());
         let expected: [u8; 32] = Sha256::digest(b"secret-token").into();
         assert_eq!(key.token_sha256, expected);
         assert!(!format!("{key:?}").contains("secret-token"));
-        assert_eq!(key, CacheKey::new("secret-token", "get", "gatewaysnapshots"));
-        assert_ne!(key, CacheKey::new("other-token", "get", "gatewaysnapshots"));
-        assert_ne!(key, CacheKey::new("secret-token", "create", "gatewaysnapshots"));
-        assert_ne!(key, CacheKey::new("secret-token", "get", "gatewayreports"));
+        assert_eq!(key, CacheKey::new("secret-token", Audience::Operator, snapshots()));
+        assert_ne!(key, CacheKey::new("other-token", Audience::Operator, snapshots()));
+        assert_ne!(key, CacheKey::new("secret-token", Audience::ApiServer, snapshots()));
+        assert_ne!(key, CacheKey::new("secret-token", Audience::Operator, None));
+        assert_ne!(
+            key,
+            CacheKey::new("secret-token", Audience::Operator, Some(Attributes::cluster("create", "gatewaysnapshots")))
+        );
+        assert_ne!(
+            key,
+            CacheKey::new("secret-token", Audience::Operator, Some(Attributes::cluster("get", "gatewayreports")))
+        );
+        // Each namespace is a decision of its own.
+        let in_a = CacheKey::new("t", Audience::ApiServer, Some(usage_in("a")));
+        assert_ne!(in_a, CacheKey::new("t", Audience::ApiServer, Some(usage_in("b"))));
+        assert_ne!(in_a, CacheKey::new("t", Audience::ApiServer, Some(usage_in(""))));
     }
 
     #[test]
     fn cached_decisions_expire() {
         let cache = DecisionCache::default();
-        let key = CacheKey::new("t", "get", "gatewaysnapshots");
+        let key = CacheKey::new("t", Audience::Operator, snapshots());
         let now = Instant::now();
-        let identity = Identity { username: "u".into(), groups: vec!["g".into()] };
+        let identity = Identity { username: "u".into(), groups: vec!["g".into()], uid: None, extra: None };
         cache.put(key.clone(), Ok(identity.clone()), now + ALLOW_TTL);
         assert_eq!(cache.get(&key, now), Some(Ok(identity)));
         assert_eq!(cache.get(&key, now + ALLOW_TTL), None);
-        assert_eq!(cache.get(&CacheKey::new("t", "create", "gatewayreports"), now), None);
+        assert_eq!(cache.get(&CacheKey::new("t", Audience::Operator, None), now), None);
     }
 
     #[test]
     fn cache_is_bounded() {
         let cache = DecisionCache::default();
         let expires = Instant::now() + ALLOW_TTL;
+        let key = |token: &str| CacheKey::new(token, Audience::Operator, None);
         for i in 0..MAX_CACHE_ENTRIES {
-            cache.put(CacheKey::new(&i.to_string(), "get", "r"), Err(AuthError::MissingToken), expires);
+            cache.put(key(&i.to_string()), Err(AuthError::MissingToken), expires);
         }
         assert_eq!(cache.len(), MAX_CACHE_ENTRIES);
         // Overwriting a present key does not flush.
-        cache.put(CacheKey::new("0", "get", "r"), Err(AuthError::MissingToken), expires);
+        cache.put(key("0"), Err(AuthError::MissingToken), expires);
         assert_eq!(cache.len(), MAX_CACHE_ENTRIES);
-        cache.put(CacheKey::new("new", "get", "r"), Err(AuthError::MissingToken), expires);
+        cache.put(key("new"), Err(AuthError::MissingToken), expires);
         assert_eq!(cache.len(), 1);
     }
 }

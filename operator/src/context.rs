@@ -7,6 +7,7 @@ use std::time::Duration;
 use kube::Client;
 use kube::runtime::events::Recorder;
 use tokio::sync::watch;
+use weaver_crds::compiler::Kind;
 
 use crate::alerts::Announced;
 use crate::auth::Authenticator;
@@ -35,9 +36,10 @@ pub struct Context {
     pub gateway_timeout: Duration,
     /// With `--store`: status usage comes from the usage store.
     pub store: Option<UsageReader>,
-    /// Budget alerts this replica announced, per key: status may lag behind
-    /// in the watch cache for a pass, and must not make them fire twice.
-    pub alerts: Mutex<HashMap<Id, Announced>>,
+    /// Budget alerts this replica announced, per ApiKey or NamespacePolicy:
+    /// status may lag behind in the watch cache for a pass, and must not make
+    /// them fire twice.
+    pub alerts: Mutex<HashMap<(Kind, Id), Announced>>,
 }
 
 impl Context {
@@ -45,7 +47,7 @@ impl Context {
         self.usage.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    pub fn alerts(&self) -> std::sync::MutexGuard<'_, HashMap<Id, Announced>> {
+    pub fn alerts(&self) -> std::sync::MutexGuard<'_, HashMap<(Kind, Id), Announced>> {
         self.alerts.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }

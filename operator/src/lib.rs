@@ -16,4 +16,5 @@ pub mod state;
 pub mod status;
 pub mod tls;
 pub mod usage;
+pub mod usage_api;
 pub mod usage_store;

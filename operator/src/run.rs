@@ -22,7 +22,7 @@ use crate::metrics::Metrics;
 use crate::state::{self, Published};
 use crate::usage::UsageBook;
 use crate::usage_store::UsageReader;
-use crate::{keys, server, status, tls};
+use crate::{keys, server, status, tls, usage_api};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -150,11 +150,12 @@ pub async fn start(args: Args) -> Result<Started, StartError> {
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(state::compile_loop(stores, changed, replicas_rx, args.debounce, metrics, publish));
-    tasks.spawn(server::serve_tls(listener, acceptor.clone(), server::router(ctx.clone())));
+    let routes = server::router(ctx.clone()).merge(usage_api::router(&ctx, args.watch_namespace.clone()));
+    tasks.spawn(server::serve_tls(listener, acceptor.clone(), routes));
     tasks.spawn(renew_certificate(ctx.client.clone(), namespace.clone(), args.tls_secret.clone(), sans, acceptor));
     tasks.spawn(serve_plain(metrics_listener, ctx.clone()));
     tasks.spawn(writer_loop(ctx.clone(), args.status_interval));
-    tracing::info!(%addr, %metrics_addr, namespace = %namespace, "listening");
+    tracing::info!(%addr, %metrics_addr, namespace = %namespace, usage_api = ctx.store.is_some(), "listening");
     Ok(Started { addr, metrics_addr, context: ctx, tasks })
 }
 

@@ -1,20 +1,23 @@
 //! Watching the resources and compiling them into snapshots.
 //!
 //! Every replica watches everything (warm failover) and compiles the same
-//! snapshot; a burst of changes is debounced into one compilation.
+//! snapshot; a burst of changes is debounced into one compilation, and
+//! changes the compiler does not read (status) compile nothing.
 
+use std::collections::HashMap;
+use std::hash::Hash;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{Predicate, WatchStreamExt, predicates, watcher};
 use kube::{Api, Client, Resource};
 use tokio::sync::{Notify, watch};
 use weaver_crds::compiler::{Problem, Resources, compile};
-use weaver_crds::{ApiKey, Channel, RoutingPolicy, Snapshot};
+use weaver_crds::{ApiKey, Channel, NamespacePolicy, RoutingPolicy, Snapshot};
 
 use crate::metrics::Metrics;
 
@@ -24,6 +27,7 @@ pub struct Stores {
     pub channels: Store<Channel>,
     pub api_keys: Store<ApiKey>,
     pub policies: Store<RoutingPolicy>,
+    pub namespace_policies: Store<NamespacePolicy>,
     pub secrets: Store<Secret>,
 }
 
@@ -57,9 +61,16 @@ where
     let stream = watcher(api, watcher::Config::default()).default_backoff().reflect(writer);
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
+        let mut seen = Fingerprints::default();
         while let Some(event) = stream.next().await {
             match event {
-                Ok(_) => changed.notify_one(),
+                // After `reflect`: the store already holds what the event says
+                // when the compiler is told.
+                Ok(event) => {
+                    if seen.changes_input(&event) {
+                        changed.notify_one();
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(kind = %K::kind(&K::DynamicType::default()), error = %e, "watch failed; retrying")
                 }
@@ -69,12 +80,79 @@ where
     reader
 }
 
-/// Starts the watches (of one namespace, or all); `changed` fires on every change.
+/// What of an object the compiler reads, hashed: its spec (through
+/// `metadata.generation`, which the API server bumps on spec changes only),
+/// labels (channel selectors) and annotations. `None` for kinds without a
+/// generation (Secrets, whose data the compiler reads): every change of
+/// theirs counts, and nothing of them needs keeping.
+fn fingerprint<K: Resource>(obj: &K) -> Option<u64> {
+    obj.meta().generation?;
+    predicates::generation.combine(predicates::labels).combine(predicates::annotations).hash_property(obj)
+}
+
+/// The [`fingerprint`]s of one watched kind, to tell the watch events that
+/// can change the snapshot from those that cannot: above all the status
+/// writes of the leader itself, one per object after each new snapshot (at
+/// scale, 10,000 ApiKeys' statuses take over a minute to write, and each
+/// debounce window of them would otherwise cost a whole compilation).
+struct Fingerprints<K: Resource> {
+    seen: HashMap<ObjectRef<K>, u64>,
+    /// Built during a re-list, replacing `seen` when it is done.
+    relisted: HashMap<ObjectRef<K>, u64>,
+}
+
+impl<K: Resource> Default for Fingerprints<K>
+where
+    K::DynamicType: Eq + Hash,
+{
+    fn default() -> Self {
+        Self { seen: HashMap::new(), relisted: HashMap::new() }
+    }
+}
+
+impl<K> Fingerprints<K>
+where
+    K: Resource,
+    K::DynamicType: Default + Eq + Hash + Clone,
+{
+    /// Whether `event` may change what the compiler reads. A deletion and
+    /// the end of a re-list (which may have dropped objects) always may.
+    fn changes_input(&mut self, event: &watcher::Event<K>) -> bool {
+        match event {
+            watcher::Event::Apply(obj) => {
+                let Some(hash) = fingerprint(obj) else { return true };
+                self.seen.insert(ObjectRef::from_obj(obj), hash) != Some(hash)
+            }
+            watcher::Event::Delete(obj) => {
+                self.seen.remove(&ObjectRef::from_obj(obj));
+                true
+            }
+            watcher::Event::Init => {
+                self.relisted.clear();
+                false
+            }
+            watcher::Event::InitApply(obj) => {
+                if let Some(hash) = fingerprint(obj) {
+                    self.relisted.insert(ObjectRef::from_obj(obj), hash);
+                }
+                false
+            }
+            watcher::Event::InitDone => {
+                self.seen = std::mem::take(&mut self.relisted);
+                true
+            }
+        }
+    }
+}
+
+/// Starts the watches (of one namespace, or all); `changed` fires on every
+/// change the compiler may read.
 pub fn watch_all(client: &Client, namespace: Option<&str>, changed: Arc<Notify>) -> Stores {
     Stores {
         channels: watch_kind(client, namespace, changed.clone()),
         api_keys: watch_kind(client, namespace, changed.clone()),
         policies: watch_kind(client, namespace, changed.clone()),
+        namespace_policies: watch_kind(client, namespace, changed.clone()),
         secrets: watch_kind(client, namespace, changed),
     }
 }
@@ -84,6 +162,7 @@ impl Stores {
         self.channels.wait_until_ready().await?;
         self.api_keys.wait_until_ready().await?;
         self.policies.wait_until_ready().await?;
+        self.namespace_policies.wait_until_ready().await?;
         self.secrets.wait_until_ready().await
     }
 
@@ -95,6 +174,7 @@ impl Stores {
             channels: owned(self.channels.state()),
             api_keys: owned(self.api_keys.state()),
             routing_policies: owned(self.policies.state()),
+            namespace_policies: owned(self.namespace_policies.state()),
             secrets: owned(self.secrets.state()),
         }
     }
@@ -174,5 +254,70 @@ pub async fn compile_loop(
             () = changed.notified() => {}
             Ok(()) = replicas.changed() => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::Secret;
+    use serde_json::json;
+    use weaver_crds::ApiKey;
+    use weaver_crds::api_key::ApiKeyStatus;
+
+    use super::*;
+
+    /// ApiKey `app` as the API server sends it: `generation` counts spec
+    /// changes, `resourceVersion` every write.
+    fn api_key(generation: i64, resource_version: u32, labels: serde_json::Value) -> serde_json::Result<ApiKey> {
+        let metadata = json!({"name": "app", "namespace": "team", "generation": generation,
+            "resourceVersion": resource_version.to_string(), "labels": labels});
+        let spec = json!({"allowedModels": [format!("gpt-{generation}")]});
+        serde_json::from_value(json!({"apiVersion": "llmweaver.io/v1alpha1", "kind": "ApiKey",
+            "metadata": metadata, "spec": spec}))
+    }
+
+    #[test]
+    fn status_writes_change_nothing_the_compiler_reads() -> serde_json::Result<()> {
+        let mut seen = Fingerprints::default();
+        let first = api_key(1, 10, json!({}))?;
+        assert!(seen.changes_input(&watcher::Event::Apply(first.clone())), "a new object");
+        // The leader writes status: a new resource version, the same generation.
+        let mut written = api_key(1, 11, json!({}))?;
+        written.status = Some(ApiKeyStatus { key_prefix: Some("lw-abcd".into()), ..Default::default() });
+        assert!(!seen.changes_input(&watcher::Event::Apply(written)), "a status write");
+        assert!(seen.changes_input(&watcher::Event::Apply(api_key(2, 12, json!({}))?)), "a spec change");
+        assert!(seen.changes_input(&watcher::Event::Apply(api_key(2, 13, json!({"tier": "a"}))?)), "a label");
+        let mut annotated = api_key(2, 14, json!({"tier": "a"}))?;
+        annotated.metadata.annotations = Some([("llmweaver.io/rotate".to_owned(), "1".to_owned())].into());
+        assert!(seen.changes_input(&watcher::Event::Apply(annotated.clone())), "an annotation");
+        assert!(!seen.changes_input(&watcher::Event::Apply(annotated.clone())), "the same again");
+
+        // Deleted and created again as it was: both count.
+        assert!(seen.changes_input(&watcher::Event::Delete(annotated.clone())));
+        assert!(seen.changes_input(&watcher::Event::Apply(annotated.clone())));
+        // A re-list may have dropped objects, so its end counts; what it
+        // listed is what later events compare with.
+        assert!(!seen.changes_input(&watcher::Event::Init));
+        assert!(!seen.changes_input(&watcher::Event::InitApply(first.clone())));
+        assert!(seen.changes_input(&watcher::Event::InitDone));
+        assert!(!seen.changes_input(&watcher::Event::Apply(api_key(1, 15, json!({}))?)), "a status write");
+        assert!(seen.changes_input(&watcher::Event::Apply(annotated)), "back to the annotated spec");
+        Ok(())
+    }
+
+    #[test]
+    fn every_secret_change_counts() {
+        let secret = |resource_version: &str| Secret {
+            metadata: kube::api::ObjectMeta {
+                name: Some("creds".into()),
+                namespace: Some("team".into()),
+                resource_version: Some(resource_version.into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let mut seen = Fingerprints::default();
+        assert!(seen.changes_input(&watcher::Event::Apply(secret("1"))));
+        assert!(seen.changes_input(&watcher::Event::Apply(secret("2"))), "Secrets have no generation");
     }
 }

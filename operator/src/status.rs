@@ -23,19 +23,20 @@ use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use weaver_crds::api_key::{ApiKeyStatus, BudgetAlertStatus, UsageStatus};
+use weaver_crds::api_key::{ApiKeyStatus, Budget, BudgetAlertStatus, UsageStatus};
 use weaver_crds::budget::period_start;
 use weaver_crds::channel::{ChannelStatus, LatencyStatus};
 use weaver_crds::compiler::{Kind, Problem};
 use weaver_crds::money::Usd;
+use weaver_crds::namespace_policy::NamespacePolicyStatus;
 use weaver_crds::routing_policy::RoutingPolicyStatus;
-use weaver_crds::{ApiKey, Channel, RoutingPolicy};
+use weaver_crds::{ApiKey, Channel, NamespacePolicy, RoutingPolicy};
 
-use crate::alerts::{self, Alert};
+use crate::alerts::{self, Alert, Announced};
 use crate::context::{Context, MANAGER};
 use crate::keys::{SecretIndex, issued_for, secret_of};
 use crate::metrics::ErrorCategory;
-use crate::usage::{Id, Totals};
+use crate::usage::{Id, Totals, namespace_id};
 use crate::usage_store::{Counted, StoreTotals};
 
 /// Status patches in flight at once: enough to hide the API server's latency,
@@ -204,6 +205,101 @@ fn desired_channel(ctx: &Context, source: &UsageSource, c: &Channel, problems: &
     }
 }
 
+/// Usage of a key (or of a namespace, under its [`namespace_id`]) in the
+/// period starting at `start`, continuing from `previous` (what status holds)
+/// where the source needs it.
+fn period_usage(
+    ctx: &Context,
+    source: &UsageSource,
+    id: &Id,
+    start: i64,
+    previous: Option<&UsageStatus>,
+) -> Option<UsageStatus> {
+    match source {
+        UsageSource::Reports => {
+            let mut book = ctx.usage();
+            if !book.has_base(id, start) {
+                // Continue from status for this period (after a restart or a
+                // leader change), or start the new period from zero.
+                let persisted =
+                    previous.filter(|u| u.since.as_ref().map(|t| t.0.as_second()) == Some(start)).map(totals_of);
+                book.set_base(id, start, persisted.unwrap_or_default());
+            }
+            Some(usage_status(&book.key_totals(id), None, Some(start)))
+        }
+        UsageSource::Store(store) => {
+            let Counted { mut totals, errors } = store.key(id, start);
+            // Rollups keep no instants: the last use comes from the reports,
+            // and status keeps it across restarts.
+            let kept = previous.and_then(|u| u.last_used.as_ref()).map(|t| t.0.as_second());
+            totals.last_used = kept.max(ctx.usage().key_last_used(id));
+            Some(usage_status(&totals, Some(errors), Some(start)))
+        }
+        UsageSource::Unavailable => previous.cloned(),
+    }
+}
+
+/// The last threshold announced for an object: the later of what its status
+/// `recorded` and what this replica announced (status may lag in the cache).
+fn last_announced(ctx: &Context, alert_id: &(Kind, Id), recorded: Option<&BudgetAlertStatus>) -> Option<Announced> {
+    let recorded = recorded.map(|a| (a.threshold, a.period_start.0.as_second()));
+    alerts::latest(recorded, ctx.alerts().get(alert_id).copied())
+}
+
+/// An announcement as status records it.
+fn alert_status((threshold, start): Announced) -> BudgetAlertStatus {
+    BudgetAlertStatus { threshold, period_start: time(start) }
+}
+
+/// What a budget adds to an object's status.
+struct BudgetView {
+    /// `BudgetExceeded`.
+    condition: Condition,
+    /// Thresholds newly crossed, to announce once status records them.
+    fire: Vec<Alert>,
+    /// The announcement status records (the latest of this period).
+    alert: Option<BudgetAlertStatus>,
+}
+
+/// The budget part of a status: the `BudgetExceeded` condition and the
+/// threshold crossings of `spent` nano-dollars in the period starting at
+/// `start`, given the last announcement (`recorded` in status, or known to
+/// this replica under `alert_id`).
+#[allow(clippy::too_many_arguments, reason = "one call per kind; a struct would only rename them")]
+fn budget_view(
+    ctx: &Context,
+    source: &UsageSource,
+    alert_id: &(Kind, Id),
+    budget: &Budget,
+    spent: u64,
+    start: i64,
+    previous: &[Condition],
+    recorded: Option<&BudgetAlertStatus>,
+    generation: Option<i64>,
+) -> BudgetView {
+    let announced = last_announced(ctx, alert_id, recorded);
+    let mut alert = announced.filter(|(_, s)| *s == start);
+    let limit = budget.amount.parse::<Usd>().unwrap_or_default();
+    let message = format!("Spent {} of {limit} this period.", Usd(spent));
+    let condition = if spent >= limit.0 && limit.0 > 0 {
+        condition(previous, "BudgetExceeded", true, "OverBudget", message, generation)
+    } else {
+        condition(previous, "BudgetExceeded", false, "WithinBudget", message, generation)
+    };
+    let mut fire = Vec::new();
+    // Unknown usage (the store away) crosses nothing.
+    if !matches!(source, UsageSource::Unavailable) {
+        fire = alerts::crossed(&budget.thresholds(), spent, limit.0, start, announced)
+            .into_iter()
+            .map(|threshold| Alert { threshold, spent, budget: limit.0, period: budget.period, period_start: start })
+            .collect();
+        if let Some(top) = fire.last() {
+            alert = Some((top.threshold, start));
+        }
+    }
+    BudgetView { condition, fire, alert: alert.map(alert_status) }
+}
+
 /// A key's desired status and the budget alerts to announce once it is written.
 fn desired_key(
     ctx: &Context,
@@ -217,33 +313,8 @@ fn desired_key(
     let previous = previous_status.conditions.as_slice();
     let generation = k.meta().generation;
     let id: Id = (k.namespace().unwrap_or_default(), k.name_any());
-    let period = k.spec.budget.as_ref().map(|b| b.period);
-    let start = period_start(period, now);
-    // What status holds for this period (after a restart or a leader change).
-    let persisted = previous_status
-        .usage
-        .as_ref()
-        .filter(|u| u.since.as_ref().map(|t| t.0.as_second()) == Some(start))
-        .map(totals_of);
-    let usage = match source {
-        UsageSource::Reports => {
-            let mut book = ctx.usage();
-            if !book.has_base(&id, start) {
-                // Continue from status, or start the new period from zero.
-                book.set_base(&id, start, persisted.unwrap_or_default());
-            }
-            Some(usage_status(&book.key_totals(&id), None, Some(start)))
-        }
-        UsageSource::Store(store) => {
-            let Counted { mut totals, errors } = store.key(&id, start);
-            // Rollups keep no instants: the last use comes from the reports,
-            // and status keeps it across restarts.
-            let kept = previous_status.usage.as_ref().and_then(|u| u.last_used.as_ref()).map(|t| t.0.as_second());
-            totals.last_used = kept.max(ctx.usage().key_last_used(&id));
-            Some(usage_status(&totals, Some(errors), Some(start)))
-        }
-        UsageSource::Unavailable => previous_status.usage.clone(),
-    };
+    let start = period_start(k.spec.budget.as_ref().map(|b| b.period), now);
+    let usage = period_usage(ctx, source, &id, start, previous_status.usage.as_ref());
     let spent = usage.as_ref().map_or(0, |u| totals_of(u).cost);
     let mut conditions = vec![if k.spec.disabled {
         condition(previous, "Ready", false, "Disabled", "The key is disabled.".to_owned(), generation)
@@ -256,56 +327,57 @@ fn desired_key(
     } else {
         condition(previous, "Expired", false, "Valid", "The key has not expired.".to_owned(), generation)
     });
-    let announced = previous_status.budget_alert.as_ref().map(|a| (a.threshold, a.period_start.0.as_second()));
-    let announced = alerts::latest(announced, ctx.alerts().get(&id).copied());
-    let mut budget_alert = announced.filter(|(_, s)| *s == start);
-    let mut fire = Vec::new();
-    if let Some(budget) = &k.spec.budget {
-        let limit = budget.amount.parse::<Usd>().unwrap_or_default();
-        let spent = Usd(spent);
-        conditions.push(if spent >= limit && limit.0 > 0 {
-            condition(
-                previous,
-                "BudgetExceeded",
-                true,
-                "OverBudget",
-                format!("Spent {spent} of {limit} this period."),
-                generation,
-            )
-        } else {
-            condition(
-                previous,
-                "BudgetExceeded",
-                false,
-                "WithinBudget",
-                format!("Spent {spent} of {limit} this period."),
-                generation,
-            )
-        });
-        // Unknown usage (the store away) crosses nothing.
-        if !matches!(source, UsageSource::Unavailable) {
-            fire = alerts::crossed(&budget.thresholds(), spent.0, limit.0, start, announced)
-                .into_iter()
-                .map(|threshold| Alert {
-                    threshold,
-                    spent: spent.0,
-                    budget: limit.0,
-                    period: budget.period,
-                    period_start: start,
-                })
-                .collect();
-            if let Some(top) = fire.last() {
-                budget_alert = Some((top.threshold, start));
-            }
+    let alert_id = (Kind::ApiKey, id);
+    let recorded = previous_status.budget_alert.as_ref();
+    let (fire, budget_alert) = match &k.spec.budget {
+        Some(budget) => {
+            let view = budget_view(ctx, source, &alert_id, budget, spent, start, previous, recorded, generation);
+            conditions.push(view.condition);
+            (view.fire, view.alert)
         }
-    }
+        // Without a budget, status keeps this period's announcement, if any.
+        None => (Vec::new(), last_announced(ctx, &alert_id, recorded).filter(|(_, s)| *s == start).map(alert_status)),
+    };
     let status = ApiKeyStatus {
         conditions,
         observed_generation: generation,
         key_prefix: key_prefix(secrets, k),
         usage,
-        budget_alert: budget_alert.map(|(threshold, start)| BudgetAlertStatus { threshold, period_start: time(start) }),
+        budget_alert,
     };
+    (status, fire)
+}
+
+/// A NamespacePolicy's desired status (its namespace's usage in the budget
+/// period, what is left, `BudgetExceeded`) and the alerts to announce.
+fn desired_namespace_policy(
+    ctx: &Context,
+    source: &UsageSource,
+    p: &NamespacePolicy,
+    problems: &[&Problem],
+    now: i64,
+) -> (NamespacePolicyStatus, Vec<Alert>) {
+    let previous_status = p.status.clone().unwrap_or_default();
+    let previous = previous_status.conditions.as_slice();
+    let generation = p.meta().generation;
+    let namespace = p.namespace().unwrap_or_default();
+    let start = period_start(p.spec.budget.as_ref().map(|b| b.period), now);
+    let usage = period_usage(ctx, source, &namespace_id(&namespace), start, previous_status.usage.as_ref());
+    let spent = usage.as_ref().map_or(0, |u| totals_of(u).cost);
+    let mut conditions = vec![ready(previous, problems, generation)];
+    let mut status = NamespacePolicyStatus { observed_generation: generation, usage, ..Default::default() };
+    let mut fire = Vec::new();
+    if let Some(budget) = &p.spec.budget {
+        let alert_id = (Kind::NamespacePolicy, (namespace, p.name_any()));
+        let recorded = previous_status.budget_alert.as_ref();
+        let view = budget_view(ctx, source, &alert_id, budget, spent, start, previous, recorded, generation);
+        conditions.push(view.condition);
+        let limit = budget.amount.parse::<Usd>().unwrap_or_default();
+        status.remaining = Some(Usd(limit.0.saturating_sub(spent)).to_string());
+        status.budget_alert = view.alert;
+        fire = view.fire;
+    }
+    status.conditions = conditions;
     (status, fire)
 }
 
@@ -389,12 +461,42 @@ where
     true
 }
 
+/// Announces `fire` once status records it (`written`, with `announced` the
+/// announcement it holds): a failed write retries next pass instead of
+/// announcing twice.
+async fn announce_written<K: Resource<DynamicType = ()>>(
+    ctx: &Context,
+    kind: Kind,
+    obj: &K,
+    written: bool,
+    announced: Option<Announced>,
+    fire: &[Alert],
+) {
+    if !written || fire.is_empty() {
+        return;
+    }
+    if let Some(a) = announced {
+        let id = (obj.meta().namespace.clone().unwrap_or_default(), obj.meta().name.clone().unwrap_or_default());
+        ctx.alerts().insert((kind, id), a);
+    }
+    alerts::announce(ctx, obj, fire).await;
+}
+
 /// The usage source of one pass: the store's totals for every period start
 /// the keys need, or the reports when there is no store.
-async fn usage_source(ctx: &Context, keys: &[Arc<ApiKey>], now: i64) -> UsageSource {
+async fn usage_source(
+    ctx: &Context,
+    keys: &[Arc<ApiKey>],
+    namespaces: &[Arc<NamespacePolicy>],
+    now: i64,
+) -> UsageSource {
     let Some(reader) = &ctx.store else { return UsageSource::Reports };
-    let starts: BTreeSet<i64> =
-        keys.iter().map(|k| period_start(k.spec.budget.as_ref().map(|b| b.period), now)).collect();
+    let periods = keys
+        .iter()
+        .map(|k| k.spec.budget.as_ref())
+        .chain(namespaces.iter().map(|p| p.spec.budget.as_ref()))
+        .map(|b| b.map(|b| b.period));
+    let starts: BTreeSet<i64> = periods.map(|p| period_start(p, now)).collect();
     match reader.read(&starts, now).await {
         Ok(totals) => UsageSource::Store(totals),
         Err(e) => {
@@ -409,7 +511,9 @@ async fn usage_source(ctx: &Context, keys: &[Arc<ApiKey>], now: i64) -> UsageSou
 pub async fn write_all(ctx: &Arc<Context>, secrets: &SecretIndex) {
     let published = ctx.published.borrow().clone();
     let live = ctx.usage().prune(Instant::now(), ctx.gateway_timeout);
-    let live_u32 = u32::try_from(live).unwrap_or(u32::MAX);
+    // No gateway counts as one, as in the snapshot: a pass before the first
+    // report (or after the last gateway left) then compiles nothing.
+    let live_u32 = u32::try_from(live).unwrap_or(u32::MAX).max(1);
     ctx.replicas.send_if_modified(|r| std::mem::replace(r, live_u32) != live_u32);
     ctx.metrics.live_gateways.set(i64::try_from(live).unwrap_or(i64::MAX));
     let current = published.snapshot.version;
@@ -429,7 +533,8 @@ pub async fn write_all(ctx: &Arc<Context>, secrets: &SecretIndex) {
     let now = Timestamp::now().as_second();
     let started = Instant::now();
     let keys = ctx.stores.api_keys.state();
-    let source = usage_source(ctx, &keys, now).await;
+    let namespaces = ctx.stores.namespace_policies.state();
+    let source = usage_source(ctx, &keys, &namespaces, now).await;
     // Desired states first (no awaits, the book's lock held briefly per
     // object), then only the changed ones are written, concurrently.
     let channels: Vec<_> = ctx
@@ -464,18 +569,21 @@ pub async fn write_all(ctx: &Arc<Context>, secrets: &SecretIndex) {
             let written =
                 apply_status(ctx, k.as_ref(), k.status.as_ref(), desired, |s: &ApiKeyStatus| s.conditions.as_slice())
                     .await;
-            // Announced only once status records it: a failed write retries
-            // next pass instead of announcing twice.
-            if written && !fire.is_empty() {
-                if let Some(a) = announced {
-                    ctx.alerts().insert((k.namespace().unwrap_or_default(), k.name_any()), a);
-                }
-                alerts::announce(ctx, &k, &fire).await;
-            }
+            announce_written(ctx, Kind::ApiKey, k.as_ref(), written, announced, &fire).await;
         })
         .buffer_unordered(WRITE_CONCURRENCY)
         .for_each(|_| async {})
         .await;
+    for p in namespaces {
+        let (desired, fire) =
+            desired_namespace_policy(ctx, &source, &p, &problems_of(Kind::NamespacePolicy, p.meta()), now);
+        let announced = desired.budget_alert.as_ref().map(|a| (a.threshold, a.period_start.0.as_second()));
+        let written = apply_status(ctx, p.as_ref(), p.status.as_ref(), desired, |s: &NamespacePolicyStatus| {
+            s.conditions.as_slice()
+        })
+        .await;
+        announce_written(ctx, Kind::NamespacePolicy, p.as_ref(), written, announced, &fire).await;
+    }
     for p in ctx.stores.policies.state() {
         let key = (p.namespace().unwrap_or_default(), p.name_any());
         let resolved = published.resolved.get(&key).cloned().unwrap_or_default();

@@ -20,6 +20,26 @@ pub const HEALTH_WINDOW: Duration = Duration::from_secs(300);
 
 pub type Id = (String, String);
 
+/// The id under which a namespace's keys are counted together (for its
+/// NamespacePolicy's status): the namespace with an empty name, which no
+/// ApiKey can have.
+pub fn namespace_id(namespace: &str) -> Id {
+    (namespace.to_owned(), String::new())
+}
+
+/// Adds each namespace's total to `keys` under [`namespace_id`]: the sum of
+/// every key of the namespace in it (entries under such ids are skipped,
+/// and so are requests without a key).
+pub fn add_namespace_totals<T: Clone + Default>(keys: &mut HashMap<Id, T>, add: impl Fn(&mut T, &T)) {
+    let mut namespaces: HashMap<Id, T> = HashMap::new();
+    for ((ns, name), t) in keys.iter() {
+        if !name.is_empty() {
+            add(namespaces.entry(namespace_id(ns)).or_default(), t);
+        }
+    }
+    keys.extend(namespaces);
+}
+
 /// A channel's cumulative totals, failures and latency, as one instance reported them.
 type ChannelCounters = (Totals, u64, LatencySketch);
 
@@ -144,9 +164,17 @@ impl UsageBook {
         };
         inst.last_seen = now;
         inst.applied_version = report.applied_version;
-        for k in &report.keys {
-            let id = (k.namespace.clone(), k.name.clone());
-            let totals = Totals::from(k);
+        let mut keys: HashMap<Id, Totals> =
+            report.keys.iter().map(|k| ((k.namespace.clone(), k.name.clone()), Totals::from(k))).collect();
+        // Namespaces count every key the instance ever reported: a key deleted
+        // since (gone from its reports) keeps its share.
+        for (id, totals) in &inst.keys {
+            if !id.1.is_empty() {
+                keys.entry(id.clone()).or_insert(*totals);
+            }
+        }
+        add_namespace_totals(&mut keys, Totals::add);
+        for (id, totals) in keys {
             inst.key_baseline.entry(id.clone()).or_insert(if from_zero || !fresh { Totals::default() } else { totals });
             inst.keys.insert(id, totals);
         }
@@ -377,6 +405,25 @@ mod tests {
         book.set_base(&id(), 86_400, Totals::default());
         book.ingest(&report("a", 10, 12, 120), now);
         assert_eq!(book.key_totals(&id()).requests, 2);
+    }
+
+    #[test]
+    fn a_namespace_counts_its_keys_together_even_once_one_is_deleted() {
+        let mut book = UsageBook::new(0);
+        let now = Instant::now();
+        let mut both = report("a", 10, 10, 100);
+        both.keys.push(KeyReport { name: "k2".into(), requests: 5, cost: 50, ..both.keys[0].clone() });
+        book.ingest(&both, now);
+        let ns = namespace_id("ns");
+        assert_eq!((book.key_totals(&ns).requests, book.key_totals(&ns).cost), (15, 150));
+        // `k2` was deleted: the gateway reports it no more, its share stays.
+        book.ingest(&report("a", 10, 12, 120), now);
+        assert_eq!(book.key_totals(&ns).requests, 17);
+        // The namespace's budget period starts anew.
+        book.set_base(&ns, 86_400, Totals::default());
+        book.ingest(&report("a", 10, 13, 130), now);
+        assert_eq!(book.key_totals(&ns).requests, 1);
+        assert_eq!(book.key_totals(&id()).requests, 13, "the key's own period is its own");
     }
 
     #[test]

@@ -10,7 +10,9 @@
 //! often (`--store-history-refresh`, and at every UTC midnight): one query per
 //! distinct budget period start among the keys (daily, weekly, monthly and
 //! total keys share at most four), grouped by key, and one for all channels.
-//! Period starts fall on UTC midnights, so no query reads raw events.
+//! Period starts fall on UTC midnights, so no query reads raw events. A
+//! namespace's usage (NamespacePolicy status) is the sum of its keys', kept
+//! under [`namespace_id`](crate::usage::namespace_id).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use weaver_store::{GroupBy, Store, StoreError, SummaryRow, UsageFilter, UsageStore};
 
-use crate::usage::{Id, Totals};
+use crate::usage::{Id, Totals, add_namespace_totals};
 
 /// Totals with the errors among their requests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -78,7 +80,7 @@ pub struct StoreTotals {
 
 impl StoreTotals {
     /// A key's usage since `period_start` (a UTC midnight at or before
-    /// today's); zero when it has none.
+    /// today's), or a namespace's under [`namespace_id`](crate::usage::namespace_id); zero when it has none.
     pub fn key(&self, id: &Id, period_start: i64) -> Counted {
         let mut c = self.keys.get(id).copied().unwrap_or_default();
         if period_start < self.day
@@ -123,6 +125,11 @@ impl UsageReader {
         }
     }
 
+    /// The store itself, for the usage API.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     fn filter(&self, from_s: Option<i64>, to_s: Option<i64>) -> UsageFilter {
         UsageFilter {
             from_ms: from_s.map(|s| s.saturating_mul(1000)),
@@ -156,6 +163,7 @@ impl UsageReader {
             }
             out.keys.entry((ns, key)).or_default().add(&counted);
         }
+        add_namespace_totals(&mut out.keys, Counted::add);
         Ok(out)
     }
 
@@ -172,7 +180,8 @@ impl UsageReader {
         let mut history = History { day, read_at: Some(Instant::now()), ..History::default() };
         for start in period_starts.iter().filter(|s| **s < day) {
             let rows = self.store.totals(&self.filter(Some(*start), Some(day)), &[GroupBy::Key]).await?;
-            let by_key = rows.iter().filter_map(|r| Some((r.group.api_key.clone()?, Counted::from(r)))).collect();
+            let mut by_key = rows.iter().filter_map(|r| Some((r.group.api_key.clone()?, Counted::from(r)))).collect();
+            add_namespace_totals(&mut by_key, Counted::add);
             history.keys.insert(*start, by_key);
         }
         let rows = self.store.totals(&self.filter(None, Some(day)), &[GroupBy::Namespace, GroupBy::Channel]).await?;
@@ -224,5 +233,20 @@ mod tests {
         assert_eq!(totals.key(&id, today).totals.requests, 1);
         assert_eq!(totals.channel(&id).totals.cost, 75);
         assert_eq!(totals.key(&("ns".into(), "other".into()), month), Counted::default());
+    }
+
+    #[test]
+    fn a_namespace_is_the_sum_of_its_keys_and_not_of_requests_without_one() {
+        let mut keys = HashMap::from([
+            (("ns".into(), "a".into()), counted(1, 10)),
+            (("ns".into(), "b".into()), counted(2, 20)),
+            (("other".into(), "a".into()), counted(4, 40)),
+            ((String::new(), String::new()), counted(8, 80)),
+        ]);
+        add_namespace_totals(&mut keys, Counted::add);
+        let ns = crate::usage::namespace_id("ns");
+        assert_eq!(keys[&ns], Counted { totals: Totals { requests: 3, cost: 30, ..Totals::default() }, errors: 2 });
+        assert_eq!(keys[&crate::usage::namespace_id("other")].totals.requests, 4);
+        assert_eq!(keys[&(String::new(), String::new())].totals.requests, 8, "unauthenticated requests stay apart");
     }
 }

@@ -90,11 +90,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         for r in records {
             let mut r = r;
             // The queue is bounded: when it is full, let the writer run (a gateway
-            // would refuse the request instead).
+            // would refuse the request instead). A sleep, not a yield: spinning
+            // while the writer waits on Postgres would count as writer CPU.
             while let Err(back) = handle.try_record(r) {
                 refused += 1;
                 r = *back;
-                tokio::task::yield_now().await;
+                tokio::time::sleep(Duration::from_micros(500)).await;
             }
         }
         writer.flush_and_close().await?;

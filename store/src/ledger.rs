@@ -1,6 +1,9 @@
 //! The budget ledger: how replicas share one budget without a database round trip
 //! per request.
 //!
+//! A budget is an ApiKey's or a namespace's ([`Scope`]); both go through the
+//! same code and tables (a namespace's row has the key name `""`).
+//!
 //! Per budget and period the ledger holds the limit, the spend replicas settled, and
 //! leases: slices of what is left, one per replica. A replica spends from its slice
 //! locally (reserve before a request, settle after) and calls [`Store::sync_budget`]
@@ -16,16 +19,38 @@
 use std::collections::BTreeMap;
 
 use sqlx::Row as _;
+use weaver_crds::api_key::BudgetPeriod;
+use weaver_crds::budget::period_start;
 
-use crate::{Store, StoreError, UsageStore as _};
+use crate::{Scope, Store, StoreError, UsageStore as _};
 
-/// Which budget: an ApiKey's (`name` = its name) or a namespace's (`name` = ""),
-/// in the period starting at `period_ms` (unix ms; 0 for a budget that never resets).
+/// Which budget: an ApiKey's or a namespace's, in the period starting at
+/// `period_ms` (unix ms; 0 for a budget that never resets).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BudgetId {
-    pub namespace: String,
-    pub name: String,
+    pub scope: Scope,
     pub period_ms: i64,
+}
+
+impl BudgetId {
+    /// A budget of `period` (its `scope`'s), in the period holding `now_ms`
+    /// (unix ms; periods on the UTC calendar). The gateways that enforce a
+    /// budget and everything that reads it (the usage API) name the ledger
+    /// row alike through this.
+    pub fn new(scope: Scope, period: BudgetPeriod, now_ms: i64) -> BudgetId {
+        BudgetId { scope, period_ms: period_start(Some(period), now_ms.div_euclid(1000)).saturating_mul(1000) }
+    }
+
+    /// ApiKey `namespace/name`'s budget (see [`BudgetId::new`]).
+    pub fn key(namespace: &str, name: &str, period: BudgetPeriod, now_ms: i64) -> BudgetId {
+        BudgetId::new(Scope::key(namespace, name), period, now_ms)
+    }
+
+    /// The ledger's key columns: namespace, and the key's name (`""` for a
+    /// namespace's budget; no ApiKey can be named `""`).
+    fn columns(&self) -> (&str, &str) {
+        (self.scope.namespace_name(), self.scope.key_name().unwrap_or(""))
+    }
 }
 
 /// One replica's call to the ledger.
@@ -154,10 +179,11 @@ const SELECT_TOTALS: &str = "SELECT limit_nanos, settled_nanos, leased_nanos FRO
 macro_rules! sync_in {
     ($pool:expr, $id:expr, $request:expr, $opening:expr) => {{
         let (id, request) = ($id, $request);
+        let (namespace, name) = id.columns();
         let mut tx = $pool.begin().await?;
         let settled: i64 = sqlx::query_scalar(UPSERT_LEDGER)
-            .bind(&id.namespace)
-            .bind(&id.name)
+            .bind(namespace)
+            .bind(name)
             .bind(id.period_ms)
             .bind(to_i64("limit_nanos", request.limit_nanos)?)
             .bind(request.now_ms)
@@ -169,12 +195,7 @@ macro_rules! sync_in {
             settled_nanos: to_u64("settled_nanos", settled)?,
             leases: BTreeMap::new(),
         };
-        let rows = sqlx::query(SELECT_LEASES)
-            .bind(&id.namespace)
-            .bind(&id.name)
-            .bind(id.period_ms)
-            .fetch_all(&mut *tx)
-            .await?;
+        let rows = sqlx::query(SELECT_LEASES).bind(namespace).bind(name).bind(id.period_ms).fetch_all(&mut *tx).await?;
         for row in rows {
             let lease = Lease {
                 granted_nanos: to_u64("granted_nanos", row.try_get("granted_nanos")?)?,
@@ -183,11 +204,11 @@ macro_rules! sync_in {
             account.leases.insert(row.try_get("replica")?, lease);
         }
         let view = account.sync(request);
-        sqlx::query(DELETE_LEASES).bind(&id.namespace).bind(&id.name).bind(id.period_ms).execute(&mut *tx).await?;
+        sqlx::query(DELETE_LEASES).bind(namespace).bind(name).bind(id.period_ms).execute(&mut *tx).await?;
         for (replica, lease) in &account.leases {
             sqlx::query(INSERT_LEASE)
-                .bind(&id.namespace)
-                .bind(&id.name)
+                .bind(namespace)
+                .bind(name)
                 .bind(id.period_ms)
                 .bind(replica)
                 .bind(to_i64("granted_nanos", lease.granted_nanos)?)
@@ -196,8 +217,8 @@ macro_rules! sync_in {
                 .await?;
         }
         sqlx::query(UPDATE_LEDGER)
-            .bind(&id.namespace)
-            .bind(&id.name)
+            .bind(namespace)
+            .bind(name)
             .bind(id.period_ms)
             .bind(to_i64("settled_nanos", view.totals.settled_nanos)?)
             .bind(to_i64("leased_nanos", view.totals.leased_nanos)?)
@@ -212,12 +233,9 @@ macro_rules! sync_in {
 macro_rules! totals_in {
     ($pool:expr, $id:expr) => {{
         let id = $id;
-        let row = sqlx::query(SELECT_TOTALS)
-            .bind(&id.namespace)
-            .bind(&id.name)
-            .bind(id.period_ms)
-            .fetch_optional($pool)
-            .await?;
+        let (namespace, name) = id.columns();
+        let row =
+            sqlx::query(SELECT_TOTALS).bind(namespace).bind(name).bind(id.period_ms).fetch_optional($pool).await?;
         row.map(|row| {
             Ok(LedgerTotals {
                 limit_nanos: to_u64("limit_nanos", row.try_get("limit_nanos")?)?,
@@ -233,13 +251,14 @@ impl Store {
     /// One replica's call to the ledger of budget `id` (see the module doc): a
     /// single transaction, safe from any number of replicas at once.
     ///
-    /// A period's ledger opens with what the key already spent in it (its usage
-    /// records since the period start), so a budget added or raised mid-period
-    /// counts the spend before it.
+    /// A period's ledger opens with what was already spent in it (the usage
+    /// records since the period start: the key's, or every key's of the
+    /// namespace), so a budget added or raised mid-period counts the spend
+    /// before it.
     pub async fn sync_budget(&self, id: &BudgetId, request: &SyncRequest) -> Result<SyncView, StoreError> {
         let opening = match self.budget_totals(id).await? {
             Some(_) => 0,
-            None => self.key_usage(&id.namespace, &id.name, id.period_ms).await?.cost_nanos,
+            None => self.usage(&id.scope, id.period_ms).await?.cost_nanos,
         };
         match self {
             Store::Postgres(s) => sync_in!(s.pool(), id, request, opening),

@@ -28,8 +28,8 @@ use std::time::Duration;
 pub use error::{SpoolError, StoreError, WriterError};
 pub use postgres::PgStore;
 pub use query::{
-    DAY_MS, GroupBy, GroupKey, HOUR_MS, KeyUsage, RecordFilter, RecordPage, SummaryRow, UsageFilter, floor_day,
-    floor_hour,
+    DAY_MS, GroupBy, GroupKey, HOUR_MS, RecordFilter, RecordPage, Scope, ScopeUsage, SummaryRow, UsageFilter,
+    floor_day, floor_hour,
 };
 pub use record::{ApiRecord, AttemptRecord, Bodies, Outcome, UsageRecord};
 pub use sqlite::SqliteStore;
@@ -84,16 +84,11 @@ pub trait UsageStore: Send + Sync {
         group_by: &[GroupBy],
     ) -> impl Future<Output = Result<Vec<SummaryRow>, StoreError>> + Send;
 
-    /// One key's usage since `since_ms` (unix milliseconds), exact for any instant:
-    /// raw events up to the next full hour, then hourly rollups to the next full
-    /// day, then daily rollups. Rollups are written with the events, so the current
-    /// hour is already in them.
-    fn key_usage(
-        &self,
-        namespace: &str,
-        key: &str,
-        since_ms: i64,
-    ) -> impl Future<Output = Result<KeyUsage, StoreError>> + Send;
+    /// One key's or one namespace's usage since `since_ms` (unix milliseconds),
+    /// exact for any instant: raw events up to the next full hour, then hourly
+    /// rollups to the next full day, then daily rollups. Rollups are written
+    /// with the events, so the current hour is already in them.
+    fn usage(&self, scope: &Scope, since_ms: i64) -> impl Future<Output = Result<ScopeUsage, StoreError>> + Send;
 
     /// The logged bodies of the request with this id (the newest, should ids
     /// repeat), or `None` when its key did not log bodies or they have expired
@@ -201,10 +196,10 @@ impl UsageStore for Store {
         }
     }
 
-    async fn key_usage(&self, namespace: &str, key: &str, since_ms: i64) -> Result<KeyUsage, StoreError> {
+    async fn usage(&self, scope: &Scope, since_ms: i64) -> Result<ScopeUsage, StoreError> {
         match self {
-            Store::Postgres(s) => s.key_usage(namespace, key, since_ms).await,
-            Store::Sqlite(s) => s.key_usage(namespace, key, since_ms).await,
+            Store::Postgres(s) => s.usage(scope, since_ms).await,
+            Store::Sqlite(s) => s.usage(scope, since_ms).await,
         }
     }
 

@@ -142,9 +142,42 @@ pub struct SummaryRow {
     pub p99_ms: Option<f64>,
 }
 
-/// One key's usage since an instant (budgets, ApiKey status).
+/// Whose usage, or whose budget: one ApiKey's, or a whole namespace's (every
+/// key in it together).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Scope {
+    Key { namespace: String, name: String },
+    Namespace { namespace: String },
+}
+
+impl Scope {
+    pub fn key(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Scope::Key { namespace: namespace.into(), name: name.into() }
+    }
+
+    pub fn namespace(namespace: impl Into<String>) -> Self {
+        Scope::Namespace { namespace: namespace.into() }
+    }
+
+    /// The namespace of the key, or the namespace itself.
+    pub fn namespace_name(&self) -> &str {
+        match self {
+            Scope::Key { namespace, .. } | Scope::Namespace { namespace } => namespace,
+        }
+    }
+
+    /// The key's name; `None` for a namespace.
+    pub fn key_name(&self) -> Option<&str> {
+        match self {
+            Scope::Key { name, .. } => Some(name),
+            Scope::Namespace { .. } => None,
+        }
+    }
+}
+
+/// One key's or namespace's usage since an instant (budgets, status).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct KeyUsage {
+pub struct ScopeUsage {
     pub requests: u64,
     pub input_tokens: u64,
     pub output_tokens: u64,
@@ -237,22 +270,22 @@ pub(crate) fn exact_pieces(from_ms: Option<i64>, to_ms: Option<i64>, hourly_only
     out
 }
 
-/// The pieces that answer [`KeyUsage`] exactly for any `since`: raw events up to
+/// The pieces that answer [`ScopeUsage`] exactly for any `since`: raw events up to
 /// the next full hour (at most one hour of one key, through an index), hourly
 /// rollups up to the next full day, daily rollups from there on. Rollups are
 /// updated in the same transaction as the events, so the current hour and day
 /// are already in them and no "partial hour" is missing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct KeyUsagePlan {
+pub(crate) struct UsagePlan {
     /// Raw events in `[since, raw_to)`.
     pub raw_to: i64,
     /// Hourly rollups in `[raw_to, daily_from)`.
     pub daily_from: i64,
 }
 
-pub(crate) fn key_usage_plan(since_ms: i64) -> KeyUsagePlan {
+pub(crate) fn usage_plan(since_ms: i64) -> UsagePlan {
     let raw_to = ceil_to(since_ms, HOUR_MS);
-    KeyUsagePlan { raw_to, daily_from: ceil_to(raw_to, DAY_MS) }
+    UsagePlan { raw_to, daily_from: ceil_to(raw_to, DAY_MS) }
 }
 
 #[cfg(test)]
@@ -311,10 +344,10 @@ mod tests {
     }
 
     #[test]
-    fn key_usage_reads_raw_events_only_up_to_the_next_hour() {
-        let p = key_usage_plan(DAY_MS + HOUR_MS + 1);
-        assert_eq!(p, KeyUsagePlan { raw_to: DAY_MS + 2 * HOUR_MS, daily_from: 2 * DAY_MS });
-        let aligned = key_usage_plan(DAY_MS);
-        assert_eq!(aligned, KeyUsagePlan { raw_to: DAY_MS, daily_from: DAY_MS });
+    fn usage_reads_raw_events_only_up_to_the_next_hour() {
+        let p = usage_plan(DAY_MS + HOUR_MS + 1);
+        assert_eq!(p, UsagePlan { raw_to: DAY_MS + 2 * HOUR_MS, daily_from: 2 * DAY_MS });
+        let aligned = usage_plan(DAY_MS);
+        assert_eq!(aligned, UsagePlan { raw_to: DAY_MS, daily_from: DAY_MS });
     }
 }

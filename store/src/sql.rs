@@ -9,8 +9,8 @@ use weaver_crds::protocol::LatencySketch;
 
 use crate::StoreError;
 use crate::query::{
-    Cursor, DAY_MS, GroupBy, GroupKey, HOUR_MS, KeyUsagePlan, Piece, RecordFilter, Rollup, RollupRange, Source,
-    SummaryRow, UsageFilter,
+    Cursor, DAY_MS, GroupBy, GroupKey, HOUR_MS, Piece, RecordFilter, Rollup, RollupRange, Scope, Source, SummaryRow,
+    UsageFilter, UsagePlan,
 };
 use crate::record::{Outcome, UsageRecord};
 use crate::rollup::to_u64;
@@ -403,14 +403,10 @@ impl SummaryAcc {
     }
 }
 
-/// One key's totals from raw events, hourly and daily rollups, per [`KeyUsagePlan`]:
-/// one statement, three index range scans.
-pub(crate) fn key_usage_query<'q, DB>(
-    namespace: &str,
-    key: &str,
-    since_ms: i64,
-    plan: KeyUsagePlan,
-) -> QueryBuilder<'q, DB>
+/// One key's or namespace's totals from raw events, hourly and daily rollups,
+/// per [`UsagePlan`]: one statement, three index range scans (the key indexes
+/// lead with the namespace, so a namespace reads a prefix of them).
+pub(crate) fn usage_query<'q, DB>(scope: &Scope, since_ms: i64, plan: UsagePlan) -> QueryBuilder<'q, DB>
 where
     DB: Database,
     String: Encode<'q, DB> + Type<DB>,
@@ -419,8 +415,14 @@ where
     let mut qb = QueryBuilder::new("SELECT CAST(coalesce(sum(r), 0) AS bigint), CAST(coalesce(sum(i), 0) AS bigint), ");
     qb.push("CAST(coalesce(sum(o), 0) AS bigint), CAST(coalesce(sum(c), 0) AS bigint) FROM (");
     qb.push("SELECT count(*) AS r, sum(input_tokens) AS i, sum(output_tokens) AS o, sum(cost_nanos) AS c ");
-    qb.push("FROM usage_events WHERE namespace = ").push_bind(namespace.to_owned());
-    qb.push(" AND api_key = ").push_bind(key.to_owned());
+    let matching = |qb: &mut QueryBuilder<'q, DB>| {
+        qb.push(" WHERE namespace = ").push_bind(scope.namespace_name().to_owned());
+        if let Some(key) = scope.key_name() {
+            qb.push(" AND api_key = ").push_bind(key.to_owned());
+        }
+    };
+    qb.push("FROM usage_events");
+    matching(&mut qb);
     qb.push(" AND time_ms >= ").push_bind(since_ms).push(" AND time_ms < ").push_bind(plan.raw_to);
     for (table, from, to) in
         [("usage_hourly", plan.raw_to, Some(plan.daily_from)), ("usage_daily", plan.daily_from, None)]
@@ -428,8 +430,7 @@ where
         qb.push(format_args!(
             " UNION ALL SELECT sum(requests), sum(input_tokens), sum(output_tokens), sum(cost_nanos) FROM {table}"
         ));
-        qb.push(" WHERE namespace = ").push_bind(namespace.to_owned());
-        qb.push(" AND api_key = ").push_bind(key.to_owned());
+        matching(&mut qb);
         qb.push(" AND bucket_ms >= ").push_bind(from);
         if let Some(to) = to {
             qb.push(" AND bucket_ms < ").push_bind(to);
@@ -439,14 +440,14 @@ where
     qb
 }
 
-pub(crate) fn key_usage_from_row<R>(row: &R) -> Result<crate::KeyUsage, StoreError>
+pub(crate) fn usage_from_row<R>(row: &R) -> Result<crate::ScopeUsage, StoreError>
 where
     R: Row,
     usize: ColumnIndex<R>,
     for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
 {
     let n = |i: usize, column: &'static str| -> Result<u64, StoreError> { to_u64(column, row.try_get::<i64, _>(i)?) };
-    Ok(crate::KeyUsage {
+    Ok(crate::ScopeUsage {
         requests: n(0, "requests")?,
         input_tokens: n(1, "input_tokens")?,
         output_tokens: n(2, "output_tokens")?,

@@ -8,7 +8,9 @@ use sqlx::sqlite::{
 };
 use sqlx::{Executor, QueryBuilder, Sqlite};
 
-use crate::query::{DAY_MS, GroupBy, KeyUsage, RecordFilter, RecordPage, Rollup, SummaryRow, UsageFilter, floor_day};
+use crate::query::{
+    DAY_MS, GroupBy, RecordFilter, RecordPage, Rollup, Scope, ScopeUsage, SummaryRow, UsageFilter, floor_day,
+};
 use crate::rollup::{deltas, dense_text, to_i64};
 use crate::sql::{self, Dialect};
 use crate::{Cursor, MaintainReport, StoreError, StoreOptions, UsageRecord, UsageStore, migrations, now_ms};
@@ -231,10 +233,10 @@ impl UsageStore for SqliteStore {
         Ok(acc.finish())
     }
 
-    async fn key_usage(&self, namespace: &str, key: &str, since_ms: i64) -> Result<KeyUsage, StoreError> {
-        let plan = crate::query::key_usage_plan(since_ms);
-        let row = sql::key_usage_query::<Sqlite>(namespace, key, since_ms, plan).build().fetch_one(&self.pool).await?;
-        sql::key_usage_from_row(&row)
+    async fn usage(&self, scope: &Scope, since_ms: i64) -> Result<ScopeUsage, StoreError> {
+        let plan = crate::query::usage_plan(since_ms);
+        let row = sql::usage_query::<Sqlite>(scope, since_ms, plan).build().fetch_one(&self.pool).await?;
+        sql::usage_from_row(&row)
     }
 
     async fn bodies(&self, request_id: &str) -> Result<Option<crate::Bodies>, StoreError> {

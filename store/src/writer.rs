@@ -460,7 +460,7 @@ impl<S: UsageStore> Task<S> {
 #[allow(clippy::unwrap_used, reason = "tests fail loudly")]
 mod tests {
     use super::*;
-    use crate::query::{GroupBy, KeyUsage, RecordFilter, RecordPage, SummaryRow, UsageFilter};
+    use crate::query::{GroupBy, RecordFilter, RecordPage, Scope, ScopeUsage, SummaryRow, UsageFilter};
     use crate::record::tests::sample;
     use crate::{MaintainReport, StoreError};
     use std::sync::Mutex;
@@ -506,8 +506,8 @@ mod tests {
         async fn totals(&self, _: &UsageFilter, _: &[GroupBy]) -> Result<Vec<SummaryRow>, StoreError> {
             Ok(Vec::new())
         }
-        async fn key_usage(&self, _: &str, _: &str, _: i64) -> Result<KeyUsage, StoreError> {
-            Ok(KeyUsage::default())
+        async fn usage(&self, _: &Scope, _: i64) -> Result<ScopeUsage, StoreError> {
+            Ok(ScopeUsage::default())
         }
         async fn bodies(&self, _: &str) -> Result<Option<crate::Bodies>, StoreError> {
             Ok(None)

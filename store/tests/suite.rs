@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use weaver_store::{
-    AttemptRecord, Bodies, DAY_MS, GroupBy, HOUR_MS, KeyUsage, MaintainReport, Outcome, RecordFilter, RecordPage,
-    Store, StoreError, StoreOptions, SummaryRow, UsageFilter, UsageRecord, UsageStore, Writer, WriterConfig, floor_day,
-    floor_hour,
+    AttemptRecord, Bodies, DAY_MS, GroupBy, HOUR_MS, MaintainReport, Outcome, RecordFilter, RecordPage, Scope,
+    ScopeUsage, Store, StoreError, StoreOptions, SummaryRow, UsageFilter, UsageRecord, UsageStore, Writer,
+    WriterConfig, floor_day, floor_hour,
 };
 
 /// A fresh, migrated store of the given kind, and what must outlive it.
@@ -70,7 +70,7 @@ both!(
     a_replayed_batch_adds_nothing,
     pagination_walks_every_record_once,
     filters_select_the_matching_records,
-    key_usage_is_exact_for_any_instant,
+    usage_is_exact_for_any_instant,
     totals_are_exact_for_any_bounds,
     maintenance_applies_retention,
     bodies_are_stored_once_read_back_and_expire_with_their_events,
@@ -344,18 +344,23 @@ async fn filters_select_the_matching_records(store: &Store, _: &std::path::Path)
     }
 }
 
-async fn key_usage_is_exact_for_any_instant(store: &Store, _: &std::path::Path) {
+async fn usage_is_exact_for_any_instant(store: &Store, _: &std::path::Path) {
     let records = mixed(600, 6);
     store.insert_batch(&records).await.expect("insert");
     for since in [BASE - DAY_MS, BASE, BASE + 1_234_567, floor_day(BASE) + DAY_MS, BASE + 2 * DAY_MS + 17] {
-        let mut expected = KeyUsage::default();
-        for r in records.iter().filter(|r| r.namespace == "team-a" && r.api_key == "prod" && r.time >= since) {
-            expected.requests += 1;
-            expected.input_tokens += r.input_tokens;
-            expected.output_tokens += r.output_tokens;
-            expected.cost_nanos += r.cost_nanos;
+        for scope in [Scope::key("team-a", "prod"), Scope::namespace("team-a")] {
+            let mut expected = ScopeUsage::default();
+            let of_scope = |r: &&UsageRecord| {
+                r.namespace == "team-a" && scope.key_name().is_none_or(|k| r.api_key == k) && r.time >= since
+            };
+            for r in records.iter().filter(of_scope) {
+                expected.requests += 1;
+                expected.input_tokens += r.input_tokens;
+                expected.output_tokens += r.output_tokens;
+                expected.cost_nanos += r.cost_nanos;
+            }
+            assert_eq!(store.usage(&scope, since).await.expect("usage"), expected, "{scope:?} since {since}");
         }
-        assert_eq!(store.key_usage("team-a", "prod", since).await.expect("key usage"), expected, "since {since}");
     }
 }
 
@@ -438,8 +443,8 @@ impl UsageStore for Flaky {
     async fn totals(&self, f: &UsageFilter, g: &[GroupBy]) -> Result<Vec<SummaryRow>, StoreError> {
         self.inner.totals(f, g).await
     }
-    async fn key_usage(&self, ns: &str, key: &str, since: i64) -> Result<KeyUsage, StoreError> {
-        self.inner.key_usage(ns, key, since).await
+    async fn usage(&self, scope: &Scope, since: i64) -> Result<ScopeUsage, StoreError> {
+        self.inner.usage(scope, since).await
     }
     async fn bodies(&self, request_id: &str) -> Result<Option<Bodies>, StoreError> {
         self.inner.bodies(request_id).await
@@ -579,7 +584,7 @@ proptest! {
 async fn concurrent_replicas_never_lease_more_than_the_budget(store: &Store, _: &std::path::Path) {
     use weaver_store::ledger::{BudgetId, SyncRequest};
     const LIMIT: u64 = 1_000_000;
-    let id = BudgetId { namespace: "team-a".into(), name: "checkout".into(), period_ms: BASE };
+    let id = BudgetId { scope: Scope::key("team-a", "checkout"), period_ms: BASE };
     let tasks: Vec<_> = (0..6)
         .map(|r| {
             let (store, id) = (store.clone(), id.clone());
@@ -624,7 +629,9 @@ async fn concurrent_replicas_never_lease_more_than_the_budget(store: &Store, _: 
     assert!(spent <= LIMIT && spent > LIMIT / 2, "the budget was used, never exceeded: {spent}");
 }
 
-/// A budget added mid-period counts what the key spent earlier in the period.
+/// A budget added mid-period counts what was spent earlier in the period: by
+/// the key, or, for a namespace's budget, by every key of the namespace; the
+/// key's and the namespace's ledgers are separate.
 async fn a_ledger_opens_with_the_spend_already_in_its_period(store: &Store, _: &std::path::Path) {
     use weaver_store::ledger::{BudgetId, SyncRequest};
     let period = floor_day(BASE);
@@ -638,7 +645,7 @@ async fn a_ledger_opens_with_the_spend_already_in_its_period(store: &Store, _: &
     store.insert_batch(&earlier).await.expect("insert");
     store.insert_batch(std::slice::from_ref(&before)).await.expect("insert");
     let spent: u64 = earlier.iter().map(|r| r.cost_nanos).sum();
-    let id = BudgetId { namespace: "team-a".into(), name: "late".into(), period_ms: period };
+    let id = BudgetId { scope: Scope::key("team-a", "late"), period_ms: period };
     let request = SyncRequest {
         limit_nanos: spent + 1_000,
         replica: "r0".into(),
@@ -651,4 +658,17 @@ async fn a_ledger_opens_with_the_spend_already_in_its_period(store: &Store, _: &
     let view = store.sync_budget(&id, &request).await.expect("sync");
     assert_eq!(view.totals.settled_nanos, spent, "the period's earlier spend, not the previous period's");
     assert_eq!(view.granted_nanos, 1_000, "only what is left of the budget");
+
+    // Another key of the namespace, and one of another namespace.
+    let colleague = UsageRecord { api_key: "colleague".into(), request_id: "colleague".into(), ..earlier[1].clone() };
+    let stranger = UsageRecord { namespace: "team-b".into(), request_id: "stranger".into(), ..earlier[2].clone() };
+    store.insert_batch(&[colleague.clone(), stranger]).await.expect("insert");
+    let namespace = BudgetId { scope: Scope::namespace("team-a"), period_ms: period };
+    let team_spent = spent + colleague.cost_nanos;
+    let request = SyncRequest { limit_nanos: team_spent + 500, ..request };
+    let view = store.sync_budget(&namespace, &request).await.expect("sync");
+    assert_eq!(view.totals.settled_nanos, team_spent, "every key of the namespace, this period only");
+    assert_eq!(view.granted_nanos, 500);
+    let key = store.budget_totals(&id).await.expect("totals").expect("the key's row");
+    assert_eq!((key.settled_nanos, key.leased_nanos), (spent, 1_000), "the key's ledger is its own");
 }

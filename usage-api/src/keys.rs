@@ -13,7 +13,8 @@ use weaver_crds::api_key::BudgetPeriod;
 use weaver_crds::budget::period_start;
 use weaver_crds::money::Usd;
 use weaver_crds::snapshot::BudgetSnapshot;
-use weaver_store::UsageStore;
+use weaver_store::ledger::LedgerTotals;
+use weaver_store::{Scope, UsageStore};
 
 use crate::UsageApi;
 use crate::auth::{Authorize, Resource};
@@ -39,6 +40,15 @@ pub struct LedgerAmounts {
     pub leased: u64,
     /// Held by requests in flight on the answering gateway (part of its slice).
     pub reserved: u64,
+}
+
+impl LedgerAmounts {
+    /// The ledger's `totals` for the key's current period, with `reserved`
+    /// held by requests in flight on the answering process (0 where none run,
+    /// as in the operator).
+    pub fn new(totals: &LedgerTotals, reserved: u64) -> Self {
+        LedgerAmounts { settled: totals.settled_nanos, leased: totals.leased_nanos, reserved }
+    }
 }
 
 /// Looks keys up in whatever the embedding binary holds (the gateway's live
@@ -104,7 +114,11 @@ pub(crate) async fn handle<S: UsageStore + Clone + 'static, A: Authorize, K: Key
     let now_s = jiff::Timestamp::now().as_second();
     let start_s = period_start(info.budget.map(|b| b.period), now_s);
     let since_ms = start_s.saturating_mul(1000);
-    let usage = api.store.key_usage(&namespace, &name, since_ms).await.map_err(ApiError::from_store)?;
+    let usage = api
+        .store
+        .usage(&Scope::key(namespace.as_str(), name.as_str()), since_ms)
+        .await
+        .map_err(ApiError::from_store)?;
     let rfc3339 = jiff::Timestamp::from_second(start_s).map(|t| t.to_string()).unwrap_or_default();
     let budget = info.budget.map(|b| BudgetStatus {
         limit_usd: b.amount.to_string(),

@@ -1,7 +1,7 @@
 //! The usage API of LLM Weaver: request records, summaries, streamed exports
 //! and per-key budget status, read from the usage store (`weaver-store`) and
 //! served as an axum [`Router`] by the standalone gateway (on its admin
-//! listener) and, later, by the operator.
+//! listener) and by the operator (on its HTTPS port, behind Kubernetes RBAC).
 //!
 //! The embedding binary supplies two small things: [`Authorize`] (who the
 //! caller is and which namespaces it may read) and [`KeyDirectory`] (which
@@ -106,6 +106,16 @@ where
         .with_state(api)
         // Usage data is per caller and changes by the second: no cache keeps it.
         .layer(axum::middleware::map_response(no_store))
+}
+
+/// Where the usage API is not served (no store, say): every `/admin/v1/...`
+/// URL answers 404 `usage_api_off` with `reason`, which should say how to
+/// turn it on.
+pub fn off(reason: &'static str) -> Router {
+    Router::new().route(
+        "/admin/v1/{*rest}",
+        axum::routing::any(move || async move { ApiError::not_found("usage_api_off", reason) }),
+    )
 }
 
 async fn no_store(mut response: Response) -> Response {

@@ -13,6 +13,9 @@
 //! for plain and then for streamed requests. With `--rate-limits` the key
 //! has every rate limit on (high enough that nothing is refused), so the
 //! figure includes admission, settling and the `x-ratelimit-*` headers. With
+//! `--budgets` the key has a budget and so has its namespace (a
+//! NamespacePolicy), both far too large to run out: the figure includes both
+//! reservations and settlements (and the ledger sync's share). With
 //! `--store URL` (`sqlite://PATH` or `postgres://...`) every request is also
 //! metered into that usage store: the figure then includes building the
 //! record and the batch writer's share (it runs on the same worker).
@@ -131,6 +134,7 @@ unsafe impl GlobalAlloc for Counting {
 fn main() -> anyhow::Result<()> {
     let options: Vec<String> = std::env::args().skip(1).collect();
     let rate_limits = options.iter().any(|a| a == "--rate-limits");
+    let budgets = options.iter().any(|a| a == "--budgets");
     let store = match options.iter().position(|a| a == "--store") {
         Some(i) => options.get(i + 1).context("--store needs a URL")?.clone(),
         None => "off".to_owned(),
@@ -138,7 +142,7 @@ fn main() -> anyhow::Result<()> {
     let data_dir = tempfile::tempdir()?;
     let upstream = Upstream::start()?;
     let manifests = tempfile::tempdir()?;
-    std::fs::write(manifests.path().join("bench.yaml"), manifests_yaml(upstream.addr, rate_limits))?;
+    std::fs::write(manifests.path().join("bench.yaml"), manifests_yaml(upstream.addr, rate_limits, budgets))?;
     let args = Args::try_parse_from([
         "weaver-gateway",
         "--manifests",
@@ -174,8 +178,9 @@ fn main() -> anyhow::Result<()> {
     let mut client = Client::connect(started.addr)?;
     println!(
         "Heap allocations on the gateway's threads (1 worker), per request: {MEASURED} sequential requests \
-         on one keep-alive connection after {WARM_UP} to warm up; openai channel, fixed loopback upstream{}{}",
+         on one keep-alive connection after {WARM_UP} to warm up; openai channel, fixed loopback upstream{}{}{}",
         if rate_limits { "; key with rate limits" } else { "" },
+        if budgets { "; key and namespace budgets" } else { "" },
         if store == "off" {
             String::new()
         } else {
@@ -215,11 +220,20 @@ fn main() -> anyhow::Result<()> {
     upstream.stop()
 }
 
-fn manifests_yaml(upstream: SocketAddr, rate_limits: bool) -> String {
+fn manifests_yaml(upstream: SocketAddr, rate_limits: bool, budgets: bool) -> String {
     let limits = if rate_limits {
         "rateLimit: {requestsPerMinute: 1000000000, tokensPerMinute: 1000000000000, maxConcurrent: 1000}"
     } else {
         ""
+    };
+    let (budget, namespace_policy) = if budgets {
+        (
+            r#"budget: {amount: "1000000", period: total}"#,
+            "---\napiVersion: llmweaver.io/v1alpha1\nkind: NamespacePolicy\nmetadata: {name: default, namespace: bench}\n\
+             spec: {budget: {amount: \"1000000\", period: total}}\n",
+        )
+    } else {
+        ("", "")
     };
     format!(
         r#"apiVersion: v1
@@ -251,7 +265,8 @@ spec:
   secretRef: {{name: client-key}}
   allowedModels: ["gpt-4o-*"]
   {limits}
-"#
+  {budget}
+{namespace_policy}"#
     )
 }
 

@@ -5,9 +5,10 @@ use std::collections::HashSet;
 use kube::ResourceExt;
 use sha2::{Digest, Sha256};
 
+use super::namespaces::NamespaceDefaults;
 use super::routes::RouteTables;
 use super::{Kind, ProblemReason, Problems, SecretIndex, namespace_of, sorted};
-use crate::api_key::ApiKey;
+use crate::api_key::{ApiKey, Budget, Logging};
 use crate::common::SecretKeyRef;
 use crate::money::Usd;
 use crate::snapshot::{BudgetSnapshot, KeyDigest, KeySnapshot};
@@ -26,21 +27,44 @@ pub fn previous_key_field(key: &str) -> String {
 /// is still accepted.
 pub const PREVIOUS_EXPIRES_ANNOTATION: &str = "llmweaver.io/previous-key-expires-at";
 
+/// An ApiKey's (or a NamespacePolicy's) budget as the gateways enforce it
+/// (the operator's usage API shows the same); `Err` says what is wrong with it.
+pub fn budget_snapshot(b: &Budget) -> Result<BudgetSnapshot, String> {
+    match b.amount.parse::<Usd>() {
+        Ok(amount) if amount.0 > 0 => {
+            Ok(BudgetSnapshot { amount, period: b.period, reserve_output_tokens: b.reserve_output_tokens })
+        }
+        Ok(_) => Err("budget.amount must be positive".to_owned()),
+        Err(e) => Err(format!("budget.amount: {e}")),
+    }
+}
+
 /// Lower-case hex SHA-256 of a presented key, as the snapshot stores it.
 pub fn key_digest(key: &str) -> String {
     hex::encode(Sha256::digest(key.as_bytes()))
 }
 
+/// Bytes stored per body under `logging`; `None`: bodies are not logged.
+fn log_bodies(logging: Option<&Logging>) -> Option<u32> {
+    logging.filter(|l| l.bodies).map(|l| l.max_body_bytes.unwrap_or(Logging::DEFAULT_MAX_BODY_BYTES))
+}
+
+/// The keys' environment: their namespace's defaults, route tables, Secrets.
+pub(super) struct KeyInputs<'s, 'a> {
+    pub secrets: &'s SecretIndex<'a>,
+    pub namespaces: &'s NamespaceDefaults<'a>,
+}
+
 pub(super) fn compile_keys(
     keys: &[ApiKey],
-    secrets: &SecretIndex<'_>,
+    inputs: &KeyInputs<'_, '_>,
     tables: &mut RouteTables,
     problems: &mut Problems,
 ) -> Vec<KeySnapshot> {
     let mut seen = HashSet::new();
     let mut out = Vec::with_capacity(keys.len());
     for k in sorted(keys) {
-        let compiled = compile_key(k, secrets, tables, problems);
+        let compiled = compile_key(k, inputs, tables, problems);
         match compiled {
             Ok(snap) => {
                 if snap.digests.iter().any(|d| !seen.insert(d.sha256.clone())) {
@@ -62,7 +86,7 @@ pub(super) fn compile_keys(
 
 fn compile_key(
     k: &ApiKey,
-    secrets: &SecretIndex<'_>,
+    KeyInputs { secrets, namespaces }: &KeyInputs<'_, '_>,
     tables: &mut RouteTables,
     problems: &mut Problems,
 ) -> Result<KeySnapshot, (ProblemReason, String)> {
@@ -87,17 +111,7 @@ fn compile_key(
                 .map_err(|_| invalid(format!("ipAllowlist: {entry:?} is not an IP address or CIDR")))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let budget = spec
-        .budget
-        .as_ref()
-        .map(|b| match b.amount.parse::<Usd>() {
-            Ok(amount) if amount.0 > 0 => {
-                Ok(BudgetSnapshot { amount, period: b.period, reserve_output_tokens: b.reserve_output_tokens })
-            }
-            Ok(_) => Err(invalid("budget.amount must be positive".to_owned())),
-            Err(e) => Err(invalid(format!("budget.amount: {e}"))),
-        })
-        .transpose()?;
+    let budget = spec.budget.as_ref().map(budget_snapshot).transpose().map_err(invalid)?;
     let policy = spec.routing_policy.as_deref();
     let policy = match policy {
         Some(p) if !tables.has_policy(ns, p) => {
@@ -122,10 +136,7 @@ fn compile_key(
         route_table: tables.table_for(ns, policy),
         budget,
         rate_limit: spec.rate_limit.clone(),
-        log_bodies: spec
-            .logging
-            .as_ref()
-            .filter(|l| l.bodies)
-            .map(|l| l.max_body_bytes.unwrap_or(crate::api_key::Logging::DEFAULT_MAX_BODY_BYTES)),
+        // A key's own `logging` wins, even when it turns bodies off.
+        log_bodies: log_bodies(spec.logging.as_ref().or_else(|| namespaces.logging(ns))),
     })
 }

@@ -8,6 +8,7 @@
 //! with one dangling channel reference keeps routing to the others).
 
 pub mod keys;
+mod namespaces;
 mod routes;
 
 use std::collections::BTreeMap;
@@ -19,6 +20,7 @@ use kube::ResourceExt;
 use crate::api_key::ApiKey;
 use crate::channel::Channel;
 use crate::common::SecretKeyRef;
+use crate::namespace_policy::NamespacePolicy;
 use crate::routing_policy::RoutingPolicy;
 use crate::snapshot::Snapshot;
 
@@ -28,6 +30,7 @@ pub struct Resources {
     pub channels: Vec<Channel>,
     pub api_keys: Vec<ApiKey>,
     pub routing_policies: Vec<RoutingPolicy>,
+    pub namespace_policies: Vec<NamespacePolicy>,
     pub secrets: Vec<Secret>,
 }
 
@@ -37,6 +40,7 @@ pub enum Kind {
     Channel,
     ApiKey,
     RoutingPolicy,
+    NamespacePolicy,
 }
 
 impl fmt::Display for Kind {
@@ -45,6 +49,7 @@ impl fmt::Display for Kind {
             Kind::Channel => "Channel",
             Kind::ApiKey => "ApiKey",
             Kind::RoutingPolicy => "RoutingPolicy",
+            Kind::NamespacePolicy => "NamespacePolicy",
         })
     }
 }
@@ -118,7 +123,9 @@ pub fn compile(resources: &Resources, version: u64) -> Compiled {
     let channels = routes::compile_channels(&resources.channels, &secrets, &mut problems);
     let mut tables = routes::RouteTables::new(&channels, &resources.routing_policies, &mut problems);
     let resolved = tables.resolved_policies(&channels);
-    let keys = keys::compile_keys(&resources.api_keys, &secrets, &mut tables, &mut problems);
+    let (defaults, namespaces) = namespaces::compile_namespaces(&resources.namespace_policies, &mut problems);
+    let inputs = keys::KeyInputs { secrets: &secrets, namespaces: &defaults };
+    let keys = keys::compile_keys(&resources.api_keys, &inputs, &mut tables, &mut problems);
     let mut problems = problems.0;
     problems.sort();
     Compiled {
@@ -127,6 +134,7 @@ pub fn compile(resources: &Resources, version: u64) -> Compiled {
             channels: channels.into_iter().map(|c| c.snapshot).collect(),
             route_tables: tables.into_tables(),
             keys,
+            namespaces,
             gateway_replicas: 1,
         },
         problems,

@@ -1,4 +1,5 @@
 use super::*;
+use crate::api_key::BudgetPeriod;
 use crate::compiler::keys::key_digest;
 use crate::manifests::parse_into;
 use crate::snapshot::{Candidate, KeyDigest, KeySnapshot};
@@ -23,6 +24,7 @@ fn compile_unadmitted(yaml: &str) -> Compiled {
         match value.get("kind").and_then(serde_yaml::Value::as_str) {
             Some("Channel") => resources.channels.push(decode(value)),
             Some("ApiKey") => resources.api_keys.push(decode(value)),
+            Some("NamespacePolicy") => resources.namespace_policies.push(decode(value)),
             Some("Secret") => resources.secrets.push(decode(value)),
             _ => {}
         }
@@ -114,6 +116,8 @@ fn the_issue_examples_compile_cleanly() {
     assert_eq!(k.ip_allowlist.len(), 2);
     assert_eq!(k.expires_at, Some(1_893_456_000));
     assert_eq!(k.budget.map(|b| b.amount.to_string()), Some("50.00".to_owned()));
+    let ns = c.snapshot.namespaces.iter().map(|n| (n.namespace.as_str(), n.budget.map(|b| b.amount.to_string())));
+    assert_eq!(ns.collect::<Vec<_>>(), vec![("team-a", Some("500.00".to_owned()))]);
 }
 
 #[test]
@@ -387,4 +391,58 @@ spec: {models: ["gpt-4o"], channels: [{name: eu}]}
     assert_eq!(route(&c, "checkout", "gpt-4o"), vec![]);
     let k = key(&c, "checkout");
     assert_eq!(c.snapshot.route_tables[k.route_table as usize].routes.get("gpt-4o"), Some(&vec![]));
+}
+
+fn namespace_policy(name: &str, spec: &str) -> String {
+    format!(
+        r#"
+---
+apiVersion: llmweaver.io/v1alpha1
+kind: NamespacePolicy
+metadata: {{name: {name}, namespace: team-a}}
+spec: {spec}
+"#
+    )
+}
+
+#[test]
+fn a_namespace_policy_becomes_the_namespaces_budget_and_logging_default() {
+    let base = format!("{SECRETS}{}", channel("a", "", "{name: m}", 1));
+    let policy = namespace_policy(
+        "default",
+        r#"{budget: {amount: "100", period: monthly}, logging: {bodies: true, maxBodyBytes: 512}}"#,
+    );
+    let quiet = KEY.replace("name: checkout,", "name: quiet,").replace("checkout-llm-key", "quiet-key")
+        + "  logging: {bodies: false}\n"
+        + "---\napiVersion: v1\nkind: Secret\nmetadata: {name: quiet-key, namespace: team-a}\nstringData: {apiKey: q}\n";
+    let c = compile_yaml(&format!("{base}{policy}{KEY}{quiet}"));
+    assert_eq!(reasons(&c), vec![]);
+    assert_eq!(c.snapshot.namespaces.len(), 1);
+    let ns = &c.snapshot.namespaces[0];
+    assert_eq!(ns.namespace, "team-a");
+    assert_eq!(ns.budget.map(|b| (b.amount.to_string(), b.period)), Some(("100.00".to_owned(), BudgetPeriod::Monthly)));
+    assert_eq!(key(&c, "checkout").budget, None, "the namespace's budget is its own, not copied into keys");
+    assert_eq!(key(&c, "checkout").log_bodies, Some(512), "a key without logging takes the namespace's");
+    assert_eq!(key(&c, "quiet").log_bodies, None, "a key's own logging wins, even when off");
+    // Logging alone puts no entry into the snapshot: there is nothing to enforce.
+    let logging_only = namespace_policy("default", "{logging: {bodies: true}}");
+    let c = compile_yaml(&format!("{base}{logging_only}{KEY}"));
+    assert!(c.snapshot.namespaces.is_empty());
+    assert_eq!(key(&c, "checkout").log_bodies, Some(16_384));
+}
+
+#[test]
+fn only_the_policy_named_default_applies_and_a_broken_budget_fails_closed() {
+    // Admission refuses other names (a CEL rule); the compiler must not pick one anyway.
+    let other = namespace_policy("team", r#"{budget: {amount: "1", period: daily}, logging: {bodies: true}}"#);
+    let c = compile_unadmitted(&format!("{SECRETS}{other}{KEY}"));
+    assert_eq!(reasons(&c), vec![(Kind::NamespacePolicy, "team", ProblemReason::InvalidField)]);
+    assert!(c.snapshot.namespaces.is_empty());
+    assert_eq!(key(&c, "checkout").log_bodies, None);
+    // An amount beyond what nano-dollars hold passes the schema's pattern, not the compiler.
+    let huge = namespace_policy("default", r#"{budget: {amount: "99999999999999999999", period: daily}}"#);
+    let c = compile_yaml(&format!("{SECRETS}{huge}{KEY}"));
+    assert_eq!(reasons(&c), vec![(Kind::NamespacePolicy, "default", ProblemReason::InvalidField)]);
+    assert_eq!(c.snapshot.namespaces[0].budget.map(|b| b.amount.0), Some(0), "refused, never uncapped");
+    assert!(key(&c, "checkout").budget.is_none());
 }

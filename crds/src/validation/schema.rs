@@ -336,6 +336,8 @@ impl Node {
             return;
         }
         let composite = value.is_object() || value.is_array();
+        // A rule on the whole object has no field path: Go prints a nil path.
+        let field = if path.is_empty() { "<nil>" } else { path };
         for rule in &self.rules {
             match cel_env::holds(env, &rule.program, value) {
                 Ok(true) => {}
@@ -349,13 +351,13 @@ impl Node {
                     } else {
                         format!("Invalid value: {}: {detail}", go_fmt::value(value))
                     };
-                    errors.push(FieldError::new(path, body, false));
+                    errors.push(FieldError::new(field, body, false));
                 }
                 Err(e) => {
                     let shown = rule.message.as_deref().unwrap_or(&rule.rule);
                     let body =
                         format!("Invalid value: {}: {e} evaluating rule: {shown}", go_fmt::quote(&self.type_name));
-                    errors.push(FieldError::new(path, body, false));
+                    errors.push(FieldError::new(field, body, false));
                 }
             }
         }

@@ -120,7 +120,10 @@ pub(crate) enum RefusalReason {
     concurrency,
     rate_limit_requests,
     rate_limit_tokens,
+    /// The key's own budget cannot cover the request.
     budget_exceeded,
+    /// The key's namespace's budget (its NamespacePolicy) cannot cover it.
+    namespace_budget_exceeded,
 }
 
 /// A refusal's namespace and reason (never the key: it is in the log line

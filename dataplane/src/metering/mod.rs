@@ -184,10 +184,8 @@ pub(crate) fn finish(
     let cost = route.map_or(0, |(_, m)| {
         m.prices.cost_with_cache_writes(usage.input, usage.cached_input, usage.cache_write, usage.output).0
     });
-    if let (Some(k), Some(reserved)) = (key, settle.admission.budget.take()) {
-        k.state.budget.settle(reserved, cost);
-    }
     if let Some(k) = key {
+        settle.admission.settle_budgets(rt, k, cost);
         k.state.totals.add(usage.input, usage.output, cost);
         k.state.last_used.store(unix_seconds(), std::sync::atomic::Ordering::Relaxed);
     }

@@ -6,21 +6,20 @@
 //! per-key atomics in the registry; a refusal is counted by reason.
 //!
 //! What admission takes is held in the request's [`Admission`] and settled
-//! when the context drops (`metering::finish`, which knows the real tokens).
-//! A budget reservation (reserve the request's maximum cost, settle the
-//! actual) is meant to sit beside the limits there: one more field, taken
-//! here after the limits and settled in the same place.
+//! when the context drops (`metering::finish`, which knows the real tokens):
+//! the limits' slot and tokens, and the budget reservations (the request's
+//! maximum cost, from the key's budget and from its namespace's, taken once a
+//! plan knows the prices; each settled at the actual cost).
 
 use weaver_crds::money::Usd;
-use weaver_crds::snapshot::BudgetSnapshot;
 
 use super::Context;
 use super::plan::Plan;
 use crate::api::{ApiError, ApiRoute, RequestBody};
 use crate::clock::unix_millis;
-use crate::limits::{DEFAULT_OUTPUT_TOKENS, Demand, Exceeded, Held, KeyLimits, Levels};
+use crate::limits::{Demand, Exceeded, Held, KeyLimits, Levels};
 use crate::metering::RefusalReason;
-use crate::state::budget::{Sync, budget_id};
+use crate::state::budget::{BudgetRef, reserve_each};
 use crate::state::{KeyRuntime, Runtime};
 
 /// What admission took for one request; settled when its context drops.
@@ -33,6 +32,8 @@ pub(crate) struct Admission {
     pub levels: Option<Levels>,
     /// Nano-dollars reserved from the key's budget slice.
     pub budget: Option<u64>,
+    /// Nano-dollars reserved from the namespace's budget slice.
+    pub namespace_budget: Option<u64>,
 }
 
 impl Admission {
@@ -42,6 +43,17 @@ impl Admission {
     pub fn settle(&mut self, key: &KeyRuntime, used: Option<u64>, now: crate::limits::Nanos) {
         if let (Some(held), Some(limits)) = (self.limits.take(), key.limits.as_ref()) {
             limits.settle(&key.state.limits, held, used, now);
+        }
+    }
+
+    /// Settles the budget reservations at `cost` nano-dollars; `rt` is the
+    /// runtime the request was admitted under (it links the namespace's state).
+    pub fn settle_budgets(&mut self, rt: &Runtime, key: &KeyRuntime, cost: u64) {
+        if let Some(reserved) = self.budget.take() {
+            key.state.budget.settle(reserved, cost);
+        }
+        if let (Some(reserved), Some(shared)) = (self.namespace_budget.take(), rt.namespace_budget(key)) {
+            shared.state.settle(reserved, cost);
         }
     }
 
@@ -112,13 +124,14 @@ fn rate_limits(
     }
 }
 
-/// Reserves the request's maximum cost from the key's budget slice — input
-/// tokens at most the body's bytes (a token is at least one byte of text),
-/// output at most the client's limit (else the budget's
-/// `reserveOutputTokens`, else [`DEFAULT_OUTPUT_TOKENS`]), at the
-/// dearest candidate's prices — topping the slice up from the ledger when it
-/// is short (the only time a request waits on the ledger). 429
-/// `budget_exceeded` when the budget cannot cover it, before any upstream call.
+/// Reserves the request's maximum cost — input tokens at most the body's
+/// bytes (a token is at least one byte of text), output at most the client's
+/// limit (else the key's `reserve_output_tokens`), at the dearest
+/// candidate's prices — from the key's own budget, then from its namespace's
+/// (each from its local slice, topped up from the ledger when short). 429
+/// `budget_exceeded`, naming the budget, when either cannot cover it (the
+/// key's is asked first), before any upstream call; a refusal by the
+/// namespace's budget gives the key's reservation back.
 pub(super) async fn reserve_budget(
     ctx: &mut Context,
     rt: &Runtime,
@@ -127,55 +140,42 @@ pub(super) async fn reserve_budget(
     body_bytes: usize,
 ) -> Result<(), ApiError> {
     let key = &rt.keys[ctx.key as usize];
-    let Some(budget) = &key.budget else { return Ok(()) };
+    let (own, shared) = (key.own_budget(), rt.namespace_budget(key));
+    if own.is_none() && shared.is_none() {
+        return Ok(());
+    }
     let output = match ctx.record.endpoint {
         ApiRoute::Embeddings => 0,
-        _ => max_output_tokens(request)
-            .unwrap_or_else(|| budget.reserve_output_tokens.map_or(DEFAULT_OUTPUT_TOKENS, u64::from)),
+        _ => max_output_tokens(request).unwrap_or(key.reserve_output_tokens),
     };
     let amount = plan.max_cost(rt, body_bytes as u64, output);
-    let state = &key.state.budget;
-    let now_ms = unix_millis();
-    if !state.try_reserve(amount, now_ms) {
-        if state.recently_refused(amount, now_ms) {
-            return Err(refuse_budget(ctx, key, budget, amount));
+    let (now_ms, replicas) = (unix_millis(), rt.snapshot.gateway_replicas);
+    match reserve_each(&[own, shared], &ctx.gw.ledger, amount, now_ms, replicas).await {
+        Ok(()) => {
+            ctx.admission.budget = own.map(|_| amount);
+            ctx.admission.namespace_budget = shared.map(|_| amount);
+            Ok(())
         }
-        let mut sync = Sync {
-            limit_nanos: budget.amount.0,
-            now_ms,
-            need: amount,
-            replicas: rt.snapshot.gateway_replicas,
-            give_back: false,
-        };
-        let id = budget_id(key, budget, now_ms);
-        if let Err(err) = state.sync(&ctx.gw.ledger, &id, &sync).await {
-            tracing::warn!(category = err.category(), %err, "budget ledger unreachable; the request cannot be covered");
-        }
-        if !state.try_reserve(amount, now_ms) {
-            sync.give_back = true;
-            sync.need = 0;
-            if let Err(err) = state.sync(&ctx.gw.ledger, &id, &sync).await {
-                tracing::debug!(category = err.category(), %err, "budget slice not given back");
-            }
-            state.mark_refused(amount, now_ms, REFUSAL_BACKOFF_MS);
-            return Err(refuse_budget(ctx, key, budget, amount));
-        }
+        Err(refused) => Err(refuse_budget(ctx, key, refused, amount)),
     }
-    ctx.admission.budget = Some(amount);
-    Ok(())
 }
 
-/// After the ledger could not cover a request, how long further requests as
-/// large that the slice cannot cover are refused without asking it again.
-const REFUSAL_BACKOFF_MS: i64 = 100;
-
-fn refuse_budget(ctx: &Context, key: &KeyRuntime, budget: &BudgetSnapshot, amount: u64) -> ApiError {
-    ctx.gw.metrics.refused(key, RefusalReason::budget_exceeded);
+fn refuse_budget(ctx: &Context, key: &KeyRuntime, refused: BudgetRef<'_>, amount: u64) -> ApiError {
+    let period = format!("{:?}", refused.budget.period).to_lowercase();
+    let limit = refused.budget.amount;
+    let (reason, budget) = match refused.key {
+        Some(_) => (RefusalReason::budget_exceeded, format!("This API key's {period} budget of ${limit}")),
+        None => (
+            RefusalReason::namespace_budget_exceeded,
+            format!(
+                "The {period} budget of ${limit} that the keys of namespace {} share (its NamespacePolicy)",
+                refused.namespace.as_str()
+            ),
+        ),
+    };
+    ctx.gw.metrics.refused(key, reason);
     ApiError::budget_exceeded(format!(
-        "This API key's {} budget of ${} cannot cover this request (up to ${} reserved); \
-         it is spent or held by requests in flight.",
-        format!("{:?}", budget.period).to_lowercase(),
-        budget.amount,
+        "{budget} cannot cover this request (up to ${} reserved); it is spent or held by requests in flight.",
         Usd(amount)
     ))
 }

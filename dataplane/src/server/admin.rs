@@ -8,7 +8,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
+use axum::routing::get;
 use http::{StatusCode, header};
 
 use crate::state::Gateway;
@@ -34,10 +34,7 @@ pub(super) fn router(gw: Arc<Gateway>, usage_api: UsageApi) -> Router {
         .with_state(gw);
     match usage_api {
         UsageApi::Served(api) => open.merge(api),
-        UsageApi::Off(reason) => open.route(
-            "/admin/v1/{*rest}",
-            any(move || async move { weaver_usage_api::ApiError::not_found("usage_api_off", reason) }),
-        ),
+        UsageApi::Off(reason) => open.merge(weaver_usage_api::off(reason)),
     }
 }
 

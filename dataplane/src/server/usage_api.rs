@@ -16,7 +16,6 @@ use weaver_usage_api::{Access, ApiError, Authorize, KeyDirectory, KeyInfo, Ledge
 
 use crate::clock::unix_millis;
 use crate::state::Gateway;
-use crate::state::budget::budget_id;
 
 /// The file in `--data-dir` that holds the generated admin token.
 pub const TOKEN_FILE: &str = "admin-token";
@@ -142,15 +141,10 @@ impl KeyDirectory for LiveKeys {
         let Some(key) = live.keys.iter().find(|k| k.namespace.as_str() == namespace && k.name.as_str() == name) else {
             return Ok(None);
         };
-        let ledger = match &key.budget {
+        let ledger = match key.own_budget() {
             Some(budget) => {
-                let id = budget_id(key, budget, unix_millis());
-                let totals = self.0.ledger.totals(&id).await.map_err(ApiError::from_store)?;
-                Some(LedgerAmounts {
-                    settled: totals.settled_nanos,
-                    leased: totals.leased_nanos,
-                    reserved: key.state.budget.reserved(),
-                })
+                let totals = self.0.ledger.totals(&budget.id(unix_millis())).await.map_err(ApiError::from_store)?;
+                Some(LedgerAmounts::new(&totals, budget.state.reserved()))
             }
             None => None,
         };

@@ -1,9 +1,12 @@
 //! Budgets on the request path: a request reserves its maximum cost from the
-//! key's local slice of the budget, and settles its actual cost when it ends;
-//! the slice is leased from the ledger (`weaver_store::ledger`) by a background
-//! sync, so no request waits on a database while the slice lasts.
+//! local slice of its key's budget and of its namespace's (a NamespacePolicy's,
+//! shared by every key of the namespace), and settles its actual cost into
+//! both when it ends; each slice is leased from the ledger
+//! (`weaver_store::ledger`) by a background sync, so no request waits on a
+//! database while the slices last. Key and namespace budgets are the same
+//! [`BudgetState`], only their ledger id differs ([`BudgetRef::id`]).
 //!
-//! Per key, `available` is what may be reserved now: the slice, less what is
+//! Per budget, `available` is what may be reserved now: the slice, less what is
 //! reserved by requests in flight, less what was spent since the last sync. It
 //! is one atomic, so a reservation is a compare-and-swap and no lock is shared
 //! between requests. The sync (one at a time per key, under `lease`) settles the
@@ -16,13 +19,13 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures_util::StreamExt as _;
-use weaver_crds::budget::period_start;
 use weaver_crds::snapshot::BudgetSnapshot;
 use weaver_store::ledger::{Account, BudgetId, LedgerTotals, SyncRequest, SyncView};
-use weaver_store::{Store, StoreError};
+use weaver_store::{Scope, Store, StoreError};
 
-use super::{Gateway, KeyRuntime};
+use super::Gateway;
 use crate::clock::unix_millis;
+use crate::metering::Label;
 
 /// How long a slice stays a replica's without a sync.
 pub(crate) const LEASE_TTL_MS: i64 = 30_000;
@@ -245,22 +248,93 @@ impl BudgetState {
     }
 }
 
-/// How often the background sync looks at every key with a budget.
-const SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
-/// Keys synced at once (each sync is one ledger transaction).
-const SYNC_CONCURRENCY: usize = 8;
+/// After the ledger could not cover a request, how long further requests as
+/// large that the slice cannot cover are refused without asking it again.
+const REFUSAL_BACKOFF_MS: i64 = 100;
 
-/// The budget of key `key` in the period holding `now_ms`.
-pub(crate) fn budget_id(key: &KeyRuntime, budget: &BudgetSnapshot, now_ms: i64) -> BudgetId {
-    BudgetId {
-        namespace: key.namespace.as_str().to_owned(),
-        name: key.name.as_str().to_owned(),
-        period_ms: period_start(Some(budget.period), now_ms.div_euclid(1000)) * 1000,
+/// One budget of the live runtime: a key's own or its namespace's.
+#[derive(Clone, Copy)]
+pub(crate) struct BudgetRef<'a> {
+    /// This replica's slice of it (in the registry).
+    pub state: &'a BudgetState,
+    pub budget: &'a BudgetSnapshot,
+    pub namespace: &'a Label,
+    /// The key's name; `None` for the namespace's budget.
+    pub key: Option<&'a Label>,
+}
+
+impl BudgetRef<'_> {
+    /// The ledger's id of this budget in the period holding `now_ms`.
+    pub fn id(&self, now_ms: i64) -> BudgetId {
+        let scope = match self.key {
+            Some(name) => Scope::key(self.namespace.as_str(), name.as_str()),
+            None => Scope::namespace(self.namespace.as_str()),
+        };
+        BudgetId::new(scope, self.budget.period, now_ms)
+    }
+
+    /// Reserves `amount` nano-dollars from the local slice, topping it up
+    /// from the ledger when it is short (the only time a request waits on
+    /// the ledger); false when the budget cannot cover it. Then what this
+    /// replica holds is given back, so leftovers scattered over replicas can
+    /// serve the next request elsewhere, and requests as large are refused
+    /// for a moment without asking the ledger again.
+    pub async fn reserve(&self, ledger: &Ledger, amount: u64, now_ms: i64, replicas: u32) -> bool {
+        let state = self.state;
+        if state.try_reserve(amount, now_ms) {
+            return true;
+        }
+        if state.recently_refused(amount, now_ms) {
+            return false;
+        }
+        let mut sync = Sync { limit_nanos: self.budget.amount.0, now_ms, need: amount, replicas, give_back: false };
+        let id = self.id(now_ms);
+        if let Err(err) = state.sync(ledger, &id, &sync).await {
+            tracing::warn!(category = err.category(), %err, "budget ledger unreachable; the request cannot be covered");
+        }
+        if state.try_reserve(amount, now_ms) {
+            return true;
+        }
+        sync.give_back = true;
+        sync.need = 0;
+        if let Err(err) = state.sync(ledger, &id, &sync).await {
+            tracing::debug!(category = err.category(), %err, "budget slice not given back");
+        }
+        state.mark_refused(amount, now_ms, REFUSAL_BACKOFF_MS);
+        false
     }
 }
 
-/// Settles spend and renews slices of every key with a budget, each second,
-/// for as long as the gateway runs (the caller aborts it at shutdown).
+/// Reserves `amount` from each budget present, in order (a key's own, then
+/// its namespace's). When one cannot cover it, the reservations already taken
+/// are given back and that budget is the error: a request holds all of its
+/// budgets or none.
+pub(crate) async fn reserve_each<'a>(
+    budgets: &[Option<BudgetRef<'a>>],
+    ledger: &Ledger,
+    amount: u64,
+    now_ms: i64,
+    replicas: u32,
+) -> Result<(), BudgetRef<'a>> {
+    for (i, budget) in budgets.iter().enumerate() {
+        let Some(budget) = budget else { continue };
+        if !budget.reserve(ledger, amount, now_ms, replicas).await {
+            for taken in budgets[..i].iter().flatten() {
+                taken.state.settle(amount, 0);
+            }
+            return Err(*budget);
+        }
+    }
+    Ok(())
+}
+
+/// How often the background sync looks at every budget.
+const SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+/// Budgets synced at once (each sync is one ledger transaction).
+const SYNC_CONCURRENCY: usize = 8;
+
+/// Settles spend and renews slices of every key and namespace budget, each
+/// second, for as long as the gateway runs (the caller aborts it at shutdown).
 pub(crate) async fn run_sync(gw: Arc<Gateway>) {
     let mut tick = tokio::time::interval(SYNC_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -268,20 +342,16 @@ pub(crate) async fn run_sync(gw: Arc<Gateway>) {
         tick.tick().await;
         let rt = gw.live();
         let now_ms = unix_millis();
-        let due = rt.keys.iter().filter_map(|key| {
-            let budget = key.budget.as_ref()?;
-            key.state.budget.needs_sync(now_ms).then_some((key, budget))
-        });
+        let due = rt.budgets().filter(|b| b.state.needs_sync(now_ms));
         futures_util::stream::iter(due)
-            .for_each_concurrent(SYNC_CONCURRENCY, |(key, budget)| {
+            .for_each_concurrent(SYNC_CONCURRENCY, |b| {
                 let gw = &gw;
                 let replicas = rt.snapshot.gateway_replicas;
                 async move {
-                    let id = budget_id(key, budget, now_ms);
-                    let sync = Sync { limit_nanos: budget.amount.0, now_ms, need: 0, replicas, give_back: false };
-                    if let Err(err) = key.state.budget.sync(&gw.ledger, &id, &sync).await {
-                        tracing::warn!(namespace = key.namespace.as_str(), key = key.name.as_str(), category = err.category(), %err,
-                            "budget ledger sync failed; spend stays local until the next one");
+                    let sync = Sync { limit_nanos: b.budget.amount.0, now_ms, need: 0, replicas, give_back: false };
+                    if let Err(err) = b.state.sync(&gw.ledger, &b.id(now_ms), &sync).await {
+                        tracing::warn!(namespace = b.namespace.as_str(), key = b.key.map_or("", Label::as_str),
+                            category = err.category(), %err, "budget ledger sync failed; spend stays local until the next one");
                     }
                 }
             })
@@ -334,7 +404,7 @@ mod tests {
     use super::*;
 
     fn id() -> BudgetId {
-        BudgetId { namespace: "team-a".into(), name: "checkout".into(), period_ms: 0 }
+        BudgetId { scope: Scope::key("team-a", "checkout"), period_ms: 0 }
     }
 
     fn sync(limit: u64, now_ms: i64, need: u64) -> Sync {
@@ -389,5 +459,176 @@ mod tests {
         state.sync(&ledger, &id(), &sync(1_000, 0, 100)).await.unwrap();
         assert!(state.try_reserve(10, LEASE_TTL_MS - EXPIRY_MARGIN_MS - 1));
         assert!(!state.try_reserve(10, LEASE_TTL_MS - EXPIRY_MARGIN_MS), "too close to the lease's expiry");
+    }
+
+    mod shared_with_a_namespace {
+        use proptest::prelude::*;
+        use weaver_crds::api_key::BudgetPeriod;
+        use weaver_crds::money::Usd;
+
+        use super::*;
+
+        const KEYS: usize = 3;
+        /// Each key's own budget is larger than the namespace's share of it:
+        /// the namespace's budget is what runs out.
+        const KEY_LIMIT: u64 = 1_500;
+        const NAMESPACE_LIMIT: u64 = 2_000;
+
+        #[derive(Clone, Debug)]
+        enum Op {
+            /// Key `k` admits a request of `amount` (from both budgets or neither).
+            Reserve { k: usize, amount: u64 },
+            /// The oldest request in flight ends, costing `share`% of its reservation.
+            Finish { share: u64 },
+            /// The background sync runs.
+            Sync,
+            /// Time passes (less than a lease).
+            Wait { ms: i64 },
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                4 => (0..KEYS, 1..300u64).prop_map(|(k, amount)| Op::Reserve { k, amount }),
+                3 => (0..=100u64).prop_map(|share| Op::Finish { share }),
+                1 => Just(Op::Sync),
+                1 => (0..5_000i64).prop_map(|ms| Op::Wait { ms }),
+            ]
+        }
+
+        struct Bed {
+            ledger: Ledger,
+            namespace: Label,
+            names: Vec<Label>,
+            key_budget: BudgetSnapshot,
+            namespace_budget: BudgetSnapshot,
+            keys: Vec<BudgetState>,
+            shared: BudgetState,
+        }
+
+        impl Bed {
+            fn new() -> Self {
+                let budget =
+                    |n| BudgetSnapshot { amount: Usd(n), period: BudgetPeriod::Total, reserve_output_tokens: None };
+                Bed {
+                    ledger: Ledger::new(None, "r0".into()),
+                    namespace: Label::new("team-a"),
+                    names: (0..KEYS).map(|k| Label::new(&format!("key-{k}"))).collect(),
+                    key_budget: budget(KEY_LIMIT),
+                    namespace_budget: budget(NAMESPACE_LIMIT),
+                    keys: (0..KEYS).map(|_| BudgetState::default()).collect(),
+                    shared: BudgetState::default(),
+                }
+            }
+
+            fn own(&self, k: usize) -> BudgetRef<'_> {
+                BudgetRef {
+                    state: &self.keys[k],
+                    budget: &self.key_budget,
+                    namespace: &self.namespace,
+                    key: Some(&self.names[k]),
+                }
+            }
+
+            fn shared(&self) -> BudgetRef<'_> {
+                BudgetRef { state: &self.shared, budget: &self.namespace_budget, namespace: &self.namespace, key: None }
+            }
+
+            /// What the gateway's background sync does.
+            async fn sync_all(&self, now_ms: i64) {
+                for b in (0..KEYS).map(|k| self.own(k)).chain([self.shared()]) {
+                    if b.state.needs_sync(now_ms) {
+                        let sync =
+                            Sync { limit_nanos: b.budget.amount.0, now_ms, need: 0, replicas: 1, give_back: false };
+                        b.state.sync(&self.ledger, &b.id(now_ms), &sync).await.unwrap();
+                    }
+                }
+            }
+
+            async fn settled(&self, b: BudgetRef<'_>) -> u64 {
+                self.ledger.totals(&b.id(0)).await.unwrap().settled_nanos
+            }
+        }
+
+        proptest! {
+            /// Keys that each reserve from their own budget and from their
+            /// namespace's never overspend either, whatever the interleaving,
+            /// and settle into both exactly what their requests cost.
+            #[test]
+            fn neither_budget_is_overspent(ops in proptest::collection::vec(op(), 1..200)) {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                runtime.block_on(async {
+                    let bed = Bed::new();
+                    let mut now = 0i64;
+                    let mut in_flight: Vec<(usize, u64)> = Vec::new();
+                    let mut spent = [0u64; KEYS];
+                    for op in ops {
+                        match op {
+                            Op::Reserve { k, amount } => {
+                                let budgets = [Some(bed.own(k)), Some(bed.shared())];
+                                if reserve_each(&budgets, &bed.ledger, amount, now, 1).await.is_ok() {
+                                    in_flight.push((k, amount));
+                                }
+                            }
+                            Op::Finish { share } => {
+                                if !in_flight.is_empty() {
+                                    let (k, reserved) = in_flight.remove(0);
+                                    let cost = reserved * share / 100;
+                                    bed.own(k).state.settle(reserved, cost);
+                                    bed.shared().state.settle(reserved, cost);
+                                    spent[k] += cost;
+                                }
+                            }
+                            Op::Sync => bed.sync_all(now).await,
+                            Op::Wait { ms } => {
+                                // The sync runs every second while time passes.
+                                for _ in 0..ms / 1_000 {
+                                    now += 1_000;
+                                    bed.sync_all(now).await;
+                                }
+                                now += ms % 1_000;
+                            }
+                        }
+                        prop_assert!(spent.iter().sum::<u64>() <= NAMESPACE_LIMIT, "namespace overspent: {spent:?}");
+                        prop_assert!(spent.iter().all(|s| *s <= KEY_LIMIT), "a key overspent: {spent:?}");
+                    }
+                    for (k, reserved) in in_flight.drain(..) {
+                        bed.own(k).state.settle(reserved, 0);
+                        bed.shared().state.settle(reserved, 0);
+                    }
+                    bed.sync_all(now).await;
+                    prop_assert_eq!(bed.settled(bed.shared()).await, spent.iter().sum::<u64>());
+                    for (k, s) in spent.iter().enumerate() {
+                        prop_assert_eq!(bed.settled(bed.own(k)).await, *s);
+                    }
+                    Ok(())
+                })?;
+            }
+        }
+
+        #[tokio::test]
+        async fn the_namespace_refuses_once_its_keys_together_spent_it() {
+            let bed = Bed::new();
+            let mut spent = 0;
+            for i in 0..100u64 {
+                let k = (i % KEYS as u64) as usize;
+                let budgets = [Some(bed.own(k)), Some(bed.shared())];
+                match reserve_each(&budgets, &bed.ledger, 60, i as i64, 1).await {
+                    Ok(()) => {
+                        bed.own(k).state.settle(60, 50);
+                        bed.shared().state.settle(60, 50);
+                        spent += 50;
+                    }
+                    Err(refused) => {
+                        assert!(refused.key.is_none(), "the namespace's budget refuses, not the key's");
+                        assert_eq!(bed.own(k).state.local().1, 0, "the key's reservation was given back");
+                        break;
+                    }
+                }
+            }
+            // Each key alone could have spent 1,500; together they stop near 2,000.
+            assert!((1_900..=NAMESPACE_LIMIT).contains(&spent), "spent {spent}");
+            bed.sync_all(1_000).await;
+            assert_eq!(bed.settled(bed.shared()).await, spent);
+        }
     }
 }

@@ -23,7 +23,7 @@ pub(crate) use runtime::{ChannelRuntime, Digest, KeyRuntime, ModelRuntime, Runti
 
 use crate::clock::unix_millis;
 use crate::limits::Nanos;
-use crate::metering::{Metrics, UsageSink};
+use crate::metering::{Label, Metrics, UsageSink};
 
 /// Operational settings that do not come from manifests.
 #[derive(Clone, Debug)]
@@ -84,7 +84,8 @@ impl Gateway {
         }
         let channels: HashSet<&Id> = runtime.channels.iter().map(|c| &c.state.id).collect();
         let keys: HashSet<&Id> = runtime.keys.iter().map(|k| &k.state.id).collect();
-        self.registry.retain(&channels, &keys);
+        let namespaces: HashSet<&Label> = runtime.namespaces.iter().map(|n| &n.state.id).collect();
+        self.registry.retain(&channels, &keys, &namespaces);
         self.live.store(Arc::new(runtime));
         self.metrics.snapshot_version.set(i64::try_from(version).unwrap_or(i64::MAX));
         self.loaded.store(true, Ordering::Release);

@@ -1,9 +1,9 @@
 //! State that outlives a snapshot: per channel and per key, keyed by identity
-//! (namespace, name). A snapshot swap re-links the new runtime to the same
-//! entries, so counters, health, rate-limit buckets and requests in flight
-//! (and, later, budget leases) carry over — a configuration change must not
-//! hand a key a fresh allowance; entries of objects that disappeared are
-//! pruned at that swap.
+//! (namespace, name), and per namespace with a budget. A snapshot swap
+//! re-links the new runtime to the same entries, so counters, health,
+//! rate-limit buckets, requests in flight and budget slices carry over — a
+//! configuration change must not hand a key or a namespace a fresh allowance;
+//! entries of objects that disappeared are pruned at that swap.
 //!
 //! The maps are locked only when a snapshot is applied and when a report is
 //! built; requests reach their entries through the `Arc`s the runtime holds
@@ -67,6 +67,13 @@ pub(crate) struct KeyState {
     pub limits: Buckets,
 }
 
+/// A namespace's shared state: this replica's slice of its budget.
+#[derive(Debug)]
+pub(crate) struct NamespaceState {
+    pub id: Label,
+    pub budget: BudgetState,
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Counters stay meaningful after a panic elsewhere; keep counting.
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -86,6 +93,7 @@ impl ChannelState {
 pub(crate) struct Registry {
     channels: Mutex<HashMap<Id, Arc<ChannelState>>>,
     keys: Mutex<HashMap<Id, Arc<KeyState>>>,
+    namespaces: Mutex<HashMap<Label, Arc<NamespaceState>>>,
 }
 
 impl Registry {
@@ -121,11 +129,20 @@ impl Registry {
             .clone()
     }
 
+    /// The entry for a namespace with a budget, created on first sight.
+    pub fn namespace(&self, id: &Label) -> Arc<NamespaceState> {
+        lock(&self.namespaces)
+            .entry(id.clone())
+            .or_insert_with(|| Arc::new(NamespaceState { id: id.clone(), budget: BudgetState::default() }))
+            .clone()
+    }
+
     /// Drops the entries of objects no longer configured. Requests still
     /// running on the old snapshot keep theirs alive until they finish.
-    pub fn retain(&self, channels: &HashSet<&Id>, keys: &HashSet<&Id>) {
+    pub fn retain(&self, channels: &HashSet<&Id>, keys: &HashSet<&Id>, namespaces: &HashSet<&Label>) {
         lock(&self.channels).retain(|id, _| channels.contains(id));
         lock(&self.keys).retain(|id, _| keys.contains(id));
+        lock(&self.namespaces).retain(|id, _| namespaces.contains(id));
     }
 
     /// Every entry, for a report (the lock is held only to copy the `Arc`s).
@@ -151,7 +168,7 @@ mod tests {
         registry.channel(&a).failures.fetch_add(3, Ordering::Relaxed);
         registry.channel(&b);
         assert_eq!(registry.channel(&a).failures.load(Ordering::Relaxed), 3, "same entry on the next snapshot");
-        registry.retain(&HashSet::from([&b]), &HashSet::new());
+        registry.retain(&HashSet::from([&b]), &HashSet::new(), &HashSet::new());
         assert_eq!(registry.channel(&a).failures.load(Ordering::Relaxed), 0, "pruned, then created anew");
         assert_eq!(registry.entries().0.len(), 2);
     }

@@ -13,8 +13,9 @@ use weaver_crds::snapshot::{BudgetSnapshot, Candidate, KeySnapshot, Snapshot};
 use wildmatch::WildMatch;
 
 use super::ClientPool;
-use super::registry::{ChannelState, KeyState, Registry};
-use crate::limits::KeyLimits;
+use super::budget::BudgetRef;
+use super::registry::{ChannelState, KeyState, NamespaceState, Registry};
+use crate::limits::{DEFAULT_OUTPUT_TOKENS, KeyLimits};
 use crate::metering::Label;
 use crate::providers::openai::ModelRename;
 use crate::providers::{Adapter, Operation};
@@ -28,6 +29,8 @@ pub(crate) struct Runtime {
     by_digest: HashMap<Digest, (u32, Option<i64>)>,
     pub keys: Vec<KeyRuntime>,
     pub channels: Vec<ChannelRuntime>,
+    /// Namespaces with a budget.
+    pub namespaces: Vec<NamespaceRuntime>,
 }
 
 pub(crate) struct KeyRuntime {
@@ -38,6 +41,32 @@ pub(crate) struct KeyRuntime {
     pub name: Label,
     pub state: Arc<KeyState>,
     pub budget: Option<BudgetSnapshot>,
+    /// Index into the runtime's `namespaces` when the key's namespace has a budget.
+    pub namespace_budget: Option<u32>,
+    /// Output tokens a budget reserves for a request without an output limit:
+    /// the key's budget's `reserveOutputTokens`, else its namespace's, else
+    /// [`DEFAULT_OUTPUT_TOKENS`].
+    pub reserve_output_tokens: u64,
+}
+
+impl KeyRuntime {
+    /// The key's own budget.
+    pub fn own_budget(&self) -> Option<BudgetRef<'_>> {
+        let budget = self.budget.as_ref()?;
+        Some(BudgetRef { state: &self.state.budget, budget, namespace: &self.namespace, key: Some(&self.name) })
+    }
+}
+
+/// A namespace whose keys share a budget (its NamespacePolicy's).
+pub(crate) struct NamespaceRuntime {
+    pub budget: BudgetSnapshot,
+    pub state: Arc<NamespaceState>,
+}
+
+impl NamespaceRuntime {
+    pub fn budget_ref(&self) -> BudgetRef<'_> {
+        BudgetRef { state: &self.state.budget, budget: &self.budget, namespace: &self.state.id, key: None }
+    }
 }
 
 pub(crate) struct ChannelRuntime {
@@ -81,6 +110,18 @@ impl Runtime {
     /// not a valid URI) are returned as messages and the model is not routed to.
     pub fn build(snapshot: Snapshot, pool: &ClientPool, registry: &Registry) -> (Self, Vec<String>) {
         let mut warnings = Vec::new();
+        let namespaces: Vec<NamespaceRuntime> = snapshot
+            .namespaces
+            .iter()
+            .filter_map(|n| {
+                Some(NamespaceRuntime { budget: n.budget?, state: registry.namespace(&Label::new(&n.namespace)) })
+            })
+            .collect();
+        let namespace_index: HashMap<&str, u32> = namespaces
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.state.id.as_str(), u32::try_from(i).unwrap_or(u32::MAX)))
+            .collect();
         let mut by_digest = HashMap::with_capacity(snapshot.keys.len());
         let mut keys = Vec::with_capacity(snapshot.keys.len());
         for (idx, k) in snapshot.keys.iter().enumerate() {
@@ -94,6 +135,13 @@ impl Runtime {
                 }
             }
             let id = (Label::new(&k.namespace), Label::new(&k.name));
+            let namespace_budget = namespace_index.get(k.namespace.as_str()).copied();
+            let shared = namespace_budget.map(|i| &namespaces[i as usize].budget);
+            let reserve_output_tokens = [k.budget.as_ref(), shared]
+                .into_iter()
+                .flatten()
+                .find_map(|b| b.reserve_output_tokens)
+                .map_or(DEFAULT_OUTPUT_TOKENS, u64::from);
             keys.push(KeyRuntime {
                 allowed: k.allowed_models.iter().map(|g| WildMatch::new(g)).collect(),
                 limits: k.rate_limit.as_ref().and_then(|l| KeyLimits::new(l, snapshot.gateway_replicas)),
@@ -101,6 +149,8 @@ impl Runtime {
                 namespace: id.0,
                 name: id.1,
                 budget: k.budget,
+                namespace_budget,
+                reserve_output_tokens,
             });
         }
         let channels = snapshot
@@ -144,7 +194,20 @@ impl Runtime {
                 }
             })
             .collect();
-        (Self { snapshot, by_digest, keys, channels }, warnings)
+        (Self { snapshot, by_digest, keys, channels, namespaces }, warnings)
+    }
+
+    /// The budget the key's namespace shares among its keys, if it has one.
+    pub fn namespace_budget(&self, key: &KeyRuntime) -> Option<BudgetRef<'_>> {
+        key.namespace_budget.and_then(|i| self.namespaces.get(i as usize)).map(NamespaceRuntime::budget_ref)
+    }
+
+    /// Every budget of this runtime: the keys' own, then the namespaces'.
+    pub fn budgets(&self) -> impl Iterator<Item = BudgetRef<'_>> {
+        self.keys
+            .iter()
+            .filter_map(KeyRuntime::own_budget)
+            .chain(self.namespaces.iter().map(NamespaceRuntime::budget_ref))
     }
 
     /// The key a digest belongs to, and when that digest stops working.

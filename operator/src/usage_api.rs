@@ -1,0 +1,211 @@
+//! The usage API (`weaver-usage-api`, the same routes as the standalone
+//! gateway's) on the operator's HTTPS server, for people and dashboards in the
+//! cluster. Served when the operator has a usage store (`--store`), by every
+//! replica: it only reads.
+//!
+//! Callers present a Kubernetes token for the API server's own audiences
+//! (`kubectl create token`, a kubeconfig's token). A TokenReview says who they
+//! are; SubjectAccessReviews in each namespace say what they may read, so a
+//! team sees the namespaces its RBAC allows and ordinary Roles grant it:
+//! - usage (records, summary, export): `get` on `apikeys/usage`. A
+//!   subresource of its own, read like `pods/log`, so that reading the
+//!   requests a namespace made is granted apart from reading its ApiKeys;
+//! - a key's budget and period spend: `get` on that `apikeys` object, what
+//!   `kubectl get apikey NAME` needs, since the answer tells no more than the
+//!   ApiKey's status does.
+//!
+//! A request naming no namespace reads every namespace when the caller may
+//! read usage at the cluster scope (a ClusterRoleBinding), else the
+//! namespaces holding ApiKeys in which it may (one review per namespace,
+//! cached with the others).
+
+use std::collections::BTreeSet;
+
+use axum::Router;
+use futures_util::StreamExt as _;
+use http::HeaderMap;
+use kube::ResourceExt as _;
+use kube::runtime::reflector::{ObjectRef, Store};
+use weaver_crds::ApiKey;
+use weaver_crds::compiler::keys::budget_snapshot;
+use weaver_store::ledger::BudgetId;
+use weaver_usage_api::{Access, ApiError, Authorize, KeyDirectory, KeyInfo, LedgerAmounts, Resource, Scope};
+
+use crate::auth::{Attributes, Audience, AuthError, Authenticator, Identity, bearer_token};
+use crate::context::Context;
+
+/// The RBAC verb of every usage API route.
+pub const VERB: &str = "get";
+/// The resource whose objects the key route reads, and whose subresource
+/// [`USAGE`] the usage routes read.
+pub const RESOURCE: &str = "apikeys";
+/// The subresource of [`RESOURCE`] granting a namespace's usage records.
+pub const USAGE: &str = "usage";
+
+/// Reviews in flight at once for one request that names no namespace.
+const CONCURRENT_REVIEWS: usize = 16;
+
+/// Why `/admin/v1/...` answers 404 on an operator without a store.
+const NO_STORE: &str =
+    "this operator has no usage store, so it serves no usage API: start it with --store postgres://... (WEAVER_STORE)";
+
+/// The usage API's routes for the HTTPS server: with a store, the router of
+/// `weaver-usage-api` authorized by RBAC; without one, every `/admin/v1/...`
+/// URL answers 404 `usage_api_off` saying so (as a gateway with
+/// `--store off` does: the API is absent here, not failing, so clients
+/// should not retry). `only` is `--watch-namespace`.
+pub fn router(ctx: &Context, only: Option<String>) -> Router {
+    let Some(reader) = &ctx.store else {
+        return weaver_usage_api::off(NO_STORE);
+    };
+    let store = reader.store().clone();
+    let authorize = KubeAuthorizer { auth: ctx.authenticator.clone(), api_keys: ctx.stores.api_keys.clone(), only };
+    let keys = WatchedKeys { api_keys: ctx.stores.api_keys.clone(), store: store.clone() };
+    weaver_usage_api::router(store, authorize, keys)
+}
+
+fn usage_in(namespace: &str) -> Attributes {
+    Attributes { verb: VERB, resource: RESOURCE, subresource: USAGE, name: String::new(), namespace: namespace.into() }
+}
+
+fn key_in(namespace: &str, name: &str) -> Attributes {
+    Attributes { verb: VERB, resource: RESOURCE, subresource: "", name: name.into(), namespace: namespace.into() }
+}
+
+/// Who may read what, by TokenReview and SubjectAccessReview.
+pub struct KubeAuthorizer {
+    auth: Authenticator,
+    /// Where ApiKeys are: the namespaces a request naming none may come to.
+    api_keys: Store<ApiKey>,
+    /// `--watch-namespace`: the one namespace this operator serves.
+    only: Option<String>,
+}
+
+/// One authenticated caller.
+struct Caller<'a> {
+    auth: &'a Authenticator,
+    token: &'a str,
+    who: Identity,
+}
+
+impl Caller<'_> {
+    async fn may(&self, attributes: &Attributes) -> Result<(), AuthError> {
+        self.auth.check(self.token, Audience::ApiServer, &self.who, attributes).await
+    }
+}
+
+impl Authorize for KubeAuthorizer {
+    async fn authorize(&self, headers: &HeaderMap, access: Access<'_>) -> Result<Scope, ApiError> {
+        let token = bearer_token(headers).map_err(refuse)?;
+        let who = self.auth.authenticate(token, Audience::ApiServer).await.map_err(refuse)?;
+        let caller = Caller { auth: &self.auth, token, who };
+        if let Some(only) = &self.only
+            && let Some(other) = access.namespaces.iter().find(|ns| *ns != only)
+        {
+            return Err(ApiError::forbidden(format!(
+                "this operator serves namespace {only:?} only (--watch-namespace), not {other:?}"
+            )));
+        }
+        match access.resource {
+            // The document holds no namespaced data: being someone is enough.
+            Resource::Document => Ok(Scope::Namespaces(Vec::new())),
+            Resource::Key { name } => {
+                for ns in access.namespaces {
+                    caller.may(&key_in(ns, name)).await.map_err(refuse)?;
+                }
+                Ok(Scope::Namespaces(access.namespaces.to_vec()))
+            }
+            Resource::Usage if !access.namespaces.is_empty() => {
+                // One at a time, so the 403 names the first namespace refused;
+                // a request names a few, and their decisions are cached.
+                for ns in access.namespaces {
+                    caller.may(&usage_in(ns)).await.map_err(refuse)?;
+                }
+                Ok(Scope::Namespaces(access.namespaces.to_vec()))
+            }
+            Resource::Usage => self.all_visible(&caller).await,
+        }
+    }
+}
+
+impl KubeAuthorizer {
+    /// What a request naming no namespace comes to.
+    async fn all_visible(&self, caller: &Caller<'_>) -> Result<Scope, ApiError> {
+        let denied = match (&self.only, caller.may(&usage_in(self.only.as_deref().unwrap_or(""))).await) {
+            (None, Ok(())) => return Ok(Scope::All),
+            (Some(only), Ok(())) => return Ok(Scope::Namespaces(vec![only.clone()])),
+            (None, Err(denied @ AuthError::Forbidden { .. })) => denied,
+            (_, Err(e)) => return Err(refuse(e)),
+        };
+        // Usage is recorded per ApiKey, so namespaces without ApiKeys have
+        // none worth asking about (usage of deleted keys is read by naming
+        // the namespace). The watch cache answers without a request.
+        let candidates: BTreeSet<String> = self.api_keys.state().iter().filter_map(|k| k.namespace()).collect();
+        let decisions: Vec<(String, Result<(), AuthError>)> = futures_util::stream::iter(candidates)
+            .map(|ns| async move {
+                let decision = caller.may(&usage_in(&ns)).await;
+                (ns, decision)
+            })
+            .buffered(CONCURRENT_REVIEWS)
+            .collect()
+            .await;
+        let mut allowed = Vec::new();
+        for (ns, decision) in decisions {
+            match decision {
+                Ok(()) => allowed.push(ns),
+                Err(AuthError::Forbidden { .. }) => {}
+                Err(e) => return Err(refuse(e)),
+            }
+        }
+        if allowed.is_empty() {
+            return Err(ApiError::forbidden(format!("{denied}, nor in any namespace that has ApiKeys")));
+        }
+        Ok(Scope::Namespaces(allowed))
+    }
+}
+
+/// The usage API's answer to a refusal; the token is in none of them.
+fn refuse(e: AuthError) -> ApiError {
+    match e {
+        AuthError::MissingToken => ApiError::unauthenticated(
+            "missing bearer token: send `Authorization: Bearer <token>` with a Kubernetes token, such as \
+             `kubectl create token <serviceaccount>` prints",
+        ),
+        AuthError::Unauthenticated(_) => ApiError::unauthenticated(e.to_string()),
+        AuthError::Forbidden { .. } => ApiError::forbidden(e.to_string()),
+        AuthError::Api(_) => {
+            tracing::warn!(error = %e, "usage API: cannot check a caller with the API server");
+            ApiError::unavailable(
+                "kubernetes_unavailable",
+                "the Kubernetes API server, which checks the token, did not answer; try again later",
+            )
+        }
+    }
+}
+
+/// ApiKeys as the operator watches them, and their budget ledger in the store.
+pub struct WatchedKeys {
+    api_keys: Store<ApiKey>,
+    store: weaver_store::Store,
+}
+
+impl KeyDirectory for WatchedKeys {
+    async fn key(&self, namespace: &str, name: &str) -> Result<Option<KeyInfo>, ApiError> {
+        let Some(key) = self.api_keys.get(&ObjectRef::new(name).within(namespace)) else {
+            return Ok(None);
+        };
+        // A budget the compiler refuses is not enforced, so none is shown
+        // (the ApiKey's Ready condition says why).
+        let budget = key.spec.budget.as_ref().and_then(|b| budget_snapshot(b).ok());
+        let ledger = match &budget {
+            Some(b) => {
+                let id = BudgetId::key(namespace, name, b.period, weaver_store::now_ms());
+                let totals = self.store.budget_totals(&id).await.map_err(ApiError::from_store)?;
+                // In-flight reservations live in the gateways, inside their leases.
+                Some(LedgerAmounts::new(&totals.unwrap_or_default(), 0))
+            }
+            None => None,
+        };
+        Ok(Some(KeyInfo { budget, ledger }))
+    }
+}
