@@ -9,8 +9,9 @@
 //!   base64 PDF documents `file` parts;
 //! - an assistant turn's `tool_use` blocks become its `tool_calls` (ids kept,
 //!   `input` as the `arguments` string); a user turn's `tool_result` blocks
-//!   become `tool` messages, ahead of the rest of that turn (an error result
-//!   is marked `Error: `); thinking blocks are left out;
+//!   become `tool` messages (their text; images in results are left out),
+//!   ahead of the rest of that turn (an error result is marked `Error: `);
+//!   thinking blocks are left out;
 //! - `max_tokens` -> `max_completion_tokens` (OpenAI, Azure) or `max_tokens`
 //!   (the rest of the family), `stop_sequences` -> `stop`, `temperature`,
 //!   `top_p`, `metadata.user_id` -> `user`;
