@@ -162,11 +162,11 @@ impl Provider {
         !matches!(self, Provider::Ollama | Provider::Vllm | Provider::OpenaiCompatible | Provider::Mock)
     }
 
-    /// Whether this gateway version can relay to the provider. Anthropic,
-    /// Gemini and Cohere speak their own wire formats and need translating
-    /// adapters, which are not built yet.
+    /// Whether this gateway version can relay to the provider. Gemini and
+    /// Cohere speak their own wire formats and need translating adapters,
+    /// which are not built yet.
     pub fn is_supported(self) -> bool {
-        !matches!(self, Provider::Anthropic | Provider::Gemini | Provider::Cohere)
+        !matches!(self, Provider::Gemini | Provider::Cohere)
     }
 }
 
@@ -214,6 +214,12 @@ pub struct Pricing {
     #[schemars(length(max = 32))]
     #[x_kube(validation = Rule::new("self.matches('^[0-9]+(\\\\.[0-9]{1,6})?$')").message("must be a decimal USD amount such as \"0.075\""))]
     pub cached_input_per_million: Option<String>,
+    /// Price of a million input tokens written to the provider's prompt cache
+    /// (Anthropic's cache writes); defaults to the input price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("self.matches('^[0-9]+(\\\\.[0-9]{1,6})?$')").message("must be a decimal USD amount such as \"3.75\""))]
+    pub cache_write_input_per_million: Option<String>,
 }
 
 /// Upstream timeouts as durations (`500ms`, `30s`, `5m`, `1h30m`).

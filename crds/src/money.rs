@@ -64,6 +64,11 @@ pub struct Prices {
     pub output: u64,
     /// Nano-dollars per million cached input tokens.
     pub cached_input: u64,
+    /// Nano-dollars per million input tokens written to the provider's prompt
+    /// cache (Anthropic's `cache_creation_input_tokens`, billed above the
+    /// input price); `None`: the input price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write_input: Option<u64>,
 }
 
 impl Prices {
@@ -71,9 +76,18 @@ impl Prices {
     /// `cached` input tokens are part of `input` (OpenAI's convention) and are
     /// billed at the cached price instead of the full one.
     pub fn cost(&self, input: u64, cached: u64, output: u64) -> Usd {
+        self.cost_with_cache_writes(input, cached, 0, output)
+    }
+
+    /// [`cost`](Self::cost) where `cache_writes` of the `input` tokens were
+    /// written to the prompt cache and are billed at the cache-write price.
+    pub fn cost_with_cache_writes(&self, input: u64, cached: u64, cache_writes: u64, output: u64) -> Usd {
         let cached = cached.min(input);
-        let scaled = u128::from(input - cached) * u128::from(self.input)
+        let cache_writes = cache_writes.min(input - cached);
+        let write_price = self.cache_write_input.unwrap_or(self.input);
+        let scaled = u128::from(input - cached - cache_writes) * u128::from(self.input)
             + u128::from(cached) * u128::from(self.cached_input)
+            + u128::from(cache_writes) * u128::from(write_price)
             + u128::from(output) * u128::from(self.output);
         let nanos = (scaled + 500_000) / 1_000_000;
         Usd(u64::try_from(nanos).unwrap_or(u64::MAX))
@@ -108,9 +122,18 @@ mod tests {
             input: "0.15".parse::<Usd>().map(|u| u.0).unwrap_or_default(),
             output: 600_000_000,
             cached_input: 75_000_000,
+            cache_write_input: Some(187_500_000),
         };
         // 1M input of which 400k cached, 1M output: 0.09 + 0.03 + 0.60.
         assert_eq!(prices.cost(1_000_000, 400_000, 1_000_000), "0.72".parse().unwrap_or_default());
+        // And 200k of the rest written to the cache: 0.06 + 0.03 + 0.0375 + 0.60.
+        assert_eq!(
+            prices.cost_with_cache_writes(1_000_000, 400_000, 200_000, 1_000_000),
+            "0.7275".parse().unwrap_or_default()
+        );
+        // No cache-write price: written tokens cost the input price.
+        let plain = Prices { cache_write_input: None, ..prices };
+        assert_eq!(plain.cost_with_cache_writes(1_000_000, 400_000, 200_000, 0), plain.cost(1_000_000, 400_000, 0));
     }
 
     proptest! {
@@ -122,7 +145,7 @@ mod tests {
 
         #[test]
         fn cost_is_additive_up_to_rounding(a in 0u64..10_000_000, b in 0u64..10_000_000, price in 0u64..100_000_000_000) {
-            let p = Prices { input: price, output: price, cached_input: price };
+            let p = Prices { input: price, output: price, cached_input: price, cache_write_input: Some(price) };
             let whole = p.cost(a + b, 0, 0).0;
             let parts = p.cost(a, 0, 0).0 + p.cost(b, 0, 0).0;
             prop_assert!(whole.abs_diff(parts) <= 1);

@@ -26,7 +26,12 @@ fn route(strategy: Strategy) -> (Route, Vec<weaver_gateway::routing::Lease>) {
             priority: (i % 4) as i32,
             fallback: 0,
             tier: 0,
-            prices: Prices { input: 100 + u64::from(i % 13), output: 400 + u64::from(i % 5), cached_input: 50 },
+            prices: Prices {
+                input: 100 + u64::from(i % 13),
+                output: 400 + u64::from(i % 5),
+                cached_input: 50,
+                cache_write_input: None,
+            },
             key: channel_key("bench", &format!("channel-{i}")),
             caps: if i == 8 { Caps { concurrency: Some(1), ..Caps::default() } } else { Caps::default() },
             upstream: Arc::new(Upstream::default()),

@@ -90,6 +90,17 @@ spec:
     - name: text-embedding-3-small
     - name: secret-model
 ---
+apiVersion: llmweaver.io/v1alpha1
+kind: Channel
+metadata: {{name: mock-anthropic, namespace: sdk}}
+spec:
+  provider: anthropic
+  baseUrl: {anthropic_url}
+  credentials: {{secretRef: {{name: upstream}}}}
+  models:
+    - name: claude-mock
+      upstreamModel: claude-sonnet-4-6
+---
 apiVersion: v1
 kind: Secret
 metadata: {{name: sdk-apikey, namespace: sdk}}
@@ -99,7 +110,7 @@ apiVersion: llmweaver.io/v1alpha1
 kind: ApiKey
 metadata: {{name: sdk, namespace: sdk}}
 spec:
-  allowedModels: ["demo-*", "gpt-4o*", "text-embedding-*"]
+  allowedModels: ["demo-*", "gpt-4o*", "text-embedding-*", "claude-*"]
 """
 
 
@@ -121,6 +132,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, upstream: Process) -> Proc
         MANIFESTS.format(
             upstream_key=UPSTREAM_KEY,
             upstream_url=f"http://{upstream.addr}/v1",
+            anthropic_url=f"http://{upstream.addr}",
             client_key=CLIENT_KEY,
         )
     )

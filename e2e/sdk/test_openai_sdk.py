@@ -1,9 +1,15 @@
-"""The official `openai` Python SDK, unchanged, pointed at the gateway."""
+"""The official `openai` Python SDK, unchanged, pointed at the gateway: the
+same code against a mock channel, an OpenAI channel and an Anthropic channel
+(`claude-mock`, whose requests and answers the gateway translates)."""
 
 from __future__ import annotations
 
+import json
+
 import openai
 import pytest
+
+CHAT_MODELS = ["demo-chat", "gpt-4o-mini", "claude-mock"]
 
 @pytest.fixture
 def client(gateway) -> openai.OpenAI:
@@ -13,7 +19,7 @@ def client(gateway) -> openai.OpenAI:
 MESSAGES = [{"role": "user", "content": "Hello from the SDK"}]
 
 
-@pytest.mark.parametrize("model", ["demo-chat", "gpt-4o-mini"])
+@pytest.mark.parametrize("model", CHAT_MODELS)
 def test_chat_completion(client: openai.OpenAI, model: str) -> None:
     completion = client.chat.completions.create(model=model, messages=MESSAGES)
     assert completion.choices[0].message.role == "assistant"
@@ -23,7 +29,7 @@ def test_chat_completion(client: openai.OpenAI, model: str) -> None:
     assert completion.usage.total_tokens == completion.usage.prompt_tokens + completion.usage.completion_tokens
 
 
-@pytest.mark.parametrize("model", ["demo-chat", "gpt-4o-mini"])
+@pytest.mark.parametrize("model", CHAT_MODELS)
 def test_streaming_chat_completion(client: openai.OpenAI, model: str) -> None:
     stream = client.chat.completions.create(model=model, messages=MESSAGES, stream=True)
     chunks = list(stream)
@@ -35,7 +41,7 @@ def test_streaming_chat_completion(client: openai.OpenAI, model: str) -> None:
     assert all(c.usage is None for c in chunks)
 
 
-@pytest.mark.parametrize("model", ["demo-chat", "gpt-4o-mini"])
+@pytest.mark.parametrize("model", CHAT_MODELS)
 def test_streaming_with_include_usage_returns_the_usage_chunk(client: openai.OpenAI, model: str) -> None:
     stream = client.chat.completions.create(
         model=model, messages=MESSAGES, stream=True, stream_options={"include_usage": True}
@@ -48,9 +54,73 @@ def test_streaming_with_include_usage_returns_the_usage_chunk(client: openai.Ope
     assert last.usage.completion_tokens == len(content_chunks)
 
 
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "The weather in a city now",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        },
+    }
+]
+
+
+def first_turn(client: openai.OpenAI, model: str, stream: bool, content: str = "Weather in Paris?"):
+    """The model's tool calls for a question, as (id, name, arguments) and the finish reason."""
+    messages = [{"role": "user", "content": content}]
+    if not stream:
+        completion = client.chat.completions.create(model=model, messages=messages, tools=TOOLS)
+        calls = completion.choices[0].message.tool_calls
+        return [(c.id, c.function.name, c.function.arguments) for c in calls], completion.choices[0].finish_reason
+    calls: dict[int, list[str]] = {}
+    finish = None
+    for chunk in client.chat.completions.create(model=model, messages=messages, tools=TOOLS, stream=True):
+        if not chunk.choices:
+            continue
+        for delta in chunk.choices[0].delta.tool_calls or []:
+            call = calls.setdefault(delta.index, ["", "", ""])
+            call[0] += delta.id or ""
+            call[1] += (delta.function.name or "") if delta.function else ""
+            call[2] += (delta.function.arguments or "") if delta.function else ""
+        finish = chunk.choices[0].finish_reason or finish
+    return [tuple(calls[i]) for i in sorted(calls)], finish
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "claude-mock"])
+def test_two_turn_tool_conversation(client: openai.OpenAI, model: str, stream: bool) -> None:
+    calls, finish = first_turn(client, model, stream)
+    assert finish == "tool_calls"
+    assert len(calls) == 1
+    call_id, name, arguments = calls[0]
+    assert name == "get_weather" and call_id
+    assert json.loads(arguments) == {"city": 'mock "value"'}
+    messages = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}],
+        },
+        {"role": "tool", "tool_call_id": call_id, "content": "sunny"},
+    ]
+    completion = client.chat.completions.create(model=model, messages=messages, tools=TOOLS)
+    assert completion.choices[0].message.content == "The tool said: sunny"
+    assert completion.choices[0].finish_reason == "stop"
+
+
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "claude-mock"])
+def test_parallel_tool_calls_stream_apart(client: openai.OpenAI, model: str) -> None:
+    calls, finish = first_turn(client, model, True, "Paris and Oslo? mock:parallel")
+    assert finish == "tool_calls"
+    assert len(calls) == 2 and calls[0][0] != calls[1][0]
+    assert all(json.loads(arguments) == {"city": 'mock "value"'} for _, _, arguments in calls)
+
+
 def test_models_list_shows_only_what_the_key_may_use(client: openai.OpenAI) -> None:
     ids = sorted(m.id for m in client.models.list())
-    assert ids == ["demo-chat", "demo-embed", "gpt-4o-mini", "text-embedding-3-small"]
+    assert ids == ["claude-mock", "demo-chat", "demo-embed", "gpt-4o-mini", "text-embedding-3-small"]
     assert client.models.retrieve("gpt-4o-mini").id == "gpt-4o-mini"
 
 

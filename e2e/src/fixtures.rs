@@ -73,6 +73,30 @@ spec:
     )
 }
 
+/// An Anthropic channel `claude` whose API root is `root` (e.g.
+/// `http://127.0.0.1:1234`, no `/v1`), serving public model `claude-test` as
+/// `claude-sonnet-4-6` at 3 / 15 / 0.30 / 3.75 USD per million input, output,
+/// cached and cache-write tokens; it shares [`openai_namespace`]'s upstream
+/// credentials.
+pub fn anthropic_channel(root: &str) -> String {
+    format!(
+        r#"---
+apiVersion: llmweaver.io/v1alpha1
+kind: Channel
+metadata: {{name: claude, namespace: {NAMESPACE}}}
+spec:
+  provider: anthropic
+  baseUrl: {root}
+  credentials: {{secretRef: {{name: upstream-creds}}}}
+  models:
+    - name: claude-test
+      upstreamModel: claude-sonnet-4-6
+      pricing: {{inputPerMillion: "3", outputPerMillion: "15", cachedInputPerMillion: "0.30", cacheWriteInputPerMillion: "3.75"}}
+  timeouts: {{firstByte: 5s, total: 10s}}
+"#
+    )
+}
+
 /// A `mock` channel `demo` (answers locally, no upstream) serving `demo-chat`.
 pub fn mock_channel() -> String {
     format!(

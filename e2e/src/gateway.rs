@@ -125,6 +125,29 @@ impl Drop for TestGateway {
     }
 }
 
+/// Reads a streamed body into `text` until `done(text)` holds (`Ok(true)`)
+/// or the body ends first (`Ok(false)`), waiting at most [`EVENTUALLY`]: a
+/// bound on the wait, not a measurement (a relay that buffers a held stream
+/// never delivers).
+pub async fn read_until<S, B, E>(stream: &mut S, text: &mut String, done: impl Fn(&str) -> bool) -> anyhow::Result<bool>
+where
+    S: futures_util::Stream<Item = Result<B, E>> + Unpin,
+    B: AsRef<[u8]>,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    use futures_util::StreamExt as _;
+    let read = async {
+        while !done(text) {
+            let Some(chunk) = stream.next().await else { return anyhow::Ok(false) };
+            text.push_str(&String::from_utf8_lossy(chunk?.as_ref()));
+        }
+        Ok(true)
+    };
+    tokio::time::timeout(EVENTUALLY, read)
+        .await
+        .map_err(|_| anyhow::anyhow!("the stream did not deliver in {EVENTUALLY:?}: {text:?}"))?
+}
+
 /// How long [`eventually`] waits before it gives up.
 pub const EVENTUALLY: std::time::Duration = std::time::Duration::from_secs(10);
 

@@ -31,6 +31,122 @@ pub(crate) struct Answer {
     omit_usage: bool,
     /// Prompt tokens served from the (simulated) prompt cache.
     cached_tokens: u64,
+    /// Tool calls instead of text (finish reason `tool_calls`).
+    calls: Vec<Call>,
+}
+
+/// One tool call of an answer.
+#[derive(Clone, Debug)]
+struct Call {
+    id: String,
+    name: String,
+    /// The arguments, a JSON object as text.
+    arguments: String,
+}
+
+/// Bytes per streamed arguments fragment: small enough to split keys,
+/// values and escapes, as models' tokens do.
+const FRAGMENT: usize = 5;
+
+/// `text` in pieces of about [`FRAGMENT`] bytes (cut on characters).
+pub(crate) fn fragments(text: &str) -> impl Iterator<Item = &str> {
+    let mut rest = text;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut cut = rest.len().min(FRAGMENT);
+        while !rest.is_char_boundary(cut) {
+            cut += 1;
+        }
+        let (piece, after) = rest.split_at(cut);
+        rest = after;
+        Some(piece)
+    })
+}
+
+/// A value a JSON schema accepts, made up from its `type`.
+pub(crate) fn example(schema: &Value) -> Value {
+    match schema.get("type").and_then(Value::as_str) {
+        Some("string") => Value::from("mock \"value\""),
+        Some("integer" | "number") => Value::from(42),
+        Some("boolean") => Value::from(true),
+        Some("array") => Value::Array(Vec::new()),
+        Some("object") => Value::Object(
+            schema
+                .get("properties")
+                .and_then(Value::as_object)
+                .into_iter()
+                .flatten()
+                .map(|(name, property)| (name.clone(), example(property)))
+                .collect(),
+        ),
+        _ => Value::Null,
+    }
+}
+
+/// The calls a request gets: with `tools`, unless tool results came back
+/// (the last message is a `tool` one) or `tool_choice` is `none`, the
+/// first tool (the named one, for a named `tool_choice`) is called with
+/// arguments made from its schema; `mock:parallel` in the prompt calls a
+/// second tool (or the first again) in the same turn.
+fn calls_for(request: &Request, texts: &[String]) -> Vec<Call> {
+    let tools = request.get("tools").and_then(Value::as_array).cloned().unwrap_or_default();
+    let last_role = request
+        .get("messages")
+        .and_then(Value::as_array)
+        .and_then(|m| m.last())
+        .and_then(|m| m.get("role"))
+        .and_then(Value::as_str);
+    let choice = request.get("tool_choice");
+    if tools.is_empty() || last_role == Some("tool") || choice.and_then(Value::as_str) == Some("none") {
+        return Vec::new();
+    }
+    let named = choice.and_then(|c| c.get("function")).and_then(|f| f.get("name")).and_then(Value::as_str);
+    let function = |t: &Value| t.get("function").cloned().unwrap_or(Value::Null);
+    let first = tools
+        .iter()
+        .map(function)
+        .find(|f| named.is_none() || f.get("name").and_then(Value::as_str) == named)
+        .unwrap_or_else(|| function(&tools[0]));
+    let mut called = vec![first.clone()];
+    if texts.iter().any(|t| t.contains("mock:parallel")) {
+        called.push(tools.get(1).map(function).unwrap_or(first));
+    }
+    called
+        .iter()
+        .enumerate()
+        .map(|(i, f)| Call {
+            id: format!("call_mock_{i}"),
+            name: f.get("name").and_then(Value::as_str).unwrap_or_default().to_owned(),
+            arguments: example(f.get("parameters").unwrap_or(&serde_json::json!({"type": "object"}))).to_string(),
+        })
+        .collect()
+}
+
+/// What the trailing `tool` messages said, joined.
+fn tool_results(request: &Request) -> Option<String> {
+    let messages = request.get("messages").and_then(Value::as_array)?;
+    let results: Vec<String> = messages
+        .iter()
+        .rev()
+        .take_while(|m| m.get("role").and_then(Value::as_str) == Some("tool"))
+        .map(|m| match m.get("content") {
+            Some(Value::String(t)) => t.clone(),
+            Some(Value::Array(parts)) => {
+                parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).collect::<Vec<_>>().join(" ")
+            }
+            _ => String::new(),
+        })
+        .collect();
+    (!results.is_empty()).then(|| results.into_iter().rev().collect::<Vec<_>>().join(" | "))
+}
+
+/// Image parts of the last message.
+fn images(request: &Request) -> usize {
+    let last = request.get("messages").and_then(Value::as_array).and_then(|m| m.last());
+    let parts = last.and_then(|m| m.get("content")).and_then(Value::as_array);
+    parts.into_iter().flatten().filter(|p| p.get("type").and_then(Value::as_str) == Some("image_url")).count()
 }
 
 /// Roughly four characters a token.
@@ -79,11 +195,19 @@ impl Answer {
     pub fn for_chat(request: &Request, tokens: Option<usize>, null_usage_details: bool) -> Result<Self, UpstreamError> {
         let texts = message_texts(request)?;
         let prompt_tokens = 3 + texts.iter().map(|t| 4 + estimate_tokens(t)).sum::<u64>();
-        let mut completion: Vec<String> = match tokens {
-            Some(n) => (0..n).map(|i| format!(" {}", FILLER[i % FILLER.len()])).collect(),
-            None => {
+        let calls = calls_for(request, &texts);
+        let mut completion: Vec<String> = match (tokens, tool_results(request)) {
+            _ if !calls.is_empty() => Vec::new(),
+            (_, Some(said)) => format!("The tool said: {said}").split_inclusive(' ').map(str::to_owned).collect(),
+            (Some(n), None) => (0..n).map(|i| format!(" {}", FILLER[i % FILLER.len()])).collect(),
+            (None, None) => {
                 let said: String = texts.last().map(|t| t.chars().take(200).collect()).unwrap_or_default();
-                format!("This is LLM Weaver's mock channel. You said: {said}")
+                let images = match images(request) {
+                    0 => String::new(),
+                    1 => " (and 1 image)".to_owned(),
+                    n => format!(" (and {n} images)"),
+                };
+                format!("This is LLM Weaver's mock channel. You said: {said}{images}")
                     .split_inclusive(' ')
                     .map(str::to_owned)
                     .collect()
@@ -96,18 +220,23 @@ impl Answer {
             completion.truncate(limit);
             finish_reason = "length";
         }
+        if !calls.is_empty() {
+            finish_reason = "tool_calls";
+        }
         let digest = Sha256::digest(request.model.as_bytes());
         Ok(Self {
             id: format!("chatcmpl-mock{}", digest[..6].iter().map(|b| format!("{b:02x}")).collect::<String>()),
             created: unix_seconds(),
             model: request.model.clone(),
-            completion_tokens: completion.len() as u64,
+            completion_tokens: completion.len() as u64
+                + calls.iter().map(|c| estimate_tokens(&c.arguments)).sum::<u64>(),
             tokens: completion,
             prompt_tokens,
             finish_reason,
             null_usage_details,
             omit_usage: false,
             cached_tokens: 0,
+            calls,
         })
     }
 
@@ -164,6 +293,20 @@ impl Answer {
     /// The answer as one `chat.completion` object.
     pub fn to_json(&self) -> Vec<u8> {
         let content = self.tokens.concat();
+        let tool_calls: Vec<ToolCall<'_>> = self
+            .calls
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                ToolCall {
+                    index: None,
+                    id: Some(&c.id),
+                    kind: Some("function"),
+                    function: FunctionCall { name: Some(&c.name), arguments: &c.arguments },
+                }
+                .at(i, false)
+            })
+            .collect();
         let body = Completion {
             id: &self.id,
             object: "chat.completion",
@@ -171,7 +314,12 @@ impl Answer {
             model: &self.model,
             choices: [CompletionChoice {
                 index: 0,
-                message: Message { role: "assistant", content: &content, refusal: None },
+                message: Message {
+                    role: "assistant",
+                    content: (tool_calls.is_empty() || !content.is_empty()).then_some(content.as_str()),
+                    refusal: None,
+                    tool_calls,
+                },
                 logprobs: None,
                 finish_reason: self.finish_reason,
             }],
@@ -200,9 +348,31 @@ impl Answer {
     /// `"usage":null` on every other chunk) and `[DONE]`.
     pub fn to_events(&self, include_usage: bool) -> Vec<Bytes> {
         let mut events = Vec::with_capacity(self.tokens.len() + 4);
-        events.push(self.chunk(Delta { role: Some("assistant"), content: Some("") }, None, include_usage));
+        events.push(self.chunk(
+            Delta { role: Some("assistant"), content: Some(""), tool_calls: None },
+            None,
+            include_usage,
+        ));
         for token in &self.tokens {
             events.push(self.chunk(Delta::content(token), None, include_usage));
+        }
+        for (i, call) in self.calls.iter().enumerate() {
+            let start = ToolCall {
+                index: None,
+                id: Some(&call.id),
+                kind: Some("function"),
+                function: FunctionCall { name: Some(&call.name), arguments: "" },
+            };
+            events.push(self.chunk(Delta::call(start.at(i, true)), None, include_usage));
+            for piece in fragments(&call.arguments) {
+                let fragment = ToolCall {
+                    index: None,
+                    id: None,
+                    kind: None,
+                    function: FunctionCall { name: None, arguments: piece },
+                };
+                events.push(self.chunk(Delta::call(fragment.at(i, true)), None, include_usage));
+            }
         }
         events.push(self.chunk(Delta::default(), Some(self.finish_reason), include_usage));
         if include_usage {
@@ -284,8 +454,36 @@ struct CompletionChoice<'a> {
 #[derive(Serialize)]
 struct Message<'a> {
     role: &'static str,
-    content: &'a str,
+    content: Option<&'a str>,
     refusal: Option<&'a str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tool_calls: Vec<ToolCall<'a>>,
+}
+
+#[derive(Serialize)]
+struct ToolCall<'a> {
+    /// Streamed deltas say which call they continue.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    index: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    kind: Option<&'static str>,
+    function: FunctionCall<'a>,
+}
+
+impl ToolCall<'_> {
+    fn at(mut self, index: usize, streamed: bool) -> Self {
+        self.index = streamed.then_some(index);
+        self
+    }
+}
+
+#[derive(Serialize)]
+struct FunctionCall<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    arguments: &'a str,
 }
 
 #[derive(Serialize)]
@@ -314,11 +512,17 @@ struct Delta<'a> {
     role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_calls: Option<[ToolCall<'a>; 1]>,
 }
 
 impl<'a> Delta<'a> {
     fn content(text: &'a str) -> Self {
-        Self { role: None, content: Some(text) }
+        Self { role: None, content: Some(text), tool_calls: None }
+    }
+
+    fn call(call: ToolCall<'a>) -> Self {
+        Self { role: None, content: None, tool_calls: Some([call]) }
     }
 }
 

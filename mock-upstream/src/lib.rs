@@ -1,6 +1,8 @@
-//! A mock OpenAI-compatible LLM upstream for tests and benchmarks.
+//! A mock LLM upstream for tests and benchmarks: OpenAI's chat completions
+//! and embeddings, and Anthropic's Messages API ([`anthropic`]'s docs list
+//! its shapes and magic words).
 //!
-//! It speaks the OpenAI wire format from its own code (request parsing, keys,
+//! It speaks each wire format from its own code (request parsing, keys,
 //! error bodies, answers, SSE), deliberately sharing nothing with the gateway:
 //! a bug common to both would otherwise cancel out in the tests. Answers are
 //! deterministic (a quote of the last message, or filler tokens) with realistic
@@ -9,6 +11,7 @@
 //! request is recorded for assertions ([`MockUpstream::requests`]), and the
 //! requests in flight are counted ([`MockUpstream::peak_in_flight`]).
 
+pub mod anthropic;
 mod behaviour;
 mod chat;
 mod embeddings;

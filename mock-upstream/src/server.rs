@@ -170,6 +170,10 @@ fn respond(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Response, UpstreamError> {
+    let path = uri.path();
+    if path.ends_with("/messages") || path.ends_with("/messages/count_tokens") {
+        return Ok(messages(b, &shared.gate, path, headers, body));
+    }
     if let Some(required) = &b.require_key
         && presented_key(headers) != Some(required.as_str())
     {
@@ -178,7 +182,6 @@ fn respond(
     if let Some(status) = b.error_status {
         return Ok(injected_failure(b, status));
     }
-    let path = uri.path();
     let embeddings = path.ends_with("/embeddings");
     if !embeddings && !path.ends_with("/chat/completions") {
         return Err(UpstreamError::unknown_url(method, path));
@@ -229,6 +232,35 @@ fn respond(
     };
     let hold = b.hold_after.map(|n| (n, shared.gate.clone()));
     Ok(stream::response(frames, b.chunk_delay, b.drop_after, hold))
+}
+
+/// Anthropic's Messages API: its own keys (`x-api-key`), error shape and
+/// events; the pacing and fault knobs of the [`Behaviour`] apply as they do
+/// to OpenAI streams.
+fn messages(b: &Behaviour, gate: &Arc<tokio::sync::Notify>, path: &str, headers: &HeaderMap, body: &[u8]) -> Response {
+    if let Some(status) = b.error_status {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut response =
+            crate::anthropic::error_response(status, crate::anthropic::error_kind(status), "injected failure");
+        if matches!(status.as_u16(), 429 | 529)
+            && let Some(seconds) = b.retry_after
+        {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        return response;
+    }
+    let key = b.require_key.as_deref();
+    if path.ends_with("/count_tokens") {
+        return crate::anthropic::count_tokens(headers, body, key);
+    }
+    match crate::anthropic::messages(headers, body, key, b.tokens) {
+        crate::anthropic::Reply::Whole(response) => response,
+        crate::anthropic::Reply::Events(events) => {
+            let frames = events.into_iter().map(Frame::whole).collect();
+            let hold = b.hold_after.map(|n| (n, gate.clone()));
+            stream::response(frames, b.chunk_delay, b.drop_after, hold)
+        }
+    }
 }
 
 /// [`Behaviour::error_status`], padded and with `Retry-After` as configured.

@@ -128,6 +128,7 @@ fn compile_channel(
             input,
             output: price(&pricing.output_per_million, "outputPerMillion")?.unwrap_or(0),
             cached_input: price(&pricing.cached_input_per_million, "cachedInputPerMillion")?.unwrap_or(input),
+            cache_write_input: price(&pricing.cache_write_input_per_million, "cacheWriteInputPerMillion")?,
         };
         models.push(ModelSnapshot {
             name: m.name.clone(),

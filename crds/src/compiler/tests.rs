@@ -104,6 +104,11 @@ fn the_issue_examples_compile_cleanly() {
     assert_eq!(primary.base_url, "https://api.openai.com/v1");
     assert_eq!(primary.models[0].upstream, "gpt-4o-mini-2024-07-18");
     assert_eq!(primary.models[0].prices.cached_input, 75_000_000);
+    assert_eq!(primary.models[0].prices.cache_write_input, None, "cache writes at the input price");
+    let claude = c.snapshot.channels.iter().find(|ch| ch.name == "anthropic");
+    let claude = claude.unwrap_or_else(|| panic!("the anthropic channel is missing"));
+    assert_eq!(claude.base_url, "https://api.anthropic.com");
+    assert_eq!(claude.models[0].prices.cache_write_input, Some(3_750_000_000));
     assert_eq!(primary.timeouts.first_byte_ms, 60_000);
     assert_eq!(primary.headers, vec![("OpenAI-Organization".to_owned(), "org-123".to_owned())]);
     let k = key(&c, "checkout");
@@ -261,9 +266,9 @@ spec: {provider: ollama, models: [{name: llama3}]}
 
 #[test]
 fn providers_without_an_adapter_are_reported_not_silently_skipped() {
-    let yaml = channel("claude", "", "{name: claude}", 1).replace("provider: openai", "provider: anthropic");
+    let yaml = channel("gemini", "", "{name: gemini}", 1).replace("provider: openai", "provider: gemini");
     let c = compile_yaml(&format!("{SECRETS}{yaml}"));
-    assert_eq!(reasons(&c), vec![(Kind::Channel, "claude", ProblemReason::ProviderNotSupported)]);
+    assert_eq!(reasons(&c), vec![(Kind::Channel, "gemini", ProblemReason::ProviderNotSupported)]);
     assert!(c.snapshot.channels.is_empty());
 }
 

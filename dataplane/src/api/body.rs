@@ -124,6 +124,18 @@ impl<'a> RequestBody<'a> {
         self.members.iter().find(|(k, _)| k == name).map(|(_, v)| *v)
     }
 
+    /// A top-level member, parsed (borrowing from the body where it can);
+    /// `None` when absent or `null`, 400 when it is not a `T`.
+    pub fn member<T: Deserialize<'a>>(&self, name: &'static str) -> Result<Option<T>, ApiError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(raw) if raw.get() == "null" => Ok(None),
+            Some(raw) => serde_json::from_str(raw.get())
+                .map(Some)
+                .map_err(|e| ApiError::bad_request("invalid_request", format!("`{name}` is malformed: {e}"))),
+        }
+    }
+
     /// The body upstream: the client's bytes when nothing changes, else the
     /// top-level members re-joined (never re-serialised) with the edits.
     pub fn upstream_body(&self, original: &Bytes, edit: Rewrite<'_>) -> Parts {

@@ -1,6 +1,9 @@
 //! OpenAI-shaped errors: `{"error":{"message","type","param","code"}}` with the
 //! HTTP status the OpenAI SDKs map to their typed exceptions (see the error
-//! codes in OpenAI's API reference, <https://platform.openai.com/docs/guides/error-codes>).
+//! codes in OpenAI's API reference, <https://platform.openai.com/docs/guides/error-codes>);
+//! on the Messages routes the same errors in Anthropic's shape,
+//! `{"type":"error","error":{"type","message"}}`, which Anthropic's SDKs
+//! parse (<https://docs.claude.com/en/api/errors>).
 
 use std::borrow::Cow;
 
@@ -167,10 +170,68 @@ impl ApiError {
     }
 }
 
+/// Which API's error shape a client parses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    /// OpenAI's chat completions, embeddings and models.
+    OpenAi,
+    /// Anthropic's Messages API.
+    Anthropic,
+}
+
+#[derive(Serialize)]
+struct AnthropicWire<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    error: AnthropicFields<'a>,
+}
+
+#[derive(Serialize)]
+struct AnthropicFields<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    message: &'a str,
+}
+
 impl ApiError {
+    /// The JSON body in a dialect. Anthropic's `type` is the upstream's when
+    /// it is one of Anthropic's, else the one Anthropic gives the status.
+    pub fn body_in(&self, dialect: Dialect) -> Vec<u8> {
+        match dialect {
+            Dialect::OpenAi => self.body(),
+            Dialect::Anthropic => {
+                let upstream = self.upstream.as_deref().and_then(|u| u.kind.as_deref());
+                let kind = upstream
+                    .filter(|k| crate::providers::anthropic::wire::is_error_type(k))
+                    .unwrap_or_else(|| crate::providers::anthropic::wire::error_type(self.status.as_u16()));
+                let wire = AnthropicWire { kind: "error", error: AnthropicFields { kind, message: &self.message } };
+                serde_json::to_vec(&wire).unwrap_or_default()
+            }
+        }
+    }
+
+    /// The error as one Server-Sent Event in a dialect: OpenAI's SDKs read
+    /// it from the data, Anthropic's from an `error` event.
+    pub fn sse_event_in(&self, dialect: Dialect) -> Vec<u8> {
+        match dialect {
+            Dialect::OpenAi => self.sse_event(),
+            Dialect::Anthropic => {
+                let mut event = b"event: error\ndata: ".to_vec();
+                event.extend(self.body_in(dialect));
+                event.extend_from_slice(b"\n\n");
+                event
+            }
+        }
+    }
+
     /// The error as the client's response.
     pub(crate) fn response(self) -> Response {
-        let mut response = json(self.status, ResponseBody::whole(self.body()));
+        self.response_in(Dialect::OpenAi)
+    }
+
+    /// The error as the client's response, in its dialect.
+    pub(crate) fn response_in(self, dialect: Dialect) -> Response {
+        let mut response = json(self.status, ResponseBody::whole(self.body_in(dialect)));
         if let Some(seconds) = self.retry_after {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         } else if let Some(retry) = self.upstream.and_then(|u| u.retry_after) {

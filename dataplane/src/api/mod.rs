@@ -1,7 +1,9 @@
-//! The OpenAI-compatible API: the route table, the dispatcher that
-//! authenticates every route before its handler, and thin handlers — which
-//! take an authenticated [`Caller`](crate::pipeline::Caller), so one cannot be
-//! written without authentication.
+//! The client API — OpenAI's (chat completions, embeddings, models) and
+//! Anthropic's Messages API (`/v1/messages`, `/v1/messages/count_tokens`):
+//! the route table, the dispatcher that authenticates every route before its
+//! handler, and thin handlers — which take an authenticated
+//! [`Caller`](crate::pipeline::Caller), so one cannot be written without
+//! authentication. Each route answers errors in its API's shape ([`Dialect`]).
 
 mod body;
 mod error;
@@ -21,7 +23,7 @@ use hyper::body::Incoming;
 use tower::Service;
 
 pub(crate) use body::{RequestBody, Rewrite, StreamOptionsEdit, read as read_body};
-pub use error::{ApiError, Relayed};
+pub use error::{ApiError, Dialect, Relayed};
 pub(crate) use response::{Response, ResponseBody};
 
 use crate::pipeline::authenticate::authenticate;
@@ -38,11 +40,21 @@ pub enum ApiRoute {
     Embeddings,
     ListModels,
     RetrieveModel,
+    /// Anthropic's Messages API.
+    Messages,
+    /// Anthropic's token counting.
+    CountTokens,
 }
 
 impl ApiRoute {
-    pub const ALL: [ApiRoute; 4] =
-        [ApiRoute::ChatCompletions, ApiRoute::Embeddings, ApiRoute::ListModels, ApiRoute::RetrieveModel];
+    pub const ALL: [ApiRoute; 6] = [
+        ApiRoute::ChatCompletions,
+        ApiRoute::Embeddings,
+        ApiRoute::ListModels,
+        ApiRoute::RetrieveModel,
+        ApiRoute::Messages,
+        ApiRoute::CountTokens,
+    ];
 
     /// The route's path pattern.
     pub fn path(self) -> &'static str {
@@ -51,6 +63,16 @@ impl ApiRoute {
             ApiRoute::Embeddings => "/v1/embeddings",
             ApiRoute::ListModels => "/v1/models",
             ApiRoute::RetrieveModel => "/v1/models/{id}",
+            ApiRoute::Messages => "/v1/messages",
+            ApiRoute::CountTokens => "/v1/messages/count_tokens",
+        }
+    }
+
+    /// The error shape the route's clients parse.
+    pub fn dialect(self) -> Dialect {
+        match self {
+            ApiRoute::Messages | ApiRoute::CountTokens => Dialect::Anthropic,
+            _ => Dialect::OpenAi,
         }
     }
 
@@ -64,7 +86,9 @@ impl ApiRoute {
 
     pub fn method(self) -> Method {
         match self {
-            ApiRoute::ChatCompletions | ApiRoute::Embeddings => Method::POST,
+            ApiRoute::ChatCompletions | ApiRoute::Embeddings | ApiRoute::Messages | ApiRoute::CountTokens => {
+                Method::POST
+            }
             ApiRoute::ListModels | ApiRoute::RetrieveModel => Method::GET,
         }
     }
@@ -75,6 +99,8 @@ impl ApiRoute {
             "/v1/chat/completions" => Some(ApiRoute::ChatCompletions),
             "/v1/embeddings" => Some(ApiRoute::Embeddings),
             "/v1/models" => Some(ApiRoute::ListModels),
+            "/v1/messages" => Some(ApiRoute::Messages),
+            "/v1/messages/count_tokens" => Some(ApiRoute::CountTokens),
             _ if path.strip_prefix("/v1/models/").is_some_and(|id| !id.is_empty()) => Some(ApiRoute::RetrieveModel),
             _ => None,
         }
@@ -85,6 +111,8 @@ impl ApiRoute {
         match self {
             ApiRoute::ChatCompletions => Some(Operation::Chat),
             ApiRoute::Embeddings => Some(Operation::Embeddings),
+            ApiRoute::Messages => Some(Operation::Messages),
+            ApiRoute::CountTokens => Some(Operation::CountTokens),
             ApiRoute::ListModels | ApiRoute::RetrieveModel => None,
         }
     }
@@ -92,7 +120,7 @@ impl ApiRoute {
     /// Runs the route's handler for an authenticated caller.
     async fn handle(self, gw: Arc<Gateway>, caller: Caller, request: http::Request<Incoming>) -> Response {
         match self {
-            ApiRoute::ChatCompletions | ApiRoute::Embeddings => {
+            ApiRoute::ChatCompletions | ApiRoute::Embeddings | ApiRoute::Messages | ApiRoute::CountTokens => {
                 let (parts, body) = request.into_parts();
                 pipeline::serve(gw, caller, &parts.headers, body).await
             }
@@ -142,16 +170,16 @@ impl Service<http::Request<Incoming>> for Api {
     }
 
     fn call(&mut self, request: http::Request<Incoming>) -> Self::Future {
-        let answer = |e: ApiError| Either::Left(ready(Ok(e.response())));
+        let answer = |e: ApiError, dialect| Either::Left(ready(Ok(e.response_in(dialect))));
         let Some(route) = ApiRoute::of_request_path(request.uri().path()) else {
-            return answer(ApiError::route_not_found());
+            return answer(ApiError::route_not_found(), Dialect::OpenAi);
         };
         if request.method() != route.method() {
-            return answer(ApiError::method_not_allowed(request.method()));
+            return answer(ApiError::method_not_allowed(request.method()), route.dialect());
         }
         let request_id = std::mem::replace(&mut self.request_id, RequestId::none());
         match authenticate(&self.gw, self.peer, request.headers(), route, request_id) {
-            Err(refusal) => answer(refusal),
+            Err(refusal) => answer(refusal, route.dialect()),
             Ok(caller) => {
                 let gw = self.gw.clone();
                 Either::Right(Box::pin(async move { Ok(route.handle(gw, caller, request).await) }))

@@ -1,7 +1,8 @@
 //! Token counts for answers whose upstream reported no usage (a stream cut by
 //! the client or the upstream, a channel that sends no usage chunk), counted
 //! with OpenAI's `o200k_base` encoding from what the request and the answer
-//! carried. Runs only when a record is finished without reported usage, never
+//! carried, in OpenAI's wire format or Anthropic's (a Messages request, its
+//! message or its stream events). Runs only when a record is finished without reported usage, never
 //! on the path where the provider reports it; its inputs are what
 //! [`Capture`](super::capture::Capture) kept.
 //!
@@ -95,6 +96,10 @@ pub(crate) fn input(body: &[u8], total: usize) -> (u64, bool) {
     };
     let mut text = Text::default();
     let mut framing = 0;
+    if let Some(system) = &request.system {
+        framing += PER_MESSAGE;
+        system.collect(&mut text);
+    }
     if let Some(messages) = &request.messages {
         framing += PER_REQUEST;
         for m in messages {
@@ -126,7 +131,7 @@ pub(crate) fn output(answer: bytes::Bytes, stream: bool) -> (Usage, bool) {
     let (content, reasoning) = said(answer, stream);
     let (c, c_scaled) = content.tokens();
     let (r, r_scaled) = reasoning.tokens();
-    (Usage { input: 0, cached_input: 0, output: c + r, reasoning: r }, c_scaled || r_scaled)
+    (Usage { input: 0, cached_input: 0, cache_write: 0, output: c + r, reasoning: r }, c_scaled || r_scaled)
 }
 
 /// The text of a stream's deltas (the first [`TEXT_CAP`] bytes), joined as
@@ -151,6 +156,9 @@ fn said(answer: bytes::Bytes, stream: bool) -> (Text, Text) {
                     for choice in chunk.choices.iter().flatten() {
                         choice.delta.collect(&mut content, &mut reasoning);
                     }
+                    if let Some(delta) = &chunk.delta {
+                        delta.collect(&mut content, &mut reasoning);
+                    }
                 }
             }
         };
@@ -163,6 +171,9 @@ fn said(answer: bytes::Bytes, stream: bool) -> (Text, Text) {
     } else if let Ok(whole) = serde_json::from_slice::<Completion<'_>>(&answer) {
         for choice in whole.choices.iter().flatten() {
             choice.message.collect(&mut content, &mut reasoning);
+        }
+        for block in whole.content.iter().flatten() {
+            block.collect(&mut content, &mut reasoning);
         }
     }
     (content, reasoning)
@@ -178,6 +189,9 @@ type Str<'a> = std::borrow::Cow<'a, str>;
 struct Request<'a> {
     #[serde(default, borrow)]
     messages: Option<Vec<Message<'a>>>,
+    /// Anthropic's system prompt: a string or text blocks.
+    #[serde(default, borrow)]
+    system: Option<Content<'a>>,
     #[serde(default, borrow)]
     tools: Option<&'a RawValue>,
     #[serde(default, borrow)]
@@ -210,30 +224,59 @@ impl Content<'_> {
     fn collect(&self, text: &mut Text) {
         match self {
             Content::Text(t) => text.push(t),
-            Content::Parts(parts) => parts.iter().filter_map(|p| p.text.as_deref()).for_each(|t| text.push(t)),
+            Content::Parts(parts) => parts.iter().for_each(|p| p.collect(text)),
             Content::Other => {}
         }
     }
 }
 
+/// A content part, or an Anthropic content block.
 #[derive(Deserialize)]
 struct Part<'a> {
     #[serde(default, borrow)]
     text: Option<Str<'a>>,
+    /// An Anthropic `tool_use` block's input (a `Value`: parts are read
+    /// through an untagged enum, which raw values cannot pass).
+    #[serde(default)]
+    input: Option<serde_json::Value>,
+    /// An Anthropic `tool_result` block's content.
+    #[serde(default, borrow)]
+    content: Option<Box<Content<'a>>>,
 }
 
+impl Part<'_> {
+    fn collect(&self, text: &mut Text) {
+        if let Some(t) = self.text.as_deref() {
+            text.push(t);
+        }
+        if let Some(input) = &self.input {
+            text.push(&input.to_string());
+        }
+        if let Some(content) = &self.content {
+            content.collect(text);
+        }
+    }
+}
+
+/// A tool call of a request's assistant message, an answer, or a stream's
+/// delta (`index` and `id` are read by the Messages translation).
 #[derive(Deserialize)]
-struct ToolCall<'a> {
+pub(crate) struct ToolCall<'a> {
+    /// Which call a streamed delta continues.
+    #[serde(default)]
+    pub index: Option<u32>,
     #[serde(default, borrow)]
-    function: Function<'a>,
+    pub id: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    pub function: Function<'a>,
 }
 
 #[derive(Deserialize, Default)]
-struct Function<'a> {
+pub(crate) struct Function<'a> {
     #[serde(default, borrow)]
-    name: Option<Str<'a>>,
+    pub name: Option<Str<'a>>,
     #[serde(default, borrow)]
-    arguments: Option<Str<'a>>,
+    pub arguments: Option<Str<'a>>,
 }
 
 impl Function<'_> {
@@ -277,22 +320,24 @@ impl EmbeddingInput<'_> {
     }
 }
 
-/// What an answer's message or a stream's delta says.
+/// What an answer's message or a stream's delta says (the parts of
+/// OpenAI's wire format that carry text; also what the Messages
+/// translation reads of an answer).
 #[derive(Deserialize, Default)]
-struct Said<'a> {
+pub(crate) struct Said<'a> {
     #[serde(default, borrow)]
-    content: Option<Str<'a>>,
+    pub content: Option<Str<'a>>,
     #[serde(default, borrow)]
-    refusal: Option<Str<'a>>,
+    pub refusal: Option<Str<'a>>,
     /// DeepSeek, vLLM and others put reasoning text here.
     #[serde(default, borrow)]
-    reasoning_content: Option<Str<'a>>,
+    pub reasoning_content: Option<Str<'a>>,
     #[serde(default, borrow)]
-    reasoning: Option<Str<'a>>,
+    pub reasoning: Option<Str<'a>>,
     #[serde(default, borrow)]
-    tool_calls: Option<Vec<ToolCall<'a>>>,
+    pub tool_calls: Option<Vec<ToolCall<'a>>>,
     #[serde(default, borrow)]
-    function_call: Option<Function<'a>>,
+    pub function_call: Option<Function<'a>>,
 }
 
 impl Said<'_> {
@@ -308,6 +353,31 @@ impl Said<'_> {
 struct Completion<'a> {
     #[serde(default, borrow)]
     choices: Option<Vec<CompletionChoice<'a>>>,
+    /// An Anthropic message's blocks.
+    #[serde(default, borrow)]
+    content: Option<Vec<Block<'a>>>,
+}
+
+/// An Anthropic content block of an answer, or the delta of one.
+#[derive(Deserialize)]
+struct Block<'a> {
+    #[serde(default, borrow)]
+    text: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    thinking: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    input: Option<&'a RawValue>,
+    /// An `input_json_delta`'s fragment.
+    #[serde(default, borrow)]
+    partial_json: Option<Str<'a>>,
+}
+
+impl Block<'_> {
+    fn collect(&self, content: &mut Text, reasoning: &mut Text) {
+        self.text.iter().chain(self.partial_json.iter()).for_each(|t| content.push(t));
+        self.input.iter().for_each(|i| content.push(i.get()));
+        self.thinking.iter().for_each(|t| reasoning.push(t));
+    }
 }
 
 #[derive(Deserialize)]
@@ -320,6 +390,9 @@ struct CompletionChoice<'a> {
 struct StreamChunk<'a> {
     #[serde(default, borrow)]
     choices: Option<Vec<StreamChoice<'a>>>,
+    /// An Anthropic `content_block_delta`'s delta.
+    #[serde(default, borrow)]
+    delta: Option<Block<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -368,6 +441,24 @@ mod tests {
         assert_eq!(usage.output, count("Hello world{\"a\":1}") + usage.reasoning);
         let whole = br#"{"choices":[{"message":{"role":"assistant","content":"Hello world"}}]}"#;
         assert_eq!(output(bytes::Bytes::from_static(whole), false).0.output, count("Hello world"));
+    }
+
+    #[test]
+    fn anthropic_requests_messages_and_events_are_counted_too() {
+        let body = br#"{"model":"m","system":[{"type":"text","text":"Be brief."}],"messages":[{"role":"user","content":[{"type":"text","text":"Hello"},{"type":"tool_result","tool_use_id":"t","content":"sunny"}]},{"role":"assistant","content":[{"type":"tool_use","id":"t","name":"f","input":{"a":1}}]}]}"#;
+        let want = count(r#"Be brief.Hellosunny{"a":1}"#) + PER_REQUEST + 3 * PER_MESSAGE;
+        let (n, _) = input(body, body.len());
+        assert!(n.abs_diff(want) <= 3, "{n} vs {want}");
+        let events = concat!(
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"thinking_delta\",\"thinking\":\"Let me think\"}}\n\n",
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hello world\"}}\n\n",
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":2,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{\\\"a\\\":1}\"}}\n\n",
+        );
+        let (usage, _) = output(bytes::Bytes::from_static(events.as_bytes()), true);
+        assert_eq!(usage.reasoning, count("Let me think"));
+        assert_eq!(usage.output, count("Hello world{\"a\":1}") + usage.reasoning);
+        let whole = br#"{"type":"message","content":[{"type":"text","text":"Hello world"},{"type":"tool_use","input":{"a":1}}]}"#;
+        assert_eq!(output(bytes::Bytes::from_static(whole), false).0.output, count(r#"Hello world{"a":1}"#));
     }
 
     #[test]

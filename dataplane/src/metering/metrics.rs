@@ -93,6 +93,7 @@ impl EncodeLabelSet for RouteLabels {
 pub(crate) enum Direction {
     input,
     cached_input,
+    cache_write,
     output,
     reasoning,
 }

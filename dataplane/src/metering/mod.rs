@@ -21,9 +21,16 @@ use smallvec::SmallVec;
 use weaver_store::{AttemptRecord, Outcome, WriterHandle};
 
 pub(crate) use capture::{BodyLog, Capture};
+pub(crate) use estimate::Said;
 pub(crate) use metrics::{Label, Metrics, RefusalReason};
 pub(crate) use reports::report;
 pub(crate) use usage::{OpenAiUsage, Usage};
+
+/// Input tokens of a chat request, counted with the gateway's tokenizer
+/// (see `estimate`), and whether part of it was extrapolated.
+pub(crate) fn count_input_tokens(chat_request: &[u8]) -> (u64, bool) {
+    estimate::input(chat_request, chat_request.len())
+}
 
 use crate::api::ApiRoute;
 use crate::clock::{unix_millis, unix_seconds};
@@ -174,7 +181,9 @@ pub(crate) fn finish(
     // answer it gave: never on the path where usage is reported.
     let estimate = if record.usage.is_none() { record.capture.estimate() } else { None };
     let usage = record.usage.or(estimate.map(|e| e.usage)).unwrap_or_default();
-    let cost = route.map_or(0, |(_, m)| m.prices.cost(usage.input, usage.cached_input, usage.output).0);
+    let cost = route.map_or(0, |(_, m)| {
+        m.prices.cost_with_cache_writes(usage.input, usage.cached_input, usage.cache_write, usage.output).0
+    });
     if let Some(k) = key {
         settle.admission.settle_budgets(rt, k, cost);
         k.state.totals.add(usage.input, usage.output, cost);
@@ -213,6 +222,7 @@ pub(crate) fn finish(
         for (direction, n) in [
             (Direction::input, usage.input),
             (Direction::cached_input, usage.cached_input),
+            (Direction::cache_write, usage.cache_write),
             (Direction::output, usage.output),
             (Direction::reasoning, usage.reasoning),
         ] {
@@ -294,7 +304,7 @@ fn stored_record(
         input_tokens: usage.input,
         output_tokens: usage.output,
         cached_input_tokens: usage.cached_input,
-        cache_write_tokens: 0,
+        cache_write_tokens: usage.cache_write,
         reasoning_tokens: usage.reasoning,
         estimated,
         cost_nanos,

@@ -10,6 +10,9 @@ pub(crate) struct Usage {
     pub input: u64,
     /// Prompt tokens served from the provider's prompt cache.
     pub cached_input: u64,
+    /// Prompt tokens written to the provider's prompt cache (Anthropic's
+    /// cache creation; part of `input`, billed at the cache-write price).
+    pub cache_write: u64,
     /// Completion tokens, reasoning ones included.
     pub output: u64,
     /// Completion tokens spent on reasoning.
@@ -53,6 +56,7 @@ impl From<OpenAiUsage> for Usage {
         Self {
             input: u.prompt_tokens,
             cached_input: u.prompt_tokens_details.cached_tokens,
+            cache_write: 0,
             output: u.completion_tokens,
             reasoning: u.completion_tokens_details.reasoning_tokens,
         }
@@ -67,9 +71,9 @@ mod tests {
     fn null_members_mean_zero() {
         let text = r#"{"prompt_tokens":12,"completion_tokens":null,"prompt_tokens_details":{"cached_tokens":null},"completion_tokens_details":null}"#;
         let usage: Usage = serde_json::from_str::<OpenAiUsage>(text).map(Usage::from).unwrap_or_default();
-        assert_eq!(usage, Usage { input: 12, cached_input: 0, output: 0, reasoning: 0 });
+        assert_eq!(usage, Usage { input: 12, cached_input: 0, cache_write: 0, output: 0, reasoning: 0 });
         let full = r#"{"prompt_tokens":10,"completion_tokens":5,"prompt_tokens_details":{"cached_tokens":4},"completion_tokens_details":{"reasoning_tokens":2}}"#;
         let usage: Usage = serde_json::from_str::<OpenAiUsage>(full).map(Usage::from).unwrap_or_default();
-        assert_eq!(usage, Usage { input: 10, cached_input: 4, output: 5, reasoning: 2 });
+        assert_eq!(usage, Usage { input: 10, cached_input: 4, cache_write: 0, output: 5, reasoning: 2 });
     }
 }

@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderValue, StatusCode, header};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
 use http_body_util::BodyExt;
 use tokio::time::Instant;
 
@@ -24,7 +24,7 @@ use super::plan::Plan;
 use crate::api::{ApiError, RequestBody, Rewrite, StreamOptionsEdit};
 use crate::metering::Attempt;
 use crate::parts::Parts;
-use crate::providers::{ErrorFields, Operation, StreamDecoder, UpstreamBody, UpstreamError};
+use crate::providers::{Answering, ErrorFields, Operation, StreamDecoder, UpstreamBody, UpstreamError};
 use crate::routing::metrics::{AttemptLabels, ChannelLabels, ModelLabels, NamespaceLabels, ReasonLabels};
 use crate::routing::{DEFAULT_RATE_LIMITED, Lease, Member, Pick, Policy};
 use crate::state::{ChannelRuntime, Runtime};
@@ -76,6 +76,7 @@ pub(super) async fn run(
     rt: &Runtime,
     request: &RequestBody<'_>,
     original: &Bytes,
+    client_headers: &HeaderMap,
     plan: &mut Plan<'_>,
 ) -> Result<Answer, ApiError> {
     let operation = ctx.record.endpoint.operation().unwrap_or(Operation::Chat);
@@ -107,7 +108,8 @@ pub(super) async fn run(
         let mut without_stream_options = false;
         let (result, started) = loop {
             let started = Instant::now();
-            let attempt = Try { channel, member, operation, without_stream_options, started, overall, policy };
+            let attempt =
+                Try { channel, member, operation, without_stream_options, started, overall, policy, client_headers };
             match attempt.run(ctx, request, original).await {
                 Err(e) if request.stream && !without_stream_options && e.refuses_member("stream_options") => {
                     tracing::warn!(
@@ -340,6 +342,7 @@ struct Try<'a> {
     /// The request's deadline until its answer begins.
     overall: Option<Instant>,
     policy: &'a Policy,
+    client_headers: &'a HeaderMap,
 }
 
 impl Try<'_> {
@@ -383,7 +386,7 @@ impl Try<'_> {
     ) -> Result<Answer, UpstreamError> {
         let channel = self.channel;
         let target = &channel.models[self.member.model as usize];
-        let stream = request.stream && self.operation == Operation::Chat;
+        let stream = request.stream && self.operation.streams();
         let refused = self.without_stream_options || channel.state.refuses_stream_options.load(Ordering::Relaxed);
         let stream_options = match (stream, refused, channel.stream_usage) {
             (false, _, _) | (true, false, false) => StreamOptionsEdit::Keep,
@@ -398,7 +401,10 @@ impl Try<'_> {
         } else {
             Some(&target.upstream_json)
         };
-        let body = request.upstream_body(original, Rewrite { model, stream_options });
+        let body = channel
+            .adapter
+            .prepare(self.operation, request, original, Rewrite { model, stream_options }, target)
+            .map_err(UpstreamError::Translation)?;
 
         // A non-streamed answer sends its headers only once it is complete, so
         // `total` bounds all of it; `firstByte` is time to first token of a
@@ -417,7 +423,13 @@ impl Try<'_> {
             (whole, whole)
         };
         let limit = round(first_byte_deadline.saturating_duration_since(self.started));
-        let sent = channel.adapter.send(self.operation, target.uri(self.operation), body, &ctx.record.request_id);
+        let sent = channel.adapter.send(
+            self.operation,
+            target.uri(self.operation),
+            body,
+            &ctx.record.request_id,
+            self.client_headers,
+        );
         let response =
             tokio::time::timeout_at(first_byte_deadline, sent).await.map_err(|_| UpstreamError::Timeout(limit))??;
         let (parts, mut body) = response.into_parts();
@@ -429,9 +441,18 @@ impl Try<'_> {
                 retry_after: parts.headers.get(header::RETRY_AFTER).cloned(),
             });
         }
+        let answering = Answering {
+            operation: self.operation,
+            rename: target.rename.as_ref(),
+            model: request.model.as_ref(),
+            include_usage: request.include_usage,
+            drop_usage_chunk: stream_options == StreamOptionsEdit::IncludeUsage && !request.include_usage,
+        };
+        let error_with_200 =
+            |error: ErrorFields| UpstreamError::Status { status: error.implied_status(), error, retry_after: None };
         if !stream {
             let whole = read_bounded(&mut body, usize::MAX, deadline).await?;
-            let (answer, usage) = channel.adapter.decode_whole(whole, target.rename.as_deref());
+            let (answer, usage) = channel.adapter.decode_whole(whole, &answering).map_err(error_with_200)?;
             ctx.record.usage = usage;
             ctx.record.capture.whole(&answer, usage.is_some());
             let content_type = parts
@@ -441,10 +462,7 @@ impl Try<'_> {
                 .unwrap_or(HeaderValue::from_static("application/json"));
             return Ok(Answer::Whole { parts: answer, content_type });
         }
-        let decoder = channel.adapter.stream_decoder(
-            stream_options == StreamOptionsEdit::IncludeUsage && !request.include_usage,
-            target.rename.clone(),
-        );
+        let decoder = channel.adapter.stream_decoder(&answering);
         let is_event_stream = parts
             .headers
             .get(header::CONTENT_TYPE)
@@ -454,11 +472,7 @@ impl Try<'_> {
             // Some upstreams answer a stream request with plain JSON: an error
             // object with a 200, or the whole completion.
             let whole = read_bounded(&mut body, JSON_FOR_STREAM_LIMIT, deadline).await?;
-            let events = channel.adapter.json_for_stream(&whole).map_err(|error| UpstreamError::Status {
-                status: error.implied_status(),
-                error,
-                retry_after: None,
-            })?;
+            let events = channel.adapter.json_for_stream(&whole).map_err(error_with_200)?;
             return Ok(Answer::Stream { first: events, body: UpstreamBody::Local(None), decoder, deadline: total });
         }
         let first = loop {
@@ -517,7 +531,10 @@ impl ErrorFields {
     /// The status an error object implies when it came with a 200.
     fn implied_status(&self) -> StatusCode {
         let says = |word: &str| [&self.kind, &self.code].iter().any(|f| f.as_deref().is_some_and(|v| v.contains(word)));
-        if says("quota") || says("rate_limit") {
+        if says("overloaded") {
+            // Anthropic's overloaded_error, which a 529 carries.
+            StatusCode::from_u16(529).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
+        } else if says("quota") || says("rate_limit") {
             StatusCode::TOO_MANY_REQUESTS
         } else if says("authentication") || says("api_key") {
             StatusCode::UNAUTHORIZED

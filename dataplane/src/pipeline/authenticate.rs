@@ -18,13 +18,14 @@ use crate::clock::unix_seconds;
 use crate::metering::BodyLog;
 use crate::state::{Digest, Gateway, Runtime};
 
-/// The presented key: `Authorization: Bearer <key>`, or Azure-style `api-key`.
+/// The presented key: `Authorization: Bearer <key>`, Azure-style `api-key`,
+/// or Anthropic-style `x-api-key`.
 pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
     if let Some(value) = headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
         let (scheme, key) = value.split_once(' ')?;
         return scheme.eq_ignore_ascii_case("bearer").then(|| key.trim());
     }
-    headers.get("api-key").and_then(|v| v.to_str().ok()).map(str::trim)
+    headers.get("api-key").or_else(|| headers.get("x-api-key")).and_then(|v| v.to_str().ok()).map(str::trim)
 }
 /// The client's address: the peer, unless the peer is a trusted proxy, in which
 /// case the right-most `X-Forwarded-For` entry that is not a trusted proxy.
@@ -106,7 +107,7 @@ fn check(rt: &Runtime, headers: &HeaderMap, client: IpAddr, now_unix: i64) -> Re
         (
             None,
             ApiError::unauthorized(
-                "You didn't provide an API key. Send it as `Authorization: Bearer <key>` or in an `api-key` header.",
+                "You didn't provide an API key. Send it as `Authorization: Bearer <key>`, or in an `api-key` or `x-api-key` header.",
             ),
         )
     })?;
@@ -159,6 +160,7 @@ mod tests {
         assert_eq!(presented_key(&headers(&[("authorization", "Bearer abc")])), Some("abc"));
         assert_eq!(presented_key(&headers(&[("authorization", "bearer  abc ")])), Some("abc"));
         assert_eq!(presented_key(&headers(&[("api-key", "xyz")])), Some("xyz"));
+        assert_eq!(presented_key(&headers(&[("x-api-key", "sk-a ")])), Some("sk-a"));
         assert_eq!(presented_key(&headers(&[("authorization", "Basic abc")])), None);
     }
 }

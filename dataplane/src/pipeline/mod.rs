@@ -107,7 +107,7 @@ impl Drop for Context {
     }
 }
 
-/// Runs a chat or embeddings request through the stages.
+/// Runs a chat, embeddings, Messages or token-counting request through the stages.
 pub(crate) async fn serve(gw: Arc<Gateway>, caller: Caller, headers: &HeaderMap, body: Incoming) -> Response {
     let mut ctx = Context::new(gw, caller);
     let answer = stages(&mut ctx, headers, body).await;
@@ -122,5 +122,5 @@ async fn stages(ctx: &mut Context, headers: &HeaderMap, body: Incoming) -> Resul
     admit::admit(ctx, &rt, &request, bytes.len())?;
     let mut plan = plan::plan(&rt, ctx.key, &request, ctx.record.endpoint, bytes.len())?;
     admit::reserve_budget(ctx, &rt, &plan, &request, bytes.len()).await?;
-    attempts::run(ctx, &rt, &request, &bytes, &mut plan).await
+    attempts::run(ctx, &rt, &request, &bytes, headers, &mut plan).await
 }

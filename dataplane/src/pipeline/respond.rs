@@ -1,5 +1,5 @@
 //! `respond`: the answer as the client gets it — whole, relayed as a stream,
-//! or an OpenAI-shaped error — with the record's status set to match and,
+//! or an error in the route's shape — with the record's status set to match and,
 //! for a key with rate limits, OpenAI's `x-ratelimit-*` headers.
 
 use http::header::HeaderName;
@@ -37,7 +37,7 @@ pub(super) fn respond(mut ctx: Context, answer: Result<Answer, ApiError>) -> Res
         }
         Err(e) => {
             ctx.record.status = e.status.as_u16();
-            let mut response = e.response();
+            let mut response = e.response_in(ctx.record.endpoint.dialect());
             write_channel(&ctx, response.headers_mut());
             ctx.write_limit_headers(response.headers_mut());
             response

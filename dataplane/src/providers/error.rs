@@ -92,7 +92,14 @@ pub(crate) enum UpstreamError {
     Status { status: StatusCode, error: ErrorFields, retry_after: Option<HeaderValue> },
     #[error("broke off before the answer began: {0}")]
     Body(String),
+    /// The request cannot be put in the channel's wire format (content the
+    /// provider has no place for, a malformed member): the client's error.
+    #[error("cannot take the request: {}", .0.message)]
+    Translation(crate::api::ApiError),
 }
+
+/// Anthropic's "overloaded" status (<https://docs.claude.com/en/api/errors>).
+const OVERLOADED: u16 = 529;
 
 impl UpstreamError {
     /// The class of failure a routing policy's `retryOn` names, when another
@@ -101,7 +108,11 @@ impl UpstreamError {
     /// fault (answered 502), so it goes with `5xx`.
     pub fn retry_class(&self) -> Option<RetryOn> {
         match self {
-            UpstreamError::Connect(_) | UpstreamError::Body(_) => Some(RetryOn::Connect),
+            // A request another channel may take in its own format never left
+            // the gateway, like a refused connection.
+            UpstreamError::Connect(_) | UpstreamError::Body(_) | UpstreamError::Translation(_) => {
+                Some(RetryOn::Connect)
+            }
             UpstreamError::Timeout(_) => Some(RetryOn::Timeout),
             UpstreamError::Status { status, .. } if *status == StatusCode::TOO_MANY_REQUESTS => {
                 Some(RetryOn::TooManyRequests)
@@ -142,6 +153,7 @@ impl UpstreamError {
     pub fn counts_against_channel(&self) -> bool {
         match self {
             UpstreamError::Connect(_) | UpstreamError::Timeout(_) | UpstreamError::Body(_) => true,
+            UpstreamError::Translation(_) => false,
             UpstreamError::Status { status, .. } => status.is_server_error() || matches!(status.as_u16(), 401 | 403),
         }
     }
@@ -152,9 +164,11 @@ impl UpstreamError {
             UpstreamError::Connect(_) => "upstream_unreachable",
             UpstreamError::Timeout(_) => "upstream_timeout",
             UpstreamError::Body(_) => "upstream_body_error",
+            UpstreamError::Translation(e) => e.category,
             UpstreamError::Status { status, .. } => match status.as_u16() {
                 401 | 403 => "upstream_auth_failed",
                 429 => "upstream_rate_limited",
+                OVERLOADED => "upstream_overloaded",
                 400..=499 => "upstream_client_error",
                 _ => "upstream_error",
             },
@@ -166,6 +180,7 @@ impl UpstreamError {
         match self {
             UpstreamError::Connect(_) | UpstreamError::Body(_) => 502,
             UpstreamError::Timeout(_) => 504,
+            UpstreamError::Translation(e) => e.status.as_u16(),
             UpstreamError::Status { status, .. } => status.as_u16(),
         }
     }
@@ -193,6 +208,15 @@ impl UpstreamError {
             UpstreamError::Body(why) => {
                 ApiError::bad_gateway(category, format!("The answer of channel `{channel}` broke off: {why}"))
             }
+            UpstreamError::Translation(error) => error,
+            // Retryable and not the caller's doing: 503, as for no channel.
+            UpstreamError::Status { status, error, .. } if status.as_u16() == OVERLOADED => ApiError::unavailable(
+                category,
+                format!(
+                    "Channel `{channel}` is overloaded: {}",
+                    if error.message.is_empty() { "try again" } else { &error.message }
+                ),
+            ),
             UpstreamError::Status { status, .. } if matches!(status.as_u16(), 401 | 403) => ApiError::bad_gateway(
                 category,
                 format!("Channel `{channel}` was refused by its upstream ({status}); check its credentials."),
@@ -242,13 +266,16 @@ mod tests {
         assert!(ErrorFields::parse(huge.as_bytes()).message.len() < 3000);
     }
 
-    #[test]
-    fn client_errors_keep_their_status_and_upstream_failures_are_502() {
-        let status = |code: u16| UpstreamError::Status {
+    fn status(code: u16) -> UpstreamError {
+        UpstreamError::Status {
             status: StatusCode::from_u16(code).unwrap_or(StatusCode::IM_A_TEAPOT),
             error: ErrorFields { message: "m".into(), ..ErrorFields::default() },
             retry_after: None,
-        };
+        }
+    }
+
+    #[test]
+    fn client_errors_keep_their_status_and_upstream_failures_are_502() {
         assert_eq!(status(400).into_api_error("c").status, StatusCode::BAD_REQUEST);
         assert_eq!(status(429).into_api_error("c").kind, "rate_limit_error");
         assert_eq!(status(429).into_api_error("c").status, StatusCode::TOO_MANY_REQUESTS);
@@ -273,5 +300,21 @@ mod tests {
         assert_eq!(with(429, "Wed, 21 Oct 2015 07:28:00 GMT").retry_after(), Some(Duration::ZERO), "a past date");
         assert_eq!(with(500, "7").retry_after(), None);
         assert_eq!(with(429, "soon").retry_after(), None);
+    }
+
+    #[test]
+    fn overloaded_is_a_retryable_503() {
+        let overloaded = status(529);
+        assert!(overloaded.retry_class() == Some(RetryOn::ServerError) && overloaded.counts_against_channel());
+        assert_eq!(overloaded.category(), "upstream_overloaded");
+        assert_eq!(overloaded.into_api_error("c").status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[test]
+    fn anthropic_error_bodies_keep_their_type_and_message() {
+        let body =
+            br#"{"type":"error","error":{"type":"rate_limit_error","message":"slow down"},"request_id":"req_1"}"#;
+        let fields = ErrorFields::parse(body);
+        assert_eq!((fields.kind.as_deref(), fields.message.as_str()), (Some("rate_limit_error"), "slow down"));
     }
 }

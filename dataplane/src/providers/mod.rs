@@ -1,12 +1,22 @@
 //! Provider adapters: one closed enum, built per channel when a snapshot is
 //! applied. An adapter prepares the upstream request, sends it, decodes the
 //! answer (whole or event by event, usage included) and classifies failures
-//! into typed [`UpstreamError`]s. Every provider of this gateway version speaks
-//! the OpenAI wire format (`openai`: OpenAI, Azure OpenAI and the compatible
-//! family), or answers in-process (`mock`); other wire formats are one module
-//! each behind the same seam.
+//! into typed [`UpstreamError`]s. Three wire formats sit behind the seam:
+//! OpenAI's (`openai`: OpenAI, Azure OpenAI and the compatible family),
+//! Anthropic's Messages API (`anthropic`), and in-process answers (`mock`).
+//!
+//! Clients speak one of two dialects: OpenAI's chat completions, or
+//! Anthropic's Messages API (the gateway's `/v1/messages`). Where dialect and
+//! wire format differ the adapter translates — the request before it is
+//! sent, the answer whole or event by event ([`anthropic`] for OpenAI
+//! clients of Anthropic channels, [`messages`] for Messages clients of
+//! OpenAI-wire channels); where they match, bodies pass through.
 
+pub(crate) mod anthropic;
 mod error;
+#[cfg(test)]
+mod fuzz;
+pub(crate) mod messages;
 pub(crate) mod mock;
 pub(crate) mod openai;
 
@@ -23,120 +33,262 @@ use weaver_crds::snapshot::{ChannelSnapshot, ModelSnapshot};
 
 pub(crate) use error::{ErrorFields, UpstreamError};
 
+use crate::api::{ApiError, RequestBody, Rewrite, StreamOptionsEdit};
 use crate::metering::Usage;
 use crate::parts::Parts;
-use crate::state::{ClientPool, HttpClient};
+use crate::state::{ClientPool, HttpClient, ModelRuntime};
+use messages::request::LimitMember;
+use openai::ModelRename;
 
-/// The OpenAI API operations the gateway sends upstream.
+/// What a client asks the gateway to do upstream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Operation {
+    /// OpenAI's chat completions.
     Chat,
+    /// OpenAI's embeddings.
     Embeddings,
+    /// Anthropic's Messages API.
+    Messages,
+    /// Anthropic's `messages/count_tokens`.
+    CountTokens,
 }
 
 impl Operation {
-    /// The path below an OpenAI-style API root.
+    /// The path below an OpenAI-style API root (Messages go to chat
+    /// completions there; `count_tokens` is answered by the gateway).
     pub fn path(self) -> &'static str {
         match self {
-            Operation::Chat => "/chat/completions",
+            Operation::Chat | Operation::Messages | Operation::CountTokens => "/chat/completions",
             Operation::Embeddings => "/embeddings",
         }
+    }
+
+    /// The operation can answer with a stream.
+    pub fn streams(self) -> bool {
+        matches!(self, Operation::Chat | Operation::Messages)
     }
 }
 
 /// How a channel reaches its upstream.
-#[expect(
-    clippy::large_enum_variant,
-    reason = "built once per channel and snapshot; boxing would add a pointer chase per request"
-)]
 pub(crate) enum Adapter {
     /// Over HTTP in the OpenAI wire format.
-    OpenAi { client: HttpClient, headers: HeaderMap },
+    OpenAi { client: HttpClient, headers: HeaderMap, limit: LimitMember },
+    /// Over HTTP in Anthropic's Messages format.
+    Anthropic { client: HttpClient, headers: HeaderMap },
     /// Answered in-process in the OpenAI wire format (demos and tests).
     Mock,
 }
 
+/// What decoding an answer needs to know about its request.
+pub(crate) struct Answering<'a> {
+    pub operation: Operation,
+    /// Set when the upstream's model name is not the public one.
+    pub rename: Option<&'a Arc<ModelRename>>,
+    /// The model the client asked for, as answers name it.
+    pub model: &'a str,
+    /// The client asked for OpenAI's stream usage chunk.
+    pub include_usage: bool,
+    /// The gateway asked an OpenAI-wire upstream for usage the client did
+    /// not ask for: its usage chunk is not passed on.
+    pub drop_usage_chunk: bool,
+}
+
 impl Adapter {
     pub fn build(channel: &ChannelSnapshot, pool: &ClientPool) -> Self {
+        let client = || pool.client(channel.timeouts.connect_ms);
         match channel.provider {
             Provider::Mock => Adapter::Mock,
-            _ => {
-                Adapter::OpenAi { client: pool.client(channel.timeouts.connect_ms), headers: openai::headers(channel) }
+            Provider::Anthropic => Adapter::Anthropic { client: client(), headers: anthropic::headers(channel) },
+            provider => {
+                let limit = match provider {
+                    Provider::Openai | Provider::AzureOpenai => LimitMember::MaxCompletionTokens,
+                    _ => LimitMember::MaxTokens,
+                };
+                Adapter::OpenAi { client: client(), headers: openai::headers(channel), limit }
             }
         }
     }
 
-    /// The upstream URL of one operation for one model (`None`: no URL needed).
+    /// The upstream URL of one operation for one model (`None`: no URL
+    /// needed, or none to use).
     pub fn url(&self, channel: &ChannelSnapshot, model: &ModelSnapshot, operation: Operation) -> Option<String> {
         match self {
+            Adapter::OpenAi { .. } if operation == Operation::CountTokens => None,
             Adapter::OpenAi { .. } => Some(openai::url(channel, model, operation)),
+            Adapter::Anthropic { .. } => anthropic::url(channel, operation),
             Adapter::Mock => None,
         }
     }
 
-    /// Sends one prepared request. `uri` is the one [`Adapter::url`] gave.
+    /// The body to send upstream for a client's request, in the channel's
+    /// wire format: the client's bytes (the model and `stream_options`
+    /// edited as `edit` says) where dialect and format match, else the
+    /// translation; the error the client gets when the request cannot be
+    /// put in the channel's format.
+    pub fn prepare(
+        &self,
+        operation: Operation,
+        request: &RequestBody<'_>,
+        original: &Bytes,
+        edit: Rewrite<'_>,
+        model: &ModelRuntime,
+    ) -> Result<Parts, ApiError> {
+        let translated = |result: Result<Vec<u8>, ApiError>| result.map(|bytes| Parts::whole(Bytes::from(bytes)));
+        match (self, operation) {
+            (Adapter::OpenAi { .. } | Adapter::Mock, Operation::Chat | Operation::Embeddings) => {
+                Ok(request.upstream_body(original, edit))
+            }
+            (Adapter::OpenAi { .. } | Adapter::Mock, Operation::Messages | Operation::CountTokens) => {
+                let limit = match self {
+                    Adapter::OpenAi { limit, .. } => *limit,
+                    _ => LimitMember::MaxTokens,
+                };
+                let target = messages::request::Target {
+                    model: model.upstream.as_str(),
+                    limit,
+                    stream: operation == Operation::Messages && request.stream,
+                    include_usage: edit.stream_options == StreamOptionsEdit::IncludeUsage,
+                };
+                translated(messages::request::translate(request, &target))
+            }
+            (Adapter::Anthropic { .. }, Operation::Chat) => {
+                translated(anthropic::request::translate(request, model.upstream.as_str(), request.stream))
+            }
+            (Adapter::Anthropic { .. }, Operation::Messages | Operation::CountTokens) => {
+                Ok(request
+                    .upstream_body(original, Rewrite { model: edit.model, stream_options: StreamOptionsEdit::Keep }))
+            }
+            (Adapter::Anthropic { .. }, Operation::Embeddings) => {
+                Err(ApiError::bad_request("unsupported_operation", "Anthropic channels do not serve embeddings."))
+            }
+        }
+    }
+
+    /// Sends one prepared request. `uri` is the one [`Adapter::url`] gave;
+    /// `client_headers` are the client's, of which Anthropic channels get
+    /// `anthropic-beta`.
     pub async fn send(
         &self,
         operation: Operation,
         uri: Option<&Uri>,
         body: Parts,
         request_id: &HeaderValue,
+        client_headers: &HeaderMap,
     ) -> Result<http::Response<UpstreamBody>, UpstreamError> {
-        match self {
-            Adapter::OpenAi { client, headers } => {
-                let uri = uri.cloned().ok_or_else(|| UpstreamError::Connect("the channel has no valid URL".into()))?;
-                let length = body.len() as u64;
-                let mut request = http::Request::new(body);
-                *request.method_mut() = http::Method::POST;
-                *request.uri_mut() = uri;
-                *request.headers_mut() = request_headers(headers, request_id, length);
-                let response = client.request(request).await.map_err(|e| UpstreamError::Connect(chain(&e)))?;
-                Ok(response.map(UpstreamBody::Http))
+        match (self, operation) {
+            (Adapter::OpenAi { .. } | Adapter::Mock, Operation::CountTokens) => {
+                Ok(local_json(messages::count_tokens(&body.contiguous())))
             }
-            Adapter::Mock => Ok(mock::answer(operation, &body.contiguous())),
+            (Adapter::OpenAi { client, headers, .. }, _) => http(client, headers, uri, body, request_id, None).await,
+            (Adapter::Anthropic { client, headers }, _) => {
+                let beta = client_headers.get(anthropic::ANTHROPIC_BETA);
+                http(client, headers, uri, body, request_id, beta).await
+            }
+            (Adapter::Mock, Operation::Messages) => Ok(mock::answer(Operation::Chat, &body.contiguous())),
+            (Adapter::Mock, _) => Ok(mock::answer(operation, &body.contiguous())),
         }
     }
 }
 
+/// One request over a pooled HTTP client.
+async fn http(
+    client: &HttpClient,
+    headers: &HeaderMap,
+    uri: Option<&Uri>,
+    body: Parts,
+    request_id: &HeaderValue,
+    beta: Option<&HeaderValue>,
+) -> Result<http::Response<UpstreamBody>, UpstreamError> {
+    let uri = uri.cloned().ok_or_else(|| UpstreamError::Connect("the channel has no valid URL".into()))?;
+    let length = body.len() as u64;
+    let mut request = http::Request::new(body);
+    *request.method_mut() = http::Method::POST;
+    *request.uri_mut() = uri;
+    *request.headers_mut() = request_headers(headers, request_id, length, beta);
+    let response = client.request(request).await.map_err(|e| UpstreamError::Connect(chain(&e)))?;
+    Ok(response.map(UpstreamBody::Http))
+}
+
+/// A `200 application/json` answer made by the gateway.
+fn local_json(body: Bytes) -> http::Response<UpstreamBody> {
+    let mut response = http::Response::new(UpstreamBody::local(body));
+    response.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
 impl Adapter {
-    /// A complete answer as the client gets it, and its usage.
-    pub fn decode_whole(&self, body: Bytes, rename: Option<&openai::ModelRename>) -> (Parts, Option<Usage>) {
-        match self {
-            Adapter::OpenAi { .. } | Adapter::Mock => openai::decode_whole(body, rename),
+    /// A complete answer as the client gets it, and its usage; the error
+    /// the body describes when it is one (sent with a success status).
+    pub fn decode_whole(&self, body: Bytes, answering: &Answering<'_>) -> Result<(Parts, Option<Usage>), ErrorFields> {
+        let rename = answering.rename.map(Arc::as_ref);
+        let whole = |(bytes, usage): (Vec<u8>, Option<Usage>)| (Parts::whole(Bytes::from(bytes)), usage);
+        match (self, answering.operation) {
+            (Adapter::OpenAi { .. } | Adapter::Mock, Operation::Chat | Operation::Embeddings) => {
+                Ok(openai::decode_whole(body, rename))
+            }
+            (Adapter::OpenAi { .. } | Adapter::Mock, Operation::Messages) => {
+                messages::response::message(&body, answering.model).map(whole)
+            }
+            // The gateway's own count: nothing was generated.
+            (Adapter::OpenAi { .. } | Adapter::Mock, Operation::CountTokens) => {
+                Ok((Parts::whole(body), Some(Usage::default())))
+            }
+            (Adapter::Anthropic { .. }, Operation::Chat) => {
+                anthropic::response::completion(&body, answering.model).map(|(b, u)| whole((b, Some(u))))
+            }
+            (Adapter::Anthropic { .. }, operation) => anthropic::passthrough_whole(operation, body, rename),
         }
     }
 
-    /// The decoder of one streamed answer. `drop_usage_chunk`: the gateway
-    /// asked for usage the client did not ask for.
-    pub fn stream_decoder(&self, drop_usage_chunk: bool, rename: Option<Arc<openai::ModelRename>>) -> StreamDecoder {
-        match self {
-            Adapter::OpenAi { .. } | Adapter::Mock => {
-                StreamDecoder::OpenAi(openai::StreamDecoder::new(drop_usage_chunk, rename))
+    /// The decoder of one streamed answer.
+    pub fn stream_decoder(&self, answering: &Answering<'_>) -> StreamDecoder {
+        match (self, answering.operation) {
+            (Adapter::OpenAi { .. } | Adapter::Mock, Operation::Messages) => {
+                StreamDecoder::ChatToMessages(Box::new(messages::stream::ToEvents::new(answering.model)))
+            }
+            (Adapter::Anthropic { .. }, Operation::Messages) => {
+                StreamDecoder::Anthropic(Box::new(anthropic::Passthrough::new(answering.rename.cloned())))
+            }
+            (Adapter::Anthropic { .. }, _) => {
+                let translate = anthropic::stream::ToChunks::new(answering.model, answering.include_usage);
+                StreamDecoder::AnthropicToChat(Box::new(translate))
+            }
+            (Adapter::OpenAi { .. } | Adapter::Mock, _) => {
+                StreamDecoder::OpenAi(openai::StreamDecoder::new(answering.drop_usage_chunk, answering.rename.cloned()))
             }
         }
     }
 
-    /// A JSON answer to a streamed request, as the stream's events or the
-    /// error it describes.
+    /// A JSON answer to a streamed request, as the upstream's stream events
+    /// (which the stream decoder then reads) or the error it describes.
     pub fn json_for_stream(&self, body: &[u8]) -> Result<Bytes, ErrorFields> {
         match self {
             Adapter::OpenAi { .. } | Adapter::Mock => openai::json_for_stream(body),
+            Adapter::Anthropic { .. } => anthropic::json_for_stream(body),
         }
     }
 }
 
 /// The headers of one upstream request: the channel's (with `Host`, so the
-/// client need not build it), the request id and the body's length, in a
-/// map sized once.
-fn request_headers(channel: &HeaderMap, request_id: &HeaderValue, length: u64) -> HeaderMap {
-    // Room for the two added here and one more: hyper-util's `Host` check
+/// client need not build it), the request id, the body's length and the
+/// client's `anthropic-beta` (Anthropic channels), in a map sized once.
+fn request_headers(
+    channel: &HeaderMap,
+    request_id: &HeaderValue,
+    length: u64,
+    beta: Option<&HeaderValue>,
+) -> HeaderMap {
+    // Room for the ones added here and one more: hyper-util's `Host` check
     // takes an entry, which grows a full map.
-    let mut headers = HeaderMap::with_capacity(channel.len() + 3);
+    let mut headers = HeaderMap::with_capacity(channel.len() + 3 + usize::from(beta.is_some()));
     for (name, value) in channel {
         headers.append(name.clone(), value.clone());
     }
     headers.insert(&crate::server::X_REQUEST_ID, request_id.clone());
     headers.insert(http::header::CONTENT_LENGTH, decimal(length));
+    if let Some(beta) = beta {
+        headers.insert(anthropic::ANTHROPIC_BETA, beta.clone());
+    }
     headers
 }
 
@@ -201,16 +353,39 @@ impl Body for UpstreamBody {
 }
 
 /// Reads a stream's events and decides, event by event, what the client gets.
+/// The other formats' decoders are boxed: the OpenAI passthrough's relay
+/// stays as small as it was without them.
 pub(crate) enum StreamDecoder {
+    /// OpenAI chunks for an OpenAI client: passed on (model renamed, the
+    /// usage chunk the gateway asked for dropped).
     OpenAi(openai::StreamDecoder),
+    /// Anthropic events for an OpenAI client: translated.
+    AnthropicToChat(Box<anthropic::stream::ToChunks>),
+    /// Anthropic events for a Messages client: passed on.
+    Anthropic(Box<anthropic::Passthrough>),
+    /// OpenAI chunks for a Messages client: translated.
+    ChatToMessages(Box<messages::stream::ToEvents>),
 }
 
 /// What happens to one upstream event.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub(crate) enum EventAction {
     Pass,
     Drop,
     Replace(Bytes),
+    /// The stream failed: what came before goes out, then this error.
+    Fail(ApiError),
+}
+
+impl PartialEq for EventAction {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (EventAction::Pass, EventAction::Pass) | (EventAction::Drop, EventAction::Drop) => true,
+            (EventAction::Replace(a), EventAction::Replace(b)) => a == b,
+            (EventAction::Fail(a), EventAction::Fail(b)) => (a.status, a.category) == (b.status, b.category),
+            _ => false,
+        }
+    }
 }
 
 impl StreamDecoder {
@@ -222,6 +397,20 @@ impl StreamDecoder {
     pub fn event(&mut self, event: &[u8]) -> EventAction {
         match self {
             StreamDecoder::OpenAi(d) => d.event(event),
+            StreamDecoder::AnthropicToChat(d) => d.event(event),
+            StreamDecoder::Anthropic(d) => d.event(event),
+            StreamDecoder::ChatToMessages(d) => d.event(event),
+        }
+    }
+
+    /// The upstream closed the stream: what the client still gets (the end
+    /// of a translated stream), or the error a stream cut short is.
+    pub fn end(&mut self) -> EventAction {
+        match self {
+            StreamDecoder::OpenAi(_) => EventAction::Drop,
+            StreamDecoder::AnthropicToChat(d) => d.end(),
+            StreamDecoder::Anthropic(d) => d.end(),
+            StreamDecoder::ChatToMessages(d) => d.end(),
         }
     }
 
@@ -229,6 +418,9 @@ impl StreamDecoder {
     pub fn usage(&self) -> Option<Usage> {
         match self {
             StreamDecoder::OpenAi(d) => d.usage,
+            StreamDecoder::AnthropicToChat(d) => d.usage(),
+            StreamDecoder::Anthropic(d) => d.usage(),
+            StreamDecoder::ChatToMessages(d) => d.usage(),
         }
     }
 
@@ -236,6 +428,9 @@ impl StreamDecoder {
     pub fn finished(&self) -> bool {
         match self {
             StreamDecoder::OpenAi(d) => d.finished,
+            StreamDecoder::AnthropicToChat(d) => d.finished,
+            StreamDecoder::Anthropic(d) => d.finished,
+            StreamDecoder::ChatToMessages(d) => d.finished,
         }
     }
 }

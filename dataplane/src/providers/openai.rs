@@ -47,6 +47,16 @@ fn auth_header(channel: &ChannelSnapshot) -> Option<(HeaderName, HeaderValue)> {
 /// Every upstream request's headers: host, content type, user agent, the
 /// channel's extra headers, and its credential.
 pub(crate) fn headers(channel: &ChannelSnapshot) -> HeaderMap {
+    let mut headers = common_headers(channel);
+    if let Some((name, value)) = auth_header(channel) {
+        headers.insert(name, value);
+    }
+    headers
+}
+
+/// The headers every wire format sends: host, content type, user agent
+/// and the channel's extra headers.
+pub(crate) fn common_headers(channel: &ChannelSnapshot) -> HeaderMap {
     let mut headers = HeaderMap::new();
     // Every URL of a channel is below its base URL, so they share the host.
     if let Some(host) = channel.base_url.parse::<http::Uri>().ok().and_then(|u| u.authority().cloned())
@@ -60,9 +70,6 @@ pub(crate) fn headers(channel: &ChannelSnapshot) -> HeaderMap {
         if let (Ok(n), Ok(v)) = (HeaderName::try_from(name.as_str()), HeaderValue::try_from(value.as_str())) {
             headers.insert(n, v);
         }
-    }
-    if let Some((name, value)) = auth_header(channel) {
-        headers.insert(name, value);
     }
     headers
 }
@@ -123,16 +130,21 @@ impl ModelRename {
     }
 }
 
-/// The `usage` object of a complete answer, read where it stands rather
-/// than by parsing the whole answer: the last `"usage"` member whose value is
-/// an object (quotes inside strings are escaped, so the pattern only matches
-/// members; OpenAI puts usage after the choices).
+/// The `usage` object of a complete answer (OpenAI puts usage after the
+/// choices).
 fn whole_usage(body: &[u8]) -> Option<Usage> {
-    let finder = memmem::FinderRev::new(b"\"usage\"");
+    last_object_member::<OpenAiUsage>(body, b"\"usage\"").map(Usage::from)
+}
+
+/// The last member named `key` (quotes included) whose value is an object,
+/// read where it stands rather than by parsing the whole body (quotes
+/// inside strings are escaped, so the pattern only matches members).
+pub(crate) fn last_object_member<T: serde::de::DeserializeOwned>(body: &[u8], key: &[u8]) -> Option<T> {
+    let finder = memmem::FinderRev::new(key);
     let mut end = body.len();
     while let Some(at) = finder.rfind(&body[..end]) {
         end = at;
-        let rest = &body[at + 7..];
+        let rest = &body[at + key.len()..];
         let colon = rest.iter().position(|b| !b.is_ascii_whitespace())?;
         if rest[colon] != b':' {
             continue;
@@ -143,7 +155,7 @@ fn whole_usage(body: &[u8]) -> Option<Usage> {
             continue;
         }
         let mut de = serde_json::Deserializer::from_slice(&value[open..]);
-        return OpenAiUsage::deserialize(&mut de).ok().map(Usage::from);
+        return T::deserialize(&mut de).ok();
     }
     None
 }
@@ -152,11 +164,16 @@ fn whole_usage(body: &[u8]) -> Option<Usage> {
 /// public name between two slices of the upstream's bytes) and its usage.
 pub(crate) fn decode_whole(body: Bytes, rename: Option<&ModelRename>) -> (Parts, Option<Usage>) {
     let usage = whole_usage(&body);
-    let parts = match rename.and_then(|r| Some((r, r.find(&body)?))) {
+    (renamed(body, rename), usage)
+}
+
+/// A complete answer with the public model name put back: the name between
+/// two slices of the upstream's bytes (nothing copied).
+pub(crate) fn renamed(body: Bytes, rename: Option<&ModelRename>) -> Parts {
+    match rename.and_then(|r| Some((r, r.find(&body)?))) {
         Some((r, start)) => Parts::splice(&body, start..start + r.from.len(), r.to.clone()),
         None => Parts::whole(body),
-    };
-    (parts, usage)
+    }
 }
 
 /// Decodes a stream event by event.

@@ -14,7 +14,7 @@ use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame};
 use tokio::time::Sleep;
 
-use crate::api::ApiError;
+use crate::api::{ApiError, Dialect};
 use crate::pipeline::Context;
 use crate::providers::{EventAction, StreamDecoder, UpstreamBody};
 use sse::SseFramer;
@@ -29,6 +29,8 @@ const MAX_BATCH: usize = 16 * 1024;
 pub(crate) struct RelayBody {
     pending: Option<Bytes>,
     pending_error: Option<ApiError>,
+    /// The decoder said the stream failed: the rest of the frame is not relayed.
+    failed: Option<ApiError>,
     batch: Coalesced,
     yielded: u8,
     turn: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
@@ -53,6 +55,7 @@ impl RelayBody {
         let mut relay = Self {
             pending: None,
             pending_error: None,
+            failed: None,
             batch: Coalesced::default(),
             yielded: 0,
             turn: None,
@@ -64,6 +67,10 @@ impl RelayBody {
         };
         let out = relay.relay(first);
         relay.pending = (!out.is_empty()).then_some(out);
+        if let Some(error) = relay.failed.take() {
+            relay.pending_error = Some(error);
+            relay.inner = None;
+        }
         relay
     }
 
@@ -86,6 +93,11 @@ impl RelayBody {
                 (EventAction::Replace(bytes), out) => {
                     out.get_or_insert_with(|| BytesMut::from(&events.data[..range.start])).extend_from_slice(&bytes);
                 }
+                (EventAction::Fail(error), out) => {
+                    out.get_or_insert_with(|| BytesMut::from(&events.data[..range.start]));
+                    self.failed = Some(error);
+                    break;
+                }
             }
         }
         edited.map_or(events.data, BytesMut::freeze)
@@ -94,13 +106,16 @@ impl RelayBody {
     /// The upstream closed: relay an unterminated last event, settle the record.
     fn upstream_done(&mut self) {
         self.inner = None;
-        if let Some(rest) = self.framer.finish() {
-            let out = match self.decoder.event(&rest) {
-                EventAction::Pass => rest,
-                EventAction::Drop => Bytes::new(),
-                EventAction::Replace(bytes) => bytes,
-            };
-            self.batch.push(out);
+        let rest = self.framer.finish().map(|rest| (self.decoder.event(&rest), rest));
+        for (action, rest) in rest.into_iter().chain([(self.decoder.end(), Bytes::new())]) {
+            match action {
+                EventAction::Pass => self.batch.push(rest),
+                EventAction::Drop => {}
+                EventAction::Replace(bytes) => self.batch.push(bytes),
+                EventAction::Fail(error) => {
+                    self.failed.get_or_insert(error);
+                }
+            }
         }
         if let Some(ctx) = self.ctx.as_mut() {
             ctx.record.status = 200;
@@ -124,6 +139,7 @@ impl RelayBody {
     /// Tokens produced until then are charged (the usage the upstream gave).
     fn fail(&mut self, error: ApiError) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         self.inner = None;
+        let dialect = self.ctx.as_ref().map_or(Dialect::OpenAi, |ctx| ctx.record.endpoint.dialect());
         if let Some(ctx) = self.ctx.as_mut() {
             let _entered = ctx.span.enter();
             tracing::warn!(code = error.category, message = %error.message, "stream ended early");
@@ -135,7 +151,7 @@ impl RelayBody {
             }
             ctx.answer_broke();
         }
-        Poll::Ready(Some(Ok(Frame::data(Bytes::from(error.sse_event())))))
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from(error.sse_event_in(dialect))))))
     }
 }
 
@@ -194,6 +210,9 @@ impl Body for RelayBody {
                     if let Ok(data) = frame.into_data() {
                         let out = this.relay(data);
                         this.batch.push(out);
+                        if let Some(error) = this.failed.take() {
+                            return this.end_with(error);
+                        }
                         // More may follow right behind; look again before writing.
                         this.yielded = 0;
                         if this.batch.len() >= MAX_BATCH {
@@ -207,7 +226,12 @@ impl Body for RelayBody {
                         format!("The upstream stream broke off: {e}"),
                     ));
                 }
-                Poll::Ready(None) => this.upstream_done(),
+                Poll::Ready(None) => {
+                    this.upstream_done();
+                    if let Some(error) = this.failed.take() {
+                        return this.end_with(error);
+                    }
+                }
             }
         }
     }

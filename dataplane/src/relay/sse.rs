@@ -5,9 +5,69 @@
 //! 16 KiB pieces costs the same as one 16 MiB frame
 //! (<https://html.spec.whatwg.org/multipage/server-sent-events.html#event-stream-interpretation>).
 
+use std::borrow::Cow;
+use std::io::Write as _;
 use std::ops::Range;
 
 use bytes::{Bytes, BytesMut};
+use serde::Serialize;
+
+/// The event that ends an OpenAI stream.
+pub(crate) const DONE: &[u8] = b"data: [DONE]\n\n";
+
+/// One event's name (its `event:` field) and data (its `data:` lines,
+/// joined by `\n` as the spec says; borrowed when there is one).
+pub(crate) struct Fields<'a> {
+    pub name: Option<&'a [u8]>,
+    pub data: Cow<'a, [u8]>,
+}
+
+/// The fields of one complete event.
+pub(crate) fn fields(event: &[u8]) -> Fields<'_> {
+    let mut fields = Fields { name: None, data: Cow::Borrowed(&[]) };
+    let mut lines = 0;
+    for line in event.split(|b| *b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let (field, value) = match line.iter().position(|b| *b == b':') {
+            Some(at) => (&line[..at], &line[at + 1..]),
+            None => (line, &[][..]),
+        };
+        let value = value.strip_prefix(b" ").unwrap_or(value);
+        match field {
+            b"event" => fields.name = Some(value),
+            b"data" => {
+                lines += 1;
+                if lines == 1 {
+                    fields.data = Cow::Borrowed(value);
+                } else {
+                    let data = fields.data.to_mut();
+                    data.push(b'\n');
+                    data.extend_from_slice(value);
+                }
+            }
+            _ => {}
+        }
+    }
+    fields
+}
+
+/// `data: <json>` and the blank line that ends the event.
+pub(crate) fn data_event(value: &impl Serialize) -> Vec<u8> {
+    let mut out = b"data: ".to_vec();
+    if serde_json::to_writer(&mut out, value).is_err() {
+        out.extend_from_slice(b"{}");
+    }
+    out.extend_from_slice(b"\n\n");
+    out
+}
+
+/// `event: <name>`, `data: <json>` and the blank line.
+pub(crate) fn named_event(name: &str, value: &impl Serialize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    let _ = writeln!(out, "event: {name}");
+    out.extend(data_event(value));
+    out
+}
 
 /// Reassembles events split across frames.
 #[derive(Default)]
@@ -124,6 +184,14 @@ mod tests {
         let mut f = SseFramer::default();
         let got: Vec<String> = all.iter().flat_map(|b| events(&mut f, &[*b])).collect();
         assert_eq!(got, ["data: x\r\n\r\n", "data: y\n\n"]);
+    }
+
+    #[test]
+    fn fields_are_read_as_the_spec_says() {
+        let f = fields(b"event: message_delta\r\ndata: {\"a\":1}\r\n\r\n");
+        assert_eq!((f.name, f.data.as_ref()), (Some(&b"message_delta"[..]), &b"{\"a\":1}"[..]));
+        let f = fields(b": comment\ndata:one\ndata: two\n\n");
+        assert_eq!((f.name, f.data.as_ref()), (None, &b"one\ntwo"[..]));
     }
 
     #[test]

@@ -145,7 +145,7 @@ fn random_spreads_evenly_whatever_the_weights() {
 fn lowest_cost_takes_the_cheapest_for_the_token_mix_ties_by_weight() {
     let priced = |channel, weight, input, output| {
         let mut m = member(channel, weight, 0);
-        m.prices = Prices { input, output, cached_input: input };
+        m.prices = Prices { input, output, cached_input: input, cache_write_input: None };
         m
     };
     // Cheap input, dear output vs the reverse: the token mix decides.

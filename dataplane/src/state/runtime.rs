@@ -109,15 +109,18 @@ pub(crate) struct ModelRuntime {
     /// The upstream name as a JSON string, for a request that falls back
     /// from another model to this one.
     pub upstream_json: Bytes,
+    /// Chat completions and Messages (one URL for both in either format).
     chat: Option<Uri>,
     embeddings: Option<Uri>,
+    count_tokens: Option<Uri>,
 }
 
 impl ModelRuntime {
     pub fn uri(&self, operation: Operation) -> Option<&Uri> {
         match operation {
-            Operation::Chat => self.chat.as_ref(),
+            Operation::Chat | Operation::Messages => self.chat.as_ref(),
             Operation::Embeddings => self.embeddings.as_ref(),
+            Operation::CountTokens => self.count_tokens.as_ref(),
         }
     }
 }
@@ -197,6 +200,7 @@ impl Runtime {
                         upstream_json: Bytes::from(serde_json::to_vec(&m.upstream).unwrap_or_default()),
                         chat: uri(m, Operation::Chat),
                         embeddings: uri(m, Operation::Embeddings),
+                        count_tokens: uri(m, Operation::CountTokens),
                     })
                     .collect();
                 let id = (Label::new(&ch.namespace), Label::new(&ch.name));
