@@ -117,6 +117,32 @@ impl TestGateway {
         self.begin_shutdown();
         self.wait().await
     }
+
+    /// Shuts a standalone gateway down (which writes every record) and reads
+    /// up to 100 of its usage records.
+    pub async fn usage_records(mut self) -> anyhow::Result<Vec<weaver_store::UsageRecord>> {
+        use weaver_store::UsageStore as _;
+        self.begin_shutdown();
+        self.wait().await?;
+        let url = self.usage_store_url().ok_or_else(|| anyhow::anyhow!("a standalone gateway"))?;
+        let store = weaver_store::Store::connect(&url, weaver_store::StoreOptions::default())?;
+        Ok(store.records(&weaver_store::RecordFilter::default(), None, 100).await?.records)
+    }
+}
+
+/// The name and data of each event of a stream whose events are named
+/// (Anthropic's Messages API, OpenAI's Responses API).
+pub async fn named_events(response: reqwest::Response) -> anyhow::Result<Vec<(String, serde_json::Value)>> {
+    let text = response.text().await?;
+    Ok(text
+        .split("\n\n")
+        .filter(|e| !e.trim().is_empty())
+        .map(|e| {
+            let name = e.lines().find_map(|l| l.strip_prefix("event: ")).unwrap_or_default().to_owned();
+            let data = e.lines().find_map(|l| l.strip_prefix("data: ")).unwrap_or_default();
+            (name, serde_json::from_str(data).unwrap_or(serde_json::Value::Null))
+        })
+        .collect())
 }
 
 impl Drop for TestGateway {

@@ -5,10 +5,10 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use weaver_e2e::fixtures::{KEY, anthropic_channel, openai_namespace};
-use weaver_e2e::gateway::{TestGateway, read_until};
+use weaver_e2e::gateway::{TestGateway, named_events, read_until};
 use weaver_e2e::mock_upstream::anthropic::{CACHE_READ_TOKENS, CACHE_WRITE_TOKENS};
 use weaver_e2e::mock_upstream::{Behaviour, MockUpstream};
-use weaver_store::{RecordFilter, Store, StoreOptions, UsageRecord, UsageStore as _};
+use weaver_store::UsageRecord;
 
 /// The Anthropic channel's prices (3 / 15 / 0.30 / 3.75 USD per million
 /// tokens) in nano-dollars per token.
@@ -54,13 +54,8 @@ impl Setup {
             .await?)
     }
 
-    /// Shuts the gateway down (which writes every record) and reads them all.
-    async fn records(mut self) -> anyhow::Result<Vec<UsageRecord>> {
-        self.gateway.begin_shutdown();
-        self.gateway.wait().await?;
-        let url = self.gateway.usage_store_url().ok_or_else(|| anyhow::anyhow!("a standalone gateway"))?;
-        let store = Store::connect(&url, StoreOptions::default())?;
-        Ok(store.records(&RecordFilter::default(), None, 100).await?.records)
+    async fn records(self) -> anyhow::Result<Vec<UsageRecord>> {
+        self.gateway.usage_records().await
     }
 }
 
@@ -79,20 +74,6 @@ async fn data_events(response: reqwest::Response) -> anyhow::Result<Vec<Value>> 
         .split("\n\n")
         .filter_map(|e| e.trim().strip_prefix("data: "))
         .map(|d| serde_json::from_str(d).unwrap_or_else(|_| Value::String(d.to_owned())))
-        .collect())
-}
-
-/// The name and data of each event of an Anthropic stream.
-async fn named_events(response: reqwest::Response) -> anyhow::Result<Vec<(String, Value)>> {
-    let text = response.text().await?;
-    Ok(text
-        .split("\n\n")
-        .filter(|e| !e.trim().is_empty())
-        .map(|e| {
-            let name = e.lines().find_map(|l| l.strip_prefix("event: ")).unwrap_or_default().to_owned();
-            let data = e.lines().find_map(|l| l.strip_prefix("data: ")).unwrap_or_default();
-            (name, serde_json::from_str(data).unwrap_or(Value::Null))
-        })
         .collect())
 }
 

@@ -1,6 +1,6 @@
-//! A mock LLM upstream for tests and benchmarks: OpenAI's chat completions
-//! and embeddings, and Anthropic's Messages API ([`anthropic`]'s docs list
-//! its shapes and magic words).
+//! A mock LLM upstream for tests and benchmarks: OpenAI's chat completions,
+//! embeddings and Responses API ([`responses`]), and Anthropic's Messages
+//! API ([`anthropic`]'s docs list its shapes and magic words).
 //!
 //! It speaks each wire format from its own code (request parsing, keys,
 //! error bodies, answers, SSE), deliberately sharing nothing with the gateway:
@@ -18,6 +18,7 @@ mod embeddings;
 mod error;
 mod in_flight;
 mod request;
+pub mod responses;
 mod server;
 mod stream;
 

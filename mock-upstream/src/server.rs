@@ -48,7 +48,8 @@ struct Shared {
 }
 
 /// A running mock OpenAI-compatible upstream; stops when dropped. It serves
-/// `POST .../chat/completions` and `POST .../embeddings` under any prefix (so
+/// `POST .../chat/completions`, `POST .../embeddings` and `POST .../responses`
+/// under any prefix (so
 /// `/v1/...` and Azure's `/openai/deployments/<name>/...` both work).
 pub struct MockUpstream {
     /// Where it listens.
@@ -181,6 +182,16 @@ fn respond(
     }
     if let Some(status) = b.error_status {
         return Ok(injected_failure(b, status));
+    }
+    if path.ends_with("/responses") {
+        return Ok(match crate::responses::answer(body, b.tokens)? {
+            crate::responses::Reply::Whole(bytes) => json(bytes),
+            crate::responses::Reply::Events(events) => {
+                let frames = events.into_iter().map(Frame::whole).collect();
+                let hold = b.hold_after.map(|n| (n, shared.gate.clone()));
+                stream::response(frames, b.chunk_delay, b.drop_after, hold)
+            }
+        });
     }
     let embeddings = path.ends_with("/embeddings");
     if !embeddings && !path.ends_with("/chat/completions") {

@@ -3,7 +3,9 @@
 //! codes in OpenAI's API reference, <https://platform.openai.com/docs/guides/error-codes>);
 //! on the Messages routes the same errors in Anthropic's shape,
 //! `{"type":"error","error":{"type","message"}}`, which Anthropic's SDKs
-//! parse (<https://docs.claude.com/en/api/errors>).
+//! parse (<https://docs.claude.com/en/api/errors>). The Responses route
+//! answers OpenAI's shape, and ends a broken stream with the Responses
+//! API's own `error` event.
 
 use std::borrow::Cow;
 
@@ -177,6 +179,8 @@ pub enum Dialect {
     OpenAi,
     /// Anthropic's Messages API.
     Anthropic,
+    /// OpenAI's Responses API: OpenAI's errors; its own stream error event.
+    Responses,
 }
 
 #[derive(Serialize)]
@@ -193,12 +197,23 @@ struct AnthropicFields<'a> {
     message: &'a str,
 }
 
+/// The Responses API's stream `error` event.
+#[derive(Serialize)]
+struct ResponsesError<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    code: &'a str,
+    message: &'a str,
+    param: Option<&'a str>,
+    sequence_number: u64,
+}
+
 impl ApiError {
     /// The JSON body in a dialect. Anthropic's `type` is the upstream's when
     /// it is one of Anthropic's, else the one Anthropic gives the status.
     pub fn body_in(&self, dialect: Dialect) -> Vec<u8> {
         match dialect {
-            Dialect::OpenAi => self.body(),
+            Dialect::OpenAi | Dialect::Responses => self.body(),
             Dialect::Anthropic => {
                 let upstream = self.upstream.as_deref().and_then(|u| u.kind.as_deref());
                 let kind = upstream
@@ -215,6 +230,24 @@ impl ApiError {
     pub fn sse_event_in(&self, dialect: Dialect) -> Vec<u8> {
         match dialect {
             Dialect::OpenAi => self.sse_event(),
+            Dialect::Responses => {
+                // <https://platform.openai.com/docs/api-reference/responses-streaming/error>;
+                // the relay does not count the translation's events, so
+                // this one says 0.
+                let event = ResponsesError {
+                    kind: "error",
+                    code: self.category,
+                    message: &self.message,
+                    param: None,
+                    sequence_number: 0,
+                };
+                let mut out = b"event: error\ndata: ".to_vec();
+                if serde_json::to_writer(&mut out, &event).is_err() {
+                    out.extend_from_slice(b"{}");
+                }
+                out.extend_from_slice(b"\n\n");
+                out
+            }
             Dialect::Anthropic => {
                 let mut event = b"event: error\ndata: ".to_vec();
                 event.extend(self.body_in(dialect));

@@ -1,5 +1,6 @@
-//! The client API — OpenAI's (chat completions, embeddings, models) and
-//! Anthropic's Messages API (`/v1/messages`, `/v1/messages/count_tokens`):
+//! The client API — OpenAI's (chat completions, embeddings, models, the
+//! Responses API) and Anthropic's Messages API (`/v1/messages`,
+//! `/v1/messages/count_tokens`):
 //! the route table, the dispatcher that authenticates every route before its
 //! handler, and thin handlers — which take an authenticated
 //! [`Caller`](crate::pipeline::Caller), so one cannot be written without
@@ -44,16 +45,19 @@ pub enum ApiRoute {
     Messages,
     /// Anthropic's token counting.
     CountTokens,
+    /// OpenAI's Responses API.
+    Responses,
 }
 
 impl ApiRoute {
-    pub const ALL: [ApiRoute; 6] = [
+    pub const ALL: [ApiRoute; 7] = [
         ApiRoute::ChatCompletions,
         ApiRoute::Embeddings,
         ApiRoute::ListModels,
         ApiRoute::RetrieveModel,
         ApiRoute::Messages,
         ApiRoute::CountTokens,
+        ApiRoute::Responses,
     ];
 
     /// The route's path pattern.
@@ -65,6 +69,7 @@ impl ApiRoute {
             ApiRoute::RetrieveModel => "/v1/models/{id}",
             ApiRoute::Messages => "/v1/messages",
             ApiRoute::CountTokens => "/v1/messages/count_tokens",
+            ApiRoute::Responses => "/v1/responses",
         }
     }
 
@@ -72,6 +77,7 @@ impl ApiRoute {
     pub fn dialect(self) -> Dialect {
         match self {
             ApiRoute::Messages | ApiRoute::CountTokens => Dialect::Anthropic,
+            ApiRoute::Responses => Dialect::Responses,
             _ => Dialect::OpenAi,
         }
     }
@@ -86,9 +92,11 @@ impl ApiRoute {
 
     pub fn method(self) -> Method {
         match self {
-            ApiRoute::ChatCompletions | ApiRoute::Embeddings | ApiRoute::Messages | ApiRoute::CountTokens => {
-                Method::POST
-            }
+            ApiRoute::ChatCompletions
+            | ApiRoute::Embeddings
+            | ApiRoute::Messages
+            | ApiRoute::CountTokens
+            | ApiRoute::Responses => Method::POST,
             ApiRoute::ListModels | ApiRoute::RetrieveModel => Method::GET,
         }
     }
@@ -101,6 +109,7 @@ impl ApiRoute {
             "/v1/models" => Some(ApiRoute::ListModels),
             "/v1/messages" => Some(ApiRoute::Messages),
             "/v1/messages/count_tokens" => Some(ApiRoute::CountTokens),
+            "/v1/responses" => Some(ApiRoute::Responses),
             _ if path.strip_prefix("/v1/models/").is_some_and(|id| !id.is_empty()) => Some(ApiRoute::RetrieveModel),
             _ => None,
         }
@@ -113,6 +122,7 @@ impl ApiRoute {
             ApiRoute::Embeddings => Some(Operation::Embeddings),
             ApiRoute::Messages => Some(Operation::Messages),
             ApiRoute::CountTokens => Some(Operation::CountTokens),
+            ApiRoute::Responses => Some(Operation::Responses),
             ApiRoute::ListModels | ApiRoute::RetrieveModel => None,
         }
     }
@@ -120,7 +130,11 @@ impl ApiRoute {
     /// Runs the route's handler for an authenticated caller.
     async fn handle(self, gw: Arc<Gateway>, caller: Caller, request: http::Request<Incoming>) -> Response {
         match self {
-            ApiRoute::ChatCompletions | ApiRoute::Embeddings | ApiRoute::Messages | ApiRoute::CountTokens => {
+            ApiRoute::ChatCompletions
+            | ApiRoute::Embeddings
+            | ApiRoute::Messages
+            | ApiRoute::CountTokens
+            | ApiRoute::Responses => {
                 let (parts, body) = request.into_parts();
                 pipeline::serve(gw, caller, &parts.headers, body).await
             }

@@ -24,7 +24,7 @@ pub(crate) use capture::{BodyLog, Capture};
 pub(crate) use estimate::Said;
 pub(crate) use metrics::{Label, Metrics, RefusalReason};
 pub(crate) use reports::report;
-pub(crate) use usage::{OpenAiUsage, Usage};
+pub(crate) use usage::{OpenAiUsage, ResponsesUsage, Usage};
 
 /// Input tokens of a chat request, counted with the gateway's tokenizer
 /// (see `estimate`), and whether part of it was extrapolated.

@@ -63,6 +63,32 @@ impl From<OpenAiUsage> for Usage {
     }
 }
 
+/// The Responses API's `usage` object
+/// (<https://platform.openai.com/docs/api-reference/responses/object#responses/object-usage>).
+#[derive(Clone, Copy, Debug, Default, Deserialize)]
+pub(crate) struct ResponsesUsage {
+    #[serde(default, deserialize_with = "zero_if_null")]
+    input_tokens: u64,
+    #[serde(default, deserialize_with = "zero_if_null")]
+    output_tokens: u64,
+    #[serde(default, deserialize_with = "zero_if_null")]
+    input_tokens_details: PromptDetails,
+    #[serde(default, deserialize_with = "zero_if_null")]
+    output_tokens_details: CompletionDetails,
+}
+
+impl From<ResponsesUsage> for Usage {
+    fn from(u: ResponsesUsage) -> Self {
+        Self {
+            input: u.input_tokens,
+            cached_input: u.input_tokens_details.cached_tokens,
+            cache_write: 0,
+            output: u.output_tokens,
+            reasoning: u.output_tokens_details.reasoning_tokens,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -181,9 +181,10 @@ fn refuse_budget(ctx: &Context, key: &KeyRuntime, refused: BudgetRef<'_>, amount
 }
 
 /// The client's output limit: `max_completion_tokens`, else the older
-/// `max_tokens` (a `null` or a non-number counts as not given).
+/// `max_tokens`, else the Responses API's `max_output_tokens` (a `null` or
+/// a non-number counts as not given).
 pub(super) fn max_output_tokens(request: &RequestBody<'_>) -> Option<u64> {
-    ["max_completion_tokens", "max_tokens"]
+    ["max_completion_tokens", "max_tokens", "max_output_tokens"]
         .into_iter()
         .find_map(|name| request.get(name).and_then(|raw| raw.get().parse::<u64>().ok()))
 }

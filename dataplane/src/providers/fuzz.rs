@@ -6,7 +6,7 @@ use bytes::Bytes;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
-use super::{EventAction, StreamDecoder, anthropic, messages, openai};
+use super::{EventAction, StreamDecoder, anthropic, messages, openai, responses};
 use crate::relay::sse::{self, SseFramer};
 
 /// Every decoder a stream can meet.
@@ -18,7 +18,14 @@ fn decoders() -> Vec<StreamDecoder> {
         StreamDecoder::AnthropicToChat(Box::new(anthropic::stream::ToChunks::new("public", false))),
         StreamDecoder::Anthropic(Box::new(anthropic::Passthrough::new(rename))),
         StreamDecoder::ChatToMessages(Box::new(messages::stream::ToEvents::new("public"))),
+        StreamDecoder::Responses(Box::new(responses::stream::Passthrough::new(rename_again()))),
+        StreamDecoder::ChatToResponses(Box::new(responses::stream::ToResponses::new("public"))),
+        StreamDecoder::AnthropicToResponses(Box::new(responses::stream::FromAnthropic::new("public"))),
     ]
+}
+
+fn rename_again() -> Option<std::sync::Arc<openai::ModelRename>> {
+    openai::ModelRename::new("public", "upstream-model")
 }
 
 /// Feeds `frames` through a framer and `decoder`, then ends the stream;
@@ -146,7 +153,7 @@ proptest! {
         for mut decoder in decoders() {
             let whole = feed(&mut decoder, std::slice::from_ref(&stream));
             // Passthrough decoders pass on whatever the upstream sent.
-            if matches!(decoder, StreamDecoder::AnthropicToChat(_)) {
+            if matches!(decoder, StreamDecoder::AnthropicToChat(_) | StreamDecoder::AnthropicToResponses(_)) {
                 prop_assert!(well_formed(&whole), "{}", String::from_utf8_lossy(&whole));
             }
         }
@@ -174,5 +181,24 @@ proptest! {
         }
         let mut split_decoder = StreamDecoder::ChatToMessages(Box::new(messages::stream::ToEvents::new("public")));
         prop_assert_eq!(out, feed(&mut split_decoder, &split(&stream, &cuts)));
+    }
+
+    #[test]
+    fn openai_chunk_streams_translate_to_well_formed_responses_events(
+        events in proptest::collection::vec(openai_event(), 0..24),
+        cuts in proptest::collection::vec(any::<usize>(), 0..8),
+    ) {
+        let stream = events.concat().into_bytes();
+        let translator = || StreamDecoder::ChatToResponses(Box::new(responses::stream::ToResponses::new("public")));
+        let out = feed(&mut translator(), std::slice::from_ref(&stream));
+        prop_assert!(well_formed(&out), "{}", String::from_utf8_lossy(&out));
+        let text = String::from_utf8_lossy(&out).into_owned();
+        for (n, event) in text.split("\n\n").filter(|e| !e.trim().is_empty()).enumerate() {
+            let fields = sse::fields(event.as_bytes());
+            let data: Value = serde_json::from_slice(&fields.data).unwrap_or(Value::Null);
+            prop_assert_eq!(fields.name.map(|n| String::from_utf8_lossy(n).into_owned()), data["type"].as_str().map(str::to_owned));
+            prop_assert_eq!(data["sequence_number"].as_u64(), Some(n as u64));
+        }
+        prop_assert_eq!(out, feed(&mut translator(), &split(&stream, &cuts)));
     }
 }

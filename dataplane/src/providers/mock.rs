@@ -18,8 +18,8 @@ use crate::api::{ApiError, RequestBody};
 pub(crate) fn answer(operation: Operation, body: &[u8]) -> http::Response<UpstreamBody> {
     let answered = RequestBody::parse(body).and_then(|request| match operation {
         Operation::Embeddings => Ok(("application/json", embeddings(&request)?)),
-        // Messages and token counts reach the mock translated into chat requests.
-        Operation::Chat | Operation::Messages | Operation::CountTokens => {
+        // Messages, token counts and responses reach the mock translated into chat requests.
+        Operation::Chat | Operation::Messages | Operation::CountTokens | Operation::Responses => {
             let answer = MockAnswer::for_chat(&request, None)?;
             if request.stream {
                 Ok(("text/event-stream", answer.to_events(request.include_usage).concat()))

@@ -5,12 +5,14 @@
 //! OpenAI's (`openai`: OpenAI, Azure OpenAI and the compatible family),
 //! Anthropic's Messages API (`anthropic`), and in-process answers (`mock`).
 //!
-//! Clients speak one of two dialects: OpenAI's chat completions, or
-//! Anthropic's Messages API (the gateway's `/v1/messages`). Where dialect and
-//! wire format differ the adapter translates — the request before it is
-//! sent, the answer whole or event by event ([`anthropic`] for OpenAI
-//! clients of Anthropic channels, [`messages`] for Messages clients of
-//! OpenAI-wire channels); where they match, bodies pass through.
+//! Clients speak one of three dialects: OpenAI's chat completions,
+//! Anthropic's Messages API (the gateway's `/v1/messages`), or OpenAI's
+//! Responses API (`/v1/responses`). Where dialect and wire format differ the
+//! adapter translates — the request before it is sent, the answer whole or
+//! event by event ([`anthropic`] for OpenAI clients of Anthropic channels,
+//! [`messages`] for Messages clients of OpenAI-wire channels, [`responses`]
+//! for Responses clients of every channel but OpenAI's and Azure's); where
+//! they match, bodies pass through.
 
 pub(crate) mod anthropic;
 mod error;
@@ -19,6 +21,7 @@ mod fuzz;
 pub(crate) mod messages;
 pub(crate) mod mock;
 pub(crate) mod openai;
+pub(crate) mod responses;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -51,6 +54,8 @@ pub(crate) enum Operation {
     Messages,
     /// Anthropic's `messages/count_tokens`.
     CountTokens,
+    /// OpenAI's Responses API.
+    Responses,
 }
 
 impl Operation {
@@ -60,19 +65,21 @@ impl Operation {
         match self {
             Operation::Chat | Operation::Messages | Operation::CountTokens => "/chat/completions",
             Operation::Embeddings => "/embeddings",
+            Operation::Responses => "/responses",
         }
     }
 
     /// The operation can answer with a stream.
     pub fn streams(self) -> bool {
-        matches!(self, Operation::Chat | Operation::Messages)
+        matches!(self, Operation::Chat | Operation::Messages | Operation::Responses)
     }
 }
 
 /// How a channel reaches its upstream.
 pub(crate) enum Adapter {
-    /// Over HTTP in the OpenAI wire format.
-    OpenAi { client: HttpClient, headers: HeaderMap, limit: LimitMember },
+    /// Over HTTP in the OpenAI wire format; `responses`: the upstream
+    /// serves the Responses API itself (OpenAI, Azure OpenAI).
+    OpenAi { client: HttpClient, headers: HeaderMap, limit: LimitMember, responses: bool },
     /// Over HTTP in Anthropic's Messages format.
     Anthropic { client: HttpClient, headers: HeaderMap },
     /// Answered in-process in the OpenAI wire format (demos and tests).
@@ -100,11 +107,9 @@ impl Adapter {
             Provider::Mock => Adapter::Mock,
             Provider::Anthropic => Adapter::Anthropic { client: client(), headers: anthropic::headers(channel) },
             provider => {
-                let limit = match provider {
-                    Provider::Openai | Provider::AzureOpenai => LimitMember::MaxCompletionTokens,
-                    _ => LimitMember::MaxTokens,
-                };
-                Adapter::OpenAi { client: client(), headers: openai::headers(channel), limit }
+                let openai = matches!(provider, Provider::Openai | Provider::AzureOpenai);
+                let limit = if openai { LimitMember::MaxCompletionTokens } else { LimitMember::MaxTokens };
+                Adapter::OpenAi { client: client(), headers: openai::headers(channel), limit, responses: openai }
             }
         }
     }
@@ -114,6 +119,10 @@ impl Adapter {
     pub fn url(&self, channel: &ChannelSnapshot, model: &ModelSnapshot, operation: Operation) -> Option<String> {
         match self {
             Adapter::OpenAi { .. } if operation == Operation::CountTokens => None,
+            // Responses go to chat completions where the upstream has no Responses API.
+            Adapter::OpenAi { responses: false, .. } if operation == Operation::Responses => {
+                Some(openai::url(channel, model, Operation::Chat))
+            }
             Adapter::OpenAi { .. } => Some(openai::url(channel, model, operation)),
             Adapter::Anthropic { .. } => anthropic::url(channel, operation),
             Adapter::Mock => None,
@@ -134,20 +143,44 @@ impl Adapter {
         model: &ModelRuntime,
     ) -> Result<Parts, ApiError> {
         let translated = |result: Result<Vec<u8>, ApiError>| result.map(|bytes| Parts::whole(Bytes::from(bytes)));
+        let include_usage = edit.stream_options == StreamOptionsEdit::IncludeUsage;
         match (self, operation) {
+            (Adapter::OpenAi { responses: true, .. }, Operation::Responses) => {
+                // The Responses API takes no `stream_options.include_usage`:
+                // its last event carries usage anyway.
+                Ok(request
+                    .upstream_body(original, Rewrite { model: edit.model, stream_options: StreamOptionsEdit::Keep }))
+            }
+            (Adapter::OpenAi { .. } | Adapter::Mock, Operation::Responses) => {
+                let target = messages::request::Target {
+                    model: model.upstream.as_str(),
+                    limit: self.limit(),
+                    stream: request.stream,
+                    include_usage,
+                };
+                translated(responses::request::translate(request, &target))
+            }
+            (Adapter::Anthropic { .. }, Operation::Responses) => {
+                // Through the chat translation, which Anthropic channels speak.
+                let target = messages::request::Target {
+                    model: model.upstream.as_str(),
+                    limit: LimitMember::MaxCompletionTokens,
+                    stream: false,
+                    include_usage: false,
+                };
+                let chat = responses::request::translate(request, &target)?;
+                let chat = RequestBody::parse(&chat)?;
+                translated(anthropic::request::translate(&chat, model.upstream.as_str(), request.stream))
+            }
             (Adapter::OpenAi { .. } | Adapter::Mock, Operation::Chat | Operation::Embeddings) => {
                 Ok(request.upstream_body(original, edit))
             }
             (Adapter::OpenAi { .. } | Adapter::Mock, Operation::Messages | Operation::CountTokens) => {
-                let limit = match self {
-                    Adapter::OpenAi { limit, .. } => *limit,
-                    _ => LimitMember::MaxTokens,
-                };
                 let target = messages::request::Target {
                     model: model.upstream.as_str(),
-                    limit,
+                    limit: self.limit(),
                     stream: operation == Operation::Messages && request.stream,
-                    include_usage: edit.stream_options == StreamOptionsEdit::IncludeUsage,
+                    include_usage,
                 };
                 translated(messages::request::translate(request, &target))
             }
@@ -161,6 +194,14 @@ impl Adapter {
             (Adapter::Anthropic { .. }, Operation::Embeddings) => {
                 Err(ApiError::bad_request("unsupported_operation", "Anthropic channels do not serve embeddings."))
             }
+        }
+    }
+
+    /// Which member carries the output limit in a translated chat request.
+    fn limit(&self) -> LimitMember {
+        match self {
+            Adapter::OpenAi { limit, .. } => *limit,
+            _ => LimitMember::MaxTokens,
         }
     }
 
@@ -184,7 +225,9 @@ impl Adapter {
                 let beta = client_headers.get(anthropic::ANTHROPIC_BETA);
                 http(client, headers, uri, body, request_id, beta).await
             }
-            (Adapter::Mock, Operation::Messages) => Ok(mock::answer(Operation::Chat, &body.contiguous())),
+            (Adapter::Mock, Operation::Messages | Operation::Responses) => {
+                Ok(mock::answer(Operation::Chat, &body.contiguous()))
+            }
             (Adapter::Mock, _) => Ok(mock::answer(operation, &body.contiguous())),
         }
     }
@@ -223,6 +266,17 @@ impl Adapter {
         let rename = answering.rename.map(Arc::as_ref);
         let whole = |(bytes, usage): (Vec<u8>, Option<Usage>)| (Parts::whole(Bytes::from(bytes)), usage);
         match (self, answering.operation) {
+            (Adapter::OpenAi { responses: true, .. }, Operation::Responses) => {
+                responses::response::passthrough_whole(body, rename)
+            }
+            (Adapter::OpenAi { .. } | Adapter::Mock, Operation::Responses) => {
+                responses::response::from_chat(&body, answering.model).map(whole)
+            }
+            (Adapter::Anthropic { .. }, Operation::Responses) => {
+                let (chat, usage) = anthropic::response::completion(&body, answering.model)?;
+                // Anthropic's own usage: cache writes are lost on the way through chat.
+                responses::response::from_chat(&chat, answering.model).map(|(b, _)| whole((b, Some(usage))))
+            }
             (Adapter::OpenAi { .. } | Adapter::Mock, Operation::Chat | Operation::Embeddings) => {
                 Ok(openai::decode_whole(body, rename))
             }
@@ -243,6 +297,15 @@ impl Adapter {
     /// The decoder of one streamed answer.
     pub fn stream_decoder(&self, answering: &Answering<'_>) -> StreamDecoder {
         match (self, answering.operation) {
+            (Adapter::OpenAi { responses: true, .. }, Operation::Responses) => {
+                StreamDecoder::Responses(Box::new(responses::stream::Passthrough::new(answering.rename.cloned())))
+            }
+            (Adapter::OpenAi { .. } | Adapter::Mock, Operation::Responses) => {
+                StreamDecoder::ChatToResponses(Box::new(responses::stream::ToResponses::new(answering.model)))
+            }
+            (Adapter::Anthropic { .. }, Operation::Responses) => {
+                StreamDecoder::AnthropicToResponses(Box::new(responses::stream::FromAnthropic::new(answering.model)))
+            }
             (Adapter::OpenAi { .. } | Adapter::Mock, Operation::Messages) => {
                 StreamDecoder::ChatToMessages(Box::new(messages::stream::ToEvents::new(answering.model)))
             }
@@ -365,6 +428,12 @@ pub(crate) enum StreamDecoder {
     Anthropic(Box<anthropic::Passthrough>),
     /// OpenAI chunks for a Messages client: translated.
     ChatToMessages(Box<messages::stream::ToEvents>),
+    /// Responses events for a Responses client: passed on.
+    Responses(Box<responses::stream::Passthrough>),
+    /// OpenAI chunks for a Responses client: translated.
+    ChatToResponses(Box<responses::stream::ToResponses>),
+    /// Anthropic events for a Responses client: translated (through chat).
+    AnthropicToResponses(Box<responses::stream::FromAnthropic>),
 }
 
 /// What happens to one upstream event.
@@ -400,6 +469,9 @@ impl StreamDecoder {
             StreamDecoder::AnthropicToChat(d) => d.event(event),
             StreamDecoder::Anthropic(d) => d.event(event),
             StreamDecoder::ChatToMessages(d) => d.event(event),
+            StreamDecoder::Responses(d) => d.event(event),
+            StreamDecoder::ChatToResponses(d) => d.event(event),
+            StreamDecoder::AnthropicToResponses(d) => d.event(event),
         }
     }
 
@@ -411,6 +483,9 @@ impl StreamDecoder {
             StreamDecoder::AnthropicToChat(d) => d.end(),
             StreamDecoder::Anthropic(d) => d.end(),
             StreamDecoder::ChatToMessages(d) => d.end(),
+            StreamDecoder::Responses(d) => d.end(),
+            StreamDecoder::ChatToResponses(d) => d.end(),
+            StreamDecoder::AnthropicToResponses(d) => d.end(),
         }
     }
 
@@ -421,6 +496,9 @@ impl StreamDecoder {
             StreamDecoder::AnthropicToChat(d) => d.usage(),
             StreamDecoder::Anthropic(d) => d.usage(),
             StreamDecoder::ChatToMessages(d) => d.usage(),
+            StreamDecoder::Responses(d) => d.usage(),
+            StreamDecoder::ChatToResponses(d) => d.usage(),
+            StreamDecoder::AnthropicToResponses(d) => d.usage(),
         }
     }
 
@@ -431,6 +509,9 @@ impl StreamDecoder {
             StreamDecoder::AnthropicToChat(d) => d.finished,
             StreamDecoder::Anthropic(d) => d.finished,
             StreamDecoder::ChatToMessages(d) => d.finished,
+            StreamDecoder::Responses(d) => d.finished,
+            StreamDecoder::ChatToResponses(d) => d.finished,
+            StreamDecoder::AnthropicToResponses(d) => d.finished(),
         }
     }
 }

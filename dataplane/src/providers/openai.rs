@@ -23,6 +23,10 @@ use crate::parts::Parts;
 pub(crate) fn url(channel: &ChannelSnapshot, model: &ModelSnapshot, operation: Operation) -> String {
     let base = &channel.base_url;
     match (channel.provider, &channel.azure_api_version) {
+        // Azure's dated Responses API names the deployment in the body only.
+        (Provider::AzureOpenai, Some(version)) if operation == Operation::Responses => {
+            format!("{base}/openai/responses?api-version={version}")
+        }
         // Dated Azure API: the deployment is in the path, the version in the query.
         (Provider::AzureOpenai, Some(version)) => {
             format!("{base}/openai/deployments/{}{}?api-version={version}", model.upstream, operation.path())

@@ -113,6 +113,8 @@ pub(crate) struct ModelRuntime {
     chat: Option<Uri>,
     embeddings: Option<Uri>,
     count_tokens: Option<Uri>,
+    /// The Responses API, or chat completions where it is translated.
+    responses: Option<Uri>,
 }
 
 impl ModelRuntime {
@@ -121,6 +123,7 @@ impl ModelRuntime {
             Operation::Chat | Operation::Messages => self.chat.as_ref(),
             Operation::Embeddings => self.embeddings.as_ref(),
             Operation::CountTokens => self.count_tokens.as_ref(),
+            Operation::Responses => self.responses.as_ref(),
         }
     }
 }
@@ -201,6 +204,7 @@ impl Runtime {
                         chat: uri(m, Operation::Chat),
                         embeddings: uri(m, Operation::Embeddings),
                         count_tokens: uri(m, Operation::CountTokens),
+                        responses: uri(m, Operation::Responses),
                     })
                     .collect();
                 let id = (Label::new(&ch.namespace), Label::new(&ch.name));

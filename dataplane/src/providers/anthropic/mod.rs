@@ -40,7 +40,7 @@ pub(crate) const ANTHROPIC_BETA: HeaderName = HeaderName::from_static("anthropic
 pub(crate) fn url(channel: &ChannelSnapshot, operation: Operation) -> Option<String> {
     let root = channel.base_url.strip_suffix("/v1").unwrap_or(&channel.base_url);
     match operation {
-        Operation::Chat | Operation::Messages => Some(format!("{root}/v1/messages")),
+        Operation::Chat | Operation::Messages | Operation::Responses => Some(format!("{root}/v1/messages")),
         Operation::CountTokens => Some(format!("{root}/v1/messages/count_tokens")),
         Operation::Embeddings => None,
     }

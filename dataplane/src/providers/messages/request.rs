@@ -33,7 +33,7 @@ use serde_json::value::RawValue;
 use crate::api::{ApiError, RequestBody};
 use crate::providers::anthropic::wire::{BlockView, SourceView};
 
-type Str<'a> = Cow<'a, str>;
+pub(crate) type Str<'a> = Cow<'a, str>;
 
 /// Which member carries the output limit upstream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,113 +98,118 @@ struct FormatView<'a> {
 }
 
 // ----------------------------------------------------------- OpenAI, written
+// (also what the Responses translation writes: `providers::responses`)
 
 #[derive(Serialize)]
-struct ChatRequest<'a> {
-    model: &'a str,
-    messages: Vec<ChatMessage<'a>>,
+pub(crate) struct ChatRequest<'a> {
+    pub(crate) model: &'a str,
+    pub(crate) messages: Vec<ChatMessage<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    max_completion_tokens: Option<u64>,
+    pub(crate) max_completion_tokens: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    max_tokens: Option<u64>,
+    pub(crate) max_tokens: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    stop: Option<Vec<Str<'a>>>,
+    pub(crate) stop: Option<Vec<Str<'a>>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    temperature: Option<f64>,
+    pub(crate) temperature: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    top_p: Option<f64>,
+    pub(crate) top_p: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    user: Option<Str<'a>>,
+    pub(crate) user: Option<Str<'a>>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
-    stream: bool,
+    pub(crate) stream: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
-    stream_options: Option<StreamOptions>,
+    pub(crate) stream_options: Option<StreamOptions>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    tools: Vec<ChatTool<'a>>,
+    pub(crate) tools: Vec<ChatTool<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    tool_choice: Option<ChatToolChoice<'a>>,
+    pub(crate) tool_choice: Option<ChatToolChoice<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    parallel_tool_calls: Option<bool>,
+    pub(crate) parallel_tool_calls: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    response_format: Option<ResponseFormat<'a>>,
+    pub(crate) response_format: Option<ResponseFormat<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) reasoning_effort: Option<Str<'a>>,
 }
 
 #[derive(Serialize)]
-struct StreamOptions {
-    include_usage: bool,
+pub(crate) struct StreamOptions {
+    pub(crate) include_usage: bool,
 }
 
 #[derive(Serialize)]
-struct ChatMessage<'a> {
-    role: &'static str,
-    content: Option<Content<'a>>,
+pub(crate) struct ChatMessage<'a> {
+    pub(crate) role: &'static str,
+    pub(crate) content: Option<Content<'a>>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    tool_calls: Vec<ToolCall<'a>>,
+    pub(crate) tool_calls: Vec<ToolCall<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    tool_call_id: Option<Str<'a>>,
+    pub(crate) tool_call_id: Option<Str<'a>>,
 }
 
 #[derive(Serialize)]
 #[serde(untagged)]
-enum Content<'a> {
+pub(crate) enum Content<'a> {
     Text(Str<'a>),
     Parts(Vec<Part<'a>>),
 }
 
 #[derive(Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-enum Part<'a> {
+pub(crate) enum Part<'a> {
     Text { text: Str<'a> },
     ImageUrl { image_url: Url<'a> },
-    File { file: File },
+    File { file: File<'a> },
 }
 
 #[derive(Serialize)]
-struct Url<'a> {
-    url: Str<'a>,
+pub(crate) struct Url<'a> {
+    pub(crate) url: Str<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) detail: Option<Str<'a>>,
 }
 
 #[derive(Serialize)]
-struct File {
-    filename: &'static str,
-    file_data: String,
+pub(crate) struct File<'a> {
+    pub(crate) filename: Str<'a>,
+    pub(crate) file_data: Str<'a>,
 }
 
 #[derive(Serialize)]
-struct ToolCall<'a> {
-    id: Str<'a>,
+pub(crate) struct ToolCall<'a> {
+    pub(crate) id: Str<'a>,
     #[serde(rename = "type")]
-    kind: &'static str,
-    function: Function<'a>,
+    pub(crate) kind: &'static str,
+    pub(crate) function: Function<'a>,
 }
 
 #[derive(Serialize)]
-struct Function<'a> {
-    name: Str<'a>,
-    arguments: &'a str,
+pub(crate) struct Function<'a> {
+    pub(crate) name: Str<'a>,
+    pub(crate) arguments: Str<'a>,
 }
 
 #[derive(Serialize)]
-struct ChatTool<'a> {
+pub(crate) struct ChatTool<'a> {
     #[serde(rename = "type")]
-    kind: &'static str,
-    function: FunctionDefinition<'a>,
+    pub(crate) kind: &'static str,
+    pub(crate) function: FunctionDefinition<'a>,
 }
 
 #[derive(Serialize)]
-struct FunctionDefinition<'a> {
-    name: Str<'a>,
+pub(crate) struct FunctionDefinition<'a> {
+    pub(crate) name: Str<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    description: Option<Str<'a>>,
+    pub(crate) description: Option<Str<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    parameters: Option<&'a RawValue>,
+    pub(crate) parameters: Option<&'a RawValue>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    strict: Option<bool>,
+    pub(crate) strict: Option<bool>,
 }
 
 #[derive(Serialize)]
 #[serde(untagged)]
-enum ChatToolChoice<'a> {
+pub(crate) enum ChatToolChoice<'a> {
     Mode(&'static str),
     Named {
         #[serde(rename = "type")]
@@ -214,22 +219,25 @@ enum ChatToolChoice<'a> {
 }
 
 #[derive(Serialize)]
-struct Named<'a> {
-    name: Str<'a>,
+pub(crate) struct Named<'a> {
+    pub(crate) name: Str<'a>,
 }
 
 #[derive(Serialize)]
-struct ResponseFormat<'a> {
+pub(crate) struct ResponseFormat<'a> {
     #[serde(rename = "type")]
-    kind: &'static str,
-    json_schema: JsonSchema<'a>,
+    pub(crate) kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) json_schema: Option<JsonSchema<'a>>,
 }
 
 #[derive(Serialize)]
-struct JsonSchema<'a> {
-    name: &'static str,
-    schema: &'a RawValue,
-    strict: bool,
+pub(crate) struct JsonSchema<'a> {
+    pub(crate) name: Str<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) description: Option<Str<'a>>,
+    pub(crate) schema: &'a RawValue,
+    pub(crate) strict: bool,
 }
 
 fn invalid(code: &'static str, message: impl Into<Cow<'static, str>>) -> ApiError {
@@ -265,6 +273,7 @@ pub(crate) fn translate(request: &RequestBody<'_>, target: &Target<'_>) -> Resul
         tool_choice: None,
         parallel_tool_calls: None,
         response_format: None,
+        reasoning_effort: None,
     };
     let limit = request.member::<u64>("max_tokens")?;
     match target.limit {
@@ -327,13 +336,18 @@ pub(crate) fn translate(request: &RequestBody<'_>, target: &Target<'_>) -> Resul
     if let Some(schema) = request.member::<OutputConfigView<'_>>("output_config")?.and_then(|c| c.format) {
         out.response_format = Some(ResponseFormat {
             kind: "json_schema",
-            json_schema: JsonSchema { name: "output", schema: schema.schema, strict: true },
+            json_schema: Some(JsonSchema {
+                name: Cow::Borrowed("output"),
+                description: None,
+                schema: schema.schema,
+                strict: true,
+            }),
         });
     }
     serde_json::to_vec(&out).map_err(|e| ApiError::internal(format!("the chat request could not be written: {e}")))
 }
 
-fn message<'a>() -> ChatMessage<'a> {
+pub(crate) fn message<'a>() -> ChatMessage<'a> {
     ChatMessage { role: "user", content: None, tool_calls: Vec::new(), tool_call_id: None }
 }
 
@@ -375,7 +389,7 @@ fn user_turn<'a>(messages: &mut Vec<ChatMessage<'a>>, content: &'a RawValue) -> 
                     parts.push(Part::Text { text });
                 }
             }
-            "image" => parts.push(Part::ImageUrl { image_url: Url { url: image_url(block.source)? } }),
+            "image" => parts.push(Part::ImageUrl { image_url: Url { url: image_url(block.source)?, detail: None } }),
             "document" => parts.push(Part::File { file: pdf(block.source)? }),
             "tool_result" => {
                 let id = block
@@ -431,7 +445,7 @@ fn assistant_turn(content: &RawValue) -> Result<ChatMessage<'_>, ApiError> {
                 kind: "function",
                 function: Function {
                     name: block.name.unwrap_or_default(),
-                    arguments: block.input.map_or("{}", RawValue::get),
+                    arguments: Cow::Borrowed(block.input.map_or("{}", RawValue::get)),
                 },
             }),
             _ => {}
@@ -449,11 +463,12 @@ fn image_url(source: Option<SourceView<'_>>) -> Result<Str<'_>, ApiError> {
     }
 }
 
-fn pdf(source: Option<SourceView<'_>>) -> Result<File, ApiError> {
+fn pdf(source: Option<SourceView<'_>>) -> Result<File<'static>, ApiError> {
     match source {
-        Some(SourceView { kind, media_type: Some(media_type), data: Some(data), .. }) if kind == "base64" => {
-            Ok(File { filename: "document.pdf", file_data: format!("data:{media_type};base64,{data}") })
-        }
+        Some(SourceView { kind, media_type: Some(media_type), data: Some(data), .. }) if kind == "base64" => Ok(File {
+            filename: Cow::Borrowed("document.pdf"),
+            file_data: Cow::Owned(format!("data:{media_type};base64,{data}")),
+        }),
         _ => Err(invalid("unsupported_content", "Only base64 documents can go to this channel.")),
     }
 }
