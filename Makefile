@@ -14,17 +14,18 @@ PYTHON := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL := $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends
 
-.PHONY: help run test setup fmt lint unit e2e crds bench bench-export control-plane-up control-plane-down
+.PHONY: help run test setup fmt lint unit rules e2e crds bench bench-export control-plane-up control-plane-down
 
 help:
 	@echo "make help                - this list"
 	@echo "make run                 - the standalone gateway with the demo config (config/dev) on 127.0.0.1:$(PORT)"
 	@echo "make test                - everything CI runs: setup, lint, unit, e2e"
-	@echo "make setup               - openssl and curl (apt-get if missing), the Python test packages in $(VENV)"
+	@echo "make setup               - openssl, curl and prometheus (apt-get if missing), the Python test packages in $(VENV)"
 	@echo "make fmt                 - format the Rust code"
 	@echo "make lint                - cargo fmt --check and clippy -D warnings"
 	@echo "make unit                - build the binaries, cargo test (unit and integration tests)"
-	@echo "make e2e                 - operator, replicas, OpenAI SDK and CRD tests against the binaries and a real API server"
+	@echo "make rules               - promtool check rules and promtool test rules on config/prometheus (the alert rules)"
+	@echo "make e2e                 - operator, replicas, dashboards (real Prometheus), OpenAI SDK and CRD tests against the binaries and a real API server"
 	@echo "make crds                - regenerate crds/manifests from the Rust types"
 	@echo "make bench               - loopback benchmark (direct vs nginx vs gateway) and allocations per request (not part of CI)"
 	@echo "make bench-export        - the usage export of 100,000 records through the gateway: records/s, peak RSS (not part of CI)"
@@ -34,15 +35,17 @@ help:
 run:
 	cargo run --release -p weaver-gateway -- --manifests config/dev --listen 127.0.0.1:$(PORT) --data-dir .weaver
 
-test: setup lint unit e2e
+test: setup lint unit rules e2e
 
 # Installs what the tests need on a fresh machine (idempotent): openssl and curl
-# for the control plane, and the pinned Python packages in a virtual environment
+# for the control plane, Prometheus (Debian's package, with promtool) for the
+# alert rule tests and the dashboard e2e test, and the pinned Python packages in a virtual environment
 # under $(WEAVER_CACHE), so no Python of yours is changed (Debian's python3 needs
 # python3-venv for that: it is installed when venv fails). The environment is
 # rebuilt when e2e/requirements.txt changes.
 setup:
 	command -v openssl >/dev/null && command -v curl >/dev/null || ($(APT_INSTALL) openssl curl)
+	command -v prometheus >/dev/null && command -v promtool >/dev/null || ($(APT_INSTALL) prometheus)
 	cmp -s e2e/requirements.txt $(VENV)/requirements.txt || { \
 	  { $(HOST_PYTHON) -m venv --clear $(VENV) || \
 	    { $(APT_INSTALL) python3-venv && $(HOST_PYTHON) -m venv --clear $(VENV); }; } && \
@@ -68,11 +71,18 @@ unit:
 	cargo run -q -p weaver-gateway -- --check config/dev
 	cargo run -q -p weaver-gateway -- --check config/samples
 
+# The alert rules: valid, and each alert fires (and stays quiet) as its
+# unit test says.
+rules: setup
+	promtool check rules config/prometheus/*.yaml
+	promtool test rules config/prometheus/tests/*.yaml
+
 # The official OpenAI SDK against the real binaries; the CRDs and the operator
 # (with two gateways in cluster mode) against a real kube-apiserver + etcd,
 # and a throwaway Postgres as the operator's usage store; usage and rate
 # limits across gateway and operator replicas (the rate-limit test hammers
-# for two minutes). The
+# for two minutes); every Grafana dashboard query against a real Prometheus
+# scraping the operator and two gateways under load. The
 # control plane binaries are built from Go modules on first use (about 5 min on
 # a cold, otherwise idle 2-core machine) and cached; each plane is thrown away
 # afterwards.
@@ -87,7 +97,7 @@ e2e: setup
 	e2e/postgres down $(E2E_PG) >/dev/null 2>&1 || true
 	pg_env=$$(e2e/postgres up $(E2E_PG)); eval "$$pg_env"; \
 	  trap 'e2e/control-plane down $(PLANE) >/dev/null; e2e/postgres down $(E2E_PG) >/dev/null' EXIT; \
-	  WEAVER_E2E_KUBECONFIG=$(PLANE)/kubeconfig WEAVER_E2E_PYTHON=$(PYTHON) cargo test -p weaver-e2e --test operator --test replicas -- --ignored --test-threads 4 && \
+	  WEAVER_E2E_KUBECONFIG=$(PLANE)/kubeconfig WEAVER_E2E_PYTHON=$(PYTHON) cargo test -p weaver-e2e --test operator --test replicas --test observability -- --ignored --test-threads 4 && \
 	  $(PYTHON) -m pytest e2e/sdk e2e/crd -q
 
 crds:

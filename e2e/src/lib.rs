@@ -4,7 +4,8 @@
 //! against a real API server (and a whole test bed of operator and gateway
 //! processes there), a Postgres a test can stop and start, reading back the
 //! usage records a store holds, reading the operator's usage API as a team
-//! does, and (re-exported) the mock LLM upstream.
+//! does, a real Prometheus scraping them, and (re-exported) the mock LLM
+//! upstream.
 
 pub mod bed;
 pub mod cluster;
@@ -12,5 +13,6 @@ pub mod fixtures;
 pub mod gateway;
 pub mod mock_upstream;
 pub mod postgres;
+pub mod prometheus;
 pub mod records;
 pub mod usage_reader;

@@ -77,6 +77,13 @@ async fn chat_is_relayed_with_model_mapping_credentials_and_metering() -> anyhow
     let labels = r#"namespace="team-a",model="gpt-4o-mini",channel="primary""#;
     assert_eq!(sample(&m, &format!("weaver_gateway_requests_total{{{labels},code=\"200\"}}")), 1.0);
     assert_eq!(sample(&m, &format!("weaver_gateway_tokens_total{{{labels},direction=\"output\"}}")), completion);
+    assert!(sample(&m, &format!("weaver_gateway_cost_usd_total{{{labels}}}")) > 0.0);
+    // The OpenTelemetry GenAI conventions' series, with the configured names.
+    let gen_ai = r#"gen_ai_operation_name="chat",gen_ai_provider_name="openai",gen_ai_request_model="gpt-4o-mini",gen_ai_response_model="gpt-4o-mini-2024-07-18""#;
+    let tokens = format!("gen_ai_client_token_usage_sum{{{gen_ai},gen_ai_token_type=\"output\"}}");
+    assert_eq!(sample(&m, &tokens), completion);
+    assert_eq!(sample(&m, &format!("gen_ai_server_request_duration_seconds_count{{{gen_ai}}}")), 1.0);
+    assert_eq!(sample(&m, &format!("gen_ai_server_time_to_first_token_seconds_count{{{gen_ai}}}")), 1.0);
     assert!(!m.contains(KEY) && !m.contains("sk-upstream-secret"), "a secret leaked into /metrics");
     Ok(())
 }

@@ -18,7 +18,7 @@ use crate::auth::Authenticator;
 use crate::cli::Args;
 use crate::context::{Context, Forwarder};
 use crate::leader::{self, LeaderConfig};
-use crate::metrics::Metrics;
+use crate::metrics::{BudgetGauges, Metrics};
 use crate::state::{self, Published};
 use crate::usage::UsageBook;
 use crate::usage_store::UsageReader;
@@ -105,6 +105,8 @@ pub async fn start(args: Args) -> Result<Started, StartError> {
     };
 
     let material = tls::load_or_create(&client, &namespace, &args.tls_secret, &sans).await?;
+    let metrics = Arc::new(Metrics::new());
+    metrics.certificates(&material);
     let acceptor =
         Arc::new(arc_swap::ArcSwap::from_pointee(tokio_rustls::TlsAcceptor::from(tls::server_config(&material)?)));
     let ca = reqwest::Certificate::from_pem(material.ca_pem.as_bytes())?;
@@ -126,7 +128,6 @@ pub async fn start(args: Args) -> Result<Started, StartError> {
     );
     let changed = Arc::new(Notify::new());
     let stores = state::watch_all(&client, args.watch_namespace.as_deref(), changed.clone());
-    let metrics = Arc::new(Metrics::new());
     let (publish, published) = watch::channel(Arc::new(Published::default()));
     let (replicas, replicas_rx) = watch::channel(1u32);
     let ctx = Arc::new(Context {
@@ -152,7 +153,7 @@ pub async fn start(args: Args) -> Result<Started, StartError> {
     tasks.spawn(state::compile_loop(stores, changed, replicas_rx, args.debounce, metrics, publish));
     let routes = server::router(ctx.clone()).merge(usage_api::router(&ctx, args.watch_namespace.clone()));
     tasks.spawn(server::serve_tls(listener, acceptor.clone(), routes));
-    tasks.spawn(renew_certificate(ctx.client.clone(), namespace.clone(), args.tls_secret.clone(), sans, acceptor));
+    tasks.spawn(renew_certificate(ctx.clone(), namespace.clone(), args.tls_secret.clone(), sans, acceptor));
     tasks.spawn(serve_plain(metrics_listener, ctx.clone()));
     tasks.spawn(writer_loop(ctx.clone(), args.status_interval));
     tracing::info!(%addr, %metrics_addr, namespace = %namespace, usage_api = ctx.store.is_some(), "listening");
@@ -180,6 +181,10 @@ async fn writer_loop(ctx: Arc<Context>, interval: std::time::Duration) {
             // Account for usage from now on; status holds what came before.
             *ctx.usage() = UsageBook::new(Timestamp::now().as_millisecond());
         }
+        ctx.metrics.leader.set(i64::from(leading));
+        if !leading && was_leader {
+            BudgetGauges::default().clear(&ctx.metrics);
+        }
         was_leader = leading;
         if !leading {
             continue;
@@ -196,7 +201,7 @@ const RENEW_EVERY: std::time::Duration = std::time::Duration::from_secs(6 * 3600
 
 /// Keeps the serving certificate fresh while the operator runs.
 async fn renew_certificate(
-    client: Client,
+    ctx: Arc<Context>,
     namespace: String,
     secret: String,
     sans: Vec<String>,
@@ -206,8 +211,14 @@ async fn renew_certificate(
     ticker.tick().await;
     loop {
         ticker.tick().await;
-        match tls::load_or_create(&client, &namespace, &secret, &sans).await.and_then(|m| tls::server_config(&m)) {
-            Ok(config) => acceptor.store(Arc::new(tokio_rustls::TlsAcceptor::from(config))),
+        let renewed = tls::load_or_create(&ctx.client, &namespace, &secret, &sans)
+            .await
+            .and_then(|m| Ok((tls::server_config(&m)?, m)));
+        match renewed {
+            Ok((config, material)) => {
+                acceptor.store(Arc::new(tokio_rustls::TlsAcceptor::from(config)));
+                ctx.metrics.certificates(&material);
+            }
             Err(e) => tracing::warn!(error = %e, "cannot renew the serving certificate; keeping the current one"),
         }
     }

@@ -35,7 +35,7 @@ use weaver_crds::{ApiKey, Channel, NamespacePolicy, RoutingPolicy};
 use crate::alerts::{self, Alert, Announced};
 use crate::context::{Context, MANAGER};
 use crate::keys::{SecretIndex, issued_for, secret_of};
-use crate::metrics::ErrorCategory;
+use crate::metrics::{BudgetGauges, ErrorCategory};
 use crate::usage::{Id, Totals, namespace_id};
 use crate::usage_store::{Counted, StoreTotals};
 
@@ -555,10 +555,15 @@ pub async fn write_all(ctx: &Arc<Context>, secrets: &SecretIndex) {
         .buffer_unordered(WRITE_CONCURRENCY)
         .for_each(|_| async {})
         .await;
+    let mut gauges = BudgetGauges::default();
     let keys: Vec<_> = keys
         .into_iter()
         .map(|k| {
             let (desired, fire) = desired_key(ctx, &source, secrets, &k, &problems_of(Kind::ApiKey, k.meta()), now);
+            if let Some(budget) = &k.spec.budget {
+                let spent = desired.usage.as_ref().map_or(0, |u| totals_of(u).cost);
+                gauges.key(&k.namespace().unwrap_or_default(), usd_nanos(&budget.amount), spent);
+            }
             (k, desired, fire)
         })
         .filter(|(k, desired, _)| k.status.as_ref() != Some(desired))
@@ -577,6 +582,10 @@ pub async fn write_all(ctx: &Arc<Context>, secrets: &SecretIndex) {
     for p in namespaces {
         let (desired, fire) =
             desired_namespace_policy(ctx, &source, &p, &problems_of(Kind::NamespacePolicy, p.meta()), now);
+        if let Some(budget) = &p.spec.budget {
+            let spent = desired.usage.as_ref().map_or(0, |u| totals_of(u).cost);
+            gauges.namespace(&p.namespace().unwrap_or_default(), usd_nanos(&budget.amount), spent);
+        }
         let announced = desired.budget_alert.as_ref().map(|a| (a.threshold, a.period_start.0.as_second()));
         let written = apply_status(ctx, p.as_ref(), p.status.as_ref(), desired, |s: &NamespacePolicyStatus| {
             s.conditions.as_slice()
@@ -591,5 +600,12 @@ pub async fn write_all(ctx: &Arc<Context>, secrets: &SecretIndex) {
         apply_status(ctx, p.as_ref(), p.status.as_ref(), desired, |s: &RoutingPolicyStatus| s.conditions.as_slice())
             .await;
     }
+    gauges.publish(&ctx.metrics);
     ctx.metrics.status_pass_seconds.observe(started.elapsed().as_secs_f64());
+}
+
+/// A budget's amount in nano-dollars (0 when it does not parse: the schema
+/// rejects that before it gets here).
+fn usd_nanos(amount: &str) -> u64 {
+    amount.parse::<Usd>().unwrap_or_default().0
 }

@@ -74,6 +74,10 @@ pub struct TlsMaterial {
     pub ca_pem: String,
     pub cert_pem: String,
     pub key_pem: String,
+    /// When the serving certificate and the CA expire (unix seconds), where
+    /// known (the Secret's annotations, or what we issued).
+    pub not_after: Option<u64>,
+    pub ca_not_after: Option<u64>,
 }
 
 impl fmt::Debug for TlsMaterial {
@@ -82,6 +86,8 @@ impl fmt::Debug for TlsMaterial {
             .field("ca_pem", &self.ca_pem)
             .field("cert_pem", &self.cert_pem)
             .field("key_pem", &"[redacted]")
+            .field("not_after", &self.not_after)
+            .field("ca_not_after", &self.ca_not_after)
             .finish()
     }
 }
@@ -247,7 +253,13 @@ fn reissue(ca: &CaMaterial, sans: &[String], now: u64) -> Result<Issued, TlsErro
     let cert = params.signed_by(&key, &issuer)?;
 
     let issued = Issued {
-        material: TlsMaterial { ca_pem: ca.cert_pem.clone(), cert_pem: cert.pem(), key_pem: key.serialize_pem() },
+        material: TlsMaterial {
+            ca_pem: ca.cert_pem.clone(),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            not_after: Some(not_after),
+            ca_not_after: Some(ca.not_after),
+        },
         ca_key_pem: ca.key_pem.clone(),
         ca_not_after: ca.not_after,
         not_after,
@@ -333,7 +345,13 @@ fn assess(secret: &Secret, sans: &[String], now: u64) -> Assessment {
     };
     let leaf_problem = match (text(CERT_KEY), text(KEY_KEY)) {
         (Ok(cert_pem), Ok(key_pem)) => {
-            let material = TlsMaterial { ca_pem: ca_pem.clone(), cert_pem, key_pem };
+            let material = TlsMaterial {
+                ca_pem: ca_pem.clone(),
+                cert_pem,
+                key_pem,
+                not_after: annotation(secret, NOT_AFTER_ANNOTATION),
+                ca_not_after: annotation(secret, CA_NOT_AFTER_ANNOTATION),
+            };
             match verify_covers(&material, sans, now) {
                 Ok(()) => return Assessment::Usable(material),
                 Err(error) => error.to_string(),
@@ -345,12 +363,7 @@ fn assess(secret: &Secret, sans: &[String], now: u64) -> Assessment {
         Ok(pem) => pem,
         Err(reason) => return Assessment::Regenerate { reason: format!("{leaf_problem}, and {reason}") },
     };
-    let ca_not_after = secret
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(CA_NOT_AFTER_ANNOTATION))
-        .and_then(|v| v.trim().parse::<u64>().ok());
+    let ca_not_after = annotation(secret, CA_NOT_AFTER_ANNOTATION);
     match ca_not_after {
         Some(not_after) if not_after > now.saturating_add(RENEW_BEFORE.as_secs()) => Assessment::Reissue {
             ca: CaMaterial { cert_pem: ca_pem, key_pem: ca_key_pem, not_after },
@@ -359,6 +372,11 @@ fn assess(secret: &Secret, sans: &[String], now: u64) -> Assessment {
         Some(_) => Assessment::Regenerate { reason: "the CA expires within 30 days".into() },
         None => Assessment::Regenerate { reason: format!("{leaf_problem}, and the CA's expiry is not recorded") },
     }
+}
+
+/// A unix time we recorded in an annotation of `secret`.
+fn annotation(secret: &Secret, name: &str) -> Option<u64> {
+    secret.metadata.annotations.as_ref()?.get(name)?.trim().parse::<u64>().ok()
 }
 
 fn to_secret(namespace: &str, name: &str, issued: &Issued, sans: &[String], existing: Option<Secret>) -> Secret {

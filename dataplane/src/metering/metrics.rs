@@ -4,6 +4,7 @@
 //! that match nothing. ApiKey names stay out unless `--metrics-per-key` asks
 //! for them; per-key usage belongs to the reports and the usage store.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, OnceLock};
 
 use prometheus_client::encoding::{EncodeLabel, EncodeLabelSet, EncodeLabelValue, LabelSetEncoder};
@@ -13,6 +14,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use super::gen_ai::GenAiMetrics;
 use crate::routing::metrics::RoutingMetrics;
 use crate::state::KeyRuntime;
 
@@ -50,7 +52,7 @@ pub(crate) struct Scope {
     pub channel: Label,
 }
 
-impl Scope {
+impl EncodeLabelSet for Scope {
     fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> Result<(), std::fmt::Error> {
         label(encoder, "namespace", self.namespace.as_str())?;
         if let Some(key) = &self.key {
@@ -70,7 +72,7 @@ pub(crate) struct RequestLabels {
 
 impl EncodeLabelSet for RequestLabels {
     fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> Result<(), std::fmt::Error> {
-        self.scope.encode(encoder)?;
+        EncodeLabelSet::encode(&self.scope, encoder)?;
         ("code", self.code).encode(encoder.encode_label())
     }
 }
@@ -107,7 +109,7 @@ pub(crate) struct TokenLabels {
 
 impl EncodeLabelSet for TokenLabels {
     fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> Result<(), std::fmt::Error> {
-        self.scope.encode(encoder)?;
+        EncodeLabelSet::encode(&self.scope, encoder)?;
         ("direction", self.direction).encode(encoder.encode_label())
     }
 }
@@ -164,6 +166,10 @@ pub(crate) struct Metrics {
     pub usage_records_spooled: Counter,
     /// Attempts, retries, fallbacks, ejections, channel states.
     pub routing: RoutingMetrics,
+    /// The OpenTelemetry GenAI semantic-convention histograms.
+    pub gen_ai: GenAiMetrics,
+    /// US dollars metered, by namespace, model and channel (`weaver_gateway_cost_usd_total`).
+    pub cost: Family<Scope, Counter<f64, AtomicU64>>,
     /// Put the ApiKey name into request and token series.
     pub per_key: bool,
     registry: Registry,
@@ -176,7 +182,10 @@ fn latency_histogram() -> Histogram {
 
 impl Metrics {
     pub fn new(per_key: bool) -> Self {
-        let mut registry = Registry::with_prefix("weaver_gateway");
+        // Ours under `weaver_gateway_`, the GenAI conventions' names as they are.
+        let mut root = Registry::default();
+        let gen_ai = GenAiMetrics::register(&mut root);
+        let registry = root.sub_registry_with_prefix("weaver_gateway");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "requests",
@@ -244,9 +253,17 @@ impl Metrics {
             "Usage records written to the local spool because the store did not answer (replayed later)",
             usage_records_spooled.clone(),
         );
-        let routing = RoutingMetrics::register(&mut registry);
+        let cost = Family::<Scope, Counter<f64, AtomicU64>>::default();
+        registry.register(
+            "cost_usd",
+            "Cost of the tokens metered, in US dollars at the Channel's prices",
+            cost.clone(),
+        );
+        let routing = RoutingMetrics::register(registry);
         Self {
             routing,
+            gen_ai,
+            cost,
             requests,
             duration,
             first_token,
@@ -261,7 +278,7 @@ impl Metrics {
             usage_records_stored,
             usage_records_spooled,
             per_key,
-            registry,
+            registry: root,
         }
     }
 

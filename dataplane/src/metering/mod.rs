@@ -9,6 +9,7 @@
 
 mod capture;
 mod estimate;
+mod gen_ai;
 mod metrics;
 mod redact;
 mod reports;
@@ -22,6 +23,7 @@ use weaver_store::{AttemptRecord, Outcome, WriterHandle};
 
 pub(crate) use capture::{BodyLog, Capture};
 pub(crate) use estimate::Said;
+pub(crate) use gen_ai::provider_name as gen_ai_provider_name;
 pub(crate) use metrics::{Label, Metrics, RefusalReason};
 pub(crate) use reports::report;
 pub(crate) use usage::{OpenAiUsage, ResponsesUsage, Usage};
@@ -37,6 +39,7 @@ use crate::clock::{unix_millis, unix_seconds};
 use crate::limits::Nanos;
 use crate::pipeline::Admission;
 use crate::state::{ChannelRuntime, KeyRuntime, ModelRuntime, Runtime};
+use gen_ai::{DurationLabels, GenAiLabels, TokenUsageLabels};
 use metrics::{Direction, RequestLabels, RouteLabels, Scope, TokenLabels};
 
 /// Status recorded for requests the client abandoned (nginx's convention).
@@ -180,6 +183,7 @@ pub(crate) fn finish(
     // Counted only here, and only when the upstream reported nothing for an
     // answer it gave: never on the path where usage is reported.
     let estimate = if record.usage.is_none() { record.capture.estimate() } else { None };
+    let usage_known = record.usage.is_some() || estimate.is_some();
     let usage = record.usage.or(estimate.map(|e| e.usage)).unwrap_or_default();
     let cost = route.map_or(0, |(_, m)| {
         m.prices.cost_with_cache_writes(usage.input, usage.cached_input, usage.cache_write, usage.output).0
@@ -230,6 +234,12 @@ pub(crate) fn finish(
                 metrics.tokens.get_or_create(&TokenLabels { scope: scope.clone(), direction }).inc_by(n);
             }
         }
+        if cost > 0 {
+            metrics.cost.get_or_create(&scope).inc_by(cost as f64 / 1e9);
+        }
+    }
+    if let (Some((c, m)), Some(operation)) = (route, gen_ai::operation_name(record.endpoint)) {
+        record_gen_ai(metrics, record, (c, m), operation, usage_known.then_some(usage), elapsed);
     }
     if let Some(sink) = sink {
         let resolved = Resolved { key, route, usage, estimated: estimate.is_some(), cost_nanos: cost };
@@ -254,6 +264,45 @@ pub(crate) fn finish(
         duration_ms = elapsed.as_millis() as u64,
         "request finished"
     );
+}
+
+/// The GenAI semantic-convention series of an inference request that reached
+/// a channel: its duration (with `error_type` when it failed), its time to
+/// first token when it succeeded, and its tokens when they are known.
+fn record_gen_ai(
+    metrics: &Metrics,
+    record: &UsageRecord,
+    (channel, model): (&ChannelRuntime, &ModelRuntime),
+    operation: &'static str,
+    usage: Option<Usage>,
+    elapsed: Duration,
+) {
+    let base = GenAiLabels {
+        operation,
+        provider: channel.gen_ai_provider,
+        request_model: model.label.clone(),
+        response_model: model.upstream.clone(),
+    };
+    let last = record.last_attempt();
+    let error_type = match record.status {
+        200..=299 => "",
+        CLIENT_CLOSED => "cancelled",
+        _ => last.and_then(|a| a.error).unwrap_or("_OTHER"),
+    };
+    if error_type.is_empty()
+        && let Some(ttfb) = last.and_then(|a| a.first_byte)
+    {
+        metrics.gen_ai.time_to_first_token.get_or_create(&base).observe(ttfb.as_secs_f64());
+    }
+    if let Some(u) = usage {
+        // Embeddings have no output tokens to count.
+        let output = (operation != "embeddings").then_some(("output", u.output));
+        for (token_type, n) in std::iter::once(("input", u.input)).chain(output) {
+            let labels = TokenUsageLabels { base: base.clone(), token_type };
+            metrics.gen_ai.token_usage.get_or_create(&labels).observe(n as f64);
+        }
+    }
+    metrics.gen_ai.request_duration.get_or_create(&DurationLabels { base, error_type }).observe(elapsed.as_secs_f64());
 }
 
 fn millis(d: Duration) -> u64 {

@@ -90,6 +90,8 @@ pub(crate) struct ChannelRuntime {
     /// This replica's share of the channel's caps.
     pub caps: Caps,
     pub adapter: Adapter,
+    /// `gen_ai_provider_name` of the channel's provider.
+    pub gen_ai_provider: &'static str,
     pub models: Vec<ModelRuntime>,
     pub first_byte: Duration,
     pub total: Duration,
@@ -217,6 +219,7 @@ impl Runtime {
                     namespace: id.0,
                     label: id.1,
                     adapter,
+                    gen_ai_provider: crate::metering::gen_ai_provider_name(ch.provider),
                     models,
                     first_byte: Duration::from_millis(ch.timeouts.first_byte_ms),
                     total: Duration::from_millis(ch.timeouts.total_ms),
