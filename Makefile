@@ -14,13 +14,16 @@ PYTHON := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL := $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends
 
-.PHONY: help run test setup fmt lint unit rules e2e crds bench bench-export control-plane-up control-plane-down
+.PHONY: help run test setup npm-ci ui ui-test fmt lint unit rules e2e crds bench bench-export control-plane-up control-plane-down
 
 help:
 	@echo "make help                - this list"
-	@echo "make run                 - the standalone gateway with the demo config (config/dev) on 127.0.0.1:$(PORT)"
-	@echo "make test                - everything CI runs: setup, lint, unit, e2e"
-	@echo "make setup               - openssl, curl and prometheus (apt-get if missing), the Python test packages in $(VENV)"
+	@echo "make run                 - the standalone gateway with the demo config (config/dev) on 127.0.0.1:$(PORT), its UI on http://127.0.0.1:9090/ui/"
+	@echo "make test                - everything CI runs: setup, lint, unit, rules, ui-test, e2e"
+	@echo "make setup               - openssl, curl, prometheus and chromium (apt-get if missing), the Python test packages in $(VENV), the UI's npm packages"
+	@echo "make npm-ci              - the UI's npm packages as package-lock.json pins them (skipped when it is unchanged)"
+	@echo "make ui                  - build the usage UI (dashboard/) into dashboard/dist, which the gateway embeds"
+	@echo "make ui-test             - the UI's type check, Vitest unit tests, and browser tests (Chromium) against a real gateway"
 	@echo "make fmt                 - format the Rust code"
 	@echo "make lint                - cargo fmt --check and clippy -D warnings"
 	@echo "make unit                - build the binaries, cargo test (unit and integration tests)"
@@ -32,10 +35,10 @@ help:
 	@echo "make control-plane-up    - start a kube-apiserver + etcd for your own experiments (prints the KUBECONFIG line)"
 	@echo "make control-plane-down  - stop it"
 
-run:
+run: ui
 	cargo run --release -p weaver-gateway -- --manifests config/dev --listen 127.0.0.1:$(PORT) --data-dir .weaver
 
-test: setup lint unit rules e2e
+test: setup lint unit rules ui-test e2e
 
 # Installs what the tests need on a fresh machine (idempotent): openssl and curl
 # for the control plane, Prometheus (Debian's package, with promtool) for the
@@ -46,11 +49,30 @@ test: setup lint unit rules e2e
 setup:
 	command -v openssl >/dev/null && command -v curl >/dev/null || ($(APT_INSTALL) openssl curl)
 	command -v prometheus >/dev/null && command -v promtool >/dev/null || ($(APT_INSTALL) prometheus)
+	command -v chromium >/dev/null || ($(APT_INSTALL) chromium)
+	$(MAKE) --no-print-directory npm-ci
 	cmp -s e2e/requirements.txt $(VENV)/requirements.txt || { \
 	  { $(HOST_PYTHON) -m venv --clear $(VENV) || \
 	    { $(APT_INSTALL) python3-venv && $(HOST_PYTHON) -m venv --clear $(VENV); }; } && \
 	  $(PYTHON) -m pip install --quiet --disable-pip-version-check -r e2e/requirements.txt && \
 	  cp e2e/requirements.txt $(VENV)/requirements.txt; }
+
+# The UI's npm packages, exactly as package-lock.json pins them; skipped when
+# the lock file has not changed since the last install.
+UI_STAMP := dashboard/node_modules/.weaver-package-lock.json
+npm-ci:
+	cmp -s dashboard/package-lock.json $(UI_STAMP) || { \
+	  (cd dashboard && npm ci --no-audit --no-fund) && cp dashboard/package-lock.json $(UI_STAMP); }
+
+ui: npm-ci
+	cd dashboard && npm run build
+
+# Type check and unit tests, then the browser tests: Debian's Chromium against
+# the debug gateway binary, which reads dashboard/dist from disk.
+ui-test: npm-ci
+	cd dashboard && npx vue-tsc --noEmit && npx vitest run && npx vite build
+	cargo build -p weaver-gateway --bin weaver-gateway
+	cd dashboard && CARGO_TARGET_DIR="$${CARGO_TARGET_DIR:-$(CURDIR)/target}" node --test e2e/
 
 fmt:
 	cargo fmt --all

@@ -18,6 +18,7 @@ use weaver_telemetry::LogFormat;
 use crate::config::cluster::{self, Cluster, ClusterError};
 use crate::config::manifests::{self, LoadError, ManifestDir};
 use crate::metering::{Metrics, UsageSink};
+use crate::server::ui::{AdminAuth, Sessions};
 use crate::server::usage_api::{AdminToken, LiveKeys, TokenError, TokenSource};
 use crate::server::{CorsOrigins, Listeners, UsageApi};
 use crate::state::{Gateway, Ledger, Settings};
@@ -297,7 +298,10 @@ pub async fn start(args: Args, shutdown: impl Future<Output = ()> + Send + 'stat
         }
         (Prepared::Manifests(_), Some(store)) => {
             let token = admin_token(&args.admin_token, args.admin_token_file.clone(), args.data_dir.clone()).await?;
-            UsageApi::Served(weaver_usage_api::router(store, token, LiveKeys(gw.clone())))
+            let (token, sessions) = (Arc::new(token), Arc::new(Sessions::new()));
+            let auth = || AdminAuth { token: token.clone(), sessions: sessions.clone() };
+            let api = weaver_usage_api::router(store, auth(), LiveKeys(gw.clone()));
+            UsageApi::Served(api.merge(crate::server::ui::router(auth(), gw.clone())))
         }
     };
     let (client, addr) = bind(args.listen).await?;

@@ -12,12 +12,22 @@ pub(crate) const POSTGRES: &[Migration] = &[
     Migration { version: 1, name: "usage", sql: include_str!("../migrations/postgres/0001_usage.sql") },
     Migration { version: 2, name: "usage_bodies", sql: include_str!("../migrations/postgres/0002_usage_bodies.sql") },
     Migration { version: 3, name: "budget_ledger", sql: include_str!("../migrations/postgres/0003_budget_ledger.sql") },
+    Migration {
+        version: 4,
+        name: "request_id_index",
+        sql: include_str!("../migrations/postgres/0004_request_id_index.sql"),
+    },
 ];
 
 pub(crate) const SQLITE: &[Migration] = &[
     Migration { version: 1, name: "usage", sql: include_str!("../migrations/sqlite/0001_usage.sql") },
     Migration { version: 2, name: "usage_bodies", sql: include_str!("../migrations/sqlite/0002_usage_bodies.sql") },
     Migration { version: 3, name: "budget_ledger", sql: include_str!("../migrations/sqlite/0003_budget_ledger.sql") },
+    Migration {
+        version: 4,
+        name: "request_id_index",
+        sql: include_str!("../migrations/sqlite/0004_request_id_index.sql"),
+    },
 ];
 
 pub(crate) const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS weaver_store_migrations \

@@ -44,6 +44,8 @@ pub struct RecordFilter {
     /// HTTP status sent to the client.
     pub status: Option<u16>,
     pub outcome: Option<Outcome>,
+    /// The one record with this request id (the `x-request-id` the client saw).
+    pub request_id: Option<String>,
 }
 
 /// One page of records, newest first.

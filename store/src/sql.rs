@@ -81,6 +81,9 @@ where
     if let Some(outcome) = f.outcome {
         qb.push(" AND outcome = ").push_bind(outcome.as_str().to_owned());
     }
+    if let Some(id) = &f.request_id {
+        qb.push(" AND request_id = ").push_bind(id.clone());
+    }
     if let Some(c) = cursor {
         // Keyset pagination: a row-value comparison the (time_ms, request_id) index
         // answers directly, however deep the page.

@@ -310,6 +310,7 @@ async fn filters_select_the_matching_records(store: &Store, _: &std::path::Path)
     let filters = [
         RecordFilter { status: Some(502), ..Default::default() },
         RecordFilter { outcome: Some(Outcome::ClientAborted), ..Default::default() },
+        RecordFilter { request_id: Some(records[7].request_id.clone()), ..Default::default() },
         RecordFilter {
             usage: UsageFilter {
                 namespaces: vec!["team-b".into()],
@@ -332,6 +333,7 @@ async fn filters_select_the_matching_records(store: &Store, _: &std::path::Path)
             .iter()
             .filter(|r| f.status.is_none_or(|s| r.status == s))
             .filter(|r| f.outcome.is_none_or(|o| r.outcome == o))
+            .filter(|r| f.request_id.as_ref().is_none_or(|id| &r.request_id == id))
             .filter(|r| u.namespaces.is_empty() || u.namespaces.contains(&r.namespace))
             .filter(|r| u.api_key.as_ref().is_none_or(|k| &r.api_key == k))
             .filter(|r| u.model.as_ref().is_none_or(|m| &r.model == m))

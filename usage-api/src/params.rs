@@ -8,7 +8,7 @@ use crate::error::ApiError;
 /// The filters every usage route takes.
 pub(crate) const FILTERS: &[&str] = &["from", "to", "namespace", "api_key", "model", "channel"];
 /// Filters only raw records know (records and export, not summaries).
-pub(crate) const RECORD_FILTERS: &[&str] = &["status", "outcome"];
+pub(crate) const RECORD_FILTERS: &[&str] = &["status", "outcome", "request_id"];
 
 /// The default and largest page of `GET /admin/v1/usage/records`.
 pub const DEFAULT_LIMIT: u32 = 100;
@@ -106,7 +106,8 @@ impl Params {
                 )
             })?),
         };
-        Ok(RecordFilter { usage: self.usage_filter()?, status, outcome })
+        let request_id = self.one("request_id")?.map(str::to_owned);
+        Ok(RecordFilter { usage: self.usage_filter()?, status, outcome, request_id })
     }
 
     /// `limit`: 1 to [`MAX_LIMIT`], [`DEFAULT_LIMIT`] when absent.

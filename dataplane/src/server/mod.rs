@@ -3,6 +3,7 @@
 
 mod admin;
 mod request_id;
+pub(crate) mod ui;
 pub(crate) mod usage_api;
 
 use std::convert::Infallible;

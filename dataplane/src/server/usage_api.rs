@@ -12,7 +12,7 @@ use http::{HeaderMap, header};
 use rand::Rng as _;
 use rand::distr::Alphanumeric;
 use sha2::{Digest as _, Sha256};
-use weaver_usage_api::{Access, ApiError, Authorize, KeyDirectory, KeyInfo, LedgerAmounts, Scope};
+use weaver_usage_api::{ApiError, KeyDirectory, KeyInfo, LedgerAmounts, Scope};
 
 use crate::clock::unix_millis;
 use crate::state::Gateway;
@@ -98,7 +98,7 @@ impl AdminToken {
 
     /// Whether `presented` is the token. Digests are compared in full, without
     /// stopping at the first difference, so timing says nothing about it.
-    fn matches(&self, presented: &str) -> bool {
+    pub(crate) fn matches(&self, presented: &str) -> bool {
         let d: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
         d.iter().zip(&self.digest).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
     }
@@ -113,9 +113,10 @@ fn read(path: &Path) -> Result<String, TokenError> {
     Ok(token.to_owned())
 }
 
-impl Authorize for AdminToken {
-    /// The admin token sees every namespace.
-    async fn authorize(&self, headers: &HeaderMap, _access: Access<'_>) -> Result<Scope, ApiError> {
+impl AdminToken {
+    /// Whether a request carries the token as `Authorization: Bearer`; the
+    /// admin token sees every namespace.
+    pub(crate) fn check(&self, headers: &HeaderMap) -> Result<Scope, ApiError> {
         let Some(value) = headers.get(header::AUTHORIZATION) else {
             return Err(ApiError::unauthenticated(
                 "missing admin token: send `Authorization: Bearer <token>` (the token is in --admin-token-file, \

@@ -1,0 +1,206 @@
+// The usage API (/admin/v1) and the UI's own routes (/ui/api), both on the
+// gateway's admin listener. The session cookie authenticates; the CSRF token
+// lives in memory only (never in storage) and goes with mutating calls.
+import { reactive } from 'vue'
+
+export interface Latency {
+  p50: number | null
+  p95: number | null
+  p99: number | null
+}
+
+export interface SummaryRow {
+  day?: string
+  hour?: string
+  namespace?: string
+  api_key?: string
+  model?: string
+  channel?: string | null
+  requests: number
+  errors: number
+  error_rate: number
+  input_tokens: number
+  output_tokens: number
+  cached_input_tokens: number
+  cost_usd: string
+  latency_ms: Latency
+}
+
+export interface Attempt {
+  channel: string
+  status: number | null
+  error: string | null
+  ttft_ms: number | null
+}
+
+export interface UsageRecord {
+  request_id: string
+  time: string
+  namespace: string
+  api_key: string
+  channel: string | null
+  model: string
+  upstream_model: string
+  status: number
+  outcome: string
+  input_tokens: number
+  output_tokens: number
+  cached_input_tokens: number
+  reasoning_tokens: number
+  estimated: boolean
+  cost_usd: string
+  duration_ms: number
+  ttft_ms: number | null
+  attempts: Attempt[]
+}
+
+export interface RecordPage {
+  data: UsageRecord[]
+  next_cursor: string | null
+}
+
+export interface KeyView {
+  namespace: string
+  name: string
+  disabled: boolean
+  expires_at: number | null
+  allowed_models: string[]
+  budget: { amount_usd: string; period: string } | null
+  rate_limit: { requestsPerMinute?: number; tokensPerMinute?: number; maxConcurrent?: number } | null
+  last_used: number | null
+}
+
+export interface ModelView {
+  name: string
+  upstream: string
+  input_per_million: string
+  output_per_million: string
+  cached_input_per_million: string
+}
+
+export interface ChannelView {
+  namespace: string
+  name: string
+  provider: string
+  models: ModelView[]
+}
+
+export interface Inventory {
+  gateway_version: string
+  snapshot_version: number | null
+  keys: KeyView[]
+  channels: ChannelView[]
+}
+
+export interface KeyStatus {
+  namespace: string
+  name: string
+  budget: {
+    limit_usd: string
+    period: string
+    period_start: string
+    remaining_usd: string
+  } | null
+  usage: { since: string; requests: number; input_tokens: number; output_tokens: number; cost_usd: string }
+}
+
+export class ApiError extends Error {
+  constructor(
+    public status: number,
+    message: string,
+  ) {
+    super(message)
+  }
+}
+
+/** The session as the page knows it. */
+export const session = reactive({ csrf: '', expiresAt: 0, checked: false })
+
+/** Called when the server says the session is gone (the router shows login). */
+let onUnauthenticated: () => void = () => {}
+export function whenUnauthenticated(f: () => void) {
+  onUnauthenticated = f
+}
+
+export type Query = Record<string, string | number | undefined | null>
+
+export function queryString(q: Query): string {
+  const p = new URLSearchParams()
+  for (const [k, v] of Object.entries(q)) if (v !== undefined && v !== null && v !== '') p.set(k, String(v))
+  const s = p.toString()
+  return s ? `?${s}` : ''
+}
+
+async function call<T>(method: string, path: string, body?: unknown): Promise<T> {
+  const headers: Record<string, string> = {}
+  if (body !== undefined) headers['Content-Type'] = 'application/json'
+  if (method !== 'GET' && session.csrf) headers['X-CSRF-Token'] = session.csrf
+  const r = await fetch(path, {
+    method,
+    headers,
+    credentials: 'same-origin',
+    cache: 'no-store',
+    body: body === undefined ? undefined : JSON.stringify(body),
+  })
+  if (r.status === 401 && path !== '/ui/api/session') {
+    session.csrf = ''
+    onUnauthenticated()
+  }
+  if (!r.ok) {
+    let message = `${r.status} ${r.statusText}`
+    try {
+      message = (await r.json()).error?.message ?? message
+    } catch {
+      /* not JSON */
+    }
+    throw new ApiError(r.status, message)
+  }
+  return r.status === 204 ? (undefined as T) : ((await r.json()) as T)
+}
+
+export const api = {
+  summary: (q: Query) => call<{ data: SummaryRow[] }>('GET', `/admin/v1/usage/summary${queryString(q)}`).then((r) => r.data),
+  records: (q: Query) => call<RecordPage>('GET', `/admin/v1/usage/records${queryString(q)}`),
+  key: (ns: string, name: string) =>
+    call<KeyStatus>('GET', `/admin/v1/keys/${encodeURIComponent(ns)}/${encodeURIComponent(name)}`),
+  inventory: () => call<Inventory>('GET', '/ui/api/inventory'),
+  exportUrl: (format: 'csv' | 'jsonl', q: Query) => `/admin/v1/usage/export${queryString({ ...q, format })}`,
+}
+
+interface SessionInfo {
+  expires_at: number
+  csrf: string
+}
+
+function keep(s: SessionInfo) {
+  session.csrf = s.csrf
+  session.expiresAt = s.expires_at
+}
+
+export const auth = {
+  /** Whether the browser has a session (after a reload: the cookie's). */
+  async check(): Promise<boolean> {
+    try {
+      keep(await call<SessionInfo>('GET', '/ui/api/session'))
+      return true
+    } catch {
+      return false
+    } finally {
+      session.checked = true
+    }
+  },
+  async login(token: string) {
+    keep(await call<SessionInfo>('POST', '/ui/api/session', { token }))
+  },
+  async refresh() {
+    keep(await call<SessionInfo>('POST', '/ui/api/session/refresh'))
+  },
+  async logout() {
+    try {
+      await call<void>('DELETE', '/ui/api/session')
+    } finally {
+      session.csrf = ''
+      session.expiresAt = 0
+    }
+  },
+}

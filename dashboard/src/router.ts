@@ -1,0 +1,25 @@
+import { createRouter, createWebHistory } from 'vue-router'
+import { auth, session } from './api'
+
+// One chunk per page: the overview does not load the logs page's code.
+export const router = createRouter({
+  history: createWebHistory('/ui/'),
+  routes: [
+    { path: '/', name: 'overview', component: () => import('./pages/Overview.vue') },
+    { path: '/keys', name: 'keys', component: () => import('./pages/Keys.vue') },
+    { path: '/channels', name: 'channels', component: () => import('./pages/Channels.vue') },
+    { path: '/models', name: 'models', component: () => import('./pages/Models.vue') },
+    { path: '/logs', name: 'logs', component: () => import('./pages/Logs.vue') },
+    { path: '/settings', name: 'settings', component: () => import('./pages/Settings.vue') },
+    { path: '/login', name: 'login', component: () => import('./pages/Login.vue'), meta: { open: true } },
+    { path: '/:rest(.*)', redirect: '/' },
+  ],
+})
+
+router.beforeEach(async (to) => {
+  if (to.meta.open) return true
+  if (!session.csrf) {
+    if (!(await auth.check())) return { name: 'login', query: { next: to.fullPath } }
+  }
+  return true
+})
