@@ -20,11 +20,11 @@ help:
 	@echo "make help                - this list"
 	@echo "make run                 - the standalone gateway with the demo config (config/dev) on 127.0.0.1:$(PORT)"
 	@echo "make test                - everything CI runs: setup, lint, unit, e2e"
-	@echo "make setup               - openssl and curl (apt-get if missing), the Python test packages in $(VENV)"
+	@echo "make setup               - openssl, curl and lua5.4 (apt-get if missing), the Python test packages in $(VENV)"
 	@echo "make fmt                 - format the Rust code"
-	@echo "make lint                - cargo fmt --check and clippy -D warnings"
+	@echo "make lint                - cargo fmt --check, clippy -D warnings, hadolint on docker/Dockerfile"
 	@echo "make unit                - build the binaries, cargo test (unit and integration tests)"
-	@echo "make e2e                 - operator, replicas, OpenAI SDK and CRD tests against the binaries and a real API server"
+	@echo "make e2e                 - operator, replicas, Helm chart, OpenAI SDK and CRD tests against the binaries and a real API server"
 	@echo "make crds                - regenerate crds/manifests from the Rust types"
 	@echo "make bench               - loopback benchmark (direct vs nginx vs gateway) and allocations per request (not part of CI)"
 	@echo "make bench-export        - the usage export of 100,000 records through the gateway: records/s, peak RSS (not part of CI)"
@@ -37,12 +37,13 @@ run:
 test: setup lint unit e2e
 
 # Installs what the tests need on a fresh machine (idempotent): openssl and curl
-# for the control plane, and the pinned Python packages in a virtual environment
+# for the control plane, lua5.4 for the Argo CD health script's test, and the pinned Python packages in a virtual environment
 # under $(WEAVER_CACHE), so no Python of yours is changed (Debian's python3 needs
 # python3-venv for that: it is installed when venv fails). The environment is
 # rebuilt when e2e/requirements.txt changes.
 setup:
-	command -v openssl >/dev/null && command -v curl >/dev/null || ($(APT_INSTALL) openssl curl)
+	command -v openssl >/dev/null && command -v curl >/dev/null && command -v lua5.4 >/dev/null || \
+	  ($(APT_INSTALL) openssl curl lua5.4)
 	cmp -s e2e/requirements.txt $(VENV)/requirements.txt || { \
 	  { $(HOST_PYTHON) -m venv --clear $(VENV) || \
 	    { $(APT_INSTALL) python3-venv && $(HOST_PYTHON) -m venv --clear $(VENV); }; } && \
@@ -52,11 +53,12 @@ setup:
 fmt:
 	cargo fmt --all
 
-lint:
+lint: setup
 	@for t in $$(sed -n 's/^\.PHONY: //p' Makefile); do \
 	  grep -q "^	@echo \"make $$t " Makefile || { echo "make help does not list $$t"; exit 1; }; done
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+	$(VENV)/bin/hadolint docker/Dockerfile
 
 PG ?= $(or $(TMPDIR),/tmp)/llm-weaver-unit-postgres
 unit:
@@ -72,7 +74,8 @@ unit:
 # (with two gateways in cluster mode) against a real kube-apiserver + etcd,
 # and a throwaway Postgres as the operator's usage store; usage and rate
 # limits across gateway and operator replicas (the rate-limit test hammers
-# for two minutes). The
+# for two minutes); the Helm chart (lint, template, applied to the plane, its
+# RBAC and sidecar webhook; helm is built from Go modules like the plane). The
 # control plane binaries are built from Go modules on first use (about 5 min on
 # a cold, otherwise idle 2-core machine) and cached; each plane is thrown away
 # afterwards.
@@ -82,12 +85,14 @@ E2E_PG ?= $(or $(TMPDIR),/tmp)/llm-weaver-e2e-postgres
 e2e: setup
 	cargo build --workspace --bins
 	e2e/control-plane build
+	e2e/control-plane build-helm
 	e2e/control-plane down $(PLANE) >/dev/null 2>&1 || true
 	e2e/control-plane up $(PLANE) >/dev/null
 	e2e/postgres down $(E2E_PG) >/dev/null 2>&1 || true
 	pg_env=$$(e2e/postgres up $(E2E_PG)); eval "$$pg_env"; \
 	  trap 'e2e/control-plane down $(PLANE) >/dev/null; e2e/postgres down $(E2E_PG) >/dev/null' EXIT; \
-	  WEAVER_E2E_KUBECONFIG=$(PLANE)/kubeconfig WEAVER_E2E_PYTHON=$(PYTHON) cargo test -p weaver-e2e --test operator --test replicas -- --ignored --test-threads 4 && \
+	  WEAVER_E2E_KUBECONFIG=$(PLANE)/kubeconfig WEAVER_E2E_PYTHON=$(PYTHON) WEAVER_E2E_HELM=$$(e2e/control-plane helm-bin) \
+	  cargo test -p weaver-e2e --test operator --test replicas --test chart -- --ignored --test-threads 4 && \
 	  $(PYTHON) -m pytest e2e/sdk e2e/crd -q
 
 crds:
