@@ -324,9 +324,32 @@ fn files_in(dir: &str, extensions: &[&str]) -> anyhow::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// The environment variables `binary` reads: those its `--help` names, and
+/// the pod fields it reads directly (`POD_NAME` for the gateway's instance
+/// name, `POD_IP` for the operator's advertised URL).
+fn settings_of(binary: &str) -> anyhow::Result<BTreeSet<String>> {
+    let out = std::process::Command::new(weaver_e2e::cluster::binary(binary)?).arg("--help").output()?;
+    let help = String::from_utf8(out.stdout)?;
+    let mut names: BTreeSet<String> =
+        help.split("[env: ").skip(1).filter_map(|rest| rest.split(['=', ']']).next().map(str::to_owned)).collect();
+    names.extend(["POD_NAME".to_owned(), "POD_IP".to_owned()]);
+    Ok(names)
+}
+
+/// Every variable of the container's environment is one the binary reads: a
+/// misspelt name would be ignored silently in the cluster.
+fn check_env_names(name: &str, c: &Value, known: &BTreeSet<String>) {
+    for e in c["env"].as_array().into_iter().flatten() {
+        let var = e["name"].as_str().unwrap_or_default();
+        assert!(known.contains(var), "{name}: {} sets {var}, which the binary does not read", c["name"]);
+    }
+}
+
 #[test]
 #[ignore = "needs helm: run with `make e2e`"]
 fn every_value_set_lints_and_renders_what_it_promises() -> anyhow::Result<()> {
+    let operator_settings = settings_of("weaver-operator")?;
+    let gateway_settings = settings_of("weaver-gateway")?;
     for (name, args) in value_sets() {
         let mut lint = vec!["lint".to_owned(), chart(), "--strict".to_owned(), "--namespace".into(), "weaver".into()];
         // `helm lint` takes values, not the cluster's API versions.
@@ -336,6 +359,12 @@ fn every_value_set_lints_and_renders_what_it_promises() -> anyhow::Result<()> {
         let docs = render("weaver", "weaver", &args).with_context(|| format!("value set {name}"))?;
         check_common(name, &docs).with_context(|| format!("value set {name}"))?;
         check_set(name, &docs).with_context(|| format!("value set {name}"))?;
+        check_env_names(name, container(&docs, "operator")?, &operator_settings);
+        check_env_names(name, container(&docs, "gateway")?, &gateway_settings);
+        if let Ok(map) = named(&docs, "ConfigMap", "-inject") {
+            let template: Value = serde_json::from_str(map["data"]["sidecar.json"].as_str().unwrap_or_default())?;
+            check_env_names(name, &template["container"], &gateway_settings);
+        }
     }
     // values.schema.json refuses what would render a broken install.
     for bad in [
