@@ -20,15 +20,15 @@ help:
 	@echo "make help                - this list"
 	@echo "make run                 - the standalone gateway with the demo config (config/dev) on 127.0.0.1:$(PORT), its UI on http://127.0.0.1:9090/ui/"
 	@echo "make test                - everything CI runs: setup, lint, unit, rules, ui-test, e2e"
-	@echo "make setup               - openssl, curl, prometheus and chromium (apt-get if missing), the Python test packages in $(VENV), the UI's npm packages"
+	@echo "make setup               - openssl, curl, lua5.4, prometheus and chromium (apt-get if missing), the Python test packages in $(VENV), the UI's npm packages"
 	@echo "make npm-ci              - the UI's npm packages as package-lock.json pins them (skipped when it is unchanged)"
 	@echo "make ui                  - build the usage UI (dashboard/) into dashboard/dist, which the gateway embeds"
 	@echo "make ui-test             - the UI's type check, Vitest unit tests, and browser tests (Chromium) against a real gateway"
 	@echo "make fmt                 - format the Rust code"
-	@echo "make lint                - cargo fmt --check and clippy -D warnings"
+	@echo "make lint                - cargo fmt --check, clippy -D warnings, hadolint on docker/Dockerfile"
 	@echo "make unit                - build the binaries, cargo test (unit and integration tests)"
 	@echo "make rules               - promtool check rules and promtool test rules on config/prometheus (the alert rules)"
-	@echo "make e2e                 - operator, replicas, dashboards (real Prometheus), OpenAI SDK and CRD tests against the binaries and a real API server"
+	@echo "make e2e                 - operator, replicas, Helm chart, dashboards (real Prometheus), OpenAI SDK and CRD tests against the binaries and a real API server"
 	@echo "make crds                - regenerate crds/manifests from the Rust types"
 	@echo "make bench               - loopback benchmark (direct vs nginx vs gateway) and allocations per request (not part of CI)"
 	@echo "make bench-export        - the usage export of 100,000 records through the gateway: records/s, peak RSS (not part of CI)"
@@ -41,13 +41,15 @@ run: ui
 test: setup lint unit rules ui-test e2e
 
 # Installs what the tests need on a fresh machine (idempotent): openssl and curl
-# for the control plane, Prometheus (Debian's package, with promtool) for the
-# alert rule tests and the dashboard e2e test, and the pinned Python packages in a virtual environment
+# for the control plane, lua5.4 for the Argo CD health script's test,
+# Prometheus (Debian's package, with promtool) for the alert rule tests and
+# the dashboard e2e test, and the pinned Python packages in a virtual environment
 # under $(WEAVER_CACHE), so no Python of yours is changed (Debian's python3 needs
 # python3-venv for that: it is installed when venv fails). The environment is
 # rebuilt when e2e/requirements.txt changes.
 setup:
-	command -v openssl >/dev/null && command -v curl >/dev/null || ($(APT_INSTALL) openssl curl)
+	command -v openssl >/dev/null && command -v curl >/dev/null && command -v lua5.4 >/dev/null || \
+	  ($(APT_INSTALL) openssl curl lua5.4)
 	command -v prometheus >/dev/null && command -v promtool >/dev/null || ($(APT_INSTALL) prometheus)
 	command -v chromium >/dev/null || ($(APT_INSTALL) chromium)
 	$(MAKE) --no-print-directory npm-ci
@@ -77,11 +79,12 @@ ui-test: npm-ci
 fmt:
 	cargo fmt --all
 
-lint:
+lint: setup
 	@for t in $$(sed -n 's/^\.PHONY: //p' Makefile); do \
 	  grep -q "^	@echo \"make $$t " Makefile || { echo "make help does not list $$t"; exit 1; }; done
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+	$(VENV)/bin/hadolint docker/Dockerfile
 
 PG ?= $(or $(TMPDIR),/tmp)/llm-weaver-unit-postgres
 unit:
@@ -103,8 +106,10 @@ rules: setup
 # (with two gateways in cluster mode) against a real kube-apiserver + etcd,
 # and a throwaway Postgres as the operator's usage store; usage and rate
 # limits across gateway and operator replicas (the rate-limit test hammers
-# for two minutes); every Grafana dashboard query against a real Prometheus
-# scraping the operator and two gateways under load. The
+# for two minutes); the Helm chart (lint, template, applied to the plane, its
+# RBAC and sidecar webhook; helm is built from Go modules like the plane);
+# every Grafana dashboard query against a real Prometheus scraping the
+# operator and two gateways under load. The
 # control plane binaries are built from Go modules on first use (about 5 min on
 # a cold, otherwise idle 2-core machine) and cached; each plane is thrown away
 # afterwards.
@@ -114,12 +119,14 @@ E2E_PG ?= $(or $(TMPDIR),/tmp)/llm-weaver-e2e-postgres
 e2e: setup
 	cargo build --workspace --bins
 	e2e/control-plane build
+	e2e/control-plane build-helm
 	e2e/control-plane down $(PLANE) >/dev/null 2>&1 || true
 	e2e/control-plane up $(PLANE) >/dev/null
 	e2e/postgres down $(E2E_PG) >/dev/null 2>&1 || true
 	pg_env=$$(e2e/postgres up $(E2E_PG)); eval "$$pg_env"; \
 	  trap 'e2e/control-plane down $(PLANE) >/dev/null; e2e/postgres down $(E2E_PG) >/dev/null' EXIT; \
-	  WEAVER_E2E_KUBECONFIG=$(PLANE)/kubeconfig WEAVER_E2E_PYTHON=$(PYTHON) cargo test -p weaver-e2e --test operator --test replicas --test observability -- --ignored --test-threads 4 && \
+	  WEAVER_E2E_KUBECONFIG=$(PLANE)/kubeconfig WEAVER_E2E_PYTHON=$(PYTHON) WEAVER_E2E_HELM=$$(e2e/control-plane helm-bin) \
+	  cargo test -p weaver-e2e --test operator --test replicas --test chart --test observability -- --ignored --test-threads 4 && \
 	  $(PYTHON) -m pytest e2e/sdk e2e/crd -q
 
 crds:

@@ -39,6 +39,33 @@ pub struct Bed {
     gateway_store: Option<String>,
     /// The operators' `--gateway-timeout`.
     gateway_timeout: Duration,
+    /// Whose identity the operators and gateways run with (a test may change
+    /// the operators' settings before restarting one).
+    pub release: Option<Release>,
+}
+
+/// A Helm release already applied to the plane: the bed runs the operator and
+/// the gateways as its ServiceAccounts, with exactly the RBAC it grants, and
+/// with the operator settings its Deployment gives.
+#[derive(Clone, Debug)]
+pub struct Release {
+    /// The release's namespace; the bed uses it as its own.
+    pub namespace: String,
+    /// A kubeconfig acting as the operator's ServiceAccount.
+    pub operator_kubeconfig: PathBuf,
+    /// The operator container's plain environment (`WEAVER_TLS_SECRET`...).
+    pub operator_env: Vec<(String, String)>,
+    /// The gateways' ServiceAccount (in `namespace`), bound by the release.
+    pub gateway_account: String,
+}
+
+impl Release {
+    fn tls_secret(&self) -> &str {
+        self.operator_env
+            .iter()
+            .find(|(k, _)| k == "WEAVER_TLS_SECRET")
+            .map_or("llm-weaver-operator-tls", |(_, v)| v.as_str())
+    }
 }
 
 /// What a [`Bed`] starts; [`Setup::new`] gives the defaults.
@@ -61,6 +88,9 @@ pub struct Setup {
     /// The operators' `--gateway-timeout`: how long a silent gateway still
     /// counts as live (for the rate-limit shares).
     pub gateway_timeout: Duration,
+    /// Run as a Helm release's ServiceAccounts (default: the plane's admin,
+    /// and gateways bound to the test's gateway role).
+    pub release: Option<Release>,
 }
 
 impl Setup {
@@ -76,6 +106,7 @@ impl Setup {
             operator_store: None,
             gateway_store: None,
             gateway_timeout: Duration::from_secs(10),
+            release: None,
         }
     }
 }
@@ -140,7 +171,10 @@ impl Bed {
     /// (and the standby), then the gateways.
     pub async fn start(setup: Setup) -> anyhow::Result<Self> {
         let cluster = Cluster::connect().await?;
-        let ns = cluster.namespace("e2e").await?;
+        let ns = match &setup.release {
+            Some(release) => release.namespace.clone(),
+            None => cluster.namespace("e2e").await?,
+        };
         cluster.apply_yaml(&ns, &setup.manifests).await?;
         let mut bed = Self {
             cluster,
@@ -154,11 +188,16 @@ impl Bed {
             store: setup.operator_store,
             gateway_store: setup.gateway_store,
             gateway_timeout: setup.gateway_timeout,
+            release: setup.release,
         };
         bed.operator = Some(bed.operator_process(None, "operator-0").await?);
-        let token = bed.cluster.gateway_token(&bed.ns, "gateway", true).await?;
+        let token = match &bed.release {
+            Some(r) => bed.cluster.gateway_token(&bed.ns, &r.gateway_account, false).await?,
+            None => bed.cluster.gateway_token(&bed.ns, "gateway", true).await?,
+        };
         std::fs::write(bed.path("token"), token)?;
-        let ca = bed.cluster.operator_ca(&bed.ns).await?;
+        let secret = bed.release.as_ref().map_or("llm-weaver-operator-tls", Release::tls_secret);
+        let ca = bed.cluster.operator_ca_in(&bed.ns, secret).await?;
         std::fs::write(bed.path("ca.pem"), ca)?;
         if setup.standby {
             bed.until_leader("operator-0").await?;
@@ -215,7 +254,12 @@ impl Bed {
             args.extend(["--store".into(), store.clone(), "--store-history-refresh".into(), "1s".into()]);
         }
         let log = self.path(&format!("{identity}-{}.log", rand_suffix()));
-        self.cluster.operator(&self.ns, identity, &args, log).await
+        match &self.release {
+            Some(r) => {
+                self.cluster.operator_as(&r.operator_kubeconfig, &self.ns, identity, &args, &r.operator_env, log).await
+            }
+            None => self.cluster.operator(&self.ns, identity, &args, log).await,
+        }
     }
 
     /// The replica holding the leader Lease.

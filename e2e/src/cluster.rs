@@ -197,6 +197,21 @@ impl Cluster {
         args: &[String],
         log: PathBuf,
     ) -> anyhow::Result<Process> {
+        self.operator_as(&self.kubeconfig, namespace, identity, args, &[], log).await
+    }
+
+    /// [`Cluster::operator`] with the identity of `kubeconfig` and the
+    /// environment `envs` (settings the way a Deployment gives them; `args`
+    /// win over them).
+    pub async fn operator_as(
+        &self,
+        kubeconfig: &Path,
+        namespace: &str,
+        identity: &str,
+        args: &[String],
+        envs: &[(String, String)],
+        log: PathBuf,
+    ) -> anyhow::Result<Process> {
         let mut all: Vec<String> =
             ["--metrics-listen", "127.0.0.1:0", "--log-format", "json", "--namespace", namespace]
                 .iter()
@@ -204,14 +219,40 @@ impl Cluster {
                 .collect();
         all.extend(["--identity".to_owned(), identity.to_owned()]);
         all.extend_from_slice(args);
-        let kubeconfig = self.kubeconfig.to_string_lossy().into_owned();
-        Process::start(&binary("weaver-operator")?, &all, &[("KUBECONFIG", &kubeconfig)], log).await
+        let kubeconfig = kubeconfig.to_string_lossy().into_owned();
+        let mut env: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        env.push(("KUBECONFIG", &kubeconfig));
+        Process::start(&binary("weaver-operator")?, &all, &env, log).await
+    }
+
+    /// Writes a kubeconfig into `path` that acts as ServiceAccount
+    /// `namespace/name` (a token of the API server's audience, valid an hour):
+    /// a process using it has exactly the RBAC that account is granted.
+    pub async fn service_account_kubeconfig(&self, namespace: &str, name: &str, path: &Path) -> anyhow::Result<()> {
+        let token = self.token(namespace, name, &[]).await?;
+        let admin = Kubeconfig::read_from(&self.kubeconfig)?;
+        let cluster = admin.clusters.first().and_then(|c| c.cluster.clone()).context("no cluster in the kubeconfig")?;
+        let config = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "plane", "cluster": cluster}],
+            "users": [{"name": name, "user": {"token": token}}],
+            "contexts": [{"name": "sa", "context": {"cluster": "plane", "user": name, "namespace": namespace}}],
+            "current-context": "sa",
+        });
+        // JSON is YAML: kube and kubectl read it as a kubeconfig.
+        std::fs::write(path, serde_json::to_vec(&config)?)?;
+        Ok(())
     }
 
     /// The CA the operator's serving certificate chains to, from its Secret.
     pub async fn operator_ca(&self, operator_namespace: &str) -> anyhow::Result<String> {
-        let secret =
-            Api::<Secret>::namespaced(self.client.clone(), operator_namespace).get("llm-weaver-operator-tls").await?;
+        self.operator_ca_in(operator_namespace, "llm-weaver-operator-tls").await
+    }
+
+    /// The CA in the operator's TLS Secret `secret`.
+    pub async fn operator_ca_in(&self, operator_namespace: &str, secret: &str) -> anyhow::Result<String> {
+        let secret = Api::<Secret>::namespaced(self.client.clone(), operator_namespace).get(secret).await?;
         let data: BTreeMap<String, k8s_openapi::ByteString> = secret.data.unwrap_or_default();
         let ca = data.get("ca.crt").context("no ca.crt in the operator's TLS Secret")?;
         Ok(String::from_utf8(ca.0.clone())?)

@@ -63,6 +63,16 @@ pub struct Args {
     /// store late (a gateway replaying its spool) show within this time.
     #[arg(long, env = "WEAVER_STORE_HISTORY_REFRESH", default_value = "5m", value_parser = humantime::parse_duration)]
     pub store_history_refresh: Duration,
+    /// Sidecar mode: serve the mutating admission webhook at `/inject`, adding
+    /// the gateway container this template (JSON, rendered by the Helm chart)
+    /// describes to pods annotated `llmweaver.io/inject: "true"`.
+    #[arg(long, env = "WEAVER_INJECT_TEMPLATE", value_name = "PATH")]
+    pub inject_template: Option<std::path::PathBuf>,
+    /// The MutatingWebhookConfiguration whose caBundle the operator keeps
+    /// equal to its CA (with the self-managed CA; cert-manager's CA injector
+    /// does it otherwise).
+    #[arg(long, env = "WEAVER_WEBHOOK_CONFIGURATION", value_name = "NAME")]
+    pub webhook_configuration: Option<String>,
     /// Log format: `auto` is human-readable on a terminal and JSON otherwise.
     #[arg(long, env = "WEAVER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto)]
     pub log_format: LogFormat,

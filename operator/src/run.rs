@@ -22,7 +22,7 @@ use crate::metrics::{BudgetGauges, Metrics};
 use crate::state::{self, Published};
 use crate::usage::UsageBook;
 use crate::usage_store::UsageReader;
-use crate::{keys, server, status, tls, usage_api};
+use crate::{inject, keys, server, status, tls, usage_api};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -36,6 +36,8 @@ pub enum StartError {
     Http(#[from] reqwest::Error),
     #[error("usage store: {0}")]
     Store(#[from] weaver_store::StoreError),
+    #[error("sidecar webhook: {0}")]
+    Inject(#[from] inject::InjectError),
 }
 
 /// A running operator.
@@ -107,6 +109,10 @@ pub async fn start(args: Args) -> Result<Started, StartError> {
     let material = tls::load_or_create(&client, &namespace, &args.tls_secret, &sans).await?;
     let metrics = Arc::new(Metrics::new());
     metrics.certificates(&material);
+    let injector = match &args.inject_template {
+        Some(path) => Some(Arc::new(inject::Injector::new(inject::Template::load(path)?, material.ca_pem.clone()))),
+        None => None,
+    };
     let acceptor =
         Arc::new(arc_swap::ArcSwap::from_pointee(tokio_rustls::TlsAcceptor::from(tls::server_config(&material)?)));
     let ca = reqwest::Certificate::from_pem(material.ca_pem.as_bytes())?;
@@ -151,9 +157,21 @@ pub async fn start(args: Args) -> Result<Started, StartError> {
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(state::compile_loop(stores, changed, replicas_rx, args.debounce, metrics, publish));
-    let routes = server::router(ctx.clone()).merge(usage_api::router(&ctx, args.watch_namespace.clone()));
+    let mut routes = server::router(ctx.clone()).merge(usage_api::router(&ctx, args.watch_namespace.clone()));
+    if let Some(injector) = &injector {
+        routes = routes
+            .merge(Router::new().route("/inject", axum::routing::post(inject::handle)).with_state(injector.clone()));
+    }
+    let ca_bundle =
+        args.webhook_configuration.clone().map(|name| CaBundle { name, pem: watch::channel(material.ca_pem.clone()) });
     tasks.spawn(server::serve_tls(listener, acceptor.clone(), routes));
-    tasks.spawn(renew_certificate(ctx.clone(), namespace.clone(), args.tls_secret.clone(), sans, acceptor));
+    let ca_tx = ca_bundle.as_ref().map(|b| b.pem.0.clone());
+    if let Some(bundle) = ca_bundle {
+        tasks.spawn(keep_ca_bundle(ctx.client.clone(), bundle.name, bundle.pem.1));
+    }
+    let renewal =
+        Renewal { ctx: ctx.clone(), namespace: namespace.clone(), secret: args.tls_secret.clone(), sans };
+    tasks.spawn(renew_certificate(renewal, acceptor, injector, ca_tx));
     tasks.spawn(serve_plain(metrics_listener, ctx.clone()));
     tasks.spawn(writer_loop(ctx.clone(), args.status_interval));
     tracing::info!(%addr, %metrics_addr, namespace = %namespace, usage_api = ctx.store.is_some(), "listening");
@@ -199,27 +217,65 @@ async fn writer_loop(ctx: Arc<Context>, interval: std::time::Duration) {
 /// within 30 days of expiry or no longer covers the names).
 const RENEW_EVERY: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
 
-/// Keeps the serving certificate fresh while the operator runs.
-async fn renew_certificate(
+/// The webhook configuration whose caBundle follows the CA.
+struct CaBundle {
+    name: String,
+    pem: (watch::Sender<String>, watch::Receiver<String>),
+}
+
+/// Where the serving certificate is kept.
+struct Renewal {
     ctx: Arc<Context>,
     namespace: String,
     secret: String,
     sans: Vec<String>,
+}
+
+/// Keeps the serving certificate fresh while the operator runs; a new CA goes
+/// to the webhook (the CA it injects, and its caBundle).
+async fn renew_certificate(
+    r: Renewal,
     acceptor: Arc<arc_swap::ArcSwap<tokio_rustls::TlsAcceptor>>,
+    injector: Option<Arc<inject::Injector>>,
+    ca_bundle: Option<watch::Sender<String>>,
 ) {
     let mut ticker = tokio::time::interval(RENEW_EVERY);
     ticker.tick().await;
     loop {
         ticker.tick().await;
-        let renewed = tls::load_or_create(&ctx.client, &namespace, &secret, &sans)
-            .await
-            .and_then(|m| Ok((tls::server_config(&m)?, m)));
-        match renewed {
+        let renewed = tls::load_or_create(&r.ctx.client, &r.namespace, &r.secret, &r.sans).await;
+        match renewed.and_then(|m| Ok((tls::server_config(&m)?, m))) {
             Ok((config, material)) => {
                 acceptor.store(Arc::new(tokio_rustls::TlsAcceptor::from(config)));
-                ctx.metrics.certificates(&material);
+                r.ctx.metrics.certificates(&material);
+                let ca_pem = material.ca_pem;
+                if let Some(injector) = &injector {
+                    injector.set_ca(ca_pem.clone());
+                }
+                if let Some(tx) = &ca_bundle {
+                    tx.send_if_modified(|current| std::mem::replace(current, ca_pem) != *current);
+                }
             }
             Err(e) => tracing::warn!(error = %e, "cannot renew the serving certificate; keeping the current one"),
+        }
+    }
+}
+
+/// Writes the CA into the webhook configuration's caBundle, retrying until it
+/// succeeds (the configuration may be created after the operator starts), and
+/// again whenever the CA changes.
+async fn keep_ca_bundle(client: Client, name: String, mut pem: watch::Receiver<String>) {
+    loop {
+        let current = pem.borrow_and_update().clone();
+        let mut backoff = std::time::Duration::from_millis(500);
+        while let Err(e) = inject::sync_ca_bundle(&client, &name, &current).await {
+            tracing::warn!(configuration = %name, error = %e, "cannot write the webhook's caBundle; retrying");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(std::time::Duration::from_secs(30));
+        }
+        tracing::info!(configuration = %name, "webhook caBundle written");
+        if pem.changed().await.is_err() {
+            return;
         }
     }
 }
