@@ -47,6 +47,21 @@ pub(crate) struct ChoiceView<'a> {
     pub finish_reason: Option<Str<'a>>,
 }
 
+/// What a translated chat stream comes to when the upstream closes it:
+/// nothing once its end was written (`stopped`); its end (`finish`) when
+/// the answer `finished` without `[DONE]` (some servers leave it out);
+/// else the error of a stream cut short.
+pub(crate) fn at_close(stopped: bool, finished: bool, finish: impl FnOnce() -> EventAction) -> EventAction {
+    match (stopped, finished) {
+        (true, _) => EventAction::Drop,
+        (false, true) => finish(),
+        (false, false) => EventAction::Fail(ApiError::bad_gateway(
+            "upstream_stream_error",
+            "The upstream stream ended before the answer was complete.",
+        )),
+    }
+}
+
 /// One event of an OpenAI chat stream, read for a translation.
 #[expect(clippy::large_enum_variant, reason = "taken apart where it is read, never stored")]
 pub(crate) enum ChatEvent<'a> {
@@ -303,16 +318,8 @@ impl ToEvents {
         EventAction::Replace(Bytes::from(out))
     }
 
-    /// The upstream closed: a finished answer without `[DONE]` (some servers
-    /// leave it out) still ends properly; anything else was cut.
+    /// The upstream closed: see [`at_close`].
     pub fn end(&mut self) -> EventAction {
-        match (self.stopped, self.finished) {
-            (true, _) => EventAction::Drop,
-            (false, true) => self.finish(),
-            (false, false) => EventAction::Fail(ApiError::bad_gateway(
-                "upstream_stream_error",
-                "The upstream stream ended before the answer was complete.",
-            )),
-        }
+        at_close(self.stopped, self.finished, || self.finish())
     }
 }

@@ -25,7 +25,7 @@ use super::response::{Head, Item, ItemBody, ItemOut, PartOut, ResponseOut, Statu
 use crate::api::ApiError;
 use crate::metering::{ResponsesUsage, Said, Usage};
 use crate::providers::messages::request::Str;
-use crate::providers::messages::stream::{ChatEvent, read_chunk};
+use crate::providers::messages::stream::{ChatEvent, at_close, read_chunk};
 use crate::providers::openai::ModelRename;
 use crate::providers::{EventAction, anthropic};
 use crate::relay::sse;
@@ -330,17 +330,9 @@ impl ToResponses {
         EventAction::Replace(Bytes::from(out))
     }
 
-    /// The upstream closed: a finished answer without `[DONE]` still ends
-    /// properly; anything else was cut.
+    /// The upstream closed: see [`at_close`].
     pub fn end(&mut self) -> EventAction {
-        match (self.stopped, self.finished) {
-            (true, _) => EventAction::Drop,
-            (false, true) => self.finish(),
-            (false, false) => EventAction::Fail(ApiError::bad_gateway(
-                "upstream_stream_error",
-                "The upstream stream ended before the answer was complete.",
-            )),
-        }
+        at_close(self.stopped, self.finished, || self.finish())
     }
 }
 
