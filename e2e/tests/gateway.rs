@@ -471,7 +471,7 @@ async fn every_api_route_answers_401_without_a_key_and_metrics_stay_off_the_clie
         let request = if route.method() == reqwest::Method::POST { request.json(&chat(false)) } else { request };
         let response = request.send().await?;
         match route.dialect() {
-            Dialect::OpenAi => {
+            Dialect::OpenAi | Dialect::Responses => {
                 let (status, code) = error_of(response).await?;
                 assert_eq!((status, code.as_str()), (StatusCode::UNAUTHORIZED, "invalid_api_key"), "{route:?}");
             }

@@ -102,7 +102,17 @@ async fn responses_pass_through_to_an_openai_channel_and_are_metered() -> anyhow
     let usage = events.last().map(|(_, d)| d["response"]["usage"].clone()).unwrap_or_default();
     assert!(s.upstream.requests()[1].body.get("stream_options").is_none(), "the Responses API takes none");
 
+    // An error event mid-stream ends the stream with the gateway's own.
+    let body = json!({"model": "gpt-4o-mini", "input": "Say hi mock:error-mid-stream", "stream": true});
+    let events = named_events(s.post("native-broken", &body).await?).await?;
+    let (name, error) = events.last().cloned().unwrap_or_default();
+    assert_eq!((name.as_str(), error["type"].as_str()), ("error", Some("error")));
+    assert_eq!(error["code"], "upstream_stream_error");
+    assert!(error["message"].as_str().is_some_and(|m| m.contains("The model failed mid-stream.")), "{error}");
+    assert_eq!(deltas(&events, "response.output_text.delta"), "This ", "what came before still went out");
+
     let records = s.gateway.usage_records().await?;
+    assert_eq!(record(&records, "native-broken")?.status, 502);
     let whole = record(&records, "native-whole")?;
     assert!(!whole.estimated);
     assert!(whole.input_tokens > 0 && whole.output_tokens > 0);

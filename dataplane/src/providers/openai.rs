@@ -357,6 +357,19 @@ mod tests {
     }
 
     #[test]
+    fn the_responses_api_has_its_own_path_and_azure_a_dated_one_without_the_deployment() {
+        let dated = channel(Provider::AzureOpenai, "https://r.openai.azure.com", Some("2025-04-01-preview"));
+        assert_eq!(
+            url(&dated, &model(), Operation::Responses),
+            "https://r.openai.azure.com/openai/responses?api-version=2025-04-01-preview"
+        );
+        let v1 = channel(Provider::AzureOpenai, "https://r.openai.azure.com", None);
+        assert_eq!(url(&v1, &model(), Operation::Responses), "https://r.openai.azure.com/openai/v1/responses");
+        let openai = channel(Provider::Openai, "https://api.openai.com/v1", None);
+        assert_eq!(url(&openai, &model(), Operation::Responses), "https://api.openai.com/v1/responses");
+    }
+
+    #[test]
     fn the_public_model_name_replaces_the_deployment_name() {
         let rename = ModelRename::new("gpt-4o", "eastus-prod-deploy-7f3a").unwrap_or_else(|| panic!("names differ"));
         let chunk = br#"{"id":"x","model": "eastus-prod-deploy-7f3a","choices":[{"delta":{"content":"\"model\":\"eastus-prod-deploy-7f3a\""}}]}"#;

@@ -15,22 +15,25 @@ use crate::providers::anthropic::wire::stop_reason;
 
 type Str<'a> = Cow<'a, str>;
 
+/// A `chat.completion`, as the translations read it.
 #[derive(Deserialize)]
-struct CompletionView<'a> {
+pub(crate) struct CompletionView<'a> {
     #[serde(default, borrow)]
-    id: Option<Str<'a>>,
-    #[serde(borrow)]
-    choices: Vec<ChoiceView<'a>>,
+    pub id: Option<Str<'a>>,
     #[serde(default)]
-    usage: Option<OpenAiUsage>,
+    pub created: Option<i64>,
+    #[serde(borrow)]
+    pub choices: Vec<ChoiceView<'a>>,
+    #[serde(default)]
+    pub usage: Option<OpenAiUsage>,
 }
 
 #[derive(Deserialize)]
-struct ChoiceView<'a> {
+pub(crate) struct ChoiceView<'a> {
     #[serde(borrow)]
-    message: Said<'a>,
+    pub message: Said<'a>,
     #[serde(default, borrow)]
-    finish_reason: Option<Str<'a>>,
+    pub finish_reason: Option<Str<'a>>,
 }
 
 /// A message: whole, or as `message_start` opens a stream (no content and

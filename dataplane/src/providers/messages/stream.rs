@@ -36,14 +36,64 @@ struct ChunkView<'a> {
     error: Option<serde::de::IgnoredAny>,
 }
 
+/// The first choice of one chunk, as the translations read it.
 #[derive(Deserialize)]
-struct ChoiceView<'a> {
+pub(crate) struct ChoiceView<'a> {
     #[serde(default)]
     index: u32,
     #[serde(default, borrow)]
-    delta: Option<Said<'a>>,
+    pub delta: Option<Said<'a>>,
     #[serde(default, borrow)]
-    finish_reason: Option<Str<'a>>,
+    pub finish_reason: Option<Str<'a>>,
+}
+
+/// What a translated chat stream comes to when the upstream closes it:
+/// nothing once its end was written (`stopped`); its end (`finish`) when
+/// the answer `finished` without `[DONE]` (some servers leave it out);
+/// else the error of a stream cut short.
+pub(crate) fn at_close(stopped: bool, finished: bool, finish: impl FnOnce() -> EventAction) -> EventAction {
+    match (stopped, finished) {
+        (true, _) => EventAction::Drop,
+        (false, true) => finish(),
+        (false, false) => EventAction::Fail(ApiError::bad_gateway(
+            "upstream_stream_error",
+            "The upstream stream ended before the answer was complete.",
+        )),
+    }
+}
+
+/// One event of an OpenAI chat stream, read for a translation.
+#[expect(clippy::large_enum_variant, reason = "taken apart where it is read, never stored")]
+pub(crate) enum ChatEvent<'a> {
+    /// `[DONE]`.
+    Done,
+    /// A chunk: its id and first choice (usage was taken).
+    Chunk { id: Option<Str<'a>>, choice: Option<ChoiceView<'a>> },
+}
+
+/// Reads one event's `data`: `[DONE]`, or a chunk, whose usage goes into
+/// `usage`; `Err` is what the event comes to instead — a mid-stream error
+/// object fails the stream, anything unreadable is dropped.
+pub(crate) fn read_chunk<'a>(data: &'a [u8], usage: &mut Option<Usage>) -> Result<ChatEvent<'a>, EventAction> {
+    let data = data.trim_ascii();
+    if data == b"[DONE]" {
+        return Ok(ChatEvent::Done);
+    }
+    let Ok(chunk) = serde_json::from_slice::<ChunkView<'_>>(data) else {
+        return Err(EventAction::Drop);
+    };
+    if chunk.error.is_some() {
+        let error = ErrorFields::parse(data);
+        return Err(EventAction::Fail(ApiError::bad_gateway(
+            "upstream_stream_error",
+            format!("The upstream stream failed: {}", error.message),
+        )));
+    }
+    if let Some(reported) = chunk.usage {
+        *usage = Some(reported.into());
+    }
+    let choice = chunk.choices.into_iter().flatten().find(|c| c.index == 0);
+    Ok(ChatEvent::Chunk { id: chunk.id, choice })
 }
 
 #[derive(Serialize)]
@@ -189,27 +239,14 @@ impl ToEvents {
 
     pub fn event(&mut self, event: &[u8]) -> EventAction {
         let fields = sse::fields(event);
-        let data = fields.data.trim_ascii();
-        if data == b"[DONE]" {
-            return self.finish();
-        }
-        let Ok(chunk) = serde_json::from_slice::<ChunkView<'_>>(data) else {
-            return EventAction::Drop;
+        let (id, choice) = match read_chunk(&fields.data, &mut self.usage) {
+            Ok(ChatEvent::Done) => return self.finish(),
+            Ok(ChatEvent::Chunk { id, choice }) => (id, choice),
+            Err(action) => return action,
         };
-        if chunk.error.is_some() {
-            let error = ErrorFields::parse(data);
-            return EventAction::Fail(ApiError::bad_gateway(
-                "upstream_stream_error",
-                format!("The upstream stream failed: {}", error.message),
-            ));
-        }
-        if let Some(usage) = chunk.usage {
-            self.usage = Some(usage.into());
-        }
         let mut out = Vec::new();
-        let choice = chunk.choices.into_iter().flatten().find(|c| c.index == 0);
         if choice.is_some() {
-            self.start(&mut out, chunk.id.as_deref().unwrap_or_default());
+            self.start(&mut out, id.as_deref().unwrap_or_default());
         }
         if let Some(choice) = choice {
             if let Some(delta) = choice.delta {
@@ -281,16 +318,8 @@ impl ToEvents {
         EventAction::Replace(Bytes::from(out))
     }
 
-    /// The upstream closed: a finished answer without `[DONE]` (some servers
-    /// leave it out) still ends properly; anything else was cut.
+    /// The upstream closed: see [`at_close`].
     pub fn end(&mut self) -> EventAction {
-        match (self.stopped, self.finished) {
-            (true, _) => EventAction::Drop,
-            (false, true) => self.finish(),
-            (false, false) => EventAction::Fail(ApiError::bad_gateway(
-                "upstream_stream_error",
-                "The upstream stream ended before the answer was complete.",
-            )),
-        }
+        at_close(self.stopped, self.finished, || self.finish())
     }
 }

@@ -15,33 +15,11 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::metering::{OpenAiUsage, ResponsesUsage, Said, Usage};
+use crate::metering::{ResponsesUsage, Usage};
 use crate::parts::Parts;
 use crate::providers::ErrorFields;
-use crate::providers::messages::request::Str;
+use crate::providers::messages::response::CompletionView;
 use crate::providers::openai::{ModelRename, last_object_member, renamed};
-
-#[derive(Deserialize)]
-struct CompletionView<'a> {
-    #[serde(default, borrow)]
-    id: Option<Str<'a>>,
-    #[serde(default)]
-    created: Option<i64>,
-    #[serde(borrow)]
-    choices: Vec<ChoiceView<'a>>,
-    #[serde(default)]
-    usage: Option<OpenAiUsage>,
-}
-
-#[derive(Deserialize)]
-struct ChoiceView<'a> {
-    #[serde(default)]
-    index: u32,
-    #[serde(borrow)]
-    message: Said<'a>,
-    #[serde(default, borrow)]
-    finish_reason: Option<Str<'a>>,
-}
 
 /// One output item as the answer builds it.
 pub(super) struct Item {
@@ -249,7 +227,7 @@ pub(crate) fn from_chat(body: &[u8], model: &str) -> Result<(Vec<u8>, Option<Usa
     let id = response_id(completion.id.as_deref().unwrap_or_default());
     let mut items = Vec::new();
     let mut status = Status::Completed;
-    if let Some(choice) = completion.choices.iter().find(|c| c.index == 0) {
+    if let Some(choice) = completion.choices.first() {
         let said = &choice.message;
         if let Some(text) = said.reasoning_content.as_deref().or(said.reasoning.as_deref()).filter(|t| !t.is_empty()) {
             let mut item = Item::reasoning(&id, items.len());

@@ -23,33 +23,12 @@ use smallvec::SmallVec;
 
 use super::response::{Head, Item, ItemBody, ItemOut, PartOut, ResponseOut, Status, response_id};
 use crate::api::ApiError;
-use crate::metering::{OpenAiUsage, ResponsesUsage, Said, Usage};
+use crate::metering::{ResponsesUsage, Said, Usage};
 use crate::providers::messages::request::Str;
+use crate::providers::messages::stream::{ChatEvent, at_close, read_chunk};
 use crate::providers::openai::ModelRename;
-use crate::providers::{ErrorFields, EventAction, anthropic};
+use crate::providers::{EventAction, anthropic};
 use crate::relay::sse;
-
-#[derive(Deserialize)]
-struct ChunkView<'a> {
-    #[serde(default, borrow)]
-    id: Option<Str<'a>>,
-    #[serde(default, borrow)]
-    choices: Option<Vec<ChoiceView<'a>>>,
-    #[serde(default)]
-    usage: Option<OpenAiUsage>,
-    #[serde(default)]
-    error: Option<serde::de::IgnoredAny>,
-}
-
-#[derive(Deserialize)]
-struct ChoiceView<'a> {
-    #[serde(default)]
-    index: u32,
-    #[serde(default, borrow)]
-    delta: Option<Said<'a>>,
-    #[serde(default, borrow)]
-    finish_reason: Option<Str<'a>>,
-}
 
 #[derive(Serialize)]
 #[serde(tag = "type")]
@@ -257,27 +236,14 @@ impl ToResponses {
 
     pub fn event(&mut self, event: &[u8]) -> EventAction {
         let fields = sse::fields(event);
-        let data = fields.data.trim_ascii();
-        if data == b"[DONE]" {
-            return self.finish();
-        }
-        let Ok(chunk) = serde_json::from_slice::<ChunkView<'_>>(data) else {
-            return EventAction::Drop;
+        let (id, choice) = match read_chunk(&fields.data, &mut self.usage) {
+            Ok(ChatEvent::Done) => return self.finish(),
+            Ok(ChatEvent::Chunk { id, choice }) => (id, choice),
+            Err(action) => return action,
         };
-        if chunk.error.is_some() {
-            let error = ErrorFields::parse(data);
-            return EventAction::Fail(ApiError::bad_gateway(
-                "upstream_stream_error",
-                format!("The upstream stream failed: {}", error.message),
-            ));
-        }
-        if let Some(usage) = chunk.usage {
-            self.usage = Some(usage.into());
-        }
         let mut out = Vec::new();
-        let choice = chunk.choices.into_iter().flatten().find(|c| c.index == 0);
         if let Some(choice) = choice {
-            self.start(&mut out, chunk.id.as_deref().unwrap_or_default());
+            self.start(&mut out, id.as_deref().unwrap_or_default());
             if let Some(delta) = choice.delta {
                 self.delta(&mut out, delta);
             }
@@ -364,17 +330,9 @@ impl ToResponses {
         EventAction::Replace(Bytes::from(out))
     }
 
-    /// The upstream closed: a finished answer without `[DONE]` still ends
-    /// properly; anything else was cut.
+    /// The upstream closed: see [`at_close`].
     pub fn end(&mut self) -> EventAction {
-        match (self.stopped, self.finished) {
-            (true, _) => EventAction::Drop,
-            (false, true) => self.finish(),
-            (false, false) => EventAction::Fail(ApiError::bad_gateway(
-                "upstream_stream_error",
-                "The upstream stream ended before the answer was complete.",
-            )),
-        }
+        at_close(self.stopped, self.finished, || self.finish())
     }
 }
 
