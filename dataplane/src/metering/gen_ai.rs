@@ -34,7 +34,7 @@ use crate::api::ApiRoute;
 /// inference (model lists, token counting).
 pub(crate) fn operation_name(route: ApiRoute) -> Option<&'static str> {
     match route {
-        ApiRoute::ChatCompletions | ApiRoute::Messages => Some("chat"),
+        ApiRoute::ChatCompletions | ApiRoute::Messages | ApiRoute::Responses => Some("chat"),
         ApiRoute::Embeddings => Some("embeddings"),
         ApiRoute::ListModels | ApiRoute::RetrieveModel | ApiRoute::CountTokens => None,
     }
