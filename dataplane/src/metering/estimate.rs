@@ -100,6 +100,10 @@ pub(crate) fn input(body: &[u8], total: usize) -> (u64, bool) {
         framing += PER_MESSAGE;
         system.collect(&mut text);
     }
+    if let Some(instructions) = &request.instructions {
+        framing += PER_MESSAGE;
+        text.push(instructions);
+    }
     if let Some(messages) = &request.messages {
         framing += PER_REQUEST;
         for m in messages {
@@ -156,8 +160,16 @@ fn said(answer: bytes::Bytes, stream: bool) -> (Text, Text) {
                     for choice in chunk.choices.iter().flatten() {
                         choice.delta.collect(&mut content, &mut reasoning);
                     }
-                    if let Some(delta) = &chunk.delta {
-                        delta.collect(&mut content, &mut reasoning);
+                    match &chunk.delta {
+                        Some(StreamDelta::Block(delta)) => delta.collect(&mut content, &mut reasoning),
+                        // A Responses event's text, arguments or reasoning fragment.
+                        Some(StreamDelta::Text(fragment)) => match chunk.kind.as_deref() {
+                            Some("response.reasoning_text.delta" | "response.reasoning_summary_text.delta") => {
+                                reasoning.push(fragment);
+                            }
+                            _ => content.push(fragment),
+                        },
+                        None => {}
                     }
                 }
             }
@@ -174,6 +186,10 @@ fn said(answer: bytes::Bytes, stream: bool) -> (Text, Text) {
         }
         for block in whole.content.iter().flatten() {
             block.collect(&mut content, &mut reasoning);
+        }
+        for item in whole.output.iter().flatten() {
+            let into = if item.kind.as_deref() == Some("reasoning") { &mut reasoning } else { &mut content };
+            item.collect(into);
         }
     }
     (content, reasoning)
@@ -196,9 +212,12 @@ struct Request<'a> {
     tools: Option<&'a RawValue>,
     #[serde(default, borrow)]
     functions: Option<&'a RawValue>,
-    /// Embeddings.
+    /// Embeddings' texts, or the Responses API's input.
     #[serde(default, borrow)]
     input: Option<EmbeddingInput<'a>>,
+    /// The Responses API's system prompt.
+    #[serde(default, borrow)]
+    instructions: Option<Str<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -298,6 +317,8 @@ enum EmbeddingInput<'a> {
 enum EmbeddingItem<'a> {
     Text(#[serde(borrow)] Str<'a>),
     Ids(Vec<IgnoredAny>),
+    /// A Responses API input item: a message, a function call or its output.
+    Item(#[serde(borrow)] InputItem<'a>),
     /// One token id of a flat id list.
     Id(IgnoredAny),
 }
@@ -311,12 +332,36 @@ impl EmbeddingInput<'_> {
                     match item {
                         EmbeddingItem::Text(t) => text.push(t),
                         EmbeddingItem::Ids(v) => *ids += v.len() as u64,
+                        EmbeddingItem::Item(item) => item.collect(text),
                         EmbeddingItem::Id(_) => *ids += 1,
                     }
                 }
             }
             EmbeddingInput::Ids(v) => *ids += v.len() as u64,
         }
+    }
+}
+
+/// A Responses API input item, or an output item of a response.
+#[derive(Deserialize)]
+struct InputItem<'a> {
+    #[serde(default, rename = "type", borrow)]
+    kind: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    content: Content<'a>,
+    #[serde(default, borrow)]
+    name: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    arguments: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    output: Content<'a>,
+}
+
+impl InputItem<'_> {
+    fn collect(&self, text: &mut Text) {
+        self.content.collect(text);
+        self.output.collect(text);
+        self.name.iter().chain(self.arguments.iter()).for_each(|t| text.push(t));
     }
 }
 
@@ -356,6 +401,9 @@ struct Completion<'a> {
     /// An Anthropic message's blocks.
     #[serde(default, borrow)]
     content: Option<Vec<Block<'a>>>,
+    /// A Responses API response's items.
+    #[serde(default, borrow)]
+    output: Option<Vec<InputItem<'a>>>,
 }
 
 /// An Anthropic content block of an answer, or the delta of one.
@@ -390,9 +438,19 @@ struct CompletionChoice<'a> {
 struct StreamChunk<'a> {
     #[serde(default, borrow)]
     choices: Option<Vec<StreamChoice<'a>>>,
-    /// An Anthropic `content_block_delta`'s delta.
+    /// An Anthropic `content_block_delta`'s delta, or a Responses event's.
     #[serde(default, borrow)]
-    delta: Option<Block<'a>>,
+    delta: Option<StreamDelta<'a>>,
+    /// A Responses event's type.
+    #[serde(default, rename = "type", borrow)]
+    kind: Option<Str<'a>>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StreamDelta<'a> {
+    Text(#[serde(borrow)] Str<'a>),
+    Block(#[serde(borrow)] Block<'a>),
 }
 
 #[derive(Deserialize)]
@@ -407,6 +465,18 @@ mod tests {
 
     fn count(text: &str) -> u64 {
         bpe_openai::o200k_base().count(text) as u64
+    }
+
+    #[test]
+    fn responses_requests_and_answers_are_counted() {
+        let body = br#"{"model":"m","instructions":"Be brief.","input":[{"role":"user","content":[{"type":"input_text","text":"Hello there"}]},{"type":"function_call","call_id":"c","name":"f","arguments":"{}"},{"type":"function_call_output","call_id":"c","output":"sunny"}]}"#;
+        let (n, _) = input(body, body.len());
+        assert!(n >= count("Be brief.Hello therefsunny"), "{n}");
+        let stream = bytes::Bytes::from_static(b"event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"Hello there\"}\n\nevent: response.reasoning_text.delta\ndata: {\"type\":\"response.reasoning_text.delta\",\"delta\":\"Think\"}\n\n");
+        let (usage, _) = output(stream, true);
+        assert_eq!((usage.output, usage.reasoning), (count("Hello there") + count("Think"), count("Think")));
+        let whole = bytes::Bytes::from_static(br#"{"object":"response","output":[{"type":"message","content":[{"type":"output_text","text":"Hello there"}]}]}"#);
+        assert_eq!(output(whole, false).0.output, count("Hello there"));
     }
 
     #[test]
