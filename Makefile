@@ -20,7 +20,7 @@ help:
 	@echo "make help                - this list"
 	@echo "make run                 - the standalone gateway with the demo config (config/dev) on 127.0.0.1:$(PORT), its UI on http://127.0.0.1:9090/ui/"
 	@echo "make test                - everything CI runs: setup, lint, unit, ui-test, e2e"
-	@echo "make setup               - openssl, curl and chromium (apt-get if missing), the Python test packages in $(VENV), the UI's npm packages"
+	@echo "make setup               - openssl, curl, chromium and a Chinese font (apt-get if missing), the Python test packages in $(VENV), the UI's npm packages"
 	@echo "make npm-ci              - the UI's npm packages as package-lock.json pins them (skipped when it is unchanged)"
 	@echo "make ui                  - build the usage UI (dashboard/) into dashboard/dist, which the gateway embeds"
 	@echo "make ui-test             - the UI's type check, Vitest unit tests, and browser tests (Chromium) against a real gateway"
@@ -46,7 +46,7 @@ test: setup lint unit ui-test e2e
 # rebuilt when e2e/requirements.txt changes.
 setup:
 	command -v openssl >/dev/null && command -v curl >/dev/null || ($(APT_INSTALL) openssl curl)
-	command -v chromium >/dev/null || ($(APT_INSTALL) chromium)
+	command -v chromium >/dev/null && fc-list :lang=zh | grep -q . || ($(APT_INSTALL) chromium fonts-wqy-microhei)
 	$(MAKE) --no-print-directory npm-ci
 	cmp -s e2e/requirements.txt $(VENV)/requirements.txt || { \
 	  { $(HOST_PYTHON) -m venv --clear $(VENV) || \
