@@ -19,11 +19,11 @@ APT_INSTALL := $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no
 help:
 	@echo "make help                - this list"
 	@echo "make run                 - the standalone gateway with the demo config (config/dev) on 127.0.0.1:$(PORT), its UI on http://127.0.0.1:9090/ui/"
-	@echo "make test                - everything CI runs: setup, lint, unit, ui-test, e2e"
+	@echo "make test                - everything CI runs: setup, ui, lint, unit, ui-test, e2e"
 	@echo "make setup               - openssl, curl, chromium and a Chinese font (apt-get if missing), the Python test packages in $(VENV), the UI's npm packages"
 	@echo "make npm-ci              - the UI's npm packages as package-lock.json pins them (skipped when it is unchanged)"
-	@echo "make ui                  - build the usage UI (dashboard/) into dashboard/dist, which the gateway embeds"
-	@echo "make ui-test             - the UI's type check, Vitest unit tests, and browser tests (Chromium) against a real gateway"
+	@echo "make ui                  - type-check and build the usage UI (dashboard/) into dashboard/dist, which the gateway embeds"
+	@echo "make ui-test             - the UI's Vitest unit tests and browser tests (Chromium) against a real gateway (after make ui)"
 	@echo "make fmt                 - format the Rust code"
 	@echo "make lint                - cargo fmt --check and clippy -D warnings"
 	@echo "make unit                - build the binaries, cargo test (unit and integration tests)"
@@ -37,7 +37,7 @@ help:
 run: ui
 	cargo run --release -p weaver-gateway -- --manifests config/dev --listen 127.0.0.1:$(PORT) --data-dir .weaver
 
-test: setup lint unit ui-test e2e
+test: setup ui lint unit ui-test e2e
 
 # Installs what the tests need on a fresh machine (idempotent): openssl and curl
 # for the control plane, and the pinned Python packages in a virtual environment
@@ -61,13 +61,15 @@ npm-ci:
 	cmp -s dashboard/package-lock.json $(UI_STAMP) || { \
 	  (cd dashboard && npm ci --no-audit --no-fund) && cp dashboard/package-lock.json $(UI_STAMP); }
 
+# `npm run build` type-checks (vue-tsc) before it builds. `make test` builds
+# the UI before the Rust steps, so their binaries have it.
 ui: npm-ci
 	cd dashboard && npm run build
 
-# Type check and unit tests, then the browser tests: Debian's Chromium against
-# the debug gateway binary, which reads dashboard/dist from disk.
-ui-test: npm-ci
-	cd dashboard && npx vue-tsc --noEmit && npx vitest run && npx vite build
+# Unit tests, then the browser tests: Debian's Chromium against the debug
+# gateway binary, which reads dashboard/dist from disk (build it first: `make ui`).
+ui-test: ui
+	cd dashboard && npx vitest run
 	cargo build -p weaver-gateway --bin weaver-gateway
 	cd dashboard && CARGO_TARGET_DIR="$${CARGO_TARGET_DIR:-$(CURDIR)/target}" node --test e2e/
 
