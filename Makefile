@@ -19,11 +19,11 @@ APT_INSTALL := $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no
 help:
 	@echo "make help                - this list"
 	@echo "make run                 - the standalone gateway with the demo config (config/dev) on 127.0.0.1:$(PORT), its UI on http://127.0.0.1:9090/ui/"
-	@echo "make test                - everything CI runs: setup, lint, unit, rules, ui-test, e2e"
-	@echo "make setup               - openssl, curl, lua5.4, prometheus and chromium (apt-get if missing), the Python test packages in $(VENV), the UI's npm packages"
+	@echo "make test                - everything CI runs: setup, ui, lint, unit, rules, ui-test, e2e"
+	@echo "make setup               - openssl, curl, lua5.4, prometheus, chromium and a Chinese font (apt-get if missing), the Python test packages in $(VENV), the UI's npm packages"
 	@echo "make npm-ci              - the UI's npm packages as package-lock.json pins them (skipped when it is unchanged)"
-	@echo "make ui                  - build the usage UI (dashboard/) into dashboard/dist, which the gateway embeds"
-	@echo "make ui-test             - the UI's type check, Vitest unit tests, and browser tests (Chromium) against a real gateway"
+	@echo "make ui                  - type-check and build the usage UI (dashboard/) into dashboard/dist, which the gateway embeds"
+	@echo "make ui-test             - the UI's Vitest unit tests and browser tests (Chromium) against a real gateway (after make ui)"
 	@echo "make fmt                 - format the Rust code"
 	@echo "make lint                - cargo fmt --check, clippy -D warnings, hadolint on docker/Dockerfile"
 	@echo "make unit                - build the binaries, cargo test (unit and integration tests)"
@@ -38,7 +38,7 @@ help:
 run: ui
 	cargo run --release -p weaver-gateway -- --manifests config/dev --listen 127.0.0.1:$(PORT) --data-dir .weaver
 
-test: setup lint unit rules ui-test e2e
+test: setup ui lint unit rules ui-test e2e
 
 # Installs what the tests need on a fresh machine (idempotent): openssl and curl
 # for the control plane, lua5.4 for the Argo CD health script's test,
@@ -51,7 +51,7 @@ setup:
 	command -v openssl >/dev/null && command -v curl >/dev/null && command -v lua5.4 >/dev/null || \
 	  ($(APT_INSTALL) openssl curl lua5.4)
 	command -v prometheus >/dev/null && command -v promtool >/dev/null || ($(APT_INSTALL) prometheus)
-	command -v chromium >/dev/null || ($(APT_INSTALL) chromium)
+	command -v chromium >/dev/null && fc-list :lang=zh | grep -q . || ($(APT_INSTALL) chromium fonts-wqy-microhei)
 	$(MAKE) --no-print-directory npm-ci
 	cmp -s e2e/requirements.txt $(VENV)/requirements.txt || { \
 	  { $(HOST_PYTHON) -m venv --clear $(VENV) || \
@@ -66,13 +66,15 @@ npm-ci:
 	cmp -s dashboard/package-lock.json $(UI_STAMP) || { \
 	  (cd dashboard && npm ci --no-audit --no-fund) && cp dashboard/package-lock.json $(UI_STAMP); }
 
+# `npm run build` type-checks (vue-tsc) before it builds. `make test` builds
+# the UI before the Rust steps, so their binaries have it.
 ui: npm-ci
 	cd dashboard && npm run build
 
-# Type check and unit tests, then the browser tests: Debian's Chromium against
-# the debug gateway binary, which reads dashboard/dist from disk.
-ui-test: npm-ci
-	cd dashboard && npx vue-tsc --noEmit && npx vitest run && npx vite build
+# Unit tests, then the browser tests: Debian's Chromium against the debug
+# gateway binary, which reads dashboard/dist from disk (build it first: `make ui`).
+ui-test: ui
+	cd dashboard && npx vitest run
 	cargo build -p weaver-gateway --bin weaver-gateway
 	cd dashboard && CARGO_TARGET_DIR="$${CARGO_TARGET_DIR:-$(CURDIR)/target}" node --test e2e/
 

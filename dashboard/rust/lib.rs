@@ -80,3 +80,43 @@ fn not_built() -> Response {
     )
         .into_response()
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests fail loudly")]
+mod tests {
+    use axum::body::Body;
+    use http::Request;
+    use tower::ServiceExt as _;
+
+    use super::*;
+
+    async fn get(path: &str) -> Response {
+        router().oneshot(Request::get(path).body(Body::empty()).unwrap()).await.unwrap()
+    }
+
+    /// Run after `make ui` (as `make ui-test` does); without `dist/` the UI
+    /// says how to build it.
+    #[tokio::test]
+    async fn serves_the_app_its_routes_and_hashed_assets() {
+        let index = get("/ui/").await;
+        if !built() {
+            assert_eq!(index.status(), StatusCode::NOT_FOUND);
+            return;
+        }
+        assert_eq!(index.status(), StatusCode::OK);
+        assert_eq!(index.headers()[header::CACHE_CONTROL], "no-cache");
+        assert!(index.headers()[header::CONTENT_TYPE].to_str().unwrap().starts_with("text/html"));
+        assert!(index.headers().contains_key(header::CONTENT_SECURITY_POLICY));
+        // An app route reloads into the app.
+        let route = get("/ui/logs").await;
+        assert_eq!(route.status(), StatusCode::OK);
+        assert_eq!(route.headers()[header::CACHE_CONTROL], "no-cache");
+        // Hashed assets are cached for good; a missing one is a 404, not the app.
+        let asset = Dist::iter().find(|p| p.starts_with("assets/") && p.ends_with(".js")).unwrap();
+        let js = get(&format!("/ui/{asset}")).await;
+        assert_eq!(js.status(), StatusCode::OK);
+        assert_eq!(js.headers()[header::CACHE_CONTROL], "public, max-age=31536000, immutable");
+        assert_eq!(get("/ui/assets/gone-123.js").await.status(), StatusCode::NOT_FOUND);
+        assert_eq!(get("/ui").await.status(), StatusCode::PERMANENT_REDIRECT);
+    }
+}

@@ -220,7 +220,69 @@ both!(
     summary_totals_equal_the_records_to_the_nano_dollar,
     exports_hold_every_record_once_and_parse_back,
     key_status_shows_the_period_spend_of_the_records,
+    days_follow_the_reporting_time_zone,
 );
+
+/// A successful record at `time` (RFC 3339) costing `cost_nanos`.
+fn record_at(id: &str, time: &str, cost_nanos: u64) -> UsageRecord {
+    UsageRecord {
+        request_id: id.into(),
+        time: time.parse::<jiff::Timestamp>().unwrap().as_millisecond(),
+        namespace: NAMESPACE.into(),
+        api_key: "tz".into(),
+        channel: Some("primary".into()),
+        model: "m".into(),
+        upstream_model: "m".into(),
+        status: 200,
+        outcome: Outcome::Ok,
+        input_tokens: 1,
+        output_tokens: 1,
+        cached_input_tokens: 0,
+        cache_write_tokens: 0,
+        reasoning_tokens: 0,
+        estimated: false,
+        cost_nanos,
+        duration_ms: 5,
+        ttft_ms: None,
+        replica: "test".into(),
+        attempts: Vec::new(),
+        bodies: None,
+    }
+}
+
+async fn days_follow_the_reporting_time_zone(kind: Kind) {
+    let Some(bed) = Bed::empty(kind, &[]).await else { return };
+    let store = Store::connect(&bed.store_url, StoreOptions::default()).unwrap();
+    // One UTC day, two in Shanghai (+08: its 30 November starts at 16:00 UTC).
+    let records = [record_at("tz-1", "2026-11-29T15:30:00Z", 1_000), record_at("tz-2", "2026-11-29T16:30:00Z", 20)];
+    store.insert_batch(&records).await.unwrap();
+    let bed = &bed;
+    let days = |query: &'static str| async move {
+        let (status, body) = bed.get_json(&format!("/admin/v1/usage/summary?{query}")).await;
+        assert_eq!(status, StatusCode::OK, "{query}: {body}");
+        let rows = body["data"].as_array().unwrap().clone();
+        rows.iter()
+            .map(|r| (r["day"].as_str().unwrap().to_owned(), r["cost_usd"].as_str().unwrap().to_owned()))
+            .collect::<Vec<_>>()
+    };
+    let pair = |d: &str, c: &str| (d.to_owned(), c.to_owned());
+    assert_eq!(days("group_by=day&from=2026-11-29T00:00:00Z").await, [pair("2026-11-29", "0.00000102")]);
+    assert_eq!(
+        days("group_by=day&tz=Asia/Shanghai&from=2026-11-28T16:00:00Z&to=2026-11-30T16:00:00Z").await,
+        [pair("2026-11-29", "0.000001"), pair("2026-11-30", "0.00000002")]
+    );
+    assert_eq!(
+        days("group_by=day&tz=America/New_York&from=2026-11-29T05:00:00Z&to=2026-12-01T05:00:00Z").await,
+        [pair("2026-11-29", "0.00000102")]
+    );
+    let (_, body) =
+        bed.get_json("/admin/v1/usage/summary?group_by=hour&tz=Asia/Shanghai&from=2026-11-29T00:00:00Z").await;
+    let hours: Vec<&str> = body["data"].as_array().unwrap().iter().map(|r| r["hour"].as_str().unwrap()).collect();
+    assert_eq!(hours, ["2026-11-29T23:00:00+08:00", "2026-11-30T00:00:00+08:00"]);
+    // One record by its request id, whenever it was.
+    let found = bed.all_records("&request_id=tz-2", 10).await;
+    assert_eq!(ids(&found), ["tz-2"]);
+}
 
 async fn records_are_exactly_the_requests_and_pages_hold_each_once(kind: Kind) {
     let Some(bed) = Bed::with_traffic(kind).await else { return };
@@ -596,6 +658,9 @@ async fn bad_parameters_are_400_naming_the_parameter() {
         ("/admin/v1/usage/summary?group_by=day,week", Some("group_by"), "week"),
         ("/admin/v1/usage/summary?outcome=ok", Some("outcome"), "rollups"),
         ("/admin/v1/usage/summary?limit=5", None, "limit"),
+        ("/admin/v1/usage/summary?tz=Mars/Olympus", Some("tz"), "IANA"),
+        ("/admin/v1/usage/summary?group_by=day&tz=Asia/Shanghai", Some("from"), "needs from"),
+        ("/admin/v1/usage/summary?request_id=x", Some("request_id"), "rollups"),
         ("/admin/v1/usage/export?format=xml", Some("format"), "csv or jsonl"),
         ("/admin/v1/usage/export?from=2026-13-01T00:00:00Z", Some("from"), "RFC 3339"),
         ("/admin/v1/keys/team-a/checkout?verbose=1", None, "verbose"),
