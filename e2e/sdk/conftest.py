@@ -101,6 +101,17 @@ spec:
     - name: claude-mock
       upstreamModel: claude-sonnet-4-6
 ---
+apiVersion: llmweaver.io/v1alpha1
+kind: Channel
+metadata: {{name: mock-gemini, namespace: sdk}}
+spec:
+  provider: gemini
+  baseUrl: {gemini_url}
+  credentials: {{secretRef: {{name: upstream}}}}
+  models:
+    - name: gemini-mock
+      upstreamModel: gemini-2.5-flash
+---
 apiVersion: v1
 kind: Secret
 metadata: {{name: sdk-apikey, namespace: sdk}}
@@ -110,7 +121,7 @@ apiVersion: llmweaver.io/v1alpha1
 kind: ApiKey
 metadata: {{name: sdk, namespace: sdk}}
 spec:
-  allowedModels: ["demo-*", "gpt-4o*", "text-embedding-*", "claude-*"]
+  allowedModels: ["demo-*", "gpt-4o*", "text-embedding-*", "claude-*", "gemini-*"]
 """
 
 
@@ -133,6 +144,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, upstream: Process) -> Proc
             upstream_key=UPSTREAM_KEY,
             upstream_url=f"http://{upstream.addr}/v1",
             anthropic_url=f"http://{upstream.addr}",
+            gemini_url=f"http://{upstream.addr}/v1beta",
             client_key=CLIENT_KEY,
         )
     )

@@ -5,10 +5,10 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use weaver_e2e::fixtures::{KEY, anthropic_channel, openai_namespace};
-use weaver_e2e::gateway::{TestGateway, read_until};
+use weaver_e2e::gateway::{TestGateway, content_of, data_events, data_events_of, openai_error, read_until};
 use weaver_e2e::mock_upstream::anthropic::{CACHE_READ_TOKENS, CACHE_WRITE_TOKENS};
 use weaver_e2e::mock_upstream::{Behaviour, MockUpstream};
-use weaver_store::{RecordFilter, Store, StoreOptions, UsageRecord, UsageStore as _};
+use weaver_store::UsageRecord;
 
 /// The Anthropic channel's prices (3 / 15 / 0.30 / 3.75 USD per million
 /// tokens) in nano-dollars per token.
@@ -55,12 +55,8 @@ impl Setup {
     }
 
     /// Shuts the gateway down (which writes every record) and reads them all.
-    async fn records(mut self) -> anyhow::Result<Vec<UsageRecord>> {
-        self.gateway.begin_shutdown();
-        self.gateway.wait().await?;
-        let url = self.gateway.usage_store_url().ok_or_else(|| anyhow::anyhow!("a standalone gateway"))?;
-        let store = Store::connect(&url, StoreOptions::default())?;
-        Ok(store.records(&RecordFilter::default(), None, 100).await?.records)
+    async fn records(self) -> anyhow::Result<Vec<UsageRecord>> {
+        self.gateway.shutdown_and_read_records().await
     }
 }
 
@@ -70,16 +66,6 @@ fn chat_body(content: &str, stream: bool) -> Value {
         "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": content}],
         "stream": stream,
     })
-}
-
-/// The JSON of each `data:` event of an OpenAI stream, `[DONE]` as a string.
-async fn data_events(response: reqwest::Response) -> anyhow::Result<Vec<Value>> {
-    let text = response.text().await?;
-    Ok(text
-        .split("\n\n")
-        .filter_map(|e| e.trim().strip_prefix("data: "))
-        .map(|d| serde_json::from_str(d).unwrap_or_else(|_| Value::String(d.to_owned())))
-        .collect())
 }
 
 /// The name and data of each event of an Anthropic stream.
@@ -94,10 +80,6 @@ async fn named_events(response: reqwest::Response) -> anyhow::Result<Vec<(String
             (name, serde_json::from_str(data).unwrap_or(Value::Null))
         })
         .collect())
-}
-
-fn content_of(chunks: &[Value]) -> String {
-    chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect()
 }
 
 // --- OpenAI clients, Anthropic channel -----------------------------------------------------
@@ -176,11 +158,7 @@ async fn streams_are_translated_event_by_event_as_they_arrive() -> anyhow::Resul
     assert!(text.contains(r#""role":"assistant""#), "{text}");
     s.upstream.release();
     read_until(&mut stream, &mut text, |_| false).await?;
-    let chunks: Vec<Value> = text
-        .split("\n\n")
-        .filter_map(|e| e.trim().strip_prefix("data: "))
-        .map(|d| serde_json::from_str(d).unwrap_or_else(|_| Value::String(d.to_owned())))
-        .collect();
+    let chunks = data_events_of(&text);
     assert_eq!(content_of(&chunks), "This is LLM Weaver's mock channel. You said: Say hi");
     assert_eq!(chunks.last(), Some(&json!("[DONE]")));
     let finish = &chunks[chunks.len() - 3];
@@ -305,13 +283,6 @@ async fn usage_and_cost_of_an_anthropic_channel_are_recorded_to_the_nano_dollar(
         assert_eq!(r.cost_nanos, cost, "{id}");
     }
     Ok(())
-}
-
-async fn openai_error(response: reqwest::Response) -> anyhow::Result<(StatusCode, Option<String>, Value)> {
-    let status = response.status();
-    let retry_after = response.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let body: Value = response.json().await?;
-    Ok((status, retry_after, body["error"].clone()))
 }
 
 #[tokio::test]

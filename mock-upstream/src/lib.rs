@@ -1,6 +1,6 @@
 //! A mock LLM upstream for tests and benchmarks: OpenAI's chat completions
-//! and embeddings, and Anthropic's Messages API ([`anthropic`]'s docs list
-//! its shapes and magic words).
+//! and embeddings, Anthropic's Messages API and Google's Gemini API
+//! ([`anthropic`]'s and [`gemini`]'s docs list their shapes and magic words).
 //!
 //! It speaks each wire format from its own code (request parsing, keys,
 //! error bodies, answers, SSE), deliberately sharing nothing with the gateway:
@@ -16,6 +16,7 @@ mod behaviour;
 mod chat;
 mod embeddings;
 mod error;
+pub mod gemini;
 mod in_flight;
 mod request;
 mod server;

@@ -266,9 +266,9 @@ spec: {provider: ollama, models: [{name: llama3}]}
 
 #[test]
 fn providers_without_an_adapter_are_reported_not_silently_skipped() {
-    let yaml = channel("gemini", "", "{name: gemini}", 1).replace("provider: openai", "provider: gemini");
+    let yaml = channel("cohere", "", "{name: command}", 1).replace("provider: openai", "provider: cohere");
     let c = compile_yaml(&format!("{SECRETS}{yaml}"));
-    assert_eq!(reasons(&c), vec![(Kind::Channel, "gemini", ProblemReason::ProviderNotSupported)]);
+    assert_eq!(reasons(&c), vec![(Kind::Channel, "cohere", ProblemReason::ProviderNotSupported)]);
     assert!(c.snapshot.channels.is_empty());
 }
 

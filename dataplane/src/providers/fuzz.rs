@@ -1,4 +1,5 @@
-//! Property tests: the stream translators never panic, whatever arrives, and
+//! Property tests: the stream translators (OpenAI, Anthropic and Gemini
+//! events) never panic, whatever arrives, and
 //! what they write is well-formed; a stream's translation does not depend on
 //! how the network split it.
 
@@ -6,7 +7,7 @@ use bytes::Bytes;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
-use super::{EventAction, StreamDecoder, anthropic, messages, openai};
+use super::{EventAction, StreamDecoder, anthropic, gemini, messages, openai};
 use crate::relay::sse::{self, SseFramer};
 
 /// Every decoder a stream can meet.
@@ -18,6 +19,8 @@ fn decoders() -> Vec<StreamDecoder> {
         StreamDecoder::AnthropicToChat(Box::new(anthropic::stream::ToChunks::new("public", false))),
         StreamDecoder::Anthropic(Box::new(anthropic::Passthrough::new(rename))),
         StreamDecoder::ChatToMessages(Box::new(messages::stream::ToEvents::new("public"))),
+        StreamDecoder::GeminiToChat(Box::new(gemini::stream::ToChunks::new("public", true))),
+        StreamDecoder::GeminiToChat(Box::new(gemini::stream::ToChunks::new("public", false))),
     ]
 }
 
@@ -114,6 +117,39 @@ fn openai_event() -> impl Strategy<Value = String> {
     })
 }
 
+fn gemini_event() -> impl Strategy<Value = String> {
+    let reason = prop_oneof![
+        Just(Value::Null),
+        Just(json!("STOP")),
+        Just(json!("MAX_TOKENS")),
+        Just(json!("SAFETY")),
+        Just(json!(3))
+    ];
+    let usage = prop_oneof![
+        Just(Value::Null),
+        (0u64..1000, 0u64..1000, 0u64..1000).prop_map(|(p, c, t)| json!({"promptTokenCount": p, "candidatesTokenCount": c, "thoughtsTokenCount": t, "cachedContentTokenCount": p * 2})),
+        Just(json!({"promptTokenCount": -1})),
+    ];
+    let part = prop_oneof![
+        text().prop_map(|t| json!({"text": t})),
+        text().prop_map(|t| json!({"text": t, "thought": true})),
+        text().prop_map(|t| json!({"functionCall": {"name": t, "args": {"a": t}}, "thoughtSignature": t})),
+        text().prop_map(|t| json!({"functionCall": {"id": t, "name": t}})),
+        Just(json!({"inlineData": {"mimeType": "image/png", "data": ""}})),
+        Just(json!({"functionCall": {"args": []}})),
+    ];
+    (0u8..6, proptest::collection::vec(part, 0..3), reason, usage, text()).prop_map(|(which, parts, reason, usage, text)| {
+        let data = match which {
+            0 | 1 => json!({"candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": reason}], "usageMetadata": usage, "responseId": text}),
+            2 => json!({"usageMetadata": usage}),
+            3 => json!({"error": {"code": 503, "message": text, "status": "UNAVAILABLE"}}),
+            4 => json!({"promptFeedback": {"blockReason": text}, "candidates": []}),
+            _ => return format!("data: {text}\r\n\r\n"),
+        };
+        format!("data: {data}\r\n\r\n")
+    })
+}
+
 /// A stream's bytes cut into frames at `cuts` (positions modulo its length).
 fn split(stream: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
     let mut at: Vec<usize> = cuts.iter().map(|c| c % (stream.len() + 1)).collect();
@@ -155,6 +191,24 @@ proptest! {
         let mut many = StreamDecoder::AnthropicToChat(Box::new(anthropic::stream::ToChunks::new("public", true)));
         let strip = |out: Vec<u8>| String::from_utf8_lossy(&out).replace(|c: char| c.is_ascii_digit(), "");
         prop_assert_eq!(strip(feed(&mut one, std::slice::from_ref(&stream))), strip(feed(&mut many, &split(&stream, &cuts))));
+    }
+
+    #[test]
+    fn gemini_event_streams_translate_to_well_formed_chunks(
+        events in proptest::collection::vec(gemini_event(), 0..24),
+        cuts in proptest::collection::vec(any::<usize>(), 0..8),
+    ) {
+        let stream = events.concat().into_bytes();
+        let translate = || StreamDecoder::GeminiToChat(Box::new(gemini::stream::ToChunks::new("public", true)));
+        let mut whole = translate();
+        let out = feed(&mut whole, std::slice::from_ref(&stream));
+        prop_assert!(well_formed(&out), "{}", String::from_utf8_lossy(&out));
+        // Nothing follows `[DONE]`, and usage is known once the answer finished.
+        let text = String::from_utf8_lossy(&out).into_owned();
+        prop_assert!(text.find("[DONE]").is_none_or(|at| text[at..].trim() == "[DONE]"), "{}", text);
+        let strip = |out: Vec<u8>| String::from_utf8_lossy(&out).replace(|c: char| c.is_ascii_digit(), "");
+        let mut many = translate();
+        prop_assert_eq!(strip(out), strip(feed(&mut many, &split(&stream, &cuts))));
     }
 
     #[test]

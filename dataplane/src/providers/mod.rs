@@ -1,21 +1,24 @@
 //! Provider adapters: one closed enum, built per channel when a snapshot is
 //! applied. An adapter prepares the upstream request, sends it, decodes the
 //! answer (whole or event by event, usage included) and classifies failures
-//! into typed [`UpstreamError`]s. Three wire formats sit behind the seam:
+//! into typed [`UpstreamError`]s. Four wire formats sit behind the seam:
 //! OpenAI's (`openai`: OpenAI, Azure OpenAI and the compatible family),
-//! Anthropic's Messages API (`anthropic`), and in-process answers (`mock`).
+//! Anthropic's Messages API (`anthropic`), Google's Gemini API (`gemini`),
+//! and in-process answers (`mock`).
 //!
 //! Clients speak one of two dialects: OpenAI's chat completions, or
 //! Anthropic's Messages API (the gateway's `/v1/messages`). Where dialect and
 //! wire format differ the adapter translates — the request before it is
 //! sent, the answer whole or event by event ([`anthropic`] for OpenAI
-//! clients of Anthropic channels, [`messages`] for Messages clients of
-//! OpenAI-wire channels); where they match, bodies pass through.
+//! clients of Anthropic channels, [`gemini`] for OpenAI clients of Gemini
+//! channels, [`messages`] for Messages clients of OpenAI-wire channels);
+//! where they match, bodies pass through.
 
 pub(crate) mod anthropic;
 mod error;
 #[cfg(test)]
 mod fuzz;
+pub(crate) mod gemini;
 pub(crate) mod messages;
 pub(crate) mod mock;
 pub(crate) mod openai;
@@ -75,6 +78,8 @@ pub(crate) enum Adapter {
     OpenAi { client: HttpClient, headers: HeaderMap, limit: LimitMember },
     /// Over HTTP in Anthropic's Messages format.
     Anthropic { client: HttpClient, headers: HeaderMap },
+    /// Over HTTP in Google's Gemini format.
+    Gemini { client: HttpClient, headers: HeaderMap },
     /// Answered in-process in the OpenAI wire format (demos and tests).
     Mock,
 }
@@ -99,6 +104,7 @@ impl Adapter {
         match channel.provider {
             Provider::Mock => Adapter::Mock,
             Provider::Anthropic => Adapter::Anthropic { client: client(), headers: anthropic::headers(channel) },
+            Provider::Gemini => Adapter::Gemini { client: client(), headers: gemini::headers(channel) },
             provider => {
                 let limit = match provider {
                     Provider::Openai | Provider::AzureOpenai => LimitMember::MaxCompletionTokens,
@@ -116,7 +122,17 @@ impl Adapter {
             Adapter::OpenAi { .. } if operation == Operation::CountTokens => None,
             Adapter::OpenAi { .. } => Some(openai::url(channel, model, operation)),
             Adapter::Anthropic { .. } => anthropic::url(channel, operation),
+            Adapter::Gemini { .. } => gemini::url(channel, model, operation),
             Adapter::Mock => None,
+        }
+    }
+
+    /// The upstream URL of a streamed chat answer, where it is not the
+    /// chat URL (Gemini's `:streamGenerateContent`).
+    pub fn stream_url(&self, channel: &ChannelSnapshot, model: &ModelSnapshot) -> Option<String> {
+        match self {
+            Adapter::Gemini { .. } => Some(gemini::stream_url(channel, model)),
+            _ => None,
         }
     }
 
@@ -161,6 +177,14 @@ impl Adapter {
             (Adapter::Anthropic { .. }, Operation::Embeddings) => {
                 Err(ApiError::bad_request("unsupported_operation", "Anthropic channels do not serve embeddings."))
             }
+            (Adapter::Gemini { .. }, Operation::Chat) => translated(gemini::request::translate(request)),
+            (Adapter::Gemini { .. }, Operation::Embeddings) => {
+                translated(gemini::request::embeddings(request, &format!("models/{}", model.upstream.as_str())))
+            }
+            (Adapter::Gemini { .. }, Operation::Messages | Operation::CountTokens) => Err(ApiError::bad_request(
+                "unsupported_operation",
+                "Gemini channels do not serve the Messages API yet.",
+            )),
         }
     }
 
@@ -184,6 +208,7 @@ impl Adapter {
                 let beta = client_headers.get(anthropic::ANTHROPIC_BETA);
                 http(client, headers, uri, body, request_id, beta).await
             }
+            (Adapter::Gemini { client, headers }, _) => http(client, headers, uri, body, request_id, None).await,
             (Adapter::Mock, Operation::Messages) => Ok(mock::answer(Operation::Chat, &body.contiguous())),
             (Adapter::Mock, _) => Ok(mock::answer(operation, &body.contiguous())),
         }
@@ -237,6 +262,12 @@ impl Adapter {
                 anthropic::response::completion(&body, answering.model).map(|(b, u)| whole((b, Some(u))))
             }
             (Adapter::Anthropic { .. }, operation) => anthropic::passthrough_whole(operation, body, rename),
+            (Adapter::Gemini { .. }, Operation::Embeddings) => {
+                gemini::response::embeddings(&body, answering.model).map(|b| whole((b, None)))
+            }
+            (Adapter::Gemini { .. }, _) => {
+                gemini::response::completion(&body, answering.model).map(|(b, u)| whole((b, Some(u))))
+            }
         }
     }
 
@@ -253,6 +284,10 @@ impl Adapter {
                 let translate = anthropic::stream::ToChunks::new(answering.model, answering.include_usage);
                 StreamDecoder::AnthropicToChat(Box::new(translate))
             }
+            (Adapter::Gemini { .. }, _) => StreamDecoder::GeminiToChat(Box::new(gemini::stream::ToChunks::new(
+                answering.model,
+                answering.include_usage,
+            ))),
             (Adapter::OpenAi { .. } | Adapter::Mock, _) => {
                 StreamDecoder::OpenAi(openai::StreamDecoder::new(answering.drop_usage_chunk, answering.rename.cloned()))
             }
@@ -265,6 +300,7 @@ impl Adapter {
         match self {
             Adapter::OpenAi { .. } | Adapter::Mock => openai::json_for_stream(body),
             Adapter::Anthropic { .. } => anthropic::json_for_stream(body),
+            Adapter::Gemini { .. } => gemini::json_for_stream(body),
         }
     }
 }
@@ -365,6 +401,8 @@ pub(crate) enum StreamDecoder {
     Anthropic(Box<anthropic::Passthrough>),
     /// OpenAI chunks for a Messages client: translated.
     ChatToMessages(Box<messages::stream::ToEvents>),
+    /// Gemini events for an OpenAI client: translated.
+    GeminiToChat(Box<gemini::stream::ToChunks>),
 }
 
 /// What happens to one upstream event.
@@ -400,6 +438,7 @@ impl StreamDecoder {
             StreamDecoder::AnthropicToChat(d) => d.event(event),
             StreamDecoder::Anthropic(d) => d.event(event),
             StreamDecoder::ChatToMessages(d) => d.event(event),
+            StreamDecoder::GeminiToChat(d) => d.event(event),
         }
     }
 
@@ -411,6 +450,7 @@ impl StreamDecoder {
             StreamDecoder::AnthropicToChat(d) => d.end(),
             StreamDecoder::Anthropic(d) => d.end(),
             StreamDecoder::ChatToMessages(d) => d.end(),
+            StreamDecoder::GeminiToChat(d) => d.end(),
         }
     }
 
@@ -421,6 +461,7 @@ impl StreamDecoder {
             StreamDecoder::AnthropicToChat(d) => d.usage(),
             StreamDecoder::Anthropic(d) => d.usage(),
             StreamDecoder::ChatToMessages(d) => d.usage(),
+            StreamDecoder::GeminiToChat(d) => d.usage(),
         }
     }
 
@@ -431,6 +472,7 @@ impl StreamDecoder {
             StreamDecoder::AnthropicToChat(d) => d.finished,
             StreamDecoder::Anthropic(d) => d.finished,
             StreamDecoder::ChatToMessages(d) => d.finished,
+            StreamDecoder::GeminiToChat(d) => d.finished,
         }
     }
 }

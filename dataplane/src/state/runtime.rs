@@ -111,11 +111,21 @@ pub(crate) struct ModelRuntime {
     pub upstream_json: Bytes,
     /// Chat completions and Messages (one URL for both in either format).
     chat: Option<Uri>,
+    /// Streamed chat, where it has its own URL (Gemini).
+    chat_stream: Option<Uri>,
     embeddings: Option<Uri>,
     count_tokens: Option<Uri>,
 }
 
 impl ModelRuntime {
+    /// The URL of an operation, streamed or not.
+    pub fn uri_for(&self, operation: Operation, stream: bool) -> Option<&Uri> {
+        match (stream, &self.chat_stream) {
+            (true, Some(uri)) if operation == Operation::Chat => Some(uri),
+            _ => self.uri(operation),
+        }
+    }
+
     pub fn uri(&self, operation: Operation) -> Option<&Uri> {
         match operation {
             Operation::Chat | Operation::Messages => self.chat.as_ref(),
@@ -178,8 +188,11 @@ impl Runtime {
             .iter()
             .map(|ch| {
                 let adapter = Adapter::build(ch, pool);
-                let mut uri = |m, op| -> Option<Uri> {
-                    let text = adapter.url(ch, m, op)?;
+                let mut uri = |m, op: Option<Operation>| -> Option<Uri> {
+                    let text = match op {
+                        Some(op) => adapter.url(ch, m, op)?,
+                        None => adapter.stream_url(ch, m)?,
+                    };
                     text.parse::<Uri>()
                         .inspect_err(|err| {
                             warnings.push(format!(
@@ -198,9 +211,10 @@ impl Runtime {
                         prices: m.prices,
                         rename: ModelRename::new(&m.name, &m.upstream),
                         upstream_json: Bytes::from(serde_json::to_vec(&m.upstream).unwrap_or_default()),
-                        chat: uri(m, Operation::Chat),
-                        embeddings: uri(m, Operation::Embeddings),
-                        count_tokens: uri(m, Operation::CountTokens),
+                        chat: uri(m, Some(Operation::Chat)),
+                        chat_stream: uri(m, None),
+                        embeddings: uri(m, Some(Operation::Embeddings)),
+                        count_tokens: uri(m, Some(Operation::CountTokens)),
                     })
                     .collect();
                 let id = (Label::new(&ch.namespace), Label::new(&ch.name));
