@@ -123,6 +123,32 @@ spec:
     )
 }
 
+/// A Cohere channel `cohere` whose API root is `root` (e.g.
+/// `http://127.0.0.1:1234/v2`), serving public models `command-test` as
+/// `command-a-03-2025` at 2.50 / 10 USD per million input and output
+/// tokens, and `cohere-embed` as `embed-v4.0`; it shares
+/// [`openai_namespace`]'s upstream credentials.
+pub fn cohere_channel(root: &str) -> String {
+    format!(
+        r#"---
+apiVersion: llmweaver.io/v1alpha1
+kind: Channel
+metadata: {{name: cohere, namespace: {NAMESPACE}}}
+spec:
+  provider: cohere
+  baseUrl: {root}
+  credentials: {{secretRef: {{name: upstream-creds}}}}
+  models:
+    - name: command-test
+      upstreamModel: command-a-03-2025
+      pricing: {{inputPerMillion: "2.50", outputPerMillion: "10"}}
+    - name: cohere-embed
+      upstreamModel: embed-v4.0
+  timeouts: {{firstByte: 5s, total: 10s}}
+"#
+    )
+}
+
 /// A `mock` channel `demo` (answers locally, no upstream) serving `demo-chat`.
 pub fn mock_channel() -> String {
     format!(

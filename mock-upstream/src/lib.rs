@@ -1,6 +1,7 @@
 //! A mock LLM upstream for tests and benchmarks: OpenAI's chat completions
-//! and embeddings, Anthropic's Messages API and Google's Gemini API
-//! ([`anthropic`]'s and [`gemini`]'s docs list their shapes and magic words).
+//! and embeddings, Anthropic's Messages API, Google's Gemini API and
+//! Cohere's v2 API ([`anthropic`]'s, [`gemini`]'s and [`cohere`]'s docs list
+//! their shapes and magic words).
 //!
 //! It speaks each wire format from its own code (request parsing, keys,
 //! error bodies, answers, SSE), deliberately sharing nothing with the gateway:
@@ -14,6 +15,7 @@
 pub mod anthropic;
 mod behaviour;
 mod chat;
+pub mod cohere;
 mod embeddings;
 mod error;
 pub mod gemini;

@@ -1,5 +1,5 @@
-//! Property tests: the stream translators (OpenAI, Anthropic and Gemini
-//! events) never panic, whatever arrives, and
+//! Property tests: the stream translators (OpenAI, Anthropic, Gemini and
+//! Cohere events) never panic, whatever arrives, and
 //! what they write is well-formed; a stream's translation does not depend on
 //! how the network split it.
 
@@ -7,7 +7,7 @@ use bytes::Bytes;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
-use super::{EventAction, StreamDecoder, anthropic, gemini, messages, openai};
+use super::{EventAction, StreamDecoder, anthropic, cohere, gemini, messages, openai};
 use crate::relay::sse::{self, SseFramer};
 
 /// Every decoder a stream can meet.
@@ -21,6 +21,7 @@ fn decoders() -> Vec<StreamDecoder> {
         StreamDecoder::ChatToMessages(Box::new(messages::stream::ToEvents::new("public"))),
         StreamDecoder::GeminiToChat(Box::new(gemini::stream::ToChunks::new("public", true))),
         StreamDecoder::GeminiToChat(Box::new(gemini::stream::ToChunks::new("public", false))),
+        StreamDecoder::CohereToChat(Box::new(cohere::stream::ToChunks::new("public", true))),
     ]
 }
 
@@ -150,6 +151,36 @@ fn gemini_event() -> impl Strategy<Value = String> {
     })
 }
 
+fn cohere_event() -> impl Strategy<Value = String> {
+    let index = prop_oneof![0u64..3, Just(u64::MAX)];
+    let reason = prop_oneof![
+        Just(Value::Null),
+        Just(json!("COMPLETE")),
+        Just(json!("TOOL_CALL")),
+        Just(json!("ERROR")),
+        Just(json!(1))
+    ];
+    let usage = prop_oneof![
+        Just(Value::Null),
+        (0u64..1000, 0u64..1000).prop_map(|(i, o)| json!({"billed_units": {"input_tokens": i, "output_tokens": o}})),
+        Just(json!({"billed_units": {"input_tokens": -3.5}, "tokens": {"output_tokens": 1e300}})),
+    ];
+    (0u8..9, index, text(), reason, usage).prop_map(|(which, index, text, reason, usage)| {
+        let (name, data) = match which {
+            0 => ("message-start", json!({"type": "message-start", "id": text})),
+            1 => ("content-start", json!({"type": "content-start", "index": index, "delta": {"message": {"content": {"type": "text", "text": text}}}})),
+            2 => ("content-delta", json!({"type": "content-delta", "index": index, "delta": {"message": {"content": {"text": text, "thinking": text}}}})),
+            3 => ("tool-plan-delta", json!({"type": "tool-plan-delta", "delta": {"message": {"tool_plan": text}}})),
+            4 => ("tool-call-start", json!({"type": "tool-call-start", "index": index, "delta": {"message": {"tool_calls": {"id": text, "function": {"name": text, "arguments": text}}}}})),
+            5 => ("tool-call-delta", json!({"type": "tool-call-delta", "index": index, "delta": {"message": {"tool_calls": {"function": {"arguments": text}}}}})),
+            6 => ("message-end", json!({"type": "message-end", "delta": {"finish_reason": reason, "usage": usage, "error": null}})),
+            7 => ("citation-start", json!({"type": "citation-start", "index": index})),
+            _ => return format!("event: {text}\ndata: {text}\n\n"),
+        };
+        format!("event: {name}\ndata: {data}\n\n")
+    })
+}
+
 /// A stream's bytes cut into frames at `cuts` (positions modulo its length).
 fn split(stream: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
     let mut at: Vec<usize> = cuts.iter().map(|c| c % (stream.len() + 1)).collect();
@@ -206,6 +237,21 @@ proptest! {
         // Nothing follows `[DONE]`, and usage is known once the answer finished.
         let text = String::from_utf8_lossy(&out).into_owned();
         prop_assert!(text.find("[DONE]").is_none_or(|at| text[at..].trim() == "[DONE]"), "{}", text);
+        let strip = |out: Vec<u8>| String::from_utf8_lossy(&out).replace(|c: char| c.is_ascii_digit(), "");
+        let mut many = translate();
+        prop_assert_eq!(strip(out), strip(feed(&mut many, &split(&stream, &cuts))));
+    }
+
+    #[test]
+    fn cohere_event_streams_translate_to_well_formed_chunks(
+        events in proptest::collection::vec(cohere_event(), 0..24),
+        cuts in proptest::collection::vec(any::<usize>(), 0..8),
+    ) {
+        let stream = events.concat().into_bytes();
+        let translate = || StreamDecoder::CohereToChat(Box::new(cohere::stream::ToChunks::new("public", true)));
+        let mut whole = translate();
+        let out = feed(&mut whole, std::slice::from_ref(&stream));
+        prop_assert!(well_formed(&out), "{}", String::from_utf8_lossy(&out));
         let strip = |out: Vec<u8>| String::from_utf8_lossy(&out).replace(|c: char| c.is_ascii_digit(), "");
         let mut many = translate();
         prop_assert_eq!(strip(out), strip(feed(&mut many, &split(&stream, &cuts))));

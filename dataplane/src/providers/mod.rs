@@ -1,20 +1,21 @@
 //! Provider adapters: one closed enum, built per channel when a snapshot is
 //! applied. An adapter prepares the upstream request, sends it, decodes the
 //! answer (whole or event by event, usage included) and classifies failures
-//! into typed [`UpstreamError`]s. Four wire formats sit behind the seam:
+//! into typed [`UpstreamError`]s. Five wire formats sit behind the seam:
 //! OpenAI's (`openai`: OpenAI, Azure OpenAI and the compatible family),
 //! Anthropic's Messages API (`anthropic`), Google's Gemini API (`gemini`),
-//! and in-process answers (`mock`).
+//! Cohere's v2 API (`cohere`), and in-process answers (`mock`).
 //!
 //! Clients speak one of two dialects: OpenAI's chat completions, or
 //! Anthropic's Messages API (the gateway's `/v1/messages`). Where dialect and
 //! wire format differ the adapter translates — the request before it is
 //! sent, the answer whole or event by event ([`anthropic`] for OpenAI
-//! clients of Anthropic channels, [`gemini`] for OpenAI clients of Gemini
-//! channels, [`messages`] for Messages clients of OpenAI-wire channels);
+//! clients of Anthropic channels, [`gemini`] and [`cohere`] for OpenAI
+//! clients of Gemini and Cohere channels, [`messages`] for Messages clients of OpenAI-wire channels);
 //! where they match, bodies pass through.
 
 pub(crate) mod anthropic;
+pub(crate) mod cohere;
 mod error;
 #[cfg(test)]
 mod fuzz;
@@ -80,6 +81,8 @@ pub(crate) enum Adapter {
     Anthropic { client: HttpClient, headers: HeaderMap },
     /// Over HTTP in Google's Gemini format.
     Gemini { client: HttpClient, headers: HeaderMap },
+    /// Over HTTP in Cohere's v2 format.
+    Cohere { client: HttpClient, headers: HeaderMap },
     /// Answered in-process in the OpenAI wire format (demos and tests).
     Mock,
 }
@@ -105,6 +108,7 @@ impl Adapter {
             Provider::Mock => Adapter::Mock,
             Provider::Anthropic => Adapter::Anthropic { client: client(), headers: anthropic::headers(channel) },
             Provider::Gemini => Adapter::Gemini { client: client(), headers: gemini::headers(channel) },
+            Provider::Cohere => Adapter::Cohere { client: client(), headers: openai::headers(channel) },
             provider => {
                 let limit = match provider {
                     Provider::Openai | Provider::AzureOpenai => LimitMember::MaxCompletionTokens,
@@ -123,6 +127,7 @@ impl Adapter {
             Adapter::OpenAi { .. } => Some(openai::url(channel, model, operation)),
             Adapter::Anthropic { .. } => anthropic::url(channel, operation),
             Adapter::Gemini { .. } => gemini::url(channel, model, operation),
+            Adapter::Cohere { .. } => cohere::url(channel, operation),
             Adapter::Mock => None,
         }
     }
@@ -185,6 +190,16 @@ impl Adapter {
                 "unsupported_operation",
                 "Gemini channels do not serve the Messages API yet.",
             )),
+            (Adapter::Cohere { .. }, Operation::Chat) => {
+                translated(cohere::request::translate(request, model.upstream.as_str(), request.stream))
+            }
+            (Adapter::Cohere { .. }, Operation::Embeddings) => {
+                translated(cohere::request::embeddings(request, model.upstream.as_str()))
+            }
+            (Adapter::Cohere { .. }, Operation::Messages | Operation::CountTokens) => Err(ApiError::bad_request(
+                "unsupported_operation",
+                "Cohere channels do not serve the Messages API yet.",
+            )),
         }
     }
 
@@ -208,7 +223,9 @@ impl Adapter {
                 let beta = client_headers.get(anthropic::ANTHROPIC_BETA);
                 http(client, headers, uri, body, request_id, beta).await
             }
-            (Adapter::Gemini { client, headers }, _) => http(client, headers, uri, body, request_id, None).await,
+            (Adapter::Gemini { client, headers } | Adapter::Cohere { client, headers }, _) => {
+                http(client, headers, uri, body, request_id, None).await
+            }
             (Adapter::Mock, Operation::Messages) => Ok(mock::answer(Operation::Chat, &body.contiguous())),
             (Adapter::Mock, _) => Ok(mock::answer(operation, &body.contiguous())),
         }
@@ -268,6 +285,12 @@ impl Adapter {
             (Adapter::Gemini { .. }, _) => {
                 gemini::response::completion(&body, answering.model).map(|(b, u)| whole((b, Some(u))))
             }
+            (Adapter::Cohere { .. }, Operation::Embeddings) => {
+                cohere::response::embeddings(&body, answering.model).map(whole)
+            }
+            (Adapter::Cohere { .. }, _) => {
+                cohere::response::completion(&body, answering.model).map(|(b, u)| whole((b, Some(u))))
+            }
         }
     }
 
@@ -284,6 +307,10 @@ impl Adapter {
                 let translate = anthropic::stream::ToChunks::new(answering.model, answering.include_usage);
                 StreamDecoder::AnthropicToChat(Box::new(translate))
             }
+            (Adapter::Cohere { .. }, _) => StreamDecoder::CohereToChat(Box::new(cohere::stream::ToChunks::new(
+                answering.model,
+                answering.include_usage,
+            ))),
             (Adapter::Gemini { .. }, _) => StreamDecoder::GeminiToChat(Box::new(gemini::stream::ToChunks::new(
                 answering.model,
                 answering.include_usage,
@@ -301,6 +328,7 @@ impl Adapter {
             Adapter::OpenAi { .. } | Adapter::Mock => openai::json_for_stream(body),
             Adapter::Anthropic { .. } => anthropic::json_for_stream(body),
             Adapter::Gemini { .. } => gemini::json_for_stream(body),
+            Adapter::Cohere { .. } => cohere::json_for_stream(body),
         }
     }
 }
@@ -403,6 +431,8 @@ pub(crate) enum StreamDecoder {
     ChatToMessages(Box<messages::stream::ToEvents>),
     /// Gemini events for an OpenAI client: translated.
     GeminiToChat(Box<gemini::stream::ToChunks>),
+    /// Cohere events for an OpenAI client: translated.
+    CohereToChat(Box<cohere::stream::ToChunks>),
 }
 
 /// What happens to one upstream event.
@@ -439,6 +469,7 @@ impl StreamDecoder {
             StreamDecoder::Anthropic(d) => d.event(event),
             StreamDecoder::ChatToMessages(d) => d.event(event),
             StreamDecoder::GeminiToChat(d) => d.event(event),
+            StreamDecoder::CohereToChat(d) => d.event(event),
         }
     }
 
@@ -451,6 +482,7 @@ impl StreamDecoder {
             StreamDecoder::Anthropic(d) => d.end(),
             StreamDecoder::ChatToMessages(d) => d.end(),
             StreamDecoder::GeminiToChat(d) => d.end(),
+            StreamDecoder::CohereToChat(d) => d.end(),
         }
     }
 
@@ -462,6 +494,7 @@ impl StreamDecoder {
             StreamDecoder::Anthropic(d) => d.usage(),
             StreamDecoder::ChatToMessages(d) => d.usage(),
             StreamDecoder::GeminiToChat(d) => d.usage(),
+            StreamDecoder::CohereToChat(d) => d.usage(),
         }
     }
 
@@ -473,6 +506,7 @@ impl StreamDecoder {
             StreamDecoder::Anthropic(d) => d.finished,
             StreamDecoder::ChatToMessages(d) => d.finished,
             StreamDecoder::GeminiToChat(d) => d.finished,
+            StreamDecoder::CohereToChat(d) => d.finished,
         }
     }
 }
