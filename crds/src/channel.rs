@@ -162,11 +162,11 @@ impl Provider {
         !matches!(self, Provider::Ollama | Provider::Vllm | Provider::OpenaiCompatible | Provider::Mock)
     }
 
-    /// Whether this gateway version can relay to the provider. Gemini and
-    /// Cohere speak their own wire formats and need translating adapters,
-    /// which are not built yet.
+    /// Whether this gateway version can relay to the provider: every
+    /// provider has an adapter now (a provider added later may not, and is
+    /// then reported `ProviderNotSupported`).
     pub fn is_supported(self) -> bool {
-        !matches!(self, Provider::Gemini | Provider::Cohere)
+        true
     }
 }
 

@@ -101,6 +101,28 @@ spec:
     - name: claude-mock
       upstreamModel: claude-sonnet-4-6
 ---
+apiVersion: llmweaver.io/v1alpha1
+kind: Channel
+metadata: {{name: mock-gemini, namespace: sdk}}
+spec:
+  provider: gemini
+  baseUrl: {gemini_url}
+  credentials: {{secretRef: {{name: upstream}}}}
+  models:
+    - name: gemini-mock
+      upstreamModel: gemini-2.5-flash
+---
+apiVersion: llmweaver.io/v1alpha1
+kind: Channel
+metadata: {{name: mock-cohere, namespace: sdk}}
+spec:
+  provider: cohere
+  baseUrl: {cohere_url}
+  credentials: {{secretRef: {{name: upstream}}}}
+  models:
+    - name: command-mock
+      upstreamModel: command-a-03-2025
+---
 apiVersion: v1
 kind: Secret
 metadata: {{name: sdk-apikey, namespace: sdk}}
@@ -110,7 +132,7 @@ apiVersion: llmweaver.io/v1alpha1
 kind: ApiKey
 metadata: {{name: sdk, namespace: sdk}}
 spec:
-  allowedModels: ["demo-*", "gpt-4o*", "text-embedding-*", "claude-*"]
+  allowedModels: ["demo-*", "gpt-4o*", "text-embedding-*", "claude-*", "gemini-*", "command-*"]
 """
 
 
@@ -133,6 +155,8 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, upstream: Process) -> Proc
             upstream_key=UPSTREAM_KEY,
             upstream_url=f"http://{upstream.addr}/v1",
             anthropic_url=f"http://{upstream.addr}",
+            gemini_url=f"http://{upstream.addr}/v1beta",
+            cohere_url=f"http://{upstream.addr}/v2",
             client_key=CLIENT_KEY,
         )
     )

@@ -1,6 +1,7 @@
 """The official `openai` Python SDK, unchanged, pointed at the gateway: the
-same code against a mock channel, an OpenAI channel and an Anthropic channel
-(`claude-mock`, whose requests and answers the gateway translates)."""
+same code against a mock channel, an OpenAI channel, an Anthropic channel
+(`claude-mock`), a Gemini channel (`gemini-mock`) and a Cohere channel
+(`command-mock`), whose requests and answers the gateway translates."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import json
 import openai
 import pytest
 
-CHAT_MODELS = ["demo-chat", "gpt-4o-mini", "claude-mock"]
+CHAT_MODELS = ["demo-chat", "gpt-4o-mini", "claude-mock", "gemini-mock", "command-mock"]
 
 @pytest.fixture
 def client(gateway) -> openai.OpenAI:
@@ -88,7 +89,7 @@ def first_turn(client: openai.OpenAI, model: str, stream: bool, content: str = "
 
 
 @pytest.mark.parametrize("stream", [False, True])
-@pytest.mark.parametrize("model", ["gpt-4o-mini", "claude-mock"])
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "claude-mock", "gemini-mock", "command-mock"])
 def test_two_turn_tool_conversation(client: openai.OpenAI, model: str, stream: bool) -> None:
     calls, finish = first_turn(client, model, stream)
     assert finish == "tool_calls"
@@ -110,7 +111,7 @@ def test_two_turn_tool_conversation(client: openai.OpenAI, model: str, stream: b
     assert completion.choices[0].finish_reason == "stop"
 
 
-@pytest.mark.parametrize("model", ["gpt-4o-mini", "claude-mock"])
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "claude-mock", "gemini-mock", "command-mock"])
 def test_parallel_tool_calls_stream_apart(client: openai.OpenAI, model: str) -> None:
     calls, finish = first_turn(client, model, True, "Paris and Oslo? mock:parallel")
     assert finish == "tool_calls"
@@ -120,7 +121,9 @@ def test_parallel_tool_calls_stream_apart(client: openai.OpenAI, model: str) -> 
 
 def test_models_list_shows_only_what_the_key_may_use(client: openai.OpenAI) -> None:
     ids = sorted(m.id for m in client.models.list())
-    assert ids == ["claude-mock", "demo-chat", "demo-embed", "gpt-4o-mini", "text-embedding-3-small"]
+    assert ids == [
+        "claude-mock", "command-mock", "demo-chat", "demo-embed", "gemini-mock", "gpt-4o-mini", "text-embedding-3-small"
+    ]
     assert client.models.retrieve("gpt-4o-mini").id == "gpt-4o-mini"
 
 

@@ -97,6 +97,58 @@ spec:
     )
 }
 
+/// A Gemini channel `gemini` whose API root is `root` (e.g.
+/// `http://127.0.0.1:1234/v1beta`), serving public models `gemini-test` as
+/// `gemini-2.5-flash` at 0.30 / 2.50 / 0.03 USD per million input, output
+/// and cached tokens, and `gemini-embed` as `gemini-embedding-001`; it
+/// shares [`openai_namespace`]'s upstream credentials.
+pub fn gemini_channel(root: &str) -> String {
+    format!(
+        r#"---
+apiVersion: llmweaver.io/v1alpha1
+kind: Channel
+metadata: {{name: gemini, namespace: {NAMESPACE}}}
+spec:
+  provider: gemini
+  baseUrl: {root}
+  credentials: {{secretRef: {{name: upstream-creds}}}}
+  models:
+    - name: gemini-test
+      upstreamModel: gemini-2.5-flash
+      pricing: {{inputPerMillion: "0.30", outputPerMillion: "2.50", cachedInputPerMillion: "0.03"}}
+    - name: gemini-embed
+      upstreamModel: gemini-embedding-001
+  timeouts: {{firstByte: 5s, total: 10s}}
+"#
+    )
+}
+
+/// A Cohere channel `cohere` whose API root is `root` (e.g.
+/// `http://127.0.0.1:1234/v2`), serving public models `command-test` as
+/// `command-a-03-2025` at 2.50 / 10 USD per million input and output
+/// tokens, and `cohere-embed` as `embed-v4.0`; it shares
+/// [`openai_namespace`]'s upstream credentials.
+pub fn cohere_channel(root: &str) -> String {
+    format!(
+        r#"---
+apiVersion: llmweaver.io/v1alpha1
+kind: Channel
+metadata: {{name: cohere, namespace: {NAMESPACE}}}
+spec:
+  provider: cohere
+  baseUrl: {root}
+  credentials: {{secretRef: {{name: upstream-creds}}}}
+  models:
+    - name: command-test
+      upstreamModel: command-a-03-2025
+      pricing: {{inputPerMillion: "2.50", outputPerMillion: "10"}}
+    - name: cohere-embed
+      upstreamModel: embed-v4.0
+  timeouts: {{firstByte: 5s, total: 10s}}
+"#
+    )
+}
+
 /// A `mock` channel `demo` (answers locally, no upstream) serving `demo-chat`.
 pub fn mock_channel() -> String {
     format!(

@@ -145,6 +145,16 @@ pub async fn named_events(response: reqwest::Response) -> anyhow::Result<Vec<(St
         .collect())
 }
 
+/// An OpenAI-shaped error answer: its status, `Retry-After` and `error` object.
+pub async fn openai_error(
+    response: reqwest::Response,
+) -> anyhow::Result<(reqwest::StatusCode, Option<String>, serde_json::Value)> {
+    let status = response.status();
+    let retry_after = response.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let body: serde_json::Value = response.json().await?;
+    Ok((status, retry_after, body["error"].clone()))
+}
+
 impl Drop for TestGateway {
     fn drop(&mut self) {
         self.begin_shutdown();
@@ -172,6 +182,24 @@ where
     tokio::time::timeout(EVENTUALLY, read)
         .await
         .map_err(|_| anyhow::anyhow!("the stream did not deliver in {EVENTUALLY:?}: {text:?}"))?
+}
+
+/// The JSON of each `data:` event of an OpenAI stream, `[DONE]` as a string.
+pub async fn data_events(response: reqwest::Response) -> anyhow::Result<Vec<serde_json::Value>> {
+    Ok(data_events_of(&response.text().await?))
+}
+
+/// [`data_events`] of a stream's text.
+pub fn data_events_of(text: &str) -> Vec<serde_json::Value> {
+    text.split("\n\n")
+        .filter_map(|e| e.trim().strip_prefix("data: "))
+        .map(|d| serde_json::from_str(d).unwrap_or_else(|_| serde_json::Value::String(d.to_owned())))
+        .collect()
+}
+
+/// The `content` deltas of an OpenAI stream's chunks, joined.
+pub fn content_of(chunks: &[serde_json::Value]) -> String {
+    chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect()
 }
 
 /// How long [`eventually`] waits before it gives up.

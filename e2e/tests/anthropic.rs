@@ -5,7 +5,9 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use weaver_e2e::fixtures::{KEY, anthropic_channel, openai_namespace};
-use weaver_e2e::gateway::{TestGateway, named_events, read_until};
+use weaver_e2e::gateway::{
+    TestGateway, content_of, data_events, data_events_of, named_events, openai_error, read_until,
+};
 use weaver_e2e::mock_upstream::anthropic::{CACHE_READ_TOKENS, CACHE_WRITE_TOKENS};
 use weaver_e2e::mock_upstream::{Behaviour, MockUpstream};
 use weaver_store::UsageRecord;
@@ -65,20 +67,6 @@ fn chat_body(content: &str, stream: bool) -> Value {
         "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": content}],
         "stream": stream,
     })
-}
-
-/// The JSON of each `data:` event of an OpenAI stream, `[DONE]` as a string.
-async fn data_events(response: reqwest::Response) -> anyhow::Result<Vec<Value>> {
-    let text = response.text().await?;
-    Ok(text
-        .split("\n\n")
-        .filter_map(|e| e.trim().strip_prefix("data: "))
-        .map(|d| serde_json::from_str(d).unwrap_or_else(|_| Value::String(d.to_owned())))
-        .collect())
-}
-
-fn content_of(chunks: &[Value]) -> String {
-    chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect()
 }
 
 // --- OpenAI clients, Anthropic channel -----------------------------------------------------
@@ -157,11 +145,7 @@ async fn streams_are_translated_event_by_event_as_they_arrive() -> anyhow::Resul
     assert!(text.contains(r#""role":"assistant""#), "{text}");
     s.upstream.release();
     read_until(&mut stream, &mut text, |_| false).await?;
-    let chunks: Vec<Value> = text
-        .split("\n\n")
-        .filter_map(|e| e.trim().strip_prefix("data: "))
-        .map(|d| serde_json::from_str(d).unwrap_or_else(|_| Value::String(d.to_owned())))
-        .collect();
+    let chunks = data_events_of(&text);
     assert_eq!(content_of(&chunks), "This is LLM Weaver's mock channel. You said: Say hi");
     assert_eq!(chunks.last(), Some(&json!("[DONE]")));
     let finish = &chunks[chunks.len() - 3];
@@ -286,13 +270,6 @@ async fn usage_and_cost_of_an_anthropic_channel_are_recorded_to_the_nano_dollar(
         assert_eq!(r.cost_nanos, cost, "{id}");
     }
     Ok(())
-}
-
-async fn openai_error(response: reqwest::Response) -> anyhow::Result<(StatusCode, Option<String>, Value)> {
-    let status = response.status();
-    let retry_after = response.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let body: Value = response.json().await?;
-    Ok((status, retry_after, body["error"].clone()))
 }
 
 #[tokio::test]

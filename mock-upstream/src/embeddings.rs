@@ -76,7 +76,7 @@ fn inputs(input: Option<&Value>) -> Result<(Vec<String>, u64), UpstreamError> {
 
 /// A unit vector from the SHA-256 chain of the text: the same text always
 /// gives the same vector.
-fn unit_vector(text: &str, dimensions: usize) -> Vec<f32> {
+pub(crate) fn unit_vector(text: &str, dimensions: usize) -> Vec<f32> {
     let mut raw = Vec::with_capacity(dimensions + 32);
     let mut block = Sha256::digest(text.as_bytes());
     while raw.len() < dimensions {

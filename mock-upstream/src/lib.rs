@@ -1,6 +1,7 @@
 //! A mock LLM upstream for tests and benchmarks: OpenAI's chat completions,
-//! embeddings and Responses API ([`responses`]), and Anthropic's Messages
-//! API ([`anthropic`]'s docs list its shapes and magic words).
+//! embeddings and Responses API ([`responses`]), Anthropic's Messages API,
+//! Google's Gemini API and Cohere's v2 API ([`anthropic`]'s, [`gemini`]'s
+//! and [`cohere`]'s docs list their shapes and magic words).
 //!
 //! It speaks each wire format from its own code (request parsing, keys,
 //! error bodies, answers, SSE), deliberately sharing nothing with the gateway:
@@ -14,8 +15,10 @@
 pub mod anthropic;
 mod behaviour;
 mod chat;
+pub mod cohere;
 mod embeddings;
 mod error;
+pub mod gemini;
 mod in_flight;
 mod request;
 pub mod responses;

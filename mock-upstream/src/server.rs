@@ -49,8 +49,8 @@ struct Shared {
 
 /// A running mock OpenAI-compatible upstream; stops when dropped. It serves
 /// `POST .../chat/completions`, `POST .../embeddings` and `POST .../responses`
-/// under any prefix (so
-/// `/v1/...` and Azure's `/openai/deployments/<name>/...` both work).
+/// under any prefix (so `/v1/...` and Azure's `/openai/deployments/<name>/...`
+/// both work), and Anthropic's, Gemini's and Cohere's APIs at their own paths.
 pub struct MockUpstream {
     /// Where it listens.
     pub addr: SocketAddr,
@@ -175,6 +175,12 @@ fn respond(
     if path.ends_with("/messages") || path.ends_with("/messages/count_tokens") {
         return Ok(messages(b, &shared.gate, path, headers, body));
     }
+    if crate::gemini::route(path).is_some() {
+        return Ok(gemini(b, &shared.gate, uri, headers, body));
+    }
+    if crate::cohere::is_cohere(path) {
+        return Ok(cohere(b, &shared.gate, path, headers, body));
+    }
     if let Some(required) = &b.require_key
         && presented_key(headers) != Some(required.as_str())
     {
@@ -267,6 +273,53 @@ fn messages(b: &Behaviour, gate: &Arc<tokio::sync::Notify>, path: &str, headers:
     match crate::anthropic::messages(headers, body, key, b.tokens) {
         crate::anthropic::Reply::Whole(response) => response,
         crate::anthropic::Reply::Events(events) => {
+            let frames = events.into_iter().map(Frame::whole).collect();
+            let hold = b.hold_after.map(|n| (n, gate.clone()));
+            stream::response(frames, b.chunk_delay, b.drop_after, hold)
+        }
+    }
+}
+
+/// Google's Gemini API: its key (`x-goog-api-key`), error shape and events;
+/// the pacing and fault knobs of the [`Behaviour`] apply as they do to
+/// OpenAI streams.
+fn gemini(b: &Behaviour, gate: &Arc<tokio::sync::Notify>, uri: &Uri, headers: &HeaderMap, body: &[u8]) -> Response {
+    if let Some(status) = b.error_status {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut response = crate::gemini::error_response(status, "injected failure");
+        if matches!(status.as_u16(), 429 | 503)
+            && let Some(seconds) = b.retry_after
+        {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        return response;
+    }
+    match crate::gemini::answer(uri.path(), uri.query(), headers, body, b.require_key.as_deref(), b.tokens) {
+        crate::gemini::Reply::Whole(response) => response,
+        crate::gemini::Reply::Events(events) => {
+            let frames = events.into_iter().map(Frame::whole).collect();
+            let hold = b.hold_after.map(|n| (n, gate.clone()));
+            stream::response(frames, b.chunk_delay, b.drop_after, hold)
+        }
+    }
+}
+
+/// Cohere's v2 API: its error shape and events; the pacing and fault knobs
+/// of the [`Behaviour`] apply as they do to OpenAI streams.
+fn cohere(b: &Behaviour, gate: &Arc<tokio::sync::Notify>, path: &str, headers: &HeaderMap, body: &[u8]) -> Response {
+    if let Some(status) = b.error_status {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut response = crate::cohere::error_response(status, "injected failure");
+        if status == StatusCode::TOO_MANY_REQUESTS
+            && let Some(seconds) = b.retry_after
+        {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        return response;
+    }
+    match crate::cohere::answer(path, headers, body, b.require_key.as_deref(), b.tokens) {
+        crate::cohere::Reply::Whole(response) => response,
+        crate::cohere::Reply::Events(events) => {
             let frames = events.into_iter().map(Frame::whole).collect();
             let hold = b.hold_after.map(|n| (n, gate.clone()));
             stream::response(frames, b.chunk_delay, b.drop_after, hold)

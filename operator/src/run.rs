@@ -169,8 +169,7 @@ pub async fn start(args: Args) -> Result<Started, StartError> {
     if let Some(bundle) = ca_bundle {
         tasks.spawn(keep_ca_bundle(ctx.client.clone(), bundle.name, bundle.pem.1));
     }
-    let renewal =
-        Renewal { ctx: ctx.clone(), namespace: namespace.clone(), secret: args.tls_secret.clone(), sans };
+    let renewal = Renewal { ctx: ctx.clone(), namespace: namespace.clone(), secret: args.tls_secret.clone(), sans };
     tasks.spawn(renew_certificate(renewal, acceptor, injector, ca_tx));
     tasks.spawn(serve_plain(metrics_listener, ctx.clone()));
     tasks.spawn(writer_loop(ctx.clone(), args.status_interval));

@@ -265,11 +265,14 @@ spec: {provider: ollama, models: [{name: llama3}]}
 }
 
 #[test]
-fn providers_without_an_adapter_are_reported_not_silently_skipped() {
-    let yaml = channel("gemini", "", "{name: gemini}", 1).replace("provider: openai", "provider: gemini");
-    let c = compile_yaml(&format!("{SECRETS}{yaml}"));
-    assert_eq!(reasons(&c), vec![(Kind::Channel, "gemini", ProblemReason::ProviderNotSupported)]);
-    assert!(c.snapshot.channels.is_empty());
+fn translated_providers_compile_with_their_default_roots() {
+    let gemini = channel("gemini", "", "{name: gemini}", 1).replace("provider: openai", "provider: gemini");
+    let cohere = channel("cohere", "", "{name: command}", 1).replace("provider: openai", "provider: cohere");
+    let c = compile_yaml(&format!("{SECRETS}{gemini}{cohere}"));
+    assert!(reasons(&c).is_empty(), "{:?}", reasons(&c));
+    let mut roots: Vec<&str> = c.snapshot.channels.iter().map(|ch| ch.base_url.as_str()).collect();
+    roots.sort_unstable();
+    assert_eq!(roots, ["https://api.cohere.com/v2", "https://generativelanguage.googleapis.com/v1beta"]);
 }
 
 #[test]

@@ -171,6 +171,9 @@ fn said(answer: bytes::Bytes, stream: bool) -> (Text, Text) {
                         },
                         None => {}
                     }
+                    for candidate in chunk.candidates.iter().flatten() {
+                        candidate.collect(&mut content, &mut reasoning);
+                    }
                 }
             }
         };
@@ -444,6 +447,9 @@ struct StreamChunk<'a> {
     /// A Responses event's type.
     #[serde(default, rename = "type", borrow)]
     kind: Option<Str<'a>>,
+    /// A Gemini stream event's candidates.
+    #[serde(default, borrow)]
+    candidates: Option<Vec<GeminiCandidate<'a>>>,
 }
 
 #[derive(Deserialize)]
@@ -451,6 +457,43 @@ struct StreamChunk<'a> {
 enum StreamDelta<'a> {
     Text(#[serde(borrow)] Str<'a>),
     Block(#[serde(borrow)] Block<'a>),
+}
+
+#[derive(Deserialize)]
+struct GeminiCandidate<'a> {
+    #[serde(default, borrow)]
+    content: Option<GeminiContent<'a>>,
+}
+
+#[derive(Deserialize)]
+struct GeminiContent<'a> {
+    #[serde(default, borrow)]
+    parts: Vec<GeminiPart<'a>>,
+}
+
+/// A Gemini part: text (a thought when `thought`), or a function call.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GeminiPart<'a> {
+    #[serde(default, borrow)]
+    text: Option<Str<'a>>,
+    #[serde(default)]
+    thought: Option<bool>,
+    #[serde(default)]
+    function_call: Option<serde_json::Value>,
+}
+
+impl GeminiCandidate<'_> {
+    fn collect(&self, content: &mut Text, reasoning: &mut Text) {
+        for part in self.content.iter().flat_map(|c| &c.parts) {
+            if let Some(t) = part.text.as_deref() {
+                if part.thought == Some(true) { reasoning.push(t) } else { content.push(t) }
+            }
+            if let Some(call) = &part.function_call {
+                content.push(&call.to_string());
+            }
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -511,6 +554,17 @@ mod tests {
         assert_eq!(usage.output, count("Hello world{\"a\":1}") + usage.reasoning);
         let whole = br#"{"choices":[{"message":{"role":"assistant","content":"Hello world"}}]}"#;
         assert_eq!(output(bytes::Bytes::from_static(whole), false).0.output, count("Hello world"));
+    }
+
+    #[test]
+    fn gemini_events_are_counted_too() {
+        let events = concat!(
+            "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"Let me think\",\"thought\":true}]}}]}\r\n\r\n",
+            "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"Hello\"},{\"functionCall\":{\"name\":\"f\"}}]}}]}\r\n\r\n",
+        );
+        let (usage, _) = output(bytes::Bytes::from_static(events.as_bytes()), true);
+        assert_eq!(usage.reasoning, count("Let me think"));
+        assert_eq!(usage.output, count(r#"Hello{"name":"f"}"#) + usage.reasoning);
     }
 
     #[test]

@@ -425,7 +425,7 @@ impl Try<'_> {
         let limit = round(first_byte_deadline.saturating_duration_since(self.started));
         let sent = channel.adapter.send(
             self.operation,
-            target.uri(self.operation),
+            target.uri_for(self.operation, stream),
             body,
             &ctx.record.request_id,
             self.client_headers,
@@ -530,6 +530,13 @@ fn round(d: Duration) -> Duration {
 impl ErrorFields {
     /// The status an error object implies when it came with a 200.
     fn implied_status(&self) -> StatusCode {
+        // Google's error object names the HTTP status it stands for.
+        if let Some(status) =
+            self.code.as_deref().and_then(|c| c.parse::<u16>().ok()).filter(|c| (400..600).contains(c))
+            && let Ok(status) = StatusCode::from_u16(status)
+        {
+            return status;
+        }
         let says = |word: &str| [&self.kind, &self.code].iter().any(|f| f.as_deref().is_some_and(|v| v.contains(word)));
         if says("overloaded") {
             // Anthropic's overloaded_error, which a 529 carries.

@@ -42,6 +42,8 @@ enum Inner {
         kind: Option<serde_json::Value>,
         code: Option<serde_json::Value>,
         param: Option<serde_json::Value>,
+        /// Google's `google.rpc.Status` name (`RESOURCE_EXHAUSTED`): its kind.
+        status: Option<serde_json::Value>,
     },
     Text(String),
 }
@@ -64,13 +66,17 @@ fn truncate(mut message: String) -> String {
 }
 
 impl ErrorFields {
-    /// Reads OpenAI's `{"error":{...}}`, `{"error":"text"}`, vLLM's flat
+    /// Reads OpenAI's `{"error":{...}}` (and Google's, whose `status` is
+    /// the kind), `{"error":"text"}`, vLLM's flat
     /// `{"object":"error","message":...}`, or any other body as plain text.
     pub fn parse(body: &[u8]) -> Self {
         let fields = match serde_json::from_slice::<Envelope>(body) {
-            Ok(Envelope { error: Some(Inner::Object { message, kind, code, param }), .. }) => {
-                Self { message: message.unwrap_or_default(), kind: text(kind), code: text(code), param: text(param) }
-            }
+            Ok(Envelope { error: Some(Inner::Object { message, kind, code, param, status }), .. }) => Self {
+                message: message.unwrap_or_default(),
+                kind: text(kind).or(text(status)),
+                code: text(code),
+                param: text(param),
+            },
             Ok(Envelope { error: Some(Inner::Text(message)), .. }) => Self { message, ..Self::default() },
             Ok(Envelope { error: None, message: Some(message), kind, code, param }) => {
                 Self { message, kind: text(kind), code: text(code), param: text(param) }

@@ -1,4 +1,5 @@
-//! Property tests: the stream translators never panic, whatever arrives, and
+//! Property tests: the stream translators (OpenAI, Anthropic, Gemini and
+//! Cohere events) never panic, whatever arrives, and
 //! what they write is well-formed; a stream's translation does not depend on
 //! how the network split it.
 
@@ -6,7 +7,7 @@ use bytes::Bytes;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
-use super::{EventAction, StreamDecoder, anthropic, messages, openai, responses};
+use super::{EventAction, StreamDecoder, anthropic, cohere, gemini, messages, openai, responses};
 use crate::relay::sse::{self, SseFramer};
 
 /// Every decoder a stream can meet.
@@ -21,6 +22,9 @@ fn decoders() -> Vec<StreamDecoder> {
         StreamDecoder::Responses(Box::new(responses::stream::Passthrough::new(rename_again()))),
         StreamDecoder::ChatToResponses(Box::new(responses::stream::ToResponses::new("public"))),
         StreamDecoder::AnthropicToResponses(Box::new(responses::stream::FromAnthropic::new("public"))),
+        StreamDecoder::GeminiToChat(Box::new(gemini::stream::ToChunks::new("public", true))),
+        StreamDecoder::GeminiToChat(Box::new(gemini::stream::ToChunks::new("public", false))),
+        StreamDecoder::CohereToChat(Box::new(cohere::stream::ToChunks::new("public", true))),
     ]
 }
 
@@ -121,6 +125,69 @@ fn openai_event() -> impl Strategy<Value = String> {
     })
 }
 
+fn gemini_event() -> impl Strategy<Value = String> {
+    let reason = prop_oneof![
+        Just(Value::Null),
+        Just(json!("STOP")),
+        Just(json!("MAX_TOKENS")),
+        Just(json!("SAFETY")),
+        Just(json!(3))
+    ];
+    let usage = prop_oneof![
+        Just(Value::Null),
+        (0u64..1000, 0u64..1000, 0u64..1000).prop_map(|(p, c, t)| json!({"promptTokenCount": p, "candidatesTokenCount": c, "thoughtsTokenCount": t, "cachedContentTokenCount": p * 2})),
+        Just(json!({"promptTokenCount": -1})),
+    ];
+    let part = prop_oneof![
+        text().prop_map(|t| json!({"text": t})),
+        text().prop_map(|t| json!({"text": t, "thought": true})),
+        text().prop_map(|t| json!({"functionCall": {"name": t, "args": {"a": t}}, "thoughtSignature": t})),
+        text().prop_map(|t| json!({"functionCall": {"id": t, "name": t}})),
+        Just(json!({"inlineData": {"mimeType": "image/png", "data": ""}})),
+        Just(json!({"functionCall": {"args": []}})),
+    ];
+    (0u8..6, proptest::collection::vec(part, 0..3), reason, usage, text()).prop_map(|(which, parts, reason, usage, text)| {
+        let data = match which {
+            0 | 1 => json!({"candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": reason}], "usageMetadata": usage, "responseId": text}),
+            2 => json!({"usageMetadata": usage}),
+            3 => json!({"error": {"code": 503, "message": text, "status": "UNAVAILABLE"}}),
+            4 => json!({"promptFeedback": {"blockReason": text}, "candidates": []}),
+            _ => return format!("data: {text}\r\n\r\n"),
+        };
+        format!("data: {data}\r\n\r\n")
+    })
+}
+
+fn cohere_event() -> impl Strategy<Value = String> {
+    let index = prop_oneof![0u64..3, Just(u64::MAX)];
+    let reason = prop_oneof![
+        Just(Value::Null),
+        Just(json!("COMPLETE")),
+        Just(json!("TOOL_CALL")),
+        Just(json!("ERROR")),
+        Just(json!(1))
+    ];
+    let usage = prop_oneof![
+        Just(Value::Null),
+        (0u64..1000, 0u64..1000).prop_map(|(i, o)| json!({"billed_units": {"input_tokens": i, "output_tokens": o}})),
+        Just(json!({"billed_units": {"input_tokens": -3.5}, "tokens": {"output_tokens": 1e300}})),
+    ];
+    (0u8..9, index, text(), reason, usage).prop_map(|(which, index, text, reason, usage)| {
+        let (name, data) = match which {
+            0 => ("message-start", json!({"type": "message-start", "id": text})),
+            1 => ("content-start", json!({"type": "content-start", "index": index, "delta": {"message": {"content": {"type": "text", "text": text}}}})),
+            2 => ("content-delta", json!({"type": "content-delta", "index": index, "delta": {"message": {"content": {"text": text, "thinking": text}}}})),
+            3 => ("tool-plan-delta", json!({"type": "tool-plan-delta", "delta": {"message": {"tool_plan": text}}})),
+            4 => ("tool-call-start", json!({"type": "tool-call-start", "index": index, "delta": {"message": {"tool_calls": {"id": text, "function": {"name": text, "arguments": text}}}}})),
+            5 => ("tool-call-delta", json!({"type": "tool-call-delta", "index": index, "delta": {"message": {"tool_calls": {"function": {"arguments": text}}}}})),
+            6 => ("message-end", json!({"type": "message-end", "delta": {"finish_reason": reason, "usage": usage, "error": null}})),
+            7 => ("citation-start", json!({"type": "citation-start", "index": index})),
+            _ => return format!("event: {text}\ndata: {text}\n\n"),
+        };
+        format!("event: {name}\ndata: {data}\n\n")
+    })
+}
+
 /// A stream's bytes cut into frames at `cuts` (positions modulo its length).
 fn split(stream: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
     let mut at: Vec<usize> = cuts.iter().map(|c| c % (stream.len() + 1)).collect();
@@ -162,6 +229,39 @@ proptest! {
         let mut many = StreamDecoder::AnthropicToChat(Box::new(anthropic::stream::ToChunks::new("public", true)));
         let strip = |out: Vec<u8>| String::from_utf8_lossy(&out).replace(|c: char| c.is_ascii_digit(), "");
         prop_assert_eq!(strip(feed(&mut one, std::slice::from_ref(&stream))), strip(feed(&mut many, &split(&stream, &cuts))));
+    }
+
+    #[test]
+    fn gemini_event_streams_translate_to_well_formed_chunks(
+        events in proptest::collection::vec(gemini_event(), 0..24),
+        cuts in proptest::collection::vec(any::<usize>(), 0..8),
+    ) {
+        let stream = events.concat().into_bytes();
+        let translate = || StreamDecoder::GeminiToChat(Box::new(gemini::stream::ToChunks::new("public", true)));
+        let mut whole = translate();
+        let out = feed(&mut whole, std::slice::from_ref(&stream));
+        prop_assert!(well_formed(&out), "{}", String::from_utf8_lossy(&out));
+        // Nothing follows `[DONE]`, and usage is known once the answer finished.
+        let text = String::from_utf8_lossy(&out).into_owned();
+        prop_assert!(text.find("[DONE]").is_none_or(|at| text[at..].trim() == "[DONE]"), "{}", text);
+        let strip = |out: Vec<u8>| String::from_utf8_lossy(&out).replace(|c: char| c.is_ascii_digit(), "");
+        let mut many = translate();
+        prop_assert_eq!(strip(out), strip(feed(&mut many, &split(&stream, &cuts))));
+    }
+
+    #[test]
+    fn cohere_event_streams_translate_to_well_formed_chunks(
+        events in proptest::collection::vec(cohere_event(), 0..24),
+        cuts in proptest::collection::vec(any::<usize>(), 0..8),
+    ) {
+        let stream = events.concat().into_bytes();
+        let translate = || StreamDecoder::CohereToChat(Box::new(cohere::stream::ToChunks::new("public", true)));
+        let mut whole = translate();
+        let out = feed(&mut whole, std::slice::from_ref(&stream));
+        prop_assert!(well_formed(&out), "{}", String::from_utf8_lossy(&out));
+        let strip = |out: Vec<u8>| String::from_utf8_lossy(&out).replace(|c: char| c.is_ascii_digit(), "");
+        let mut many = translate();
+        prop_assert_eq!(strip(out), strip(feed(&mut many, &split(&stream, &cuts))));
     }
 
     #[test]

@@ -1,23 +1,27 @@
 //! Provider adapters: one closed enum, built per channel when a snapshot is
 //! applied. An adapter prepares the upstream request, sends it, decodes the
 //! answer (whole or event by event, usage included) and classifies failures
-//! into typed [`UpstreamError`]s. Three wire formats sit behind the seam:
+//! into typed [`UpstreamError`]s. Five wire formats sit behind the seam:
 //! OpenAI's (`openai`: OpenAI, Azure OpenAI and the compatible family),
-//! Anthropic's Messages API (`anthropic`), and in-process answers (`mock`).
+//! Anthropic's Messages API (`anthropic`), Google's Gemini API (`gemini`),
+//! Cohere's v2 API (`cohere`), and in-process answers (`mock`).
 //!
 //! Clients speak one of three dialects: OpenAI's chat completions,
 //! Anthropic's Messages API (the gateway's `/v1/messages`), or OpenAI's
 //! Responses API (`/v1/responses`). Where dialect and wire format differ the
 //! adapter translates — the request before it is sent, the answer whole or
 //! event by event ([`anthropic`] for OpenAI clients of Anthropic channels,
-//! [`messages`] for Messages clients of OpenAI-wire channels, [`responses`]
-//! for Responses clients of every channel but OpenAI's and Azure's); where
-//! they match, bodies pass through.
+//! [`gemini`] and [`cohere`] for OpenAI clients of Gemini and Cohere
+//! channels, [`messages`] for Messages clients of OpenAI-wire channels,
+//! [`responses`] for Responses clients of every channel but OpenAI's and
+//! Azure's); where they match, bodies pass through.
 
 pub(crate) mod anthropic;
+pub(crate) mod cohere;
 mod error;
 #[cfg(test)]
 mod fuzz;
+pub(crate) mod gemini;
 pub(crate) mod messages;
 pub(crate) mod mock;
 pub(crate) mod openai;
@@ -82,6 +86,10 @@ pub(crate) enum Adapter {
     OpenAi { client: HttpClient, headers: HeaderMap, limit: LimitMember, responses: bool },
     /// Over HTTP in Anthropic's Messages format.
     Anthropic { client: HttpClient, headers: HeaderMap },
+    /// Over HTTP in Google's Gemini format.
+    Gemini { client: HttpClient, headers: HeaderMap },
+    /// Over HTTP in Cohere's v2 format.
+    Cohere { client: HttpClient, headers: HeaderMap },
     /// Answered in-process in the OpenAI wire format (demos and tests).
     Mock,
 }
@@ -106,6 +114,8 @@ impl Adapter {
         match channel.provider {
             Provider::Mock => Adapter::Mock,
             Provider::Anthropic => Adapter::Anthropic { client: client(), headers: anthropic::headers(channel) },
+            Provider::Gemini => Adapter::Gemini { client: client(), headers: gemini::headers(channel) },
+            Provider::Cohere => Adapter::Cohere { client: client(), headers: openai::headers(channel) },
             provider => {
                 let openai = matches!(provider, Provider::Openai | Provider::AzureOpenai);
                 let limit = if openai { LimitMember::MaxCompletionTokens } else { LimitMember::MaxTokens };
@@ -125,7 +135,18 @@ impl Adapter {
             }
             Adapter::OpenAi { .. } => Some(openai::url(channel, model, operation)),
             Adapter::Anthropic { .. } => anthropic::url(channel, operation),
+            Adapter::Gemini { .. } => gemini::url(channel, model, operation),
+            Adapter::Cohere { .. } => cohere::url(channel, operation),
             Adapter::Mock => None,
+        }
+    }
+
+    /// The upstream URL of a streamed chat answer, where it is not the
+    /// chat URL (Gemini's `:streamGenerateContent`).
+    pub fn stream_url(&self, channel: &ChannelSnapshot, model: &ModelSnapshot) -> Option<String> {
+        match self {
+            Adapter::Gemini { .. } => Some(gemini::stream_url(channel, model)),
+            _ => None,
         }
     }
 
@@ -194,6 +215,32 @@ impl Adapter {
             (Adapter::Anthropic { .. }, Operation::Embeddings) => {
                 Err(ApiError::bad_request("unsupported_operation", "Anthropic channels do not serve embeddings."))
             }
+            (Adapter::Gemini { .. }, Operation::Chat) => translated(gemini::request::translate(request)),
+            (Adapter::Gemini { .. }, Operation::Embeddings) => {
+                translated(gemini::request::embeddings(request, &format!("models/{}", model.upstream.as_str())))
+            }
+            (Adapter::Gemini { .. }, Operation::Messages | Operation::CountTokens) => Err(ApiError::bad_request(
+                "unsupported_operation",
+                "Gemini channels do not serve the Messages API yet.",
+            )),
+            (Adapter::Gemini { .. }, Operation::Responses) => Err(ApiError::bad_request(
+                "unsupported_operation",
+                "Gemini channels do not serve the Responses API yet.",
+            )),
+            (Adapter::Cohere { .. }, Operation::Chat) => {
+                translated(cohere::request::translate(request, model.upstream.as_str(), request.stream))
+            }
+            (Adapter::Cohere { .. }, Operation::Embeddings) => {
+                translated(cohere::request::embeddings(request, model.upstream.as_str()))
+            }
+            (Adapter::Cohere { .. }, Operation::Messages | Operation::CountTokens) => Err(ApiError::bad_request(
+                "unsupported_operation",
+                "Cohere channels do not serve the Messages API yet.",
+            )),
+            (Adapter::Cohere { .. }, Operation::Responses) => Err(ApiError::bad_request(
+                "unsupported_operation",
+                "Cohere channels do not serve the Responses API yet.",
+            )),
         }
     }
 
@@ -224,6 +271,9 @@ impl Adapter {
             (Adapter::Anthropic { client, headers }, _) => {
                 let beta = client_headers.get(anthropic::ANTHROPIC_BETA);
                 http(client, headers, uri, body, request_id, beta).await
+            }
+            (Adapter::Gemini { client, headers } | Adapter::Cohere { client, headers }, _) => {
+                http(client, headers, uri, body, request_id, None).await
             }
             (Adapter::Mock, Operation::Messages | Operation::Responses) => {
                 Ok(mock::answer(Operation::Chat, &body.contiguous()))
@@ -291,6 +341,18 @@ impl Adapter {
                 anthropic::response::completion(&body, answering.model).map(|(b, u)| whole((b, Some(u))))
             }
             (Adapter::Anthropic { .. }, operation) => anthropic::passthrough_whole(operation, body, rename),
+            (Adapter::Gemini { .. }, Operation::Embeddings) => {
+                gemini::response::embeddings(&body, answering.model).map(|b| whole((b, None)))
+            }
+            (Adapter::Gemini { .. }, _) => {
+                gemini::response::completion(&body, answering.model).map(|(b, u)| whole((b, Some(u))))
+            }
+            (Adapter::Cohere { .. }, Operation::Embeddings) => {
+                cohere::response::embeddings(&body, answering.model).map(whole)
+            }
+            (Adapter::Cohere { .. }, _) => {
+                cohere::response::completion(&body, answering.model).map(|(b, u)| whole((b, Some(u))))
+            }
         }
     }
 
@@ -316,6 +378,14 @@ impl Adapter {
                 let translate = anthropic::stream::ToChunks::new(answering.model, answering.include_usage);
                 StreamDecoder::AnthropicToChat(Box::new(translate))
             }
+            (Adapter::Cohere { .. }, _) => StreamDecoder::CohereToChat(Box::new(cohere::stream::ToChunks::new(
+                answering.model,
+                answering.include_usage,
+            ))),
+            (Adapter::Gemini { .. }, _) => StreamDecoder::GeminiToChat(Box::new(gemini::stream::ToChunks::new(
+                answering.model,
+                answering.include_usage,
+            ))),
             (Adapter::OpenAi { .. } | Adapter::Mock, _) => {
                 StreamDecoder::OpenAi(openai::StreamDecoder::new(answering.drop_usage_chunk, answering.rename.cloned()))
             }
@@ -328,6 +398,8 @@ impl Adapter {
         match self {
             Adapter::OpenAi { .. } | Adapter::Mock => openai::json_for_stream(body),
             Adapter::Anthropic { .. } => anthropic::json_for_stream(body),
+            Adapter::Gemini { .. } => gemini::json_for_stream(body),
+            Adapter::Cohere { .. } => cohere::json_for_stream(body),
         }
     }
 }
@@ -434,6 +506,10 @@ pub(crate) enum StreamDecoder {
     ChatToResponses(Box<responses::stream::ToResponses>),
     /// Anthropic events for a Responses client: translated (through chat).
     AnthropicToResponses(Box<responses::stream::FromAnthropic>),
+    /// Gemini events for an OpenAI client: translated.
+    GeminiToChat(Box<gemini::stream::ToChunks>),
+    /// Cohere events for an OpenAI client: translated.
+    CohereToChat(Box<cohere::stream::ToChunks>),
 }
 
 /// What happens to one upstream event.
@@ -472,6 +548,8 @@ impl StreamDecoder {
             StreamDecoder::Responses(d) => d.event(event),
             StreamDecoder::ChatToResponses(d) => d.event(event),
             StreamDecoder::AnthropicToResponses(d) => d.event(event),
+            StreamDecoder::GeminiToChat(d) => d.event(event),
+            StreamDecoder::CohereToChat(d) => d.event(event),
         }
     }
 
@@ -486,6 +564,8 @@ impl StreamDecoder {
             StreamDecoder::Responses(d) => d.end(),
             StreamDecoder::ChatToResponses(d) => d.end(),
             StreamDecoder::AnthropicToResponses(d) => d.end(),
+            StreamDecoder::GeminiToChat(d) => d.end(),
+            StreamDecoder::CohereToChat(d) => d.end(),
         }
     }
 
@@ -499,6 +579,8 @@ impl StreamDecoder {
             StreamDecoder::Responses(d) => d.usage(),
             StreamDecoder::ChatToResponses(d) => d.usage(),
             StreamDecoder::AnthropicToResponses(d) => d.usage(),
+            StreamDecoder::GeminiToChat(d) => d.usage(),
+            StreamDecoder::CohereToChat(d) => d.usage(),
         }
     }
 
@@ -512,6 +594,8 @@ impl StreamDecoder {
             StreamDecoder::Responses(d) => d.finished,
             StreamDecoder::ChatToResponses(d) => d.finished,
             StreamDecoder::AnthropicToResponses(d) => d.finished(),
+            StreamDecoder::GeminiToChat(d) => d.finished,
+            StreamDecoder::CohereToChat(d) => d.finished,
         }
     }
 }

@@ -113,6 +113,8 @@ pub(crate) struct ModelRuntime {
     pub upstream_json: Bytes,
     /// Chat completions and Messages (one URL for both in either format).
     chat: Option<Uri>,
+    /// Streamed chat, where it has its own URL (Gemini).
+    chat_stream: Option<Uri>,
     embeddings: Option<Uri>,
     count_tokens: Option<Uri>,
     /// The Responses API, or chat completions where it is translated.
@@ -120,6 +122,14 @@ pub(crate) struct ModelRuntime {
 }
 
 impl ModelRuntime {
+    /// The URL of an operation, streamed or not.
+    pub fn uri_for(&self, operation: Operation, stream: bool) -> Option<&Uri> {
+        match (stream, &self.chat_stream) {
+            (true, Some(uri)) if operation == Operation::Chat => Some(uri),
+            _ => self.uri(operation),
+        }
+    }
+
     pub fn uri(&self, operation: Operation) -> Option<&Uri> {
         match operation {
             Operation::Chat | Operation::Messages => self.chat.as_ref(),
@@ -183,8 +193,11 @@ impl Runtime {
             .iter()
             .map(|ch| {
                 let adapter = Adapter::build(ch, pool);
-                let mut uri = |m, op| -> Option<Uri> {
-                    let text = adapter.url(ch, m, op)?;
+                let mut uri = |m, op: Option<Operation>| -> Option<Uri> {
+                    let text = match op {
+                        Some(op) => adapter.url(ch, m, op)?,
+                        None => adapter.stream_url(ch, m)?,
+                    };
                     text.parse::<Uri>()
                         .inspect_err(|err| {
                             warnings.push(format!(
@@ -203,10 +216,11 @@ impl Runtime {
                         prices: m.prices,
                         rename: ModelRename::new(&m.name, &m.upstream),
                         upstream_json: Bytes::from(serde_json::to_vec(&m.upstream).unwrap_or_default()),
-                        chat: uri(m, Operation::Chat),
-                        embeddings: uri(m, Operation::Embeddings),
-                        count_tokens: uri(m, Operation::CountTokens),
-                        responses: uri(m, Operation::Responses),
+                        chat: uri(m, Some(Operation::Chat)),
+                        chat_stream: uri(m, None),
+                        embeddings: uri(m, Some(Operation::Embeddings)),
+                        count_tokens: uri(m, Some(Operation::CountTokens)),
+                        responses: uri(m, Some(Operation::Responses)),
                     })
                     .collect();
                 let id = (Label::new(&ch.namespace), Label::new(&ch.name));

@@ -60,36 +60,37 @@ pub(crate) fn thinking_budget(effort: &str) -> Option<u64> {
 }
 
 // ------------------------------------------------------------ OpenAI, read
+// (shared with the other translators from chat completions)
 
 #[derive(Deserialize)]
-struct ChatMessage<'a> {
+pub(crate) struct ChatMessage<'a> {
     #[serde(borrow)]
-    role: Str<'a>,
+    pub(crate) role: Str<'a>,
     #[serde(default, borrow)]
-    content: Option<&'a RawValue>,
+    pub(crate) content: Option<&'a RawValue>,
     #[serde(default, borrow)]
-    tool_calls: Option<Vec<ToolCall<'a>>>,
+    pub(crate) tool_calls: Option<Vec<ToolCall<'a>>>,
     #[serde(default, borrow)]
-    tool_call_id: Option<Str<'a>>,
+    pub(crate) tool_call_id: Option<Str<'a>>,
 }
 
 #[derive(Deserialize)]
-struct ChatPart<'a> {
+pub(crate) struct ChatPart<'a> {
     #[serde(rename = "type", borrow)]
-    kind: Str<'a>,
+    pub(crate) kind: Str<'a>,
     #[serde(default, borrow)]
-    text: Option<Str<'a>>,
+    pub(crate) text: Option<Str<'a>>,
     #[serde(default, borrow)]
-    refusal: Option<Str<'a>>,
+    pub(crate) refusal: Option<Str<'a>>,
     #[serde(default, borrow)]
-    image_url: Option<ImageUrl<'a>>,
+    pub(crate) image_url: Option<ImageUrl<'a>>,
     #[serde(default, borrow)]
-    file: Option<FilePart<'a>>,
+    pub(crate) file: Option<FilePart<'a>>,
 }
 
 #[derive(Deserialize)]
 #[serde(untagged)]
-enum ImageUrl<'a> {
+pub(crate) enum ImageUrl<'a> {
     Object {
         #[serde(borrow)]
         url: Str<'a>,
@@ -98,78 +99,78 @@ enum ImageUrl<'a> {
 }
 
 #[derive(Deserialize)]
-struct FilePart<'a> {
+pub(crate) struct FilePart<'a> {
     #[serde(default, borrow)]
-    file_data: Option<Str<'a>>,
+    pub(crate) file_data: Option<Str<'a>>,
 }
 
 #[derive(Deserialize)]
-struct ToolCall<'a> {
+pub(crate) struct ToolCall<'a> {
     #[serde(borrow)]
-    id: Str<'a>,
+    pub(crate) id: Str<'a>,
     #[serde(borrow)]
-    function: Function<'a>,
+    pub(crate) function: Function<'a>,
 }
 
 #[derive(Deserialize)]
-struct Function<'a> {
+pub(crate) struct Function<'a> {
     #[serde(borrow)]
-    name: Str<'a>,
+    pub(crate) name: Str<'a>,
     #[serde(default, borrow)]
-    arguments: Option<Str<'a>>,
+    pub(crate) arguments: Option<Str<'a>>,
 }
 
 #[derive(Deserialize)]
-struct ChatTool<'a> {
+pub(crate) struct ChatTool<'a> {
     #[serde(default, rename = "type", borrow)]
-    kind: Option<Str<'a>>,
+    pub(crate) kind: Option<Str<'a>>,
     #[serde(borrow)]
-    function: FunctionDefinition<'a>,
+    pub(crate) function: FunctionDefinition<'a>,
 }
 
 #[derive(Deserialize)]
-struct FunctionDefinition<'a> {
+pub(crate) struct FunctionDefinition<'a> {
     #[serde(borrow)]
-    name: Str<'a>,
+    pub(crate) name: Str<'a>,
     #[serde(default, borrow)]
-    description: Option<Str<'a>>,
+    pub(crate) description: Option<Str<'a>>,
     #[serde(default, borrow)]
-    parameters: Option<&'a RawValue>,
+    pub(crate) parameters: Option<&'a RawValue>,
     #[serde(default)]
-    strict: Option<bool>,
+    pub(crate) strict: Option<bool>,
 }
 
 #[derive(Deserialize)]
 #[serde(untagged)]
-enum Stop<'a> {
+pub(crate) enum Stop<'a> {
     One(#[serde(borrow)] Str<'a>),
     Many(#[serde(borrow)] Vec<Str<'a>>),
 }
 
 #[derive(Deserialize)]
-struct NamedChoice<'a> {
+pub(crate) struct NamedChoice<'a> {
     #[serde(borrow)]
-    function: NamedFunction<'a>,
+    pub(crate) function: NamedFunction<'a>,
 }
 
 #[derive(Deserialize)]
-struct NamedFunction<'a> {
+pub(crate) struct NamedFunction<'a> {
     #[serde(borrow)]
-    name: Str<'a>,
+    pub(crate) name: Str<'a>,
 }
 
 #[derive(Deserialize)]
-struct ResponseFormat<'a> {
+pub(crate) struct ResponseFormat<'a> {
     #[serde(rename = "type", borrow)]
-    kind: Str<'a>,
+    pub(crate) kind: Str<'a>,
     #[serde(default, borrow)]
-    json_schema: Option<JsonSchemaFormat<'a>>,
+    pub(crate) json_schema: Option<JsonSchemaFormat<'a>>,
 }
 
 #[derive(Deserialize)]
-struct JsonSchemaFormat<'a> {
+pub(crate) struct JsonSchemaFormat<'a> {
     #[serde(default, borrow)]
-    schema: Option<&'a RawValue>,
+    pub(crate) schema: Option<&'a RawValue>,
 }
 
 // -------------------------------------------------------- Anthropic, written
@@ -312,7 +313,7 @@ enum Schema<'a> {
 #[derive(Serialize)]
 struct Empty {}
 
-fn invalid(code: &'static str, message: impl Into<Cow<'static, str>>) -> ApiError {
+pub(crate) fn invalid(code: &'static str, message: impl Into<Cow<'static, str>>) -> ApiError {
     ApiError::bad_request(code, message)
 }
 
@@ -436,7 +437,7 @@ fn push<'a>(out: &mut MessagesRequest<'a>, role: &'static str, block: Block<'a>)
 }
 
 /// Tool call arguments (a JSON string) as the `input` object.
-fn arguments(text: &str) -> Result<Box<RawValue>, ApiError> {
+pub(crate) fn arguments(text: &str) -> Result<Box<RawValue>, ApiError> {
     let text = text.trim();
     let text = if text.is_empty() { "{}" } else { text };
     match RawValue::from_string(text.to_owned()) {
@@ -448,20 +449,20 @@ fn arguments(text: &str) -> Result<Box<RawValue>, ApiError> {
 /// The text of a string or of text (and refusal) parts, as text blocks;
 /// empty texts are left out (Anthropic refuses empty text blocks).
 fn text_blocks<'a>(content: Option<&'a RawValue>) -> Result<Vec<Block<'a>>, ApiError> {
+    Ok(texts(content)?.into_iter().map(|text| Block::Text { text }).collect())
+}
+
+/// The non-empty texts of a string or of text (and refusal) parts.
+pub(crate) fn texts<'a>(content: Option<&'a RawValue>) -> Result<Vec<Str<'a>>, ApiError> {
     let Some(raw) = content.filter(|c| c.get() != "null") else { return Ok(Vec::new()) };
     if raw.get().starts_with('"') {
         let text: Str<'a> = serde_json::from_str(raw.get())
             .map_err(|e| invalid("invalid_messages", format!("A message `content` is malformed: {e}")))?;
-        return Ok(if text.is_empty() { Vec::new() } else { vec![Block::Text { text }] });
+        return Ok(if text.is_empty() { Vec::new() } else { vec![text] });
     }
     let parts: Vec<ChatPart<'a>> = serde_json::from_str(raw.get())
         .map_err(|e| invalid("invalid_messages", format!("A message `content` is malformed: {e}")))?;
-    Ok(parts
-        .into_iter()
-        .filter_map(|p| p.text.or(p.refusal))
-        .filter(|t| !t.is_empty())
-        .map(|text| Block::Text { text })
-        .collect())
+    Ok(parts.into_iter().filter_map(|p| p.text.or(p.refusal)).filter(|t| !t.is_empty()).collect())
 }
 
 /// A user message's content: text, images and PDF files.
@@ -527,7 +528,7 @@ fn document_source(file_data: Str<'_>) -> Result<Source<'_>, ApiError> {
 
 /// `data:<media type>;base64,<data>`: where the media type and the data
 /// are; `None` for anything else.
-fn data_url(url: &str) -> Option<(Range<usize>, Range<usize>)> {
+pub(crate) fn data_url(url: &str) -> Option<(Range<usize>, Range<usize>)> {
     let rest = url.strip_prefix("data:")?;
     let (meta, data) = rest.split_once(',')?;
     let media_type = meta.strip_suffix(";base64")?;
@@ -539,7 +540,7 @@ fn data_url(url: &str) -> Option<(Range<usize>, Range<usize>)> {
 }
 
 /// A piece of a string that may borrow from the client's body.
-fn slice<'a>(text: &Str<'a>, range: Range<usize>) -> Str<'a> {
+pub(crate) fn slice<'a>(text: &Str<'a>, range: Range<usize>) -> Str<'a> {
     match text {
         Cow::Borrowed(whole) => Cow::Borrowed(&whole[range]),
         Cow::Owned(whole) => Cow::Owned(whole[range].to_owned()),

@@ -32,49 +32,49 @@ struct MessageView<'a> {
 
 #[derive(Serialize)]
 struct Completion<'a> {
-    id: &'a str,
-    object: &'static str,
-    created: i64,
-    model: &'a str,
-    choices: [Choice<'a>; 1],
-    usage: OpenAiUsageOut,
+    pub(crate) id: &'a str,
+    pub(crate) object: &'static str,
+    pub(crate) created: i64,
+    pub(crate) model: &'a str,
+    pub(crate) choices: [Choice<'a>; 1],
+    pub(crate) usage: OpenAiUsageOut,
 }
 
 #[derive(Serialize)]
 struct Choice<'a> {
-    index: u32,
-    message: AssistantMessage<'a>,
-    logprobs: Option<()>,
-    finish_reason: &'static str,
+    pub(crate) index: u32,
+    pub(crate) message: AssistantMessage<'a>,
+    pub(crate) logprobs: Option<()>,
+    pub(crate) finish_reason: &'static str,
 }
 
 #[derive(Serialize)]
-struct AssistantMessage<'a> {
-    role: &'static str,
-    content: Option<String>,
+pub(crate) struct AssistantMessage<'a> {
+    pub(crate) role: &'static str,
+    pub(crate) content: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    reasoning_content: Option<String>,
+    pub(crate) reasoning_content: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    tool_calls: Vec<ToolCallOut<'a>>,
-    refusal: Option<()>,
+    pub(crate) tool_calls: Vec<ToolCallOut<'a>>,
+    pub(crate) refusal: Option<()>,
 }
 
 #[derive(Serialize)]
-pub(super) struct ToolCallOut<'a> {
+pub(crate) struct ToolCallOut<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub index: Option<u32>,
+    pub(crate) index: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub id: Option<&'a str>,
+    pub(crate) id: Option<&'a str>,
     #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
-    pub kind: Option<&'static str>,
-    pub function: FunctionOut<'a>,
+    pub(crate) kind: Option<&'static str>,
+    pub(crate) function: FunctionOut<'a>,
 }
 
 #[derive(Serialize)]
-pub(super) struct FunctionOut<'a> {
+pub(crate) struct FunctionOut<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub name: Option<&'a str>,
-    pub arguments: &'a str,
+    pub(crate) name: Option<&'a str>,
+    pub(crate) arguments: &'a str,
 }
 
 /// OpenAI's `usage` object for a usage record.
@@ -153,24 +153,33 @@ pub(crate) fn completion(body: &[u8], model: &str) -> Result<(Vec<u8>, Usage), E
             _ => {}
         }
     }
+    let answer = AssistantMessage::new(text, reasoning, calls);
+    let finish = finish_reason(message.stop_reason.as_deref().unwrap_or("end_turn"));
+    Ok((chat_completion(message.id.as_deref().unwrap_or_default(), model, answer, finish, usage), usage))
+}
+
+impl<'a> AssistantMessage<'a> {
+    pub fn new(content: Option<String>, reasoning_content: Option<String>, tool_calls: Vec<ToolCallOut<'a>>) -> Self {
+        Self { role: "assistant", content, reasoning_content, tool_calls, refusal: None }
+    }
+}
+
+/// A `chat.completion` of one choice (shared by the translations from other
+/// formats).
+pub(crate) fn chat_completion(
+    id: &str,
+    model: &str,
+    message: AssistantMessage<'_>,
+    finish_reason: &'static str,
+    usage: Usage,
+) -> Vec<u8> {
     let completion = Completion {
-        id: message.id.as_deref().unwrap_or_default(),
+        id,
         object: "chat.completion",
         created: crate::clock::unix_seconds(),
         model,
-        choices: [Choice {
-            index: 0,
-            message: AssistantMessage {
-                role: "assistant",
-                content: text,
-                reasoning_content: reasoning,
-                tool_calls: calls,
-                refusal: None,
-            },
-            logprobs: None,
-            finish_reason: finish_reason(message.stop_reason.as_deref().unwrap_or("end_turn")),
-        }],
+        choices: [Choice { index: 0, message, logprobs: None, finish_reason }],
         usage: usage.into(),
     };
-    Ok((serde_json::to_vec(&completion).unwrap_or_default(), usage))
+    serde_json::to_vec(&completion).unwrap_or_default()
 }

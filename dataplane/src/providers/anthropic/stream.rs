@@ -106,14 +106,51 @@ enum Kind {
     Other,
 }
 
+/// What every chunk of one translated stream repeats, and the chunks made
+/// of it (shared by the translations from other formats).
+pub(crate) struct ChunkHead {
+    pub id: String,
+    pub created: i64,
+    /// The public model name.
+    pub model: Box<str>,
+    /// The client asked for the usage chunk.
+    pub include_usage: bool,
+}
+
+impl ChunkHead {
+    pub fn new(model: &str, include_usage: bool) -> Self {
+        Self { id: String::new(), created: crate::clock::unix_seconds(), model: model.into(), include_usage }
+    }
+
+    /// A chunk of one choice's `delta` (and finish reason).
+    pub fn delta(&self, delta: Delta<'_>, finish_reason: Option<&'static str>) -> Vec<u8> {
+        self.event(&[ChunkChoice { index: 0, delta, logprobs: None, finish_reason }], None)
+    }
+
+    /// The usage chunk: no choices, the usage.
+    pub fn usage(&self, usage: Usage) -> Vec<u8> {
+        self.event(&[], Some(usage.into()))
+    }
+
+    fn event(&self, choices: &[ChunkChoice<'_>], usage: Option<OpenAiUsageOut>) -> Vec<u8> {
+        let chunk = Chunk {
+            id: &self.id,
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: &self.model,
+            choices,
+            usage: match usage {
+                Some(usage) => Some(Some(usage)),
+                None => self.include_usage.then_some(None),
+            },
+        };
+        sse::data_event(&chunk)
+    }
+}
+
 /// Translates one stream, event by event.
 pub(crate) struct ToChunks {
-    /// The public model name.
-    model: Box<str>,
-    id: String,
-    created: i64,
-    /// The client asked for the usage chunk.
-    include_usage: bool,
+    head: ChunkHead,
     blocks: SmallVec<[(u64, Kind); 4]>,
     tool_calls: u32,
     usage: AnthropicUsage,
@@ -125,44 +162,41 @@ pub(crate) struct ToChunks {
 
 #[derive(Serialize)]
 struct Chunk<'a> {
-    id: &'a str,
-    object: &'static str,
-    created: i64,
-    model: &'a str,
-    choices: &'a [ChunkChoice<'a>],
+    pub(crate) id: &'a str,
+    pub(crate) object: &'static str,
+    pub(crate) created: i64,
+    pub(crate) model: &'a str,
+    pub(crate) choices: &'a [ChunkChoice<'a>],
     /// Left out unless the client asked for usage; then `null` but on the
     /// usage chunk, as OpenAI sends it.
     #[serde(skip_serializing_if = "Option::is_none")]
-    usage: Option<Option<OpenAiUsageOut>>,
+    pub(crate) usage: Option<Option<OpenAiUsageOut>>,
 }
 
 #[derive(Serialize)]
 struct ChunkChoice<'a> {
-    index: u32,
-    delta: Delta<'a>,
-    logprobs: Option<()>,
-    finish_reason: Option<&'static str>,
+    pub(crate) index: u32,
+    pub(crate) delta: Delta<'a>,
+    pub(crate) logprobs: Option<()>,
+    pub(crate) finish_reason: Option<&'static str>,
 }
 
 #[derive(Default, Serialize)]
-struct Delta<'a> {
+pub(crate) struct Delta<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
-    role: Option<&'static str>,
+    pub(crate) role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    content: Option<&'a str>,
+    pub(crate) content: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    reasoning_content: Option<&'a str>,
+    pub(crate) reasoning_content: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    tool_calls: Option<[ToolCallOut<'a>; 1]>,
+    pub(crate) tool_calls: Option<[ToolCallOut<'a>; 1]>,
 }
 
 impl ToChunks {
     pub fn new(model: &str, include_usage: bool) -> Self {
         Self {
-            model: model.into(),
-            id: String::new(),
-            created: crate::clock::unix_seconds(),
-            include_usage,
+            head: ChunkHead::new(model, include_usage),
             blocks: SmallVec::new(),
             tool_calls: 0,
             usage: AnthropicUsage::default(),
@@ -182,15 +216,7 @@ impl ToChunks {
     }
 
     fn chunk(&self, delta: Delta<'_>, finish_reason: Option<&'static str>) -> Vec<u8> {
-        let chunk = Chunk {
-            id: &self.id,
-            object: "chat.completion.chunk",
-            created: self.created,
-            model: &self.model,
-            choices: &[ChunkChoice { index: 0, delta, logprobs: None, finish_reason }],
-            usage: self.include_usage.then_some(None),
-        };
-        sse::data_event(&chunk)
+        self.head.delta(delta, finish_reason)
     }
 
     pub fn event(&mut self, event: &[u8]) -> EventAction {
@@ -201,7 +227,7 @@ impl ToChunks {
         let out = match view.kind.as_ref() {
             "message_start" => {
                 if let Some(message) = view.message {
-                    self.id = message.id.map(Cow::into_owned).unwrap_or_default();
+                    self.head.id = message.id.map(Cow::into_owned).unwrap_or_default();
                     if let Some(usage) = message.usage {
                         self.usage = usage;
                     }
@@ -286,17 +312,8 @@ impl ToChunks {
                 }
                 self.finished = true;
                 let mut out = self.chunk(Delta::default(), Some(finish_reason(&reason)));
-                if self.include_usage {
-                    let usage = Usage::from(self.usage);
-                    let chunk = Chunk {
-                        id: &self.id,
-                        object: "chat.completion.chunk",
-                        created: self.created,
-                        model: &self.model,
-                        choices: &[],
-                        usage: Some(Some(usage.into())),
-                    };
-                    out.extend(sse::data_event(&chunk));
+                if self.head.include_usage {
+                    out.extend(self.head.usage(Usage::from(self.usage)));
                 }
                 out
             }
