@@ -448,8 +448,6 @@ impl Try<'_> {
             include_usage: request.include_usage,
             drop_usage_chunk: stream_options == StreamOptionsEdit::IncludeUsage && !request.include_usage,
         };
-        let error_with_200 =
-            |error: ErrorFields| UpstreamError::Status { status: error.implied_status(), error, retry_after: None };
         if !stream {
             let whole = read_bounded(&mut body, usize::MAX, deadline).await?;
             let (answer, usage) = channel.adapter.decode_whole(whole, &answering).map_err(error_with_200)?;
@@ -491,9 +489,18 @@ impl Try<'_> {
     }
 }
 
+/// The error an error object sent with a 200 describes.
+pub(crate) fn error_with_200(error: ErrorFields) -> UpstreamError {
+    UpstreamError::Status { status: error.implied_status(), error, retry_after: None }
+}
+
 /// Reads a body until it ends, `limit` bytes are in (the rest is left), or
 /// the deadline passes.
-async fn read_bounded(body: &mut UpstreamBody, limit: usize, deadline: Instant) -> Result<Bytes, UpstreamError> {
+pub(crate) async fn read_bounded(
+    body: &mut UpstreamBody,
+    limit: usize,
+    deadline: Instant,
+) -> Result<Bytes, UpstreamError> {
     let read = async {
         // Most answers arrive in one frame: keep it; copy only when more follow.
         let mut first: Option<Bytes> = None;

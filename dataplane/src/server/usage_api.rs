@@ -45,6 +45,7 @@ pub enum TokenSource {
 }
 
 /// The admin token, held as its SHA-256 only.
+#[derive(Clone)]
 pub struct AdminToken {
     digest: [u8; 32],
 }
@@ -113,9 +114,9 @@ fn read(path: &Path) -> Result<String, TokenError> {
     Ok(token.to_owned())
 }
 
-impl Authorize for AdminToken {
-    /// The admin token sees every namespace.
-    async fn authorize(&self, headers: &HeaderMap, _access: Access<'_>) -> Result<Scope, ApiError> {
+impl AdminToken {
+    /// Whether the request carries the token (`Authorization: Bearer ...`).
+    pub(crate) fn check(&self, headers: &HeaderMap) -> Result<(), ApiError> {
         let Some(value) = headers.get(header::AUTHORIZATION) else {
             return Err(ApiError::unauthenticated(
                 "missing admin token: send `Authorization: Bearer <token>` (the token is in --admin-token-file, \
@@ -124,9 +125,16 @@ impl Authorize for AdminToken {
         };
         let presented = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).map(str::trim);
         match presented {
-            Some(token) if self.matches(token) => Ok(Scope::All),
+            Some(token) if self.matches(token) => Ok(()),
             _ => Err(ApiError::unauthenticated("invalid admin token")),
         }
+    }
+}
+
+impl Authorize for AdminToken {
+    /// The admin token sees every namespace.
+    async fn authorize(&self, headers: &HeaderMap, _access: Access<'_>) -> Result<Scope, ApiError> {
+        self.check(headers).map(|()| Scope::All)
     }
 }
 
