@@ -434,12 +434,7 @@ impl Try<'_> {
             tokio::time::timeout_at(first_byte_deadline, sent).await.map_err(|_| UpstreamError::Timeout(limit))??;
         let (parts, mut body) = response.into_parts();
         if !parts.status.is_success() {
-            let error = read_bounded(&mut body, ERROR_BODY_LIMIT, deadline).await.unwrap_or_default();
-            return Err(UpstreamError::Status {
-                status: parts.status,
-                error: ErrorFields::parse(&error),
-                retry_after: parts.headers.get(header::RETRY_AFTER).cloned(),
-            });
+            return Err(status_error(&parts, &mut body, deadline).await);
         }
         let answering = Answering {
             operation: self.operation,
@@ -486,6 +481,21 @@ impl Try<'_> {
             }
         };
         Ok(Answer::Stream { first, body, decoder, deadline: total })
+    }
+}
+
+/// The error an upstream's non-success answer describes (its body read up
+/// to [`ERROR_BODY_LIMIT`] until `deadline`).
+pub(crate) async fn status_error(
+    parts: &http::response::Parts,
+    body: &mut UpstreamBody,
+    deadline: Instant,
+) -> UpstreamError {
+    let error = read_bounded(body, ERROR_BODY_LIMIT, deadline).await.unwrap_or_default();
+    UpstreamError::Status {
+        status: parts.status,
+        error: ErrorFields::parse(&error),
+        retry_after: parts.headers.get(header::RETRY_AFTER).cloned(),
     }
 }
 

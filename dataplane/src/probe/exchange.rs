@@ -12,13 +12,10 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use crate::api::{RequestBody, Rewrite, StreamOptionsEdit};
-use crate::pipeline::{error_with_200, read_bounded};
+use crate::pipeline::{error_with_200, read_bounded, status_error};
 use crate::providers::messages::request::LimitMember;
-use crate::providers::{Adapter, Answering, ErrorFields, Operation, UpstreamError};
+use crate::providers::{Adapter, Answering, Operation, UpstreamError};
 use crate::state::{ChannelRuntime, ModelRuntime};
-
-/// Longest error body read from a probe's answer.
-const ERROR_BODY_LIMIT: usize = 64 * 1024;
 
 /// Characters of the answer's text an outcome keeps.
 pub const FIRST_CHARS: usize = 200;
@@ -96,12 +93,7 @@ async fn send(
         channel.adapter.send(Operation::Chat, model.uri(Operation::Chat), prepared, &id, &HeaderMap::new()).await?;
     let (parts, mut body) = response.into_parts();
     if !parts.status.is_success() {
-        let error = read_bounded(&mut body, ERROR_BODY_LIMIT, deadline).await.unwrap_or_default();
-        return Err(UpstreamError::Status {
-            status: parts.status,
-            error: ErrorFields::parse(&error),
-            retry_after: parts.headers.get(http::header::RETRY_AFTER).cloned(),
-        });
+        return Err(status_error(&parts, &mut body, deadline).await);
     }
     let whole = read_bounded(&mut body, usize::MAX, deadline).await?;
     let answering = Answering {
