@@ -92,6 +92,47 @@ pub struct ChannelSpec {
     /// the gateway also learns that by itself from the first refusal.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream_usage: Option<bool>,
+    /// Active health checks: every gateway sends a small request through the
+    /// channel now and then; while they fail, the channel gets no traffic and
+    /// its `Healthy` condition says so. Off without this field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
+}
+
+/// An active health check: one cheap chat completion, every `interval`
+/// (jittered by up to a tenth, so gateways do not probe in step), from
+/// every gateway. Probes are not client traffic: no usage record, no key
+/// budget, no token metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthCheck {
+    /// Time between two probes. Default 30s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<DurationString>,
+    /// How long a probe may take until its whole answer. Default 10s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<DurationString>,
+    /// The model probed, by the name clients send (one of `models`).
+    /// Default: the first of `models`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub model: Option<String>,
+    /// The probe request's user message. Default `ping`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub prompt: Option<String>,
+    /// The probe's output limit (`max_tokens`), in tokens. Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 4096))]
+    pub max_tokens: Option<u32>,
+    /// Failed probes in a row that take the channel out. Default 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub unhealthy_threshold: Option<u32>,
+    /// Successful probes in a row that bring it back. Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub healthy_threshold: Option<u32>,
 }
 
 fn default_weight() -> u32 {
@@ -277,6 +318,29 @@ pub struct ChannelStatus {
     /// Traffic served through this channel.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<crate::api_key::UsageStatus>,
+    /// The latest active health check probe any gateway reported
+    /// (with `healthCheck` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_probe: Option<ProbeStatus>,
+}
+
+/// One gateway's latest health check probe of a channel.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProbeStatus {
+    /// When the probe finished.
+    pub time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+    /// Whether the upstream answered it.
+    pub succeeded: bool,
+    /// How long it took (e.g. `120ms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency: Option<String>,
+    /// Why it failed (the upstream's status and error category).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Gateways whose latest probe succeeded, of those probing (`2/3`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateways_healthy: Option<String>,
 }
 
 /// Latency percentiles.

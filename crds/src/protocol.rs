@@ -56,6 +56,29 @@ pub struct ChannelReport {
     /// Nano-dollars.
     #[serde(default)]
     pub cost: u64,
+    /// The latest active health check probe (with `healthCheck` only).
+    /// Probes are not in the counters above.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<ProbeReport>,
+}
+
+/// A gateway's latest health check probe of one channel, and its verdict.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProbeReport {
+    /// When the probe finished (unix milliseconds).
+    pub at: i64,
+    /// Whether the upstream answered this probe.
+    pub succeeded: bool,
+    /// The verdict after the thresholds: `false` while the checks keep the
+    /// channel out of routing on this gateway.
+    pub healthy: bool,
+    /// How long the probe took, in milliseconds.
+    pub latency_ms: u64,
+    /// Why it failed: the upstream's status and error category (never a
+    /// credential or a body).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// Traffic of one client key.

@@ -75,6 +75,38 @@ pub struct ChannelSnapshot {
     /// Caps that protect the upstream.
     #[serde(default)]
     pub limits: ChannelLimits,
+    /// Active health checks, when configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheckSnapshot>,
+}
+
+/// A channel's active health check, with every default filled in.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthCheckSnapshot {
+    /// Between two probes of one gateway (before jitter).
+    pub interval_ms: u64,
+    /// Until a probe's whole answer.
+    pub timeout_ms: u64,
+    /// Index into the channel's `models`.
+    pub model: u32,
+    /// The probe's user message.
+    pub prompt: String,
+    /// The probe's `max_tokens`.
+    pub max_tokens: u32,
+    /// Failed probes in a row that mark the channel unhealthy.
+    pub unhealthy_threshold: u32,
+    /// Successful probes in a row that mark it healthy again.
+    pub healthy_threshold: u32,
+}
+
+impl HealthCheckSnapshot {
+    /// Defaults of the Channel fields.
+    pub const DEFAULT_INTERVAL_MS: u64 = 30_000;
+    pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
+    pub const DEFAULT_PROMPT: &str = "ping";
+    pub const DEFAULT_MAX_TOKENS: u32 = 1;
+    pub const DEFAULT_UNHEALTHY_THRESHOLD: u32 = 2;
+    pub const DEFAULT_HEALTHY_THRESHOLD: u32 = 1;
 }
 
 /// A channel's caps, for all gateway replicas together (each takes its share).

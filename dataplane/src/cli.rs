@@ -26,9 +26,12 @@ use weaver_store::{Store, StoreOptions, UsageStore as _, Writer, WriterConfig};
 
 /// LLM Weaver gateway: an OpenAI-compatible endpoint in front of many LLM providers.
 #[derive(Debug, Parser)]
-#[command(name = "weaver-gateway", version)]
+#[command(name = "weaver-gateway", version, subcommand_negates_reqs = true)]
 #[command(group(ArgGroup::new("source").required(true).args(["manifests", "operator", "check"])))]
 pub struct Args {
+    /// A tool instead of the server.
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// Serve standalone from the Channel, ApiKey, RoutingPolicy and Secret
     /// manifests in this folder (*.yaml, *.yml; re-read on change).
     #[arg(long, env = "WEAVER_MANIFESTS")]
@@ -83,13 +86,15 @@ pub struct Args {
     /// `/admin/v1/`. Containers pass 0.0.0.0:9090.
     #[arg(long, env = "WEAVER_ADMIN_LISTEN", default_value = "127.0.0.1:9090")]
     pub admin_listen: SocketAddr,
-    /// The usage API's bearer token. Prefer the environment variable or
-    /// --admin-token-file: a flag's value shows in the process list.
+    /// The admin listener's bearer token (the usage API and the channel
+    /// test). Prefer the environment variable or --admin-token-file: a
+    /// flag's value shows in the process list.
     #[arg(long, env = "WEAVER_ADMIN_TOKEN", hide_env_values = true, conflicts_with = "admin_token_file")]
     pub admin_token: Option<AdminTokenText>,
-    /// File holding the usage API's bearer token. Without it (or
-    /// WEAVER_ADMIN_TOKEN), a token is generated into <data-dir>/admin-token
-    /// (mode 0600) on the first start and reused afterwards.
+    /// File holding the admin listener's bearer token. Without it (or
+    /// WEAVER_ADMIN_TOKEN), a standalone gateway generates one into
+    /// <data-dir>/admin-token (mode 0600) on the first start and reuses it
+    /// afterwards; a cluster-mode gateway has none, and no channel test.
     #[arg(long, env = "WEAVER_ADMIN_TOKEN_FILE", value_name = "PATH")]
     pub admin_token_file: Option<PathBuf>,
     /// Browser origins allowed to call the API (CORS preflights are answered
@@ -127,10 +132,22 @@ pub struct Args {
     pub log_format: LogFormat,
 }
 
+/// Tools the binary also is.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    ChannelTest(crate::probe::cli::ChannelTestArgs),
+}
+
 /// An admin token from the command line or the environment; `Debug` never
 /// shows it (the parsed arguments are debug-printable).
 #[derive(Clone, PartialEq, Eq)]
 pub struct AdminTokenText(String);
+
+impl AdminTokenText {
+    pub(crate) fn text(&self) -> &str {
+        &self.0
+    }
+}
 
 impl std::str::FromStr for AdminTokenText {
     type Err = std::convert::Infallible;
@@ -187,6 +204,8 @@ pub enum RunError {
     NoSource,
     #[error("server failed: {0}")]
     Serve(std::io::Error),
+    #[error(transparent)]
+    ChannelTest(#[from] crate::probe::cli::ChannelTestError),
 }
 
 /// A gateway that is listening.
@@ -260,6 +279,7 @@ pub async fn start(args: Args, shutdown: impl Future<Output = ()> + Send + 'stat
     let ledger = Ledger::new(store.clone(), instance.clone());
     let gw = Gateway::new(settings, Metrics::new(args.metrics_per_key), sink, ledger);
     let budgets = tokio::spawn(crate::state::budget::run_sync(gw.clone()));
+    let checks = tokio::spawn(crate::probe::checks::run(gw.clone()));
     enum Prepared {
         Manifests(ManifestDir),
         Operator(Cluster),
@@ -289,19 +309,32 @@ pub async fn start(args: Args, shutdown: impl Future<Output = ()> + Send + 'stat
         let bound = listener.local_addr().map_err(RunError::Serve)?;
         Ok::<_, RunError>((listener, bound))
     };
-    let usage_api = match (&prepared, store) {
-        (Prepared::Operator(_), _) => {
+    // A standalone gateway with a store must have an admin token for its
+    // usage API (generated when none is given); without a store it makes
+    // one for the channel test when it can, and goes without otherwise (a
+    // read-only data folder). Cluster-mode gateways have one only when given.
+    let given = args.admin_token.is_some() || args.admin_token_file.is_some();
+    let load = || admin_token(&args.admin_token, args.admin_token_file.clone(), args.data_dir.clone());
+    let token = match &prepared {
+        Prepared::Manifests(_) if given || store.is_some() => Some(load().await?),
+        Prepared::Manifests(_) => {
+            load().await.inspect_err(|e| tracing::warn!(error = %e, "no admin token: the channel test is off")).ok()
+        }
+        Prepared::Operator(_) if given => Some(load().await?),
+        Prepared::Operator(_) => None,
+    };
+    let usage_api = match (&prepared, store, &token) {
+        (Prepared::Operator(_), _, _) => {
             UsageApi::Off("cluster-mode gateways do not serve the usage API; the operator does")
         }
-        (Prepared::Manifests(_), None) => {
-            UsageApi::Off("the usage API needs a usage store; this gateway runs with --store off")
-        }
-        (Prepared::Manifests(_), Some(store)) => {
-            let token = admin_token(&args.admin_token, args.admin_token_file.clone(), args.data_dir.clone()).await?;
-            let (token, sessions) = (Arc::new(token), Arc::new(Sessions::new()));
+        (Prepared::Manifests(_), Some(store), Some(token)) => {
+            let (token, sessions) = (Arc::new(token.clone()), Arc::new(Sessions::new()));
             let auth = || AdminAuth { token: token.clone(), sessions: sessions.clone() };
             let api = weaver_usage_api::router(store, auth(), LiveKeys(gw.clone()));
             UsageApi::Served(api.merge(crate::server::ui::router(auth(), gw.clone())))
+        }
+        (Prepared::Manifests(_), _, _) => {
+            UsageApi::Off("the usage API needs a usage store; this gateway runs with --store off")
         }
     };
     let (client, addr) = bind(args.listen).await?;
@@ -320,10 +353,11 @@ pub async fn start(args: Args, shutdown: impl Future<Output = ()> + Send + 'stat
         let gw = gw.clone();
         async move {
             let cors = CorsOrigins { origins: args.cors_allow_origins };
-            let listeners = Listeners { client, admin, usage_api };
+            let listeners = Listeners { client, admin, usage_api, admin_token: token };
             let served = crate::server::serve(listeners, gw, &cors, shutdown, args.shutdown_grace).await;
             source.stop().await;
             budgets.abort();
+            checks.abort();
             // Every record of the requests that ran is written, or spooled
             // for the next start.
             if let Some(writer) = writer {
@@ -335,7 +369,7 @@ pub async fn start(args: Args, shutdown: impl Future<Output = ()> + Send + 'stat
     Ok(Started { addr, admin_addr, gateway: gw, serving })
 }
 
-/// The usage API's admin token (reading or generating its file: blocking
+/// The admin token (reading or generating its file: blocking
 /// work); logs where it comes from, never the token.
 async fn admin_token(
     given: &Option<AdminTokenText>,
@@ -348,12 +382,12 @@ async fn admin_token(
             .await
             .map_err(|e| RunError::Serve(std::io::Error::other(e)))??;
     match source {
-        TokenSource::Given => tracing::info!("usage API on the admin listener; admin token from WEAVER_ADMIN_TOKEN"),
+        TokenSource::Given => tracing::info!("admin routes on the admin listener; admin token from WEAVER_ADMIN_TOKEN"),
         TokenSource::File(path) => {
-            tracing::info!(file = %path.display(), "usage API on the admin listener; admin token from the file")
+            tracing::info!(file = %path.display(), "admin routes on the admin listener; admin token from the file")
         }
         TokenSource::DataDir(path, generated) => {
-            tracing::info!(file = %path.display(), generated, "usage API on the admin listener; admin token in the file")
+            tracing::info!(file = %path.display(), generated, "admin routes on the admin listener; admin token in the file")
         }
     }
     Ok(token)
@@ -406,6 +440,10 @@ fn redacted(url: &str) -> String {
 /// Runs until `shutdown` resolves and the server has drained; with
 /// `--check`, checks the folder and returns.
 pub async fn run(args: Args, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), RunError> {
+    if let Some(Command::ChannelTest(test)) = args.command {
+        crate::probe::cli::run(test).await?;
+        return Ok(());
+    }
     if let Some(dir) = &args.check {
         let problems = manifests::check(dir)?;
         for p in &problems {

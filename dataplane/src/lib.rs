@@ -18,6 +18,7 @@ pub mod limits;
 mod metering;
 mod parts;
 mod pipeline;
+pub mod probe;
 mod providers;
 mod relay;
 pub mod routing;

@@ -79,10 +79,13 @@ fn dockerfile_builds_the_workspaces_binaries_from_what_exists() -> anyhow::Resul
     let mut built = BTreeSet::new();
     // Runtime stage name -> (binary it runs, user it runs as).
     let mut images: Vec<(String, Option<String>, Option<String>)> = Vec::new();
+    let (mut ui_stage, mut ui_built, mut ui_copied) = (false, false, false);
     for step in instructions(&text) {
         let words: Vec<&str> = step.split_whitespace().collect();
         match words.first().copied() {
-            Some("FROM") if images.is_empty() && built.is_empty() && copied.is_empty() => {
+            // The UI's build stage: its files go into the Rust build.
+            Some("FROM") if words[1].starts_with("node:") => ui_stage = true,
+            Some("FROM") if words[1].starts_with("rust:") => {
                 assert!(words[1].starts_with(&format!("rust:{channel}")), "builds with {}, not {channel}", words[1]);
             }
             Some("FROM") => {
@@ -90,6 +93,10 @@ fn dockerfile_builds_the_workspaces_binaries_from_what_exists() -> anyhow::Resul
                 let name = words.get(3).map(|s| (*s).to_owned()).unwrap_or_default();
                 images.push((name, None, None));
             }
+            Some("COPY") if words.contains(&"--from=ui") => {
+                ui_copied = words.last() == Some(&"dashboard/dist");
+            }
+            Some("RUN") if step.contains("npm run build") => ui_built = true,
             Some("COPY") if !words.iter().any(|w| w.starts_with("--from")) => {
                 for src in &words[1..words.len() - 1] {
                     assert!(repo().join(src).exists(), "COPY {src}: no such file in the repository");
@@ -128,6 +135,7 @@ fn dockerfile_builds_the_workspaces_binaries_from_what_exists() -> anyhow::Resul
             _ => {}
         }
     }
+    assert!(ui_stage && ui_built && ui_copied, "the usage UI is built and copied into dashboard/dist for embedding");
     for member in &members {
         assert!(copied.contains(member), "workspace member {member} is not copied (cargo needs it)");
     }

@@ -4,12 +4,13 @@
 
 use std::time::Duration;
 
+use anyhow::Context as _;
 use futures_util::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use weaver_e2e::fixtures::{NAMESPACE, api_key};
 use weaver_e2e::gateway::{TestGateway, eventually};
-use weaver_e2e::mock_upstream::{Behaviour, MockUpstream};
+use weaver_e2e::mock_upstream::{Behaviour, MockUpstream, Recorded};
 
 const KEY: &str = "lw-routing-test-key";
 const MODEL: &str = "gpt-4o-mini";
@@ -51,6 +52,14 @@ spec:
     )
 }
 
+/// The upstream credentials and the test key, which every bed serves.
+fn prelude() -> String {
+    let secret = format!(
+        "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: upstream-creds, namespace: {NAMESPACE}}}\nstringData: {{apiKey: sk-upstream}}\n"
+    );
+    format!("{secret}{}", api_key("routing-test", KEY))
+}
+
 struct Bed {
     gateway: TestGateway,
     client: reqwest::Client,
@@ -60,10 +69,7 @@ impl Bed {
     /// A standalone gateway serving `manifests` (plus the upstream
     /// credentials and the test key).
     async fn start(manifests: &str, flags: &[&str]) -> anyhow::Result<Self> {
-        let secret = format!(
-            "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: upstream-creds, namespace: {NAMESPACE}}}\nstringData: {{apiKey: sk-upstream}}\n"
-        );
-        let yaml = format!("{secret}{}{manifests}", api_key("routing-test", KEY));
+        let yaml = prelude() + manifests;
         Ok(Self { gateway: TestGateway::start(&yaml, flags).await?, client: reqwest::Client::new() })
     }
 
@@ -433,5 +439,146 @@ async fn the_channel_header_names_the_channel_unless_turned_off() -> anyhow::Res
     let response = off.post(&json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}]})).await?;
     assert_eq!(response.status(), StatusCode::OK);
     assert!(response.headers().get("x-weaver-channel").is_none());
+    Ok(())
+}
+
+/// Whether a request the mock received came from a client (not from a
+/// health check, whose prompt is [`PROBE_PROMPT`]).
+fn from_client(r: &Recorded) -> bool {
+    r.body["messages"][0]["content"] != PROBE_PROMPT
+}
+
+const PROBE_PROMPT: &str = "health-probe";
+
+#[tokio::test]
+async fn a_channel_failing_its_health_check_gets_no_traffic_until_a_probe_passes() -> anyhow::Result<()> {
+    let up = mocks([Behaviour { error_status: Some(500), ..Behaviour::default() }, Behaviour::default()]).await?;
+    let check =
+        format!("  healthCheck: {{interval: 100ms, timeout: 5s, unhealthyThreshold: 1, prompt: {PROBE_PROMPT}}}");
+    let bed = Bed::start(&(channel("probed", &up[0], &check) + &channel("steady", &up[1], "")), &[]).await?;
+    let unhealthy = ["channel=\"probed\"", "state=\"unhealthy\""];
+    eventually("the failing probe takes the channel out", || async {
+        bed.metric("weaver_gateway_channel_state", &unhealthy).await.is_ok_and(|v| v == 1.0)
+    })
+    .await?;
+    let n = 50;
+    assert_eq!(ok(&bed.chats(n, 4).await?), n);
+    let probes = up[0].requests();
+    assert!(!probes.is_empty());
+    assert_eq!(probes.iter().filter(|r| from_client(r)).count(), 0, "the unhealthy channel got client traffic");
+    // Probes are not client traffic: not in the request metrics, not metered.
+    assert_eq!(bed.metric("weaver_gateway_requests_total", &[]).await?, n as f64);
+    let failed = ["channel=\"probed\"", "result=\"upstream_error\""];
+    assert!(bed.metric("weaver_gateway_health_checks_total", &failed).await? >= 1.0);
+    // The upstream recovers: a probe brings the channel back.
+    up[0].set(Behaviour::default());
+    eventually("a passing probe brings the channel back", || async {
+        let _ = bed.chat("again").await;
+        up[0].requests().iter().any(from_client)
+    })
+    .await?;
+    assert_eq!(bed.metric("weaver_gateway_channel_state", &unhealthy).await?, 0.0);
+    assert!(bed.metric("weaver_gateway_health_checks_total", &["channel=\"probed\"", "result=\"ok\""]).await? >= 1.0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_health_check_that_is_removed_stops_probing_and_lets_the_channel_serve() -> anyhow::Result<()> {
+    let up = mocks([Behaviour { error_status: Some(500), ..Behaviour::default() }]).await?;
+    let check = format!("  healthCheck: {{interval: 100ms, unhealthyThreshold: 1, prompt: {PROBE_PROMPT}}}");
+    let bed = Bed::start(&channel("probed", &up[0], &check), &[]).await?;
+    let unhealthy = ["channel=\"probed\"", "state=\"unhealthy\""];
+    eventually("the failing probe takes the channel out", || async {
+        bed.metric("weaver_gateway_channel_state", &unhealthy).await.is_ok_and(|v| v == 1.0)
+    })
+    .await?;
+    up[0].set(Behaviour::default());
+    bed.gateway.rewrite(&(prelude() + &channel("probed", &up[0], "")))?;
+    eventually("without its check the channel serves", || async {
+        bed.chat("x").await.is_ok_and(|(s, _)| s == StatusCode::OK)
+            && bed.metric("weaver_gateway_channel_state", &unhealthy).await.is_ok_and(|v| v == 0.0)
+    })
+    .await?;
+    // No probe goes out any more: the probe count holds while clients are served.
+    let probes = up[0].requests().iter().filter(|r| !from_client(r)).count();
+    assert_eq!(ok(&bed.chats(20, 2).await?), 20);
+    let later = up[0].requests().iter().filter(|r| !from_client(r)).count();
+    assert!(later <= probes + 1, "probes went on after the check was removed: {probes} -> {later}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_channel_test_reports_status_latency_and_first_tokens() -> anyhow::Result<()> {
+    let slow = Behaviour { latency: Duration::from_millis(50), ..Behaviour::default() };
+    let up = mocks([slow, Behaviour { error_status: Some(503), ..Behaviour::default() }]).await?;
+    let check = "  healthCheck: {interval: 100ms, unhealthyThreshold: 1}";
+    let bed = Bed::start(&(channel("good", &up[0], "") + &channel("bad", &up[1], check)), &[]).await?;
+    let token_file = bed.gateway.data_dir().context("a standalone gateway")?.join("admin-token");
+    let token = std::fs::read_to_string(&token_file)?.trim().to_owned();
+    let url = |name: &str| bed.gateway.admin_url(&format!("/admin/v1/channels/{NAMESPACE}/{name}/test"));
+    let test = |name: &str, body: Value| bed.client.post(url(name)).bearer_auth(&token).json(&body).send();
+
+    let response = test("good", json!({"prompt": "hello there"})).await?;
+    assert_eq!(response.status(), StatusCode::OK);
+    let report: Value = response.json().await?;
+    assert_eq!((&report["ok"], &report["status"], &report["model"]), (&json!(true), &json!(200), &json!(MODEL)));
+    assert!(report["latency_ms"].as_u64().is_some_and(|ms| ms >= 50), "{report}");
+    let answer = report["first_tokens"].as_str().unwrap_or_default();
+    assert!(answer.starts_with("This is LLM Weaver's mock channel"), "{report}");
+    assert_eq!((&report["state"], &report["probe"]), (&json!("healthy"), &json!("unknown")));
+    let sent = up[0].requests();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].body["messages"][0]["content"], "hello there");
+    assert_eq!(bed.metric("weaver_gateway_requests_total", &[]).await?, 0.0, "a test is not client traffic");
+
+    let unhealthy = ["channel=\"bad\"", "state=\"unhealthy\""];
+    eventually("the failing channel is unhealthy", || async {
+        bed.metric("weaver_gateway_channel_state", &unhealthy).await.is_ok_and(|v| v == 1.0)
+    })
+    .await?;
+    let report: Value = test("bad", json!({})).await?.json().await?;
+    assert_eq!((&report["ok"], &report["status"]), (&json!(false), &json!(503)), "{report}");
+    assert_eq!(report["error"]["code"], "upstream_error");
+    assert_eq!((&report["state"], &report["probe"]), (&json!("unhealthy"), &json!("unhealthy")));
+
+    // Bad input gets OpenAI-shaped errors.
+    let response = test("missing", json!({})).await?;
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    assert_eq!(response.json::<Value>().await?["error"]["code"], "channel_not_found");
+    let response = test("good", json!({"model": "no-such-model"})).await?;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let error = response.json::<Value>().await?;
+    assert_eq!((&error["error"]["param"], &error["error"]["type"]), (&json!("model"), &json!("invalid_request_error")));
+    let response = bed.client.post(url("good")).bearer_auth(&token).body("{not json").send().await?;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(response.json::<Value>().await?["error"]["code"], "invalid_json");
+    let response = bed.client.post(url("good")).json(&json!({})).send().await?;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(response.json::<Value>().await?["error"]["code"], "invalid_admin_token");
+    let response = bed.client.post(url("good")).bearer_auth("wrong").json(&json!({})).send().await?;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(up[0].requests().len(), 1, "refused tests send nothing upstream");
+
+    // The command-line tool, through the same endpoint.
+    let cli = |name: &str| -> anyhow::Result<_> {
+        Ok(tokio::process::Command::new(weaver_e2e::cluster::binary("weaver-gateway")?)
+            .env_remove("WEAVER_ADMIN_TOKEN")
+            .args(["channel-test", "--admin", &bed.gateway.admin_url("/"), "--prompt", "from the cli"])
+            .arg("--token-file")
+            .arg(&token_file)
+            .arg(format!("{NAMESPACE}/{name}"))
+            .output())
+    };
+    let out = cli("good")?.await?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("result   ok: status 200") && text.contains("You said: from the cli"), "{text}");
+    let out = cli("bad")?.await?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "a failing channel fails the command: {text}");
+    assert!(
+        text.contains("FAILED: status 503") && text.contains("routing  unhealthy (health check: unhealthy)"),
+        "{text}"
+    );
     Ok(())
 }

@@ -25,7 +25,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use weaver_crds::api_key::{ApiKeyStatus, Budget, BudgetAlertStatus, UsageStatus};
 use weaver_crds::budget::period_start;
-use weaver_crds::channel::{ChannelStatus, LatencyStatus};
+use weaver_crds::channel::{ChannelStatus, LatencyStatus, ProbeStatus};
 use weaver_crds::compiler::{Kind, Problem};
 use weaver_crds::money::Usd;
 use weaver_crds::namespace_policy::NamespacePolicyStatus;
@@ -36,7 +36,7 @@ use crate::alerts::{self, Alert, Announced};
 use crate::context::{Context, MANAGER};
 use crate::keys::{SecretIndex, issued_for, secret_of};
 use crate::metrics::{BudgetGauges, ErrorCategory};
-use crate::usage::{Id, Totals, namespace_id};
+use crate::usage::{Health, Id, Totals, namespace_id};
 use crate::usage_store::{Counted, StoreTotals};
 
 /// Status patches in flight at once: enough to hide the API server's latency,
@@ -166,14 +166,44 @@ fn desired_channel(ctx: &Context, source: &UsageSource, c: &Channel, problems: &
         ready(previous, problems, generation)
     }];
     let rate = (health.requests > 0).then(|| 1.0 - health.failures as f64 / health.requests as f64);
-    conditions.push(match rate {
-        None => unknown(
+    conditions.push(healthy(previous, &health, rate, generation));
+    let q = |p| health.latency.quantile(p).map(duration_text);
+    ChannelStatus {
+        conditions,
+        observed_generation: generation,
+        latency: (health.latency.count() > 0).then(|| LatencyStatus { p50: q(0.5), p95: q(0.95), p99: q(0.99) }),
+        success_rate: rate.map(|r| format!("{:.1}%", r * 100.0)),
+        usage,
+        last_probe: last_probe(&health),
+    }
+}
+
+/// `Healthy`: the active health checks when most gateways' verdict is
+/// unhealthy (they keep the channel out of routing); else the success rate
+/// of the last five minutes' traffic; else the checks passing; else unknown.
+fn healthy(previous: &[Condition], health: &Health, rate: Option<f64>, generation: Option<i64>) -> Condition {
+    let probing = health.probes.len();
+    let failing = health.probes.iter().filter(|p| !p.healthy).count();
+    if probing > 0 && failing * 2 > probing {
+        let why = health
+            .probes
+            .iter()
+            .filter(|p| !p.healthy)
+            .max_by_key(|p| p.at)
+            .and_then(|p| p.message.clone())
+            .unwrap_or_default();
+        return condition(
             previous,
             "Healthy",
-            "NoTraffic",
-            "No upstream requests in the last 5 minutes.".to_owned(),
+            false,
+            "ProbeFailing",
+            format!(
+                "The health check fails on {failing} of {probing} gateways (latest: {why}); they send the channel no traffic."
+            ),
             generation,
-        ),
+        );
+    }
+    match rate {
         Some(r) if r >= 0.5 => condition(
             previous,
             "Healthy",
@@ -194,15 +224,35 @@ fn desired_channel(ctx: &Context, source: &UsageSource, c: &Channel, problems: &
             format!("{} of {} upstream requests in the last 5 minutes failed.", health.failures, health.requests),
             generation,
         ),
-    });
-    let q = |p| health.latency.quantile(p).map(duration_text);
-    ChannelStatus {
-        conditions,
-        observed_generation: generation,
-        latency: (health.latency.count() > 0).then(|| LatencyStatus { p50: q(0.5), p95: q(0.95), p99: q(0.99) }),
-        success_rate: rate.map(|r| format!("{:.1}%", r * 100.0)),
-        usage,
+        None if probing > 0 => condition(
+            previous,
+            "Healthy",
+            true,
+            "ProbeSucceeding",
+            format!("The health check passes on {} of {probing} gateways.", probing - failing),
+            generation,
+        ),
+        None => unknown(
+            previous,
+            "Healthy",
+            "NoTraffic",
+            "No upstream requests in the last 5 minutes.".to_owned(),
+            generation,
+        ),
     }
+}
+
+/// The latest probe any gateway reported, with how many gateways pass.
+fn last_probe(health: &Health) -> Option<ProbeStatus> {
+    let latest = health.probes.iter().max_by_key(|p| p.at)?;
+    let passing = health.probes.iter().filter(|p| p.healthy).count();
+    Some(ProbeStatus {
+        time: Time(Timestamp::from_millisecond(latest.at).unwrap_or(Timestamp::UNIX_EPOCH)),
+        succeeded: latest.succeeded,
+        latency: Some(duration_text(latest.latency_ms as f64)),
+        message: latest.message.clone(),
+        gateways_healthy: Some(format!("{passing}/{}", health.probes.len())),
+    })
 }
 
 /// Usage of a key (or of a namespace, under its [`namespace_id`]) in the
@@ -608,4 +658,42 @@ pub async fn write_all(ctx: &Arc<Context>, secrets: &SecretIndex) {
 /// rejects that before it gets here).
 fn usd_nanos(amount: &str) -> u64 {
     amount.parse::<Usd>().unwrap_or_default().0
+}
+
+#[cfg(test)]
+mod tests {
+    use weaver_crds::protocol::ProbeReport;
+
+    use super::*;
+
+    fn probe(at: i64, healthy: bool) -> ProbeReport {
+        ProbeReport {
+            at,
+            succeeded: healthy,
+            healthy,
+            latency_ms: 12,
+            message: (!healthy).then(|| "500 upstream_error".to_owned()),
+        }
+    }
+
+    fn reason(health: &Health) -> (String, String) {
+        let rate = (health.requests > 0).then(|| 1.0 - health.failures as f64 / health.requests as f64);
+        let c = healthy(&[], health, rate, None);
+        (c.status, c.reason)
+    }
+
+    #[test]
+    fn health_checks_failing_on_most_gateways_make_the_channel_unhealthy() {
+        let traffic = Health { requests: 100, failures: 0, ..Health::default() };
+        assert_eq!(reason(&traffic), ("True".into(), "UpstreamAnswering".into()));
+        let failing = Health { probes: vec![probe(1, false), probe(2, false), probe(3, true)], ..traffic.clone() };
+        assert_eq!(reason(&failing), ("False".into(), "ProbeFailing".into()), "the checks win over old traffic");
+        let one_of_three =
+            Health { probes: vec![probe(1, false), probe(2, true), probe(3, true)], ..Health::default() };
+        assert_eq!(reason(&one_of_three), ("True".into(), "ProbeSucceeding".into()));
+        assert_eq!(reason(&Health::default()), ("Unknown".into(), "NoTraffic".into()));
+        let last = last_probe(&failing);
+        assert_eq!(last.as_ref().and_then(|p| p.gateways_healthy.as_deref()), Some("1/3"));
+        assert_eq!(last.map(|p| (p.succeeded, p.latency)), Some((true, Some("12ms".to_owned()))));
+    }
 }

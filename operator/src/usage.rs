@@ -13,7 +13,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use weaver_crds::protocol::{GatewayReport, KeyReport, LatencySketch};
+use weaver_crds::protocol::{GatewayReport, KeyReport, LatencySketch, ProbeReport};
 
 /// How far back Channel health and latency look.
 pub const HEALTH_WINDOW: Duration = Duration::from_secs(300);
@@ -95,6 +95,8 @@ pub struct Health {
     pub requests: u64,
     pub failures: u64,
     pub latency: LatencySketch,
+    /// The latest health check probe of each live gateway that probes it.
+    pub probes: Vec<ProbeReport>,
 }
 
 struct Instance {
@@ -105,6 +107,8 @@ struct Instance {
     keys: HashMap<Id, Totals>,
     channel_baseline: HashMap<Id, Totals>,
     channels: HashMap<Id, ChannelCounters>,
+    /// The latest health check probe per channel, from the latest report.
+    probes: HashMap<Id, ProbeReport>,
 }
 
 /// A key's persisted starting point for the current period.
@@ -151,6 +155,7 @@ impl UsageBook {
             keys: HashMap::new(),
             channel_baseline: HashMap::new(),
             channels: HashMap::new(),
+            probes: HashMap::new(),
         });
         // A returning instance: what it had counted is already in the base.
         let fresh = if let Some((keys, channels)) = returning {
@@ -178,6 +183,11 @@ impl UsageBook {
             inst.key_baseline.entry(id.clone()).or_insert(if from_zero || !fresh { Totals::default() } else { totals });
             inst.keys.insert(id, totals);
         }
+        inst.probes = report
+            .channels
+            .iter()
+            .filter_map(|c| Some(((c.namespace.clone(), c.name.clone()), c.probe.clone()?)))
+            .collect();
         for c in &report.channels {
             let id = (c.namespace.clone(), c.name.clone());
             let totals = Totals {
@@ -204,6 +214,7 @@ impl UsageBook {
                 requests: totals.requests.saturating_sub(prev_totals.requests),
                 failures: c.failures.saturating_sub(prev_failures),
                 latency: c.latency.since(&prev_latency),
+                probes: Vec::new(),
             };
             if delta.requests > 0 {
                 self.windows.entry(id).or_default().push_back((now, delta));
@@ -318,6 +329,7 @@ impl UsageBook {
             h.failures += d.failures;
             h.latency.merge(&d.latency);
         }
+        h.probes = self.instances.values().filter_map(|i| i.probes.get(id).cloned()).collect();
         h
     }
 }
@@ -342,6 +354,7 @@ mod tests {
                 cached_input_tokens: 0,
                 output_tokens: 0,
                 cost,
+                probe: None,
             }],
             keys: vec![KeyReport {
                 namespace: "ns".into(),

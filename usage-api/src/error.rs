@@ -35,6 +35,11 @@ impl ApiError {
         }
     }
 
+    /// 400 for a request body that cannot be used.
+    pub fn bad_request(code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", code, message)
+    }
+
     /// 400 for a query parameter this route does not know.
     pub fn unknown_parameter(name: &str, known: &[&str]) -> Self {
         Self::new(

@@ -18,7 +18,10 @@
 //! reservations and settlements (and the ledger sync's share). With
 //! `--store URL` (`sqlite://PATH` or `postgres://...`) every request is also
 //! metered into that usage store: the figure then includes building the
-//! record and the batch writer's share (it runs on the same worker).
+//! record and the batch writer's share (it runs on the same worker). With
+//! `--three-channels` the model has three channels (to the same upstream)
+//! under a RoutingPolicy (`--strategy NAME`, default `weighted`), so the
+//! figure includes a routing pick among several candidates.
 //!
 //! What is counted: every `alloc`, `alloc_zeroed` and `realloc` (one each; the
 //! bytes are the requested size, a `realloc` its new size) made on a thread of
@@ -135,6 +138,12 @@ fn main() -> anyhow::Result<()> {
     let options: Vec<String> = std::env::args().skip(1).collect();
     let rate_limits = options.iter().any(|a| a == "--rate-limits");
     let budgets = options.iter().any(|a| a == "--budgets");
+    let three = options.iter().any(|a| a == "--three-channels");
+    let strategy = match options.iter().position(|a| a == "--strategy") {
+        Some(i) => options.get(i + 1).context("--strategy needs a name")?.clone(),
+        None => "weighted".to_owned(),
+    };
+    let routing = three.then_some(strategy.as_str());
     let store = match options.iter().position(|a| a == "--store") {
         Some(i) => options.get(i + 1).context("--store needs a URL")?.clone(),
         None => "off".to_owned(),
@@ -142,7 +151,7 @@ fn main() -> anyhow::Result<()> {
     let data_dir = tempfile::tempdir()?;
     let upstream = Upstream::start()?;
     let manifests = tempfile::tempdir()?;
-    std::fs::write(manifests.path().join("bench.yaml"), manifests_yaml(upstream.addr, rate_limits, budgets))?;
+    std::fs::write(manifests.path().join("bench.yaml"), manifests_yaml(upstream.addr, rate_limits, budgets, routing))?;
     let args = Args::try_parse_from([
         "weaver-gateway",
         "--manifests",
@@ -178,7 +187,11 @@ fn main() -> anyhow::Result<()> {
     let mut client = Client::connect(started.addr)?;
     println!(
         "Heap allocations on the gateway's threads (1 worker), per request: {MEASURED} sequential requests \
-         on one keep-alive connection after {WARM_UP} to warm up; openai channel, fixed loopback upstream{}{}{}",
+         on one keep-alive connection after {WARM_UP} to warm up; {}, fixed loopback upstream{}{}{}",
+        match routing {
+            Some(strategy) => format!("three openai channels under a {strategy} RoutingPolicy"),
+            None => "openai channel".to_owned(),
+        },
         if rate_limits { "; key with rate limits" } else { "" },
         if budgets { "; key and namespace budgets" } else { "" },
         if store == "off" {
@@ -220,7 +233,9 @@ fn main() -> anyhow::Result<()> {
     upstream.stop()
 }
 
-fn manifests_yaml(upstream: SocketAddr, rate_limits: bool, budgets: bool) -> String {
+/// The bench's manifests; with `routing`, three channels under a policy of
+/// that strategy instead of one.
+fn manifests_yaml(upstream: SocketAddr, rate_limits: bool, budgets: bool, routing: Option<&str>) -> String {
     let limits = if rate_limits {
         "rateLimit: {requestsPerMinute: 1000000000, tokensPerMinute: 1000000000000, maxConcurrent: 1000}"
     } else {
@@ -235,15 +250,12 @@ fn manifests_yaml(upstream: SocketAddr, rate_limits: bool, budgets: bool) -> Str
     } else {
         ("", "")
     };
-    format!(
-        r#"apiVersion: v1
-kind: Secret
-metadata: {{name: upstream-creds, namespace: bench}}
-stringData: {{apiKey: sk-bench-upstream-0123456789abcdef}}
----
+    let channel = |name: &str| {
+        format!(
+            r#"---
 apiVersion: llmweaver.io/v1alpha1
 kind: Channel
-metadata: {{name: openai, namespace: bench}}
+metadata: {{name: {name}, namespace: bench}}
 spec:
   provider: openai
   baseUrl: http://{upstream}/v1
@@ -252,7 +264,26 @@ spec:
     - name: gpt-4o-mini
       upstreamModel: gpt-4o-mini-2024-07-18
       pricing: {{inputPerMillion: "0.15", outputPerMillion: "0.60"}}
----
+"#
+        )
+    };
+    let (channels, policy) = match routing {
+        None => (channel("openai"), String::new()),
+        Some(strategy) => (
+            ["openai-a", "openai-b", "openai-c"].map(channel).concat(),
+            format!(
+                "---\napiVersion: llmweaver.io/v1alpha1\nkind: RoutingPolicy\nmetadata: {{name: bench, namespace: bench}}\n\
+                 spec: {{models: [gpt-4o-mini], channels: [{{name: openai-a}}, {{name: openai-b}}, {{name: openai-c}}], \
+                 strategy: {strategy}}}\n"
+            ),
+        ),
+    };
+    format!(
+        r#"apiVersion: v1
+kind: Secret
+metadata: {{name: upstream-creds, namespace: bench}}
+stringData: {{apiKey: sk-bench-upstream-0123456789abcdef}}
+{channels}{policy}---
 apiVersion: v1
 kind: Secret
 metadata: {{name: client-key, namespace: bench}}

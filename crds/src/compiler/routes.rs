@@ -12,8 +12,8 @@ use crate::common::parse_duration;
 use crate::money::{Prices, Usd};
 use crate::routing_policy::RoutingPolicy;
 use crate::snapshot::{
-    Candidate, ChannelLimits, ChannelSnapshot, Credential, ModelSnapshot, PolicySnapshot, Route, RouteTable,
-    TimeoutsSnapshot,
+    Candidate, ChannelLimits, ChannelSnapshot, Credential, HealthCheckSnapshot, ModelSnapshot, PolicySnapshot, Route,
+    RouteTable, TimeoutsSnapshot,
 };
 
 /// A channel that made it into the snapshot, with what routing needs to know.
@@ -136,6 +136,41 @@ fn compile_channel(
             prices,
         });
     }
+    let health_check = match &spec.health_check {
+        None => None,
+        Some(h) => {
+            let ms = |d: &Option<crate::common::DurationString>, default: u64, field: &str| match d {
+                None => Ok(default),
+                Some(d) => match d.millis() {
+                    Ok(0) => Err(invalid(format!("healthCheck.{field} must be longer than zero"))),
+                    Ok(ms) => Ok(ms),
+                    Err(e) => Err(invalid(format!("healthCheck.{field}: {e}"))),
+                },
+            };
+            let model = match &h.model {
+                None => 0,
+                Some(name) => models
+                    .iter()
+                    .position(|m| &m.name == name)
+                    .ok_or_else(|| invalid(format!("healthCheck.model {name:?} is not one of the channel's models")))?,
+            };
+            if models.is_empty() {
+                return Err(invalid("healthCheck needs a model to probe".to_owned()));
+            }
+            Some(HealthCheckSnapshot {
+                interval_ms: ms(&h.interval, HealthCheckSnapshot::DEFAULT_INTERVAL_MS, "interval")?,
+                timeout_ms: ms(&h.timeout, HealthCheckSnapshot::DEFAULT_TIMEOUT_MS, "timeout")?,
+                model: u32::try_from(model).unwrap_or(0),
+                prompt: h.prompt.clone().unwrap_or_else(|| HealthCheckSnapshot::DEFAULT_PROMPT.to_owned()),
+                max_tokens: h.max_tokens.unwrap_or(HealthCheckSnapshot::DEFAULT_MAX_TOKENS).max(1),
+                unhealthy_threshold: h
+                    .unhealthy_threshold
+                    .unwrap_or(HealthCheckSnapshot::DEFAULT_UNHEALTHY_THRESHOLD)
+                    .max(1),
+                healthy_threshold: h.healthy_threshold.unwrap_or(HealthCheckSnapshot::DEFAULT_HEALTHY_THRESHOLD).max(1),
+            })
+        }
+    };
     Ok(ChannelSnapshot {
         namespace: namespace.to_owned(),
         name: c.name_any(),
@@ -148,6 +183,7 @@ fn compile_channel(
         azure_api_version: spec.azure.as_ref().and_then(|a| a.api_version.clone()),
         stream_usage: spec.stream_usage.unwrap_or(true),
         limits,
+        health_check,
     })
 }
 

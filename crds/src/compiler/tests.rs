@@ -519,6 +519,36 @@ fn channel_caps_reach_the_snapshot() {
     );
 }
 
+#[test]
+fn health_checks_reach_the_snapshot_with_defaults_and_a_checked_model() {
+    let checked = channel("a", "", "{name: m}, {name: n}", 1)
+        .replace("weight: 1", "weight: 1\n  healthCheck: {interval: 5s, model: n, unhealthyThreshold: 3}");
+    let plain = channel("b", "", "{name: m}", 1).replace("weight: 1", "weight: 1\n  healthCheck: {}");
+    let c = compile_yaml(&format!("{SECRETS}{checked}{plain}{KEY}"));
+    let checks: Vec<_> = c.snapshot.channels.iter().map(|ch| ch.health_check.clone()).collect();
+    let defaults = crate::snapshot::HealthCheckSnapshot {
+        interval_ms: 30_000,
+        timeout_ms: 10_000,
+        model: 0,
+        prompt: "ping".into(),
+        max_tokens: 1,
+        unhealthy_threshold: 2,
+        healthy_threshold: 1,
+    };
+    let tuned = crate::snapshot::HealthCheckSnapshot {
+        interval_ms: 5_000,
+        model: 1,
+        unhealthy_threshold: 3,
+        ..defaults.clone()
+    };
+    assert_eq!(checks, vec![Some(tuned), Some(defaults)]);
+    // A model the channel does not serve leaves the channel out, reported.
+    let wrong = channel("a", "", "{name: m}", 1).replace("weight: 1", "weight: 1\n  healthCheck: {model: other}");
+    let c = compile_yaml(&format!("{SECRETS}{wrong}{KEY}"));
+    assert!(c.snapshot.channels.is_empty());
+    assert!(reasons(&c).contains(&(Kind::Channel, "a", ProblemReason::InvalidField)), "{:?}", reasons(&c));
+}
+
 fn namespace_policy(name: &str, spec: &str) -> String {
     format!(
         r#"

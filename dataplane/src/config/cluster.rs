@@ -156,7 +156,9 @@ pub fn default_instance(started_at_millis: i64) -> String {
     format!("{base}-{started_at_millis}")
 }
 
-fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, ClusterError> {
+/// TLS for the gateway's own https clients: the CA bundle in `ca_file`, or
+/// the public webpki roots; ring as the crypto provider.
+pub(crate) fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, ClusterError> {
     let mut roots = rustls::RootCertStore::empty();
     match ca_file {
         Some(path) => {

@@ -23,6 +23,7 @@ pub(crate) fn report(registry: &Registry, instance: &str, started_at: i64, appli
             cached_input_tokens: s.cached_input_tokens.load(Ordering::Relaxed),
             output_tokens: s.totals.output_tokens.load(Ordering::Relaxed),
             cost: s.totals.cost.load(Ordering::Relaxed),
+            probe: s.probe_report(),
         })
         .collect();
     channels.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));

@@ -434,12 +434,7 @@ impl Try<'_> {
             tokio::time::timeout_at(first_byte_deadline, sent).await.map_err(|_| UpstreamError::Timeout(limit))??;
         let (parts, mut body) = response.into_parts();
         if !parts.status.is_success() {
-            let error = read_bounded(&mut body, ERROR_BODY_LIMIT, deadline).await.unwrap_or_default();
-            return Err(UpstreamError::Status {
-                status: parts.status,
-                error: ErrorFields::parse(&error),
-                retry_after: parts.headers.get(header::RETRY_AFTER).cloned(),
-            });
+            return Err(status_error(&parts, &mut body, deadline).await);
         }
         let answering = Answering {
             operation: self.operation,
@@ -448,8 +443,6 @@ impl Try<'_> {
             include_usage: request.include_usage,
             drop_usage_chunk: stream_options == StreamOptionsEdit::IncludeUsage && !request.include_usage,
         };
-        let error_with_200 =
-            |error: ErrorFields| UpstreamError::Status { status: error.implied_status(), error, retry_after: None };
         if !stream {
             let whole = read_bounded(&mut body, usize::MAX, deadline).await?;
             let (answer, usage) = channel.adapter.decode_whole(whole, &answering).map_err(error_with_200)?;
@@ -491,9 +484,33 @@ impl Try<'_> {
     }
 }
 
+/// The error an upstream's non-success answer describes (its body read up
+/// to [`ERROR_BODY_LIMIT`] until `deadline`).
+pub(crate) async fn status_error(
+    parts: &http::response::Parts,
+    body: &mut UpstreamBody,
+    deadline: Instant,
+) -> UpstreamError {
+    let error = read_bounded(body, ERROR_BODY_LIMIT, deadline).await.unwrap_or_default();
+    UpstreamError::Status {
+        status: parts.status,
+        error: ErrorFields::parse(&error),
+        retry_after: parts.headers.get(header::RETRY_AFTER).cloned(),
+    }
+}
+
+/// The error an error object sent with a 200 describes.
+pub(crate) fn error_with_200(error: ErrorFields) -> UpstreamError {
+    UpstreamError::Status { status: error.implied_status(), error, retry_after: None }
+}
+
 /// Reads a body until it ends, `limit` bytes are in (the rest is left), or
 /// the deadline passes.
-async fn read_bounded(body: &mut UpstreamBody, limit: usize, deadline: Instant) -> Result<Bytes, UpstreamError> {
+pub(crate) async fn read_bounded(
+    body: &mut UpstreamBody,
+    limit: usize,
+    deadline: Instant,
+) -> Result<Bytes, UpstreamError> {
     let read = async {
         // Most answers arrive in one frame: keep it; copy only when more follow.
         let mut first: Option<Bytes> = None;

@@ -27,6 +27,7 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 pub(crate) use admit::Admission;
+pub(crate) use attempts::{error_with_200, read_bounded, status_error};
 pub(crate) use authenticate::Caller;
 
 use crate::api::{self, ApiError, RequestBody, Response};

@@ -324,6 +324,7 @@ mod tests {
             azure_api_version: azure.map(str::to_owned),
             stream_usage: true,
             limits: Default::default(),
+            health_check: None,
         }
     }
 

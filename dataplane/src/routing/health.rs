@@ -39,6 +39,16 @@ pub enum Probe {
     Unhealthy = 2,
 }
 
+impl Probe {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Probe::Unknown => "unknown",
+            Probe::Healthy => "healthy",
+            Probe::Unhealthy => "unhealthy",
+        }
+    }
+}
+
 /// Whether a channel may serve now, and if not, why.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum State {

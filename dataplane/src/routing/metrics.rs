@@ -72,6 +72,8 @@ pub(crate) struct RoutingMetrics {
     pub ejections: Family<ChannelLabels, Counter>,
     pub channel_state: Family<StateLabels, Gauge>,
     pub channel_in_flight: Family<ChannelLabels, Gauge>,
+    /// Active health check probes (not in `upstream_attempts`).
+    pub health_checks: Family<AttemptLabels, Counter>,
 }
 
 impl RoutingMetrics {
@@ -85,6 +87,7 @@ impl RoutingMetrics {
             ejections: Family::default(),
             channel_state: Family::default(),
             channel_in_flight: Family::default(),
+            health_checks: Family::default(),
         };
         registry.register(
             "upstream_attempts",
@@ -125,6 +128,11 @@ impl RoutingMetrics {
             "channel_in_flight",
             "Upstream attempts in flight per channel on this gateway",
             m.channel_in_flight.clone(),
+        );
+        registry.register(
+            "health_checks",
+            "Active health check probes, by namespace, channel and result (ok, or the failure's category)",
+            m.health_checks.clone(),
         );
         m
     }

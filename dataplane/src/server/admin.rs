@@ -1,16 +1,22 @@
 //! The admin listener (`--admin-listen`): probes and metrics, kept off the
-//! port clients use, and the usage API under `/admin/v1/` (standalone with a
-//! store; it checks the admin token on every route). The probes and metrics
-//! are the only routes of the gateway that do not authenticate.
+//! port clients use; the channel test (`channel_test.rs`), behind one layer
+//! that checks the admin token; and the usage API under `/admin/v1/`
+//! (standalone with a store; it checks the admin token on every route).
+//! The probes and metrics are the only routes of the gateway that do not
+//! authenticate.
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Request, State};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{any, get, post};
 use http::{StatusCode, header};
+use weaver_usage_api::ApiError;
 
+use super::channel_test;
+use super::usage_api::AdminToken;
 use crate::state::Gateway;
 
 /// The open routes, all on the admin listener. Everything else on it (the
@@ -25,16 +31,41 @@ pub enum UsageApi {
     Off(&'static str),
 }
 
-pub(super) fn router(gw: Arc<Gateway>, usage_api: UsageApi) -> Router {
+pub(super) fn router(gw: Arc<Gateway>, usage_api: UsageApi, token: Option<AdminToken>) -> Router {
     let [healthz, readyz, metrics] = ADMIN_ROUTES;
     let open = Router::new()
         .route(healthz, get(|| async { "ok" }))
         .route(readyz, get(ready))
         .route(metrics, get(encode))
-        .with_state(gw);
+        .with_state(gw.clone());
+    let admin = match token {
+        // Every route added above this layer is authenticated by it.
+        Some(token) => Router::new()
+            .route(channel_test::PATH, post(channel_test::handle))
+            .with_state(gw)
+            .route_layer(middleware::from_fn_with_state(token, authenticate)),
+        None => Router::new().route(
+            channel_test::PATH,
+            any(|| async {
+                ApiError::not_found(
+                    "channel_test_off",
+                    "this gateway has no admin token: give it WEAVER_ADMIN_TOKEN or --admin-token-file to test channels",
+                )
+            }),
+        ),
+    };
+    let open = open.merge(admin);
     match usage_api {
         UsageApi::Served(api) => open.merge(api),
         UsageApi::Off(reason) => open.merge(weaver_usage_api::off(reason)),
+    }
+}
+
+/// The admin routes' authentication: the bearer admin token, or 401.
+async fn authenticate(State(token): State<AdminToken>, request: Request, next: Next) -> Response {
+    match token.check(request.headers()) {
+        Ok(_) => next.run(request).await,
+        Err(e) => e.into_response(),
     }
 }
 

@@ -2,6 +2,7 @@
 //! listener (probes, metrics), and serving with graceful shutdown.
 
 mod admin;
+pub mod channel_test;
 mod request_id;
 pub(crate) mod ui;
 pub(crate) mod usage_api;
@@ -23,7 +24,7 @@ use tower::{Layer, Service};
 use tower_http::cors::{AllowHeaders, AllowOrigin, Cors, CorsLayer};
 
 pub(crate) use admin::UsageApi;
-pub(crate) use request_id::{RequestId, TakesRequestId, X_REQUEST_ID};
+pub(crate) use request_id::{RequestId, TakesRequestId, X_REQUEST_ID, new_id as new_request_id};
 
 use crate::api::{Api, Response};
 use crate::state::Gateway;
@@ -130,6 +131,8 @@ pub(crate) struct Listeners {
     pub client: TcpListener,
     pub admin: TcpListener,
     pub usage_api: UsageApi,
+    /// Guards the admin routes (the channel test); without it they are off.
+    pub admin_token: Option<usage_api::AdminToken>,
 }
 
 /// Serves until `shutdown` resolves, then stops accepting client connections,
@@ -145,7 +148,7 @@ pub(crate) async fn serve(
     let admin_done = Arc::new(tokio::sync::Notify::new());
     let admin = {
         let stop = admin_done.clone();
-        let app = admin::router(gw.clone(), listeners.usage_api);
+        let app = admin::router(gw.clone(), listeners.usage_api, listeners.admin_token);
         tokio::spawn(
             axum::serve(listeners.admin, app)
                 .with_graceful_shutdown(async move { stop.notified().await })

@@ -51,7 +51,7 @@ fn sane(value: &HeaderValue) -> bool {
 
 /// A per-process random prefix and a counter: cheaper than a UUID, unique
 /// enough to find one request in the logs of many replicas.
-fn new_id() -> HeaderValue {
+pub(crate) fn new_id() -> HeaderValue {
     static IDS: OnceLock<(u32, AtomicU64)> = OnceLock::new();
     let (prefix, next) = IDS.get_or_init(|| (rand::random(), AtomicU64::new(1)));
     let n = next.fetch_add(1, Ordering::Relaxed);

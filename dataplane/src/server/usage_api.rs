@@ -45,6 +45,7 @@ pub enum TokenSource {
 }
 
 /// The admin token, held as its SHA-256 only.
+#[derive(Clone)]
 pub struct AdminToken {
     digest: [u8; 32],
 }

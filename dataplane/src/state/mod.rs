@@ -53,6 +53,9 @@ pub struct Gateway {
     epoch: Instant,
     loaded: AtomicBool,
     draining: AtomicBool,
+    /// The version of each snapshot applied, for the tasks that follow the
+    /// configuration (active health checks).
+    applied: tokio::sync::watch::Sender<u64>,
 }
 
 impl Gateway {
@@ -72,6 +75,7 @@ impl Gateway {
             epoch: Instant::now(),
             loaded: AtomicBool::new(false),
             draining: AtomicBool::new(false),
+            applied: tokio::sync::watch::Sender::new(0),
         })
     }
 
@@ -92,7 +96,13 @@ impl Gateway {
         self.live.store(Arc::new(runtime));
         self.metrics.snapshot_version.set(i64::try_from(version).unwrap_or(i64::MAX));
         self.loaded.store(true, Ordering::Release);
+        self.applied.send_replace(version);
         tracing::info!(version, "snapshot applied");
+    }
+
+    /// Wakes at every snapshot applied from now on.
+    pub(crate) fn applied(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.applied.subscribe()
     }
 
     /// `at` on the rate limiters' clock: nanoseconds since the gateway started.

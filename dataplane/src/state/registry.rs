@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use weaver_crds::protocol::LatencySketch;
+use weaver_crds::protocol::{LatencySketch, ProbeReport};
 
 use super::budget::BudgetState;
 use crate::limits::Buckets;
@@ -58,8 +58,11 @@ pub(crate) struct ChannelState {
     /// prompt cache (part of `totals.input_tokens`).
     pub cached_input_tokens: AtomicU64,
     /// Routing state: in flight, caps, passive health, latency. The probe
-    /// flag in its health is for active health checks to drive.
+    /// verdict in its health is the active health checks' (`probe`).
     pub upstream: Arc<Upstream>,
+    /// The latest active health check probe, for the reports (written by
+    /// the channel's check task only).
+    pub probe: Mutex<Option<ProbeReport>>,
 }
 
 #[derive(Debug)]
@@ -94,6 +97,14 @@ impl ChannelState {
     pub fn latency(&self) -> LatencySketch {
         lock(&self.latency).clone()
     }
+
+    pub fn set_probe_report(&self, report: Option<ProbeReport>) {
+        *lock(&self.probe) = report;
+    }
+
+    pub fn probe_report(&self) -> Option<ProbeReport> {
+        lock(&self.probe).clone()
+    }
 }
 
 #[derive(Default)]
@@ -120,9 +131,15 @@ impl Registry {
                     refuses_stream_options: AtomicBool::new(false),
                     cached_input_tokens: AtomicU64::new(0),
                     upstream: Arc::default(),
+                    probe: Mutex::default(),
                 })
             })
             .clone()
+    }
+
+    /// The entry for a channel, if it has one.
+    pub fn channel_if_present(&self, id: &Id) -> Option<Arc<ChannelState>> {
+        lock(&self.channels).get(id).cloned()
     }
 
     /// The entry for a key, created on first sight.

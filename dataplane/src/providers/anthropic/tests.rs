@@ -379,6 +379,7 @@ fn urls_and_headers_speak_the_messages_api() {
         azure_api_version: None,
         stream_usage: true,
         limits: Default::default(),
+        health_check: None,
     };
     for base in ["https://api.anthropic.com", "https://api.anthropic.com/v1"] {
         assert_eq!(url(&channel(base), Operation::Chat).as_deref(), Some("https://api.anthropic.com/v1/messages"));
