@@ -5,6 +5,12 @@
   nginx    client -> nginx proxy_pass (keepalive upstream pool) -> mock upstream
   gateway  client -> weaver-gateway -> mock upstream
 
+The gateway also serves two more public models, measured on the same process:
+`gw+3ch` (a RoutingPolicy over three channels, strategy `weighted`, retries on:
+the router's share of the hop) and `gw+anthropic` (an Anthropic channel: the
+request and every streamed event translated). Its added time to first byte is
+against `direct-anthropic`, the mock's own Messages API.
+
 The hop under test (nginx or the gateway) is pinned to one core with one worker;
 the load generator (wrk) and the mock upstream share the other core. For each hop
 it prints requests/s at concurrency 64, the hop's CPU time per request (from
@@ -39,10 +45,17 @@ KEY = "lw-bench-key"
 HOP_CORE, LOAD_CORE = "1", "0"
 TICK = os.sysconf("SC_CLK_TCK")
 
-CHAT = json.dumps({"model": "bench-model", "messages": [{"role": "user", "content": "Say hello in five words"}]})
-STREAM = json.dumps(
-    {"model": "bench-model", "stream": True, "messages": [{"role": "user", "content": "Say hello in five words"}]}
-)
+PROMPT = [{"role": "user", "content": "Say hello in five words"}]
+
+
+def bodies(model: str, messages_api: bool = False) -> dict[str, str]:
+    """The plain and the streamed request for `model`; `messages_api` gives
+    Anthropic's Messages API shape (which requires `max_tokens`)."""
+    extra = {"max_tokens": 64} if messages_api else {}
+    return {
+        "plain": json.dumps({"model": model, "messages": PROMPT, **extra}),
+        "stream": json.dumps({"model": model, "stream": True, "messages": PROMPT, **extra}),
+    }
 
 
 def free_port() -> int:
@@ -67,13 +80,16 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
-def wrk(url: str, body: str, connections: int, workdir: Path) -> dict:
+HEADERS = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+ANTHROPIC_HEADERS = {"x-api-key": KEY, "anthropic-version": "2023-06-01", "Content-Type": "application/json"}
+
+
+def wrk(url: str, body: str, connections: int, workdir: Path, headers: dict[str, str]) -> dict:
     script = workdir / "post.lua"
     script.write_text(
         'wrk.method = "POST"\n'
         f"wrk.body = {json.dumps(body)}\n"
-        'wrk.headers["Content-Type"] = "application/json"\n'
-        f'wrk.headers["Authorization"] = "Bearer {KEY}"\n'
+        + "".join(f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}\n" for k, v in headers.items())
     )
     out = subprocess.run(
         ["taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{connections}", f"-d{DURATION}", "--latency", "-s", str(script), url],
@@ -95,14 +111,13 @@ def wrk(url: str, body: str, connections: int, workdir: Path) -> dict:
     return {"requests": requests, "rps": rps, "p50": latency("50"), "p99": latency("99")}
 
 
-def ttfb(url: str, body: str, n: int = 300) -> tuple[float, int]:
+def ttfb(url: str, body: str, headers: dict[str, str], n: int = 300) -> tuple[float, int]:
     """Median time to the first byte of a streamed answer, in microseconds, and
-    how many requests failed (each a new connection)."""
+    how many requests failed (each a new connection). Raises when every one
+    failed: a hop that answers nothing has no time to first byte."""
     samples, failed = [], 0
     for _ in range(n):
-        req = urllib.request.Request(
-            url, data=body.encode(), headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
-        )
+        req = urllib.request.Request(url, data=body.encode(), headers=headers)
         start = time.perf_counter()
         try:
             with urllib.request.urlopen(req, timeout=10) as resp:
@@ -112,7 +127,72 @@ def ttfb(url: str, body: str, n: int = 300) -> tuple[float, int]:
         except OSError as e:
             failed += 1
             print(f"  {url}: {e}", file=sys.stderr)
+    if not samples:
+        raise RuntimeError(f"all {n} streamed requests to {url} failed")
     return statistics.median(samples), failed
+
+
+def write_manifests(directory: Path, mock_port: int) -> None:
+    """The gateway's config: public model `bench-model` on one OpenAI-compatible
+    channel, `bench-3ch` on three behind a RoutingPolicy, `bench-claude` on an
+    Anthropic channel, all served by the mock upstream at `mock_port`; key
+    `KEY` may use all three."""
+    pool = "".join(
+        f"""---
+apiVersion: llmweaver.io/v1alpha1
+kind: Channel
+metadata: {{name: pool-{n}, namespace: bench, labels: {{pool: bench}}}}
+spec:
+  provider: openai-compatible
+  baseUrl: http://127.0.0.1:{mock_port}/v1
+  models: [{{name: bench-3ch}}]
+"""
+        for n in "abc"
+    )
+    (directory / "bench.yaml").write_text(
+        f"""
+apiVersion: llmweaver.io/v1alpha1
+kind: Channel
+metadata: {{name: mock, namespace: bench}}
+spec:
+  provider: openai-compatible
+  baseUrl: http://127.0.0.1:{mock_port}/v1
+  models: [{{name: bench-model}}]
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: bench-apikey, namespace: bench}}
+stringData: {{apiKey: {KEY}}}
+---
+apiVersion: llmweaver.io/v1alpha1
+kind: ApiKey
+metadata: {{name: bench, namespace: bench}}
+spec: {{allowedModels: ["bench-*"]}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: bench-upstream, namespace: bench}}
+stringData: {{apiKey: {KEY}}}
+---
+apiVersion: llmweaver.io/v1alpha1
+kind: Channel
+metadata: {{name: claude, namespace: bench}}
+spec:
+  provider: anthropic
+  baseUrl: http://127.0.0.1:{mock_port}
+  credentials: {{secretRef: {{name: bench-upstream}}}}
+  models: [{{name: bench-claude, upstreamModel: claude-sonnet-4-6}}]
+{pool}---
+apiVersion: llmweaver.io/v1alpha1
+kind: RoutingPolicy
+metadata: {{name: pool, namespace: bench}}
+spec:
+  models: ["bench-3ch"]
+  channels: [{{selector: {{matchLabels: {{pool: bench}}}}}}]
+  strategy: weighted
+  retry: {{attempts: 3, retryOn: ["429", "5xx", "timeout", "connect"]}}
+"""
+    )
 
 
 def main() -> None:
@@ -160,27 +240,7 @@ http {{
         )
         manifests = work / "manifests"
         manifests.mkdir()
-        (manifests / "bench.yaml").write_text(
-            f"""
-apiVersion: llmweaver.io/v1alpha1
-kind: Channel
-metadata: {{name: mock, namespace: bench}}
-spec:
-  provider: openai-compatible
-  baseUrl: http://127.0.0.1:{mock_port}/v1
-  models: [{{name: bench-model}}]
----
-apiVersion: v1
-kind: Secret
-metadata: {{name: bench-apikey, namespace: bench}}
-stringData: {{apiKey: {KEY}}}
----
-apiVersion: llmweaver.io/v1alpha1
-kind: ApiKey
-metadata: {{name: bench, namespace: bench}}
-spec: {{allowedModels: ["bench-*"]}}
-"""
-        )
+        write_manifests(manifests, mock_port)
         def start_gateway(port: int, store: str) -> subprocess.Popen:
             proc = subprocess.Popen(
                 [
@@ -208,22 +268,36 @@ spec: {{allowedModels: ["bench-*"]}}
         nginx_worker = int(
             subprocess.run(["pgrep", "-P", str(procs[1].pid)], capture_output=True, text=True).stdout.split()[0]
         )
+        def chat(port: int) -> str:
+            return f"http://127.0.0.1:{port}/v1/chat/completions"
+
+        openai = (HEADERS, bodies("bench-model"))
+        # name -> (url, the process whose CPU is counted, headers, bodies)
         hops = {
-            "direct": (f"http://127.0.0.1:{mock_port}/v1/chat/completions", None),
-            "nginx": (f"http://127.0.0.1:{nginx_port}/v1/chat/completions", nginx_worker),
-            "gateway": (f"http://127.0.0.1:{gw_port}/v1/chat/completions", gateway.pid),
-            "gw+sqlite": (f"http://127.0.0.1:{metered_port}/v1/chat/completions", metered.pid),
+            "direct": (chat(mock_port), None, *openai),
+            "direct-anthropic": (
+                f"http://127.0.0.1:{mock_port}/v1/messages",
+                None,
+                ANTHROPIC_HEADERS,
+                bodies("claude-sonnet-4-6", messages_api=True),
+            ),
+            "nginx": (chat(nginx_port), nginx_worker, *openai),
+            "gateway": (chat(gw_port), gateway.pid, *openai),
+            "gw+3ch": (chat(gw_port), gateway.pid, HEADERS, bodies("bench-3ch")),
+            "gw+anthropic": (chat(gw_port), gateway.pid, HEADERS, bodies("bench-claude")),
+            "gw+sqlite": (chat(metered_port), metered.pid, *openai),
         }
         if pg_gateway:
-            hops["gw+postgres"] = (f"http://127.0.0.1:{pg_port}/v1/chat/completions", pg_gateway.pid)
+            hops["gw+postgres"] = (chat(pg_port), pg_gateway.pid, *openai)
         results: dict[str, dict] = {}
-        for kind, body in (("plain", CHAT), ("stream", STREAM)):
-            for name, (url, pid) in hops.items():
-                wrk(url, body, 8, work)  # warm up connections and pools
+        for kind in ("plain", "stream"):
+            for name, (url, pid, headers, body) in hops.items():
+                body = body[kind]
+                wrk(url, body, 8, work, headers)  # warm up connections and pools
                 before = cpu_seconds(pid) if pid else 0.0
-                load = wrk(url, body, 64, work)
+                load = wrk(url, body, 64, work, headers)
                 cpu = (cpu_seconds(pid) - before) if pid else 0.0
-                single = wrk(url, body, 1, work)
+                single = wrk(url, body, 1, work, headers)
                 r = {
                     "rps": load["rps"],
                     "cpu_us": cpu / load["requests"] * 1e6 if pid else 0.0,
@@ -231,32 +305,43 @@ spec: {{allowedModels: ["bench-*"]}}
                     "p99": single["p99"],
                 }
                 if kind == "stream":
-                    r["ttfb"], r["failed"] = ttfb(url, body)
+                    r["ttfb"], r["failed"] = ttfb(url, body, headers)
                 results[f"{kind}/{name}"] = r
         print(f"\nLoopback benchmark, {DURATION} per run; hop pinned to core {HOP_CORE}, load + mock on core {LOAD_CORE}\n")
-        print(f"{'':16}{'req/s c=64':>12}{'CPU us/req':>12}{'p50 us c=1':>12}{'p99 us c=1':>12}{'added p50':>11}{'added p99':>11}{'TTFB us':>10}{'added TTFB':>12}")
+        print(f"{'':24}{'req/s c=64':>12}{'CPU us/req':>12}{'p50 us c=1':>12}{'p99 us c=1':>12}{'added p50':>11}{'added p99':>11}{'TTFB us':>10}{'added TTFB':>12}")
         for kind in ("plain", "stream"):
-            base = results[f"{kind}/direct"]
             for name in hops:
+                base = results[f"{kind}/{'direct-anthropic' if name == 'gw+anthropic' else 'direct'}"]
                 r = results[f"{kind}/{name}"]
-                direct = name == "direct"
+                direct = name.startswith("direct")
                 cpu = "-" if direct else f"{r['cpu_us']:.1f}"
                 add_p50 = "" if direct else f"{r['p50'] - base['p50']:.0f}"
                 add_p99 = "" if direct else f"{r['p99'] - base['p99']:.0f}"
                 ttfb_us = f"{r['ttfb']:.0f}" if "ttfb" in r else ""
                 add_ttfb = f"{r['ttfb'] - base['ttfb']:.0f}" if "ttfb" in r and not direct else ""
                 print(
-                    f"{kind + '/' + name:16}{r['rps']:>12.0f}{cpu:>12}{r['p50']:>12.0f}{r['p99']:>12.0f}"
+                    f"{kind + '/' + name:24}{r['rps']:>12.0f}{cpu:>12}{r['p50']:>12.0f}{r['p99']:>12.0f}"
                     f"{add_p50:>11}{add_p99:>11}{ttfb_us:>10}{add_ttfb:>12}"
                 )
         for name in hops:
             if results[f"stream/{name}"]["failed"]:
                 print(f"{name}: {results[f'stream/{name}']['failed']} of 300 TTFB requests failed")
+        added = {
+            name: results[f"stream/{name}"]["ttfb"] - results[f"stream/{base}"]["ttfb"]
+            for name, base in (("gateway", "direct"), ("gw+anthropic", "direct-anthropic"))
+        }
+        if added["gateway"] > 0:
+            print(
+                f"stream: added time to first byte, anthropic channel = {added['gw+anthropic'] / added['gateway']:.2f}x"
+                " the openai passthrough's"
+            )
         for kind in ("plain", "stream"):
             g, n = results[f"{kind}/gateway"], results[f"{kind}/nginx"]
             m = results[f"{kind}/gw+sqlite"]
+            three = results[f"{kind}/gw+3ch"]
             if n["cpu_us"] > 0:
                 print(f"{kind}: gateway CPU per request = {g['cpu_us'] / n['cpu_us']:.2f}x nginx")
+                print(f"{kind}: gateway CPU per request, three-channel policy = {three['cpu_us'] / n['cpu_us']:.2f}x nginx")
             print(f"{kind}: metering into SQLite adds {m['cpu_us'] - g['cpu_us']:.1f} us CPU per request")
             if pg_gateway:
                 p = results[f"{kind}/gw+postgres"]

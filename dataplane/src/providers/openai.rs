@@ -5,7 +5,7 @@
 //! usage chunk, a JSON answer to a streamed request). Wire reference:
 //! <https://platform.openai.com/docs/api-reference/chat>.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -118,7 +118,7 @@ impl ModelRename {
 
     /// Where the upstream name to replace starts in `json`.
     fn find(&self, json: &[u8]) -> Option<usize> {
-        for at in memmem::find_iter(json, b"\"model\"") {
+        for at in MODEL.find_iter(json) {
             let rest = &json[at + 7..];
             let skip = rest.iter().position(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n'))?;
             if rest[skip] != b':' {
@@ -137,18 +137,17 @@ impl ModelRename {
 /// The `usage` object of a complete answer (OpenAI puts usage after the
 /// choices).
 fn whole_usage(body: &[u8]) -> Option<Usage> {
-    last_object_member::<OpenAiUsage>(body, b"\"usage\"").map(Usage::from)
+    last_usage_member::<OpenAiUsage>(body).map(Usage::from)
 }
 
-/// The last member named `key` (quotes included) whose value is an object,
-/// read where it stands rather than by parsing the whole body (quotes
-/// inside strings are escaped, so the pattern only matches members).
-pub(crate) fn last_object_member<T: serde::de::DeserializeOwned>(body: &[u8], key: &[u8]) -> Option<T> {
-    let finder = memmem::FinderRev::new(key);
+/// The last `"usage"` member whose value is an object, read where it
+/// stands rather than by parsing the whole body (quotes inside strings are
+/// escaped, so the pattern only matches members).
+pub(crate) fn last_usage_member<T: serde::de::DeserializeOwned>(body: &[u8]) -> Option<T> {
     let mut end = body.len();
-    while let Some(at) = finder.rfind(&body[..end]) {
+    while let Some(at) = USAGE_REV.rfind(&body[..end]) {
         end = at;
-        let rest = &body[at + key.len()..];
+        let rest = &body[at + USAGE_KEY.len()..];
         let colon = rest.iter().position(|b| !b.is_ascii_whitespace())?;
         if rest[colon] != b':' {
             continue;
@@ -180,6 +179,17 @@ pub(crate) fn renamed(body: Bytes, rename: Option<&ModelRename>) -> Parts {
     }
 }
 
+const USAGE_KEY: &[u8] = b"\"usage\"";
+
+// Searchers for the fixed patterns, built once: building one costs more than
+// searching a short event with it (callgrind, bench/instructions.py).
+static USAGE: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(USAGE_KEY));
+static USAGE_REV: LazyLock<memmem::FinderRev<'static>> = LazyLock::new(|| memmem::FinderRev::new(USAGE_KEY));
+static DATA: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(b"data:"));
+static FINISH_REASON: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\"finish_reason\""));
+static MODEL: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(b"\"model\""));
+
 /// Decodes a stream event by event.
 pub(crate) struct StreamDecoder {
     /// The gateway asked for usage on the client's behalf: drop the chunk
@@ -201,7 +211,7 @@ struct Chunk {
 
 /// The JSON payload of an event's `data:` line, if it may carry usage.
 fn usage_payload(event: &[u8]) -> Option<&[u8]> {
-    let at = memmem::find(event, b"\"usage\"")?;
+    let at = USAGE.find(event)?;
     let after = event[at + 7..].iter().position(|b| !matches!(b, b' ' | b'\t' | b':'))?;
     if event[at + 7 + after] != b'{' {
         return None; // "usage": null
@@ -211,7 +221,7 @@ fn usage_payload(event: &[u8]) -> Option<&[u8]> {
 
 /// The payload of an event's (first) `data:` line.
 fn data_payload(event: &[u8]) -> Option<&[u8]> {
-    let start = memmem::find(event, b"data:")? + 5;
+    let start = DATA.find(event)? + 5;
     let payload = &event[start..];
     let end = payload.iter().position(|b| *b == b'\n' || *b == b'\r').unwrap_or(payload.len());
     Some(payload[..end].trim_ascii())
@@ -219,7 +229,7 @@ fn data_payload(event: &[u8]) -> Option<&[u8]> {
 
 /// Whether an event carries a non-null `finish_reason`.
 fn finish_reason_set(event: &[u8]) -> bool {
-    let Some(at) = memmem::find(event, b"\"finish_reason\"") else { return false };
+    let Some(at) = FINISH_REASON.find(event) else { return false };
     let rest = &event[at + 15..];
     rest.iter().find(|b| !matches!(b, b' ' | b'\t' | b':')).is_some_and(|b| *b == b'"')
 }

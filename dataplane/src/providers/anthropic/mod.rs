@@ -73,7 +73,7 @@ pub(crate) fn passthrough_whole(
     let usage = match operation {
         // Counting costs nothing, and must not be counted as a prompt.
         Operation::CountTokens => Some(Usage::default()),
-        _ => super::openai::last_object_member::<AnthropicUsage>(&body, b"\"usage\"").map(Usage::from),
+        _ => super::openai::last_usage_member::<AnthropicUsage>(&body).map(Usage::from),
     };
     Ok((super::openai::renamed(body, rename), usage))
 }

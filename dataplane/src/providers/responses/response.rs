@@ -19,7 +19,7 @@ use crate::metering::{ResponsesUsage, Usage};
 use crate::parts::Parts;
 use crate::providers::ErrorFields;
 use crate::providers::messages::response::CompletionView;
-use crate::providers::openai::{ModelRename, last_object_member, renamed};
+use crate::providers::openai::{ModelRename, last_usage_member, renamed};
 
 /// One output item as the answer builds it.
 pub(super) struct Item {
@@ -277,6 +277,6 @@ pub(crate) fn passthrough_whole(
     {
         return Err(ErrorFields::parse(&body));
     }
-    let usage = last_object_member::<ResponsesUsage>(&body, b"\"usage\"").map(Usage::from);
+    let usage = last_usage_member::<ResponsesUsage>(&body).map(Usage::from);
     Ok((renamed(body, rename), usage))
 }
