@@ -186,8 +186,7 @@ const USAGE_KEY: &[u8] = b"\"usage\"";
 static USAGE: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(USAGE_KEY));
 static USAGE_REV: LazyLock<memmem::FinderRev<'static>> = LazyLock::new(|| memmem::FinderRev::new(USAGE_KEY));
 static DATA: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(b"data:"));
-static FINISH_REASON: LazyLock<memmem::Finder<'static>> =
-    LazyLock::new(|| memmem::Finder::new(b"\"finish_reason\""));
+static FINISH_REASON: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(b"\"finish_reason\""));
 static MODEL: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(b"\"model\""));
 
 /// Decodes a stream event by event.
