@@ -268,6 +268,81 @@ async fn usage_and_health_flow_into_status() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Steady passing health checks write no status: a Channel's status changes
+/// with what a user acts on (the `Healthy` condition, how many gateways pass,
+/// a new probe result), not with every probe's time and latency.
+#[tokio::test]
+#[ignore = "needs the test control plane: run with `make e2e`"]
+async fn steady_health_checks_do_not_rewrite_channel_status() -> anyhow::Result<()> {
+    let bed = Bed::new().await?;
+    bed.patch::<Channel>("primary", json!({"spec": {"healthCheck": {"interval": "200ms", "timeout": "5s"}}})).await?;
+    bed.until_condition::<Channel>("primary", "Healthy", "True", "ProbeSucceeding").await?;
+    let channels: Api<Channel> = Api::namespaced(bed.cluster.client.clone(), &bed.ns);
+    let every = Duration::from_millis(100);
+    eventually_within("both gateways' probes pass in lastProbe", WAIT, every, async || {
+        let probe = channels.get("primary").await?.status.and_then(|s| s.last_probe);
+        Ok(match probe {
+            Some(p) if p.gateways_healthy.as_deref() == Some("2/2") => ControlFlow::Break(()),
+            probe => ControlFlow::Continue(format!("{probe:?}")),
+        })
+    })
+    .await?;
+
+    // Counted from here: status writes (the operator's counter, and the
+    // Channel's resourceVersion, which every write that changes it moves),
+    // over probes (each gateway's) and status passes (the operator's).
+    let op = bed.operator_metrics();
+    let writes = "weaver_operator_status_writes_total";
+    let passes = "weaver_operator_status_pass_seconds_count";
+    let probes =
+        format!("weaver_gateway_health_checks_total{{namespace=\"{}\",channel=\"primary\",result=\"ok\"}}", bed.ns);
+    let counts = async || {
+        let mut probed = Vec::new();
+        for i in 0..bed.gateways.len() {
+            probed.push(bed.metric(&bed.gateway_admin(i), &probes).await);
+        }
+        (bed.metric(&op, writes).await, bed.metric(&op, passes).await, probed)
+    };
+    let version = async || anyhow::Ok(channels.get("primary").await?.metadata.resource_version);
+    let (writes_before, passes_before, probed_before) = counts().await;
+    let version_before = version().await?;
+    // 20 probe intervals, reported every 500 ms, and 10 status passes.
+    let (writes_after, passes_after, probed_after) =
+        eventually_within("20 more probes on each gateway and 10 more status passes", WAIT, every, async || {
+            let (w, p, probed) = counts().await;
+            let probed_enough = probed.iter().zip(&probed_before).all(|(now, then)| now - then >= 20.0);
+            Ok(if probed_enough && p - passes_before >= 10.0 {
+                ControlFlow::Break((w, p, probed))
+            } else {
+                ControlFlow::Continue(format!(
+                    "{probed:?} probes (from {probed_before:?}), {p} passes (from {passes_before})"
+                ))
+            })
+        })
+        .await?;
+    let version_after = version().await?;
+    let written = writes_after - writes_before;
+    let over = format!(
+        "{} status passes and {:?} probes",
+        passes_after - passes_before,
+        probed_after.iter().zip(&probed_before).map(|(now, then)| now - then).collect::<Vec<_>>()
+    );
+    println!("status writes over {over}: {written}");
+    assert_eq!(written, 0.0, "{written} status writes over {over}");
+    assert_eq!(version_after, version_before, "Channel status rewritten over {over}");
+
+    // A probe result a user acts on is still written.
+    bed.upstream.set(Behaviour { error_status: Some(500), ..Behaviour::default() });
+    bed.until_condition::<Channel>("primary", "Healthy", "False", "ProbeFailing").await?;
+    let probe = channels.get("primary").await?.status.and_then(|s| s.last_probe);
+    assert_eq!(
+        probe.as_ref().map(|p| (p.succeeded, p.gateways_healthy.as_deref())),
+        Some((false, Some("0/2"))),
+        "{probe:?}"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 #[ignore = "needs the test control plane: run with `make e2e`"]
 async fn a_gateway_with_the_wrong_service_account_is_refused() -> anyhow::Result<()> {
