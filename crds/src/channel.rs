@@ -319,16 +319,19 @@ pub struct ChannelStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<crate::api_key::UsageStatus>,
     /// The latest active health check probe any gateway reported
-    /// (with `healthCheck` only).
+    /// (with `healthCheck` only), kept while the probes tell the same (as
+    /// many gateways pass, and one's latest probe has this result): status
+    /// is not rewritten on every probe.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_probe: Option<ProbeStatus>,
 }
 
-/// One gateway's latest health check probe of a channel.
+/// One gateway's health check probe of a channel: the first that told
+/// what the probes still tell.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProbeStatus {
-    /// When the probe finished.
+    /// When the probe finished: since then the probes tell the same.
     pub time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
     /// Whether the upstream answered it.
     pub succeeded: bool,

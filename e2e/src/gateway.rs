@@ -3,8 +3,10 @@
 //! rewrite) or in cluster mode (following an operator the test names).
 
 use std::net::SocketAddr;
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
 use tokio::sync::oneshot;
@@ -203,7 +205,7 @@ pub fn content_of(chunks: &[serde_json::Value]) -> String {
 }
 
 /// How long [`eventually`] waits before it gives up.
-pub const EVENTUALLY: std::time::Duration = std::time::Duration::from_secs(10);
+pub const EVENTUALLY: Duration = Duration::from_secs(10);
 
 /// Waits until `condition` holds, checking every 20 ms, for at most
 /// [`EVENTUALLY`]; fails naming `what`. Tests wait on conditions this way
@@ -213,10 +215,34 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + EVENTUALLY;
-    while !condition().await {
-        anyhow::ensure!(tokio::time::Instant::now() < deadline, "timed out waiting: {what}");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let every = Duration::from_millis(20);
+    eventually_within(what, EVENTUALLY, every, async || {
+        Ok(if condition().await { ControlFlow::Break(()) } else { ControlFlow::Continue(String::new()) })
+    })
+    .await
+}
+
+/// Polls `look` every `every` until it breaks with a value, for at most
+/// `within`. Each look that is not there yet continues with what it saw, so
+/// a timeout names `what` and the last observation; an error from `look`
+/// ends the wait at once. For waits longer than [`EVENTUALLY`] (processes,
+/// the API server, a scraping Prometheus) or that yield a value.
+pub async fn eventually_within<T>(
+    what: &str,
+    within: Duration,
+    every: Duration,
+    mut look: impl AsyncFnMut() -> anyhow::Result<ControlFlow<T, String>>,
+) -> anyhow::Result<T> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let seen = match look().await? {
+            ControlFlow::Break(value) => return Ok(value),
+            ControlFlow::Continue(seen) => seen,
+        };
+        if tokio::time::Instant::now() >= deadline {
+            let seen = if seen.is_empty() { String::new() } else { format!("; last seen: {seen}") };
+            anyhow::bail!("timed out after {within:?} waiting: {what}{seen}");
+        }
+        tokio::time::sleep(every).await;
     }
-    Ok(())
 }

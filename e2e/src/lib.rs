@@ -1,6 +1,7 @@
 //! Test harness for LLM Weaver: a way to run the gateway under test on a free
 //! loopback port (standalone with a folder of manifests, or following an
-//! operator), the manifests tests build, helpers for the operator tests
+//! operator), the manifests tests build, a provider test's bed (mock upstream
+//! and standalone gateway), helpers for the operator tests
 //! against a real API server (and a whole test bed of operator and gateway
 //! processes there), a Postgres a test can stop and start, reading back the
 //! usage records a store holds, reading the operator's usage API as a team
@@ -14,5 +15,6 @@ pub mod gateway;
 pub mod mock_upstream;
 pub mod postgres;
 pub mod prometheus;
+pub mod provider_bed;
 pub mod records;
 pub mod usage_reader;

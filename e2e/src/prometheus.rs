@@ -2,16 +2,23 @@
 //! installs) on a free loopback port, scraping the processes a test names
 //! every second, and its HTTP query API.
 
+use std::ops::ControlFlow;
 use std::path::Path;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use serde_json::Value;
 use tokio::process::{Child, Command};
 
+use crate::gateway::eventually_within;
+
 /// How often targets are scraped: short, so a test sees data within seconds.
 pub const SCRAPE_INTERVAL: &str = "1s";
+
+/// How long Prometheus may take to answer `/-/ready`: generous, as the
+/// test machine is loaded.
+const READY_WITHIN: Duration = Duration::from_secs(60);
 
 /// A running Prometheus; killed when dropped.
 pub struct Prometheus {
@@ -50,23 +57,25 @@ impl Prometheus {
             .spawn()
             .context("cannot run `prometheus` (Debian's package; `make setup` installs it)")?;
         let mut prometheus = Self { url: format!("http://127.0.0.1:{port}"), http: reqwest::Client::new(), child };
-        let started = Instant::now();
-        loop {
-            let ready = prometheus.http.get(format!("{}/-/ready", prometheus.url)).send().await;
-            if ready.is_ok_and(|r| r.status().is_success()) {
-                return Ok(prometheus);
-            }
-            let exited = prometheus.child.try_wait()?;
-            if exited.is_some() || started.elapsed() > Duration::from_secs(60) {
-                let log = std::fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(10).collect();
-                anyhow::bail!(
-                    "prometheus did not get ready (exit status {exited:?}); its log ends:\n{}",
-                    tail.join("\n")
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let ready =
+            eventually_within("prometheus to get ready", READY_WITHIN, Duration::from_millis(100), async || {
+                let seen = match prometheus.http.get(format!("{}/-/ready", prometheus.url)).send().await {
+                    Ok(r) if r.status().is_success() => return Ok(ControlFlow::Break(())),
+                    Ok(r) => format!("/-/ready answered {}", r.status()),
+                    Err(e) => format!("/-/ready: {e}"),
+                };
+                if let Some(status) = prometheus.child.try_wait()? {
+                    anyhow::bail!("prometheus exited ({status})");
+                }
+                Ok(ControlFlow::Continue(seen))
+            })
+            .await;
+        if let Err(e) = ready {
+            let log = std::fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(10).collect();
+            anyhow::bail!("{e}; its log ends:\n{}", tail.join("\n"));
         }
+        Ok(prometheus)
     }
 
     /// The result of an instant query: one entry per series (`metric`, `value`).

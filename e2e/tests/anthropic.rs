@@ -4,13 +4,11 @@
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use weaver_e2e::fixtures::{KEY, anthropic_channel, openai_namespace};
-use weaver_e2e::gateway::{
-    TestGateway, content_of, data_events, data_events_of, named_events, openai_error, read_until,
-};
+use weaver_e2e::fixtures::{KEY, anthropic_channel};
+use weaver_e2e::gateway::{content_of, data_events, data_events_of, named_events, openai_error, read_until};
+use weaver_e2e::mock_upstream::Behaviour;
 use weaver_e2e::mock_upstream::anthropic::{CACHE_READ_TOKENS, CACHE_WRITE_TOKENS};
-use weaver_e2e::mock_upstream::{Behaviour, MockUpstream};
-use weaver_store::UsageRecord;
+use weaver_e2e::provider_bed::{ProviderBed, UPSTREAM_KEY, chat_body};
 
 /// The Anthropic channel's prices (3 / 15 / 0.30 / 3.75 USD per million
 /// tokens) in nano-dollars per token.
@@ -19,54 +17,23 @@ const OUTPUT_NANOS: u64 = 15_000;
 const CACHE_READ_NANOS: u64 = 300;
 const CACHE_WRITE_NANOS: u64 = 3_750;
 
-/// The upstream's key for both channels (the mock requires it).
-const UPSTREAM_KEY: &str = "sk-upstream-secret";
+/// The public model of the Anthropic channel.
+const MODEL: &str = "claude-test";
 
-struct Setup {
-    upstream: MockUpstream,
-    gateway: TestGateway,
-    client: reqwest::Client,
+async fn setup(behaviour: Behaviour, key_spec: &str) -> anyhow::Result<ProviderBed> {
+    ProviderBed::start(behaviour, key_spec, anthropic_channel).await
 }
 
-async fn setup(behaviour: Behaviour, key_spec: &str) -> anyhow::Result<Setup> {
-    let upstream = MockUpstream::start(Behaviour { require_key: Some(UPSTREAM_KEY.into()), ..behaviour }).await?;
-    let yaml =
-        openai_namespace(&upstream.base_url(), key_spec) + &anthropic_channel(&format!("http://{}", upstream.addr));
-    let gateway = TestGateway::start(&yaml, &[]).await?;
-    Ok(Setup { upstream, gateway, client: reqwest::Client::new() })
-}
-
-impl Setup {
-    fn set(&self, behaviour: Behaviour) {
-        self.upstream.set(Behaviour { require_key: Some(UPSTREAM_KEY.into()), ..behaviour });
-    }
-
-    async fn chat(&self, body: &Value) -> anyhow::Result<reqwest::Response> {
-        Ok(self.client.post(self.gateway.url("/v1/chat/completions")).bearer_auth(KEY).json(body).send().await?)
-    }
-
-    async fn messages(&self, path: &str, body: &Value) -> anyhow::Result<reqwest::Response> {
-        Ok(self
-            .client
-            .post(self.gateway.url(path))
-            .header("x-api-key", KEY)
-            .header("anthropic-version", "2023-06-01")
-            .json(body)
-            .send()
-            .await?)
-    }
-
-    async fn records(self) -> anyhow::Result<Vec<UsageRecord>> {
-        self.gateway.usage_records().await
-    }
-}
-
-fn chat_body(content: &str, stream: bool) -> Value {
-    json!({
-        "model": "claude-test",
-        "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": content}],
-        "stream": stream,
-    })
+/// POSTs `body` to an Anthropic Messages API `path` as the Anthropic SDK
+/// does: the key in `x-api-key`, with `anthropic-version`.
+async fn messages(s: &ProviderBed, path: &str, body: &Value) -> anyhow::Result<reqwest::Response> {
+    Ok(s.client
+        .post(s.gateway.url(path))
+        .header("x-api-key", KEY)
+        .header("anthropic-version", "2023-06-01")
+        .json(body)
+        .send()
+        .await?)
 }
 
 // --- OpenAI clients, Anthropic channel -----------------------------------------------------
@@ -74,7 +41,7 @@ fn chat_body(content: &str, stream: bool) -> Value {
 #[tokio::test]
 async fn openai_chat_over_an_anthropic_channel_is_translated_both_ways() -> anyhow::Result<()> {
     let s = setup(Behaviour::default(), "").await?;
-    let mut body = chat_body("Say hi", false);
+    let mut body = chat_body(MODEL, "Say hi", false);
     body["max_completion_tokens"] = json!(300);
     body["stop"] = json!(["never-said"]);
     body["user"] = json!("user-7");
@@ -135,7 +102,7 @@ async fn streams_are_translated_event_by_event_as_they_arrive() -> anyhow::Resul
     // Frames: message_start, ping, content_block_start, an empty text delta,
     // the first word; then the upstream holds the stream.
     let s = setup(Behaviour { hold_after: Some(5), ..Behaviour::default() }, "").await?;
-    let mut body = chat_body("Say hi", true);
+    let mut body = chat_body(MODEL, "Say hi", true);
     body["stream_options"] = json!({"include_usage": true});
     let response = s.chat(&body).await?;
     assert_eq!(response.status(), StatusCode::OK);
@@ -230,19 +197,12 @@ async fn usage_and_cost_of_an_anthropic_channel_are_recorded_to_the_nano_dollar(
         ("cache-stream", "Hello mock:cache", true),
         ("late-stream", "Hello mock:cache mock:usage-late", true),
     ] {
-        let mut body = chat_body(content, stream);
+        let mut body = chat_body(MODEL, content, stream);
         body["stream_options"] = json!({"include_usage": stream});
         if !stream {
             body.as_object_mut().map(|b| b.remove("stream_options"));
         }
-        let response = s
-            .client
-            .post(s.gateway.url("/v1/chat/completions"))
-            .bearer_auth(KEY)
-            .header("x-request-id", id)
-            .json(&body)
-            .send()
-            .await?;
+        let response = s.request("/v1/chat/completions").header("x-request-id", id).json(&body).send().await?;
         let usage = if stream {
             data_events(response).await?.iter().rev().find(|c| c["usage"].is_object()).map(|c| c["usage"].clone())
         } else {
@@ -276,18 +236,18 @@ async fn usage_and_cost_of_an_anthropic_channel_are_recorded_to_the_nano_dollar(
 async fn anthropic_errors_become_openai_errors_with_the_right_status() -> anyhow::Result<()> {
     let s = setup(Behaviour::default(), "").await?;
     s.set(Behaviour { error_status: Some(429), retry_after: Some(7), ..Behaviour::default() });
-    let (status, retry_after, error) = openai_error(s.chat(&chat_body("x", false)).await?).await?;
+    let (status, retry_after, error) = openai_error(s.chat(&chat_body(MODEL, "x", false)).await?).await?;
     assert_eq!(
         (status, retry_after.as_deref(), error["type"].as_str()),
         (StatusCode::TOO_MANY_REQUESTS, Some("7"), Some("rate_limit_error"))
     );
 
     s.set(Behaviour { error_status: Some(529), ..Behaviour::default() });
-    let (status, _, error) = openai_error(s.chat(&chat_body("x", false)).await?).await?;
+    let (status, _, error) = openai_error(s.chat(&chat_body(MODEL, "x", false)).await?).await?;
     assert_eq!((status, error["code"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("upstream_overloaded")));
 
     s.set(Behaviour::default());
-    let mut hot = chat_body("x", false);
+    let mut hot = chat_body(MODEL, "x", false);
     hot["messages"] = json!([{"role": "user", "content": "x"}, {"role": "assistant", "tool_calls": [
         {"id": "t", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
         {"role": "tool", "tool_call_id": "not-t", "content": "?"}]);
@@ -300,12 +260,12 @@ async fn anthropic_errors_become_openai_errors_with_the_right_status() -> anyhow
 
     // A 200 whose body is an error: for a plain request and a streamed one.
     for stream in [false, true] {
-        let (status, _, error) = openai_error(s.chat(&chat_body("mock:error-200", stream)).await?).await?;
+        let (status, _, error) = openai_error(s.chat(&chat_body(MODEL, "mock:error-200", stream)).await?).await?;
         assert_eq!((status, error["code"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("upstream_overloaded")));
     }
 
     // An error event mid-stream: what came before, then an error event.
-    let chunks = data_events(s.chat(&chat_body("mock:error-mid-stream", true)).await?).await?;
+    let chunks = data_events(s.chat(&chat_body(MODEL, "mock:error-mid-stream", true)).await?).await?;
     assert_eq!(content_of(&chunks), "This ");
     let last = chunks.last().cloned().unwrap_or_default();
     assert_eq!(last["error"]["code"], "upstream_overloaded", "{last}");
@@ -350,9 +310,7 @@ async fn messages_pass_through_to_an_anthropic_channel_and_are_metered() -> anyh
     );
 
     let response = s
-        .client
-        .post(s.gateway.url("/v1/messages"))
-        .bearer_auth(KEY)
+        .request("/v1/messages")
         .header("x-request-id", "native-stream")
         .json(&messages_body("claude-test", "Say hi mock:cache", true))
         .send()
@@ -379,7 +337,7 @@ async fn messages_pass_through_to_an_anthropic_channel_and_are_metered() -> anyh
 #[tokio::test]
 async fn messages_are_translated_for_an_openai_channel() -> anyhow::Result<()> {
     let s = setup(Behaviour::default(), "").await?;
-    let response = s.messages("/v1/messages", &messages_body("gpt-4o-mini", "Say hi", false)).await?;
+    let response = messages(&s, "/v1/messages", &messages_body("gpt-4o-mini", "Say hi", false)).await?;
     assert_eq!(response.status(), StatusCode::OK);
     let message: Value = response.json().await?;
     assert_eq!(message["type"], "message");
@@ -398,7 +356,8 @@ async fn messages_are_translated_for_an_openai_channel() -> anyhow::Result<()> {
             {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hi"}]})
     );
 
-    let events = named_events(s.messages("/v1/messages", &messages_body("gpt-4o-mini", "Say hi", true)).await?).await?;
+    let events =
+        named_events(messages(&s, "/v1/messages", &messages_body("gpt-4o-mini", "Say hi", true)).await?).await?;
     let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(&names[..3], ["message_start", "ping", "content_block_start"]);
     assert_eq!(&names[names.len() - 3..], ["content_block_stop", "message_delta", "message_stop"]);
@@ -413,14 +372,14 @@ async fn messages_are_translated_for_an_openai_channel() -> anyhow::Result<()> {
     let tools = json!([{"name": "get_weather", "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}]);
     let mut ask = messages_body("gpt-4o-mini", "Weather in Paris?", false);
     ask["tools"] = tools;
-    let message: Value = s.messages("/v1/messages", &ask).await?.json().await?;
+    let message: Value = messages(&s, "/v1/messages", &ask).await?.json().await?;
     assert_eq!(message["stop_reason"], "tool_use");
     assert_eq!(
         message["content"],
         json!([{"type": "tool_use", "id": "call_mock_0", "name": "get_weather", "input": {"city": "mock \"value\""}}])
     );
     ask["stream"] = json!(true);
-    let events = named_events(s.messages("/v1/messages", &ask).await?).await?;
+    let events = named_events(messages(&s, "/v1/messages", &ask).await?).await?;
     let start = events.iter().find(|(n, d)| n == "content_block_start" && d["content_block"]["type"] == "tool_use");
     assert_eq!(start.map(|(_, d)| d["content_block"]["id"].clone()), Some(json!("call_mock_0")));
     let arguments: String = events.iter().filter_map(|(_, d)| d["delta"]["partial_json"].as_str()).collect();
@@ -432,14 +391,14 @@ async fn messages_are_translated_for_an_openai_channel() -> anyhow::Result<()> {
 async fn count_tokens_works_for_every_channel() -> anyhow::Result<()> {
     let s = setup(Behaviour::default(), "").await?;
     let body = json!({"model": "claude-test", "messages": [{"role": "user", "content": "Hello, world"}]});
-    let counted: Value = s.messages("/v1/messages/count_tokens", &body).await?.json().await?;
+    let counted: Value = messages(&s, "/v1/messages/count_tokens", &body).await?.json().await?;
     assert!(counted["input_tokens"].as_u64().is_some_and(|n| n > 0), "{counted}");
     let seen = &s.upstream.requests()[0];
     assert_eq!(seen.uri, "/v1/messages/count_tokens");
     assert_eq!(seen.body["model"], "claude-sonnet-4-6");
 
     let body = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello, world"}]});
-    let counted: Value = s.messages("/v1/messages/count_tokens", &body).await?.json().await?;
+    let counted: Value = messages(&s, "/v1/messages/count_tokens", &body).await?.json().await?;
     // The gateway counts itself: the text, 3 tokens a message and 3 a request.
     let text = bpe_openai::o200k_base().count("Hello, world") as u64;
     assert_eq!(counted, json!({"input_tokens": text + 6}));
@@ -463,26 +422,26 @@ async fn messages_errors_are_anthropic_shaped() -> anyhow::Result<()> {
     let no_key =
         s.client.post(s.gateway.url("/v1/messages")).json(&messages_body("claude-test", "x", false)).send().await?;
     assert_eq!(anthropic_error(no_key).await?, (StatusCode::UNAUTHORIZED, "authentication_error".into(), None));
-    let forbidden = s.messages("/v1/messages", &messages_body("gpt-4o-mini", "x", false)).await?;
+    let forbidden = messages(&s, "/v1/messages", &messages_body("gpt-4o-mini", "x", false)).await?;
     assert_eq!(anthropic_error(forbidden).await?, (StatusCode::FORBIDDEN, "permission_error".into(), None));
-    let unknown = s.messages("/v1/messages/count_tokens", &messages_body("claude-nope", "x", false)).await?;
+    let unknown = messages(&s, "/v1/messages/count_tokens", &messages_body("claude-nope", "x", false)).await?;
     assert_eq!(anthropic_error(unknown).await?, (StatusCode::NOT_FOUND, "not_found_error".into(), None));
-    let no_messages = s.messages("/v1/messages", &json!({"model": "claude-test", "max_tokens": 5})).await?;
+    let no_messages = messages(&s, "/v1/messages", &json!({"model": "claude-test", "max_tokens": 5})).await?;
     assert_eq!(anthropic_error(no_messages).await?.0, StatusCode::BAD_REQUEST);
 
     s.set(Behaviour { error_status: Some(429), retry_after: Some(3), ..Behaviour::default() });
-    let limited = s.messages("/v1/messages", &messages_body("claude-test", "x", false)).await?;
+    let limited = messages(&s, "/v1/messages", &messages_body("claude-test", "x", false)).await?;
     assert_eq!(
         anthropic_error(limited).await?,
         (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error".into(), Some("3".into()))
     );
     s.set(Behaviour { error_status: Some(529), ..Behaviour::default() });
-    let overloaded = s.messages("/v1/messages", &messages_body("claude-test", "x", false)).await?;
+    let overloaded = messages(&s, "/v1/messages", &messages_body("claude-test", "x", false)).await?;
     assert_eq!(anthropic_error(overloaded).await?, (StatusCode::SERVICE_UNAVAILABLE, "overloaded_error".into(), None));
 
     s.set(Behaviour::default());
     let events =
-        named_events(s.messages("/v1/messages", &messages_body("claude-test", "mock:error-mid-stream", true)).await?)
+        named_events(messages(&s, "/v1/messages", &messages_body("claude-test", "mock:error-mid-stream", true)).await?)
             .await?;
     let (name, data) = events.last().cloned().unwrap_or_default();
     assert_eq!(name, "error");

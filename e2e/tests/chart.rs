@@ -7,8 +7,9 @@
 //! sets WEAVER_E2E_HELM and WEAVER_E2E_KUBECONFIG.
 
 use std::collections::BTreeSet;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
@@ -21,6 +22,7 @@ use serde_json::{Value, json};
 use weaver_crds::ApiKey;
 use weaver_e2e::bed::{Bed, Release, Setup, WAIT, api_key};
 use weaver_e2e::cluster::Cluster;
+use weaver_e2e::gateway::eventually_within;
 use weaver_e2e::mock_upstream::{Behaviour, MockUpstream};
 
 /// Kinds of other operators' CRDs (cert-manager, CloudNativePG, Prometheus
@@ -495,11 +497,11 @@ async fn runs_with_exactly_the_charts_rbac(args: &[&str], watch_role: &str) -> a
     bed.until_all(&key, "gpt-4o-mini", StatusCode::OK).await?;
     bed.until_condition::<weaver_crds::Channel>("primary", "Ready", "True", "Compiled").await?;
     bed.until_leader("operator-0").await?;
-    let started = Instant::now();
-    while bed.events_for("primary").await?.is_empty() {
-        anyhow::ensure!(started.elapsed() < WAIT, "no Event recorded");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually_within("an Event recorded for Channel primary", WAIT, Duration::from_millis(100), async || {
+        let events = bed.events_for("primary").await?;
+        Ok(if events.is_empty() { ControlFlow::Continue("no Event".to_owned()) } else { ControlFlow::Break(()) })
+    })
+    .await?;
 
     // One permission removed: patching status.
     let kind = if watch_role == "Role" { "Role" } else { "ClusterRole" };
@@ -556,16 +558,16 @@ async fn sidecar_webhook_injects_annotated_pods_and_never_blocks_them() -> anyho
     hooks.patch(&hook_name, &PatchParams::default(), &Patch::Strategic(&patch)).await?;
     // The operator writes its CA as the caBundle (the chart's RBAC lets it).
     let ca = cluster.operator_ca_in(&ns, &format!("{ns}-operator-tls")).await?;
-    let started = Instant::now();
-    loop {
+    eventually_within("the operator writes the webhook's caBundle", WAIT, Duration::from_millis(100), async || {
         let hook = hooks.get(&hook_name).await?;
         let bundle = hook.webhooks.unwrap_or_default().first().and_then(|w| w.client_config.ca_bundle.clone());
-        if bundle.is_some_and(|b| b.0 == ca.as_bytes()) {
-            break;
-        }
-        anyhow::ensure!(started.elapsed() < WAIT, "the operator never wrote the webhook's caBundle");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        Ok(match bundle {
+            Some(b) if b.0 == ca.as_bytes() => ControlFlow::Break(()),
+            Some(_) => ControlFlow::Continue("a caBundle of another CA".to_owned()),
+            None => ControlFlow::Continue("no caBundle".to_owned()),
+        })
+    })
+    .await?;
 
     let apps = cluster.namespace("apps").await?;
     let labels = json!({"metadata": {"labels": {"llmweaver.io/inject": "enabled"}}});

@@ -3,8 +3,8 @@
 //! in-process gateways (the shared [`TestGateway`] harness) follow it.
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
+use std::ops::ControlFlow;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -28,7 +28,7 @@ use tokio_rustls::server::TlsStream;
 use weaver_crds::Snapshot;
 use weaver_crds::protocol::{GatewayReport, REPORTS_PATH, SNAPSHOTS_PATH};
 use weaver_e2e::fixtures::{self, api_key, mock_channel};
-use weaver_e2e::gateway::TestGateway;
+use weaver_e2e::gateway::{TestGateway, eventually_within};
 
 const ALPHA: &str = "lw-alpha-key";
 const BETA: &str = "lw-beta-key";
@@ -296,19 +296,11 @@ fn client() -> anyhow::Result<reqwest::Client> {
 }
 
 /// Polls `check` until it yields a value; fails after 10 s.
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = anyhow::Result<Option<T>>>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(value) = check().await? {
-            return Ok(value);
-        }
-        anyhow::ensure!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> anyhow::Result<Option<T>>) -> anyhow::Result<T> {
+    eventually_within(what, Duration::from_secs(10), Duration::from_millis(25), async || {
+        Ok(check().await?.map_or(ControlFlow::Continue(String::new()), ControlFlow::Break))
+    })
+    .await
 }
 
 fn mode(path: &Path) -> anyhow::Result<u32> {

@@ -3,63 +3,27 @@
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use weaver_e2e::fixtures::{KEY, cohere_channel, openai_namespace};
-use weaver_e2e::gateway::{TestGateway, content_of, data_events, data_events_of, openai_error, read_until};
-use weaver_e2e::mock_upstream::{Behaviour, MockUpstream};
-use weaver_store::UsageRecord;
+use weaver_e2e::fixtures::cohere_channel;
+use weaver_e2e::gateway::{content_of, data_events, data_events_of, openai_error, read_until};
+use weaver_e2e::mock_upstream::Behaviour;
+use weaver_e2e::provider_bed::{ProviderBed, UPSTREAM_KEY, chat_body};
 
 /// The Cohere channel's prices (2.50 / 10 USD per million tokens) in
 /// nano-dollars per token.
 const INPUT_NANOS: u64 = 2_500;
 const OUTPUT_NANOS: u64 = 10_000;
 
-/// The upstream's key (the mock requires it).
-const UPSTREAM_KEY: &str = "sk-upstream-secret";
+/// The public model of the Cohere channel.
+const MODEL: &str = "command-test";
 
-struct Setup {
-    upstream: MockUpstream,
-    gateway: TestGateway,
-    client: reqwest::Client,
-}
-
-async fn setup(behaviour: Behaviour) -> anyhow::Result<Setup> {
-    let upstream = MockUpstream::start(Behaviour { require_key: Some(UPSTREAM_KEY.into()), ..behaviour }).await?;
-    let yaml = openai_namespace(&upstream.base_url(), "") + &cohere_channel(&format!("http://{}/v2", upstream.addr));
-    let gateway = TestGateway::start(&yaml, &[]).await?;
-    Ok(Setup { upstream, gateway, client: reqwest::Client::new() })
-}
-
-impl Setup {
-    fn set(&self, behaviour: Behaviour) {
-        self.upstream.set(Behaviour { require_key: Some(UPSTREAM_KEY.into()), ..behaviour });
-    }
-
-    async fn post(&self, path: &str, body: &Value) -> anyhow::Result<reqwest::Response> {
-        Ok(self.client.post(self.gateway.url(path)).bearer_auth(KEY).json(body).send().await?)
-    }
-
-    async fn chat(&self, body: &Value) -> anyhow::Result<reqwest::Response> {
-        self.post("/v1/chat/completions", body).await
-    }
-
-    /// Shuts the gateway down (which writes every record) and reads them all.
-    async fn records(self) -> anyhow::Result<Vec<UsageRecord>> {
-        self.gateway.usage_records().await
-    }
-}
-
-fn chat_body(content: &str, stream: bool) -> Value {
-    json!({
-        "model": "command-test",
-        "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": content}],
-        "stream": stream,
-    })
+async fn setup(behaviour: Behaviour) -> anyhow::Result<ProviderBed> {
+    ProviderBed::start(behaviour, "", |root| cohere_channel(&format!("{root}/v2"))).await
 }
 
 #[tokio::test]
 async fn openai_chat_over_a_cohere_channel_is_translated_both_ways() -> anyhow::Result<()> {
     let s = setup(Behaviour::default()).await?;
-    let mut body = chat_body("Say hi", false);
+    let mut body = chat_body(MODEL, "Say hi", false);
     body["max_completion_tokens"] = json!(300);
     body["top_p"] = json!(0.5);
     body["stop"] = "never-said".into();
@@ -95,7 +59,7 @@ async fn streams_are_translated_event_by_event_as_they_arrive() -> anyhow::Resul
     // Frames: message-start, content-start, an empty delta, the first word;
     // then the upstream holds the stream.
     let s = setup(Behaviour { hold_after: Some(4), ..Behaviour::default() }).await?;
-    let mut body = chat_body("Say hi", true);
+    let mut body = chat_body(MODEL, "Say hi", true);
     body["stream_options"] = json!({"include_usage": true});
     let response = s.chat(&body).await?;
     assert_eq!(response.status(), StatusCode::OK);
@@ -192,18 +156,11 @@ async fn billed_usage_and_cost_of_a_cohere_channel_are_recorded() -> anyhow::Res
     let s = setup(Behaviour::default()).await?;
     let mut reported = Vec::new();
     for (id, stream) in [("whole", false), ("stream", true)] {
-        let mut body = chat_body("Hello", stream);
+        let mut body = chat_body(MODEL, "Hello", stream);
         if stream {
             body["stream_options"] = json!({"include_usage": true});
         }
-        let response = s
-            .client
-            .post(s.gateway.url("/v1/chat/completions"))
-            .bearer_auth(KEY)
-            .header("x-request-id", id)
-            .json(&body)
-            .send()
-            .await?;
+        let response = s.request("/v1/chat/completions").header("x-request-id", id).json(&body).send().await?;
         let usage = if stream {
             data_events(response).await?.iter().rev().find(|c| c["usage"].is_object()).map(|c| c["usage"].clone())
         } else {
@@ -230,13 +187,13 @@ async fn billed_usage_and_cost_of_a_cohere_channel_are_recorded() -> anyhow::Res
 async fn cohere_errors_become_openai_errors_with_the_right_status() -> anyhow::Result<()> {
     let s = setup(Behaviour::default()).await?;
     s.set(Behaviour { error_status: Some(429), retry_after: Some(7), ..Behaviour::default() });
-    let (status, retry_after, error) = openai_error(s.chat(&chat_body("x", false)).await?).await?;
+    let (status, retry_after, error) = openai_error(s.chat(&chat_body(MODEL, "x", false)).await?).await?;
     assert_eq!((status, retry_after.as_deref()), (StatusCode::TOO_MANY_REQUESTS, Some("7")));
     assert_eq!(error["message"], "injected failure");
 
     // A 400 keeps Cohere's message.
     s.set(Behaviour::default());
-    let mut bad = chat_body("x", false);
+    let mut bad = chat_body(MODEL, "x", false);
     bad["messages"] = json!([{"role": "user", "content": "x"}, {"role": "assistant", "tool_calls": [
         {"id": "t", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
         {"role": "tool", "tool_call_id": "not-t", "content": "?"}]);
@@ -246,13 +203,13 @@ async fn cohere_errors_become_openai_errors_with_the_right_status() -> anyhow::R
 
     // A 200 whose body is an error: for a plain request and a streamed one.
     for stream in [false, true] {
-        let (status, _, error) = openai_error(s.chat(&chat_body("mock:error-200", stream)).await?).await?;
+        let (status, _, error) = openai_error(s.chat(&chat_body(MODEL, "mock:error-200", stream)).await?).await?;
         assert_eq!(status, StatusCode::BAD_GATEWAY, "stream: {stream}");
         assert!(error["message"].as_str().is_some_and(|m| m.contains("Trial key")), "{error}");
     }
 
     // An error in `message-end` mid-stream: what came before, then an error event.
-    let chunks = data_events(s.chat(&chat_body("mock:error-mid-stream", true)).await?).await?;
+    let chunks = data_events(s.chat(&chat_body(MODEL, "mock:error-mid-stream", true)).await?).await?;
     assert_eq!(content_of(&chunks), "This ");
     let last = chunks.last().cloned().unwrap_or_default();
     assert_eq!(last["error"]["code"], "upstream_stream_error", "{last}");

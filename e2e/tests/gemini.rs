@@ -3,11 +3,11 @@
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use weaver_e2e::fixtures::{KEY, gemini_channel, openai_namespace};
-use weaver_e2e::gateway::{TestGateway, content_of, data_events, data_events_of, openai_error, read_until};
+use weaver_e2e::fixtures::gemini_channel;
+use weaver_e2e::gateway::{content_of, data_events, data_events_of, openai_error, read_until};
+use weaver_e2e::mock_upstream::Behaviour;
 use weaver_e2e::mock_upstream::gemini::{CACHED_TOKENS, THOUGHT_SIGNATURE};
-use weaver_e2e::mock_upstream::{Behaviour, MockUpstream};
-use weaver_store::UsageRecord;
+use weaver_e2e::provider_bed::{ProviderBed, UPSTREAM_KEY, chat_body};
 
 /// The Gemini channel's prices (0.30 / 2.50 / 0.03 USD per million tokens)
 /// in nano-dollars per token.
@@ -15,54 +15,17 @@ const INPUT_NANOS: u64 = 300;
 const OUTPUT_NANOS: u64 = 2_500;
 const CACHED_NANOS: u64 = 30;
 
-/// The upstream's key (the mock requires it).
-const UPSTREAM_KEY: &str = "sk-upstream-secret";
+/// The public model of the Gemini channel.
+const MODEL: &str = "gemini-test";
 
-struct Setup {
-    upstream: MockUpstream,
-    gateway: TestGateway,
-    client: reqwest::Client,
-}
-
-async fn setup(behaviour: Behaviour) -> anyhow::Result<Setup> {
-    let upstream = MockUpstream::start(Behaviour { require_key: Some(UPSTREAM_KEY.into()), ..behaviour }).await?;
-    let yaml =
-        openai_namespace(&upstream.base_url(), "") + &gemini_channel(&format!("http://{}/v1beta", upstream.addr));
-    let gateway = TestGateway::start(&yaml, &[]).await?;
-    Ok(Setup { upstream, gateway, client: reqwest::Client::new() })
-}
-
-impl Setup {
-    fn set(&self, behaviour: Behaviour) {
-        self.upstream.set(Behaviour { require_key: Some(UPSTREAM_KEY.into()), ..behaviour });
-    }
-
-    async fn post(&self, path: &str, body: &Value) -> anyhow::Result<reqwest::Response> {
-        Ok(self.client.post(self.gateway.url(path)).bearer_auth(KEY).json(body).send().await?)
-    }
-
-    async fn chat(&self, body: &Value) -> anyhow::Result<reqwest::Response> {
-        self.post("/v1/chat/completions", body).await
-    }
-
-    /// Shuts the gateway down (which writes every record) and reads them all.
-    async fn records(self) -> anyhow::Result<Vec<UsageRecord>> {
-        self.gateway.usage_records().await
-    }
-}
-
-fn chat_body(content: &str, stream: bool) -> Value {
-    json!({
-        "model": "gemini-test",
-        "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": content}],
-        "stream": stream,
-    })
+async fn setup(behaviour: Behaviour) -> anyhow::Result<ProviderBed> {
+    ProviderBed::start(behaviour, "", |root| gemini_channel(&format!("{root}/v1beta"))).await
 }
 
 #[tokio::test]
 async fn openai_chat_over_a_gemini_channel_is_translated_both_ways() -> anyhow::Result<()> {
     let s = setup(Behaviour::default()).await?;
-    let mut body = chat_body("Say hi", false);
+    let mut body = chat_body(MODEL, "Say hi", false);
     body["max_completion_tokens"] = json!(300);
     body["stop"] = json!(["never-said"]);
     body["seed"] = json!(7);
@@ -115,7 +78,7 @@ async fn openai_chat_over_a_gemini_channel_is_translated_both_ways() -> anyhow::
 async fn streams_are_translated_event_by_event_as_they_arrive() -> anyhow::Result<()> {
     // Frames: the first two words; then the upstream holds the stream.
     let s = setup(Behaviour { hold_after: Some(2), ..Behaviour::default() }).await?;
-    let mut body = chat_body("Say hi", true);
+    let mut body = chat_body(MODEL, "Say hi", true);
     body["stream_options"] = json!({"include_usage": true});
     let response = s.chat(&body).await?;
     assert_eq!(response.status(), StatusCode::OK);
@@ -230,19 +193,12 @@ async fn usage_and_cost_of_a_gemini_channel_are_recorded_to_the_nano_dollar() ->
         ("cache-stream", "Hello mock:cache", true),
         ("late-stream", "Hello mock:cache mock:usage-late", true),
     ] {
-        let mut body = chat_body(content, stream);
+        let mut body = chat_body(MODEL, content, stream);
         body["reasoning_effort"] = json!("medium");
         if stream {
             body["stream_options"] = json!({"include_usage": true});
         }
-        let response = s
-            .client
-            .post(s.gateway.url("/v1/chat/completions"))
-            .bearer_auth(KEY)
-            .header("x-request-id", id)
-            .json(&body)
-            .send()
-            .await?;
+        let response = s.request("/v1/chat/completions").header("x-request-id", id).json(&body).send().await?;
         let (usage, reasoning) = if stream {
             let chunks = data_events(response).await?;
             let reasoning: String =
@@ -284,7 +240,7 @@ async fn usage_and_cost_of_a_gemini_channel_are_recorded_to_the_nano_dollar() ->
 async fn gemini_errors_become_openai_errors_with_the_right_status() -> anyhow::Result<()> {
     let s = setup(Behaviour::default()).await?;
     s.set(Behaviour { error_status: Some(429), retry_after: Some(7), ..Behaviour::default() });
-    let (status, retry_after, error) = openai_error(s.chat(&chat_body("x", false)).await?).await?;
+    let (status, retry_after, error) = openai_error(s.chat(&chat_body(MODEL, "x", false)).await?).await?;
     assert_eq!((status, retry_after.as_deref()), (StatusCode::TOO_MANY_REQUESTS, Some("7")));
     assert_eq!(
         (error["type"].as_str(), error["message"].as_str()),
@@ -292,12 +248,12 @@ async fn gemini_errors_become_openai_errors_with_the_right_status() -> anyhow::R
     );
 
     s.set(Behaviour { error_status: Some(503), ..Behaviour::default() });
-    let (status, _, _) = openai_error(s.chat(&chat_body("x", false)).await?).await?;
+    let (status, _, _) = openai_error(s.chat(&chat_body(MODEL, "x", false)).await?).await?;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
 
     // A 400 keeps Google's message.
     s.set(Behaviour::default());
-    let mut bad = chat_body("x", false);
+    let mut bad = chat_body(MODEL, "x", false);
     bad["temperature"] = json!(2.5);
     let (status, _, error) = openai_error(s.chat(&bad).await?).await?;
     assert_eq!((status, error["type"].as_str()), (StatusCode::BAD_REQUEST, Some("INVALID_ARGUMENT")));
@@ -305,19 +261,19 @@ async fn gemini_errors_become_openai_errors_with_the_right_status() -> anyhow::R
 
     // A 200 whose body is an error: for a plain request and a streamed one.
     for stream in [false, true] {
-        let (status, _, error) = openai_error(s.chat(&chat_body("mock:error-200", stream)).await?).await?;
+        let (status, _, error) = openai_error(s.chat(&chat_body(MODEL, "mock:error-200", stream)).await?).await?;
         assert_eq!((status, error["type"].as_str()), (StatusCode::TOO_MANY_REQUESTS, Some("RESOURCE_EXHAUSTED")));
     }
 
     // An error event mid-stream: what came before, then an error event.
-    let chunks = data_events(s.chat(&chat_body("mock:error-mid-stream", true)).await?).await?;
+    let chunks = data_events(s.chat(&chat_body(MODEL, "mock:error-mid-stream", true)).await?).await?;
     assert_eq!(content_of(&chunks), "This ");
     let last = chunks.last().cloned().unwrap_or_default();
     assert_eq!(last["error"]["code"], "upstream_overloaded", "{last}");
     assert!(last["error"]["message"].as_str().is_some_and(|m| m.contains("overloaded")));
 
     // Blocked content ends as `content_filter`.
-    let answer: Value = s.chat(&chat_body("mock:safety", false)).await?.json().await?;
+    let answer: Value = s.chat(&chat_body(MODEL, "mock:safety", false)).await?.json().await?;
     assert_eq!(answer["choices"][0]["finish_reason"], "content_filter");
     let records = s.records().await?;
     assert!(records.iter().any(|r| r.status == 503 && r.output_tokens > 0), "the cut stream is recorded and charged");

@@ -8,11 +8,13 @@
 //! plane (`make e2e`).
 
 use std::collections::BTreeMap;
+use std::ops::ControlFlow;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use weaver_e2e::bed::{Bed, Setup, UPSTREAM_CREDS, api_key};
+use weaver_e2e::gateway::eventually_within;
 use weaver_e2e::mock_upstream::{Behaviour, MockUpstream};
 use weaver_e2e::prometheus::Prometheus;
 
@@ -154,10 +156,10 @@ async fn every_dashboard_panel_has_data_from_a_real_prometheus() -> anyhow::Resu
     }
     let prometheus = Prometheus::start(bed.dir.path(), &targets).await?;
 
-    let started = Instant::now();
     let mut statuses: BTreeMap<u16, usize> = BTreeMap::new();
     let mut round = 0;
-    let missing = loop {
+    let every = Duration::from_millis(500);
+    let data = eventually_within("every dashboard query returns data", DEADLINE, every, async || {
         for (status, n) in drive(&bed, round % bed.gateways.len(), &key, &capped).await? {
             *statuses.entry(status).or_default() += n;
         }
@@ -173,17 +175,17 @@ async fn every_dashboard_panel_has_data_from_a_real_prometheus() -> anyhow::Resu
                 missing.push(format!("{title}: label_values({metric}, {label})"));
             }
         }
-        if missing.is_empty() || started.elapsed() > DEADLINE {
-            break missing;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
-    assert!(
-        missing.is_empty(),
-        "after {round} rounds ({statuses:?}; targets {:?}) these returned no data:\n{}",
-        prometheus.targets().await?,
-        missing.join("\n")
-    );
+        Ok(if missing.is_empty() {
+            ControlFlow::Break(())
+        } else {
+            let seen = format!("after {round} rounds ({statuses:?}) these returned no data:\n{}", missing.join("\n"));
+            ControlFlow::Continue(seen)
+        })
+    })
+    .await;
+    if let Err(e) = data {
+        anyhow::bail!("{e}\n(targets {:?})", prometheus.targets().await?);
+    }
     // The traffic was what the panels claim to show.
     assert!(statuses.get(&200).is_some_and(|n| *n > 0), "no successful request: {statuses:?}");
     assert!(statuses.get(&502).is_some_and(|n| *n > 0), "no failed request: {statuses:?}");

@@ -5,41 +5,21 @@
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use weaver_e2e::fixtures::{KEY, anthropic_channel, openai_namespace};
-use weaver_e2e::gateway::{TestGateway, named_events};
+use weaver_e2e::fixtures::anthropic_channel;
+use weaver_e2e::gateway::named_events;
+use weaver_e2e::mock_upstream::Behaviour;
 use weaver_e2e::mock_upstream::anthropic::{CACHE_READ_TOKENS, CACHE_WRITE_TOKENS};
 use weaver_e2e::mock_upstream::responses::{CACHED_TOKENS, REASONING_TOKENS};
-use weaver_e2e::mock_upstream::{Behaviour, MockUpstream};
+use weaver_e2e::provider_bed::ProviderBed;
 use weaver_store::UsageRecord;
 
-/// The upstream's key for both channels (the mock requires it).
-const UPSTREAM_KEY: &str = "sk-upstream-secret";
-
-struct Setup {
-    upstream: MockUpstream,
-    gateway: TestGateway,
-    client: reqwest::Client,
+async fn setup() -> anyhow::Result<ProviderBed> {
+    ProviderBed::start(Behaviour::default(), "", anthropic_channel).await
 }
 
-async fn setup() -> anyhow::Result<Setup> {
-    let behaviour = Behaviour { require_key: Some(UPSTREAM_KEY.into()), ..Behaviour::default() };
-    let upstream = MockUpstream::start(behaviour).await?;
-    let yaml = openai_namespace(&upstream.base_url(), "") + &anthropic_channel(&format!("http://{}", upstream.addr));
-    let gateway = TestGateway::start(&yaml, &[]).await?;
-    Ok(Setup { upstream, gateway, client: reqwest::Client::new() })
-}
-
-impl Setup {
-    async fn post(&self, id: &str, body: &Value) -> anyhow::Result<reqwest::Response> {
-        Ok(self
-            .client
-            .post(self.gateway.url("/v1/responses"))
-            .bearer_auth(KEY)
-            .header("x-request-id", id)
-            .json(body)
-            .send()
-            .await?)
-    }
+/// POSTs `body` to `/v1/responses` as request `id`.
+async fn post(s: &ProviderBed, id: &str, body: &Value) -> anyhow::Result<reqwest::Response> {
+    Ok(s.request("/v1/responses").header("x-request-id", id).json(body).send().await?)
 }
 
 fn record<'a>(records: &'a [UsageRecord], id: &str) -> anyhow::Result<&'a UsageRecord> {
@@ -71,9 +51,7 @@ async fn responses_pass_through_to_an_openai_channel_and_are_metered() -> anyhow
     let s = setup().await?;
     let raw = r#"{"model":"gpt-4o-mini",  "input":"Say hi","store":false,"max_output_tokens":100}"#;
     let response = s
-        .client
-        .post(s.gateway.url("/v1/responses"))
-        .bearer_auth(KEY)
+        .request("/v1/responses")
         .header("content-type", "application/json")
         .header("x-request-id", "native-whole")
         .body(raw)
@@ -88,7 +66,7 @@ async fn responses_pass_through_to_an_openai_channel_and_are_metered() -> anyhow
     assert_eq!(seen.raw, raw.replace("gpt-4o-mini", "gpt-4o-mini-2024-07-18").as_bytes(), "the body was re-encoded");
 
     let body = json!({"model": "gpt-4o-mini", "input": "Say hi mock:cache mock:reasoning", "stream": true});
-    let response = s.post("native-stream", &body).await?;
+    let response = post(&s, "native-stream", &body).await?;
     assert_eq!(response.headers()["content-type"], "text/event-stream");
     let events = named_events(response).await?;
     let names = names(&events);
@@ -104,7 +82,7 @@ async fn responses_pass_through_to_an_openai_channel_and_are_metered() -> anyhow
 
     // An error event mid-stream ends the stream with the gateway's own.
     let body = json!({"model": "gpt-4o-mini", "input": "Say hi mock:error-mid-stream", "stream": true});
-    let events = named_events(s.post("native-broken", &body).await?).await?;
+    let events = named_events(post(&s, "native-broken", &body).await?).await?;
     let (name, error) = events.last().cloned().unwrap_or_default();
     assert_eq!((name.as_str(), error["type"].as_str()), ("error", Some("error")));
     assert_eq!(error["code"], "upstream_stream_error");
@@ -132,7 +110,7 @@ async fn responses_are_translated_for_an_anthropic_channel() -> anyhow::Result<(
     let s = setup().await?;
     let body = json!({"model": "claude-test", "instructions": "Be brief.", "input": "Say hi", "max_output_tokens": 300,
                       "temperature": 0.5});
-    let response = s.post("translated-whole", &body).await?;
+    let response = post(&s, "translated-whole", &body).await?;
     assert_eq!(response.status(), StatusCode::OK);
     let answer: Value = response.json().await?;
     assert_eq!((answer["object"].as_str(), answer["status"].as_str()), (Some("response"), Some("completed")));
@@ -156,7 +134,7 @@ async fn responses_are_translated_for_an_anthropic_channel() -> anyhow::Result<(
 
     let body = json!({"model": "claude-test", "stream": true, "store": false,
         "input": [{"role": "user", "content": [{"type": "input_text", "text": "Say hi mock:cache"}]}]});
-    let response = s.post("translated-stream", &body).await?;
+    let response = post(&s, "translated-stream", &body).await?;
     assert_eq!(response.headers()["content-type"], "text/event-stream");
     let events = named_events(response).await?;
     assert_eq!(
@@ -200,7 +178,7 @@ async fn a_function_call_round_trip_over_an_anthropic_channel() -> anyhow::Resul
     let question = json!({"role": "user", "content": "Weather in Paris?"});
     for stream in [false, true] {
         let first = json!({"model": "claude-test", "input": [question], "tools": tools, "stream": stream});
-        let response = s.post("call", &first).await?;
+        let response = post(&s, "call", &first).await?;
         assert_eq!(response.status(), StatusCode::OK);
         let call = if stream {
             let events = named_events(response).await?;
@@ -229,7 +207,7 @@ async fn a_function_call_round_trip_over_an_anthropic_channel() -> anyhow::Resul
             {"type": "function_call", "call_id": "toolu_mock_0", "name": "get_weather", "arguments": arguments},
             {"type": "function_call_output", "call_id": "toolu_mock_0", "output": "sunny"},
         ]});
-        let response = s.post("answer", &second).await?;
+        let response = post(&s, "answer", &second).await?;
         assert_eq!(response.status(), StatusCode::OK);
         let text = if stream {
             deltas(&named_events(response).await?, "response.output_text.delta")
@@ -255,7 +233,7 @@ async fn stateful_requests_are_refused_where_the_channel_keeps_no_state() -> any
         (json!({"model": "claude-test", "input": "Hi", "store": true}), "stateful_request_unsupported"),
         (json!({"model": "claude-test", "input": "Hi", "tools": [{"type": "web_search"}]}), "unsupported_tool"),
     ] {
-        let response = s.post("refused", &body).await?;
+        let response = post(&s, "refused", &body).await?;
         assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{body}");
         let error: Value = response.json().await?;
         assert_eq!(error["error"]["type"], "invalid_request_error", "{error}");
@@ -267,7 +245,7 @@ async fn stateful_requests_are_refused_where_the_channel_keeps_no_state() -> any
     // An OpenAI channel keeps state: the request goes there as it is (the
     // mock keeps none, and says so as OpenAI does for an unknown id).
     let body = json!({"model": "gpt-4o-mini", "input": "Go on", "previous_response_id": "resp_123"});
-    let response = s.post("native", &body).await?;
+    let response = post(&s, "native", &body).await?;
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
     let seen = s.upstream.requests();
     assert_eq!((seen.len(), seen[0].body["previous_response_id"].as_str()), (1, Some("resp_123")));

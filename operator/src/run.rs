@@ -7,6 +7,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::response::IntoResponse;
 use axum::routing::get;
+use backon::{ExponentialBuilder, Retryable};
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
@@ -266,13 +267,22 @@ async fn renew_certificate(
 async fn keep_ca_bundle(client: Client, name: String, mut pem: watch::Receiver<String>) {
     loop {
         let current = pem.borrow_and_update().clone();
-        let mut backoff = std::time::Duration::from_millis(500);
-        while let Err(e) = inject::sync_ca_bundle(&client, &name, &current).await {
-            tracing::warn!(configuration = %name, error = %e, "cannot write the webhook's caBundle; retrying");
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(std::time::Duration::from_secs(30));
+        // No limit on attempts: the configuration may come long after us.
+        let backoff = ExponentialBuilder::new()
+            .with_min_delay(std::time::Duration::from_millis(500))
+            .with_max_delay(std::time::Duration::from_secs(30))
+            .with_factor(2.0)
+            .without_max_times();
+        let written = (|| inject::sync_ca_bundle(&client, &name, &current))
+            .retry(backoff)
+            .notify(|e, after| {
+                let retry_in = humantime::format_duration(after);
+                tracing::warn!(configuration = %name, error = %e, %retry_in, "cannot write the webhook's caBundle");
+            })
+            .await;
+        if written.is_ok() {
+            tracing::info!(configuration = %name, "webhook caBundle written");
         }
-        tracing::info!(configuration = %name, "webhook caBundle written");
         if pem.changed().await.is_err() {
             return;
         }

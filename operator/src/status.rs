@@ -174,7 +174,7 @@ fn desired_channel(ctx: &Context, source: &UsageSource, c: &Channel, problems: &
         latency: (health.latency.count() > 0).then(|| LatencyStatus { p50: q(0.5), p95: q(0.95), p99: q(0.99) }),
         success_rate: rate.map(|r| format!("{:.1}%", r * 100.0)),
         usage,
-        last_probe: last_probe(&health),
+        last_probe: last_probe(c.status.as_ref().and_then(|s| s.last_probe.as_ref()), &health),
     }
 }
 
@@ -242,16 +242,28 @@ fn healthy(previous: &[Condition], health: &Health, rate: Option<f64>, generatio
     }
 }
 
-/// The latest probe any gateway reported, with how many gateways pass.
-fn last_probe(health: &Health) -> Option<ProbeStatus> {
+/// The latest probe any gateway reported, with how many gateways pass; or
+/// `previous` while it still tells the same: as many gateways pass and some
+/// gateway's latest probe has its result and message. Every probe has a new
+/// time and latency, and gateways that disagree take turns being the latest,
+/// so taking the latest each pass would rewrite every probed Channel's
+/// status every pass for nothing a user acts on.
+fn last_probe(previous: Option<&ProbeStatus>, health: &Health) -> Option<ProbeStatus> {
     let latest = health.probes.iter().max_by_key(|p| p.at)?;
     let passing = health.probes.iter().filter(|p| p.healthy).count();
+    let gateways_healthy = Some(format!("{passing}/{}", health.probes.len()));
+    if let Some(previous) = previous
+        && previous.gateways_healthy == gateways_healthy
+        && health.probes.iter().any(|p| p.succeeded == previous.succeeded && p.message == previous.message)
+    {
+        return Some(previous.clone());
+    }
     Some(ProbeStatus {
         time: Time(Timestamp::from_millisecond(latest.at).unwrap_or(Timestamp::UNIX_EPOCH)),
         succeeded: latest.succeeded,
         latency: Some(duration_text(latest.latency_ms as f64)),
         message: latest.message.clone(),
-        gateways_healthy: Some(format!("{passing}/{}", health.probes.len())),
+        gateways_healthy,
     })
 }
 
@@ -692,8 +704,31 @@ mod tests {
             Health { probes: vec![probe(1, false), probe(2, true), probe(3, true)], ..Health::default() };
         assert_eq!(reason(&one_of_three), ("True".into(), "ProbeSucceeding".into()));
         assert_eq!(reason(&Health::default()), ("Unknown".into(), "NoTraffic".into()));
-        let last = last_probe(&failing);
+        let last = last_probe(None, &failing);
         assert_eq!(last.as_ref().and_then(|p| p.gateways_healthy.as_deref()), Some("1/3"));
         assert_eq!(last.map(|p| (p.succeeded, p.latency)), Some((true, Some("12ms".to_owned()))));
+    }
+
+    #[test]
+    fn last_probe_changes_only_when_its_result_does() {
+        let health = |probes| Health { probes, ..Health::default() };
+        let first = last_probe(None, &health(vec![probe(1_000, true), probe(1_500, true)]));
+        let shown = first.as_ref().map(|p| p.time.clone());
+        // Later passing probes (new times, new latencies): the same status.
+        let mut later = vec![probe(9_000, true), probe(9_500, true)];
+        later[1].latency_ms = 340;
+        assert_eq!(last_probe(first.as_ref(), &health(later)), first, "a steady probe rewrote lastProbe");
+        // Gateways that disagree take turns being the latest: no flapping.
+        let split = last_probe(first.as_ref(), &health(vec![probe(10_000, false), probe(10_500, true)]));
+        assert_eq!(split.as_ref().and_then(|p| p.gateways_healthy.as_deref()), Some("1/2"));
+        let turned = last_probe(split.as_ref(), &health(vec![probe(11_000, false), probe(10_500, true)]));
+        assert_eq!(turned, split, "the other gateway's turn rewrote lastProbe");
+        // A new result is shown with its own time.
+        let failing = last_probe(turned.as_ref(), &health(vec![probe(12_000, false), probe(12_500, false)]));
+        assert_eq!(
+            failing.as_ref().map(|p| (p.succeeded, p.message.as_deref())),
+            Some((false, Some("500 upstream_error")))
+        );
+        assert_ne!(failing.map(|p| p.time), shown);
     }
 }
