@@ -8,18 +8,18 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::Api;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use weaver_crds::ApiKey;
 use weaver_e2e::bed::{Bed, WAIT, store_url};
 use weaver_e2e::cluster::{Cluster, service_account_subject};
+use weaver_e2e::records::record;
 use weaver_e2e::usage_reader::{role_ref, team_token};
-use weaver_store::{Outcome, Store, StoreOptions, UsageRecord, UsageStore};
+use weaver_store::{Outcome, Store, StoreOptions, UsageStore};
 
 /// A browser's view of one operator replica: the session cookie it was
 /// given and the CSRF token it keeps in memory.
@@ -143,32 +143,6 @@ async fn grant_patch(cluster: &Cluster, namespace: &str, sa: &str) -> anyhow::Re
     cluster.apply(namespace, &binding).await
 }
 
-fn record(ns: &str, id: &str) -> UsageRecord {
-    UsageRecord {
-        request_id: format!("{ns}-{id}"),
-        time: weaver_store::now_ms(),
-        namespace: ns.into(),
-        api_key: "app".into(),
-        channel: Some("primary".into()),
-        model: "gpt-4o-mini".into(),
-        upstream_model: "gpt-4o-mini".into(),
-        status: 200,
-        outcome: Outcome::Ok,
-        input_tokens: 10,
-        output_tokens: 2,
-        cached_input_tokens: 0,
-        cache_write_tokens: 0,
-        reasoning_tokens: 0,
-        estimated: false,
-        cost_nanos: 1_000,
-        duration_ms: 100,
-        ttft_ms: Some(10),
-        replica: "e2e".into(),
-        attempts: Vec::new(),
-        bodies: None,
-    }
-}
-
 fn namespaces_of(records: &Value) -> BTreeSet<String> {
     records["data"]
         .as_array()
@@ -211,25 +185,16 @@ async fn a_viewer_signed_in_with_a_kubernetes_token_sees_only_its_namespace_and_
     }
     let store = Store::connect(&store_url()?, StoreOptions::default())?;
     store.migrate().await?;
-    store.insert_batch(&[record(&a, "1"), record(&a, "2"), record(&b, "3")]).await?;
+    let one = |ns: &str, id: &str| record(ns, "app", Some("primary"), id, Outcome::Ok, (10, 2), 1_000);
+    store.insert_batch(&[one(&a, "1"), one(&a, "2"), one(&b, "3")]).await?;
 
     // In A: `viewer` reads usage and keys; `manager` may also patch ApiKeys.
     let viewer = team_token(&cluster, &a, "viewer").await?;
     let manager = team_token(&cluster, &a, "manager").await?;
     grant_patch(&cluster, &a, "manager").await?;
 
-    // Another replica holds the Lease: this one (watching every namespace)
-    // writes nothing into other tests' namespaces.
-    let lease = Lease {
-        metadata: meta("llm-weaver-operator"),
-        spec: Some(LeaseSpec {
-            holder_identity: Some("another-replica".into()),
-            lease_duration_seconds: Some(3600),
-            renew_time: Some(MicroTime(k8s_openapi::jiff::Timestamp::now())),
-            ..Default::default()
-        }),
-    };
-    cluster.apply(&home, &lease).await?;
+    // This replica never leads: it writes nothing into other tests' namespaces.
+    cluster.lease_held_elsewhere(&home).await?;
     let dir = tempfile::tempdir()?;
     let args = ["--listen".to_owned(), "127.0.0.1:0".to_owned(), "--store".to_owned(), store_url()?];
     let operator = cluster.operator(&home, "ui", &args, dir.path().join("operator.log")).await?;
