@@ -6,6 +6,12 @@
 //! `npm run build` shows without recompiling). A binary built without it
 //! answers `/ui/` with a page saying how to build it: `cargo build` never
 //! needs npm.
+//!
+//! Both servers of the UI (the standalone gateway and the operator) share
+//! its sign-in session ([`session`]) and its inventory views ([`inventory`]).
+
+pub mod inventory;
+pub mod session;
 
 use std::borrow::Cow;
 

@@ -1,5 +1,6 @@
 // The usage API (/admin/v1) and the UI's own routes (/ui/api), both on the
-// gateway's admin listener. The session cookie authenticates; the CSRF token
+// gateway's admin listener or, in a cluster, the operator's HTTPS port. The
+// session cookie authenticates; the CSRF token
 // lives in memory only (never in storage) and goes with mutating calls.
 import { reactive } from 'vue'
 
@@ -68,6 +69,8 @@ export interface KeyView {
   budget: { amount_usd: string; period: string } | null
   rate_limit: { requestsPerMinute?: number; tokensPerMinute?: number; maxConcurrent?: number } | null
   last_used: number | null
+  /** Cluster: the viewer may disable and rotate it (RBAC `patch` on the ApiKey). */
+  can_manage: boolean
 }
 
 export interface ModelView {
@@ -113,8 +116,21 @@ export class ApiError extends Error {
   }
 }
 
-/** The session as the page knows it. */
-export const session = reactive({ csrf: '', expiresAt: 0, checked: false })
+export type Mode = 'standalone' | 'cluster'
+
+/**
+ * The session as the page knows it. In a cluster, `user` is who signed in and
+ * `namespaces` the ones whose usage they may read (null: every namespace);
+ * the server enforces it, the page only shows it.
+ */
+export const session = reactive({
+  csrf: '',
+  expiresAt: 0,
+  checked: false,
+  mode: 'standalone' as Mode,
+  user: null as string | null,
+  namespaces: null as string[] | null,
+})
 
 /** Called when the server says the session is gone (the router shows login). */
 let onUnauthenticated: () => void = () => {}
@@ -165,16 +181,33 @@ export const api = {
     call<KeyStatus>('GET', `/admin/v1/keys/${encodeURIComponent(ns)}/${encodeURIComponent(name)}`),
   inventory: () => call<Inventory>('GET', '/ui/api/inventory'),
   exportUrl: (format: 'csv' | 'jsonl', q: Query) => `/admin/v1/usage/export${queryString({ ...q, format })}`,
+  mode: () => call<{ mode: Mode }>('GET', '/ui/api/mode').then((r) => r.mode),
+  /** Cluster only: sets the ApiKey's spec.disabled. */
+  setDisabled: (ns: string, name: string, disabled: boolean) =>
+    call<{ disabled: boolean }>('POST', `${keyPath(ns, name)}/disabled`, { disabled }),
+  /** Cluster only: a new key in the key's Secret, answered once. */
+  rotate: (ns: string, name: string) =>
+    call<{ key: string; secret: string; previous_valid_until: number }>('POST', `${keyPath(ns, name)}/rotate`),
+}
+
+function keyPath(ns: string, name: string): string {
+  return `/ui/api/keys/${encodeURIComponent(ns)}/${encodeURIComponent(name)}`
 }
 
 interface SessionInfo {
+  mode: Mode
   expires_at: number
   csrf: string
+  user: string | null
+  namespaces: string[] | null
 }
 
 function keep(s: SessionInfo) {
   session.csrf = s.csrf
   session.expiresAt = s.expires_at
+  session.mode = s.mode
+  session.user = s.user
+  session.namespaces = s.namespaces
 }
 
 export const auth = {
@@ -201,6 +234,8 @@ export const auth = {
     } finally {
       session.csrf = ''
       session.expiresAt = 0
+      session.user = null
+      session.namespaces = null
     }
   },
 }

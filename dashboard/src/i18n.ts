@@ -28,6 +28,15 @@ const en = {
     requestId: 'Request id', search: 'Search by request id', next: 'Next page', prev: 'Previous page', first: 'First page',
     export: 'Export', detail: 'Request', attempts: 'Attempts', error: 'Error', estimated: 'estimated', apply: 'Apply', clear: 'Clear',
   },
+  // Cluster mode (the operator): Kubernetes sign-in, namespaces, key actions.
+  cluster: {
+    token: 'Kubernetes token', hint: 'A bearer token for this cluster, e.g. `kubectl create token <serviceaccount> -n <namespace>`. It is exchanged for a session cookie and not kept.',
+    invalid: 'Token not accepted', namespaces: 'Namespaces', allNamespaces: 'all namespaces', noNamespaces: 'Your RBAC grants no namespace here: ask for `get` on `apikeys/usage`.',
+    manageHint: 'Disable and rotate where your RBAC allows `patch` on the ApiKey; other changes: edit the manifest.',
+    disable: 'Disable', enable: 'Enable', rotate: 'Rotate', disableConfirm: 'Disable this key now? Requests with it are refused at once.',
+    enableConfirm: 'Enable this key again?', rotateConfirm: 'Write a new key? The old one keeps working for the rotation grace period.',
+    newKey: 'New key', newKeyHint: 'Shown once: copy it now. The old key stops working at', done: 'Done', copy: 'Copy',
+  },
   settings: { versions: 'Versions', gateway: 'Gateway', snapshot: 'Snapshot', ui: 'UI', language: 'Language', theme: 'Theme', light: 'Light', dark: 'Dark', tzHint: 'Days, presets and charts use this zone; exports name their range in it.' },
 }
 
@@ -58,6 +67,14 @@ const zh: typeof en = {
   logs: {
     requestId: '请求 ID', search: '按请求 ID 搜索', next: '下一页', prev: '上一页', first: '第一页',
     export: '导出', detail: '请求详情', attempts: '尝试', error: '错误', estimated: '估算', apply: '应用', clear: '清除',
+  },
+  cluster: {
+    token: 'Kubernetes 令牌', hint: '本集群的 Bearer 令牌，例如 `kubectl create token <serviceaccount> -n <namespace>`。它会换成会话 Cookie，不会被保存。',
+    invalid: '令牌未被接受', namespaces: '命名空间', allNamespaces: '全部命名空间', noNamespaces: '你的 RBAC 未授权任何命名空间：请申请 `apikeys/usage` 的 `get` 权限。',
+    manageHint: '在 RBAC 允许对 ApiKey 执行 `patch` 时可禁用和轮换；其他修改请编辑清单。',
+    disable: '禁用', enable: '启用', rotate: '轮换', disableConfirm: '立即禁用此密钥？使用它的请求会立即被拒绝。',
+    enableConfirm: '重新启用此密钥？', rotateConfirm: '生成新密钥？旧密钥在轮换宽限期内仍然有效。',
+    newKey: '新密钥', newKeyHint: '只显示一次：请立即复制。旧密钥失效时间：', done: '完成', copy: '复制',
   },
   settings: { versions: '版本', gateway: '网关', snapshot: '快照', ui: '界面', language: '语言', theme: '主题', light: '浅色', dark: '深色', tzHint: '日期、预设范围和图表均使用此时区；导出的范围也按此时区计算。' },
 }

@@ -39,7 +39,7 @@ describe('summaries', () => {
 describe('keys', () => {
   const key: KeyView = {
     namespace: 'team-a', name: 'ci', disabled: false, expires_at: null, allowed_models: ['gpt-*'],
-    budget: { amount_usd: '50', period: 'monthly' }, rate_limit: { requestsPerMinute: 60 }, last_used: null,
+    budget: { amount_usd: '50', period: 'monthly' }, rate_limit: { requestsPerMinute: 60 }, last_used: null, can_manage: false,
   }
   const status = (spent: string, remaining: string): KeyStatus => ({
     namespace: 'team-a', name: 'ci',

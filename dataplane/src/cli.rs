@@ -18,10 +18,11 @@ use weaver_telemetry::LogFormat;
 use crate::config::cluster::{self, Cluster, ClusterError};
 use crate::config::manifests::{self, LoadError, ManifestDir};
 use crate::metering::{Metrics, UsageSink};
-use crate::server::ui::{AdminAuth, Sessions};
+use crate::server::ui::AdminAuth;
 use crate::server::usage_api::{AdminToken, LiveKeys, TokenError, TokenSource};
 use crate::server::{CorsOrigins, Listeners, UsageApi};
 use crate::state::{Gateway, Ledger, Settings};
+use weaver_dashboard::session::Sessions;
 use weaver_store::{Store, StoreOptions, UsageStore as _, Writer, WriterConfig};
 
 /// LLM Weaver gateway: an OpenAI-compatible endpoint in front of many LLM providers.

@@ -187,6 +187,25 @@ impl Cluster {
         token.status.map(|s| s.token).context("TokenRequest returned no token")
     }
 
+    /// Makes "another-replica" hold the operator's Lease in `namespace` for
+    /// an hour, so an operator started there never leads: one watching every
+    /// namespace then serves its HTTPS routes but writes nothing into other
+    /// tests' namespaces.
+    pub async fn lease_held_elsewhere(&self, namespace: &str) -> anyhow::Result<()> {
+        use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+        let lease = Lease {
+            metadata: kube::api::ObjectMeta { name: Some("llm-weaver-operator".into()), ..Default::default() },
+            spec: Some(LeaseSpec {
+                holder_identity: Some("another-replica".into()),
+                lease_duration_seconds: Some(3600),
+                renew_time: Some(MicroTime(k8s_openapi::jiff::Timestamp::now())),
+                ..Default::default()
+            }),
+        };
+        self.apply(namespace, &lease).await
+    }
+
     /// Starts an operator replica on this plane: replica `identity`, its
     /// Lease and TLS Secret in `namespace`, metrics on a free loopback port,
     /// JSON logs into `log`, and `args` besides (`--listen` among them).

@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use weaver_store::{RecordFilter, Store, UsageRecord, UsageStore as _};
+use weaver_store::{Outcome, RecordFilter, Store, UsageRecord, UsageStore as _};
 
 /// Every record matching `filter`, walking the store's keyset pages.
 pub async fn all(store: &Store, filter: &RecordFilter) -> anyhow::Result<Vec<UsageRecord>> {
@@ -35,4 +35,40 @@ pub fn ensure_exactly(records: &[UsageRecord], expected: &HashSet<String>) -> an
         extra.first()
     );
     Ok(())
+}
+
+/// One metered request as a gateway would write it: `tokens` (input,
+/// output), `cost` in nano-dollars, now.
+pub fn record(
+    ns: &str,
+    key: &str,
+    channel: Option<&str>,
+    id: &str,
+    outcome: Outcome,
+    tokens: (u64, u64),
+    cost: u64,
+) -> UsageRecord {
+    UsageRecord {
+        request_id: format!("{ns}-{id}"),
+        time: weaver_store::now_ms(),
+        namespace: ns.into(),
+        api_key: key.into(),
+        channel: channel.map(str::to_owned),
+        model: "gpt-4o-mini".into(),
+        upstream_model: "gpt-4o-mini-2024-07-18".into(),
+        status: if outcome == Outcome::Ok { 200 } else { 502 },
+        outcome,
+        input_tokens: tokens.0,
+        output_tokens: tokens.1,
+        cached_input_tokens: 0,
+        cache_write_tokens: 0,
+        reasoning_tokens: 0,
+        estimated: false,
+        cost_nanos: cost,
+        duration_ms: 120,
+        ttft_ms: Some(40),
+        replica: "e2e".into(),
+        attempts: Vec::new(),
+        bodies: None,
+    }
 }

@@ -14,42 +14,8 @@ use weaver_e2e::bed::{Bed, Setup, WAIT, store_url};
 use weaver_e2e::cluster::Cluster;
 use weaver_e2e::gateway::eventually_within;
 use weaver_e2e::mock_upstream::{Behaviour, MockUpstream};
+use weaver_e2e::records::record;
 use weaver_store::{Outcome, Store, StoreOptions, UsageRecord, UsageStore};
-
-/// One metered request as a gateway would write it.
-fn record(
-    ns: &str,
-    key: &str,
-    channel: Option<&str>,
-    id: &str,
-    outcome: Outcome,
-    tokens: (u64, u64),
-    cost: u64,
-) -> UsageRecord {
-    UsageRecord {
-        request_id: format!("{ns}-{id}"),
-        time: weaver_store::now_ms(),
-        namespace: ns.into(),
-        api_key: key.into(),
-        channel: channel.map(str::to_owned),
-        model: "gpt-4o-mini".into(),
-        upstream_model: "gpt-4o-mini-2024-07-18".into(),
-        status: if outcome == Outcome::Ok { 200 } else { 502 },
-        outcome,
-        input_tokens: tokens.0,
-        output_tokens: tokens.1,
-        cached_input_tokens: 0,
-        cache_write_tokens: 0,
-        reasoning_tokens: 0,
-        estimated: false,
-        cost_nanos: cost,
-        duration_ms: 120,
-        ttft_ms: Some(40),
-        replica: "e2e".into(),
-        attempts: Vec::new(),
-        bodies: None,
-    }
-}
 
 #[tokio::test]
 #[ignore = "needs the test control plane: run with `make e2e`"]
@@ -591,9 +557,8 @@ fn record_ids(page: &serde_json::Value) -> std::collections::BTreeSet<String> {
 #[tokio::test]
 #[ignore = "needs the test control plane and Postgres: run with `make e2e`"]
 async fn the_usage_api_shows_each_caller_the_namespaces_its_rbac_allows() -> anyhow::Result<()> {
-    use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
     use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
     use weaver_crds::money::Usd;
     use weaver_e2e::cluster::service_account_subject;
     use weaver_e2e::usage_reader::{UsageReader, role_ref, rules, team_token};
@@ -646,16 +611,7 @@ async fn the_usage_api_shows_each_caller_the_namespaces_its_rbac_allows() -> any
     // Another replica holds the Lease throughout, so this one (watching every
     // namespace) writes nothing into other tests' namespaces: serving the
     // usage API takes no leadership.
-    let lease = Lease {
-        metadata: meta("llm-weaver-operator"),
-        spec: Some(LeaseSpec {
-            holder_identity: Some("another-replica".into()),
-            lease_duration_seconds: Some(3600),
-            renew_time: Some(MicroTime(k8s_openapi::jiff::Timestamp::now())),
-            ..Default::default()
-        }),
-    };
-    cluster.apply(&home, &lease).await?;
+    cluster.lease_held_elsewhere(&home).await?;
     let dir = tempfile::tempdir()?;
     let args = ["--listen".to_owned(), "127.0.0.1:0".to_owned(), "--store".to_owned(), store_url()?];
     let operator = cluster.operator(&home, "usage-api", &args, dir.path().join("operator.log")).await?;

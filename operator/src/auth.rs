@@ -167,6 +167,14 @@ impl Authenticator {
         self.cached(key, self.review_access(who, attributes)).await.map(drop)
     }
 
+    /// Whether `who` may do `attributes`, for a caller known by a signed UI
+    /// session rather than a token: a SubjectAccessReview, cached by who
+    /// (the only input of the review) rather than by a token.
+    pub async fn check_as(&self, who: &Identity, attributes: &Attributes) -> Result<(), AuthError> {
+        let key = CacheKey::of_identity(who, Some(attributes.clone()));
+        self.cached(key, self.review_access(who, attributes)).await.map(drop)
+    }
+
     /// The cached decision for `key`, else `review`'s, cached for next time.
     async fn cached(&self, key: CacheKey, review: impl Future<Output = Decision>) -> Decision {
         if let Some(decision) = self.cache.get(&key, Instant::now()) {
@@ -278,6 +286,16 @@ struct CacheKey {
 impl CacheKey {
     fn new(token: &str, audience: Audience, check: Option<Attributes>) -> Self {
         Self { token_sha256: Sha256::digest(token.as_bytes()).into(), audience, check }
+    }
+
+    /// A key for decisions about `who` itself; the prefix keeps it apart
+    /// from any token's digest.
+    fn of_identity(who: &Identity, check: Option<Attributes>) -> Self {
+        let mut digest = Sha256::new();
+        digest.update(b"identity\0");
+        // Debug of these fields is deterministic: strings, lists and a BTreeMap.
+        digest.update(format!("{who:?}").as_bytes());
+        Self { token_sha256: digest.finalize().into(), audience: Audience::ApiServer, check }
     }
 }
 
@@ -402,6 +420,20 @@ mod tests {
         let in_a = CacheKey::new("t", Audience::ApiServer, Some(usage_in("a")));
         assert_ne!(in_a, CacheKey::new("t", Audience::ApiServer, Some(usage_in("b"))));
         assert_ne!(in_a, CacheKey::new("t", Audience::ApiServer, Some(usage_in(""))));
+    }
+
+    #[test]
+    fn identity_keys_tell_identities_apart() {
+        let who = |groups: &[&str]| Identity {
+            username: "alice".into(),
+            groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+            uid: None,
+            extra: None,
+        };
+        let key = CacheKey::of_identity(&who(&["a"]), Some(usage_in("a")));
+        assert_eq!(key, CacheKey::of_identity(&who(&["a"]), Some(usage_in("a"))));
+        assert_ne!(key, CacheKey::of_identity(&who(&["a", "b"]), Some(usage_in("a"))));
+        assert_ne!(key, CacheKey::of_identity(&who(&["a"]), Some(usage_in("b"))));
     }
 
     #[test]

@@ -69,7 +69,7 @@ pub async fn issue_all(ctx: &Arc<Context>, secrets: &SecretIndex) {
         let result = match existing {
             None => create(&api, &k, &name, &field).await,
             Some(s) if issued_for(s, &k) && s.annotations().get(TRIGGER_ANNOTATION) != Some(&trigger(&k)) => {
-                rotate(&api, &k, s, &field).await
+                rotate(&api, &k, s, &field).await.map(drop)
             }
             Some(_) => continue,
         };
@@ -120,7 +120,10 @@ async fn create(api: &Api<Secret>, k: &ApiKey, name: &str, field: &str) -> Resul
     }
 }
 
-async fn rotate(api: &Api<Secret>, k: &ApiKey, s: &Secret, field: &str) -> Result<(), kube::Error> {
+/// Writes a new key into `s` (a Secret [`issued_for`] `k`), keeping the one
+/// it replaces valid for the grace period; answers the new key and when the
+/// old one stops working (unix seconds). Also the UI's "rotate" (`crate::ui`).
+pub async fn rotate(api: &Api<Secret>, k: &ApiKey, s: &Secret, field: &str) -> Result<Rotated, kube::Error> {
     let grace = k
         .spec
         .rotation_grace_period
@@ -132,17 +135,24 @@ async fn rotate(api: &Api<Secret>, k: &ApiKey, s: &Secret, field: &str) -> Resul
     if let Some(current) = data.get(field).cloned() {
         data.insert(previous_key_field(field), current);
     }
-    data.insert(field.to_owned(), ByteString(generate_key().into_bytes()));
+    let key = generate_key();
+    data.insert(field.to_owned(), ByteString(key.clone().into_bytes()));
+    let previous_valid_until = k8s_openapi::jiff::Timestamp::now().as_second() + grace;
     let annotations = updated.metadata.annotations.get_or_insert_with(BTreeMap::new);
-    annotations.insert(
-        PREVIOUS_EXPIRES_ANNOTATION.to_owned(),
-        (k8s_openapi::jiff::Timestamp::now().as_second() + grace).to_string(),
-    );
+    annotations.insert(PREVIOUS_EXPIRES_ANNOTATION.to_owned(), previous_valid_until.to_string());
     annotations.insert(TRIGGER_ANNOTATION.to_owned(), trigger(k));
     // resourceVersion is kept: a concurrent writer makes this fail, not overwrite.
     api.replace(&s.name_any(), &PostParams::default(), &updated).await?;
     tracing::info!(namespace = ?k.namespace(), apikey = %k.name_any(), grace_seconds = grace, "key rotated");
-    Ok(())
+    Ok(Rotated { key, previous_valid_until })
+}
+
+/// A rotation's outcome.
+pub struct Rotated {
+    /// The new key, in plaintext: shown once, never logged.
+    pub key: String,
+    /// Unix seconds the replaced key stops working.
+    pub previous_valid_until: i64,
 }
 
 #[cfg(test)]

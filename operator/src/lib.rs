@@ -16,6 +16,7 @@ pub mod server;
 pub mod state;
 pub mod status;
 pub mod tls;
+pub mod ui;
 pub mod usage;
 pub mod usage_api;
 pub mod usage_store;

@@ -14,6 +14,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use weaver_crds::protocol::TOKEN_AUDIENCE;
+use weaver_dashboard::session::Sessions;
 
 use crate::auth::Authenticator;
 use crate::cli::Args;
@@ -158,7 +159,10 @@ pub async fn start(args: Args) -> Result<Started, StartError> {
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(state::compile_loop(stores, changed, replicas_rx, args.debounce, metrics, publish));
-    let mut routes = server::router(ctx.clone()).merge(usage_api::router(&ctx, args.watch_namespace.clone()));
+    // Every replica signs UI sessions with a key derived from the shared
+    // serving key, so a Service may send a browser to any of them.
+    let sessions = Arc::new(Sessions::with_key(Sessions::derive_key(material.key_pem.as_bytes())));
+    let mut routes = server::router(ctx.clone()).merge(usage_api::router(&ctx, args.watch_namespace.clone(), sessions));
     if let Some(injector) = &injector {
         routes = routes
             .merge(Router::new().route("/inject", axum::routing::post(inject::handle)).with_state(injector.clone()));

@@ -1,7 +1,7 @@
 //! The HTTPS server: for gateways the snapshot stream and reports, and (merged
-//! in from `usage_api.rs`) the usage API for people. Every replica serves it;
-//! reports reaching a replica that does not lead are passed on to the leader,
-//! which alone accounts for usage.
+//! in from `usage_api.rs` and `ui.rs`) the usage API and the UI for people.
+//! Every replica serves it; reports reaching a replica that does not lead are
+//! passed on to the leader, which alone accounts for usage.
 
 use std::convert::Infallible;
 use std::sync::Arc;

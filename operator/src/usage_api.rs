@@ -14,12 +14,16 @@
 //!   `kubectl get apikey NAME` needs, since the answer tells no more than the
 //!   ApiKey's status does.
 //!
+//! The UI's session cookie (`crate::ui`) stands in for the token: it names
+//! who signed in, and each call is authorized by the same reviews.
+//!
 //! A request naming no namespace reads every namespace when the caller may
 //! read usage at the cluster scope (a ClusterRoleBinding), else the
 //! namespaces holding ApiKeys in which it may (one review per namespace,
 //! cached with the others).
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use axum::Router;
 use futures_util::StreamExt as _;
@@ -28,6 +32,7 @@ use kube::ResourceExt as _;
 use kube::runtime::reflector::{ObjectRef, Store};
 use weaver_crds::ApiKey;
 use weaver_crds::compiler::keys::budget_snapshot;
+use weaver_dashboard::session::{Sessions, Subject};
 use weaver_store::ledger::BudgetId;
 use weaver_usage_api::{Access, ApiError, Authorize, KeyDirectory, KeyInfo, LedgerAmounts, Resource, Scope};
 
@@ -53,15 +58,17 @@ const NO_STORE: &str =
 /// `weaver-usage-api` authorized by RBAC; without one, every `/admin/v1/...`
 /// URL answers 404 `usage_api_off` saying so (as a gateway with
 /// `--store off` does: the API is absent here, not failing, so clients
-/// should not retry). `only` is `--watch-namespace`.
-pub fn router(ctx: &Context, only: Option<String>) -> Router {
+/// should not retry). `only` is `--watch-namespace`. With a store, the UI
+/// (`crate::ui`) is served beside it, its sessions signed by `sessions`.
+pub fn router(ctx: &Arc<Context>, only: Option<String>, sessions: Arc<Sessions>) -> Router {
     let Some(reader) = &ctx.store else {
         return weaver_usage_api::off(NO_STORE);
     };
     let store = reader.store().clone();
-    let authorize = KubeAuthorizer { auth: ctx.authenticator.clone(), api_keys: ctx.stores.api_keys.clone(), only };
+    let authorize =
+        KubeAuthorizer { auth: ctx.authenticator.clone(), api_keys: ctx.stores.api_keys.clone(), only, sessions };
     let keys = WatchedKeys { api_keys: ctx.stores.api_keys.clone(), store: store.clone() };
-    weaver_usage_api::router(store, authorize, keys)
+    weaver_usage_api::router(store, authorize.clone(), keys).merge(crate::ui::router(ctx.clone(), authorize))
 }
 
 fn usage_in(namespace: &str) -> Attributes {
@@ -73,32 +80,62 @@ fn key_in(namespace: &str, name: &str) -> Attributes {
 }
 
 /// Who may read what, by TokenReview and SubjectAccessReview.
+#[derive(Clone)]
 pub struct KubeAuthorizer {
-    auth: Authenticator,
+    pub(crate) auth: Authenticator,
     /// Where ApiKeys are: the namespaces a request naming none may come to.
     api_keys: Store<ApiKey>,
     /// `--watch-namespace`: the one namespace this operator serves.
-    only: Option<String>,
+    pub(crate) only: Option<String>,
+    /// The UI's sessions, which name their caller.
+    pub(crate) sessions: Arc<Sessions>,
 }
 
 /// One authenticated caller.
-struct Caller<'a> {
+pub(crate) struct Caller<'a> {
     auth: &'a Authenticator,
-    token: &'a str,
-    who: Identity,
+    /// The bearer token it came with; `None` for a UI session.
+    token: Option<&'a str>,
+    pub(crate) who: Identity,
 }
 
 impl Caller<'_> {
-    async fn may(&self, attributes: &Attributes) -> Result<(), AuthError> {
-        self.auth.check(self.token, Audience::ApiServer, &self.who, attributes).await
+    pub(crate) async fn may(&self, attributes: &Attributes) -> Result<(), AuthError> {
+        match self.token {
+            Some(token) => self.auth.check(token, Audience::ApiServer, &self.who, attributes).await,
+            None => self.auth.check_as(&self.who, attributes).await,
+        }
+    }
+}
+
+/// The identity a UI session names.
+pub(crate) fn identity_of(sub: Subject) -> Identity {
+    Identity { username: sub.username, groups: sub.groups, uid: sub.uid, extra: sub.extra }
+}
+
+impl KubeAuthorizer {
+    /// Who calls: the bearer token's owner (a TokenReview), else the signed
+    /// UI session's.
+    pub(crate) async fn caller<'a>(&'a self, headers: &'a HeaderMap) -> Result<Caller<'a>, ApiError> {
+        if headers.get(http::header::AUTHORIZATION).is_none()
+            && let Some(sub) = self.sessions.of_request(headers).and_then(|c| c.sub)
+        {
+            return Ok(self.session_caller(sub));
+        }
+        let token = bearer_token(headers).map_err(refuse)?;
+        let who = self.auth.authenticate(token, Audience::ApiServer).await.map_err(refuse)?;
+        Ok(Caller { auth: &self.auth, token: Some(token), who })
+    }
+
+    /// The caller a session names.
+    pub(crate) fn session_caller(&self, sub: Subject) -> Caller<'_> {
+        Caller { auth: &self.auth, token: None, who: identity_of(sub) }
     }
 }
 
 impl Authorize for KubeAuthorizer {
     async fn authorize(&self, headers: &HeaderMap, access: Access<'_>) -> Result<Scope, ApiError> {
-        let token = bearer_token(headers).map_err(refuse)?;
-        let who = self.auth.authenticate(token, Audience::ApiServer).await.map_err(refuse)?;
-        let caller = Caller { auth: &self.auth, token, who };
+        let caller = self.caller(headers).await?;
         if let Some(only) = &self.only
             && let Some(other) = access.namespaces.iter().find(|ns| *ns != only)
         {
@@ -129,8 +166,9 @@ impl Authorize for KubeAuthorizer {
 }
 
 impl KubeAuthorizer {
-    /// What a request naming no namespace comes to.
-    async fn all_visible(&self, caller: &Caller<'_>) -> Result<Scope, ApiError> {
+    /// What a request naming no namespace comes to: the namespaces whose
+    /// usage `caller` may read.
+    pub(crate) async fn all_visible(&self, caller: &Caller<'_>) -> Result<Scope, ApiError> {
         let denied = match (&self.only, caller.may(&usage_in(self.only.as_deref().unwrap_or(""))).await) {
             (None, Ok(())) => return Ok(Scope::All),
             (Some(only), Ok(())) => return Ok(Scope::Namespaces(vec![only.clone()])),
@@ -165,7 +203,7 @@ impl KubeAuthorizer {
 }
 
 /// The usage API's answer to a refusal; the token is in none of them.
-fn refuse(e: AuthError) -> ApiError {
+pub(crate) fn refuse(e: AuthError) -> ApiError {
     match e {
         AuthError::MissingToken => ApiError::unauthenticated(
             "missing bearer token: send `Authorization: Bearer <token>` with a Kubernetes token, such as \

@@ -152,6 +152,10 @@ audience llm-weaver, only ca.crt of the operator's TLS Secret, and the snapshot 
 - apiGroups: ["llmweaver.io"]
   resources: ["channels/status", "apikeys/status", "routingpolicies/status", "namespacepolicies/status"]
   verbs: ["patch"]
+# The UI's disable/enable, for users whom RBAC lets patch the ApiKey (ui.rs).
+- apiGroups: ["llmweaver.io"]
+  resources: ["apikeys"]
+  verbs: ["patch"]
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["list", "watch", "create", "update"]

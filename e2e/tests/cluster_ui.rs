@@ -1,0 +1,310 @@
+//! The usage UI served by the operator (README, "The usage UI" in a
+//! cluster), through the HTTP calls its pages make, against a real
+//! kube-apiserver: sign-in with a Kubernetes token (TokenReview), a session
+//! cookie that carries who signed in, namespaces scoped by
+//! SubjectAccessReview, and key disable/rotate where RBAC allows `patch`.
+//! Run with `make e2e`.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::Api;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use weaver_crds::ApiKey;
+use weaver_e2e::bed::{Bed, WAIT, store_url};
+use weaver_e2e::cluster::{Cluster, service_account_subject};
+use weaver_e2e::records::record;
+use weaver_e2e::usage_reader::{role_ref, team_token};
+use weaver_store::{Outcome, Store, StoreOptions, UsageStore};
+
+/// A browser's view of one operator replica: the session cookie it was
+/// given and the CSRF token it keeps in memory.
+struct Browser {
+    http: reqwest::Client,
+    base: String,
+    cookie: Option<String>,
+    csrf: Option<String>,
+}
+
+impl Browser {
+    fn new(operator: &str, ca_pem: &[u8]) -> anyhow::Result<Self> {
+        let ca = reqwest::Certificate::from_pem(ca_pem)?;
+        let http = reqwest::Client::builder().add_root_certificate(ca).build()?;
+        Ok(Self { http, base: operator.to_owned(), cookie: None, csrf: None })
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder, csrf: bool) -> anyhow::Result<(StatusCode, Value)> {
+        let mut request = request;
+        if let Some(cookie) = &self.cookie {
+            request = request.header("cookie", format!("weaver_session={cookie}"));
+        }
+        if let (true, Some(csrf)) = (csrf, &self.csrf) {
+            request = request.header("x-csrf-token", csrf);
+        }
+        let response = request.send().await?;
+        let status = response.status();
+        let text = response.text().await?;
+        Ok((status, serde_json::from_str(&text).unwrap_or(Value::String(text))))
+    }
+
+    async fn get(&self, path: &str) -> anyhow::Result<(StatusCode, Value)> {
+        self.send(self.http.get(format!("{}{path}", self.base)), false).await
+    }
+
+    /// A mutating call as the UI makes it: with the CSRF header when `csrf`.
+    async fn post(&self, path: &str, body: Option<Value>, csrf: bool) -> anyhow::Result<(StatusCode, Value)> {
+        let mut request = self.http.post(format!("{}{path}", self.base));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        self.send(request, csrf).await
+    }
+
+    /// The login page: `token` for a session; keeps its cookie and CSRF token.
+    async fn sign_in(&mut self, token: &str) -> anyhow::Result<(StatusCode, Value)> {
+        let response =
+            self.http.post(format!("{}/ui/api/session", self.base)).json(&json!({ "token": token })).send().await?;
+        let status = response.status();
+        let set_cookie = response.headers().get("set-cookie").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        if status == StatusCode::OK {
+            let set_cookie = set_cookie.ok_or_else(|| anyhow::anyhow!("a sign-in without a cookie"))?;
+            assert!(set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"), "{set_cookie}");
+            assert!(!set_cookie.contains(token), "the token is in the cookie");
+            let value = set_cookie.split(';').next().and_then(|p| p.strip_prefix("weaver_session="));
+            self.cookie = value.map(str::to_owned);
+            self.csrf = body["csrf"].as_str().map(str::to_owned);
+        }
+        Ok((status, body))
+    }
+
+    /// Polls `GET path` until `want` accepts the 200 body (RBAC objects and
+    /// the operator's watch take a moment), for [`WAIT`] at most.
+    async fn until(&self, path: &str, want: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
+        let started = Instant::now();
+        loop {
+            let (status, body) = self.get(path).await?;
+            if status == StatusCode::OK && want(&body) {
+                return Ok(body);
+            }
+            anyhow::ensure!(started.elapsed() < WAIT, "GET {path} never answered as wanted; last {status} {body}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// The browser check `dashboard/e2e/cluster-viewer.mjs` (Debian's Chromium
+/// through playwright-core): signed in with `token`, the UI shows namespace
+/// `allowed` and nothing of `other`, and offers key actions. Needs the built
+/// UI (`make ui`) and the UI's npm packages (`make setup`); says so and
+/// passes without them, as a run of `make e2e` alone has neither.
+async fn browser_sees_only(url: &str, token: &str, allowed: &str, other: &str) -> anyhow::Result<()> {
+    let dashboard = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../dashboard");
+    if !dashboard.join("dist/index.html").exists() || !dashboard.join("node_modules/playwright-core").exists() {
+        println!("browser check skipped: run `make ui` (and `make setup`) first");
+        return Ok(());
+    }
+    let run = tokio::process::Command::new("node")
+        .arg("e2e/cluster-viewer.mjs")
+        .current_dir(&dashboard)
+        .env("WEAVER_UI_URL", url)
+        .env("WEAVER_UI_TOKEN", token)
+        .env("WEAVER_UI_ALLOWED", allowed)
+        .env("WEAVER_UI_OTHER", other)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(120), run).await??;
+    println!("{}", String::from_utf8_lossy(&out.stdout));
+    anyhow::ensure!(out.status.success(), "the browser check failed: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(())
+}
+
+fn meta(name: &str) -> ObjectMeta {
+    ObjectMeta { name: Some(name.into()), ..Default::default() }
+}
+
+/// Lets ServiceAccount `sa` of `namespace` disable and rotate keys there.
+async fn grant_patch(cluster: &Cluster, namespace: &str, sa: &str) -> anyhow::Result<()> {
+    let rules = vec![PolicyRule {
+        api_groups: Some(vec!["llmweaver.io".into()]),
+        resources: Some(vec!["apikeys".into()]),
+        verbs: vec!["patch".into()],
+        ..Default::default()
+    }];
+    cluster.apply(namespace, &Role { metadata: meta("key-manager"), rules: Some(rules) }).await?;
+    let binding = RoleBinding {
+        metadata: meta(&format!("{sa}-manages-keys")),
+        role_ref: role_ref("Role", "key-manager"),
+        subjects: Some(vec![service_account_subject(namespace, sa)]),
+    };
+    cluster.apply(namespace, &binding).await
+}
+
+fn namespaces_of(records: &Value) -> BTreeSet<String> {
+    records["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["namespace"].as_str().map(str::to_owned))
+        .collect()
+}
+
+fn keys_of(inventory: &Value) -> Vec<(String, String, bool)> {
+    inventory["keys"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|k| {
+            let s = |f: &str| k[f].as_str().unwrap_or_default().to_owned();
+            (s("namespace"), s("name"), k["can_manage"].as_bool().unwrap_or(false))
+        })
+        .collect()
+}
+
+#[tokio::test]
+#[ignore = "needs the test control plane and Postgres: run with `make e2e`"]
+async fn a_viewer_signed_in_with_a_kubernetes_token_sees_only_its_namespace_and_acts_where_rbac_allows()
+-> anyhow::Result<()> {
+    let cluster = Cluster::connect().await?;
+    let (a, b, home) =
+        (cluster.namespace("ui-a").await?, cluster.namespace("ui-b").await?, cluster.namespace("ui-op").await?);
+    // User-provided key Secrets, so the keys compile without a leader
+    // issuing them (this replica never leads: see the Lease below).
+    for ns in [&a, &b] {
+        cluster
+            .apply_yaml(
+                ns,
+                "apiVersion: v1\nkind: Secret\nmetadata: {name: app-key}\nstringData: {apiKey: lw-user-provided-0123456789}\n---\n\
+                 apiVersion: llmweaver.io/v1alpha1\nkind: ApiKey\nmetadata: {name: app}\n\
+                 spec: {secretRef: {name: app-key, key: apiKey}}\n",
+            )
+            .await?;
+    }
+    let store = Store::connect(&store_url()?, StoreOptions::default())?;
+    store.migrate().await?;
+    let one = |ns: &str, id: &str| record(ns, "app", Some("primary"), id, Outcome::Ok, (10, 2), 1_000);
+    store.insert_batch(&[one(&a, "1"), one(&a, "2"), one(&b, "3")]).await?;
+
+    // In A: `viewer` reads usage and keys; `manager` may also patch ApiKeys.
+    let viewer = team_token(&cluster, &a, "viewer").await?;
+    let manager = team_token(&cluster, &a, "manager").await?;
+    grant_patch(&cluster, &a, "manager").await?;
+
+    // This replica never leads: it writes nothing into other tests' namespaces.
+    cluster.lease_held_elsewhere(&home).await?;
+    let dir = tempfile::tempdir()?;
+    let args = ["--listen".to_owned(), "127.0.0.1:0".to_owned(), "--store".to_owned(), store_url()?];
+    let operator = cluster.operator(&home, "ui", &args, dir.path().join("operator.log")).await?;
+    let url = format!("https://{}", operator.addr("addr"));
+    let ca = cluster.operator_ca(&home).await?;
+
+    // The login page learns it is in a cluster; the UI's files are served.
+    let mut browser = Browser::new(&url, ca.as_bytes())?;
+    assert_eq!(browser.get("/ui/api/mode").await?, (StatusCode::OK, json!({"mode": "cluster"})));
+    // Without a session: 401 everywhere, and a bad token is refused.
+    assert_eq!(browser.get("/ui/api/session").await?.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(browser.get("/ui/api/inventory").await?.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(browser.sign_in("not-a-token").await?.0, StatusCode::UNAUTHORIZED);
+
+    // The viewer signs in; the session names it and its one namespace.
+    let (status, session) = browser.sign_in(&viewer).await?;
+    assert_eq!(status, StatusCode::OK, "{session}");
+    assert_eq!(session["mode"], "cluster");
+    assert_eq!(session["user"], format!("system:serviceaccount:{a}:viewer"));
+    browser.until("/ui/api/session", |s| s["namespaces"] == json!([a])).await?;
+    // Its usage calls carry only the cookie: A's records, and B is refused.
+    let records =
+        browser.until("/admin/v1/usage/records", |p| p["data"].as_array().is_some_and(|d| d.len() == 2)).await?;
+    assert_eq!(namespaces_of(&records), BTreeSet::from([a.clone()]));
+    let (status, body) = browser.get(&format!("/admin/v1/usage/records?namespace={b}")).await?;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    // The Keys page lists A's key only, not manageable by a viewer, and
+    // the server refuses the viewer's disable.
+    let inventory = browser.until("/ui/api/inventory", |i| !keys_of(i).is_empty()).await?;
+    assert_eq!(keys_of(&inventory), vec![(a.clone(), "app".to_owned(), false)]);
+    let (status, body) =
+        browser.post(&format!("/ui/api/keys/{a}/app/disabled"), Some(json!({"disabled": true})), true).await?;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(
+        body["error"]["message"].as_str().is_some_and(|m| m.contains("cannot patch resource \"apikeys\"")),
+        "{body}"
+    );
+
+    // The manager may disable A's key: with the CSRF header only.
+    let mut manager_browser = Browser::new(&url, ca.as_bytes())?;
+    assert_eq!(manager_browser.sign_in(&manager).await?.0, StatusCode::OK);
+    let inventory = manager_browser.until("/ui/api/inventory", |i| keys_of(i).iter().any(|k| k.2)).await?;
+    assert_eq!(keys_of(&inventory), vec![(a.clone(), "app".to_owned(), true)]);
+    browser_sees_only(&url, &manager, &a, &b).await?;
+    let disable = format!("/ui/api/keys/{a}/app/disabled");
+    let (status, body) = manager_browser.post(&disable, Some(json!({"disabled": true})), false).await?;
+    assert_eq!(status, StatusCode::FORBIDDEN, "no CSRF header: {body}");
+    let keys: Api<ApiKey> = Api::namespaced(cluster.client.clone(), &a);
+    assert!(!keys.get("app").await?.spec.disabled);
+    let (status, body) = manager_browser.post(&disable, Some(json!({"disabled": true})), true).await?;
+    assert_eq!((status, &body), (StatusCode::OK, &json!({"disabled": true})));
+    assert!(keys.get("app").await?.spec.disabled, "the ApiKey was not patched");
+    manager_browser.until("/ui/api/inventory", |i| i["keys"][0]["disabled"] == true).await?;
+    // B's key is out of its reach, whatever the UI sends.
+    let (status, body) =
+        manager_browser.post(&format!("/ui/api/keys/{b}/app/disabled"), Some(json!({"disabled": true})), true).await?;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(!Api::<ApiKey>::namespaced(cluster.client.clone(), &b).get("app").await?.spec.disabled);
+    // A Secret the user wrote is theirs: the operator does not rotate it.
+    let (status, body) = manager_browser.post(&format!("/ui/api/keys/{a}/app/rotate"), None, true).await?;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let secret = Api::<Secret>::namespaced(cluster.client.clone(), &a).get("app-key").await?;
+    assert!(secret.data.unwrap_or_default().values().all(|v| v.0 == b"lw-user-provided-0123456789"));
+
+    // Logging out ends the session at once.
+    let (status, _) = manager_browser.send(manager_browser.http.delete(format!("{url}/ui/api/session")), true).await?;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(manager_browser.get("/ui/api/inventory").await?.0, StatusCode::UNAUTHORIZED);
+    drop(operator);
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs the test control plane and Postgres: run with `make e2e`"]
+async fn a_key_rotated_in_the_ui_works_at_once_and_the_old_one_for_its_grace_period() -> anyhow::Result<()> {
+    let store = Store::connect(&store_url()?, StoreOptions::default())?;
+    store.migrate().await?;
+    let bed = Bed::with_store(Some(store_url()?)).await?;
+    bed.patch::<ApiKey>("app", json!({"spec": {"rotationGracePeriod": "1h"}})).await?;
+    let old = bed.issued_key("app").await?;
+    bed.until_all(&old, "gpt-4o-mini", StatusCode::OK).await?;
+    let manager = team_token(&bed.cluster, &bed.ns, "manager").await?;
+    grant_patch(&bed.cluster, &bed.ns, "manager").await?;
+    let viewer = team_token(&bed.cluster, &bed.ns, "viewer").await?;
+    let ca = bed.cluster.operator_ca(&bed.ns).await?;
+
+    // A viewer without `patch` cannot rotate.
+    let mut viewer_browser = Browser::new(&bed.operator_url(), ca.as_bytes())?;
+    assert_eq!(viewer_browser.sign_in(&viewer).await?.0, StatusCode::OK);
+    let rotate = format!("/ui/api/keys/{}/app/rotate", bed.ns);
+    let (status, body) = viewer_browser.post(&rotate, None, true).await?;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(bed.issued_key("app").await?, old);
+
+    let mut browser = Browser::new(&bed.operator_url(), ca.as_bytes())?;
+    assert_eq!(browser.sign_in(&manager).await?.0, StatusCode::OK);
+    browser.until("/ui/api/inventory", |i| i["keys"][0]["can_manage"] == true).await?;
+    let (status, body) = browser.post(&rotate, None, false).await?;
+    assert_eq!(status, StatusCode::FORBIDDEN, "no CSRF header: {body}");
+    let (status, rotated) = browser.post(&rotate, None, true).await?;
+    assert_eq!(status, StatusCode::OK, "{rotated}");
+    let new = rotated["key"].as_str().unwrap_or_default().to_owned();
+    assert!(new.starts_with("lw-") && new != old, "{rotated}");
+    // Shown once: the Secret holds it, and the gateways take it.
+    assert_eq!(bed.issued_key("app").await?, new);
+    let took = bed.until_all(&new, "gpt-4o-mini", StatusCode::OK).await?;
+    println!("rotated key served by every gateway after {took:?}");
+    assert_eq!(bed.chat(0, &old, "gpt-4o-mini").await, StatusCode::OK, "the old key must work during the grace period");
+    let grace =
+        rotated["previous_valid_until"].as_i64().unwrap_or_default() - k8s_openapi::jiff::Timestamp::now().as_second();
+    assert!((3_500..=3_600).contains(&grace), "grace {grace}s");
+    Ok(())
+}

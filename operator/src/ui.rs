@@ -1,0 +1,333 @@
+//! The usage UI (`weaver-dashboard`) on the operator's HTTPS server, beside
+//! the usage API, for people in the cluster.
+//!
+//! Sign-in: the login page takes a Kubernetes bearer token (`kubectl create
+//! token`, a kubeconfig's); a TokenReview says who it is, and the token is
+//! exchanged for the same signed session cookie the standalone gateway
+//! issues (`weaver_dashboard::session`), naming that identity. The token is
+//! kept nowhere. Every later call is authorized by SubjectAccessReviews for
+//! that identity in each namespace (cached briefly, see `crate::auth`), so
+//! RBAC changes apply within seconds and a team sees only its namespaces.
+//!
+//! Routes (JSON, `Cache-Control: no-store`; mutating ones need the session's
+//! `X-CSRF-Token`, or a bearer token instead of the cookie):
+//! - `GET /ui/api/mode`: `{"mode":"cluster"}`, for the login page;
+//! - `GET|POST|DELETE /ui/api/session`, `POST /ui/api/session/refresh`: the
+//!   session, with the user and the namespaces whose usage it may read;
+//! - `GET /ui/api/inventory`: keys and channels of those namespaces, each key
+//!   saying whether the viewer may manage it (`patch` on that ApiKey);
+//! - `POST /ui/api/keys/{namespace}/{name}/disabled` `{"disabled": bool}`:
+//!   sets the ApiKey's `spec.disabled`;
+//! - `POST /ui/api/keys/{namespace}/{name}/rotate`: writes a new key into
+//!   the key's operator-generated Secret (the old one stays valid for the
+//!   key's rotation grace period) and answers it, once.
+//!
+//! Key actions need `patch` on the ApiKey in its namespace; the operator then
+//! writes with its own identity.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use http::{HeaderMap, StatusCode};
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt as _;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::reflector::ObjectRef;
+use serde::{Deserialize, Serialize};
+use weaver_crds::ApiKey;
+use weaver_crds::compiler::keys::default_secret_ref;
+use weaver_dashboard::inventory::{self, Inventory, KeyView};
+use weaver_dashboard::session::{Claims, Mode, SessionInfo, Subject, login_token, no_session, no_store};
+use weaver_usage_api::{ApiError, Scope};
+
+use crate::auth::{Attributes, AuthError, Identity};
+use crate::context::Context;
+use crate::keys::{issued_for, rotate};
+use crate::usage_api::{Caller, KubeAuthorizer, RESOURCE, refuse};
+
+/// The RBAC verb that lets a viewer disable and rotate a key here.
+pub const MANAGE_VERB: &str = "patch";
+
+struct Ui {
+    ctx: Arc<Context>,
+    authorize: KubeAuthorizer,
+}
+
+/// The UI's files and its `/ui/api/` routes.
+pub fn router(ctx: Arc<Context>, authorize: KubeAuthorizer) -> Router {
+    let ui = Arc::new(Ui { ctx, authorize });
+    Router::new()
+        .route("/ui/api/session", get(session).post(login).delete(logout))
+        .route("/ui/api/session/refresh", post(refresh))
+        .route("/ui/api/inventory", get(inventory))
+        .route("/ui/api/keys/{namespace}/{name}/disabled", post(set_disabled))
+        .route("/ui/api/keys/{namespace}/{name}/rotate", post(rotate_key))
+        .with_state(ui)
+        .layer(axum::middleware::map_response(no_store))
+        .merge(weaver_dashboard::session::mode_router(Mode::Cluster))
+        .merge(weaver_dashboard::router())
+}
+
+fn manage(namespace: &str, name: &str) -> Attributes {
+    Attributes {
+        verb: MANAGE_VERB,
+        resource: RESOURCE,
+        subresource: "",
+        name: name.into(),
+        namespace: namespace.into(),
+    }
+}
+
+fn subject_of(who: Identity) -> Subject {
+    Subject { username: who.username, groups: who.groups, uid: who.uid, extra: who.extra }
+}
+
+impl Ui {
+    /// The namespaces whose usage `caller` may read (`None`: all).
+    async fn namespaces(&self, caller: &Caller<'_>) -> Result<Option<Vec<String>>, ApiError> {
+        match self.authorize.all_visible(caller).await {
+            Ok(Scope::All) => Ok(None),
+            Ok(Scope::Namespaces(list)) => Ok(Some(list)),
+            // Signed in, but no namespace to show: the UI says so.
+            Err(e) if e.status == StatusCode::FORBIDDEN => Ok(Some(Vec::new())),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The session answer for `claims`, with what its user may see now.
+    async fn info(&self, claims: &Claims) -> Result<SessionInfo, ApiError> {
+        let sub = claims.sub.clone().ok_or_else(no_session)?;
+        let user = sub.username.clone();
+        let namespaces = self.namespaces(&self.authorize.session_caller(sub)).await?;
+        Ok(SessionInfo {
+            mode: Mode::Cluster,
+            expires_at: claims.exp,
+            csrf: claims.csrf.clone(),
+            user: Some(user),
+            namespaces,
+        })
+    }
+
+    /// The caller of a key action: a bearer token, or a session with its CSRF token.
+    async fn actor<'a>(&'a self, headers: &'a HeaderMap) -> Result<Caller<'a>, ApiError> {
+        if headers.get(http::header::AUTHORIZATION).is_some() {
+            return self.authorize.caller(headers).await;
+        }
+        let sub = self.authorize.sessions.mutating(headers)?.sub.ok_or_else(no_session)?;
+        Ok(self.authorize.session_caller(sub))
+    }
+}
+
+/// `GET /ui/api/session`.
+async fn session(State(ui): State<Arc<Ui>>, headers: HeaderMap) -> Response {
+    let Some(claims) = ui.authorize.sessions.of_request(&headers) else {
+        return no_session().into_response();
+    };
+    match ui.info(&claims).await {
+        Ok(info) => Json(info).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `POST /ui/api/session`: a Kubernetes token for a session.
+async fn login(State(ui): State<Arc<Ui>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    let result = async {
+        let token = login_token(&headers, &body)?;
+        let who = ui.authorize.auth.authenticate(&token, crate::auth::Audience::ApiServer).await.map_err(refuse)?;
+        tracing::info!(user = %who.username, "UI sign-in");
+        let sub = subject_of(who);
+        let namespaces = ui.namespaces(&ui.authorize.session_caller(sub.clone())).await?;
+        let user = sub.username.clone();
+        Ok::<_, ApiError>(ui.authorize.sessions.start(Some(sub), move |c| SessionInfo {
+            mode: Mode::Cluster,
+            expires_at: c.exp,
+            csrf: c.csrf.clone(),
+            user: Some(user),
+            namespaces,
+        }))
+    }
+    .await;
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// `POST /ui/api/session/refresh`: also re-reads what the user may see.
+async fn refresh(State(ui): State<Arc<Ui>>, headers: HeaderMap) -> Response {
+    let Some(claims) = ui.authorize.sessions.of_request(&headers) else {
+        return no_session().into_response();
+    };
+    let info = match ui.info(&claims).await {
+        Ok(info) => info,
+        Err(e) => return e.into_response(),
+    };
+    ui.authorize.sessions.refresh(&headers, move |c| SessionInfo { expires_at: c.exp, ..info })
+}
+
+/// `DELETE /ui/api/session`.
+async fn logout(State(ui): State<Arc<Ui>>, headers: HeaderMap) -> Response {
+    ui.authorize.sessions.logout(&headers)
+}
+
+/// `GET /ui/api/inventory`: the published snapshot's keys and channels in
+/// the namespaces whose usage the viewer may read.
+async fn inventory(State(ui): State<Arc<Ui>>, headers: HeaderMap) -> Response {
+    let result = async {
+        let caller = ui.authorize.caller(&headers).await?;
+        let namespaces = ui.namespaces(&caller).await?;
+        let visible = |ns: &str| namespaces.as_ref().is_none_or(|list| list.iter().any(|n| n == ns));
+        let published = ui.ctx.published.borrow().clone();
+        let snapshot = &published.snapshot;
+        // One review per namespace (a namespace-wide `patch` answers for
+        // every key in it); keys granted by name alone are asked one by one.
+        let mut by_namespace: BTreeMap<&str, bool> = BTreeMap::new();
+        let mut keys = Vec::new();
+        for k in snapshot.keys.iter().filter(|k| visible(&k.namespace)) {
+            let any = match by_namespace.get(k.namespace.as_str()) {
+                Some(any) => *any,
+                None => {
+                    let any = allowed(caller.may(&manage(&k.namespace, "")).await)?;
+                    by_namespace.insert(&k.namespace, any);
+                    any
+                }
+            };
+            let can_manage = any || allowed(caller.may(&manage(&k.namespace, &k.name)).await)?;
+            let status = ui.ctx.stores.api_keys.get(&ObjectRef::new(&k.name).within(&k.namespace));
+            let last_used = status
+                .as_ref()
+                .and_then(|a| a.status.as_ref()?.usage.as_ref()?.last_used.as_ref())
+                .map(|t| t.0.as_second());
+            keys.push(KeyView::of(k, last_used, can_manage));
+        }
+        Ok::<_, ApiError>(Json(Inventory {
+            gateway_version: env!("CARGO_PKG_VERSION"),
+            snapshot_version: (snapshot.version > 0).then_some(snapshot.version),
+            keys,
+            channels: inventory::channels(snapshot, visible),
+        }))
+    }
+    .await;
+    match result {
+        Ok(body) => body.into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// A review's answer as a yes or no; outages stay errors.
+fn allowed(decision: Result<(), AuthError>) -> Result<bool, ApiError> {
+    match decision {
+        Ok(()) => Ok(true),
+        Err(AuthError::Forbidden { .. }) => Ok(false),
+        Err(e) => Err(refuse(e)),
+    }
+}
+
+/// The ApiKey a key action names, once `caller` may manage it.
+async fn managed(ui: &Ui, caller: &Caller<'_>, namespace: &str, name: &str) -> Result<Arc<ApiKey>, ApiError> {
+    if let Some(only) = &ui.authorize.only
+        && only != namespace
+    {
+        return Err(ApiError::forbidden(format!("this operator serves namespace {only:?} only (--watch-namespace)")));
+    }
+    caller.may(&manage(namespace, name)).await.map_err(refuse)?;
+    ui.ctx
+        .stores
+        .api_keys
+        .get(&ObjectRef::new(name).within(namespace))
+        .ok_or_else(|| ApiError::not_found("unknown_key", format!("no ApiKey {namespace}/{name}")))
+}
+
+fn kube_failed(what: &str, e: &kube::Error) -> ApiError {
+    if let kube::Error::Api(status) = e
+        && status.is_conflict()
+    {
+        return conflict(format!("{what}: it changed meanwhile; try again"));
+    }
+    tracing::warn!(error = %e, "UI: {what}");
+    ApiError::unavailable(
+        "kubernetes_unavailable",
+        format!("{what}: the Kubernetes API server did not do it; try again later"),
+    )
+}
+
+fn conflict(message: String) -> ApiError {
+    ApiError { status: StatusCode::CONFLICT, ..ApiError::bad_request("conflict", message) }
+}
+
+#[derive(Deserialize, Serialize)]
+struct Disabled {
+    disabled: bool,
+}
+
+/// `POST /ui/api/keys/{namespace}/{name}/disabled` `{"disabled": bool}`.
+async fn set_disabled(
+    State(ui): State<Arc<Ui>>,
+    Path((namespace, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let result = async {
+        let caller = ui.actor(&headers).await?;
+        let Ok(Disabled { disabled }) = serde_json::from_slice(&body) else {
+            return Err(ApiError::bad_request("invalid_body", "send {\"disabled\": true|false} as JSON"));
+        };
+        managed(&ui, &caller, &namespace, &name).await?;
+        let api: Api<ApiKey> = Api::namespaced(ui.ctx.client.clone(), &namespace);
+        let patch = serde_json::json!({ "spec": { "disabled": disabled } });
+        api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(|e| kube_failed("cannot patch the ApiKey", &e))?;
+        tracing::info!(%namespace, apikey = %name, disabled, user = %caller.who.username, "UI: key disabled flag set");
+        Ok(Json(Disabled { disabled }))
+    }
+    .await;
+    match result {
+        Ok(body) => body.into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+#[derive(Serialize)]
+struct RotatedView {
+    /// The new key: shown once.
+    key: String,
+    /// The Secret now holding it.
+    secret: String,
+    /// Unix seconds the replaced key stops working.
+    previous_valid_until: i64,
+}
+
+/// `POST /ui/api/keys/{namespace}/{name}/rotate`.
+async fn rotate_key(
+    State(ui): State<Arc<Ui>>,
+    Path((namespace, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let result = async {
+        let caller = ui.actor(&headers).await?;
+        let key = managed(&ui, &caller, &namespace, &name).await?;
+        let r = key.spec.secret_ref.clone().unwrap_or_else(|| default_secret_ref(&key.name_any()));
+        let secret = ui.ctx.stores.secrets.get(&ObjectRef::<Secret>::new(&r.name).within(&namespace));
+        // A Secret someone else wrote is theirs to change: the operator
+        // never rewrites it (as with `rotationTrigger`).
+        let Some(secret) = secret.filter(|s| issued_for(s, &key)) else {
+            return Err(conflict(format!(
+                "the key of ApiKey {namespace}/{name} is in Secret {:?}, which the operator did not generate: \
+                 write a new key into it yourself",
+                r.name
+            )));
+        };
+        let api: Api<Secret> = Api::namespaced(ui.ctx.client.clone(), &namespace);
+        let rotated =
+            rotate(&api, &key, &secret, &r.key).await.map_err(|e| kube_failed("cannot rotate the key", &e))?;
+        tracing::info!(%namespace, apikey = %name, user = %caller.who.username, "UI: key rotated");
+        Ok(Json(RotatedView { key: rotated.key, secret: r.name, previous_valid_until: rotated.previous_valid_until }))
+    }
+    .await;
+    match result {
+        Ok(body) => body.into_response(),
+        Err(e) => e.into_response(),
+    }
+}
