@@ -118,7 +118,7 @@ rules: setup
 PLANE ?= $(or $(TMPDIR),/tmp)/llm-weaver-e2e-plane
 # The usage store the operator tests read (`--store`).
 E2E_PG ?= $(or $(TMPDIR),/tmp)/llm-weaver-e2e-postgres
-e2e: setup
+e2e: setup ui
 	cargo build --workspace --bins
 	e2e/control-plane build
 	e2e/control-plane build-helm

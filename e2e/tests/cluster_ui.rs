@@ -6,7 +6,8 @@
 //! Run with `make e2e`.
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::ops::ControlFlow;
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding};
@@ -17,6 +18,7 @@ use serde_json::{Value, json};
 use weaver_crds::ApiKey;
 use weaver_e2e::bed::{Bed, WAIT, store_url};
 use weaver_e2e::cluster::{Cluster, service_account_subject};
+use weaver_e2e::gateway::eventually_within;
 use weaver_e2e::records::record;
 use weaver_e2e::usage_reader::{role_ref, team_token};
 use weaver_store::{Outcome, Store, StoreOptions, UsageStore};
@@ -85,29 +87,29 @@ impl Browser {
     /// Polls `GET path` until `want` accepts the 200 body (RBAC objects and
     /// the operator's watch take a moment), for [`WAIT`] at most.
     async fn until(&self, path: &str, want: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
-        let started = Instant::now();
-        loop {
+        let what = format!("GET {path} to answer as wanted");
+        eventually_within(&what, WAIT, Duration::from_millis(50), async || {
             let (status, body) = self.get(path).await?;
-            if status == StatusCode::OK && want(&body) {
-                return Ok(body);
-            }
-            anyhow::ensure!(started.elapsed() < WAIT, "GET {path} never answered as wanted; last {status} {body}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            Ok(if status == StatusCode::OK && want(&body) {
+                ControlFlow::Break(body)
+            } else {
+                ControlFlow::Continue(format!("{status} {body}"))
+            })
+        })
+        .await
     }
 }
 
 /// The browser check `dashboard/e2e/cluster-viewer.mjs` (Debian's Chromium
 /// through playwright-core): signed in with `token`, the UI shows namespace
 /// `allowed` and nothing of `other`, and offers key actions. Needs the built
-/// UI (`make ui`) and the UI's npm packages (`make setup`); says so and
-/// passes without them, as a run of `make e2e` alone has neither.
+/// UI and its npm packages (`make ui`, which `make e2e` runs first).
 async fn browser_sees_only(url: &str, token: &str, allowed: &str, other: &str) -> anyhow::Result<()> {
     let dashboard = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../dashboard");
-    if !dashboard.join("dist/index.html").exists() || !dashboard.join("node_modules/playwright-core").exists() {
-        println!("browser check skipped: run `make ui` (and `make setup`) first");
-        return Ok(());
-    }
+    anyhow::ensure!(
+        dashboard.join("dist/index.html").exists() && dashboard.join("node_modules/playwright-core").exists(),
+        "the browser check needs the built UI and its npm packages: run `make ui` first"
+    );
     let run = tokio::process::Command::new("node")
         .arg("e2e/cluster-viewer.mjs")
         .current_dir(&dashboard)
