@@ -244,7 +244,7 @@ async fn responses_over(channel: Channel) -> anyhow::Result<()> {
         let first = json!({"model": channel.model, "input": [question], "tools": tools, "stream": stream});
         let response = s.post("/v1/responses", "call", &first).await?;
         assert_eq!(response.status(), StatusCode::OK);
-        let (call, echoed) = if stream {
+        let answer = if stream {
             let events = named_events(response).await?;
             let done = events.iter().find(|(n, _)| n == "response.function_call_arguments.done");
             let done = done.map(|(_, d)| d.clone()).unwrap_or_default();
@@ -252,13 +252,15 @@ async fn responses_over(channel: Channel) -> anyhow::Result<()> {
                 done["arguments"].as_str(),
                 Some(deltas(&events, "response.function_call_arguments.delta").as_str())
             );
-            let last = events.last().map(|(_, d)| d["response"].clone()).unwrap_or_default();
-            (last["output"][0].clone(), last["tools"].clone())
+            events.last().map(|(_, d)| d["response"].clone()).unwrap_or_default()
         } else {
-            let answer: Value = response.json().await?;
-            (answer["output"][0].clone(), answer["tools"].clone())
+            response.json::<Value>().await?
         };
-        assert_eq!(echoed, tools, "the tools are echoed (stream: {stream})");
+        let echoed = &answer["tools"];
+        // Cohere plans first (a reasoning item); then the call.
+        let call = answer["output"].as_array().and_then(|o| o.iter().find(|i| i["type"] == "function_call"));
+        let call = call.cloned().unwrap_or_default();
+        assert_eq!(echoed, &tools, "the tools are echoed (stream: {stream})");
         assert_eq!(
             (call["type"].as_str(), call["name"].as_str()),
             (Some("function_call"), Some("get_weather")),
@@ -337,7 +339,8 @@ async fn usage_over_gemini_and_cohere_is_metered_as_for_chat() -> anyhow::Result
             let chat = metered(&format!("{}-{stream}-/v1/chat/completions", channel.model));
             assert!(chat.is_some_and(|c| c.0 > 0 && c.4 > 0 && !c.5), "{chat:?}");
             if channel.model == GEMINI.model {
-                assert_eq!(chat.map(|c| c.2), Some(CACHED_TOKENS));
+                // The mock caches up to CACHED_TOKENS of the prompt.
+                assert!(chat.is_some_and(|c| c.2 > 0 && c.2 <= CACHED_TOKENS), "{chat:?}");
             }
             for path in ["/v1/messages", "/v1/responses"] {
                 assert_eq!(
