@@ -1,13 +1,15 @@
 """The official `anthropic` Python SDK, unchanged, pointed at the gateway's
 Messages API: with an Anthropic channel behind it (`claude-mock`: passed
-through) and with an OpenAI channel (`gpt-4o-mini`: translated)."""
+through), with an OpenAI channel (`gpt-4o-mini`: translated), and with a
+Gemini (`gemini-mock`) and a Cohere channel (`command-mock`: translated
+through chat completions)."""
 
 from __future__ import annotations
 
 import anthropic
 import pytest
 
-MODELS = ["claude-mock", "gpt-4o-mini"]
+MODELS = ["claude-mock", "gpt-4o-mini", "gemini-mock", "command-mock"]
 
 TOOLS = [
     {

@@ -11,7 +11,7 @@ use weaver_e2e::mock_upstream::Behaviour;
 use weaver_e2e::mock_upstream::anthropic::{CACHE_READ_TOKENS, CACHE_WRITE_TOKENS};
 use weaver_e2e::mock_upstream::responses::{CACHED_TOKENS, REASONING_TOKENS};
 use weaver_e2e::provider_bed::ProviderBed;
-use weaver_store::UsageRecord;
+use weaver_store::{Outcome, UsageRecord};
 
 async fn setup() -> anyhow::Result<ProviderBed> {
     ProviderBed::start(Behaviour::default(), "", anthropic_channel).await
@@ -89,8 +89,20 @@ async fn responses_pass_through_to_an_openai_channel_and_are_metered() -> anyhow
     assert!(error["message"].as_str().is_some_and(|m| m.contains("The model failed mid-stream.")), "{error}");
     assert_eq!(deltas(&events, "response.output_text.delta"), "This ", "what came before still went out");
 
+    // `response.failed` reaches the client as OpenAI sent it, and is
+    // recorded as the upstream failure it is, like an error mid-stream.
+    let body = json!({"model": "gpt-4o-mini", "input": "Say hi mock:failed", "stream": true});
+    let events = named_events(post(&s, "native-failed", &body).await?).await?;
+    let (name, failed) = events.last().cloned().unwrap_or_default();
+    assert_eq!((name.as_str(), failed["response"]["status"].as_str()), ("response.failed", Some("failed")));
+    assert_eq!(failed["response"]["error"]["message"], "The model failed.");
+    assert!(events.iter().all(|(n, _)| n != "error"), "no second terminal event");
+
     let records = s.gateway.usage_records().await?;
     assert_eq!(record(&records, "native-broken")?.status, 502);
+    let failed = record(&records, "native-failed")?;
+    assert_eq!((failed.status, failed.outcome), (502, Outcome::UpstreamError));
+    assert_eq!(failed.attempts.last().and_then(|a| a.error.as_deref()), Some("upstream_stream_error"));
     let whole = record(&records, "native-whole")?;
     assert!(!whole.estimated);
     assert!(whole.input_tokens > 0 && whole.output_tokens > 0);

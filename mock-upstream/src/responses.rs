@@ -25,6 +25,7 @@
 //! | `mock:cache` | usage reports [`CACHED_TOKENS`] cached input tokens |
 //! | `mock:reasoning` | usage reports [`REASONING_TOKENS`] reasoning tokens (part of the output) |
 //! | `mock:error-mid-stream` | an `error` event after the first text delta, then the end |
+//! | `mock:failed` | `response.failed` (status `failed`, its `error`, usage so far) after the first text delta, then the end |
 
 use bytes::Bytes;
 use http::StatusCode;
@@ -118,7 +119,7 @@ pub(crate) fn answer(body: &[u8], tokens: Option<usize>) -> Result<Reply, Upstre
     let conversation = Conversation::read(&request)?;
     let answer = Answer::new(&request, &conversation, model, tokens);
     Ok(if stream {
-        Reply::Events(answer.events(conversation.says("mock:error-mid-stream")))
+        Reply::Events(answer.events(conversation.says("mock:error-mid-stream"), conversation.says("mock:failed")))
     } else {
         Reply::Whole(answer.response("completed").to_string().into_bytes())
     })
@@ -372,8 +373,10 @@ impl Answer {
         })
     }
 
-    /// The answer as the typed events of a Responses stream.
-    fn events(&self, error_mid_stream: bool) -> Vec<Bytes> {
+    /// The answer as the typed events of a Responses stream; broken after
+    /// the first text delta by an `error` event (`error_mid_stream`) or by
+    /// `response.failed` (`failed`).
+    fn events(&self, error_mid_stream: bool, failed: bool) -> Vec<Bytes> {
         let mut events = Events::default();
         let mut push = |name: &str, data: Value| events.push(name, data);
         push("response.created", json!({"response": self.response("in_progress")}));
@@ -421,6 +424,14 @@ impl Answer {
                             "error",
                             json!({"code": "server_error", "message": "The model failed mid-stream.", "param": null}),
                         );
+                        return events.out;
+                    }
+                    if i == 0 && failed {
+                        let mut response = self.response("completed");
+                        response["status"] = json!("failed");
+                        response["output"] = json!([]);
+                        response["error"] = json!({"code": "server_error", "message": "The model failed."});
+                        push("response.failed", json!({"response": response}));
                         return events.out;
                     }
                 }

@@ -442,6 +442,7 @@ impl Try<'_> {
             model: request.model.as_ref(),
             include_usage: request.include_usage,
             drop_usage_chunk: stream_options == StreamOptionsEdit::IncludeUsage && !request.include_usage,
+            request,
         };
         if !stream {
             let whole = read_bounded(&mut body, usize::MAX, deadline).await?;

@@ -102,6 +102,7 @@ async fn send(
         model: model.label.as_str(),
         include_usage: false,
         drop_usage_chunk: false,
+        request: &request,
     };
     let (answer, _usage) = channel.adapter.decode_whole(whole, &answering).map_err(error_with_200)?;
     Ok(first_text(&answer.contiguous()))

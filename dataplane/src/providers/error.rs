@@ -107,6 +107,16 @@ pub(crate) enum UpstreamError {
 /// Anthropic's "overloaded" status (<https://docs.claude.com/en/api/errors>).
 const OVERLOADED: u16 = 529;
 
+/// Error codes some providers send with a 429 that mean the account's money
+/// or quota ran out — not a passing rate limit, and not over in seconds:
+/// OpenAI's and Alibaba DashScope's `insufficient_quota`
+/// (<https://help.aliyun.com/en/model-studio/error-code-start>); Zhipu's
+/// business codes 1113 (arrears), 1304 (daily quota), 1308 and 1310 (usage
+/// caps), 1309 (coding plan expired) (<https://docs.bigmodel.cn/cn/api/api-code>).
+/// Zhipu's 1302, 1303, 1305 and 1312 (concurrency, frequency, overload) are
+/// ordinary rate limits.
+const QUOTA_EXHAUSTED: [&str; 6] = ["insufficient_quota", "1113", "1304", "1308", "1309", "1310"];
+
 impl UpstreamError {
     /// The class of failure a routing policy's `retryOn` names, when another
     /// attempt (on another channel, or after a wait) may succeed; `None`
@@ -149,18 +159,31 @@ impl UpstreamError {
         }
     }
 
-    /// The upstream says it is rate limited (429).
+    /// The upstream says it is rate limited (a 429 that will pass).
     pub fn rate_limited(&self) -> bool {
         matches!(self, UpstreamError::Status { status, .. } if *status == StatusCode::TOO_MANY_REQUESTS)
+            && !self.quota_exhausted()
+    }
+
+    /// A 429 whose code says the channel's account ran out of money or
+    /// quota ([`QUOTA_EXHAUSTED`]): every request will fail alike until an
+    /// operator acts, so it counts against the channel like a refused
+    /// credential (another channel may still take the request).
+    pub fn quota_exhausted(&self) -> bool {
+        matches!(self, UpstreamError::Status { status, error, .. }
+            if *status == StatusCode::TOO_MANY_REQUESTS
+                && [error.code.as_deref(), error.kind.as_deref()].into_iter().flatten().any(|c| QUOTA_EXHAUSTED.contains(&c)))
     }
 
     /// The failure says something about the channel's health (a client's bad
-    /// request or an upstream rate limit does not).
+    /// request or an upstream rate limit does not; an exhausted quota does).
     pub fn counts_against_channel(&self) -> bool {
         match self {
             UpstreamError::Connect(_) | UpstreamError::Timeout(_) | UpstreamError::Body(_) => true,
             UpstreamError::Translation(_) => false,
-            UpstreamError::Status { status, .. } => status.is_server_error() || matches!(status.as_u16(), 401 | 403),
+            UpstreamError::Status { status, .. } => {
+                status.is_server_error() || matches!(status.as_u16(), 401 | 403) || self.quota_exhausted()
+            }
         }
     }
 
@@ -173,6 +196,7 @@ impl UpstreamError {
             UpstreamError::Translation(e) => e.category,
             UpstreamError::Status { status, .. } => match status.as_u16() {
                 401 | 403 => "upstream_auth_failed",
+                429 if self.quota_exhausted() => "upstream_quota_exhausted",
                 429 => "upstream_rate_limited",
                 OVERLOADED => "upstream_overloaded",
                 400..=499 => "upstream_client_error",
@@ -314,6 +338,36 @@ mod tests {
         assert!(overloaded.retry_class() == Some(RetryOn::ServerError) && overloaded.counts_against_channel());
         assert_eq!(overloaded.category(), "upstream_overloaded");
         assert_eq!(overloaded.into_api_error("c").status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[test]
+    fn an_exhausted_quota_is_no_rate_limit_and_counts_against_the_channel() {
+        let with = |body: &[u8]| UpstreamError::Status {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            error: ErrorFields::parse(body),
+            retry_after: None,
+        };
+        // Zhipu: arrears (1113), with its business code as a string.
+        let arrears = with(r#"{"error":{"code":"1113","message":"您的账户已欠费，请充值后重试。"}}"#.as_bytes());
+        // Alibaba DashScope (compatible mode): the quota ran out.
+        let dashscope = with(
+            br#"{"error":{"message":"You exceeded your current quota","type":"insufficient_quota","code":"insufficient_quota"},"request_id":"r1"}"#,
+        );
+        for exhausted in [&arrears, &dashscope] {
+            assert!(exhausted.quota_exhausted() && !exhausted.rate_limited());
+            assert!(exhausted.counts_against_channel());
+            assert_eq!(exhausted.category(), "upstream_quota_exhausted");
+            assert_eq!(exhausted.retry_class(), Some(RetryOn::TooManyRequests), "another channel may take it");
+        }
+        assert_eq!(arrears.into_api_error("c").status, StatusCode::TOO_MANY_REQUESTS, "the client still sees a 429");
+        // Zhipu's concurrency limit (1302) and DashScope's rate quota are ordinary rate limits.
+        for busy in [
+            with(r#"{"error":{"code":"1302","message":"并发数过高"}}"#.as_bytes()),
+            with(br#"{"code":"Throttling.RateQuota","message":"Requests rate limit exceeded","request_id":"r2"}"#),
+        ] {
+            assert!(busy.rate_limited() && !busy.counts_against_channel(), "{busy}");
+            assert_eq!(busy.category(), "upstream_rate_limited");
+        }
     }
 
     #[test]

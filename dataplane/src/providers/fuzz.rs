@@ -7,6 +7,8 @@ use bytes::Bytes;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
+use super::responses::response::Echo;
+use super::via_chat::{Chained, ToChat};
 use super::{EventAction, StreamDecoder, anthropic, cohere, gemini, messages, openai, responses};
 use crate::relay::sse::{self, SseFramer};
 
@@ -20,8 +22,19 @@ fn decoders() -> Vec<StreamDecoder> {
         StreamDecoder::Anthropic(Box::new(anthropic::Passthrough::new(rename))),
         StreamDecoder::ChatToMessages(Box::new(messages::stream::ToEvents::new("public"))),
         StreamDecoder::Responses(Box::new(responses::stream::Passthrough::new(rename_again()))),
-        StreamDecoder::ChatToResponses(Box::new(responses::stream::ToResponses::new("public"))),
-        StreamDecoder::AnthropicToResponses(Box::new(responses::stream::FromAnthropic::new("public"))),
+        StreamDecoder::ChatToResponses(Box::new(responses::stream::ToResponses::new("public", Echo::default()))),
+        StreamDecoder::ResponsesViaChat(Box::new(Chained::new(
+            ToChat::Anthropic(anthropic::stream::ToChunks::new("public", true)),
+            responses::stream::ToResponses::new("public", Echo::default()),
+        ))),
+        StreamDecoder::ResponsesViaChat(Box::new(Chained::new(
+            ToChat::Gemini(gemini::stream::ToChunks::new("public", true)),
+            responses::stream::ToResponses::new("public", Echo::default()),
+        ))),
+        StreamDecoder::MessagesViaChat(Box::new(Chained::new(
+            ToChat::Cohere(cohere::stream::ToChunks::new("public", true)),
+            messages::stream::ToEvents::new("public"),
+        ))),
         StreamDecoder::GeminiToChat(Box::new(gemini::stream::ToChunks::new("public", true))),
         StreamDecoder::GeminiToChat(Box::new(gemini::stream::ToChunks::new("public", false))),
         StreamDecoder::CohereToChat(Box::new(cohere::stream::ToChunks::new("public", true))),
@@ -220,7 +233,7 @@ proptest! {
         for mut decoder in decoders() {
             let whole = feed(&mut decoder, std::slice::from_ref(&stream));
             // Passthrough decoders pass on whatever the upstream sent.
-            if matches!(decoder, StreamDecoder::AnthropicToChat(_) | StreamDecoder::AnthropicToResponses(_)) {
+            if matches!(decoder, StreamDecoder::AnthropicToChat(_) | StreamDecoder::ResponsesViaChat(_)) {
                 prop_assert!(well_formed(&whole), "{}", String::from_utf8_lossy(&whole));
             }
         }
@@ -289,7 +302,7 @@ proptest! {
         cuts in proptest::collection::vec(any::<usize>(), 0..8),
     ) {
         let stream = events.concat().into_bytes();
-        let translator = || StreamDecoder::ChatToResponses(Box::new(responses::stream::ToResponses::new("public")));
+        let translator = || StreamDecoder::ChatToResponses(Box::new(responses::stream::ToResponses::new("public", Echo::default())));
         let out = feed(&mut translator(), std::slice::from_ref(&stream));
         prop_assert!(well_formed(&out), "{}", String::from_utf8_lossy(&out));
         let text = String::from_utf8_lossy(&out).into_owned();

@@ -14,7 +14,10 @@
 //! [`gemini`] and [`cohere`] for OpenAI clients of Gemini and Cohere
 //! channels, [`messages`] for Messages clients of OpenAI-wire channels,
 //! [`responses`] for Responses clients of every channel but OpenAI's and
-//! Azure's); where they match, bodies pass through.
+//! Azure's); where they match, bodies pass through. Messages and Responses
+//! clients of the other formats go through the chat form both ways: their
+//! request becomes a chat request and that the provider's, the provider's
+//! answer a chat answer and that theirs ([`via_chat`] for streams).
 
 pub(crate) mod anthropic;
 pub(crate) mod cohere;
@@ -26,6 +29,7 @@ pub(crate) mod messages;
 pub(crate) mod mock;
 pub(crate) mod openai;
 pub(crate) mod responses;
+pub(crate) mod via_chat;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -95,7 +99,7 @@ pub(crate) enum Adapter {
 }
 
 /// What decoding an answer needs to know about its request.
-pub(crate) struct Answering<'a> {
+pub(crate) struct Answering<'a, 'r> {
     pub operation: Operation,
     /// Set when the upstream's model name is not the public one.
     pub rename: Option<&'a Arc<ModelRename>>,
@@ -106,6 +110,8 @@ pub(crate) struct Answering<'a> {
     /// The gateway asked an OpenAI-wire upstream for usage the client did
     /// not ask for: its usage chunk is not passed on.
     pub drop_usage_chunk: bool,
+    /// The client's request (translated Responses objects repeat its settings).
+    pub request: &'a RequestBody<'r>,
 }
 
 impl Adapter {
@@ -118,7 +124,7 @@ impl Adapter {
             Provider::Cohere => Adapter::Cohere { client: client(), headers: openai::headers(channel) },
             provider => {
                 let openai = matches!(provider, Provider::Openai | Provider::AzureOpenai);
-                let limit = if openai { LimitMember::MaxCompletionTokens } else { LimitMember::MaxTokens };
+                let limit = limit_member(provider);
                 Adapter::OpenAi { client: client(), headers: openai::headers(channel), limit, responses: openai }
             }
         }
@@ -181,22 +187,16 @@ impl Adapter {
                 };
                 translated(responses::request::translate(request, &target))
             }
-            (Adapter::Anthropic { .. }, Operation::Responses) => {
-                // Through the chat translation, which Anthropic channels speak.
-                let target = messages::request::Target {
-                    model: model.upstream.as_str(),
-                    limit: LimitMember::MaxCompletionTokens,
-                    stream: false,
-                    include_usage: false,
-                };
-                let chat = responses::request::translate(request, &target)?;
-                let chat = RequestBody::parse(&chat)?;
-                translated(anthropic::request::translate(&chat, model.upstream.as_str(), request.stream))
+            (Adapter::Anthropic { .. }, Operation::Responses)
+            | (Adapter::Gemini { .. } | Adapter::Cohere { .. }, Operation::Messages | Operation::Responses) => {
+                translated(self.via_chat(operation, request, model.upstream.as_str()))
             }
             (Adapter::OpenAi { .. } | Adapter::Mock, Operation::Chat | Operation::Embeddings) => {
                 Ok(request.upstream_body(original, edit))
             }
-            (Adapter::OpenAi { .. } | Adapter::Mock, Operation::Messages | Operation::CountTokens) => {
+            // `count_tokens` is counted by the gateway, on the chat translation.
+            (Adapter::OpenAi { .. } | Adapter::Mock, Operation::Messages | Operation::CountTokens)
+            | (Adapter::Gemini { .. } | Adapter::Cohere { .. }, Operation::CountTokens) => {
                 let target = messages::request::Target {
                     model: model.upstream.as_str(),
                     limit: self.limit(),
@@ -219,28 +219,36 @@ impl Adapter {
             (Adapter::Gemini { .. }, Operation::Embeddings) => {
                 translated(gemini::request::embeddings(request, &format!("models/{}", model.upstream.as_str())))
             }
-            (Adapter::Gemini { .. }, Operation::Messages | Operation::CountTokens) => Err(ApiError::bad_request(
-                "unsupported_operation",
-                "Gemini channels do not serve the Messages API yet.",
-            )),
-            (Adapter::Gemini { .. }, Operation::Responses) => Err(ApiError::bad_request(
-                "unsupported_operation",
-                "Gemini channels do not serve the Responses API yet.",
-            )),
             (Adapter::Cohere { .. }, Operation::Chat) => {
                 translated(cohere::request::translate(request, model.upstream.as_str(), request.stream))
             }
             (Adapter::Cohere { .. }, Operation::Embeddings) => {
                 translated(cohere::request::embeddings(request, model.upstream.as_str()))
             }
-            (Adapter::Cohere { .. }, Operation::Messages | Operation::CountTokens) => Err(ApiError::bad_request(
-                "unsupported_operation",
-                "Cohere channels do not serve the Messages API yet.",
-            )),
-            (Adapter::Cohere { .. }, Operation::Responses) => Err(ApiError::bad_request(
-                "unsupported_operation",
-                "Cohere channels do not serve the Responses API yet.",
-            )),
+        }
+    }
+
+    /// A Messages or Responses request in the channel's wire format, through
+    /// the chat form (which the channel's chat translation reads).
+    fn via_chat(&self, operation: Operation, request: &RequestBody<'_>, upstream: &str) -> Result<Vec<u8>, ApiError> {
+        let target = messages::request::Target {
+            model: upstream,
+            limit: LimitMember::MaxCompletionTokens,
+            stream: false,
+            include_usage: false,
+        };
+        let chat = match operation {
+            Operation::Responses => responses::request::translate(request, &target)?,
+            _ => messages::request::translate(request, &target)?,
+        };
+        if matches!(self, Adapter::OpenAi { .. } | Adapter::Mock) {
+            return Ok(chat);
+        }
+        let chat = RequestBody::parse(&chat)?;
+        match self {
+            Adapter::Gemini { .. } => gemini::request::translate(&chat),
+            Adapter::Cohere { .. } => cohere::request::translate(&chat, upstream, request.stream),
+            _ => anthropic::request::translate(&chat, upstream, request.stream),
         }
     }
 
@@ -264,9 +272,10 @@ impl Adapter {
         client_headers: &HeaderMap,
     ) -> Result<http::Response<UpstreamBody>, UpstreamError> {
         match (self, operation) {
-            (Adapter::OpenAi { .. } | Adapter::Mock, Operation::CountTokens) => {
-                Ok(local_json(messages::count_tokens(&body.contiguous())))
-            }
+            (
+                Adapter::OpenAi { .. } | Adapter::Mock | Adapter::Gemini { .. } | Adapter::Cohere { .. },
+                Operation::CountTokens,
+            ) => Ok(local_json(messages::count_tokens(&body.contiguous()))),
             (Adapter::OpenAi { client, headers, .. }, _) => http(client, headers, uri, body, request_id, None).await,
             (Adapter::Anthropic { client, headers }, _) => {
                 let beta = client_headers.get(anthropic::ANTHROPIC_BETA);
@@ -280,6 +289,19 @@ impl Adapter {
             }
             (Adapter::Mock, _) => Ok(mock::answer(operation, &body.contiguous())),
         }
+    }
+}
+
+/// The member that carries the output limit in a chat request the gateway
+/// writes for an OpenAI-wire channel: `max_completion_tokens` where the
+/// provider takes it (OpenAI's reasoning models require it; Alibaba Model
+/// Studio deprecated `max_tokens` for it on 2026-05-30,
+/// <https://www.alibabacloud.com/en/notice/model_studio_notice_of_changes_to_certain_model_fields_724>),
+/// else `max_tokens`, which the rest of the family knows.
+fn limit_member(provider: Provider) -> LimitMember {
+    match provider {
+        Provider::Openai | Provider::AzureOpenai | Provider::Qwen => LimitMember::MaxCompletionTokens,
+        _ => LimitMember::MaxTokens,
     }
 }
 
@@ -312,7 +334,11 @@ fn local_json(body: Bytes) -> http::Response<UpstreamBody> {
 impl Adapter {
     /// A complete answer as the client gets it, and its usage; the error
     /// the body describes when it is one (sent with a success status).
-    pub fn decode_whole(&self, body: Bytes, answering: &Answering<'_>) -> Result<(Parts, Option<Usage>), ErrorFields> {
+    pub fn decode_whole(
+        &self,
+        body: Bytes,
+        answering: &Answering<'_, '_>,
+    ) -> Result<(Parts, Option<Usage>), ErrorFields> {
         let rename = answering.rename.map(Arc::as_ref);
         let whole = |(bytes, usage): (Vec<u8>, Option<Usage>)| (Parts::whole(Bytes::from(bytes)), usage);
         match (self, answering.operation) {
@@ -320,12 +346,18 @@ impl Adapter {
                 responses::response::passthrough_whole(body, rename)
             }
             (Adapter::OpenAi { .. } | Adapter::Mock, Operation::Responses) => {
-                responses::response::from_chat(&body, answering.model).map(whole)
+                let echo = responses::response::Echo::of(answering.request);
+                responses::response::from_chat(&body, answering.model, &echo).map(whole)
             }
-            (Adapter::Anthropic { .. }, Operation::Responses) => {
-                let (chat, usage) = anthropic::response::completion(&body, answering.model)?;
-                // Anthropic's own usage: cache writes are lost on the way through chat.
-                responses::response::from_chat(&chat, answering.model).map(|(b, _)| whole((b, Some(usage))))
+            (Adapter::Anthropic { .. } | Adapter::Gemini { .. } | Adapter::Cohere { .. }, Operation::Responses) => {
+                let (chat, usage) = self.chat_whole(&body, answering.model)?;
+                let echo = responses::response::Echo::of(answering.request);
+                // The provider's own usage: what chat has no member for (cache writes) stays.
+                responses::response::from_chat(&chat, answering.model, &echo).map(|(b, _)| whole((b, Some(usage))))
+            }
+            (Adapter::Gemini { .. } | Adapter::Cohere { .. }, Operation::Messages) => {
+                let (chat, usage) = self.chat_whole(&body, answering.model)?;
+                messages::response::message(&chat, answering.model).map(|(b, _)| whole((b, Some(usage))))
             }
             (Adapter::OpenAi { .. } | Adapter::Mock, Operation::Chat | Operation::Embeddings) => {
                 Ok(openai::decode_whole(body, rename))
@@ -334,9 +366,10 @@ impl Adapter {
                 messages::response::message(&body, answering.model).map(whole)
             }
             // The gateway's own count: nothing was generated.
-            (Adapter::OpenAi { .. } | Adapter::Mock, Operation::CountTokens) => {
-                Ok((Parts::whole(body), Some(Usage::default())))
-            }
+            (
+                Adapter::OpenAi { .. } | Adapter::Mock | Adapter::Gemini { .. } | Adapter::Cohere { .. },
+                Operation::CountTokens,
+            ) => Ok((Parts::whole(body), Some(Usage::default()))),
             (Adapter::Anthropic { .. }, Operation::Chat) => {
                 anthropic::response::completion(&body, answering.model).map(|(b, u)| whole((b, Some(u))))
             }
@@ -344,29 +377,47 @@ impl Adapter {
             (Adapter::Gemini { .. }, Operation::Embeddings) => {
                 gemini::response::embeddings(&body, answering.model).map(|b| whole((b, None)))
             }
-            (Adapter::Gemini { .. }, _) => {
+            (Adapter::Gemini { .. }, Operation::Chat) => {
                 gemini::response::completion(&body, answering.model).map(|(b, u)| whole((b, Some(u))))
             }
             (Adapter::Cohere { .. }, Operation::Embeddings) => {
                 cohere::response::embeddings(&body, answering.model).map(whole)
             }
-            (Adapter::Cohere { .. }, _) => {
+            (Adapter::Cohere { .. }, Operation::Chat) => {
                 cohere::response::completion(&body, answering.model).map(|(b, u)| whole((b, Some(u))))
             }
         }
     }
 
+    /// A whole answer as a chat completion, and its usage (OpenAI-wire
+    /// answers are chat completions already, read by their own decoders).
+    fn chat_whole(&self, body: &[u8], model: &str) -> Result<(Vec<u8>, Usage), ErrorFields> {
+        match self {
+            Adapter::Anthropic { .. } => anthropic::response::completion(body, model),
+            Adapter::Gemini { .. } => gemini::response::completion(body, model),
+            Adapter::Cohere { .. } => cohere::response::completion(body, model),
+            Adapter::OpenAi { .. } | Adapter::Mock => Ok((body.to_vec(), Usage::default())),
+        }
+    }
+
     /// The decoder of one streamed answer.
-    pub fn stream_decoder(&self, answering: &Answering<'_>) -> StreamDecoder {
+    pub fn stream_decoder(&self, answering: &Answering<'_, '_>) -> StreamDecoder {
         match (self, answering.operation) {
             (Adapter::OpenAi { responses: true, .. }, Operation::Responses) => {
                 StreamDecoder::Responses(Box::new(responses::stream::Passthrough::new(answering.rename.cloned())))
             }
             (Adapter::OpenAi { .. } | Adapter::Mock, Operation::Responses) => {
-                StreamDecoder::ChatToResponses(Box::new(responses::stream::ToResponses::new(answering.model)))
+                let echo = responses::response::Echo::of(answering.request);
+                StreamDecoder::ChatToResponses(Box::new(responses::stream::ToResponses::new(answering.model, echo)))
             }
-            (Adapter::Anthropic { .. }, Operation::Responses) => {
-                StreamDecoder::AnthropicToResponses(Box::new(responses::stream::FromAnthropic::new(answering.model)))
+            (Adapter::Anthropic { .. } | Adapter::Gemini { .. } | Adapter::Cohere { .. }, Operation::Responses) => {
+                let echo = responses::response::Echo::of(answering.request);
+                let events = responses::stream::ToResponses::new(answering.model, echo);
+                StreamDecoder::ResponsesViaChat(Box::new(via_chat::Chained::new(self.to_chat(answering.model), events)))
+            }
+            (Adapter::Gemini { .. } | Adapter::Cohere { .. }, Operation::Messages) => {
+                let events = messages::stream::ToEvents::new(answering.model);
+                StreamDecoder::MessagesViaChat(Box::new(via_chat::Chained::new(self.to_chat(answering.model), events)))
             }
             (Adapter::OpenAi { .. } | Adapter::Mock, Operation::Messages) => {
                 StreamDecoder::ChatToMessages(Box::new(messages::stream::ToEvents::new(answering.model)))
@@ -389,6 +440,16 @@ impl Adapter {
             (Adapter::OpenAi { .. } | Adapter::Mock, _) => {
                 StreamDecoder::OpenAi(openai::StreamDecoder::new(answering.drop_usage_chunk, answering.rename.cloned()))
             }
+        }
+    }
+
+    /// The translation of a stream into chat chunks, for a translation
+    /// from chat that follows it (so the usage chunk is always written).
+    fn to_chat(&self, model: &str) -> via_chat::ToChat {
+        match self {
+            Adapter::Gemini { .. } => via_chat::ToChat::Gemini(gemini::stream::ToChunks::new(model, true)),
+            Adapter::Cohere { .. } => via_chat::ToChat::Cohere(cohere::stream::ToChunks::new(model, true)),
+            _ => via_chat::ToChat::Anthropic(anthropic::stream::ToChunks::new(model, true)),
         }
     }
 
@@ -504,8 +565,11 @@ pub(crate) enum StreamDecoder {
     Responses(Box<responses::stream::Passthrough>),
     /// OpenAI chunks for a Responses client: translated.
     ChatToResponses(Box<responses::stream::ToResponses>),
-    /// Anthropic events for a Responses client: translated (through chat).
-    AnthropicToResponses(Box<responses::stream::FromAnthropic>),
+    /// Anthropic, Gemini or Cohere events for a Responses client:
+    /// translated through chat.
+    ResponsesViaChat(Box<via_chat::Chained<responses::stream::ToResponses>>),
+    /// Gemini or Cohere events for a Messages client: translated through chat.
+    MessagesViaChat(Box<via_chat::Chained<messages::stream::ToEvents>>),
     /// Gemini events for an OpenAI client: translated.
     GeminiToChat(Box<gemini::stream::ToChunks>),
     /// Cohere events for an OpenAI client: translated.
@@ -547,7 +611,8 @@ impl StreamDecoder {
             StreamDecoder::ChatToMessages(d) => d.event(event),
             StreamDecoder::Responses(d) => d.event(event),
             StreamDecoder::ChatToResponses(d) => d.event(event),
-            StreamDecoder::AnthropicToResponses(d) => d.event(event),
+            StreamDecoder::ResponsesViaChat(d) => d.event(event),
+            StreamDecoder::MessagesViaChat(d) => d.event(event),
             StreamDecoder::GeminiToChat(d) => d.event(event),
             StreamDecoder::CohereToChat(d) => d.event(event),
         }
@@ -563,7 +628,8 @@ impl StreamDecoder {
             StreamDecoder::ChatToMessages(d) => d.end(),
             StreamDecoder::Responses(d) => d.end(),
             StreamDecoder::ChatToResponses(d) => d.end(),
-            StreamDecoder::AnthropicToResponses(d) => d.end(),
+            StreamDecoder::ResponsesViaChat(d) => d.end(),
+            StreamDecoder::MessagesViaChat(d) => d.end(),
             StreamDecoder::GeminiToChat(d) => d.end(),
             StreamDecoder::CohereToChat(d) => d.end(),
         }
@@ -578,9 +644,19 @@ impl StreamDecoder {
             StreamDecoder::ChatToMessages(d) => d.usage(),
             StreamDecoder::Responses(d) => d.usage(),
             StreamDecoder::ChatToResponses(d) => d.usage(),
-            StreamDecoder::AnthropicToResponses(d) => d.usage(),
+            StreamDecoder::ResponsesViaChat(d) => d.usage(),
+            StreamDecoder::MessagesViaChat(d) => d.usage(),
             StreamDecoder::GeminiToChat(d) => d.usage(),
             StreamDecoder::CohereToChat(d) => d.usage(),
+        }
+    }
+
+    /// The error an answer that ended normally on the wire stands for (a
+    /// Responses stream's `response.failed`), once.
+    pub fn failure(&mut self) -> Option<ApiError> {
+        match self {
+            StreamDecoder::Responses(d) => d.failure(),
+            _ => None,
         }
     }
 
@@ -593,7 +669,8 @@ impl StreamDecoder {
             StreamDecoder::ChatToMessages(d) => d.finished,
             StreamDecoder::Responses(d) => d.finished,
             StreamDecoder::ChatToResponses(d) => d.finished,
-            StreamDecoder::AnthropicToResponses(d) => d.finished(),
+            StreamDecoder::ResponsesViaChat(d) => d.finished(),
+            StreamDecoder::MessagesViaChat(d) => d.finished(),
             StreamDecoder::GeminiToChat(d) => d.finished,
             StreamDecoder::CohereToChat(d) => d.finished,
         }
@@ -610,4 +687,20 @@ pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qwen_channels_get_max_completion_tokens_and_the_rest_of_the_family_max_tokens() {
+        assert_eq!(limit_member(Provider::Qwen), LimitMember::MaxCompletionTokens);
+        assert_eq!(limit_member(Provider::Openai), LimitMember::MaxCompletionTokens);
+        for provider in
+            [Provider::Zhipu, Provider::Ernie, Provider::Mistral, Provider::Vllm, Provider::OpenaiCompatible]
+        {
+            assert_eq!(limit_member(provider), LimitMember::MaxTokens, "{provider:?}");
+        }
+    }
 }

@@ -366,6 +366,24 @@ mod tests {
         assert!(value.is_sensitive());
     }
 
+    /// Zhipu, Qwen and ERNIE keep the roots and auth of
+    /// `shared/reference/providers.md` (sections 7-9): their default roots,
+    /// `POST {root}/chat/completions`, `Authorization: Bearer`.
+    #[test]
+    fn the_chinese_presets_keep_their_default_roots_and_bearer_auth() {
+        for (provider, root) in [
+            (Provider::Zhipu, "https://open.bigmodel.cn/api/paas/v4"),
+            (Provider::Qwen, "https://dashscope-intl.aliyuncs.com/compatible-mode/v1"),
+            (Provider::Ernie, "https://qianfan.baidubce.com/v2"),
+        ] {
+            assert_eq!(provider.default_base_url(), Some(root), "{provider:?}");
+            let ch = channel(provider, root, None);
+            assert_eq!(url(&ch, &model(), Operation::Chat), format!("{root}/chat/completions"));
+            let (name, value) = auth_header(&ch).unwrap_or_else(|| panic!("no auth header"));
+            assert_eq!((name, value.to_str().ok()), (http::header::AUTHORIZATION, Some("Bearer k")), "{provider:?}");
+        }
+    }
+
     #[test]
     fn the_responses_api_has_its_own_path_and_azure_a_dated_one_without_the_deployment() {
         let dated = channel(Provider::AzureOpenai, "https://r.openai.azure.com", Some("2025-04-01-preview"));

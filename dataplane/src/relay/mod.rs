@@ -117,9 +117,15 @@ impl RelayBody {
                 }
             }
         }
-        if let Some(ctx) = self.ctx.as_mut() {
-            ctx.record.status = 200;
-            ctx.record.usage = self.decoder.usage();
+        match self.decoder.failure() {
+            // Relayed as the upstream wrote it; recorded as a stream that failed.
+            Some(error) if self.failed.is_none() => self.record_failure(&error),
+            _ => {
+                if let Some(ctx) = self.ctx.as_mut() {
+                    ctx.record.status = 200;
+                    ctx.record.usage = self.decoder.usage();
+                }
+            }
         }
     }
 
@@ -140,18 +146,23 @@ impl RelayBody {
     fn fail(&mut self, error: ApiError) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         self.inner = None;
         let dialect = self.ctx.as_ref().map_or(Dialect::OpenAi, |ctx| ctx.record.endpoint.dialect());
-        if let Some(ctx) = self.ctx.as_mut() {
-            let _entered = ctx.span.enter();
-            tracing::warn!(code = error.category, message = %error.message, "stream ended early");
-            ctx.record.status = error.status.as_u16();
-            ctx.record.usage = self.decoder.usage();
-            if let Some(attempt) = ctx.record.last_attempt_mut() {
-                attempt.error = Some(error.category);
-                attempt.counts_against_channel = true;
-            }
-            ctx.answer_broke();
-        }
+        self.record_failure(&error);
         Poll::Ready(Some(Ok(Frame::data(Bytes::from(error.sse_event_in(dialect))))))
+    }
+
+    /// Records a stream that failed: the error's status, the usage so far,
+    /// the attempt's error (counted against the channel).
+    fn record_failure(&mut self, error: &ApiError) {
+        let Some(ctx) = self.ctx.as_mut() else { return };
+        let _entered = ctx.span.enter();
+        tracing::warn!(code = error.category, message = %error.message, "stream ended early");
+        ctx.record.status = error.status.as_u16();
+        ctx.record.usage = self.decoder.usage();
+        if let Some(attempt) = ctx.record.last_attempt_mut() {
+            attempt.error = Some(error.category);
+            attempt.counts_against_channel = true;
+        }
+        ctx.answer_broke();
     }
 }
 

@@ -113,7 +113,8 @@ pub(crate) struct ModelRuntime {
     pub upstream_json: Bytes,
     /// Chat completions and Messages (one URL for both in either format).
     chat: Option<Uri>,
-    /// Streamed chat, where it has its own URL (Gemini).
+    /// Streamed chat (and Messages and Responses translated to it), where it
+    /// has its own URL (Gemini).
     chat_stream: Option<Uri>,
     embeddings: Option<Uri>,
     count_tokens: Option<Uri>,
@@ -125,7 +126,7 @@ impl ModelRuntime {
     /// The URL of an operation, streamed or not.
     pub fn uri_for(&self, operation: Operation, stream: bool) -> Option<&Uri> {
         match (stream, &self.chat_stream) {
-            (true, Some(uri)) if operation == Operation::Chat => Some(uri),
+            (true, Some(uri)) if operation.streams() => Some(uri),
             _ => self.uri(operation),
         }
     }

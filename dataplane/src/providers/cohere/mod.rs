@@ -18,14 +18,15 @@ use weaver_crds::snapshot::ChannelSnapshot;
 use super::{ErrorFields, Operation};
 use crate::relay::sse;
 
-/// The upstream URL of an operation; `None` for the Messages and Responses
-/// APIs, which Cohere channels do not serve yet.
+/// The upstream URL of an operation (Messages and Responses requests go to
+/// chat translated); `None` for `count_tokens`, which the gateway counts
+/// itself (Cohere's `tokenize` needs the model's own tokenizer name).
 pub(crate) fn url(channel: &ChannelSnapshot, operation: Operation) -> Option<String> {
     let root = channel.base_url.strip_suffix("/v2").unwrap_or(&channel.base_url);
     match operation {
-        Operation::Chat => Some(format!("{root}/v2/chat")),
+        Operation::Chat | Operation::Messages | Operation::Responses => Some(format!("{root}/v2/chat")),
         Operation::Embeddings => Some(format!("{root}/v2/embed")),
-        Operation::Messages | Operation::CountTokens | Operation::Responses => None,
+        Operation::CountTokens => None,
     }
 }
 

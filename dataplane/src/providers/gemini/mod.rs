@@ -27,13 +27,14 @@ pub(crate) fn resource(model: &ModelSnapshot) -> String {
     if model.upstream.contains('/') { model.upstream.clone() } else { format!("models/{}", model.upstream) }
 }
 
-/// The upstream URL of an operation for one model; `None` for the Messages and
-/// Responses APIs, which Gemini channels do not serve yet.
+/// The upstream URL of an operation for one model (Messages and Responses
+/// requests go to `generateContent` translated); `None` for `count_tokens`,
+/// which the gateway counts itself.
 pub(crate) fn url(channel: &ChannelSnapshot, model: &ModelSnapshot, operation: Operation) -> Option<String> {
     let method = match operation {
-        Operation::Chat => "generateContent",
+        Operation::Chat | Operation::Messages | Operation::Responses => "generateContent",
         Operation::Embeddings => "batchEmbedContents",
-        Operation::Messages | Operation::CountTokens | Operation::Responses => return None,
+        Operation::CountTokens => return None,
     };
     Some(format!("{}/{}:{method}", channel.base_url, resource(model)))
 }

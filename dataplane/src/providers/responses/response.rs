@@ -8,13 +8,17 @@
 //! finish reason as the status (`length` -> `incomplete` with reason
 //! `max_output_tokens`, `content_filter` -> `incomplete` with reason
 //! `content_filter`, else `completed`), and usage with cached and
-//! reasoning tokens in their details. The request's settings are not echoed
-//! back (the answer has no `tools`, `tool_choice` or `text` members);
-//! `store` is `false`, since nothing was kept.
+//! reasoning tokens in their details. The request's settings are echoed
+//! back as the API's object does ([`Echo`]: as the client wrote them, the
+//! API's defaults where it left them out); `store` is `false`, since
+//! nothing was kept.
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::value::RawValue;
 
+use crate::api::RequestBody;
 use crate::metering::{ResponsesUsage, Usage};
 use crate::parts::Parts;
 use crate::providers::ErrorFields;
@@ -134,6 +138,7 @@ pub(super) struct Head<'a> {
     pub id: &'a str,
     pub created_at: i64,
     pub model: &'a str,
+    pub echo: &'a Echo,
 }
 
 #[derive(Serialize)]
@@ -146,10 +151,83 @@ pub(super) struct ResponseOut<'a> {
     incomplete_details: Option<IncompleteOut>,
     model: &'a str,
     output: Vec<ItemOut<'a>>,
-    parallel_tool_calls: bool,
     previous_response_id: Option<()>,
     store: bool,
+    #[serde(flatten)]
+    echo: &'a Echo,
     usage: Option<UsageOut>,
+}
+
+/// The request's settings that a response object repeats
+/// (<https://platform.openai.com/docs/api-reference/responses/object>):
+/// each as the client wrote it (raw JSON, copied once per request), or the
+/// API's default when it was left out or `null`.
+#[derive(Default)]
+pub(crate) struct Echo {
+    given: Vec<(&'static str, Box<RawValue>)>,
+}
+
+/// The members echoed, in the API object's order.
+const ECHOED: [&str; 10] = [
+    "instructions",
+    "max_output_tokens",
+    "metadata",
+    "parallel_tool_calls",
+    "reasoning",
+    "temperature",
+    "text",
+    "tool_choice",
+    "tools",
+    "top_p",
+];
+
+impl Echo {
+    pub fn of(request: &RequestBody<'_>) -> Self {
+        let given = ECHOED
+            .iter()
+            .filter_map(|name| Some((*name, request.get(name).filter(|raw| raw.get() != "null")?.to_owned())))
+            .collect();
+        Self { given }
+    }
+}
+
+impl Serialize for Echo {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Empty {}
+        #[derive(Serialize)]
+        struct Reasoning {
+            effort: Option<()>,
+            summary: Option<()>,
+        }
+        #[derive(Serialize)]
+        struct Format {
+            #[serde(rename = "type")]
+            kind: &'static str,
+        }
+        #[derive(Serialize)]
+        struct Text {
+            format: Format,
+        }
+        let mut map = serializer.serialize_map(Some(ECHOED.len()))?;
+        for name in ECHOED {
+            if let Some((_, raw)) = self.given.iter().find(|(n, _)| *n == name) {
+                map.serialize_entry(name, raw)?;
+                continue;
+            }
+            match name {
+                "metadata" => map.serialize_entry(name, &Empty {})?,
+                "parallel_tool_calls" => map.serialize_entry(name, &true)?,
+                "reasoning" => map.serialize_entry(name, &Reasoning { effort: None, summary: None })?,
+                "temperature" | "top_p" => map.serialize_entry(name, &1.0)?,
+                "text" => map.serialize_entry(name, &Text { format: Format { kind: "text" } })?,
+                "tool_choice" => map.serialize_entry(name, "auto")?,
+                "tools" => map.serialize_entry(name, &[(); 0])?,
+                _ => map.serialize_entry(name, &None::<()>)?,
+            }
+        }
+        map.end()
+    }
 }
 
 #[derive(Serialize)]
@@ -159,6 +237,7 @@ struct IncompleteOut {
 
 impl<'a> ResponseOut<'a> {
     pub fn new(head: &Head<'a>, status: Status, items: &'a [Item], usage: Option<Usage>) -> Self {
+        let echo = head.echo;
         Self {
             id: head.id,
             object: "response",
@@ -171,9 +250,9 @@ impl<'a> ResponseOut<'a> {
             },
             model: head.model,
             output: items.iter().map(|i| i.out(false)).collect(),
-            parallel_tool_calls: true,
             previous_response_id: None,
             store: false,
+            echo,
             usage: usage.map(UsageOut::from),
         }
     }
@@ -216,10 +295,10 @@ pub(super) fn response_id(chat_id: &str) -> String {
     format!("resp_{}", chat_id.strip_prefix("chatcmpl-").unwrap_or(chat_id))
 }
 
-/// The response for a `chat.completion`, named `model`, and its usage; the
-/// error a body describes when it is no completion (an error object sent
-/// with a 200).
-pub(crate) fn from_chat(body: &[u8], model: &str) -> Result<(Vec<u8>, Option<Usage>), ErrorFields> {
+/// The response for a `chat.completion`, named `model`, repeating the
+/// request's settings (`echo`), and its usage; the error a body describes
+/// when it is no completion (an error object sent with a 200).
+pub(crate) fn from_chat(body: &[u8], model: &str, echo: &Echo) -> Result<(Vec<u8>, Option<Usage>), ErrorFields> {
     let Ok(completion) = serde_json::from_slice::<CompletionView<'_>>(body) else {
         return Err(ErrorFields::parse(body));
     };
@@ -250,7 +329,8 @@ pub(crate) fn from_chat(body: &[u8], model: &str) -> Result<(Vec<u8>, Option<Usa
         status = Status::of_finish(choice.finish_reason.as_deref().unwrap_or("stop"));
     }
     items.iter_mut().for_each(|i| i.done = true);
-    let head = Head { id: &id, created_at: completion.created.unwrap_or_else(crate::clock::unix_seconds), model };
+    let created_at = completion.created.unwrap_or_else(crate::clock::unix_seconds);
+    let head = Head { id: &id, created_at, model, echo };
     let response = ResponseOut::new(&head, status, &items, usage);
     Ok((serde_json::to_vec(&response).unwrap_or_default(), usage))
 }

@@ -1,6 +1,7 @@
 //! Responses API streams (<https://platform.openai.com/docs/api-reference/responses-streaming>):
 //! written event by event from OpenAI chat chunks ([`ToResponses`]; from
-//! Anthropic events through the chat translation, [`FromAnthropic`]), and
+//! other providers' events through the chat translation,
+//! [`crate::providers::via_chat`]), and
 //! metered where an OpenAI channel streams them itself ([`Passthrough`]).
 //!
 //! The translation: the first chunk opens the response (`response.created`,
@@ -21,13 +22,13 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
-use super::response::{Head, Item, ItemBody, ItemOut, PartOut, ResponseOut, Status, response_id};
+use super::response::{Echo, Head, Item, ItemBody, ItemOut, PartOut, ResponseOut, Status, response_id};
 use crate::api::ApiError;
 use crate::metering::{ResponsesUsage, Said, Usage};
+use crate::providers::EventAction;
 use crate::providers::messages::request::Str;
 use crate::providers::messages::stream::{ChatEvent, at_close, read_chunk};
 use crate::providers::openai::ModelRename;
-use crate::providers::{EventAction, anthropic};
 use crate::relay::sse;
 
 #[derive(Serialize)]
@@ -114,6 +115,8 @@ impl Writer {
 pub(crate) struct ToResponses {
     /// The public model name.
     model: Box<str>,
+    /// The request's settings, which the response object repeats.
+    echo: Echo,
     id: String,
     created_at: i64,
     writer: Writer,
@@ -132,9 +135,10 @@ pub(crate) struct ToResponses {
 }
 
 impl ToResponses {
-    pub fn new(model: &str) -> Self {
+    pub fn new(model: &str, echo: Echo) -> Self {
         Self {
             model: model.into(),
+            echo,
             id: String::new(),
             created_at: crate::clock::unix_seconds(),
             writer: Writer::default(),
@@ -159,7 +163,7 @@ impl ToResponses {
         }
         self.started = true;
         self.id = response_id(chat_id);
-        let head = Head { id: &self.id, created_at: self.created_at, model: &self.model };
+        let head = Head { id: &self.id, created_at: self.created_at, model: &self.model, echo: &self.echo };
         let created = Event::Created { response: ResponseOut::new(&head, Status::InProgress, &[], None) };
         self.writer.write(out, &created);
         let in_progress = Event::InProgress { response: ResponseOut::new(&head, Status::InProgress, &[], None) };
@@ -318,7 +322,7 @@ impl ToResponses {
         let mut out = Vec::new();
         self.start(&mut out, "");
         self.close_all(&mut out);
-        let head = Head { id: &self.id, created_at: self.created_at, model: &self.model };
+        let head = Head { id: &self.id, created_at: self.created_at, model: &self.model, echo: &self.echo };
         let response = ResponseOut::new(&head, self.status, &self.items, self.usage);
         let last = match self.status {
             Status::Incomplete(_) => Event::Incomplete { response },
@@ -336,86 +340,12 @@ impl ToResponses {
     }
 }
 
-/// Anthropic events for a Responses client: translated into chat chunks
-/// (the chat translation's own [`anthropic::stream::ToChunks`]), which are
-/// translated into Responses events.
-pub(crate) struct FromAnthropic {
-    chunks: anthropic::stream::ToChunks,
-    events: ToResponses,
-}
-
-impl FromAnthropic {
-    pub fn new(model: &str) -> Self {
-        Self { chunks: anthropic::stream::ToChunks::new(model, true), events: ToResponses::new(model) }
-    }
-
-    /// Anthropic's own usage (cache writes included), once complete.
-    pub fn usage(&self) -> Option<Usage> {
-        self.chunks.usage()
-    }
-
-    pub fn finished(&self) -> bool {
-        self.events.finished
-    }
-
-    pub fn event(&mut self, event: &[u8]) -> EventAction {
-        let action = self.chunks.event(event);
-        self.relay(action, event)
-    }
-
-    pub fn end(&mut self) -> EventAction {
-        let action = self.chunks.end();
-        match self.relay(action, &[]) {
-            EventAction::Fail(error) => EventAction::Fail(error),
-            first => {
-                let last = self.events.end();
-                join(first, last)
-            }
-        }
-    }
-
-    /// Feeds what the chat translation made of one event to the Responses one.
-    fn relay(&mut self, action: EventAction, event: &[u8]) -> EventAction {
-        let chunks: &[u8] = match &action {
-            EventAction::Pass => event,
-            EventAction::Replace(bytes) => bytes,
-            EventAction::Drop => return EventAction::Drop,
-            EventAction::Fail(_) => return action,
-        };
-        let mut out = EventAction::Drop;
-        // The chat translation writes whole events, each ended by a blank line.
-        let lines: SmallVec<[&[u8]; 8]> = chunks.split_inclusive(|b| *b == b'\n').collect();
-        for lines in lines.split(|l| l.trim_ascii().is_empty()).filter(|e| !e.is_empty()) {
-            let one = lines.concat();
-            match self.events.event(&one) {
-                EventAction::Fail(error) => return EventAction::Fail(error),
-                next => out = join(out, next),
-            }
-        }
-        out
-    }
-}
-
-/// Two actions' output, one after the other (neither a pass or failure).
-fn join(first: EventAction, second: EventAction) -> EventAction {
-    match (first, second) {
-        (EventAction::Replace(a), EventAction::Replace(b)) => {
-            let mut all = Vec::with_capacity(a.len() + b.len());
-            all.extend_from_slice(&a);
-            all.extend_from_slice(&b);
-            EventAction::Replace(Bytes::from(all))
-        }
-        (EventAction::Replace(a), _) => EventAction::Replace(a),
-        (_, second) => second,
-    }
-}
-
 #[derive(Deserialize)]
 struct TerminalView<'a> {
     #[serde(rename = "type", borrow)]
     kind: Str<'a>,
-    #[serde(default)]
-    response: Option<ResponseUsageView>,
+    #[serde(default, borrow)]
+    response: Option<ResponseUsageView<'a>>,
     #[serde(default, borrow)]
     message: Option<Str<'a>>,
     #[serde(default, borrow)]
@@ -423,15 +353,29 @@ struct TerminalView<'a> {
 }
 
 #[derive(Deserialize)]
-struct ResponseUsageView {
+struct ResponseUsageView<'a> {
     #[serde(default)]
     usage: Option<ResponsesUsage>,
+    #[serde(default, borrow)]
+    error: Option<FailureView<'a>>,
+}
+
+/// A failed response's `error`.
+#[derive(Deserialize)]
+struct FailureView<'a> {
+    #[serde(default, borrow)]
+    code: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    message: Option<Str<'a>>,
 }
 
 /// Meters a Responses stream an OpenAI channel sends itself: usage from the
 /// last event (`response.completed`, `.incomplete` or `.failed`), the model
 /// renamed in the events that carry the response object, and an `error`
-/// event ending the stream as the gateway ends failed streams. Deltas —
+/// event ending the stream as the gateway ends failed streams. A stream
+/// ending with `response.failed` reaches the client as it is (the SDKs read
+/// its error), but is recorded as the upstream failure it is
+/// ([`Passthrough::failure`]). Deltas —
 /// nearly every event — pass on the name of their `event:` line alone,
 /// unparsed.
 pub(crate) struct Passthrough {
@@ -439,11 +383,18 @@ pub(crate) struct Passthrough {
     usage: Option<Usage>,
     /// The last event arrived.
     pub finished: bool,
+    /// The last event was `response.failed`: the error it stands for.
+    failure: Option<Box<ApiError>>,
 }
 
 impl Passthrough {
     pub fn new(rename: Option<std::sync::Arc<ModelRename>>) -> Self {
-        Self { rename, usage: None, finished: false }
+        Self { rename, usage: None, finished: false, failure: None }
+    }
+
+    /// The upstream failure a stream ended with (`response.failed`), once.
+    pub fn failure(&mut self) -> Option<ApiError> {
+        self.failure.take().map(|e| *e)
     }
 
     pub fn usage(&self) -> Option<Usage> {
@@ -464,8 +415,18 @@ impl Passthrough {
         };
         match view.kind.as_ref() {
             "response.completed" | "response.incomplete" | "response.failed" => {
-                if let Some(usage) = view.response.and_then(|r| r.usage) {
+                let response = view.response.unwrap_or(ResponseUsageView { usage: None, error: None });
+                if let Some(usage) = response.usage {
                     self.usage = Some(usage.into());
+                }
+                if view.kind.as_ref() == "response.failed" {
+                    let error = response.error.unwrap_or(FailureView { code: None, message: None });
+                    let code = error.code.as_deref().unwrap_or("error");
+                    let message = error.message.as_deref().unwrap_or("The upstream response failed.");
+                    self.failure = Some(Box::new(ApiError::bad_gateway(
+                        "upstream_stream_error",
+                        format!("The upstream response failed ({code}): {message}"),
+                    )));
                 }
                 self.finished = true;
             }

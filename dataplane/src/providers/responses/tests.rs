@@ -8,6 +8,7 @@ use crate::api::{ApiError, RequestBody};
 use crate::metering::Usage;
 use crate::providers::EventAction;
 use crate::providers::messages::request::{LimitMember, Target};
+use response::Echo;
 
 fn chat(body: &Value) -> Result<Value, ApiError> {
     let bytes = serde_json::to_vec(body).unwrap_or_default();
@@ -123,7 +124,7 @@ fn a_chat_completion_becomes_a_response() {
                   "completion_tokens_details": {"reasoning_tokens": 2}},
     });
     let body = serde_json::to_vec(&completion).unwrap_or_default();
-    let (out, usage) = response::from_chat(&body, "public").unwrap_or_default();
+    let (out, usage) = response::from_chat(&body, "public", &Echo::default()).unwrap_or_default();
     assert_eq!(usage, Some(Usage { input: 10, cached_input: 4, cache_write: 0, output: 5, reasoning: 2 }));
     let out: Value = serde_json::from_slice(&out).unwrap_or(Value::Null);
     assert_eq!(
@@ -139,19 +140,61 @@ fn a_chat_completion_becomes_a_response() {
                 {"type": "function_call", "id": "fc_call_1", "call_id": "call_1", "name": "weather",
                  "arguments": "{}", "status": "completed"},
             ],
-            "parallel_tool_calls": true, "previous_response_id": null, "store": false,
+            "previous_response_id": null, "store": false,
+            "instructions": null, "max_output_tokens": null, "metadata": {}, "parallel_tool_calls": true,
+            "reasoning": {"effort": null, "summary": null}, "temperature": 1.0, "text": {"format": {"type": "text"}},
+            "tool_choice": "auto", "tools": [], "top_p": 1.0,
             "usage": {"input_tokens": 10, "input_tokens_details": {"cached_tokens": 4}, "output_tokens": 5,
                       "output_tokens_details": {"reasoning_tokens": 2}, "total_tokens": 15},
         })
     );
     let cut = json!({"id": "x", "choices": [{"index": 0, "finish_reason": "length", "message": {"content": "a"}}]});
-    let (out, _) = response::from_chat(&serde_json::to_vec(&cut).unwrap_or_default(), "m").unwrap_or_default();
+    let (out, _) =
+        response::from_chat(&serde_json::to_vec(&cut).unwrap_or_default(), "m", &Echo::default()).unwrap_or_default();
     let out: Value = serde_json::from_slice(&out).unwrap_or(Value::Null);
     assert_eq!(
         (out["status"].as_str(), &out["incomplete_details"]),
         (Some("incomplete"), &json!({"reason": "max_output_tokens"}))
     );
-    assert!(response::from_chat(br#"{"error":{"message":"quota"}}"#, "m").is_err());
+    assert!(response::from_chat(br#"{"error":{"message":"quota"}}"#, "m", &Echo::default()).is_err());
+}
+
+#[test]
+fn a_translated_response_echoes_the_request_settings() {
+    let request = json!({
+        "model": "public", "input": "Hi", "instructions": "Be brief.", "temperature": 0.25, "top_p": 0.5,
+        "max_output_tokens": 64, "parallel_tool_calls": false, "tool_choice": "required", "store": false,
+        "tools": [{"type": "function", "name": "weather", "parameters": {"type": "object"}}],
+        "reasoning": {"effort": "low"}, "text": {"format": {"type": "json_object"}}, "metadata": {"k": "v"},
+        "stream": false, "user": "u1",
+    });
+    let bytes = serde_json::to_vec(&request).unwrap_or_default();
+    let echo = RequestBody::parse(&bytes).map(|r| Echo::of(&r)).unwrap_or_default();
+    let completion =
+        br#"{"id":"chatcmpl-1","choices":[{"index":0,"finish_reason":"stop","message":{"content":"ok"}}]}"#;
+    let (out, _) = response::from_chat(completion, "public", &echo).unwrap_or_default();
+    let out: Value = serde_json::from_slice(&out).unwrap_or(Value::Null);
+    for name in [
+        "instructions",
+        "temperature",
+        "top_p",
+        "max_output_tokens",
+        "parallel_tool_calls",
+        "tool_choice",
+        "tools",
+        "reasoning",
+        "text",
+        "metadata",
+    ] {
+        assert_eq!(out[name], request[name], "{name}");
+    }
+    assert_eq!((out["model"].as_str(), out["store"].as_bool()), (Some("public"), Some(false)));
+
+    // The stream's events carry them too, from the first on.
+    let mut decoder = stream::ToResponses::new("public", echo);
+    let events = run(&mut decoder, &[r#"data: {"id":"c","choices":[{"index":0,"delta":{"content":"ok"}}]}"#]);
+    assert_eq!(events[0].1["response"]["tools"], request["tools"]);
+    assert_eq!(events[0].1["response"]["instructions"], "Be brief.");
 }
 
 fn run(decoder: &mut stream::ToResponses, events: &[&str]) -> Vec<(String, Value)> {
@@ -176,7 +219,7 @@ fn run(decoder: &mut stream::ToResponses, events: &[&str]) -> Vec<(String, Value
 
 #[test]
 fn chat_chunks_become_typed_events() {
-    let mut decoder = stream::ToResponses::new("public");
+    let mut decoder = stream::ToResponses::new("public", Echo::default());
     let events = run(
         &mut decoder,
         &[
@@ -227,10 +270,10 @@ fn chat_chunks_become_typed_events() {
     assert_eq!(decoder.usage(), Some(Usage { input: 7, output: 3, ..Usage::default() }));
     assert!(decoder.finished);
 
-    let mut cut = stream::ToResponses::new("public");
+    let mut cut = stream::ToResponses::new("public", Echo::default());
     cut.event(b"data: {\"id\":\"x\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\n");
     assert!(matches!(cut.end(), EventAction::Fail(_)), "a stream without its finish was cut");
-    let mut failed = stream::ToResponses::new("public");
+    let mut failed = stream::ToResponses::new("public", Echo::default());
     assert!(matches!(failed.event(b"data: {\"error\":{\"message\":\"boom\"}}\n\n"), EventAction::Fail(_)));
 }
 
