@@ -10,13 +10,25 @@
 //! HMAC-SHA256-signed claim (session id, expiry, login time, CSRF token) under
 //! a key drawn at start-up: a restart logs everyone out, and no session state
 //! is kept but the ids of sessions logged out before they expired.
+//!
+//! With a session the UI also tests channels
+//! (`POST /ui/api/channels/{namespace}/{name}/test`: the admin listener's
+//! channel test, see [`super::channel_test`]) and runs the playground:
+//! `/ui/api/playground/v1/...` is the client API (chat completions, models...)
+//! served in-process with the API key the page sends, exactly as the client
+//! listener serves it (the key's limits, budget and usage record apply).
+//! Served here rather than by the browser calling the client listener, so
+//! the page keeps its `connect-src 'self'` policy, the client listener needs
+//! no CORS opening for the admin UI's origin, and only a signed-in admin
+//! reaches it even when the client listener is on another host or behind
+//! a proxy the browser cannot reach.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -164,9 +176,65 @@ pub fn router(auth: AdminAuth, gw: Arc<Gateway>) -> Router {
         .route("/ui/api/session", get(session).post(login).delete(logout))
         .route("/ui/api/session/refresh", post(refresh))
         .route("/ui/api/inventory", get(inventory))
+        .route(CHANNEL_TEST, post(test_channel))
+        .route(PLAYGROUND, any(playground))
         .with_state(ui)
         .layer(axum::middleware::map_response(no_store))
         .merge(weaver_dashboard::router())
+}
+
+/// The channel test for a signed-in page (the same test as the admin route).
+pub const CHANNEL_TEST: &str = "/ui/api/channels/{namespace}/{name}/test";
+/// The client API under `/v1/` for a signed-in page (the playground).
+pub const PLAYGROUND: &str = "/ui/api/playground/v1/{*rest}";
+
+/// `POST /ui/api/channels/{namespace}/{name}/test`: the session and its CSRF
+/// token, then the channel test.
+async fn test_channel(
+    State(ui): State<Arc<Ui>>,
+    path: axum::extract::Path<(String, String)>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err(e) = mutating(&ui.auth.sessions, &headers, now_s()) {
+        return e.into_response();
+    }
+    super::channel_test::handle(State(ui.gw.clone()), path, body).await.into_response()
+}
+
+/// `/ui/api/playground/v1/...`: the session (and its CSRF token, but for
+/// reads), then the client API at `/v1/...` with the page's own key. The
+/// session's cookie and CSRF token are not passed on.
+async fn playground(State(ui): State<Arc<Ui>>, request: axum::extract::Request) -> Response {
+    let now = now_s();
+    let sessions = &ui.auth.sessions;
+    let checked = if request.method() == http::Method::GET {
+        sessions.of_request(request.headers(), now).map(drop).ok_or_else(no_session)
+    } else {
+        mutating(sessions, request.headers(), now).map(drop)
+    };
+    if let Err(e) = checked {
+        return e.into_response();
+    }
+    let peer = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map_or(std::net::IpAddr::from([127, 0, 0, 1]), |c| c.0.ip());
+    let (mut parts, body) = request.into_parts();
+    let Some(path) = parts.uri.path().strip_prefix("/ui/api/playground") else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let uri = match parts.uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    match uri.parse() {
+        Ok(uri) => parts.uri = uri,
+        Err(_) => return StatusCode::NOT_FOUND.into_response(),
+    }
+    parts.headers.remove(header::COOKIE);
+    parts.headers.remove(CSRF_HEADER);
+    crate::api::serve_one(ui.gw.clone(), peer, http::Request::from_parts(parts, body)).await.into_response()
 }
 
 async fn no_store(mut response: Response) -> Response {
