@@ -14,7 +14,7 @@ PYTHON := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL := $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends
 
-.PHONY: help run test setup npm-ci ui ui-test fmt lint unit rules e2e crds bench bench-export control-plane-up control-plane-down
+.PHONY: help run test setup npm-ci ui ui-test ui-bench fmt lint unit rules e2e crds bench bench-export control-plane-up control-plane-down
 
 help:
 	@echo "make help                - this list"
@@ -24,6 +24,7 @@ help:
 	@echo "make npm-ci              - the UI's npm packages as package-lock.json pins them (skipped when it is unchanged)"
 	@echo "make ui                  - type-check and build the usage UI (dashboard/) into dashboard/dist, which the gateway embeds"
 	@echo "make ui-test             - the UI's Vitest unit tests and browser tests (Chromium) against a real gateway (after make ui)"
+	@echo "make ui-bench            - the usage UI on 1,000,000 usage records (SQLite): overview load, logs next page in Chromium, JS per chunk (not part of CI)"
 	@echo "make fmt                 - format the Rust code"
 	@echo "make lint                - cargo fmt --check, clippy -D warnings, hadolint on docker/Dockerfile"
 	@echo "make unit                - build the binaries, cargo test (unit and integration tests)"
@@ -77,6 +78,13 @@ ui-test: ui
 	cd dashboard && npx vitest run
 	cargo build -p weaver-gateway --bin weaver-gateway
 	cd dashboard && CARGO_TARGET_DIR="$${CARGO_TARGET_DIR:-$(CURDIR)/target}" node --test e2e/
+
+# The million-record timings: the release gateway on a SQLite store filled
+# by weaver-bench-export --fill (RECORDS=... for another count); figures
+# printed, nothing asserted.
+ui-bench: ui
+	cargo build --release -p weaver-gateway -p weaver-bench-export
+	cd dashboard && CARGO_TARGET_DIR="$${CARGO_TARGET_DIR:-$(CURDIR)/target}" node bench/million.mjs
 
 fmt:
 	cargo fmt --all

@@ -42,23 +42,29 @@ spec:
   allowedModels: ["chat-small"]
 `
 
-function binary() {
-  if (process.env.WEAVER_GATEWAY_BIN) return process.env.WEAVER_GATEWAY_BIN
+/** A binary cargo built: `profile` is `debug` or `release`. */
+export function binary(name = 'weaver-gateway', profile = 'debug') {
+  if (name === 'weaver-gateway' && profile === 'debug' && process.env.WEAVER_GATEWAY_BIN) return process.env.WEAVER_GATEWAY_BIN
   const target = process.env.CARGO_TARGET_DIR ?? resolve(import.meta.dirname, '../../target')
-  const bin = join(target, 'debug', 'weaver-gateway')
-  if (!existsSync(bin)) throw new Error(`${bin} is missing: cargo build -p weaver-gateway (or set WEAVER_GATEWAY_BIN)`)
+  const bin = join(target, profile, name)
+  if (!existsSync(bin)) throw new Error(`${bin} is missing: cargo build ${profile === 'release' ? '--release ' : ''}-p ${name} (or set WEAVER_GATEWAY_BIN)`)
   return bin
 }
 
-/** Starts the gateway; resolves once it listens, with its URLs. */
-export async function startGateway() {
+/**
+ * Starts the gateway; resolves once it listens, with its URLs. `bin`: another
+ * binary (the timings use the release one); `prepare(dataDir)`: runs before
+ * the start, to fill the usage store (`<dataDir>/usage.db`).
+ */
+export async function startGateway({ bin = binary(), prepare } = {}) {
   const dir = mkdtempSync(join(tmpdir(), 'weaver-ui-'))
   const manifests = join(dir, 'manifests')
   const { mkdirSync } = await import('node:fs')
   mkdirSync(manifests)
   writeFileSync(join(manifests, 'demo.yaml'), MANIFESTS)
+  await prepare?.(join(dir, 'data'))
   const child = spawn(
-    binary(),
+    bin,
     ['--manifests', manifests, '--listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0', '--data-dir', join(dir, 'data'), '--log-format', 'json'],
     { env: { ...process.env, WEAVER_ADMIN_TOKEN: ADMIN_TOKEN, RUST_LOG: 'info' }, stdio: ['ignore', 'pipe', 'pipe'] },
   )

@@ -8,13 +8,10 @@ import { mkdirSync, readFileSync } from 'node:fs'
 import { join, resolve } from 'node:path'
 import { chromium } from 'playwright-core'
 import { startGateway, chat, usage, allRecords, eventually, ADMIN_TOKEN, KEYS } from './gateway.mjs'
+import { CHROMIUM, ARGS, signIn } from './browser.mjs'
 
 const ARTIFACTS = resolve(import.meta.dirname, '../artifacts')
 const SHOTS = join(ARTIFACTS, 'screenshots')
-const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium'
-// Debian's Chromium as root, with nothing phoning home (the machine has no network).
-const ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-  '--disable-background-networking', '--disable-component-update', '--disable-sync']
 const DESKTOP = { width: 1280, height: 800 }
 const PHONE = { width: 390, height: 844 }
 
@@ -59,11 +56,7 @@ async function loggedIn({ viewport = DESKTOP, lang = 'en', tz = 'UTC', theme = '
     }
   }, [lang, tz, theme])
   const page = await context.newPage()
-  await page.goto(gw.ui)
-  await page.waitForURL(/\/ui\/login/)
-  await page.fill('[data-test="token"] input', ADMIN_TOKEN)
-  await page.click('[data-test="login"]')
-  await page.waitForSelector('[data-test="overview"][data-loading="false"]')
+  await signIn(page, gw.ui)
   return { context, page }
 }
 
@@ -274,4 +267,77 @@ test('screenshots of every page at desktop and phone widths in both languages', 
       await context.close()
     }
   }
+})
+
+/** Sends `text` in the playground as `key` and waits for the whole answer. */
+async function playgroundAnswer(page, key, text) {
+  await page.goto(`${gw.ui}playground`)
+  await page.fill('[data-test="pg-key"] input', key)
+  await page.click('[data-test="pg-load"]')
+  await eventually(async () => (await page.getAttribute('[data-test="pg-model"]', 'data-value')) !== '', 'a model to be chosen')
+  await page.fill('[data-test="pg-input"] textarea', text)
+  await page.click('[data-test="pg-send"]')
+  await page.waitForSelector('[data-test="playground"][data-state="done"]')
+}
+
+test('the playground streams an answer with a typed key and shows its usage, metered as that key', async () => {
+  for (const lang of ['en', 'zh']) {
+    for (const [size, viewport] of [['desktop', DESKTOP], ['phone', PHONE]]) {
+      const { context, page } = await loggedIn({ viewport, lang, theme: size === 'phone' ? 'dark' : 'light' })
+      await playgroundAnswer(page, KEYS.bob, 'Tell me about streaming.')
+      // bob may use chat-small only: the models list is his key's.
+      assert.equal(await page.getAttribute('[data-test="pg-model"]', 'data-value'), 'chat-small')
+      const answer = (await page.textContent('[data-test="pg-chat"] [data-role="assistant"] .text')).trim()
+      assert.ok(answer.length > 0, 'an answer')
+      const usageTag = page.locator('[data-test="pg-usage"]')
+      const input = Number(await usageTag.getAttribute('data-input'))
+      const output = Number(await usageTag.getAttribute('data-output'))
+      assert.ok(input > 0 && output > 0, `usage ${input}/${output}`)
+      // The request went through the pipeline as bob: its record has the same usage.
+      const id = (await page.textContent('[data-test="pg-usage"] .mono')).trim()
+      const record = await eventually(async () => (await usage(gw, 'usage/records', { request_id: id })).data[0], 'the record')
+      assert.equal(record.api_key, 'bob')
+      assert.equal(record.input_tokens, input)
+      assert.equal(record.output_tokens, output)
+      // The key is in no storage the page keeps.
+      const storage = await page.evaluate(() => JSON.stringify({ ...localStorage, ...sessionStorage }) + document.cookie + location.href)
+      assert.ok(!storage.includes(KEYS.bob), 'the key is kept in memory only')
+      await page.screenshot({ path: join(SHOTS, `playground-${size}-${lang}.png`), fullPage: true })
+      await context.close()
+    }
+  }
+})
+
+test('the playground shows a refusal: a wrong key, and a session-less call', async () => {
+  const { context, page } = await loggedIn()
+  await page.goto(`${gw.ui}playground`)
+  await page.fill('[data-test="pg-key"] input', 'lw-not-a-key')
+  await page.click('[data-test="pg-load"]')
+  await page.waitForSelector('[data-test="pg-error"]')
+  assert.match(await page.textContent('[data-test="pg-error"]'), /Incorrect API key/)
+  // Without the CSRF token a POST is refused before the key is looked at.
+  const forged = await page.evaluate(async (key) => (await fetch('/ui/api/playground/v1/chat/completions', {
+    method: 'POST', headers: { Authorization: `Bearer ${key}`, 'Content-Type': 'application/json' },
+    body: JSON.stringify({ model: 'chat-small', messages: [{ role: 'user', content: 'x' }] }),
+  })).status, KEYS.alice)
+  assert.equal(forged, 403)
+  await context.close()
+  // Nor without a session at all.
+  const r = await fetch(`${gw.admin}/ui/api/playground/v1/models`, { headers: { Authorization: `Bearer ${KEYS.alice}` } })
+  assert.equal(r.status, 401)
+})
+
+test('the channel test button shows the status, latency and first tokens', async () => {
+  const { context, page } = await loggedIn()
+  await page.goto(`${gw.ui}channels`)
+  await page.click('[data-test="test-default/mock"]')
+  await page.waitForSelector('[data-test="test-result"][data-ok="true"]')
+  assert.match(await page.textContent('[data-test="test-status"]'), /200/)
+  assert.match(await page.textContent('[data-test="test-latency"]'), /\d+ (ms|s)/)
+  assert.ok((await page.textContent('[data-test="test-answer"]')).trim().length > 0, 'the answer\'s first tokens')
+  await page.screenshot({ path: join(SHOTS, 'channels-test-desktop-en.png') })
+  // The route needs the session's CSRF token.
+  const forged = await page.evaluate(async () => (await fetch('/ui/api/channels/default/mock/test', { method: 'POST' })).status)
+  assert.equal(forged, 403)
+  await context.close()
 })

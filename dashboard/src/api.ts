@@ -107,6 +107,20 @@ export interface KeyStatus {
   usage: { since: string; requests: number; input_tokens: number; output_tokens: number; cost_usd: string }
 }
 
+/** The channel test's answer (`POST .../channels/{ns}/{name}/test`). */
+export interface TestReport {
+  namespace: string
+  channel: string
+  model: string
+  ok: boolean
+  status: number
+  latency_ms: number
+  first_tokens?: string
+  error?: { message: string; code: string }
+  state: string
+  probe: string
+}
+
 export class ApiError extends Error {
   constructor(
     public status: number,
@@ -147,6 +161,17 @@ export function queryString(q: Query): string {
   return s ? `?${s}` : ''
 }
 
+/** A failed answer as an error with the API's message (OpenAI-shaped errors). */
+export async function errorOf(r: Response): Promise<ApiError> {
+  let message = `${r.status} ${r.statusText}`
+  try {
+    message = (await r.json()).error?.message ?? message
+  } catch {
+    /* not JSON */
+  }
+  return new ApiError(r.status, message)
+}
+
 async function call<T>(method: string, path: string, body?: unknown): Promise<T> {
   const headers: Record<string, string> = {}
   if (body !== undefined) headers['Content-Type'] = 'application/json'
@@ -162,15 +187,7 @@ async function call<T>(method: string, path: string, body?: unknown): Promise<T>
     session.csrf = ''
     onUnauthenticated()
   }
-  if (!r.ok) {
-    let message = `${r.status} ${r.statusText}`
-    try {
-      message = (await r.json()).error?.message ?? message
-    } catch {
-      /* not JSON */
-    }
-    throw new ApiError(r.status, message)
-  }
+  if (!r.ok) throw await errorOf(r)
   return r.status === 204 ? (undefined as T) : ((await r.json()) as T)
 }
 
@@ -180,6 +197,8 @@ export const api = {
   key: (ns: string, name: string) =>
     call<KeyStatus>('GET', `/admin/v1/keys/${encodeURIComponent(ns)}/${encodeURIComponent(name)}`),
   inventory: () => call<Inventory>('GET', '/ui/api/inventory'),
+  testChannel: (ns: string, name: string) =>
+    call<TestReport>('POST', `/ui/api/channels/${encodeURIComponent(ns)}/${encodeURIComponent(name)}/test`, {}),
   exportUrl: (format: 'csv' | 'jsonl', q: Query) => `/admin/v1/usage/export${queryString({ ...q, format })}`,
   mode: () => call<{ mode: Mode }>('GET', '/ui/api/mode').then((r) => r.mode),
   /** Cluster only: sets the ApiKey's spec.disabled. */

@@ -2,7 +2,7 @@ import { createI18n } from 'vue-i18n'
 
 const en = {
   app: 'LLM Weaver',
-  nav: { overview: 'Overview', keys: 'Keys', channels: 'Channels', models: 'Models', logs: 'Logs', settings: 'Settings' },
+  nav: { overview: 'Overview', keys: 'Keys', channels: 'Channels', models: 'Models', logs: 'Logs', playground: 'Playground', settings: 'Settings' },
   common: {
     tz: 'Time zone', refresh: 'Refresh', loading: 'Loading…', none: 'No data', close: 'Close',
     requests: 'Requests', errors: 'Errors', cost: 'Spend', tokens: 'Tokens', input: 'Input', output: 'Output',
@@ -22,7 +22,16 @@ const en = {
     status: { ready: 'ready', expired: 'expired', budget_exceeded: 'budget exceeded', disabled: 'disabled' },
     allowed: 'Allowed models', period: 'period',
   },
-  channels: { provider: 'Provider', successRate: 'Success rate', cachedShare: 'Cached-token share' },
+  channels: {
+    provider: 'Provider', successRate: 'Success rate', cachedShare: 'Cached-token share', test: 'Test', testing: 'Testing…',
+    testTitle: 'Channel test', ok: 'OK', failed: 'Failed', latency: 'Latency', answer: 'Answer', state: 'Routing state', probe: 'Health check',
+  },
+  playground: {
+    key: 'API key (lw-…)', loadModels: 'Load models', system: 'System prompt (optional)', message: 'Message (Ctrl+Enter sends)',
+    send: 'Send', stop: 'Stop', clear: 'Clear', empty: 'Type an API key, pick a model and send a message.',
+    hint: 'The key stays in this page\'s memory only. Requests go through the gateway\'s pipeline as that key: its limits, budget and usage apply.',
+    user: 'You', assistant: 'Assistant', noUsage: 'no usage chunk',
+  },
   models: { servedBy: 'Served by', upstream: 'Upstream model', prices: 'Price per 1M tokens (in / out / cached)' },
   logs: {
     requestId: 'Request id', search: 'Search by request id', next: 'Next page', prev: 'Previous page', first: 'First page',
@@ -42,7 +51,7 @@ const en = {
 
 const zh: typeof en = {
   app: 'LLM Weaver',
-  nav: { overview: '概览', keys: '密钥', channels: '渠道', models: '模型', logs: '日志', settings: '设置' },
+  nav: { overview: '概览', keys: '密钥', channels: '渠道', models: '模型', logs: '日志', playground: '试用', settings: '设置' },
   common: {
     tz: '时区', refresh: '刷新', loading: '加载中…', none: '暂无数据', close: '关闭',
     requests: '请求数', errors: '错误数', cost: '花费', tokens: 'Token 数', input: '输入', output: '输出',
@@ -62,7 +71,16 @@ const zh: typeof en = {
     status: { ready: '可用', expired: '已过期', budget_exceeded: '超出预算', disabled: '已禁用' },
     allowed: '允许的模型', period: '周期',
   },
-  channels: { provider: '提供方', successRate: '成功率', cachedShare: '缓存 Token 占比' },
+  channels: {
+    provider: '提供方', successRate: '成功率', cachedShare: '缓存 Token 占比', test: '测试', testing: '测试中…',
+    testTitle: '渠道测试', ok: '成功', failed: '失败', latency: '延迟', answer: '回答', state: '路由状态', probe: '健康检查',
+  },
+  playground: {
+    key: 'API 密钥（lw-…）', loadModels: '加载模型', system: '系统提示词（可选）', message: '消息（Ctrl+Enter 发送）',
+    send: '发送', stop: '停止', clear: '清空', empty: '输入 API 密钥，选择模型，然后发送消息。',
+    hint: '密钥只保存在本页面的内存中。请求以该密钥经过网关的处理流程：其限流、预算和用量记录均适用。',
+    user: '你', assistant: '助手', noUsage: '没有用量数据块',
+  },
   models: { servedBy: '提供渠道', upstream: '上游模型', prices: '每百万 Token 价格（输入 / 输出 / 缓存）' },
   logs: {
     requestId: '请求 ID', search: '按请求 ID 搜索', next: '下一页', prev: '上一页', first: '第一页',

@@ -10,6 +10,7 @@ export const router = createRouter({
     { path: '/channels', name: 'channels', component: () => import('./pages/Channels.vue') },
     { path: '/models', name: 'models', component: () => import('./pages/Models.vue') },
     { path: '/logs', name: 'logs', component: () => import('./pages/Logs.vue') },
+    { path: '/playground', name: 'playground', component: () => import('./pages/Playground.vue') },
     { path: '/settings', name: 'settings', component: () => import('./pages/Settings.vue') },
     { path: '/login', name: 'login', component: () => import('./pages/Login.vue'), meta: { open: true } },
     { path: '/:rest(.*)', redirect: '/' },

@@ -10,6 +10,9 @@
 //! eval "$(e2e/postgres up)"
 //! target/release/weaver-bench-export            # --records 100000 --stores sqlite,postgres
 //! ```
+//!
+//! `--fill URL` only fills that store and exits: the usage UI's
+//! million-record timings (`make ui-bench`) seed their gateway with it.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -33,6 +36,10 @@ struct Args {
     /// The gateway binary (default: release/weaver-gateway under $CARGO_TARGET_DIR or ./target).
     #[arg(long)]
     gateway: Option<PathBuf>,
+    /// Only fill this store (`sqlite://PATH` or `postgres://...`) with the
+    /// records (spread over the last 3 days), print how long it took and exit.
+    #[arg(long, value_name = "URL")]
+    fill: Option<String>,
 }
 
 const TOKEN: &str = "bench-admin-token";
@@ -204,6 +211,11 @@ async fn main() -> anyhow::Result<()> {
     // reqwest is built without a default TLS provider (the workspace picks ring);
     // the bench speaks plain HTTP, but the client wants one all the same.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    if let Some(url) = &args.fill {
+        let took = fill(url, args.records).await?;
+        println!("{} records written in {:.1} s", args.records, took.as_secs_f64());
+        return Ok(());
+    }
     let gateway = args.gateway.unwrap_or_else(|| {
         let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| PathBuf::from("target"), PathBuf::from);
         target.join("release").join("weaver-gateway")

@@ -127,8 +127,14 @@ impl ApiRoute {
         }
     }
 
-    /// Runs the route's handler for an authenticated caller.
-    async fn handle(self, gw: Arc<Gateway>, caller: Caller, request: http::Request<Incoming>) -> Response {
+    /// Runs the route's handler for an authenticated caller. Generic over the
+    /// body: the client listener's hyper bodies, and the UI playground's
+    /// (admin listener) axum bodies.
+    async fn handle<B>(self, gw: Arc<Gateway>, caller: Caller, request: http::Request<B>) -> Response
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Unpin,
+        B::Error: std::fmt::Display,
+    {
         match self {
             ApiRoute::ChatCompletions
             | ApiRoute::Embeddings
@@ -184,20 +190,51 @@ impl Service<http::Request<Incoming>> for Api {
     }
 
     fn call(&mut self, request: http::Request<Incoming>) -> Self::Future {
-        let answer = |e: ApiError, dialect| Either::Left(ready(Ok(e.response_in(dialect))));
-        let Some(route) = ApiRoute::of_request_path(request.uri().path()) else {
-            return answer(ApiError::route_not_found(), Dialect::OpenAi);
-        };
-        if request.method() != route.method() {
-            return answer(ApiError::method_not_allowed(request.method()), route.dialect());
-        }
         let request_id = std::mem::replace(&mut self.request_id, RequestId::none());
-        match authenticate(&self.gw, self.peer, request.headers(), route, request_id) {
-            Err(refusal) => answer(refusal, route.dialect()),
-            Ok(caller) => {
+        match admit(&self.gw, self.peer, &request, request_id) {
+            Err((refusal, dialect)) => Either::Left(ready(Ok(refusal.response_in(dialect)))),
+            Ok((route, caller)) => {
                 let gw = self.gw.clone();
                 Either::Right(Box::pin(async move { Ok(route.handle(gw, caller, request).await) }))
             }
         }
     }
+}
+
+/// Finds the route (404 for none, 405 for the wrong method) and authenticates;
+/// a refusal comes back with the shape to answer it in.
+fn admit<B>(
+    gw: &Arc<Gateway>,
+    peer: IpAddr,
+    request: &http::Request<B>,
+    request_id: HeaderValue,
+) -> Result<(ApiRoute, Caller), (ApiError, Dialect)> {
+    let Some(route) = ApiRoute::of_request_path(request.uri().path()) else {
+        return Err((ApiError::route_not_found(), Dialect::OpenAi));
+    };
+    if request.method() != route.method() {
+        return Err((ApiError::method_not_allowed(request.method()), route.dialect()));
+    }
+    match authenticate(gw, peer, request.headers(), route, request_id) {
+        Ok(caller) => Ok((route, caller)),
+        Err(refusal) => Err((refusal, route.dialect())),
+    }
+}
+
+/// One client API request served in-process, as the client listener would
+/// serve it from `peer` (same authentication, limits, routing and metering):
+/// the UI playground's calls, made on the admin listener. The answer carries
+/// its request id.
+pub(crate) async fn serve_one<B>(gw: Arc<Gateway>, peer: IpAddr, request: http::Request<B>) -> Response
+where
+    B: http_body::Body<Data = bytes::Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let request_id = crate::server::new_request_id();
+    let mut response = match admit(&gw, peer, &request, request_id.clone()) {
+        Err((refusal, dialect)) => refusal.response_in(dialect),
+        Ok((route, caller)) => route.handle(gw, caller, request).await,
+    };
+    response.headers_mut().insert(crate::server::X_REQUEST_ID.clone(), request_id);
+    response
 }

@@ -22,8 +22,8 @@ mod respond;
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use http::HeaderMap;
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
 pub(crate) use admit::Admission;
@@ -109,13 +109,21 @@ impl Drop for Context {
 }
 
 /// Runs a chat, embeddings, Messages or token-counting request through the stages.
-pub(crate) async fn serve(gw: Arc<Gateway>, caller: Caller, headers: &HeaderMap, body: Incoming) -> Response {
+pub(crate) async fn serve<B>(gw: Arc<Gateway>, caller: Caller, headers: &HeaderMap, body: B) -> Response
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
     let mut ctx = Context::new(gw, caller);
     let answer = stages(&mut ctx, headers, body).await;
     respond::respond(ctx, answer)
 }
 
-async fn stages(ctx: &mut Context, headers: &HeaderMap, body: Incoming) -> Result<attempts::Answer, ApiError> {
+async fn stages<B>(ctx: &mut Context, headers: &HeaderMap, body: B) -> Result<attempts::Answer, ApiError>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
     let rt = ctx.rt.clone();
     let bytes = api::read_body(body, headers, ctx.gw.settings.max_body_bytes).await?;
     ctx.record.capture.request(&bytes);

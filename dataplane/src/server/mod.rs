@@ -150,7 +150,8 @@ pub(crate) async fn serve(
         let stop = admin_done.clone();
         let app = admin::router(gw.clone(), listeners.usage_api, listeners.admin_token);
         tokio::spawn(
-            axum::serve(listeners.admin, app)
+            // The peer address: the playground's requests are recorded with it.
+            axum::serve(listeners.admin, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
                 .with_graceful_shutdown(async move { stop.notified().await })
                 .into_future(),
         )
