@@ -9,6 +9,7 @@
 //! Money is in nano-dollars (`u64`), durations in milliseconds, instants in unix
 //! milliseconds (UTC) throughout.
 
+mod copy;
 mod error;
 pub mod ledger;
 mod migrations;

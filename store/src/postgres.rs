@@ -1,12 +1,14 @@
 //! The Postgres store, for clusters: events partitioned by UTC day, rollups upserted
-//! in the inserting transaction, batches sent as arrays through one `UNNEST` insert.
+//! in the inserting transaction, batches of events sent as one binary `COPY`
+//! (arrays through one `UNNEST` insert when the batch repeats stored records).
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Executor, Postgres, Row};
 
+use crate::copy::{self, COPY_EVENTS};
 use crate::query::{
     DAY_MS, GroupBy, RecordFilter, RecordPage, Rollup, Scope, ScopeUsage, SummaryRow, UsageFilter, floor_day,
 };
@@ -101,7 +103,7 @@ fn partition_day(table: &str, name: &str) -> Option<i64> {
 }
 
 /// Column arrays of a batch, in `usage_events` column order, borrowed from
-/// the records (the writer's hot loop: no string copies).
+/// the records, for the insert that skips records already stored.
 #[derive(Default)]
 struct Columns<'a> {
     time: Vec<i64>,
@@ -154,11 +156,10 @@ impl<'a> Columns<'a> {
         Ok(c)
     }
 
-    /// The events insert with these columns bound; `returning` adds the
-    /// inserted rows' keys to its answer.
-    fn insert(&self, returning: bool) -> sqlx::query::Query<'_, Postgres, sqlx::postgres::PgArguments> {
-        let sql = if returning { INSERT_EVENTS_RETURNING } else { INSERT_EVENTS };
-        sqlx::query(sql)
+    /// The events insert with these columns bound, skipping rows already
+    /// stored and answering the inserted rows' keys.
+    fn insert_returning(&self) -> sqlx::query::Query<'_, Postgres, sqlx::postgres::PgArguments> {
+        sqlx::query(INSERT_EVENTS_RETURNING)
             .bind(&self.time)
             .bind(&self.request_id)
             .bind(&self.namespace)
@@ -182,10 +183,7 @@ impl<'a> Columns<'a> {
     }
 }
 
-// A macro so that both forms below are literals.
-macro_rules! insert_events {
-    () => {
-        "INSERT INTO usage_events (time_ms, request_id, namespace, api_key, channel, model, \
+const INSERT_EVENTS_RETURNING: &str = "INSERT INTO usage_events (time_ms, request_id, namespace, api_key, channel, model, \
     upstream_model, status, outcome, input_tokens, output_tokens, cached_input_tokens, cache_write_tokens, \
     reasoning_tokens, estimated, cost_nanos, duration_ms, ttft_ms, replica, attempts) \
     SELECT t.time_ms, t.request_id, t.namespace, t.api_key, t.channel, t.model, t.upstream_model, t.status, \
@@ -197,15 +195,18 @@ macro_rules! insert_events {
     AS t(time_ms, request_id, namespace, api_key, channel, model, upstream_model, status, outcome, input_tokens, \
     output_tokens, cached_input_tokens, cache_write_tokens, reasoning_tokens, estimated, cost_nanos, duration_ms, \
     ttft_ms, replica, attempts) \
-    ON CONFLICT DO NOTHING"
-    };
-}
-const INSERT_EVENTS: &str = insert_events!();
-const INSERT_EVENTS_RETURNING: &str = concat!(insert_events!(), " RETURNING time_ms, request_id");
+    ON CONFLICT DO NOTHING RETURNING time_ms, request_id";
 
 const INSERT_BODIES: &str = "INSERT INTO usage_bodies (time_ms, request_id, request, request_truncated, response, \
     response_truncated) SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bool[], $5::text[], \
     $6::bool[]) ON CONFLICT DO NOTHING";
+
+/// Sends a binary `COPY` body of events; answers the rows stored.
+async fn copy_in(conn: &mut PgConnection, body: Vec<u8>) -> Result<u64, sqlx::Error> {
+    let mut copy = conn.copy_in_raw(COPY_EVENTS).await?;
+    copy.send(body).await?;
+    copy.finish().await
+}
 
 fn upsert_rollup(table: &str) -> String {
     format!(
@@ -290,23 +291,27 @@ impl UsageStore for PgStore {
             return Ok(0);
         }
         self.ensure_partitions(records.iter().map(|r| floor_day(r.time))).await?;
-        let c = Columns::of(records)?;
+        let body = copy::events(records)?;
         let mut tx = self.pool.begin().await?;
-        // Usually every record is new: then the count says so, and the rows'
-        // keys need not come back. A replayed batch that was partly stored
-        // before is redone, asking which rows are new, so that only those
-        // reach the rollups.
-        let fresh = if c.insert(false).execute(&mut *tx).await?.rows_affected() == records.len() as u64 {
-            records.iter().collect()
-        } else {
-            tx.rollback().await?;
-            tx = self.pool.begin().await?;
-            let inserted = c.insert(true).fetch_all(&mut *tx).await?;
-            let keys = inserted
-                .iter()
-                .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
-                .collect::<Result<_, sqlx::Error>>()?;
-            crate::newly_inserted(records, keys)
+        // Usually every record is new: one binary COPY stores them all. COPY
+        // knows no ON CONFLICT, so a batch holding a record stored before (a
+        // replay of a batch that was partly stored, or a record twice) fails
+        // on the primary key; it is then redone as an insert that skips what
+        // is there and says which rows are new, so that only those reach the
+        // rollups.
+        let fresh = match copy_in(&mut tx, body).await {
+            Ok(_) => records.iter().collect(),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                tx.rollback().await?;
+                tx = self.pool.begin().await?;
+                let inserted = Columns::of(records)?.insert_returning().fetch_all(&mut *tx).await?;
+                let keys = inserted
+                    .iter()
+                    .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+                    .collect::<Result<_, sqlx::Error>>()?;
+                crate::newly_inserted(records, keys)
+            }
+            Err(e) => return Err(e.into()),
         };
         let logged: Vec<(&UsageRecord, &crate::Bodies)> =
             fresh.iter().filter_map(|r| Some((*r, r.bodies.as_ref()?))).collect();
@@ -321,8 +326,7 @@ impl UsageStore for PgStore {
                 .execute(&mut *tx)
                 .await?;
         }
-        for table in [Rollup::Hourly, Rollup::Daily] {
-            let rows = deltas(table, fresh.iter().copied());
+        for (table, rows) in deltas(fresh.iter().copied()) {
             if rows.is_empty() {
                 continue;
             }

@@ -48,29 +48,41 @@ impl Totals {
         // Durations beyond 2^53 ms do not exist; the sketch's top bucket is ~17 min.
         self.latency.record(r.duration_ms as f64);
     }
+
+    fn merge(&mut self, other: &Totals) {
+        self.requests += other.requests;
+        self.errors += other.errors;
+        self.input_tokens = self.input_tokens.saturating_add(other.input_tokens);
+        self.output_tokens = self.output_tokens.saturating_add(other.output_tokens);
+        self.cached_input_tokens = self.cached_input_tokens.saturating_add(other.cached_input_tokens);
+        self.cost_nanos = self.cost_nanos.saturating_add(other.cost_nanos);
+        self.latency.merge(&other.latency);
+    }
 }
 
-/// The rollup rows a set of records touches, in key order.
-pub(crate) fn deltas<'a>(
-    table: Rollup,
-    records: impl IntoIterator<Item = &'a UsageRecord>,
-) -> BTreeMap<RollupKey<'a>, Totals> {
-    let mut out: BTreeMap<RollupKey<'a>, Totals> = BTreeMap::new();
+/// Rollup rows with what a batch adds to each, in key order.
+pub(crate) type Deltas<'a> = BTreeMap<RollupKey<'a>, Totals>;
+
+/// The hourly and the daily rollup rows a set of records touches. Each
+/// record is added once, to its hour; the days are summed from the hours (a
+/// batch touches far fewer hour rows than it has records).
+pub(crate) fn deltas<'a>(records: impl IntoIterator<Item = &'a UsageRecord>) -> [(Rollup, Deltas<'a>); 2] {
+    let mut hourly = Deltas::new();
     for r in records {
-        let bucket_ms = match table {
-            Rollup::Hourly => floor_hour(r.time),
-            Rollup::Daily => floor_day(r.time),
-        };
         let key = RollupKey {
-            bucket_ms,
+            bucket_ms: floor_hour(r.time),
             namespace: &r.namespace,
             api_key: &r.api_key,
             model: &r.model,
             channel: r.channel.as_deref().unwrap_or_default(),
         };
-        out.entry(key).or_default().add(r);
+        hourly.entry(key).or_default().add(r);
     }
-    out
+    let mut daily = Deltas::new();
+    for (k, t) in &hourly {
+        daily.entry(RollupKey { bucket_ms: floor_day(k.bucket_ms), ..k.clone() }).or_default().merge(t);
+    }
+    [(Rollup::Hourly, hourly), (Rollup::Daily, daily)]
 }
 
 /// A sketch as a dense count list (index = bucket), the form both databases store.
@@ -122,9 +134,9 @@ mod tests {
         b.outcome = Outcome::UpstreamError;
         let mut c = a.clone();
         c.channel = None;
-        let hourly = deltas(Rollup::Hourly, [&a, &b, &c]);
+        let [(first, hourly), (second, daily)] = deltas([&a, &b, &c]);
+        assert!(matches!((first, second), (Rollup::Hourly, Rollup::Daily)));
         assert_eq!(hourly.len(), 3);
-        let daily = deltas(Rollup::Daily, [&a, &b, &c]);
         assert_eq!(daily.len(), 2);
         let with_channel = daily.values().find(|t| t.requests == 2).cloned().unwrap_or_default();
         assert_eq!((with_channel.errors, with_channel.cost_nanos), (1, 2 * a.cost_nanos));

@@ -156,12 +156,12 @@ impl UsageStore for SqliteStore {
             qb.push(" ON CONFLICT DO NOTHING");
             qb.build().execute(&mut *tx).await?;
         }
-        for table in [Rollup::Hourly, Rollup::Daily] {
+        for (table, rows) in deltas(fresh.iter().copied()) {
             let name = match table {
                 Rollup::Hourly => "usage_hourly",
                 Rollup::Daily => "usage_daily",
             };
-            let rows = deltas(table, fresh.iter().copied()).into_iter().collect::<Vec<_>>();
+            let rows = rows.into_iter().collect::<Vec<_>>();
             for chunk in rows.chunks(ROWS_PER_STATEMENT) {
                 let mut values = Vec::with_capacity(chunk.len());
                 for (k, t) in chunk {

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc};
@@ -69,6 +69,11 @@ struct Shared {
     /// Records written to the spool (replays do not count again).
     spooled: AtomicU64,
     close: Notify,
+    /// Records the batch being gathered still lacks.
+    wanted: AtomicUsize,
+    /// Told when the queue holds the records the batch lacks, so that the
+    /// writer, gathering a batch, need not wake for every record.
+    batch_ready: Notify,
 }
 
 /// The request path's side of the writer. Cheap to clone; never blocks.
@@ -82,7 +87,11 @@ impl WriterHandle {
     /// Queues a record, or gives it back when the queue is full or closed (the
     /// caller decides: refuse the request, or serve it unmetered and say so).
     pub fn try_record(&self, record: UsageRecord) -> Result<(), Box<UsageRecord>> {
-        self.tx.try_send(record).map_err(|e| Box::new(e.into_inner()))
+        self.tx.try_send(record).map_err(|e| Box::new(e.into_inner()))?;
+        if self.queue_depth() >= self.shared.wanted.load(Ordering::SeqCst) {
+            self.shared.batch_ready.notify_one();
+        }
+        Ok(())
     }
 
     /// Records waiting in the queue.
@@ -138,7 +147,7 @@ impl Writer {
     fn spawn<S: UsageStore + 'static>(store: S, config: WriterConfig, migrated: bool) -> Result<Writer, WriterError> {
         let spool = Spool::open(&config.spool_dir, config.spool_max_bytes, config.spool_segment_bytes)?;
         let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared { wanted: AtomicUsize::new(config.batch_size.max(1)), ..Shared::default() });
         shared.spool_bytes.store(spool.bytes(), Ordering::Relaxed);
         let retry_at = (!spool.is_empty()).then(Instant::now);
         let maintain_at = config.maintain_interval.map(|_| Instant::now());
@@ -239,18 +248,22 @@ impl<S: UsageStore> Task<S> {
         let mut batch = Vec::with_capacity(self.config.batch_size.min(1024));
         batch.push(first);
         let deadline = Instant::now() + self.config.batch_interval;
-        while batch.len() < self.config.batch_size {
-            // Take what is already queued without touching the timer.
-            if let Ok(r) = self.rx.try_recv() {
-                batch.push(r);
+        // Take what is queued; then sleep until the interval ends or the
+        // queue holds a full batch, rather than wake for each record.
+        while self.take_queued(&mut batch) {
+            let wanted = self.config.batch_size - batch.len();
+            self.shared.wanted.store(wanted, Ordering::SeqCst);
+            // Records queued before the store above were measured against
+            // the previous want.
+            if self.rx.len() >= wanted {
                 continue;
             }
             tokio::select! {
-                r = self.rx.recv() => match r {
-                    Some(r) => batch.push(r),
-                    None => break,
-                },
-                () = tokio::time::sleep_until(deadline) => break,
+                () = self.shared.batch_ready.notified() => {}
+                () = tokio::time::sleep_until(deadline) => {
+                    self.take_queued(&mut batch);
+                    break;
+                }
                 () = self.shared.close.notified() => {
                     // Keep the close request for the next round, after this batch.
                     self.shared.close.notify_one();
@@ -259,6 +272,19 @@ impl<S: UsageStore> Task<S> {
             }
         }
         Next::Batch(batch)
+    }
+
+    /// Moves queued records into `batch` up to the batch size; true when the
+    /// batch has room left and the queue is open (more records may come).
+    fn take_queued(&mut self, batch: &mut Vec<UsageRecord>) -> bool {
+        while batch.len() < self.config.batch_size {
+            match self.rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(mpsc::error::TryRecvError::Empty) => return true,
+                Err(mpsc::error::TryRecvError::Disconnected) => return false,
+            }
+        }
+        false
     }
 
     /// Creates partitions ahead and applies retention; a failure is logged and
