@@ -206,12 +206,25 @@ async fn auth_and_access_errors_are_openai_shaped() -> anyhow::Result<()> {
     let embed = json!({"model": "text-embedding-3-small", "input": "x"});
     let forbidden = s.post("/v1/embeddings", &embed).await?;
     assert_eq!(error_of(forbidden).await?, (StatusCode::FORBIDDEN, "model_not_allowed".into()));
-    let unknown = s.post("/v1/chat/completions", &json!({"model": "gpt-4o-nope", "messages": []})).await?;
+    let hi = json!([{"role": "user", "content": "hi"}]);
+    let unknown = s.post("/v1/chat/completions", &json!({"model": "gpt-4o-nope", "messages": hi})).await?;
     assert_eq!(error_of(unknown).await?, (StatusCode::NOT_FOUND, "model_not_found".into()));
     let malformed = s.client.post(&url).bearer_auth(KEY).body("{not json").send().await?;
     assert_eq!(error_of(malformed).await?, (StatusCode::BAD_REQUEST, "invalid_json".into()));
-    let no_model = s.post("/v1/chat/completions", &json!({"messages": []})).await?;
+    let no_model = s.post("/v1/chat/completions", &json!({"messages": hi})).await?;
     assert_eq!(error_of(no_model).await?, (StatusCode::BAD_REQUEST, "missing_model".into()));
+    // Refused by the gateway: a malformed request never reaches (nor counts
+    // against) a channel.
+    for (messages, code) in
+        [(None, "missing_required_parameter"), (Some(json!("hi")), "invalid_type"), (Some(json!([])), "empty_array")]
+    {
+        let mut body = json!({"model": "gpt-4o-mini"});
+        if let Some(m) = messages {
+            body["messages"] = m;
+        }
+        let refused = s.post("/v1/chat/completions", &body).await?;
+        assert_eq!(error_of(refused).await?, (StatusCode::BAD_REQUEST, code.into()), "{body}");
+    }
     let no_route = s.client.get(s.gateway.url("/v1/nothing")).bearer_auth(KEY).send().await?;
     assert_eq!(error_of(no_route).await?, (StatusCode::NOT_FOUND, "unknown_url".into()));
     assert!(s.upstream.requests().len() == 1, "only the allowed request may reach the upstream");

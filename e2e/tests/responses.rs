@@ -261,5 +261,10 @@ async fn stateful_requests_are_refused_where_the_channel_keeps_no_state() -> any
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
     let seen = s.upstream.requests();
     assert_eq!((seen.len(), seen[0].body["previous_response_id"].as_str()), (1, Some("resp_123")));
+    // A request the channel cannot take is not tried on it again: each
+    // refusal made one attempt, however the policy retries.
+    let records = s.records().await?;
+    let refusals: Vec<usize> = records.iter().filter(|r| r.request_id == "refused").map(|r| r.attempts.len()).collect();
+    assert_eq!(refusals, [1, 1, 1]);
     Ok(())
 }

@@ -119,6 +119,30 @@ impl<'a> RequestBody<'a> {
         Ok(Self { members, model, stream, include_usage })
     }
 
+    /// 400 unless `messages` is a non-empty array, as OpenAI's chat
+    /// completions and Anthropic's Messages API require (codes and wording
+    /// as OpenAI answers them). Checked before routing, so a malformed
+    /// request never reaches a channel nor counts in its error rate; only
+    /// the shape is looked at, not each message.
+    pub fn require_messages(&self) -> Result<(), ApiError> {
+        let Some(raw) = self.get("messages") else {
+            return Err(ApiError::bad_request("missing_required_parameter", "Missing required parameter: 'messages'."));
+        };
+        let Some(inside) = raw.get().strip_prefix('[') else {
+            return Err(ApiError::bad_request(
+                "invalid_type",
+                "Invalid type for 'messages': expected an array of objects.",
+            ));
+        };
+        if inside.trim_start().starts_with(']') {
+            return Err(ApiError::bad_request(
+                "empty_array",
+                "Invalid 'messages': empty array. Expected an array with minimum length 1, but got an empty array instead.",
+            ));
+        }
+        Ok(())
+    }
+
     /// The raw JSON of a top-level member.
     pub fn get(&self, name: &str) -> Option<&'a RawValue> {
         self.members.iter().find(|(k, _)| k == name).map(|(_, v)| *v)
@@ -347,5 +371,19 @@ mod tests {
                 Ok(_) => panic!("{} must be rejected", String::from_utf8_lossy(body)),
             }
         }
+    }
+
+    #[test]
+    fn messages_must_be_a_non_empty_array() -> Result<(), ApiError> {
+        for (body, code) in [
+            (r#"{"model":"m"}"#, "missing_required_parameter"),
+            (r#"{"model":"m","messages":"hi"}"#, "invalid_type"),
+            (r#"{"model":"m","messages":null}"#, "invalid_type"),
+            (r#"{"model":"m","messages":[ ]}"#, "empty_array"),
+        ] {
+            let error = RequestBody::parse(body.as_bytes())?.require_messages().err();
+            assert_eq!(error.map(|e| (e.status, e.category)), Some((http::StatusCode::BAD_REQUEST, code)), "{body}");
+        }
+        RequestBody::parse(br#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#)?.require_messages()
     }
 }

@@ -87,6 +87,9 @@ pub(super) async fn run(
     let mut backoff = None;
     // Attempts that count against `retry.attempts`.
     let mut made = 0;
+    // Members that cannot take this request in their format: trying one
+    // again would fail the same way.
+    let mut untranslatable = 0u128;
     loop {
         if let Some(f) = &failed {
             let retried = f.error.retry_class().is_some_and(|class| policy.retry.on(class));
@@ -96,7 +99,7 @@ pub(super) async fn run(
             }
         }
         let retry = failed.as_ref().map(|f| (f, &mut backoff));
-        let (index, lease) = match choose(ctx, plan, retry, overall).await {
+        let (index, lease) = match choose(ctx, plan, retry, untranslatable, overall).await {
             Ok(chosen) => chosen,
             Err(stop) => return Err(give_up(ctx, rt, plan, request, failed, stop)),
         };
@@ -137,7 +140,15 @@ pub(super) async fn run(
             }
             Err(error) => {
                 drop(lease);
-                tracing::warn!(channel = channel.label.as_str(), error = %error, "upstream attempt failed");
+                if let UpstreamError::Translation(_) = error {
+                    // The request, not the channel: nothing was sent.
+                    tracing::debug!(channel = channel.label.as_str(), error = %error, "request not in this channel's format");
+                    if index < 128 {
+                        untranslatable |= 1 << index;
+                    }
+                } else {
+                    tracing::warn!(channel = channel.label.as_str(), error = %error, "upstream attempt failed");
+                }
                 passive_health(ctx, channel, member, policy, &error, elapsed, nanos);
                 failed = Some(Failed { error, member: index });
             }
@@ -145,7 +156,8 @@ pub(super) async fn run(
     }
 }
 
-/// Finds the member for the next attempt and takes its slot. A retry is
+/// Finds the member for the next attempt, never one of `never`, and takes
+/// its slot. A retry is
 /// charged to the budget, and waits the backoff when it goes to a channel
 /// this request already tried; when every member is at its caps, waits
 /// (boundedly) for the best one.
@@ -153,6 +165,7 @@ async fn choose(
     ctx: &Context,
     plan: &Plan<'_>,
     mut retry: Option<(&Failed, &mut Option<backon::ExponentialBackoff>)>,
+    never: u128,
     overall: Option<Instant>,
 ) -> Result<(usize, Lease), Stop> {
     let policy = plan.policy();
@@ -164,7 +177,7 @@ async fn choose(
     loop {
         let now = Instant::now();
         let nanos = ctx.gw.nanos(now);
-        let pick = plan.pick(retry.is_some(), skip, nanos, &mut rand::rng());
+        let pick = plan.pick(retry.is_some(), skip | never, nanos, &mut rand::rng());
         match pick {
             Pick::Exhausted => return Err(Stop::NoMember),
             Pick::Full(i) => {

@@ -30,7 +30,7 @@ pub(crate) use admit::Admission;
 pub(crate) use attempts::{error_with_200, read_bounded, status_error};
 pub(crate) use authenticate::Caller;
 
-use crate::api::{self, ApiError, RequestBody, Response};
+use crate::api::{self, ApiError, ApiRoute, RequestBody, Response};
 use crate::metering::{self, Capture, UsageRecord};
 use crate::routing::Lease;
 use crate::state::{Gateway, Runtime};
@@ -128,6 +128,9 @@ where
     let bytes = api::read_body(body, headers, ctx.gw.settings.max_body_bytes).await?;
     ctx.record.capture.request(&bytes);
     let request = RequestBody::parse(&bytes)?;
+    if matches!(ctx.record.endpoint, ApiRoute::ChatCompletions | ApiRoute::Messages | ApiRoute::CountTokens) {
+        request.require_messages()?;
+    }
     admit::admit(ctx, &rt, &request, bytes.len())?;
     let mut plan = plan::plan(&rt, ctx.key, &request, ctx.record.endpoint, bytes.len())?;
     admit::reserve_budget(ctx, &rt, &plan, &request, bytes.len()).await?;
