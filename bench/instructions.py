@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loopback import BIN, HEADERS, KEY, bodies, free_port, wait_for_port, write_manifests  # noqa: E402
+from loopback import BIN, HEADERS, KEY, NGINX, bodies, free_port, wait_for_port, write_manifests, write_nginx_conf  # noqa: E402
 
 WARMUP = 200
 
@@ -103,30 +103,9 @@ def main() -> None:
                 env={**os.environ, "TOKIO_WORKER_THREADS": "1"},
             )
         )
-        (work / "nginx.conf").write_text(
-            f"""
-error_log {work}/nginx-error.log;
-pid {work}/nginx.pid;
-events {{ worker_connections 1024; }}
-http {{
-  access_log off;
-  upstream mock {{ server 127.0.0.1:{mock_port}; keepalive 16; }}
-  server {{
-    listen 127.0.0.1:{nginx_port};
-    location / {{
-      proxy_pass http://mock;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_buffering off;
-      tcp_nodelay on;
-    }}
-  }}
-}}
-"""
-        )
-        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        conf = write_nginx_conf(work, nginx_port, mock_port)
         nginx_proc = callgrind(
-            [nginx, "-c", str(work / "nginx.conf"), "-p", str(work), "-g", "daemon off; master_process off;"],
+            [NGINX, "-c", str(conf), "-p", str(work), "-g", "daemon off; master_process off;"],
             work / "nginx",
         )
         procs.append(nginx_proc)

@@ -132,6 +132,39 @@ def ttfb(url: str, body: str, headers: dict[str, str], n: int = 300) -> tuple[fl
     return statistics.median(samples), failed
 
 
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+def write_nginx_conf(work: Path, nginx_port: int, mock_port: int) -> Path:
+    """nginx as the reference hop: one worker, `proxy_pass` to the mock at
+    `mock_port` over a keep-alive upstream pool, unbuffered (streams pass as
+    they come), listening on `nginx_port`; logs and pid under `work`."""
+    conf = work / "nginx.conf"
+    conf.write_text(
+        f"""
+worker_processes 1;
+error_log {work}/nginx-error.log;
+pid {work}/nginx.pid;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  upstream mock {{ server 127.0.0.1:{mock_port}; keepalive 128; }}
+  server {{
+    listen 127.0.0.1:{nginx_port};
+    location / {{
+      proxy_pass http://mock;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+      tcp_nodelay on;
+    }}
+  }}
+}}
+"""
+    )
+    return conf
+
+
 def write_manifests(directory: Path, mock_port: int) -> None:
     """The gateway's config: public model `bench-model` on one OpenAI-compatible
     channel, `bench-3ch` on three behind a RoutingPolicy, `bench-claude` on an
@@ -210,33 +243,9 @@ def main() -> None:
                 env={**os.environ, "TOKIO_WORKER_THREADS": "1"},
             )
         )
-        (work / "nginx.conf").write_text(
-            f"""
-worker_processes 1;
-error_log {work}/nginx-error.log;
-pid {work}/nginx.pid;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  upstream mock {{ server 127.0.0.1:{mock_port}; keepalive 128; }}
-  server {{
-    listen 127.0.0.1:{nginx_port};
-    location / {{
-      proxy_pass http://mock;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_buffering off;
-      tcp_nodelay on;
-    }}
-  }}
-}}
-"""
-        )
-        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        conf = write_nginx_conf(work, nginx_port, mock_port)
         procs.append(
-            subprocess.Popen(
-                ["taskset", "-c", HOP_CORE, nginx, "-c", str(work / "nginx.conf"), "-p", str(work), "-g", "daemon off;"]
-            )
+            subprocess.Popen(["taskset", "-c", HOP_CORE, NGINX, "-c", str(conf), "-p", str(work), "-g", "daemon off;"])
         )
         manifests = work / "manifests"
         manifests.mkdir()
