@@ -158,6 +158,8 @@ def test_unknown_model_is_not_found(client: openai.OpenAI) -> None:
 
 
 def test_malformed_request_is_a_bad_request(client: openai.OpenAI) -> None:
+    # Refused by the gateway itself, with OpenAI's code, before any channel.
     with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(model="demo-chat", messages="not a list")
-    assert err.value.code == "invalid_messages"
+    assert err.value.code == "invalid_type"
+    assert "'messages'" in err.value.message
