@@ -341,6 +341,7 @@ async fn messages_are_translated_for_an_openai_channel() -> anyhow::Result<()> {
     assert_eq!(response.status(), StatusCode::OK);
     let message: Value = response.json().await?;
     assert_eq!(message["type"], "message");
+    assert!(message["id"].as_str().is_some_and(|id| id.starts_with("msg_")), "Anthropic's id form: {message}");
     assert_eq!(message["model"], "gpt-4o-mini");
     assert_eq!(message["stop_reason"], "end_turn");
     assert_eq!(
@@ -360,6 +361,8 @@ async fn messages_are_translated_for_an_openai_channel() -> anyhow::Result<()> {
         named_events(messages(&s, "/v1/messages", &messages_body("gpt-4o-mini", "Say hi", true)).await?).await?;
     let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(&names[..3], ["message_start", "ping", "content_block_start"]);
+    let id = events[0].1["message"]["id"].as_str().unwrap_or_default();
+    assert!(id.starts_with("msg_") && !id.contains("chatcmpl"), "Anthropic's id form: {id}");
     assert_eq!(&names[names.len() - 3..], ["content_block_stop", "message_delta", "message_stop"]);
     let text: String = events.iter().filter_map(|(_, d)| d["delta"]["text"].as_str()).collect();
     assert_eq!(text, "This is LLM Weaver's mock channel. You said: Say hi");

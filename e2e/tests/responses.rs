@@ -127,6 +127,7 @@ async fn responses_are_translated_for_an_anthropic_channel() -> anyhow::Result<(
     let answer: Value = response.json().await?;
     assert_eq!((answer["object"].as_str(), answer["status"].as_str()), (Some("response"), Some("completed")));
     assert_eq!(answer["model"], "claude-test");
+    assert!(answer["id"].as_str().is_some_and(|id| id.starts_with("resp_")), "OpenAI's id form: {answer}");
     assert_eq!(answer["store"], false, "nothing was kept");
     assert_eq!(output_text(&answer), "This is LLM Weaver's mock channel. You said: Say hi");
     let usage = &answer["usage"];
@@ -162,6 +163,8 @@ async fn responses_are_translated_for_an_anthropic_channel() -> anyhow::Result<(
             ])
             .collect::<Vec<_>>()
     );
+    let id = events[0].1["response"]["id"].as_str().unwrap_or_default();
+    assert!(id.starts_with("resp_"), "OpenAI's id form: {id}");
     let text = "This is LLM Weaver's mock channel. You said: Say hi mock:cache";
     assert_eq!(deltas(&events, "response.output_text.delta"), text);
     let last = &events[events.len() - 1].1["response"];

@@ -40,7 +40,7 @@ pub(crate) struct ChoiceView<'a> {
 /// no stop reason yet).
 #[derive(Serialize)]
 pub(super) struct Message<'a> {
-    pub id: &'a str,
+    pub id: MessageId<'a>,
     #[serde(rename = "type")]
     pub kind: &'static str,
     pub role: &'static str,
@@ -49,6 +49,20 @@ pub(super) struct Message<'a> {
     pub stop_reason: Option<&'static str>,
     pub stop_sequence: Option<()>,
     pub usage: AnthropicUsageOut,
+}
+
+/// A message's id made from the chat completion's: Anthropic's ids begin
+/// `msg_` (SDKs and logs rely on the form), so `chatcmpl-X` is sent as
+/// `msg_X` and any other id `msg_` + it (one already `msg_...` as it is).
+/// Written as it is serialised: no string is built for it.
+pub(super) struct MessageId<'a>(pub &'a str);
+
+impl Serialize for MessageId<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let id = self.0;
+        let rest = id.strip_prefix("chatcmpl-").or_else(|| id.strip_prefix("msg_")).unwrap_or(id);
+        serializer.collect_str(&format_args!("msg_{rest}"))
+    }
 }
 
 /// A content block: whole, or empty as `content_block_start` opens it.
@@ -134,7 +148,7 @@ pub(crate) fn message(body: &[u8], model: &str) -> Result<(Vec<u8>, Option<Usage
         });
     }
     let message = Message {
-        id: completion.id.as_deref().unwrap_or_default(),
+        id: MessageId(completion.id.as_deref().unwrap_or_default()),
         kind: "message",
         role: "assistant",
         model,

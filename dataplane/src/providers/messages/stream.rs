@@ -15,7 +15,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
-use super::response::{AnthropicUsageOut, Block, Input, Message};
+use super::response::{AnthropicUsageOut, Block, Input, Message, MessageId};
 use crate::api::ApiError;
 use crate::metering::{OpenAiUsage, Said, Usage};
 use crate::providers::anthropic::wire::stop_reason;
@@ -199,7 +199,7 @@ impl ToEvents {
         // Input is only known when the usage chunk arrives, at the end
         // (the SDKs take it from `message_delta`).
         let message = Message {
-            id,
+            id: MessageId(id),
             kind: "message",
             role: "assistant",
             model: &self.model,

@@ -117,7 +117,7 @@ fn a_chat_completion_becomes_a_message() {
     let out: Value = serde_json::from_slice(&body).unwrap_or_default();
     assert_eq!(
         out,
-        json!({"id": "chatcmpl-1", "type": "message", "role": "assistant", "model": "claude",
+        json!({"id": "msg_1", "type": "message", "role": "assistant", "model": "claude",
             "content": [
                 {"type": "text", "text": "Checking."},
                 {"type": "tool_use", "id": "call_1", "name": "weather", "input": {"city": "Paris"}},
@@ -187,6 +187,7 @@ fn chunks_become_anthropic_events_in_order() {
     let mut decoder = stream::ToEvents::new("claude");
     let out = run(&mut decoder, &openai_stream());
     let events = events(&out);
+    assert_eq!(events[0].1["message"]["id"], "msg_1", "Anthropic's id form");
     let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(
         names,
