@@ -431,6 +431,21 @@ async fn messages_errors_are_anthropic_shaped() -> anyhow::Result<()> {
     assert_eq!(anthropic_error(unknown).await?, (StatusCode::NOT_FOUND, "not_found_error".into(), None));
     let no_messages = messages(&s, "/v1/messages", &json!({"model": "claude-test", "max_tokens": 5})).await?;
     assert_eq!(anthropic_error(no_messages).await?.0, StatusCode::BAD_REQUEST);
+    // Anthropic requires `max_tokens`, and answers its absence so.
+    for model in ["claude-test", "gpt-4o-mini"] {
+        let mut body = messages_body(model, "x", false);
+        body.as_object_mut().map(|b| b.remove("max_tokens"));
+        let response = messages(&s, "/v1/messages", &body).await?;
+        let status = response.status();
+        let error: Value = response.json().await?;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{model}: {error}");
+        assert_eq!(
+            error,
+            json!({"type": "error", "error": {"type": "invalid_request_error", "message": "max_tokens: Field required"}}),
+            "{model}"
+        );
+    }
+    assert!(s.upstream.requests().is_empty(), "no refused request went upstream");
 
     s.set(Behaviour { error_status: Some(429), retry_after: Some(3), ..Behaviour::default() });
     let limited = messages(&s, "/v1/messages", &messages_body("claude-test", "x", false)).await?;

@@ -143,6 +143,16 @@ impl<'a> RequestBody<'a> {
         Ok(())
     }
 
+    /// 400 unless `max_tokens` is given, as Anthropic's Messages API
+    /// requires (its answer's wording); checked before routing like
+    /// [`Self::require_messages`], whatever channel would answer.
+    pub fn require_max_tokens(&self) -> Result<(), ApiError> {
+        match self.get("max_tokens") {
+            Some(raw) if raw.get() != "null" => Ok(()),
+            _ => Err(ApiError::bad_request("missing_required_parameter", "max_tokens: Field required")),
+        }
+    }
+
     /// The raw JSON of a top-level member.
     pub fn get(&self, name: &str) -> Option<&'a RawValue> {
         self.members.iter().find(|(k, _)| k == name).map(|(_, v)| *v)
@@ -385,5 +395,17 @@ mod tests {
             assert_eq!(error.map(|e| (e.status, e.category)), Some((http::StatusCode::BAD_REQUEST, code)), "{body}");
         }
         RequestBody::parse(br#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#)?.require_messages()
+    }
+
+    #[test]
+    fn max_tokens_must_be_given() -> Result<(), ApiError> {
+        for body in [r#"{"model":"m"}"#, r#"{"model":"m","max_tokens":null}"#] {
+            let error = RequestBody::parse(body.as_bytes())?.require_max_tokens().err();
+            assert_eq!(
+                error.map(|e| (e.status, e.message)),
+                Some((http::StatusCode::BAD_REQUEST, "max_tokens: Field required".into()))
+            );
+        }
+        RequestBody::parse(br#"{"model":"m","max_tokens":1}"#)?.require_max_tokens()
     }
 }

@@ -131,6 +131,9 @@ where
     if matches!(ctx.record.endpoint, ApiRoute::ChatCompletions | ApiRoute::Messages | ApiRoute::CountTokens) {
         request.require_messages()?;
     }
+    if ctx.record.endpoint == ApiRoute::Messages {
+        request.require_max_tokens()?;
+    }
     admit::admit(ctx, &rt, &request, bytes.len())?;
     let mut plan = plan::plan(&rt, ctx.key, &request, ctx.record.endpoint, bytes.len())?;
     admit::reserve_budget(ctx, &rt, &plan, &request, bytes.len()).await?;
