@@ -17,6 +17,15 @@ export function count(n: number | null | undefined): string {
   return v.toLocaleString('en-US')
 }
 
+/**
+ * The key a request used, as `namespace/name`; `unauthenticated` (the
+ * translated word) for a request refused before a key was known, whose
+ * record names none.
+ */
+export function keyName(namespace: string | null | undefined, key: string | null | undefined, unauthenticated: string): string {
+  return key ? `${namespace ?? ''}/${key}` : unauthenticated
+}
+
 export function percent(ratio: number | null | undefined): string {
   return `${((ratio ?? 0) * 100).toFixed(ratio && ratio < 0.001 ? 3 : 1)}%`
 }

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest'
-import { sumUsd, usd, count, percent, toNanos, fromNanos } from '../src/format'
+import { sumUsd, usd, count, percent, toNanos, fromNanos, keyName } from '../src/format'
 import { colorOf } from '../src/colors'
 import { total, top, byDayOption, EMPTY } from '../src/summary'
 import { keyState, budgetUse, keyYaml } from '../src/keys'
@@ -20,6 +20,14 @@ describe('money and numbers', () => {
     expect(usd('0.000123')).toBe('$0.000123')
     expect(count(1_234_567)).toBe('1.2M')
     expect(percent(0.25)).toBe('25.0%')
+  })
+})
+
+describe('keys', () => {
+  it('names a request refused before a key was known plainly', () => {
+    expect(keyName('team-a', 'ci', '(unauthenticated)')).toBe('team-a/ci')
+    expect(keyName('', '', '(unauthenticated)')).toBe('(unauthenticated)')
+    expect(keyName(undefined, null, '（未认证）')).toBe('（未认证）')
   })
 })
 

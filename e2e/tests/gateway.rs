@@ -706,6 +706,73 @@ async fn error_bodies_that_are_not_openai_shaped_are_wrapped() -> anyhow::Result
 
 // --- metering --------------------------------------------------------------------------
 
+/// A request refused before any channel is tried records the model the
+/// client asked for, once the body was read that far (a request without a
+/// valid key is refused before its body is read).
+#[tokio::test]
+async fn refused_requests_record_the_model_asked_for() -> anyhow::Result<()> {
+    let spec = "allowedModels: [\"gpt-4o*\"]\n  rateLimit: {requestsPerMinute: 2}";
+    let s = setup(Behaviour::default(), spec, &[]).await?;
+    let send = |id: &str, key: Option<&str>, path: &str, body: &Value| {
+        let request = s.client.post(s.gateway.url(path)).header("x-request-id", id).json(body);
+        match key {
+            Some(key) => request.bearer_auth(key),
+            None => request,
+        }
+        .send()
+    };
+    let hi = json!([{"role": "user", "content": "hi"}]);
+    let asked = [
+        ("no-key", None, "/v1/chat/completions", chat(false), StatusCode::UNAUTHORIZED, ""),
+        ("bad-key", Some("lw-wrong"), "/v1/chat/completions", chat(false), StatusCode::UNAUTHORIZED, ""),
+        (
+            "forbidden",
+            Some(KEY),
+            "/v1/embeddings",
+            json!({"model": "text-embedding-3-small", "input": "x"}),
+            StatusCode::FORBIDDEN,
+            "text-embedding-3-small",
+        ),
+        (
+            "invalid",
+            Some(KEY),
+            "/v1/chat/completions",
+            json!({"model": "gpt-4o-mini"}),
+            StatusCode::BAD_REQUEST,
+            "gpt-4o-mini",
+        ),
+        (
+            "unknown",
+            Some(KEY),
+            "/v1/chat/completions",
+            json!({"model": "gpt-4o-nope", "messages": hi}),
+            StatusCode::NOT_FOUND,
+            "gpt-4o-nope",
+        ),
+    ];
+    for (id, key, path, body, status, _) in &asked {
+        assert_eq!(send(id, *key, path, body).await?.status(), *status, "{id}");
+    }
+    // Past the key's requests a minute.
+    let mut limited = None;
+    for n in 0..5 {
+        let id = format!("limited-{n}");
+        if send(&id, Some(KEY), "/v1/chat/completions", &chat(false)).await?.status() == StatusCode::TOO_MANY_REQUESTS {
+            limited = Some(id);
+            break;
+        }
+    }
+    let limited = limited.ok_or_else(|| anyhow::anyhow!("no request was rate limited"))?;
+    let records = s.gateway.usage_records().await?;
+    let limited = [(limited.as_str(), None, "", json!(null), StatusCode::TOO_MANY_REQUESTS, "gpt-4o-mini")];
+    for (id, _, _, _, status, model) in asked.iter().chain(&limited) {
+        let r = records.iter().find(|r| r.request_id == *id).ok_or_else(|| anyhow::anyhow!("no record {id}"))?;
+        assert_eq!((r.status, r.model.as_str(), r.upstream_model.as_str()), (status.as_u16(), *model, ""), "{id}");
+        assert_eq!(r.channel, None, "{id}");
+    }
+    Ok(())
+}
+
 /// Every request that reached authentication is one record in the store, with
 /// its outcome, and its cost is tokens x the channel's pricing to the
 /// nano-dollar (0.15 / 0.60 USD per million: 150 / 600 nano-dollars a token).

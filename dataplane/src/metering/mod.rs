@@ -100,6 +100,24 @@ pub(crate) struct UsageRecord {
     pub time: i64,
     /// The request id (the client's, or one the gateway made).
     pub request_id: http::HeaderValue,
+    /// The model the client asked for, kept only when the request was
+    /// refused before any channel was tried (the record has no route to
+    /// name it); see [`requested_model`].
+    pub requested_model: Option<Box<str>>,
+}
+
+/// The longest requested model name a record keeps, in bytes: a client's
+/// string goes into the usage store, and model names are far shorter.
+const REQUESTED_MODEL_MAX_BYTES: usize = 256;
+
+/// A requested model name as a refused request's record keeps it: at most
+/// [`REQUESTED_MODEL_MAX_BYTES`] bytes, cut on a character boundary.
+pub(crate) fn requested_model(model: &str) -> Box<str> {
+    let mut end = model.len().min(REQUESTED_MODEL_MAX_BYTES);
+    while !model.is_char_boundary(end) {
+        end -= 1;
+    }
+    model[..end].into()
 }
 
 impl UsageRecord {
@@ -120,6 +138,7 @@ impl UsageRecord {
             client,
             time: unix_millis(),
             request_id,
+            requested_model: None,
         }
     }
 
@@ -346,7 +365,11 @@ fn stored_record(
         namespace: key.map(|k| k.namespace.as_str().to_owned()).unwrap_or_default(),
         api_key: key.map(|k| k.name.as_str().to_owned()).unwrap_or_default(),
         channel: route.map(|(c, _)| c.label.as_str().to_owned()),
-        model: route.map(|(_, m)| m.label.as_str().to_owned()).unwrap_or_default(),
+        model: route
+            .map(|(_, m)| m.label.as_str())
+            .or(record.requested_model.as_deref())
+            .map(str::to_owned)
+            .unwrap_or_default(),
         upstream_model: route.map(|(_, m)| m.upstream.as_str().to_owned()).unwrap_or_default(),
         status: record.status,
         outcome: record.outcome(),
@@ -371,5 +394,17 @@ fn stored_record(
             })
             .collect(),
         bodies: bodies.flatten(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_requested_model_is_kept_whole_or_cut_on_a_character() {
+        assert_eq!(&*super::requested_model("gpt-4o"), "gpt-4o");
+        let long = "é".repeat(200);
+        let kept = super::requested_model(&long);
+        assert_eq!((kept.len(), kept.chars().all(|c| c == 'é')), (256, true));
+        assert_eq!(super::requested_model(&format!("x{long}")).len(), 255, "not inside a character");
     }
 }

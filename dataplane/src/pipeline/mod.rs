@@ -128,14 +128,18 @@ where
     let bytes = api::read_body(body, headers, ctx.gw.settings.max_body_bytes).await?;
     ctx.record.capture.request(&bytes);
     let request = RequestBody::parse(&bytes)?;
-    if matches!(ctx.record.endpoint, ApiRoute::ChatCompletions | ApiRoute::Messages | ApiRoute::CountTokens) {
-        request.require_messages()?;
-    }
-    if ctx.record.endpoint == ApiRoute::Messages {
-        request.require_max_tokens()?;
-    }
-    admit::admit(ctx, &rt, &request, bytes.len())?;
-    let mut plan = plan::plan(&rt, ctx.key, &request, ctx.record.endpoint, bytes.len())?;
-    admit::reserve_budget(ctx, &rt, &plan, &request, bytes.len()).await?;
+    // A refusal before any channel is tried still records the model asked for.
+    let refused = |ctx: &mut Context, e: ApiError| {
+        ctx.record.requested_model = Some(metering::requested_model(&request.model));
+        e
+    };
+    let valid = match ctx.record.endpoint {
+        ApiRoute::ChatCompletions | ApiRoute::CountTokens => request.require_messages(),
+        ApiRoute::Messages => request.require_messages().and_then(|()| request.require_max_tokens()),
+        _ => Ok(()),
+    };
+    valid.and_then(|()| admit::admit(ctx, &rt, &request, bytes.len())).map_err(|e| refused(ctx, e))?;
+    let mut plan = plan::plan(&rt, ctx.key, &request, ctx.record.endpoint, bytes.len()).map_err(|e| refused(ctx, e))?;
+    admit::reserve_budget(ctx, &rt, &plan, &request, bytes.len()).await.map_err(|e| refused(ctx, e))?;
     attempts::run(ctx, &rt, &request, &bytes, headers, &mut plan).await
 }
