@@ -1,13 +1,14 @@
 //! The provider tests' world: the mock upstream (requiring
 //! [`UPSTREAM_KEY`]) and a standalone gateway serving
 //! [`openai_namespace`] plus one channel of the provider under test, with a
-//! client that calls it as the namespace's key [`KEY`].
+//! client that calls it as the namespace's key [`KEY`]; and the translated
+//! providers ([`Provider`]) a bed can front.
 
 use reqwest::{RequestBuilder, Response};
 use serde_json::{Value, json};
 use weaver_store::UsageRecord;
 
-use crate::fixtures::{KEY, openai_namespace};
+use crate::fixtures::{KEY, anthropic_channel, cohere_channel, gemini_channel, openai_namespace};
 use crate::gateway::TestGateway;
 use crate::mock_upstream::{Behaviour, MockUpstream};
 
@@ -62,6 +63,62 @@ impl ProviderBed {
     /// Shuts the gateway down (which writes every record) and reads them all.
     pub async fn records(self) -> anyhow::Result<Vec<UsageRecord>> {
         self.gateway.usage_records().await
+    }
+}
+
+/// A provider the gateway translates OpenAI's API to, as one channel of
+/// the fixtures ([`anthropic_channel`], [`gemini_channel`],
+/// [`cohere_channel`]) serves it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Provider {
+    Anthropic,
+    Gemini,
+    Cohere,
+}
+
+impl Provider {
+    /// Starts a bed serving this provider's channel (`key_spec` as in
+    /// [`ProviderBed::start`]).
+    pub async fn bed(self, behaviour: Behaviour, key_spec: &str) -> anyhow::Result<ProviderBed> {
+        ProviderBed::start(behaviour, key_spec, |root| match self {
+            Self::Anthropic => anthropic_channel(root),
+            Self::Gemini => gemini_channel(&format!("{root}/v1beta")),
+            Self::Cohere => cohere_channel(&format!("{root}/v2")),
+        })
+        .await
+    }
+
+    /// The channel's name (as usage records name it).
+    pub fn channel(self) -> &'static str {
+        match self {
+            Self::Anthropic => "claude",
+            Self::Gemini => "gemini",
+            Self::Cohere => "cohere",
+        }
+    }
+
+    /// The public chat model the channel serves.
+    pub fn model(self) -> &'static str {
+        match self {
+            Self::Anthropic => "claude-test",
+            Self::Gemini => "gemini-test",
+            Self::Cohere => "command-test",
+        }
+    }
+
+    /// The upstream model [`Self::model`] is sent as.
+    pub fn upstream_model(self) -> &'static str {
+        match self {
+            Self::Anthropic => "claude-sonnet-4-6",
+            Self::Gemini => "gemini-2.5-flash",
+            Self::Cohere => "command-a-03-2025",
+        }
+    }
+}
+
+impl std::fmt::Display for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
     }
 }
 
