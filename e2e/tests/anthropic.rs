@@ -28,6 +28,25 @@ async fn messages(s: &ProviderBed, path: &str, body: &Value) -> anyhow::Result<r
 
 // --- The Messages API in front ---------------------------------------------------------------
 
+/// Anthropic requires `max_tokens`, and answers its absence so: a request
+/// for `model` without it is refused before it goes upstream.
+async fn assert_max_tokens_is_required(s: &ProviderBed, model: &str) -> anyhow::Result<()> {
+    let sent = s.upstream.requests().len();
+    let mut body = messages_body(model, "x", false);
+    body.as_object_mut().map(|b| b.remove("max_tokens"));
+    let response = messages(s, "/v1/messages", &body).await?;
+    let status = response.status();
+    let error: Value = response.json().await?;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{model}: {error}");
+    assert_eq!(
+        error,
+        json!({"type": "error", "error": {"type": "invalid_request_error", "message": "max_tokens: Field required"}}),
+        "{model}"
+    );
+    assert_eq!(s.upstream.requests().len(), sent, "{model}: nothing went upstream");
+    Ok(())
+}
+
 fn messages_body(model: &str, content: &str, stream: bool) -> Value {
     json!({"model": model, "max_tokens": 200, "system": "Be brief.",
            "messages": [{"role": "user", "content": content}], "stream": stream})
@@ -138,6 +157,8 @@ async fn messages_are_translated_for_an_openai_channel() -> anyhow::Result<()> {
     assert_eq!(start.map(|(_, d)| d["content_block"]["id"].clone()), Some(json!("call_mock_0")));
     let arguments: String = events.iter().filter_map(|(_, d)| d["delta"]["partial_json"].as_str()).collect();
     assert_eq!(serde_json::from_str::<Value>(&arguments)?, json!({"city": "mock \"value\""}));
+
+    assert_max_tokens_is_required(&s, "gpt-4o-mini").await?;
     Ok(())
 }
 
@@ -182,21 +203,7 @@ async fn messages_errors_are_anthropic_shaped() -> anyhow::Result<()> {
     assert_eq!(anthropic_error(unknown).await?, (StatusCode::NOT_FOUND, "not_found_error".into(), None));
     let no_messages = messages(&s, "/v1/messages", &json!({"model": "claude-test", "max_tokens": 5})).await?;
     assert_eq!(anthropic_error(no_messages).await?.0, StatusCode::BAD_REQUEST);
-    // Anthropic requires `max_tokens`, and answers its absence so.
-    for model in ["claude-test", "gpt-4o-mini"] {
-        let mut body = messages_body(model, "x", false);
-        body.as_object_mut().map(|b| b.remove("max_tokens"));
-        let response = messages(&s, "/v1/messages", &body).await?;
-        let status = response.status();
-        let error: Value = response.json().await?;
-        assert_eq!(status, StatusCode::BAD_REQUEST, "{model}: {error}");
-        assert_eq!(
-            error,
-            json!({"type": "error", "error": {"type": "invalid_request_error", "message": "max_tokens: Field required"}}),
-            "{model}"
-        );
-    }
-    assert!(s.upstream.requests().is_empty(), "no refused request went upstream");
+    assert_max_tokens_is_required(&s, "claude-test").await?;
 
     s.set(Behaviour { error_status: Some(429), retry_after: Some(3), ..Behaviour::default() });
     let limited = messages(&s, "/v1/messages", &messages_body("claude-test", "x", false)).await?;
