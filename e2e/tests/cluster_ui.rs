@@ -105,23 +105,13 @@ impl Browser {
 /// `allowed` and nothing of `other`, and offers key actions. Needs the built
 /// UI and its npm packages (`make ui`, which `make e2e` runs first).
 async fn browser_sees_only(url: &str, token: &str, allowed: &str, other: &str) -> anyhow::Result<()> {
-    let dashboard = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../dashboard");
-    anyhow::ensure!(
-        dashboard.join("dist/index.html").exists() && dashboard.join("node_modules/playwright-core").exists(),
-        "the browser check needs the built UI and its npm packages: run `make ui` first"
-    );
-    let run = tokio::process::Command::new("node")
-        .arg("e2e/cluster-viewer.mjs")
-        .current_dir(&dashboard)
-        .env("WEAVER_UI_URL", url)
-        .env("WEAVER_UI_TOKEN", token)
-        .env("WEAVER_UI_ALLOWED", allowed)
-        .env("WEAVER_UI_OTHER", other)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(120), run).await??;
-    println!("{}", String::from_utf8_lossy(&out.stdout));
-    anyhow::ensure!(out.status.success(), "the browser check failed: {}", String::from_utf8_lossy(&out.stderr));
-    Ok(())
+    let envs = [
+        ("WEAVER_UI_URL", url),
+        ("WEAVER_UI_TOKEN", token),
+        ("WEAVER_UI_ALLOWED", allowed),
+        ("WEAVER_UI_OTHER", other),
+    ];
+    weaver_e2e::browser::run_script("cluster-viewer.mjs", &envs).await
 }
 
 fn meta(name: &str) -> ObjectMeta {
