@@ -1,6 +1,6 @@
 //! A small OpenID Connect issuer for tests, standing in for a team's
 //! identity provider (which this machine cannot reach): discovery
-//! (`/.well-known/openid-configuration`), its signing key as a JWKS
+//! (`/.well-known/openid-configuration`), its signing keys as a JWKS
 //! (`/keys`, ES256), an authorization endpoint that consents at once for the
 //! user the test names, and a token endpoint that redeems a code once, for
 //! its client, redirect URI and PKCE verifier (RFC 7636, `S256`), and
@@ -24,8 +24,26 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 
-/// The key id the issuer signs under.
-const KID: &str = "test-key-1";
+/// One signing key: its id, the private half and the JWK of the public half.
+struct Key {
+    kid: String,
+    signing: EncodingKey,
+    jwk: Value,
+}
+
+impl Key {
+    /// A new ES256 key named `kid`.
+    fn generate(kid: &str) -> anyhow::Result<Self> {
+        let pair = rcgen::KeyPair::generate()?;
+        let raw = pair.public_key_raw();
+        anyhow::ensure!(raw.len() == 65, "not an uncompressed P-256 point");
+        let jwk = json!({
+            "kty": "EC", "crv": "P-256", "use": "sig", "alg": "ES256", "kid": kid,
+            "x": B64.encode(&raw[1..33]), "y": B64.encode(&raw[33..65]),
+        });
+        Ok(Key { kid: kid.to_owned(), signing: EncodingKey::from_ec_der(&pair.serialize_der()), jwk })
+    }
+}
 
 /// Who the authorization endpoint signs in.
 #[derive(Clone, Debug)]
@@ -66,9 +84,10 @@ struct Shared {
     url: String,
     client_id: String,
     client_secret: Option<String>,
-    signing: EncodingKey,
+    /// Listed in the JWKS; the last one signs.
+    keys: Mutex<Vec<Key>>,
+    /// Listed nowhere.
     foreign: EncodingKey,
-    jwk: Value,
     behaviour: Mutex<Behaviour>,
     codes: Mutex<HashMap<String, Grant>>,
     /// Codes redeemed, for tests to count sign-ins.
@@ -108,21 +127,12 @@ impl Issuer {
     pub async fn start(client_id: &str, client_secret: Option<&str>) -> anyhow::Result<Self> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);
-        let pair = rcgen::KeyPair::generate()?;
-        let raw = pair.public_key_raw();
-        anyhow::ensure!(raw.len() == 65, "not an uncompressed P-256 point");
-        let jwk = json!({
-            "kty": "EC", "crv": "P-256", "use": "sig", "alg": "ES256", "kid": KID,
-            "x": B64.encode(&raw[1..33]), "y": B64.encode(&raw[33..65]),
-        });
-        let foreign = rcgen::KeyPair::generate()?;
         let shared = Arc::new(Shared {
             url: url.clone(),
             client_id: client_id.to_owned(),
             client_secret: client_secret.map(str::to_owned),
-            signing: EncodingKey::from_ec_der(&pair.serialize_der()),
-            foreign: EncodingKey::from_ec_der(&foreign.serialize_der()),
-            jwk,
+            keys: Mutex::new(vec![Key::generate("test-key-1")?]),
+            foreign: Key::generate("foreign")?.signing,
             behaviour: Mutex::default(),
             codes: Mutex::default(),
             redeemed: Mutex::default(),
@@ -142,6 +152,15 @@ impl Issuer {
     /// Changes how the issuer behaves from the next request on.
     pub fn behave(&self, behaviour: Behaviour) {
         *lock(&self.shared.behaviour) = behaviour;
+    }
+
+    /// Rotates the signing key, as identity providers do: a new key signs
+    /// from now on, and the JWKS lists it beside the old ones.
+    pub fn rotate_key(&self) -> anyhow::Result<()> {
+        let mut keys = lock(&self.shared.keys);
+        let next = Key::generate(&format!("test-key-{}", keys.len() + 1))?;
+        keys.push(next);
+        Ok(())
     }
 
     /// How many codes were redeemed so far.
@@ -167,7 +186,8 @@ async fn discovery(State(s): State<Arc<Shared>>) -> Json<Value> {
 }
 
 async fn keys(State(s): State<Arc<Shared>>) -> Json<Value> {
-    Json(json!({ "keys": [s.jwk] }))
+    let keys: Vec<Value> = lock(&s.keys).iter().map(|k| k.jwk.clone()).collect();
+    Json(json!({ "keys": keys }))
 }
 
 /// RFC 6749 4.1.2.1: errors about the client or redirect URI are shown
@@ -280,8 +300,13 @@ async fn token(State(s): State<Arc<Shared>>, headers: HeaderMap, body: axum::bod
     if grant.scope.split(' ').any(|s| s == "groups") {
         claims["groups"] = json!(grant.user.groups);
     }
-    let key = if b.foreign_key { &s.foreign } else { &s.signing };
-    let header = Header { kid: Some(KID.into()), ..Header::new(Algorithm::ES256) };
+    let keys = lock(&s.keys);
+    let Some(current) = keys.last() else {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "no signing key").into_response();
+    };
+    // A foreign signature names the current key id: only the signature is wrong.
+    let key = if b.foreign_key { &s.foreign } else { &current.signing };
+    let header = Header { kid: Some(current.kid.clone()), ..Header::new(Algorithm::ES256) };
     match jsonwebtoken::encode(&header, &claims, key) {
         Ok(id_token) => Json(json!({
             "access_token": random(), "token_type": "Bearer", "expires_in": 300, "id_token": id_token,

@@ -19,9 +19,7 @@ use weaver_e2e::bed::{WAIT, store_url};
 use weaver_e2e::cluster::Cluster;
 use weaver_e2e::gateway::eventually_within;
 use weaver_e2e::oidc_issuer::{Behaviour, Issuer, User};
-use weaver_e2e::records::record;
-use weaver_e2e::usage_reader::{ROLE, role_ref, rules};
-use weaver_store::{Outcome, Store, StoreOptions, UsageStore};
+use weaver_e2e::usage_reader::{ROLE, namespaces_of, role_ref, rules, two_teams};
 
 const CLIENT_ID: &str = "weaver-ui";
 
@@ -161,15 +159,6 @@ fn with_param(url: &str, name: &str, value: &str) -> anyhow::Result<String> {
     Ok(parsed.to_string())
 }
 
-fn namespaces_of(records: &Value) -> BTreeSet<String> {
-    records["data"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|r| r["namespace"].as_str().map(str::to_owned))
-        .collect()
-}
-
 /// A free loopback port for the operator, whose address goes into its own
 /// `--oidc-redirect-url`.
 fn free_port() -> anyhow::Result<u16> {
@@ -180,26 +169,7 @@ fn free_port() -> anyhow::Result<u16> {
 #[ignore = "needs the test control plane and Postgres: run with `make e2e`"]
 async fn a_team_signs_in_with_oidc_and_pkce_and_sees_only_the_namespace_its_group_is_bound_in() -> anyhow::Result<()> {
     let cluster = Cluster::connect().await?;
-    let (a, b, home) =
-        (cluster.namespace("oidc-a").await?, cluster.namespace("oidc-b").await?, cluster.namespace("oidc-op").await?);
-    for ns in [&a, &b] {
-        // A key of its own: the operator refuses a key value that two
-        // ApiKeys share, and other tests run on the same plane.
-        cluster
-            .apply_yaml(
-                ns,
-                &format!(
-                    "apiVersion: v1\nkind: Secret\nmetadata: {{name: app-key}}\nstringData: {{apiKey: lw-oidc-{ns}}}\n---\n\
-                     apiVersion: llmweaver.io/v1alpha1\nkind: ApiKey\nmetadata: {{name: app}}\n\
-                     spec: {{secretRef: {{name: app-key, key: apiKey}}}}\n"
-                ),
-            )
-            .await?;
-    }
-    let store = Store::connect(&store_url()?, StoreOptions::default())?;
-    store.migrate().await?;
-    let one = |ns: &str, id: &str| record(ns, "app", Some("primary"), id, Outcome::Ok, (10, 2), 1_000);
-    store.insert_batch(&[one(&a, "1"), one(&a, "2"), one(&b, "3")]).await?;
+    let (a, b, home) = two_teams(&cluster, "oidc").await?;
 
     // The identity provider's group `team-<A>` (named after the namespace:
     // a plane outlives one run), as the API server's
@@ -355,6 +325,17 @@ async fn a_team_signs_in_with_oidc_and_pkce_and_sees_only_the_namespace_its_grou
         assert_eq!(browser.sign_in().await?, "/ui/login?oidc_error=token", "{what}");
         assert!(!browser.cookies.contains_key("weaver_session"), "{what} gave a session");
     }
+    // The issuer rotates its key: the operator reads the JWKS again (at
+    // most every 10 s) and the new key's tokens are taken.
+    issuer.behave(Behaviour { user: Some(ann.clone()), ..Behaviour::default() });
+    issuer.rotate_key()?;
+    eventually_within("a token signed by the new key to be taken", WAIT, Duration::from_millis(500), async || {
+        let mut browser = Browser::new(&url, ca.as_bytes())?;
+        let landed = browser.sign_in().await?;
+        Ok(if landed == "/ui/logs" { ControlFlow::Break(()) } else { ControlFlow::Continue(landed) })
+    })
+    .await?;
+
     // The issuer says no.
     issuer.behave(Behaviour::default());
     let mut denied = Browser::new(&url, ca.as_bytes())?;

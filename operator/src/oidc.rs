@@ -383,7 +383,9 @@ impl Oidc {
             return Err(OidcError::State);
         }
         if let Some(error) = q.error {
-            return Err(OidcError::Denied(error));
+            // The issuer's error code (RFC 6749 4.1.2.1), as the browser
+            // brought it: short, in case someone else wrote it.
+            return Err(OidcError::Denied(error.chars().take(64).collect()));
         }
         let code = q.code.ok_or_else(|| OidcError::Denied("no code".into()))?;
         let id_token = self.redeem(&code, &self.sessions.derive(VERIFIER_PURPOSE, &flow.state)).await?;
