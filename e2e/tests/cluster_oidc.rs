@@ -165,6 +165,34 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+fn flag(name: &str, value: &str) -> [String; 2] {
+    [format!("--{name}"), value.to_owned()]
+}
+
+/// An operator replica that never leads, with a usage store and sign-in at
+/// `issuer` as client [`CLIENT_ID`], and `flags` besides; and its URL.
+async fn operator_for(
+    cluster: &Cluster,
+    home: &str,
+    issuer: &Issuer,
+    flags: &[String],
+    log: &std::path::Path,
+) -> anyhow::Result<(weaver_e2e::cluster::Process, String)> {
+    cluster.lease_held_elsewhere(home).await?;
+    let port = free_port()?;
+    let url = format!("https://127.0.0.1:{port}");
+    let mut args = [
+        flag("listen", &format!("127.0.0.1:{port}")),
+        flag("store", &store_url()?),
+        flag("oidc-issuer-url", &issuer.url),
+        flag("oidc-client-id", CLIENT_ID),
+        flag("oidc-redirect-url", &format!("{url}/ui/api/oidc/callback")),
+    ]
+    .concat();
+    args.extend_from_slice(flags);
+    Ok((cluster.operator(home, "oidc", &args, log.to_owned()).await?, url))
+}
+
 #[tokio::test]
 #[ignore = "needs the test control plane and Postgres: run with `make e2e`"]
 async fn a_team_signs_in_with_oidc_and_pkce_and_sees_only_the_namespace_its_group_is_bound_in() -> anyhow::Result<()> {
@@ -197,17 +225,8 @@ async fn a_team_signs_in_with_oidc_and_pkce_and_sees_only_the_namespace_its_grou
     let dir = tempfile::tempdir()?;
     let secret_file = dir.path().join("client-secret");
     std::fs::write(&secret_file, "client-secret-0123\n")?;
-    cluster.lease_held_elsewhere(&home).await?;
-    let port = free_port()?;
-    let url = format!("https://127.0.0.1:{port}");
-    let flag = |name: &str, value: &str| [format!("--{name}"), value.to_owned()];
-    let args: Vec<String> = [
-        flag("listen", &format!("127.0.0.1:{port}")),
-        flag("store", &store_url()?),
-        flag("oidc-issuer-url", &issuer.url),
-        flag("oidc-client-id", CLIENT_ID),
+    let flags = [
         flag("oidc-client-secret-file", &secret_file.to_string_lossy()),
-        flag("oidc-redirect-url", &format!("{url}/ui/api/oidc/callback")),
         flag("oidc-scopes", "openid,email,groups"),
         flag("oidc-username-claim", "email"),
         flag("oidc-username-prefix", "oidc:"),
@@ -217,7 +236,7 @@ async fn a_team_signs_in_with_oidc_and_pkce_and_sees_only_the_namespace_its_grou
     ]
     .concat();
     let log = dir.path().join("operator.log");
-    let operator = cluster.operator(&home, "oidc", &args, log.clone()).await?;
+    let (operator, url) = operator_for(&cluster, &home, &issuer, &flags, &log).await?;
     let ca = cluster.operator_ca(&home).await?;
 
     // The login page offers the provider's button.
@@ -363,5 +382,46 @@ async fn a_team_signs_in_with_oidc_and_pkce_and_sees_only_the_namespace_its_grou
     for secret in ["client-secret-0123", stolen_code.as_str()] {
         assert!(!logged.contains(secret), "{secret:?} is in the operator's log");
     }
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs the test control plane and Postgres: run with `make e2e`"]
+async fn a_public_client_signs_in_with_pkce_alone_and_users_are_named_as_the_api_server_names_them()
+-> anyhow::Result<()> {
+    let cluster = Cluster::connect().await?;
+    let (a, _b, home) = two_teams(&cluster, "oidc-public").await?;
+    // No secret: PKCE alone binds the code to this operator's sign-in.
+    let issuer = Issuer::start(CLIENT_ID, None).await?;
+    let pat = User { sub: format!("u-pat-{a}"), email: "pat@example.com".into(), groups: Vec::new() };
+    issuer.behave(Behaviour { user: Some(pat.clone()), ..Behaviour::default() });
+    // The defaults: the `sub` claim, prefixed "<issuer>#", as the API
+    // server's --oidc-username-claim and --oidc-username-prefix make it.
+    let user = format!("{}#{}", issuer.url, pat.sub);
+    let meta = |name: &str| ObjectMeta { name: Some(name.into()), ..Default::default() };
+    cluster.apply(&a, &Role { metadata: meta(ROLE), rules: Some(rules()) }).await?;
+    let subject = Subject {
+        kind: "User".into(),
+        name: user.clone(),
+        api_group: Some("rbac.authorization.k8s.io".into()),
+        ..Default::default()
+    };
+    let binding = RoleBinding {
+        metadata: meta("pat-reads-usage"),
+        role_ref: role_ref("Role", ROLE),
+        subjects: Some(vec![subject]),
+    };
+    cluster.apply(&a, &binding).await?;
+    let dir = tempfile::tempdir()?;
+    let (operator, url) = operator_for(&cluster, &home, &issuer, &[], &dir.path().join("operator.log")).await?;
+    let ca = cluster.operator_ca(&home).await?;
+
+    let mut browser = Browser::new(&url, ca.as_bytes())?;
+    assert_eq!(browser.get("/ui/api/mode").await?.body, json!({"mode": "cluster", "oidc": "127.0.0.1"}));
+    assert_eq!(browser.sign_in().await?, "/ui/logs");
+    let session = browser.until("/ui/api/session", |s| s["namespaces"] == json!([a])).await?;
+    assert_eq!(session["user"], json!(user));
+    assert_eq!(issuer.redeemed(), 1);
+    drop(operator);
     Ok(())
 }
