@@ -194,6 +194,12 @@ pub fn verify(keys: &JwkSet, token: &str, expected: &Expected<'_>) -> Result<Map
     if matches!(jwk.algorithm, AlgorithmParameters::OctetKey(_)) {
         return Err(OidcError::Token("the issuer lists a symmetric key".into()));
     }
+    // A key listed for one algorithm signs with no other (RFC 7517 4.4).
+    if let Some(listed) = jwk.common.key_algorithm
+        && listed.to_string().parse::<Algorithm>().ok() != Some(header.alg)
+    {
+        return Err(OidcError::Token(format!("signed with {:?} by a key listed for {listed}", header.alg)));
+    }
     let key = DecodingKey::from_jwk(jwk).map_err(bad)?;
     let mut validation = Validation::new(header.alg);
     validation.leeway = LEEWAY_S;
@@ -563,6 +569,10 @@ mod tests {
         assert!(matches!(refused(json!({"aud": ["weaver", "other"]})), OidcError::Token(_)));
         verify(&keys, &token(&signing, "k1", &claims(json!({"aud": ["weaver", "other"], "azp": "weaver"}))), &EXPECTED)
             .unwrap();
+        // A key listed for another algorithm.
+        let mut es384 = keys.keys[0].clone();
+        es384.common.key_algorithm = Some(jsonwebtoken::jwk::KeyAlgorithm::ES384);
+        assert!(verify(&JwkSet { keys: vec![es384] }, &good, &EXPECTED).is_err());
         // A key the issuer does not list, even under a listed key id.
         let (foreign, _) = key("k1");
         assert!(verify(&keys, &token(&foreign, "k1", &claims(json!({}))), &EXPECTED).is_err());
