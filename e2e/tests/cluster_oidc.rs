@@ -165,6 +165,25 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// Lets the OIDC `kind` (`User` or `Group`) `name` read usage and keys in
+/// `namespace` (Role [`ROLE`]), as a RoleBinding for `kubectl` users would.
+async fn grant_usage(cluster: &Cluster, namespace: &str, kind: &str, name: &str) -> anyhow::Result<()> {
+    let meta = |name: &str| ObjectMeta { name: Some(name.into()), ..Default::default() };
+    cluster.apply(namespace, &Role { metadata: meta(ROLE), rules: Some(rules()) }).await?;
+    let subject = Subject {
+        kind: kind.into(),
+        name: name.into(),
+        api_group: Some("rbac.authorization.k8s.io".into()),
+        ..Default::default()
+    };
+    let binding = RoleBinding {
+        metadata: meta("oidc-reads-usage"),
+        role_ref: role_ref("Role", ROLE),
+        subjects: Some(vec![subject]),
+    };
+    cluster.apply(namespace, &binding).await
+}
+
 fn flag(name: &str, value: &str) -> [String; 2] {
     [format!("--{name}"), value.to_owned()]
 }
@@ -203,20 +222,7 @@ async fn a_team_signs_in_with_oidc_and_pkce_and_sees_only_the_namespace_its_grou
     // a plane outlives one run), as the API server's
     // --oidc-groups-prefix=oidc: would name it, may read A's usage.
     let team = format!("team-{a}");
-    let meta = |name: &str| ObjectMeta { name: Some(name.into()), ..Default::default() };
-    cluster.apply(&a, &Role { metadata: meta(ROLE), rules: Some(rules()) }).await?;
-    let group = Subject {
-        kind: "Group".into(),
-        name: format!("oidc:{team}"),
-        api_group: Some("rbac.authorization.k8s.io".into()),
-        ..Default::default()
-    };
-    let binding = RoleBinding {
-        metadata: meta("team-a-reads-usage"),
-        role_ref: role_ref("Role", ROLE),
-        subjects: Some(vec![group]),
-    };
-    cluster.apply(&a, &binding).await?;
+    grant_usage(&cluster, &a, "Group", &format!("oidc:{team}")).await?;
 
     // A confidential client: the secret in a file, as a mounted Secret gives it.
     let issuer = Issuer::start(CLIENT_ID, Some("client-secret-0123")).await?;
@@ -398,20 +404,7 @@ async fn a_public_client_signs_in_with_pkce_alone_and_users_are_named_as_the_api
     // The defaults: the `sub` claim, prefixed "<issuer>#", as the API
     // server's --oidc-username-claim and --oidc-username-prefix make it.
     let user = format!("{}#{}", issuer.url, pat.sub);
-    let meta = |name: &str| ObjectMeta { name: Some(name.into()), ..Default::default() };
-    cluster.apply(&a, &Role { metadata: meta(ROLE), rules: Some(rules()) }).await?;
-    let subject = Subject {
-        kind: "User".into(),
-        name: user.clone(),
-        api_group: Some("rbac.authorization.k8s.io".into()),
-        ..Default::default()
-    };
-    let binding = RoleBinding {
-        metadata: meta("pat-reads-usage"),
-        role_ref: role_ref("Role", ROLE),
-        subjects: Some(vec![subject]),
-    };
-    cluster.apply(&a, &binding).await?;
+    grant_usage(&cluster, &a, "User", &user).await?;
     let dir = tempfile::tempdir()?;
     let (operator, url) = operator_for(&cluster, &home, &issuer, &[], &dir.path().join("operator.log")).await?;
     let ca = cluster.operator_ca(&home).await?;
