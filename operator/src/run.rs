@@ -165,6 +165,9 @@ pub async fn start(args: Args) -> Result<Started, StartError> {
     // serving key, so a Service may send a browser to any of them.
     let sessions = Arc::new(Sessions::with_key(Sessions::derive_key(material.key_pem.as_bytes())));
     let oidc = crate::oidc::Oidc::from_args(&args.oidc, sessions.clone())?.map(Arc::new);
+    if oidc.is_some() && ctx.store.is_none() {
+        tracing::warn!("--oidc-issuer-url has no effect without --store: the UI is served only with a usage store");
+    }
     let mut routes =
         server::router(ctx.clone()).merge(usage_api::router(&ctx, args.watch_namespace.clone(), sessions, oidc));
     if let Some(injector) = &injector {
