@@ -136,7 +136,7 @@ e2e: setup ui
 	pg_env=$$(e2e/postgres up $(E2E_PG)); eval "$$pg_env"; \
 	  trap 'e2e/control-plane down $(PLANE) >/dev/null; e2e/postgres down $(E2E_PG) >/dev/null' EXIT; \
 	  WEAVER_E2E_KUBECONFIG=$(PLANE)/kubeconfig WEAVER_E2E_PYTHON=$(PYTHON) WEAVER_E2E_HELM=$$(e2e/control-plane helm-bin) \
-	  cargo test -p weaver-e2e --test operator --test cluster_ui --test replicas --test chart --test observability -- --ignored --test-threads 4 && \
+	  cargo test -p weaver-e2e --test operator --test cluster_ui --test cluster_oidc --test replicas --test chart --test observability -- --ignored --test-threads 4 && \
 	  $(PYTHON) -m pytest e2e/sdk e2e/crd -q
 
 crds:

@@ -22,6 +22,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use hmac::{Hmac, Mac as _};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use rand::Rng as _;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use weaver_usage_api::ApiError;
@@ -65,6 +66,11 @@ pub struct Claims {
     /// Who signed in (cluster); `None` for the standalone admin.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sub: Option<Subject>,
+    /// Unix seconds past which no refresh extends the session: the expiry
+    /// of the OIDC ID token it was started with (then the user signs in
+    /// again at the issuer); `None` for a token sign-in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<i64>,
 }
 
 /// Unix seconds now (0 for a clock set before 1970).
@@ -170,19 +176,63 @@ impl Sessions {
     /// A new session for `sub` (`None`: the standalone admin), as the login's
     /// answer: the cookie, and `info` with the CSRF token in the body.
     pub fn start(&self, sub: Option<Subject>, info: impl FnOnce(&Claims) -> SessionInfo) -> Response {
-        let now = now_s();
-        let claims = Claims { sid: random_text(16), exp: now + SESSION_TTL_S, iat: now, csrf: random_text(16), sub };
-        self.issue(&claims, info(&claims))
+        let claims = self.claims(sub, None);
+        self.issue(&claims, Json(info(&claims)).into_response())
     }
 
-    fn issue(&self, claims: &Claims, info: SessionInfo) -> Response {
+    /// Claims of a new session for `sub` that no refresh extends past
+    /// `until` (unix seconds; see [`Claims::until`]).
+    pub fn claims(&self, sub: Option<Subject>, until: Option<i64>) -> Claims {
+        let now = now_s();
+        let exp = until.map_or(now + SESSION_TTL_S, |u| u.min(now + SESSION_TTL_S));
+        Claims { sid: random_text(16), exp, iat: now, csrf: random_text(16), sub, until }
+    }
+
+    /// `response` carrying the session cookie of `claims` (a sign-in that
+    /// ends in a redirect rather than JSON: OIDC's callback).
+    pub fn issue(&self, claims: &Claims, mut response: Response) -> Response {
         let max_age = (claims.exp - now_s()).max(0);
         let cookie = format!("{COOKIE}={}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Strict", self.sign(claims));
-        let mut response = Json(info).into_response();
         if let Ok(v) = HeaderValue::from_str(&cookie) {
-            response.headers_mut().insert(header::SET_COOKIE, v);
+            response.headers_mut().append(header::SET_COOKIE, v);
         }
         response
+    }
+
+    /// `value` signed for `purpose`, for browser state that must come back
+    /// unchanged and is not a session (OIDC's flow cookie). The purpose is
+    /// under the MAC, so a value sealed for one purpose opens for no other
+    /// and never passes for a session cookie.
+    pub fn seal(&self, purpose: &str, value: &impl Serialize) -> String {
+        let payload = B64.encode(serde_json::to_vec(value).unwrap_or_default());
+        let mut mac = self.mac();
+        mac.update(purpose.as_bytes());
+        mac.update(b"\0");
+        mac.update(payload.as_bytes());
+        format!("{payload}.{}", B64.encode(mac.finalize().into_bytes()))
+    }
+
+    /// What [`Self::seal`] sealed for `purpose`, if this key sealed it.
+    pub fn open<T: DeserializeOwned>(&self, purpose: &str, sealed: &str) -> Option<T> {
+        let (payload, sig) = sealed.split_once('.')?;
+        let mut mac = self.mac();
+        mac.update(purpose.as_bytes());
+        mac.update(b"\0");
+        mac.update(payload.as_bytes());
+        mac.verify_slice(&B64.decode(sig).ok()?).ok()?;
+        serde_json::from_slice(&B64.decode(payload).ok()?).ok()
+    }
+
+    /// A secret derived from this key for `purpose` and `input` (32 bytes,
+    /// base64url): what a server may recompute from a sealed value instead
+    /// of sending it to the browser (OIDC's PKCE verifier and nonce).
+    pub fn derive(&self, purpose: &str, input: &str) -> String {
+        let mut mac = self.mac();
+        mac.update(b"derive\0");
+        mac.update(purpose.as_bytes());
+        mac.update(b"\0");
+        mac.update(input.as_bytes());
+        B64.encode(mac.finalize().into_bytes())
     }
 
     /// `POST /ui/api/session/refresh`: the same session, ending
@@ -191,12 +241,13 @@ impl Sessions {
         let now = now_s();
         match self.mutating(headers) {
             Ok(claims) => {
-                let exp = (now + SESSION_TTL_S).min(claims.iat + SESSION_MAX_S);
+                let exp = (now + SESSION_TTL_S).min(claims.iat + SESSION_MAX_S).min(claims.until.unwrap_or(i64::MAX));
                 if exp <= now {
                     return no_session().into_response();
                 }
                 let claims = Claims { exp, ..claims };
-                self.issue(&claims, info(&claims))
+                let info = info(&claims);
+                self.issue(&claims, Json(info).into_response())
             }
             Err(e) => e.into_response(),
         }
@@ -230,14 +281,18 @@ pub enum Mode {
     Cluster,
 }
 
-/// `GET /ui/api/mode`, open to all: which sign-in the login page asks for.
-pub fn mode_router(mode: Mode) -> axum::Router {
-    #[derive(Serialize)]
+/// `GET /ui/api/mode`, open to all: which sign-in the login page asks for;
+/// `oidc` names the OIDC provider the page offers a button for (cluster).
+pub fn mode_router(mode: Mode, oidc: Option<String>) -> axum::Router {
+    #[derive(Clone, Serialize)]
     struct ModeInfo {
         mode: Mode,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        oidc: Option<String>,
     }
+    let info = ModeInfo { mode, oidc };
     axum::Router::new()
-        .route("/ui/api/mode", axum::routing::get(move || async move { Json(ModeInfo { mode }) }))
+        .route("/ui/api/mode", axum::routing::get(move || async move { Json(info) }))
         .layer(axum::middleware::map_response(no_store))
 }
 
@@ -319,7 +374,28 @@ mod tests {
     use super::*;
 
     fn claims(sub: Option<Subject>) -> Claims {
-        Claims { sid: "s".into(), exp: 1_000, iat: 0, csrf: "c".into(), sub }
+        Claims { sid: "s".into(), exp: 1_000, iat: 0, csrf: "c".into(), sub, until: None }
+    }
+
+    #[test]
+    fn sealed_values_open_for_their_purpose_only() {
+        let sessions = Sessions::new();
+        let sealed = sessions.seal("flow", &("state", 7));
+        assert_eq!(sessions.open::<(String, i32)>("flow", &sealed), Some(("state".into(), 7)));
+        assert_eq!(sessions.open::<(String, i32)>("other", &sealed), None);
+        assert_eq!(Sessions::new().open::<(String, i32)>("flow", &sealed), None, "another key");
+        assert_eq!(sessions.check(&sealed, 0), None, "not a session");
+        assert_eq!(sessions.derive("a", "x"), sessions.derive("a", "x"));
+        assert_ne!(sessions.derive("a", "x"), sessions.derive("b", "x"));
+        assert_eq!(sessions.derive("a", "x").len(), 43);
+    }
+
+    #[test]
+    fn a_session_ends_by_its_limit() {
+        let sessions = Sessions::new();
+        let now = now_s();
+        assert_eq!(sessions.claims(None, Some(now + 60)).exp, now + 60);
+        assert!(sessions.claims(None, Some(now + 2 * SESSION_TTL_S)).exp <= now + SESSION_TTL_S + 1);
     }
 
     #[test]

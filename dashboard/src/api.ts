@@ -200,7 +200,8 @@ export const api = {
   testChannel: (ns: string, name: string) =>
     call<TestReport>('POST', `/ui/api/channels/${encodeURIComponent(ns)}/${encodeURIComponent(name)}/test`, {}),
   exportUrl: (format: 'csv' | 'jsonl', q: Query) => `/admin/v1/usage/export${queryString({ ...q, format })}`,
-  mode: () => call<{ mode: Mode }>('GET', '/ui/api/mode').then((r) => r.mode),
+  /** Which sign-in the login page offers; `oidc` names the OIDC provider (cluster). */
+  mode: () => call<{ mode: Mode; oidc?: string }>('GET', '/ui/api/mode'),
   /** Cluster only: sets the ApiKey's spec.disabled. */
   setDisabled: (ns: string, name: string, disabled: boolean) =>
     call<{ disabled: boolean }>('POST', `${keyPath(ns, name)}/disabled`, { disabled }),
@@ -240,6 +241,10 @@ export const auth = {
     } finally {
       session.checked = true
     }
+  },
+  /** Where the OIDC button sends the browser (the operator redirects to the issuer). */
+  oidcLoginUrl(next: string): string {
+    return `/ui/api/oidc/login${queryString({ next })}`
   },
   async login(token: string) {
     keep(await call<SessionInfo>('POST', '/ui/api/session', { token }))

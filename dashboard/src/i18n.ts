@@ -41,7 +41,8 @@ const en = {
   // Cluster mode (the operator): Kubernetes sign-in, namespaces, key actions.
   cluster: {
     token: 'Kubernetes token', hint: 'A bearer token for this cluster, e.g. `kubectl create token <serviceaccount> -n <namespace>`. It is exchanged for a session cookie and not kept.',
-    invalid: 'Token not accepted', namespaces: 'Namespaces', allNamespaces: 'all namespaces', noNamespaces: 'Your RBAC grants no namespace here: ask for `get` on `apikeys/usage`.',
+    invalid: 'Token not accepted', oidc: 'Sign in with {provider}', or: 'or with a Kubernetes token',
+    oidcFailed: 'Sign-in with the identity provider failed ({reason}); the operator log says why.', namespaces: 'Namespaces', allNamespaces: 'all namespaces', noNamespaces: 'Your RBAC grants no namespace here: ask for `get` on `apikeys/usage`.',
     manageHint: 'Disable and rotate where your RBAC allows `patch` on the ApiKey; other changes: edit the manifest.',
     disable: 'Disable', enable: 'Enable', rotate: 'Rotate', disableConfirm: 'Disable this key now? Requests with it are refused at once.',
     enableConfirm: 'Enable this key again?', rotateConfirm: 'Write a new key? The old one keeps working for the rotation grace period.',
@@ -90,7 +91,8 @@ const zh: typeof en = {
   },
   cluster: {
     token: 'Kubernetes 令牌', hint: '本集群的 Bearer 令牌，例如 `kubectl create token <serviceaccount> -n <namespace>`。它会换成会话 Cookie，不会被保存。',
-    invalid: '令牌未被接受', namespaces: '命名空间', allNamespaces: '全部命名空间', noNamespaces: '你的 RBAC 未授权任何命名空间：请申请 `apikeys/usage` 的 `get` 权限。',
+    invalid: '令牌未被接受', oidc: '使用 {provider} 登录', or: '或使用 Kubernetes 令牌',
+    oidcFailed: '通过身份提供方登录失败（{reason}）；原因见 operator 日志。', namespaces: '命名空间', allNamespaces: '全部命名空间', noNamespaces: '你的 RBAC 未授权任何命名空间：请申请 `apikeys/usage` 的 `get` 权限。',
     manageHint: '在 RBAC 允许对 ApiKey 执行 `patch` 时可禁用和轮换；其他修改请编辑清单。',
     disable: '禁用', enable: '启用', rotate: '轮换', disableConfirm: '立即禁用此密钥？使用它的请求会立即被拒绝。',
     enableConfirm: '重新启用此密钥？', rotateConfirm: '生成新密钥？旧密钥在轮换宽限期内仍然有效。',

@@ -5,14 +5,17 @@
 //! against a real API server (and a whole test bed of operator and gateway
 //! processes there), a Postgres a test can stop and start, reading back the
 //! usage records a store holds, reading the operator's usage API as a team
-//! does, a real Prometheus scraping them, and (re-exported) the mock LLM
-//! upstream.
+//! does, a real Prometheus scraping them, a small OpenID Connect issuer
+//! standing in for a team's identity provider, and (re-exported) the mock
+//! LLM upstream.
 
 pub mod bed;
+pub mod browser;
 pub mod cluster;
 pub mod fixtures;
 pub mod gateway;
 pub mod mock_upstream;
+pub mod oidc_issuer;
 pub mod postgres;
 pub mod prometheus;
 pub mod provider_bed;

@@ -9,6 +9,7 @@ use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef};
 use kube::api::ObjectMeta;
 use reqwest::StatusCode;
 use serde_json::Value;
+use weaver_store::{Outcome, UsageStore as _};
 
 use crate::bed::WAIT;
 use crate::cluster::{Cluster, service_account_subject};
@@ -46,6 +47,47 @@ pub async fn team_token(cluster: &Cluster, namespace: &str, service_account: &st
     };
     cluster.apply(namespace, &binding).await?;
     cluster.token(namespace, service_account, &[]).await
+}
+
+/// Two teams' namespaces (`<prefix>-a-*`, `<prefix>-b-*`) and one for the
+/// operator (`<prefix>-op-*`), answered in that order. Each team has ApiKey
+/// `app` whose key (`team_key(namespace)`) is in a Secret the test wrote, so
+/// the key compiles without a leader issuing it; the store holds two usage
+/// records of A's key and one of B's.
+pub async fn two_teams(cluster: &Cluster, prefix: &str) -> anyhow::Result<(String, String, String)> {
+    let (a, b) = (cluster.namespace(&format!("{prefix}-a")).await?, cluster.namespace(&format!("{prefix}-b")).await?);
+    let home = cluster.namespace(&format!("{prefix}-op")).await?;
+    for ns in [&a, &b] {
+        let secret = format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: app-key}}\nstringData: {{apiKey: {}}}\n",
+            team_key(ns)
+        );
+        let key = "apiVersion: llmweaver.io/v1alpha1\nkind: ApiKey\nmetadata: {name: app}\n\
+                   spec: {secretRef: {name: app-key, key: apiKey}}\n";
+        cluster.apply_yaml(ns, &format!("{secret}---\n{key}")).await?;
+    }
+    let store = weaver_store::Store::connect(&crate::bed::store_url()?, weaver_store::StoreOptions::default())?;
+    store.migrate().await?;
+    let one = |ns: &str, id: &str| crate::records::record(ns, "app", Some("primary"), id, Outcome::Ok, (10, 2), 1_000);
+    store.insert_batch(&[one(&a, "1"), one(&a, "2"), one(&b, "3")]).await?;
+    Ok((a, b, home))
+}
+
+/// The key [`two_teams`] writes for the ApiKey of `namespace`: one of its
+/// own, since the operator refuses a key value that two ApiKeys share (and
+/// tests share a plane).
+pub fn team_key(namespace: &str) -> String {
+    format!("lw-user-provided-{namespace}")
+}
+
+/// The namespaces of a page of usage records (`GET /admin/v1/usage/records`).
+pub fn namespaces_of(records: &Value) -> std::collections::BTreeSet<String> {
+    records["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["namespace"].as_str().map(str::to_owned))
+        .collect()
 }
 
 /// A caller of one operator replica's usage API.

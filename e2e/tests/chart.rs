@@ -65,6 +65,18 @@ fn value_sets() -> Vec<(&'static str, Vec<String>)> {
         ("single-namespace", set(&["watchNamespace=team-a"])),
         ("sqlite", set(&["store.type=sqlite", "gateway.replicas=1"])),
         ("monitoring", vec!["--api-versions".into(), "monitoring.coreos.com/v1".into()]),
+        (
+            "oidc",
+            set(&[
+                "operator.oidc.issuerUrl=https://dex.example.com",
+                "operator.oidc.clientId=llm-weaver",
+                "operator.oidc.redirectUrl=https://weaver.example.com/ui/api/oidc/callback",
+                "operator.oidc.clientSecret.name=weaver-oidc",
+                "operator.oidc.groupsClaim=groups",
+                "operator.oidc.caConfigMap=idp-ca",
+                "sidecar.enabled=true",
+            ]),
+        ),
     ]
 }
 
@@ -295,6 +307,26 @@ fn check_set(name: &str, docs: &[Value]) -> anyhow::Result<()> {
                 "PrometheusRule iff config/prometheus has rules"
             );
         }
+        "oidc" => {
+            assert_eq!(env_value(op, "WEAVER_OIDC_ISSUER_URL").as_deref(), Some("https://dex.example.com"));
+            assert_eq!(env_value(op, "WEAVER_OIDC_SCOPES").as_deref(), Some("openid,profile,email"));
+            // The secret and the CA are files from their Secret and ConfigMap,
+            // mounted beside the sidecar template.
+            let pod = &named(docs, "Deployment", "-operator")?["spec"]["template"]["spec"];
+            let mounted = |path: &str| {
+                op["volumeMounts"].as_array().into_iter().flatten().find_map(|m| {
+                    let dir = m["mountPath"].as_str()?;
+                    let name = m["name"].as_str()?;
+                    path.starts_with(&format!("{dir}/"))
+                        .then(|| pod["volumes"].as_array().into_iter().flatten().find(|v| v["name"] == name).cloned())?
+                })
+            };
+            let secret = mounted(&env_value(op, "WEAVER_OIDC_CLIENT_SECRET_FILE").unwrap_or_default());
+            assert_eq!(secret.map(|v| v["secret"]["secretName"].clone()), Some(json!("weaver-oidc")));
+            let ca = mounted(&env_value(op, "WEAVER_OIDC_CA_FILE").unwrap_or_default());
+            assert_eq!(ca.map(|v| v["configMap"]["name"].clone()), Some(json!("idp-ca")));
+            assert!(mounted("/etc/llm-weaver/inject/sidecar.json").is_some());
+        }
         other => anyhow::bail!("unknown value set {other}"),
     }
     // Every dashboard of config/grafana ships as a ConfigMap the Grafana sidecar loads.
@@ -378,6 +410,7 @@ fn every_value_set_lints_and_renders_what_it_promises() -> anyhow::Result<()> {
         "gateway.port=0",
         "operator.leaseDuration=soon",
         "sidecar.failurePolicy=Sometimes",
+        "operator.oidc.redirectUrl=https://weaver.example.com/elsewhere",
     ] {
         let err = render("weaver", "weaver", &["--set".into(), bad.into()]).err().map(|e| e.to_string());
         assert!(

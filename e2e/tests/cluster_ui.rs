@@ -19,9 +19,8 @@ use weaver_crds::ApiKey;
 use weaver_e2e::bed::{Bed, WAIT, store_url};
 use weaver_e2e::cluster::{Cluster, service_account_subject};
 use weaver_e2e::gateway::eventually_within;
-use weaver_e2e::records::record;
-use weaver_e2e::usage_reader::{role_ref, team_token};
-use weaver_store::{Outcome, Store, StoreOptions, UsageStore};
+use weaver_e2e::usage_reader::{namespaces_of, role_ref, team_key, team_token, two_teams};
+use weaver_store::{Store, StoreOptions, UsageStore};
 
 /// A browser's view of one operator replica: the session cookie it was
 /// given and the CSRF token it keeps in memory.
@@ -105,23 +104,13 @@ impl Browser {
 /// `allowed` and nothing of `other`, and offers key actions. Needs the built
 /// UI and its npm packages (`make ui`, which `make e2e` runs first).
 async fn browser_sees_only(url: &str, token: &str, allowed: &str, other: &str) -> anyhow::Result<()> {
-    let dashboard = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../dashboard");
-    anyhow::ensure!(
-        dashboard.join("dist/index.html").exists() && dashboard.join("node_modules/playwright-core").exists(),
-        "the browser check needs the built UI and its npm packages: run `make ui` first"
-    );
-    let run = tokio::process::Command::new("node")
-        .arg("e2e/cluster-viewer.mjs")
-        .current_dir(&dashboard)
-        .env("WEAVER_UI_URL", url)
-        .env("WEAVER_UI_TOKEN", token)
-        .env("WEAVER_UI_ALLOWED", allowed)
-        .env("WEAVER_UI_OTHER", other)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(120), run).await??;
-    println!("{}", String::from_utf8_lossy(&out.stdout));
-    anyhow::ensure!(out.status.success(), "the browser check failed: {}", String::from_utf8_lossy(&out.stderr));
-    Ok(())
+    let envs = [
+        ("WEAVER_UI_URL", url),
+        ("WEAVER_UI_TOKEN", token),
+        ("WEAVER_UI_ALLOWED", allowed),
+        ("WEAVER_UI_OTHER", other),
+    ];
+    weaver_e2e::browser::run_script("cluster-viewer.mjs", &envs).await
 }
 
 fn meta(name: &str) -> ObjectMeta {
@@ -145,15 +134,6 @@ async fn grant_patch(cluster: &Cluster, namespace: &str, sa: &str) -> anyhow::Re
     cluster.apply(namespace, &binding).await
 }
 
-fn namespaces_of(records: &Value) -> BTreeSet<String> {
-    records["data"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|r| r["namespace"].as_str().map(str::to_owned))
-        .collect()
-}
-
 fn keys_of(inventory: &Value) -> Vec<(String, String, bool)> {
     inventory["keys"]
         .as_array()
@@ -171,24 +151,9 @@ fn keys_of(inventory: &Value) -> Vec<(String, String, bool)> {
 async fn a_viewer_signed_in_with_a_kubernetes_token_sees_only_its_namespace_and_acts_where_rbac_allows()
 -> anyhow::Result<()> {
     let cluster = Cluster::connect().await?;
-    let (a, b, home) =
-        (cluster.namespace("ui-a").await?, cluster.namespace("ui-b").await?, cluster.namespace("ui-op").await?);
     // User-provided key Secrets, so the keys compile without a leader
     // issuing them (this replica never leads: see the Lease below).
-    for ns in [&a, &b] {
-        cluster
-            .apply_yaml(
-                ns,
-                "apiVersion: v1\nkind: Secret\nmetadata: {name: app-key}\nstringData: {apiKey: lw-user-provided-0123456789}\n---\n\
-                 apiVersion: llmweaver.io/v1alpha1\nkind: ApiKey\nmetadata: {name: app}\n\
-                 spec: {secretRef: {name: app-key, key: apiKey}}\n",
-            )
-            .await?;
-    }
-    let store = Store::connect(&store_url()?, StoreOptions::default())?;
-    store.migrate().await?;
-    let one = |ns: &str, id: &str| record(ns, "app", Some("primary"), id, Outcome::Ok, (10, 2), 1_000);
-    store.insert_batch(&[one(&a, "1"), one(&a, "2"), one(&b, "3")]).await?;
+    let (a, b, home) = two_teams(&cluster, "ui").await?;
 
     // In A: `viewer` reads usage and keys; `manager` may also patch ApiKeys.
     let viewer = team_token(&cluster, &a, "viewer").await?;
@@ -259,7 +224,7 @@ async fn a_viewer_signed_in_with_a_kubernetes_token_sees_only_its_namespace_and_
     let (status, body) = manager_browser.post(&format!("/ui/api/keys/{a}/app/rotate"), None, true).await?;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     let secret = Api::<Secret>::namespaced(cluster.client.clone(), &a).get("app-key").await?;
-    assert!(secret.data.unwrap_or_default().values().all(|v| v.0 == b"lw-user-provided-0123456789"));
+    assert!(secret.data.unwrap_or_default().values().all(|v| v.0 == team_key(&a).as_bytes()));
 
     // Logging out ends the session at once.
     let (status, _) = manager_browser.send(manager_browser.http.delete(format!("{url}/ui/api/session")), true).await?;

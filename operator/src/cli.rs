@@ -76,6 +76,54 @@ pub struct Args {
     /// Log format: `auto` is human-readable on a terminal and JSON otherwise.
     #[arg(long, env = "WEAVER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto)]
     pub log_format: LogFormat,
+    #[command(flatten)]
+    pub oidc: OidcArgs,
+}
+
+/// OIDC sign-in for the usage UI (authorization code + PKCE). The claim
+/// flags mean what the API server's `--oidc-*` flags of the same names mean,
+/// so RoleBindings written for `kubectl` users name the same users and groups.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct OidcArgs {
+    /// The issuer (exactly as its discovery document names it); unset: no
+    /// OIDC sign-in, only Kubernetes tokens.
+    #[arg(long, env = "WEAVER_OIDC_ISSUER_URL")]
+    pub oidc_issuer_url: Option<String>,
+    /// This operator's client id at the issuer (also the ID token's audience).
+    #[arg(long, env = "WEAVER_OIDC_CLIENT_ID")]
+    pub oidc_client_id: Option<String>,
+    /// A file holding the client secret (confidential clients); without it the
+    /// operator is a public client and PKCE alone binds the code.
+    #[arg(long, env = "WEAVER_OIDC_CLIENT_SECRET_FILE", value_name = "PATH")]
+    pub oidc_client_secret_file: Option<std::path::PathBuf>,
+    /// The callback as the browser reaches it, registered at the issuer:
+    /// `https://<operator's UI host>/ui/api/oidc/callback`.
+    #[arg(long, env = "WEAVER_OIDC_REDIRECT_URL")]
+    pub oidc_redirect_url: Option<String>,
+    /// Scopes to ask for (comma-separated; `openid` is always asked); add
+    /// the one your issuer needs for a groups claim (Dex: `groups`).
+    #[arg(long, env = "WEAVER_OIDC_SCOPES", value_delimiter = ',', default_value = "openid,profile,email")]
+    pub oidc_scopes: Vec<String>,
+    /// The ID token claim that names the user.
+    #[arg(long, env = "WEAVER_OIDC_USERNAME_CLAIM", default_value = "sub")]
+    pub oidc_username_claim: String,
+    /// Put before usernames; default `<issuer>#` unless the claim is `email`;
+    /// `-` for none.
+    #[arg(long, env = "WEAVER_OIDC_USERNAME_PREFIX", allow_hyphen_values = true)]
+    pub oidc_username_prefix: Option<String>,
+    /// The ID token claim that lists the user's groups (a string or a list).
+    #[arg(long, env = "WEAVER_OIDC_GROUPS_CLAIM")]
+    pub oidc_groups_claim: Option<String>,
+    /// Put before every group name.
+    #[arg(long, env = "WEAVER_OIDC_GROUPS_PREFIX")]
+    pub oidc_groups_prefix: Option<String>,
+    /// CA certificates (PEM) for the issuer's HTTPS, beside the public roots.
+    #[arg(long, env = "WEAVER_OIDC_CA_FILE", value_name = "PATH")]
+    pub oidc_ca_file: Option<std::path::PathBuf>,
+    /// What the login page's button names ("Sign in with ..."); defaults to
+    /// the issuer's host.
+    #[arg(long, env = "WEAVER_OIDC_PROVIDER_NAME")]
+    pub oidc_provider_name: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -11,6 +11,7 @@ pub mod inject;
 pub mod keys;
 pub mod leader;
 pub mod metrics;
+pub mod oidc;
 pub mod run;
 pub mod server;
 pub mod state;

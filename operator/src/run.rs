@@ -40,6 +40,8 @@ pub enum StartError {
     Store(#[from] weaver_store::StoreError),
     #[error("sidecar webhook: {0}")]
     Inject(#[from] inject::InjectError),
+    #[error("{0}")]
+    Oidc(#[from] crate::oidc::OidcError),
 }
 
 /// A running operator.
@@ -162,7 +164,12 @@ pub async fn start(args: Args) -> Result<Started, StartError> {
     // Every replica signs UI sessions with a key derived from the shared
     // serving key, so a Service may send a browser to any of them.
     let sessions = Arc::new(Sessions::with_key(Sessions::derive_key(material.key_pem.as_bytes())));
-    let mut routes = server::router(ctx.clone()).merge(usage_api::router(&ctx, args.watch_namespace.clone(), sessions));
+    let oidc = crate::oidc::Oidc::from_args(&args.oidc, sessions.clone())?.map(Arc::new);
+    if oidc.is_some() && ctx.store.is_none() {
+        tracing::warn!("--oidc-issuer-url has no effect without --store: the UI is served only with a usage store");
+    }
+    let mut routes =
+        server::router(ctx.clone()).merge(usage_api::router(&ctx, args.watch_namespace.clone(), sessions, oidc));
     if let Some(injector) = &injector {
         routes = routes
             .merge(Router::new().route("/inject", axum::routing::post(inject::handle)).with_state(injector.clone()));

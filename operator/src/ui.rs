@@ -11,7 +11,9 @@
 //!
 //! Routes (JSON, `Cache-Control: no-store`; mutating ones need the session's
 //! `X-CSRF-Token`, or a bearer token instead of the cookie):
-//! - `GET /ui/api/mode`: `{"mode":"cluster"}`, for the login page;
+//! - `GET /ui/api/mode`: `{"mode":"cluster"}`, for the login page, with
+//!   `"oidc": "<provider>"` when OIDC sign-in is configured (`crate::oidc`:
+//!   `GET /ui/api/oidc/login` and its callback);
 //! - `GET|POST|DELETE /ui/api/session`, `POST /ui/api/session/refresh`: the
 //!   session, with the user and the namespaces whose usage it may read;
 //! - `GET /ui/api/inventory`: keys and channels of those namespaces, each key
@@ -57,9 +59,11 @@ struct Ui {
     authorize: KubeAuthorizer,
 }
 
-/// The UI's files and its `/ui/api/` routes.
-pub fn router(ctx: Arc<Context>, authorize: KubeAuthorizer) -> Router {
+/// The UI's files and its `/ui/api/` routes; OIDC sign-in's with `oidc`.
+pub fn router(ctx: Arc<Context>, authorize: KubeAuthorizer, oidc: Option<Arc<crate::oidc::Oidc>>) -> Router {
     let ui = Arc::new(Ui { ctx, authorize });
+    let provider = oidc.as_ref().map(|o| o.provider_name.clone());
+    let sign_in = oidc.map(crate::oidc::router).unwrap_or_default();
     Router::new()
         .route("/ui/api/session", get(session).post(login).delete(logout))
         .route("/ui/api/session/refresh", post(refresh))
@@ -68,7 +72,8 @@ pub fn router(ctx: Arc<Context>, authorize: KubeAuthorizer) -> Router {
         .route("/ui/api/keys/{namespace}/{name}/rotate", post(rotate_key))
         .with_state(ui)
         .layer(axum::middleware::map_response(no_store))
-        .merge(weaver_dashboard::session::mode_router(Mode::Cluster))
+        .merge(sign_in)
+        .merge(weaver_dashboard::session::mode_router(Mode::Cluster, provider))
         .merge(weaver_dashboard::router())
 }
 

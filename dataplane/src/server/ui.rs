@@ -65,7 +65,7 @@ pub fn router(auth: AdminAuth, gw: Arc<Gateway>) -> Router {
         .route(PLAYGROUND, any(playground))
         .with_state(ui)
         .layer(axum::middleware::map_response(no_store))
-        .merge(weaver_dashboard::session::mode_router(Mode::Standalone))
+        .merge(weaver_dashboard::session::mode_router(Mode::Standalone, None))
         .merge(weaver_dashboard::router())
 }
 
