@@ -1,4 +1,4 @@
-import { createRouter, createWebHistory } from 'vue-router'
+import { createRouter, createWebHistory, type RouteLocationNormalized } from 'vue-router'
 import { auth, session } from './api'
 
 // One chunk per page: the overview does not load the logs page's code.
@@ -17,9 +17,23 @@ export const router = createRouter({
   ],
 })
 
+/**
+ * Starts loading the code of the page `to` shows (its chunk and the chunks it
+ * imports, the charts' among them), so that it arrives while the session is
+ * checked and, without one, while the login page waits for the token; the
+ * router's own load of it later finds it done.
+ */
+function preload(to: RouteLocationNormalized) {
+  for (const record of to.matched) {
+    const page = record.components?.default
+    if (typeof page === 'function') (page as () => Promise<unknown>)().catch(() => {})
+  }
+}
+
 router.beforeEach(async (to) => {
   if (to.meta.open) return true
   if (!session.csrf) {
+    preload(to)
     if (!(await auth.check())) return { name: 'login', query: { next: to.fullPath } }
   }
   return true
