@@ -8,7 +8,7 @@
 //   RECORDS=1000000 PROFILE=release node bench/million.mjs   (after make ui and the release builds)
 //   BENCH_DB=/tmp/million.db node bench/million.mjs          (fills once, then reuses that store)
 import { spawnSync } from 'node:child_process'
-import { copyFileSync, existsSync, readdirSync, readFileSync } from 'node:fs'
+import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync } from 'node:fs'
 import { join, resolve } from 'node:path'
 import { gzipSync } from 'node:zlib'
 import { chromium } from 'playwright-core'
@@ -31,6 +31,7 @@ const gw = await startGateway({
     // by side then measure the same records, and skip the minute-long fill).
     const kept = process.env.BENCH_DB
     if (kept && existsSync(kept)) {
+      mkdirSync(data, { recursive: true })
       copyFileSync(kept, db)
       console.log(`# store copied from ${kept}`)
       return

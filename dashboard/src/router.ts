@@ -1,4 +1,4 @@
-import { createRouter, createWebHistory, type RouteLocationNormalized } from 'vue-router'
+import { createRouter, createWebHistory, type RouteRecordNormalized } from 'vue-router'
 import { auth, session } from './api'
 
 // One chunk per page: the overview does not load the logs page's code.
@@ -18,12 +18,11 @@ export const router = createRouter({
 })
 
 /**
- * Starts loading the code of the page `to` shows (its chunk and the chunks it
- * imports, the charts' among them), so that it arrives while the session is
- * checked and, without one, while the login page waits for the token; the
- * router's own load of it later finds it done.
+ * Starts loading the code of the page a route shows (its chunk and the
+ * chunks it imports, the charts' among them); the router's own load of it
+ * later finds it done.
  */
-function preload(to: RouteLocationNormalized) {
+function preload(to: { matched: RouteRecordNormalized[] }) {
   for (const record of to.matched) {
     const page = record.components?.default
     if (typeof page === 'function') (page as () => Promise<unknown>)().catch(() => {})
@@ -33,8 +32,17 @@ function preload(to: RouteLocationNormalized) {
 router.beforeEach(async (to) => {
   if (to.meta.open) return true
   if (!session.csrf) {
-    preload(to)
     if (!(await auth.check())) return { name: 'login', query: { next: to.fullPath } }
   }
   return true
+})
+
+// The page the user signs in for loads once the login form is up, while it
+// waits for the token, so that after the sign-in only its data is fetched.
+// Not earlier: its code (the charts') would hold the form back.
+const idle: (f: () => void) => void = window.requestIdleCallback ?? ((f) => setTimeout(f, 1))
+router.afterEach((to) => {
+  if (to.name !== 'login') return
+  const next = typeof to.query.next === 'string' && to.query.next.startsWith('/') ? to.query.next : '/'
+  idle(() => preload(router.resolve(next)))
 })
