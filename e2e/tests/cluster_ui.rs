@@ -139,21 +139,34 @@ fn meta(name: &str) -> ObjectMeta {
     ObjectMeta { name: Some(name.into()), ..Default::default() }
 }
 
-/// Lets ServiceAccount `sa` of `namespace` disable and rotate keys there.
-async fn grant_patch(cluster: &Cluster, namespace: &str, sa: &str) -> anyhow::Result<()> {
+/// Lets ServiceAccount `sa` of `namespace` `verb` the `resource` of
+/// llmweaver.io there, through Role `role`.
+async fn grant(
+    cluster: &Cluster,
+    namespace: &str,
+    sa: &str,
+    role: &str,
+    resource: &str,
+    verb: &str,
+) -> anyhow::Result<()> {
     let rules = vec![PolicyRule {
         api_groups: Some(vec!["llmweaver.io".into()]),
-        resources: Some(vec!["apikeys".into()]),
-        verbs: vec!["patch".into()],
+        resources: Some(vec![resource.into()]),
+        verbs: vec![verb.into()],
         ..Default::default()
     }];
-    cluster.apply(namespace, &Role { metadata: meta("key-manager"), rules: Some(rules) }).await?;
+    cluster.apply(namespace, &Role { metadata: meta(role), rules: Some(rules) }).await?;
     let binding = RoleBinding {
-        metadata: meta(&format!("{sa}-manages-keys")),
-        role_ref: role_ref("Role", "key-manager"),
+        metadata: meta(&format!("{sa}-{role}")),
+        role_ref: role_ref("Role", role),
         subjects: Some(vec![service_account_subject(namespace, sa)]),
     };
     cluster.apply(namespace, &binding).await
+}
+
+/// Lets ServiceAccount `sa` of `namespace` disable and rotate keys there.
+async fn grant_patch(cluster: &Cluster, namespace: &str, sa: &str) -> anyhow::Result<()> {
+    grant(cluster, namespace, sa, "key-manager", "apikeys", "patch").await
 }
 
 fn namespaces_of(records: &Value) -> BTreeSet<String> {
@@ -325,19 +338,7 @@ async fn a_key_rotated_in_the_ui_works_at_once_and_the_old_one_for_its_grace_per
 /// Lets ServiceAccount `sa` of `namespace` test channels there (`create`
 /// on `channels/test`).
 async fn grant_test(cluster: &Cluster, namespace: &str, sa: &str) -> anyhow::Result<()> {
-    let rules = vec![PolicyRule {
-        api_groups: Some(vec!["llmweaver.io".into()]),
-        resources: Some(vec!["channels/test".into()]),
-        verbs: vec!["create".into()],
-        ..Default::default()
-    }];
-    cluster.apply(namespace, &Role { metadata: meta("channel-tester"), rules: Some(rules) }).await?;
-    let binding = RoleBinding {
-        metadata: meta(&format!("{sa}-tests-channels")),
-        role_ref: role_ref("Role", "channel-tester"),
-        subjects: Some(vec![service_account_subject(namespace, sa)]),
-    };
-    cluster.apply(namespace, &binding).await
+    grant(cluster, namespace, sa, "channel-tester", "channels/test", "create").await
 }
 
 /// Reads `stream` into `text` until `done` accepts it or the stream ends
