@@ -35,6 +35,12 @@ pub struct Snapshot {
     /// each replica can take its share of per-key rate limits.
     #[serde(default = "one")]
     pub gateway_replicas: u32,
+    /// SHA-256 (lowercase hex) of the token the operator presents as
+    /// `Authorization: Bearer` on a gateway's admin routes (the channel test
+    /// its UI runs). Set by the operator, never by the compiler; the token
+    /// itself never leaves the operator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator_token_sha256: Option<String>,
 }
 
 fn one() -> u32 {
@@ -51,6 +57,7 @@ impl Default for Snapshot {
             keys: Vec::new(),
             namespaces: Vec::new(),
             gateway_replicas: 1,
+            operator_token_sha256: None,
         }
     }
 }

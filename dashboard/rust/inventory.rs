@@ -16,6 +16,9 @@ pub struct Inventory {
     pub snapshot_version: Option<u64>,
     pub keys: Vec<KeyView>,
     pub channels: Vec<ChannelView>,
+    /// Whether the server runs the Playground (the operator: when it knows
+    /// the gateway Service, `--gateway-url`).
+    pub playground: bool,
 }
 
 #[derive(Serialize)]
@@ -48,6 +51,9 @@ pub struct ChannelView {
     pub name: String,
     pub provider: weaver_crds::channel::Provider,
     pub models: Vec<ModelView>,
+    /// Whether the viewer may run the channel test (cluster: RBAC `create`
+    /// on `channels/test` and a gateway to run it on; standalone: the admin).
+    pub can_test: bool,
 }
 
 #[derive(Serialize)]
@@ -77,8 +83,9 @@ impl KeyView {
     }
 }
 
-/// The channels of `snapshot` in the namespaces `visible` accepts.
-pub fn channels(snapshot: &Snapshot, visible: impl Fn(&str) -> bool) -> Vec<ChannelView> {
+/// The channels of `snapshot` in the namespaces `visible` accepts, each
+/// testable as `can_test` says (the server may narrow it per channel).
+pub fn channels(snapshot: &Snapshot, visible: impl Fn(&str) -> bool, can_test: bool) -> Vec<ChannelView> {
     let usd = |nanos| Usd(nanos).to_string();
     snapshot
         .channels
@@ -99,6 +106,7 @@ pub fn channels(snapshot: &Snapshot, visible: impl Fn(&str) -> bool) -> Vec<Chan
                     cached_input_per_million: usd(m.prices.cached_input),
                 })
                 .collect(),
+            can_test,
         })
         .collect()
 }

@@ -86,6 +86,8 @@ export interface ChannelView {
   name: string
   provider: string
   models: ModelView[]
+  /** The viewer may run the channel test (cluster: RBAC `create` on `channels/test`). */
+  can_test: boolean
 }
 
 export interface Inventory {
@@ -93,6 +95,8 @@ export interface Inventory {
   snapshot_version: number | null
   keys: KeyView[]
   channels: ChannelView[]
+  /** The server runs the Playground (the operator: when it knows the gateway Service). */
+  playground: boolean
 }
 
 export interface KeyStatus {
@@ -144,6 +148,8 @@ export const session = reactive({
   mode: 'standalone' as Mode,
   user: null as string | null,
   namespaces: null as string[] | null,
+  /** Whether the menu offers the Playground: standalone always; the operator says (its inventory). */
+  playground: true,
 })
 
 /** Called when the server says the session is gone (the router shows login). */
@@ -260,6 +266,7 @@ export const auth = {
       session.expiresAt = 0
       session.user = null
       session.namespaces = null
+      session.playground = true
     }
   },
 }

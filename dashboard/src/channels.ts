@@ -11,6 +11,8 @@ export interface ChannelRow {
   namespace: string
   name: string
   provider: string | null
+  /** Whether the viewer may test it (false for a channel no longer configured). */
+  canTest: boolean
   stats: SummaryRow
 }
 
@@ -22,11 +24,12 @@ export function channelRows(configured: ChannelView[], stats: SummaryRow[]): Cha
     namespace: c.namespace,
     name: c.name,
     provider: c.provider,
+    canTest: c.can_test,
     stats: byName.get(c.name) ?? { ...EMPTY, channel: c.name },
   }))
   const known = new Set(configured.map((c) => c.name))
   for (const s of stats) {
-    if (s.channel && !known.has(s.channel)) rows.push({ id: s.channel, namespace: '', name: s.channel, provider: null, stats: s })
+    if (s.channel && !known.has(s.channel)) rows.push({ id: s.channel, namespace: '', name: s.channel, provider: null, canTest: false, stats: s })
   }
   return rows
 }

@@ -1,6 +1,7 @@
-// The playground's calls: the client API (/v1/...) served by the admin
-// listener under /ui/api/playground for a signed-in page, with the API key
-// the user typed. The key lives in the page's memory only and goes as
+// The playground's calls: the client API (/v1/...) under /ui/api/playground
+// for a signed-in page, with the API key the user typed: served by a
+// standalone gateway's admin listener in-process, or passed by the operator
+// to the gateway Service (streamed through, the key kept nowhere). The key lives in the page's memory only and goes as
 // `Authorization: Bearer`; the session's CSRF token goes with the POST.
 import { errorOf, session } from './api'
 

@@ -104,16 +104,17 @@ describe('streamChat', () => {
 })
 
 describe('channel rows', () => {
-  const mock: ChannelView = { namespace: 'default', name: 'mock', provider: 'mock', models: [] }
+  const mock: ChannelView = { namespace: 'default', name: 'mock', provider: 'mock', models: [], can_test: true }
   it('lists configured channels first, with their usage or none, then removed ones', () => {
-    const rows = channelRows([mock, { ...mock, name: 'idle' }], [
+    const rows = channelRows([mock, { ...mock, name: 'idle', can_test: false }], [
       { ...EMPTY, channel: 'gone', requests: 2 },
       { ...EMPTY, channel: 'mock', requests: 5 },
     ])
-    expect(rows.map((r) => [r.id, r.stats.requests, r.namespace])).toEqual([
-      ['default/mock', 5, 'default'],
-      ['default/idle', 0, 'default'],
-      ['gone', 2, ''],
+    // Only a configured channel the viewer may test offers the test.
+    expect(rows.map((r) => [r.id, r.stats.requests, r.namespace, r.canTest])).toEqual([
+      ['default/mock', 5, 'default', true],
+      ['default/idle', 0, 'default', false],
+      ['gone', 2, '', false],
     ])
   })
 })

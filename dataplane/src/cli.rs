@@ -20,7 +20,7 @@ use crate::config::manifests::{self, LoadError, ManifestDir};
 use crate::metering::{Metrics, UsageSink};
 use crate::server::ui::AdminAuth;
 use crate::server::usage_api::{AdminToken, LiveKeys, TokenError, TokenSource};
-use crate::server::{CorsOrigins, Listeners, UsageApi};
+use crate::server::{AdminGate, CorsOrigins, Listeners, UsageApi};
 use crate::state::{Gateway, Ledger, Settings};
 use weaver_dashboard::session::Sessions;
 use weaver_store::{Store, StoreOptions, UsageStore as _, Writer, WriterConfig};
@@ -338,6 +338,9 @@ pub async fn start(args: Args, shutdown: impl Future<Output = ()> + Send + 'stat
             UsageApi::Off("the usage API needs a usage store; this gateway runs with --store off")
         }
     };
+    // Cluster-mode gateways also take the operator's token (its UI's channel test).
+    let operator = matches!(prepared, Prepared::Operator(_)).then(|| gw.clone());
+    let admin_gate = AdminGate { token, operator };
     let (client, addr) = bind(args.listen).await?;
     let (admin, admin_addr) = bind(args.admin_listen).await?;
     let source = match prepared {
@@ -354,7 +357,7 @@ pub async fn start(args: Args, shutdown: impl Future<Output = ()> + Send + 'stat
         let gw = gw.clone();
         async move {
             let cors = CorsOrigins { origins: args.cors_allow_origins };
-            let listeners = Listeners { client, admin, usage_api, admin_token: token };
+            let listeners = Listeners { client, admin, usage_api, admin_gate };
             let served = crate::server::serve(listeners, gw, &cors, shutdown, args.shutdown_grace).await;
             source.stop().await;
             budgets.abort();

@@ -2,7 +2,9 @@
 //! cluster), through the HTTP calls its pages make, against a real
 //! kube-apiserver: sign-in with a Kubernetes token (TokenReview), a session
 //! cookie that carries who signed in, namespaces scoped by
-//! SubjectAccessReview, and key disable/rotate where RBAC allows `patch`.
+//! SubjectAccessReview, key disable/rotate where RBAC allows `patch`, the
+//! Playground streamed through the operator to a cluster-mode gateway, and
+//! the channel test where RBAC allows `create` on `channels/test`.
 //! Run with `make e2e`.
 
 use std::collections::BTreeSet;
@@ -16,11 +18,13 @@ use kube::api::Api;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use weaver_crds::ApiKey;
-use weaver_e2e::bed::{Bed, WAIT, store_url};
+use weaver_e2e::bed::{Bed, Setup, WAIT, store_url};
 use weaver_e2e::cluster::{Cluster, service_account_subject};
 use weaver_e2e::gateway::eventually_within;
+use weaver_e2e::mock_upstream::{Behaviour, MockUpstream};
+use weaver_e2e::records::record;
 use weaver_e2e::usage_reader::{namespaces_of, role_ref, team_key, team_token, two_teams};
-use weaver_store::{Store, StoreOptions, UsageStore};
+use weaver_store::{Outcome, Store, StoreOptions, UsageStore};
 
 /// A browser's view of one operator replica: the session cookie it was
 /// given and the CSRF token it keeps in memory.
@@ -99,10 +103,8 @@ impl Browser {
     }
 }
 
-/// The browser check `dashboard/e2e/cluster-viewer.mjs` (Debian's Chromium
-/// through playwright-core): signed in with `token`, the UI shows namespace
-/// `allowed` and nothing of `other`, and offers key actions. Needs the built
-/// UI and its npm packages (`make ui`, which `make e2e` runs first).
+/// `cluster-viewer.mjs`: signed in with `token`, the UI shows namespace
+/// `allowed` and nothing of `other`, and offers key actions.
 async fn browser_sees_only(url: &str, token: &str, allowed: &str, other: &str) -> anyhow::Result<()> {
     let envs = [
         ("WEAVER_UI_URL", url),
@@ -117,21 +119,34 @@ fn meta(name: &str) -> ObjectMeta {
     ObjectMeta { name: Some(name.into()), ..Default::default() }
 }
 
-/// Lets ServiceAccount `sa` of `namespace` disable and rotate keys there.
-async fn grant_patch(cluster: &Cluster, namespace: &str, sa: &str) -> anyhow::Result<()> {
+/// Lets ServiceAccount `sa` of `namespace` `verb` the `resource` of
+/// llmweaver.io there, through Role `role`.
+async fn grant(
+    cluster: &Cluster,
+    namespace: &str,
+    sa: &str,
+    role: &str,
+    resource: &str,
+    verb: &str,
+) -> anyhow::Result<()> {
     let rules = vec![PolicyRule {
         api_groups: Some(vec!["llmweaver.io".into()]),
-        resources: Some(vec!["apikeys".into()]),
-        verbs: vec!["patch".into()],
+        resources: Some(vec![resource.into()]),
+        verbs: vec![verb.into()],
         ..Default::default()
     }];
-    cluster.apply(namespace, &Role { metadata: meta("key-manager"), rules: Some(rules) }).await?;
+    cluster.apply(namespace, &Role { metadata: meta(role), rules: Some(rules) }).await?;
     let binding = RoleBinding {
-        metadata: meta(&format!("{sa}-manages-keys")),
-        role_ref: role_ref("Role", "key-manager"),
+        metadata: meta(&format!("{sa}-{role}")),
+        role_ref: role_ref("Role", role),
         subjects: Some(vec![service_account_subject(namespace, sa)]),
     };
     cluster.apply(namespace, &binding).await
+}
+
+/// Lets ServiceAccount `sa` of `namespace` disable and rotate keys there.
+async fn grant_patch(cluster: &Cluster, namespace: &str, sa: &str) -> anyhow::Result<()> {
+    grant(cluster, namespace, sa, "key-manager", "apikeys", "patch").await
 }
 
 fn keys_of(inventory: &Value) -> Vec<(String, String, bool)> {
@@ -273,5 +288,163 @@ async fn a_key_rotated_in_the_ui_works_at_once_and_the_old_one_for_its_grace_per
     let grace =
         rotated["previous_valid_until"].as_i64().unwrap_or_default() - k8s_openapi::jiff::Timestamp::now().as_second();
     assert!((3_500..=3_600).contains(&grace), "grace {grace}s");
+    Ok(())
+}
+
+/// Lets ServiceAccount `sa` of `namespace` test channels there (`create`
+/// on `channels/test`).
+async fn grant_test(cluster: &Cluster, namespace: &str, sa: &str) -> anyhow::Result<()> {
+    grant(cluster, namespace, sa, "channel-tester", "channels/test", "create").await
+}
+
+/// Reads `stream` into `text` until `done` accepts it or the stream ends
+/// (within [`WAIT`]).
+async fn read_until(
+    stream: &mut (impl futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin),
+    text: &mut String,
+    done: impl Fn(&str) -> bool,
+) -> anyhow::Result<()> {
+    use futures_util::StreamExt as _;
+    tokio::time::timeout(WAIT, async {
+        while !done(text) {
+            let Some(piece) = stream.next().await else { return Ok(()) };
+            text.push_str(std::str::from_utf8(&piece?)?);
+        }
+        Ok::<_, anyhow::Error>(())
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("the stream stalled; so far: {text}"))?
+}
+
+#[tokio::test]
+#[ignore = "needs the test control plane and Postgres: run with `make e2e`"]
+async fn the_playground_streams_through_the_operator_and_channel_tests_need_rbac() -> anyhow::Result<()> {
+    // The upstream sends the role chunk and one token, then holds the
+    // stream until the test releases it: what reached the page meanwhile
+    // shows that nothing on the way buffers the answer.
+    let upstream =
+        MockUpstream::start(Behaviour { tokens: Some(4), hold_after: Some(2), ..Behaviour::default() }).await?;
+    let store_at = store_url()?;
+    let mut setup = Setup::new(upstream);
+    (setup.gateways, setup.operator_store, setup.gateway_store) = (1, Some(store_at.clone()), Some(store_at.clone()));
+    let bed = Bed::start(setup).await?;
+    let key = bed.issued_key("app").await?;
+    bed.until_all(&key, "gpt-4o-mini", StatusCode::OK).await?;
+    let upstream_before = bed.upstream.requests().len();
+    let ns = bed.ns.clone();
+    let viewer = team_token(&bed.cluster, &ns, "viewer").await?;
+    let tester = team_token(&bed.cluster, &ns, "tester").await?;
+    grant_test(&bed.cluster, &ns, "tester").await?;
+
+    // A replica that does not lead (operator-0 does) serves the UI, with the
+    // gateway Service's two ports (here: the one gateway's).
+    let args: Vec<String> = [
+        "--listen",
+        "127.0.0.1:0",
+        "--watch-namespace",
+        &ns,
+        "--store",
+        &store_at,
+        "--gateway-url",
+        &bed.gateway(0),
+        "--gateway-admin-url",
+        &bed.gateway_admin(0),
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    let operator = bed.cluster.operator(&ns, "ui", &args, bed.path("ui-operator.log")).await?;
+    let url = format!("https://{}", operator.addr("addr"));
+    let ca = bed.cluster.operator_ca(&ns).await?;
+
+    let mut browser = Browser::new(&url, ca.as_bytes())?;
+    assert_eq!(browser.sign_in(&viewer).await?.0, StatusCode::OK);
+    let inventory =
+        browser.until("/ui/api/inventory", |i| i["channels"].as_array().is_some_and(|c| !c.is_empty())).await?;
+    assert_eq!(inventory["playground"], true, "{inventory}");
+    assert_eq!(inventory["channels"][0]["can_test"], false, "a viewer without the grant: {inventory}");
+
+    // The Playground lists the key's models through the operator...
+    let models = "/ui/api/playground/v1/models";
+    let (status, body) = browser.send(browser.http.get(format!("{url}{models}")).bearer_auth(&key), false).await?;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"][0]["id"], "gpt-4o-mini", "{body}");
+    // ...refuses a chat without the session's CSRF token, and a key the
+    // gateways do not know is the gateway's own 401.
+    let chat = "/ui/api/playground/v1/chat/completions";
+    let ask = json!({"model": "gpt-4o-mini", "stream": true, "stream_options": {"include_usage": true},
+                     "messages": [{"role": "user", "content": "hi"}]});
+    let post = |key: &str| browser.http.post(format!("{url}{chat}")).bearer_auth(key).json(&ask);
+    assert_eq!(browser.send(post(&key), false).await?.0, StatusCode::FORBIDDEN);
+    let (status, body) = browser.send(post("lw-not-a-key"), true).await?;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_api_key", "{body}");
+    assert_eq!(bed.upstream.requests().len(), upstream_before, "the refused calls reached the upstream");
+
+    // The answer streams: the first events arrive while the upstream holds the rest.
+    let mut request = post(&key).header("x-csrf-token", browser.csrf.clone().unwrap_or_default());
+    request = request.header("cookie", format!("weaver_session={}", browser.cookie.clone().unwrap_or_default()));
+    let response = request.send().await?;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let request_id = response.headers()["x-request-id"].to_str()?.to_owned();
+    let mut stream = response.bytes_stream();
+    let mut text = String::new();
+    read_until(&mut stream, &mut text, |t| t.matches("data: ").count() >= 2).await?;
+    assert!(text.contains(r#""content":" the""#) && !text.contains("[DONE]"), "{text}");
+    bed.upstream.release();
+    read_until(&mut stream, &mut text, |_| false).await?;
+    assert!(text.contains(r#""completion_tokens":4"#) && text.trim_end().ends_with("data: [DONE]"), "{text}");
+    // The upstream was called with the channel's credential, never the key.
+    let seen = bed.upstream.requests();
+    assert_eq!(seen.len(), upstream_before + 1);
+    assert!(!format!("{:?}", seen[upstream_before]).contains(&key), "the key reached the upstream");
+    // The usage record is the key's, as for any request.
+    let path = format!("/admin/v1/usage/records?namespace={ns}&api_key=app");
+    let records = browser
+        .until(&path, |p| p["data"].as_array().into_iter().flatten().any(|r| r["request_id"] == request_id.as_str()))
+        .await?;
+    let record = records["data"].as_array().into_iter().flatten().find(|r| r["request_id"] == request_id.as_str());
+    let record = record.cloned().unwrap_or_default();
+    assert_eq!((record["status"].as_u64(), record["output_tokens"].as_u64()), (Some(200), Some(4)), "{record}");
+    // The operator logged neither the key nor its prefix.
+    let log = std::fs::read_to_string(&operator.log)?;
+    assert!(!log.contains(&key) && !log.contains(&key[..12]), "the key is in the operator's log");
+
+    // The channel test: the viewer may not; the tester may, with the CSRF token.
+    bed.upstream.set(Behaviour::default());
+    let test = format!("/ui/api/channels/{ns}/primary/test");
+    let (status, body) = browser.post(&test, Some(json!({})), true).await?;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("channels/test")), "{body}");
+    let mut tester_browser = Browser::new(&url, ca.as_bytes())?;
+    assert_eq!(tester_browser.sign_in(&tester).await?.0, StatusCode::OK);
+    tester_browser.until("/ui/api/inventory", |i| i["channels"][0]["can_test"] == true).await?;
+    assert_eq!(tester_browser.post(&test, Some(json!({})), false).await?.0, StatusCode::FORBIDDEN, "no CSRF header");
+    let (status, report) = tester_browser.post(&test, Some(json!({"prompt": "ping"})), true).await?;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!((report["ok"].as_bool(), report["channel"].as_str()), (Some(true), Some("primary")), "{report}");
+    assert!(report["first_tokens"].as_str().is_some_and(|t| !t.is_empty()), "{report}");
+    // Another namespace's channel is refused whatever the page sends.
+    let (status, body) = tester_browser.post("/ui/api/channels/elsewhere/primary/test", None, true).await?;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    // The same in Chromium: the Playground streams an answer into the page,
+    // and the Channels page offers the test.
+    let channel = format!("{ns}/primary");
+    let envs = [
+        ("WEAVER_UI_URL", url.as_str()),
+        ("WEAVER_UI_TOKEN", &tester),
+        ("WEAVER_UI_KEY", &key),
+        ("WEAVER_UI_CHANNEL", &channel),
+    ];
+    weaver_e2e::browser::run_script("cluster-playground.mjs", &envs).await?;
+    // The gateway's admin route takes the operator's token only: not the
+    // tester's, not the key's.
+    let direct = format!("{}/admin/v1/channels/{ns}/primary/test", bed.gateway_admin(0));
+    for token in [tester.as_str(), key.as_str()] {
+        let status = bed.http.post(&direct).bearer_auth(token).json(&json!({})).send().await?.status();
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    drop(operator);
     Ok(())
 }

@@ -73,6 +73,15 @@ pub struct Args {
     /// does it otherwise).
     #[arg(long, env = "WEAVER_WEBHOOK_CONFIGURATION", value_name = "NAME")]
     pub webhook_configuration: Option<String>,
+    /// The gateway Service's client API (`http://llm-weaver-gateway.NS.svc`,
+    /// without `/v1`): where the UI's Playground sends its requests, with
+    /// the API key the user pastes. Unset: no Playground.
+    #[arg(long, env = "WEAVER_GATEWAY_URL")]
+    pub gateway_url: Option<String>,
+    /// The gateway Service's admin port (`http://llm-weaver-gateway.NS.svc:9090`):
+    /// where the UI's channel test runs. Unset: no channel test.
+    #[arg(long, env = "WEAVER_GATEWAY_ADMIN_URL")]
+    pub gateway_admin_url: Option<String>,
     /// Log format: `auto` is human-readable on a terminal and JSON otherwise.
     #[arg(long, env = "WEAVER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto)]
     pub log_format: LogFormat,

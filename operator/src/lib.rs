@@ -7,6 +7,7 @@ pub mod alerts;
 pub mod auth;
 pub mod cli;
 pub mod context;
+pub mod gateway;
 pub mod inject;
 pub mod keys;
 pub mod leader;

@@ -19,6 +19,7 @@ use weaver_dashboard::session::Sessions;
 use crate::auth::Authenticator;
 use crate::cli::Args;
 use crate::context::{Context, Forwarder};
+use crate::gateway::{Gateways, OperatorToken};
 use crate::leader::{self, LeaderConfig};
 use crate::metrics::{BudgetGauges, Metrics};
 use crate::state::{self, Published};
@@ -160,16 +161,20 @@ pub async fn start(args: Args) -> Result<Started, StartError> {
     });
 
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(state::compile_loop(stores, changed, replicas_rx, args.debounce, metrics, publish));
-    // Every replica signs UI sessions with a key derived from the shared
-    // serving key, so a Service may send a browser to any of them.
+    // Every replica signs UI sessions, and calls gateways' admin routes,
+    // with keys derived from the shared serving key, so a Service may send a
+    // browser to any of them and any of them may test a channel.
     let sessions = Arc::new(Sessions::with_key(Sessions::derive_key(material.key_pem.as_bytes())));
     let oidc = crate::oidc::Oidc::from_args(&args.oidc, sessions.clone())?.map(Arc::new);
     if oidc.is_some() && ctx.store.is_none() {
         tracing::warn!("--oidc-issuer-url has no effect without --store: the UI is served only with a usage store");
     }
-    let mut routes =
-        server::router(ctx.clone()).merge(usage_api::router(&ctx, args.watch_namespace.clone(), sessions, oidc));
+    let token = OperatorToken::derive(material.key_pem.as_bytes());
+    let token_sha256 = token.sha256_hex();
+    let gateways = Arc::new(Gateways::new(args.gateway_url.clone(), args.gateway_admin_url.clone(), token)?);
+    tasks.spawn(state::compile_loop(stores, changed, replicas_rx, args.debounce, Some(token_sha256), metrics, publish));
+    let ui = usage_api::router(&ctx, args.watch_namespace.clone(), sessions, gateways, oidc);
+    let mut routes = server::router(ctx.clone()).merge(ui);
     if let Some(injector) = &injector {
         routes = routes
             .merge(Router::new().route("/inject", axum::routing::post(inject::handle)).with_state(injector.clone()));

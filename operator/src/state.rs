@@ -188,12 +188,14 @@ fn next_version(previous: u64) -> u64 {
 }
 
 /// Compiles whenever `changed` fires (debounced), publishing a new version only
-/// when the snapshot or its problems differ from the last one.
+/// when the snapshot or its problems differ from the last one. Every
+/// snapshot names `operator_token_sha256` (see `crate::gateway`).
 pub async fn compile_loop(
     stores: Stores,
     changed: Arc<Notify>,
     replicas: watch::Receiver<u32>,
     debounce: Duration,
+    operator_token_sha256: Option<String>,
     metrics: Arc<Metrics>,
     publish: watch::Sender<Arc<Published>>,
 ) {
@@ -221,6 +223,7 @@ pub async fn compile_loop(
         let current = publish.borrow().clone();
         let mut compiled = compile(&stores.resources(), 0);
         compiled.snapshot.gateway_replicas = (*replicas.borrow_and_update()).max(1);
+        compiled.snapshot.operator_token_sha256.clone_from(&operator_token_sha256);
         metrics.compiles.inc();
         metrics.problems.set(i64::try_from(compiled.problems.len()).unwrap_or(i64::MAX));
         let mut previous = current.snapshot.clone();

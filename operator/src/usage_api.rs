@@ -38,6 +38,7 @@ use weaver_usage_api::{Access, ApiError, Authorize, KeyDirectory, KeyInfo, Ledge
 
 use crate::auth::{Attributes, Audience, AuthError, Authenticator, Identity, bearer_token};
 use crate::context::Context;
+use crate::gateway::Gateways;
 
 /// The RBAC verb of every usage API route.
 pub const VERB: &str = "get";
@@ -59,12 +60,14 @@ const NO_STORE: &str =
 /// URL answers 404 `usage_api_off` saying so (as a gateway with
 /// `--store off` does: the API is absent here, not failing, so clients
 /// should not retry). `only` is `--watch-namespace`. With a store, the UI
-/// (`crate::ui`) is served beside it, its sessions signed by `sessions`, with
-/// OIDC sign-in when `oidc` is configured.
+/// (`crate::ui`) is served beside it, its sessions signed by `sessions`, its
+/// Playground and channel tests run through `gateways`, with OIDC sign-in
+/// when `oidc` is configured.
 pub fn router(
     ctx: &Arc<Context>,
     only: Option<String>,
     sessions: Arc<Sessions>,
+    gateways: Arc<Gateways>,
     oidc: Option<Arc<crate::oidc::Oidc>>,
 ) -> Router {
     let Some(reader) = &ctx.store else {
@@ -74,7 +77,7 @@ pub fn router(
     let authorize =
         KubeAuthorizer { auth: ctx.authenticator.clone(), api_keys: ctx.stores.api_keys.clone(), only, sessions };
     let keys = WatchedKeys { api_keys: ctx.stores.api_keys.clone(), store: store.clone() };
-    weaver_usage_api::router(store, authorize.clone(), keys).merge(crate::ui::router(ctx.clone(), authorize, oidc))
+    weaver_usage_api::router(store, authorize.clone(), keys).merge(crate::ui::router(ctx.clone(), authorize, gateways, oidc))
 }
 
 fn usage_in(namespace: &str) -> Attributes {

@@ -139,6 +139,7 @@ pub fn compile(resources: &Resources, version: u64) -> Compiled {
             keys,
             namespaces,
             gateway_replicas: 1,
+            operator_token_sha256: None,
         },
         problems,
         resolved,

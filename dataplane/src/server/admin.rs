@@ -1,6 +1,7 @@
 //! The admin listener (`--admin-listen`): probes and metrics, kept off the
 //! port clients use; the channel test (`channel_test.rs`), behind one layer
-//! that checks the admin token; and the usage API under `/admin/v1/`
+//! that checks the admin token (in cluster mode also the operator's token,
+//! which its UI's channel test presents); and the usage API under `/admin/v1/`
 //! (standalone with a store; it checks the admin token on every route).
 //! The probes and metrics are the only routes of the gateway that do not
 //! authenticate.
@@ -31,20 +32,55 @@ pub enum UsageApi {
     Off(&'static str),
 }
 
-pub(super) fn router(gw: Arc<Gateway>, usage_api: UsageApi, token: Option<AdminToken>) -> Router {
+/// Who may call the admin routes.
+#[derive(Clone)]
+pub(crate) struct AdminGate {
+    /// The admin token, when the gateway was given one (or made one).
+    pub token: Option<AdminToken>,
+    /// In cluster mode: the operator too, with the token whose SHA-256 the
+    /// live snapshot names (`operator_token_sha256`), read per call so a
+    /// new operator key applies with the next snapshot.
+    pub operator: Option<Arc<Gateway>>,
+}
+
+impl AdminGate {
+    fn is_open(&self) -> bool {
+        self.token.is_some() || self.operator.is_some()
+    }
+
+    fn check(&self, headers: &http::HeaderMap) -> Result<(), ApiError> {
+        let by_token = self.token.as_ref().map(|t| t.check(headers));
+        if let Some(Ok(_)) = by_token {
+            return Ok(());
+        }
+        if let Some(gw) = &self.operator
+            && let Some(digest) = gw.live().snapshot.operator_token_sha256.as_deref().and_then(AdminToken::from_hex)
+            && digest.check(headers).is_ok()
+        {
+            return Ok(());
+        }
+        match by_token {
+            Some(Err(e)) => Err(e),
+            _ => Err(ApiError::unauthenticated("missing or invalid token: these routes take the operator's")),
+        }
+    }
+}
+
+pub(super) fn router(gw: Arc<Gateway>, usage_api: UsageApi, gate: AdminGate) -> Router {
     let [healthz, readyz, metrics] = ADMIN_ROUTES;
     let open = Router::new()
         .route(healthz, get(|| async { "ok" }))
         .route(readyz, get(ready))
         .route(metrics, get(encode))
         .with_state(gw.clone());
-    let admin = match token {
+    let admin = if gate.is_open() {
         // Every route added above this layer is authenticated by it.
-        Some(token) => Router::new()
+        Router::new()
             .route(channel_test::PATH, post(channel_test::handle))
             .with_state(gw)
-            .route_layer(middleware::from_fn_with_state(token, authenticate)),
-        None => Router::new().route(
+            .route_layer(middleware::from_fn_with_state(gate, authenticate))
+    } else {
+        Router::new().route(
             channel_test::PATH,
             any(|| async {
                 ApiError::not_found(
@@ -52,7 +88,7 @@ pub(super) fn router(gw: Arc<Gateway>, usage_api: UsageApi, token: Option<AdminT
                     "this gateway has no admin token: give it WEAVER_ADMIN_TOKEN or --admin-token-file to test channels",
                 )
             }),
-        ),
+        )
     };
     let open = open.merge(admin);
     match usage_api {
@@ -61,9 +97,10 @@ pub(super) fn router(gw: Arc<Gateway>, usage_api: UsageApi, token: Option<AdminT
     }
 }
 
-/// The admin routes' authentication: the bearer admin token, or 401.
-async fn authenticate(State(token): State<AdminToken>, request: Request, next: Next) -> Response {
-    match token.check(request.headers()) {
+/// The admin routes' authentication: the bearer admin token (or, in
+/// cluster mode, the operator's), or 401.
+async fn authenticate(State(gate): State<AdminGate>, request: Request, next: Next) -> Response {
+    match gate.check(request.headers()) {
         Ok(_) => next.run(request).await,
         Err(e) => e.into_response(),
     }

@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 use tower::{Layer, Service};
 use tower_http::cors::{AllowHeaders, AllowOrigin, Cors, CorsLayer};
 
-pub(crate) use admin::UsageApi;
+pub(crate) use admin::{AdminGate, UsageApi};
 pub(crate) use request_id::{RequestId, TakesRequestId, X_REQUEST_ID, new_id as new_request_id};
 
 use crate::api::{Api, Response};
@@ -131,8 +131,8 @@ pub(crate) struct Listeners {
     pub client: TcpListener,
     pub admin: TcpListener,
     pub usage_api: UsageApi,
-    /// Guards the admin routes (the channel test); without it they are off.
-    pub admin_token: Option<usage_api::AdminToken>,
+    /// Guards the admin routes (the channel test); with neither token they are off.
+    pub admin_gate: AdminGate,
 }
 
 /// Serves until `shutdown` resolves, then stops accepting client connections,
@@ -148,7 +148,7 @@ pub(crate) async fn serve(
     let admin_done = Arc::new(tokio::sync::Notify::new());
     let admin = {
         let stop = admin_done.clone();
-        let app = admin::router(gw.clone(), listeners.usage_api, listeners.admin_token);
+        let app = admin::router(gw.clone(), listeners.usage_api, listeners.admin_gate);
         tokio::spawn(
             // The peer address: the playground's requests are recorded with it.
             axum::serve(listeners.admin, app.into_make_service_with_connect_info::<std::net::SocketAddr>())

@@ -174,7 +174,8 @@ async fn inventory(State(ui): State<Arc<Ui>>, headers: HeaderMap) -> Response {
         gateway_version: env!("CARGO_PKG_VERSION"),
         snapshot_version: ui.gw.applied_version(),
         keys,
-        channels: inventory::channels(snapshot, |_| true),
+        channels: inventory::channels(snapshot, |_| true, true),
+        playground: true,
     };
     Json(body).into_response()
 }

@@ -97,6 +97,14 @@ impl AdminToken {
         }
     }
 
+    /// A token known by its SHA-256 only (lowercase or uppercase hex), as
+    /// the operator's is named in the snapshot; `None` for anything else.
+    pub(crate) fn from_hex(sha256: &str) -> Option<AdminToken> {
+        let mut digest = [0u8; 32];
+        hex::decode_to_slice(sha256, &mut digest).ok()?;
+        Some(AdminToken { digest })
+    }
+
     /// Whether `presented` is the token. Digests are compared in full, without
     /// stopping at the first difference, so timing says nothing about it.
     pub(crate) fn matches(&self, presented: &str) -> bool {
