@@ -22,9 +22,8 @@ use weaver_e2e::bed::{Bed, Setup, WAIT, store_url};
 use weaver_e2e::cluster::{Cluster, service_account_subject};
 use weaver_e2e::gateway::eventually_within;
 use weaver_e2e::mock_upstream::{Behaviour, MockUpstream};
-use weaver_e2e::records::record;
 use weaver_e2e::usage_reader::{namespaces_of, role_ref, team_key, team_token, two_teams};
-use weaver_store::{Outcome, Store, StoreOptions, UsageStore};
+use weaver_store::{Store, StoreOptions, UsageStore};
 
 /// A browser's view of one operator replica: the session cookie it was
 /// given and the CSRF token it keeps in memory.

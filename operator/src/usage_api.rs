@@ -77,7 +77,12 @@ pub fn router(
     let authorize =
         KubeAuthorizer { auth: ctx.authenticator.clone(), api_keys: ctx.stores.api_keys.clone(), only, sessions };
     let keys = WatchedKeys { api_keys: ctx.stores.api_keys.clone(), store: store.clone() };
-    weaver_usage_api::router(store, authorize.clone(), keys).merge(crate::ui::router(ctx.clone(), authorize, gateways, oidc))
+    weaver_usage_api::router(store, authorize.clone(), keys).merge(crate::ui::router(
+        ctx.clone(),
+        authorize,
+        gateways,
+        oidc,
+    ))
 }
 
 fn usage_in(namespace: &str) -> Attributes {
