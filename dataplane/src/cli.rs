@@ -278,7 +278,7 @@ pub async fn start(args: Args, shutdown: impl Future<Output = ()> + Send + 'stat
     };
     let sink = writer.as_ref().map(|w| UsageSink {
         writer: w.handle(),
-        replica: instance.clone(),
+        replica: instance.as_str().into(),
         fail_open: args.usage_fail_open,
     });
     // Budgets hold across replicas through the store's ledger; without a

@@ -100,7 +100,7 @@ fn mixed(n: usize, seed: u64) -> Vec<UsageRecord> {
                 time: BASE + next(3 * DAY_MS as u64) as i64,
                 namespace: ["team-a", "team-b"][next(2) as usize].into(),
                 api_key: ["ci", "prod", ""][next(3) as usize].into(),
-                channel: (!channel.is_empty()).then(|| channel.to_owned()),
+                channel: (!channel.is_empty()).then(|| channel.into()),
                 model: ["gpt-4o", "claude", ""][next(3) as usize].into(),
                 upstream_model: "up".into(),
                 status: [200, 502, 499, 429][next(4) as usize],
@@ -117,7 +117,7 @@ fn mixed(n: usize, seed: u64) -> Vec<UsageRecord> {
                 replica: "gw-0".into(),
                 attempts: (0..next(3))
                     .map(|a| AttemptRecord {
-                        channel: format!("ch{a}"),
+                        channel: format!("ch{a}").into(),
                         status: 500,
                         error: Some("boom".into()),
                         ttft_ms: None,
