@@ -14,6 +14,16 @@ zeroed, N sequential keep-alive requests with instrumentation on, counters
 dumped. Rows: `nginx`, `gateway` (one channel), `gw+3ch` (a RoutingPolicy over
 three channels, strategy `weighted`, retries on) and `gw+anthropic` (the request
 and every streamed event translated to and from Anthropic's Messages API).
+
+With WEAVER_TEST_POSTGRES_URL set (bench/run starts a throwaway Postgres) a
+second gateway meters every request into that database: row `gw+postgres`, so
+`gw+postgres - gateway` is what metering into Postgres costs per request, the
+batch writer included (it runs in the gateway process, so callgrind counts
+it; Postgres's own work is another process and is not counted). That gateway
+cuts batches by size only (a batch interval of an hour), as it does under
+load: its warm-up and its measured requests are whole batches (N rounded up
+to a multiple of BATCH), and the window closes once Postgres holds the
+measured batches, so each window holds exactly N records' writing.
 Instruction counts are not time (a cache miss costs more than an add), but both
 hops are measured alike, so their ratio is a load-independent stand-in for the
 CPU-time ratio that loopback.py prints.
@@ -37,6 +47,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loopback import BIN, HEADERS, KEY, NGINX, bodies, free_port, wait_for_port, write_manifests, write_nginx_conf  # noqa: E402
 
 WARMUP = 200
+# The writer's batch size (weaver_store::WriterConfig).
+BATCH = 1000
+PSQL = sorted(Path("/usr/lib/postgresql").glob("*/bin/psql"))
 
 
 def callgrind(args: list[str], out: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
@@ -76,12 +89,38 @@ def totals(out: Path, pid: int, before: set[Path]) -> int:
     raise RuntimeError(f"callgrind wrote no dump for {pid}")
 
 
-def measure(pid: int, port: int, body: str, n: int, out: Path) -> float:
-    load(port, body, WARMUP)
+def stored(url: str) -> int:
+    """Usage events in the database at `url`."""
+    psql = str(PSQL[-1]) if PSQL else "psql"
+    out = subprocess.run([psql, url, "-tAc", "SELECT count(*) FROM usage_events"], capture_output=True, text=True)
+    return int(out.stdout.strip()) if out.returncode == 0 else -1
+
+
+def until_stored(url: str, count: int) -> None:
+    deadline = time.monotonic() + 300
+    while (have := stored(url)) < count:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"Postgres holds {have} usage events, not {count}")
+        time.sleep(0.2)
+
+
+def measure(pid: int, port: int, body: str, n: int, out: Path, pg_url: str | None = None) -> float:
+    """Instructions per request of `n` requests; with `pg_url`, of `n`
+    requests and the writing of `n` records there (whole batches)."""
+    warmup = BATCH if pg_url else WARMUP
+    first = stored(pg_url) if pg_url else 0
+    load(port, body, warmup)
+    if pg_url:
+        until_stored(pg_url, first + warmup)
     before = set(out.parent.glob(f"{out.name}.{pid}.*"))
     control(pid, "-z")
     control(pid, "-i", "on")
     load(port, body, n)
+    if pg_url:
+        until_stored(pg_url, first + warmup + n)
+        # The writer drops the batch (frees its records) right after the
+        # commit that made the rows visible.
+        time.sleep(0.5)
     control(pid, "-i", "off")
     control(pid, "-d")
     return totals(out, pid, before) / n
@@ -122,7 +161,21 @@ def main() -> None:
             {"TOKIO_WORKER_THREADS": "1", "RUST_LOG": "warn"},
         )
         procs.append(gateway)
-        for port in (mock_port, nginx_port, gw_port):
+        pg_url = os.environ.get("WEAVER_TEST_POSTGRES_URL")
+        pg_port = free_port()
+        if pg_url:
+            pg_gateway = callgrind(
+                [
+                    str(BIN / "weaver-gateway"),
+                    "--manifests", str(manifests), "--listen", f"127.0.0.1:{pg_port}", "--admin-listen", "127.0.0.1:0",
+                    "--store", pg_url, "--usage-batch-interval", "1h",
+                    "--data-dir", str(work / "data-pg"), "--log-format", "json",
+                ],
+                work / "gw-pg",
+                {"TOKIO_WORKER_THREADS": "1", "RUST_LOG": "warn"},
+            )
+            procs.append(pg_gateway)
+        for port in (mock_port, nginx_port, gw_port) + ((pg_port,) if pg_url else ()):
             wait_for_port(port, timeout=120)
         hops = {
             "nginx": (nginx_proc.pid, nginx_port, work / "nginx", "bench-model"),
@@ -130,10 +183,16 @@ def main() -> None:
             "gw+3ch": (gateway.pid, gw_port, work / "gateway", "bench-3ch"),
             "gw+anthropic": (gateway.pid, gw_port, work / "gateway", "bench-claude"),
         }
+        if pg_url:
+            hops["gw+postgres"] = (pg_gateway.pid, pg_port, work / "gw-pg", "bench-model")
+        pg_n = -(-n // BATCH) * BATCH
         results: dict[tuple[str, str], float] = {}
         for kind in ("plain", "stream"):
             for name, (pid, port, out, model) in hops.items():
-                results[(kind, name)] = measure(pid, port, bodies(model)[kind], n, out)
+                metered = name == "gw+postgres"
+                results[(kind, name)] = measure(
+                    pid, port, bodies(model)[kind], pg_n if metered else n, out, pg_url if metered else None
+                )
         print(f"\nInstructions per request (callgrind, {n} sequential keep-alive requests per row, key {KEY})\n")
         print(f"{'':16}{'plain':>14}{'stream':>14}")
         for name in hops:
@@ -142,6 +201,11 @@ def main() -> None:
             base = results[(kind, "nginx")]
             ratios = ", ".join(f"{name} {results[(kind, name)] / base:.2f}x" for name in hops if name != "nginx")
             print(f"{kind}: instructions per request vs nginx: {ratios}")
+        if pg_url:
+            print(f"gw+postgres: {pg_n} requests per row, written in batches of {BATCH}")
+            for kind in ("plain", "stream"):
+                added = results[(kind, "gw+postgres")] - results[(kind, "gateway")]
+                print(f"{kind}: metering into Postgres adds {added:,.0f} instructions per request")
     finally:
         for p in reversed(procs):
             p.terminate()

@@ -82,6 +82,12 @@ pub struct Args {
     /// the spool are full); by default such requests are refused with 503.
     #[arg(long, env = "WEAVER_USAGE_FAIL_OPEN")]
     pub usage_fail_open: bool,
+    /// How long the first usage record of a batch waits for more before the
+    /// batch is written (a batch also goes once it holds 1,000 records).
+    /// Longer means fewer, larger transactions; records reach the store (and
+    /// the usage API) later, and a SIGKILL can take more of them.
+    #[arg(long, env = "WEAVER_USAGE_BATCH_INTERVAL", default_value = "200ms", value_parser = positive_duration)]
+    pub usage_batch_interval: Duration,
     /// Address for `/healthz`, `/readyz` and `/metrics`, kept off the client
     /// port, and (standalone, with a usage store) the usage API under
     /// `/admin/v1/`. Containers pass 0.0.0.0:9090.
@@ -272,7 +278,7 @@ pub async fn start(args: Args, shutdown: impl Future<Output = ()> + Send + 'stat
     };
     let sink = writer.as_ref().map(|w| UsageSink {
         writer: w.handle(),
-        replica: instance.clone(),
+        replica: instance.as_str().into(),
         fail_open: args.usage_fail_open,
     });
     // Budgets hold across replicas through the store's ledger; without a
@@ -410,7 +416,8 @@ async fn open_store(args: &Args) -> Result<(Option<Writer>, Option<Store>), RunE
     let store = Store::connect(&url, StoreOptions::default())?;
     // One gateway per data folder: a restarted gateway replays what its
     // predecessor left in the spool.
-    let config = WriterConfig::new(args.data_dir.join("spool"));
+    let config =
+        WriterConfig { batch_interval: args.usage_batch_interval, ..WriterConfig::new(args.data_dir.join("spool")) };
     let ledger = store.clone();
     let writer = match store.migrate().await {
         Ok(()) => {

@@ -189,9 +189,9 @@ async fn status_writes(http: &reqwest::Client, op_metrics: &str, url: &str, ns: 
         .map(|i| UsageRecord {
             request_id: format!("{ns}-{i}"),
             time: now,
-            namespace: ns.to_owned(),
-            api_key: format!("key-{i}"),
-            channel: Some(format!("ch-{}", i % CHANNELS)),
+            namespace: ns.into(),
+            api_key: format!("key-{i}").into(),
+            channel: Some(format!("ch-{}", i % CHANNELS).into()),
             model: "shared-model".into(),
             upstream_model: "shared-model".into(),
             status: 200,

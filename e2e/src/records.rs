@@ -53,7 +53,7 @@ pub fn record(
         time: weaver_store::now_ms(),
         namespace: ns.into(),
         api_key: key.into(),
-        channel: channel.map(str::to_owned),
+        channel: channel.map(Into::into),
         model: "gpt-4o-mini".into(),
         upstream_model: "gpt-4o-mini-2024-07-18".into(),
         status: if outcome == Outcome::Ok { 200 } else { 502 },

@@ -132,7 +132,7 @@ struct Totals {
 fn totals_by_key(records: &[UsageRecord]) -> BTreeMap<String, Totals> {
     let mut out: BTreeMap<String, Totals> = BTreeMap::new();
     for r in records {
-        let t = out.entry(r.api_key.clone()).or_default();
+        let t = out.entry(r.api_key.to_string()).or_default();
         t.requests += 1;
         t.errors += u64::from(r.outcome.is_error());
         t.input_tokens += r.input_tokens;

@@ -474,7 +474,7 @@ async fn exports_hold_every_record_once_and_parse_back(kind: Kind) {
             time: now - 3_600_000 - i64::from(i % 7) * 1000,
             namespace: "team-b".into(),
             api_key: "bulk, \"quoted\"".into(),
-            channel: (i % 3 != 0).then(|| "ch,1".to_owned()),
+            channel: (i % 3 != 0).then(|| "ch,1".into()),
             model: "m\nline".into(),
             upstream_model: "u".into(),
             status: 200,

@@ -26,7 +26,7 @@ fn record(i: usize, now: i64) -> UsageRecord {
         request_id: format!("bench-{now}-{i:09}"),
         time: now + (i as i64 % 60_000),
         namespace: "team-a".into(),
-        api_key: format!("key-{key}"),
+        api_key: format!("key-{key}").into(),
         channel: Some(["openai", "azure"][i % 2].into()),
         model: ["gpt-4o", "gpt-4o-mini", "claude"][i % 3].into(),
         upstream_model: "gpt-4o-2024-08-06".into(),

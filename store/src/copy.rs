@@ -5,7 +5,7 @@
 //! then encode each array element by element.
 
 use crate::StoreError;
-use crate::record::UsageRecord;
+use crate::record::{AttemptRecord, UsageRecord};
 use crate::rollup::to_i64;
 
 /// The statement the buffer of [`events`] answers, columns in its field order.
@@ -57,7 +57,7 @@ pub(crate) fn events(records: &[UsageRecord]) -> Result<Vec<u8>, StoreError> {
             None => out.null(),
         }
         out.text(&r.replica)?;
-        out.jsonb(&r.attempts)?;
+        out.attempts(&r.attempts)?;
     }
     out.0.extend_from_slice(&TRAILER.to_be_bytes());
     Ok(out.0)
@@ -99,12 +99,37 @@ impl Row {
         Ok(())
     }
 
-    /// Serialises in place, then writes the length in front of it.
-    fn jsonb(&mut self, v: &impl serde::Serialize) -> Result<(), StoreError> {
+    /// The attempts as `jsonb`, written in place, then the length in front
+    /// of it. The JSON text is serde's for `[AttemptRecord]` (a test holds
+    /// them equal), written member by member: serde_json's serializer took
+    /// more instructions per record than the rest of the row together.
+    fn attempts(&mut self, attempts: &[AttemptRecord]) -> Result<(), StoreError> {
         let at = self.0.len();
         self.0.extend_from_slice(&[0; 4]);
         self.0.push(JSONB_VERSION);
-        serde_json::to_writer(&mut self.0, v)?;
+        let out = &mut self.0;
+        out.push(b'[');
+        for (i, a) in attempts.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"{\"channel\":");
+            serde_json::to_writer(&mut *out, a.channel.as_str())?;
+            out.extend_from_slice(b",\"status\":");
+            serde_json::to_writer(&mut *out, &a.status)?;
+            out.extend_from_slice(b",\"error\":");
+            match &a.error {
+                Some(e) => serde_json::to_writer(&mut *out, e.as_str())?,
+                None => out.extend_from_slice(b"null"),
+            }
+            out.extend_from_slice(b",\"ttft_ms\":");
+            match a.ttft_ms {
+                Some(t) => serde_json::to_writer(&mut *out, &t)?,
+                None => out.extend_from_slice(b"null"),
+            }
+            out.push(b'}');
+        }
+        out.push(b']');
         let n = self.0.len() - at - 4;
         let n = i32::try_from(n).map_err(|_| StoreError::OutOfRange { field: "attempts length", value: n as u64 })?;
         self.0[at..at + 4].copy_from_slice(&n.to_be_bytes());
@@ -147,6 +172,30 @@ mod tests {
         let attempts = fields[19].clone().unwrap();
         assert_eq!(attempts[0], JSONB_VERSION);
         assert_eq!(attempts[1..], serde_json::to_vec(&r.attempts).unwrap());
+    }
+
+    #[test]
+    fn attempts_are_the_json_serde_writes() {
+        let mut r = sample();
+        for attempts in [
+            vec![],
+            vec![
+                AttemptRecord {
+                    channel: "a\"b\\c".into(),
+                    status: 429,
+                    error: Some("rate \"limited\"\n".into()),
+                    ttft_ms: None,
+                },
+                AttemptRecord { channel: "ünï".into(), status: 200, error: None, ttft_ms: Some(u64::MAX) },
+            ],
+        ] {
+            r.attempts = attempts;
+            let mut row = Row(Vec::new());
+            row.attempts(&r.attempts).unwrap();
+            assert_eq!(row.0[4], JSONB_VERSION);
+            assert_eq!(row.0[5..], serde_json::to_vec(&r.attempts).unwrap());
+            assert_eq!(i32::from_be_bytes(row.0[..4].try_into().unwrap()) as usize, row.0.len() - 4);
+        }
     }
 
     #[test]

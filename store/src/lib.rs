@@ -13,6 +13,7 @@ mod copy;
 mod error;
 pub mod ledger;
 mod migrations;
+mod name;
 mod postgres;
 mod query;
 mod record;
@@ -27,6 +28,7 @@ use std::future::Future;
 use std::time::Duration;
 
 pub use error::{SpoolError, StoreError, WriterError};
+pub use name::Name;
 pub use postgres::PgStore;
 pub use query::{
     DAY_MS, GroupBy, GroupKey, HOUR_MS, RecordFilter, RecordPage, Scope, ScopeUsage, SummaryRow, UsageFilter,

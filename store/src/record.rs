@@ -3,6 +3,8 @@
 use serde::{Deserialize, Serialize};
 use weaver_crds::money::Usd;
 
+use crate::Name;
+
 /// How a request ended, from the client's point of view.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -46,7 +48,7 @@ impl Outcome {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttemptRecord {
     /// The Channel tried.
-    pub channel: String,
+    pub channel: Name,
     /// HTTP status the upstream answered (or the gateway mapped a transport failure to).
     pub status: u16,
     /// Why the attempt failed, when it did.
@@ -63,14 +65,14 @@ pub struct UsageRecord {
     pub request_id: String,
     /// When the request arrived, in unix milliseconds (UTC).
     pub time: i64,
-    pub namespace: String,
+    pub namespace: Name,
     /// ApiKey name; empty when the request was not authenticated.
-    pub api_key: String,
+    pub api_key: Name,
     /// The Channel that answered (the last attempt's), if any.
-    pub channel: Option<String>,
+    pub channel: Option<Name>,
     /// Public model name; empty when no model matched.
-    pub model: String,
-    pub upstream_model: String,
+    pub model: Name,
+    pub upstream_model: Name,
     /// HTTP status sent to the client.
     pub status: u16,
     pub outcome: Outcome,
@@ -90,7 +92,7 @@ pub struct UsageRecord {
     /// Time to the first byte of the answer, in milliseconds.
     pub ttft_ms: Option<u64>,
     /// The gateway replica that served the request.
-    pub replica: String,
+    pub replica: Name,
     pub attempts: Vec<AttemptRecord>,
     /// The request's and the answer's bodies, for keys that log them. Stored in
     /// a table of their own (read with [`UsageStore::bodies`](crate::UsageStore::bodies)),

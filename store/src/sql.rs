@@ -7,13 +7,13 @@ use std::collections::BTreeMap;
 use sqlx::{ColumnIndex, Database, Decode, Encode, QueryBuilder, Row, Type};
 use weaver_crds::protocol::LatencySketch;
 
-use crate::StoreError;
 use crate::query::{
     Cursor, DAY_MS, GroupBy, GroupKey, HOUR_MS, Piece, RecordFilter, Rollup, RollupRange, Scope, Source, SummaryRow,
     UsageFilter, UsagePlan,
 };
 use crate::record::{Outcome, UsageRecord};
 use crate::rollup::to_u64;
+use crate::{Name, StoreError};
 
 /// The pieces of SQL that differ between the databases.
 pub(crate) struct Dialect {
@@ -121,6 +121,7 @@ where
     for<'r> bool: Decode<'r, R::Database> + Type<R::Database>,
 {
     let n = |i: usize, column: &'static str| -> Result<u64, StoreError> { to_u64(column, row.try_get::<i64, _>(i)?) };
+    let name = |i: usize| -> Result<Name, StoreError> { Ok(row.try_get::<String, _>(i)?.into()) };
     let channel: String = row.try_get(4)?;
     let status: i32 = row.try_get(7)?;
     let outcome: String = row.try_get(8)?;
@@ -129,11 +130,11 @@ where
     Ok(UsageRecord {
         time: row.try_get(0)?,
         request_id: row.try_get(1)?,
-        namespace: row.try_get(2)?,
-        api_key: row.try_get(3)?,
-        channel: (!channel.is_empty()).then_some(channel),
-        model: row.try_get(5)?,
-        upstream_model: row.try_get(6)?,
+        namespace: name(2)?,
+        api_key: name(3)?,
+        channel: (!channel.is_empty()).then(|| channel.into()),
+        model: name(5)?,
+        upstream_model: name(6)?,
         status: u16::try_from(status)
             .map_err(|_| StoreError::Corrupt { column: "status", value: status.to_string() })?,
         outcome: Outcome::parse(&outcome).ok_or(StoreError::Corrupt { column: "outcome", value: outcome })?,
@@ -146,7 +147,7 @@ where
         cost_nanos: n(15, "cost_nanos")?,
         duration_ms: n(16, "duration_ms")?,
         ttft_ms: ttft.map(|t| to_u64("ttft_ms", t)).transpose()?,
-        replica: row.try_get(18)?,
+        replica: name(18)?,
         attempts: serde_json::from_str(&attempts)
             .map_err(|_| StoreError::Corrupt { column: "attempts", value: attempts.clone() })?,
         bodies: None,

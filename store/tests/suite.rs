@@ -100,7 +100,7 @@ fn mixed(n: usize, seed: u64) -> Vec<UsageRecord> {
                 time: BASE + next(3 * DAY_MS as u64) as i64,
                 namespace: ["team-a", "team-b"][next(2) as usize].into(),
                 api_key: ["ci", "prod", ""][next(3) as usize].into(),
-                channel: (!channel.is_empty()).then(|| channel.to_owned()),
+                channel: (!channel.is_empty()).then(|| channel.into()),
                 model: ["gpt-4o", "claude", ""][next(3) as usize].into(),
                 upstream_model: "up".into(),
                 status: [200, 502, 499, 429][next(4) as usize],
@@ -117,7 +117,7 @@ fn mixed(n: usize, seed: u64) -> Vec<UsageRecord> {
                 replica: "gw-0".into(),
                 attempts: (0..next(3))
                     .map(|a| AttemptRecord {
-                        channel: format!("ch{a}"),
+                        channel: format!("ch{a}").into(),
                         status: 500,
                         error: Some("boom".into()),
                         ttft_ms: None,
@@ -158,10 +158,10 @@ fn oracle(records: &[UsageRecord], group_by: &[GroupBy]) -> BTreeMap<weaver_stor
             match g {
                 GroupBy::Day => key.bucket_ms = Some(floor_day(r.time)),
                 GroupBy::Hour => key.bucket_ms = Some(floor_hour(r.time)),
-                GroupBy::Namespace => key.namespace = Some(r.namespace.clone()),
-                GroupBy::Key => key.api_key = Some((r.namespace.clone(), r.api_key.clone())),
-                GroupBy::Model => key.model = Some(r.model.clone()),
-                GroupBy::Channel => key.channel = Some(r.channel.clone().unwrap_or_default()),
+                GroupBy::Namespace => key.namespace = Some(r.namespace.to_string()),
+                GroupBy::Key => key.api_key = Some((r.namespace.to_string(), r.api_key.to_string())),
+                GroupBy::Model => key.model = Some(r.model.to_string()),
+                GroupBy::Channel => key.channel = Some(r.channel.as_deref().unwrap_or_default().to_owned()),
             }
         }
         let t = out.entry(key).or_default();
@@ -334,7 +334,7 @@ async fn filters_select_the_matching_records(store: &Store, _: &std::path::Path)
             .filter(|r| f.status.is_none_or(|s| r.status == s))
             .filter(|r| f.outcome.is_none_or(|o| r.outcome == o))
             .filter(|r| f.request_id.as_ref().is_none_or(|id| &r.request_id == id))
-            .filter(|r| u.namespaces.is_empty() || u.namespaces.contains(&r.namespace))
+            .filter(|r| u.namespaces.is_empty() || u.namespaces.iter().any(|ns| *ns == r.namespace))
             .filter(|r| u.api_key.as_ref().is_none_or(|k| &r.api_key == k))
             .filter(|r| u.model.as_ref().is_none_or(|m| &r.model == m))
             .filter(|r| u.channel.as_ref().is_none_or(|c| r.channel.clone().unwrap_or_default() == *c))

@@ -60,7 +60,7 @@ fn record(i: usize, now: i64) -> UsageRecord {
         // Spread over the last 3 days, several records per millisecond.
         time: now - (i as i64 * 2_593) % (3 * 86_400_000),
         namespace: ["team-a", "team-b"][i % 2].into(),
-        api_key: format!("key-{}", i % 20),
+        api_key: format!("key-{}", i % 20).into(),
         channel: Some(["openai", "azure"][i % 2].into()),
         model: ["gpt-4o", "gpt-4o-mini", "claude"][i % 3].into(),
         upstream_model: "gpt-4o-2024-08-06".into(),

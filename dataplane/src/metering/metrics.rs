@@ -38,6 +38,13 @@ impl Label {
     }
 }
 
+/// The same text in a usage record, shared rather than copied.
+impl From<&Label> for weaver_store::Name {
+    fn from(label: &Label) -> Self {
+        label.0.clone().into()
+    }
+}
+
 fn label(encoder: &mut LabelSetEncoder<'_>, key: &'static str, value: &str) -> Result<(), std::fmt::Error> {
     (key, value).encode(encoder.encode_label())
 }

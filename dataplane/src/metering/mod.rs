@@ -19,7 +19,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use smallvec::SmallVec;
-use weaver_store::{AttemptRecord, Outcome, WriterHandle};
+use weaver_store::{AttemptRecord, Name, Outcome, WriterHandle};
 
 pub(crate) use capture::{BodyLog, Capture};
 pub(crate) use estimate::Said;
@@ -49,7 +49,7 @@ pub(crate) const CLIENT_CLOSED: u16 = 499;
 pub(crate) struct UsageSink {
     pub writer: WriterHandle,
     /// This gateway in the records.
-    pub replica: String,
+    pub replica: Name,
     /// Serve requests while records cannot be kept (the queue and the spool
     /// are full), instead of refusing them with 503.
     pub fail_open: bool,
@@ -358,19 +358,19 @@ fn stored_record(
             .collect();
         record.capture.bodies(&credentials)
     });
-    let name = |c: u32| rt.channels.get(c as usize).map(|c| c.label.as_str().to_owned()).unwrap_or_default();
+    // The snapshot's names are shared with the record, not copied.
+    let name = |c: u32| rt.channels.get(c as usize).map(|c| Name::from(&c.label)).unwrap_or_default();
     weaver_store::UsageRecord {
         request_id: record.request_id.to_str().unwrap_or_default().to_owned(),
         time: record.time,
-        namespace: key.map(|k| k.namespace.as_str().to_owned()).unwrap_or_default(),
-        api_key: key.map(|k| k.name.as_str().to_owned()).unwrap_or_default(),
-        channel: route.map(|(c, _)| c.label.as_str().to_owned()),
+        namespace: key.map(|k| Name::from(&k.namespace)).unwrap_or_default(),
+        api_key: key.map(|k| Name::from(&k.name)).unwrap_or_default(),
+        channel: route.map(|(c, _)| Name::from(&c.label)),
         model: route
-            .map(|(_, m)| m.label.as_str())
-            .or(record.requested_model.as_deref())
-            .map(str::to_owned)
+            .map(|(_, m)| Name::from(&m.label))
+            .or_else(|| record.requested_model.as_deref().map(Name::from))
             .unwrap_or_default(),
-        upstream_model: route.map(|(_, m)| m.upstream.as_str().to_owned()).unwrap_or_default(),
+        upstream_model: route.map(|(_, m)| Name::from(&m.upstream)).unwrap_or_default(),
         status: record.status,
         outcome: record.outcome(),
         input_tokens: usage.input,
