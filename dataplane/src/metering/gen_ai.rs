@@ -21,6 +21,8 @@
 //! convention's. Source: <https://opentelemetry.io/docs/specs/semconv/gen-ai/gen-ai-metrics/>
 //! (semantic conventions 1.37+: `gen_ai.provider.name` replaced `gen_ai.system`).
 
+use std::sync::OnceLock;
+
 use prometheus_client::encoding::{EncodeLabelSet, LabelSetEncoder};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
@@ -38,6 +40,11 @@ pub(crate) fn operation_name(route: ApiRoute) -> Option<&'static str> {
         ApiRoute::Embeddings => Some("embeddings"),
         ApiRoute::ListModels | ApiRoute::RetrieveModel | ApiRoute::CountTokens => None,
     }
+}
+
+/// Where a route keeps its series of an operation (see `RouteSeries`).
+pub(crate) fn operation_index(operation: &str) -> usize {
+    usize::from(operation == "embeddings")
 }
 
 /// `gen_ai.provider.name` of a Channel's provider.
@@ -113,6 +120,18 @@ impl EncodeLabelSet for GenAiLabels {
     fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> Result<(), std::fmt::Error> {
         self.encode_into(encoder)
     }
+}
+
+/// One route's GenAI series of one operation, kept as `RouteSeries` keeps
+/// its own (every label comes from the configuration, so they are the same
+/// on every request of the route).
+#[derive(Default)]
+pub(crate) struct GenAiSeries {
+    pub time_to_first_token: OnceLock<Histogram>,
+    pub input: OnceLock<Histogram>,
+    pub output: OnceLock<Histogram>,
+    /// Successful requests' durations (no `error_type`).
+    pub duration: OnceLock<Histogram>,
 }
 
 /// The three GenAI histograms.

@@ -9,12 +9,12 @@ use std::sync::{Arc, OnceLock};
 
 use prometheus_client::encoding::{EncodeLabel, EncodeLabelSet, EncodeLabelValue, LabelSetEncoder};
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use super::gen_ai::GenAiMetrics;
+use super::gen_ai::{GenAiMetrics, GenAiSeries};
 use crate::routing::metrics::RoutingMetrics;
 use crate::state::KeyRuntime;
 
@@ -148,6 +148,47 @@ impl EncodeLabelSet for RefusalLabels {
     fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> Result<(), std::fmt::Error> {
         label(encoder, "namespace", self.namespace.as_str())?;
         ("reason", self.reason).encode(encoder.encode_label())
+    }
+}
+
+/// The series one route (a channel's model) updates on every request,
+/// looked up in their families on first use and kept with the runtime, so a
+/// request updates counters and histograms without hashing a label set or
+/// taking a family's lock. Kept only for label sets that are the same on every
+/// request of the route: the `Scope` ones (`requests_total{code="200"}`,
+/// `tokens_total`, `cost_usd_total`) for keys of the channel's own namespace
+/// and without per-key series; the others always. Looked up lazily, so a
+/// series still appears in the exposition only once something is recorded
+/// in it.
+#[derive(Default)]
+pub(crate) struct RouteSeries {
+    /// `requests_total{code="200"}`.
+    pub(super) answered: OnceLock<Counter>,
+    pub(super) duration: OnceLock<Histogram>,
+    pub(super) first_token: OnceLock<Histogram>,
+    /// `tokens_total`, by [`Direction`] (its discriminant).
+    pub(super) tokens: [OnceLock<Counter>; 5],
+    pub(super) cost: OnceLock<Counter<f64, AtomicU64>>,
+    /// The GenAI series of chat (`[0]`) and embeddings (`[1]`) requests.
+    pub(super) gen_ai: [GenAiSeries; 2],
+}
+
+/// Runs `f` on the series of `labels()` in `family`: the one kept in `kept`
+/// (looked up there on first use), or, with no place to keep it, the one
+/// looked up now. `labels` is only called for a lookup.
+pub(super) fn with_series<S, M, C>(
+    family: &Family<S, M, C>,
+    kept: Option<&OnceLock<M>>,
+    labels: impl FnOnce() -> S,
+    f: impl FnOnce(&M),
+) where
+    S: Clone + std::hash::Hash + Eq,
+    M: Clone,
+    C: MetricConstructor<M>,
+{
+    match kept {
+        Some(kept) => f(kept.get_or_init(|| family.get_or_create_owned(&labels()))),
+        None => f(&family.get_or_create(&labels())),
     }
 }
 
@@ -296,5 +337,53 @@ impl Metrics {
 
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels() -> RouteLabels {
+        RouteLabels { model: Label::new("gpt-4o"), channel: Label::new("primary") }
+    }
+
+    #[test]
+    fn a_kept_series_is_looked_up_once_and_is_the_familys_own() {
+        let family = Family::<RouteLabels, Counter>::default();
+        let kept = OnceLock::new();
+        let mut lookups = 0;
+        for _ in 0..3 {
+            let labels = || {
+                lookups += 1;
+                labels()
+            };
+            with_series(&family, Some(&kept), labels, |c| {
+                c.inc();
+            });
+        }
+        with_series(&family, None, labels, |c| {
+            c.inc();
+        });
+        assert_eq!(lookups, 1);
+        assert_eq!(family.get_or_create(&labels()).get(), 4);
+    }
+
+    #[test]
+    fn a_series_appears_only_once_something_is_recorded() -> Result<(), std::fmt::Error> {
+        let metrics = Metrics::new(false);
+        let series = RouteSeries::default();
+        let exposition = || {
+            let mut out = String::new();
+            prometheus_client::encoding::text::encode(&mut out, metrics.registry()).map(|()| out)
+        };
+        assert!(!exposition()?.contains("weaver_gateway_request_duration_seconds_count{"));
+        with_series(&metrics.duration, Some(&series.duration), labels, |h| h.observe(0.25));
+        let out = exposition()?;
+        assert!(
+            out.contains(r#"weaver_gateway_request_duration_seconds_count{model="gpt-4o",channel="primary"} 1"#),
+            "{out}"
+        );
+        Ok(())
     }
 }

@@ -24,7 +24,7 @@ use weaver_store::{AttemptRecord, Name, Outcome, WriterHandle};
 pub(crate) use capture::{BodyLog, Capture};
 pub(crate) use estimate::Said;
 pub(crate) use gen_ai::provider_name as gen_ai_provider_name;
-pub(crate) use metrics::{Label, Metrics, RefusalReason};
+pub(crate) use metrics::{Label, Metrics, RefusalReason, RouteSeries};
 pub(crate) use reports::report;
 pub(crate) use usage::{OpenAiUsage, ResponsesUsage, Usage};
 
@@ -40,7 +40,7 @@ use crate::limits::Nanos;
 use crate::pipeline::Admission;
 use crate::state::{ChannelRuntime, KeyRuntime, ModelRuntime, Runtime};
 use gen_ai::{DurationLabels, GenAiLabels, TokenUsageLabels};
-use metrics::{Direction, RequestLabels, RouteLabels, Scope, TokenLabels};
+use metrics::{Direction, RequestLabels, RouteLabels, Scope, TokenLabels, with_series};
 
 /// Status recorded for requests the client abandoned (nginx's convention).
 pub(crate) const CLIENT_CLOSED: u16 = 499;
@@ -230,18 +230,32 @@ pub(crate) fn finish(
         }
     }
 
-    let namespace = key.map_or_else(Label::none, |k| k.namespace.clone());
-    let key_label = metrics.per_key.then(|| key.map_or_else(Label::none, |k| k.name.clone()));
-    let (model, channel) =
-        route.map_or_else(|| (Label::none(), Label::none()), |(c, m)| (m.label.clone(), c.label.clone()));
-    let scope = Scope { namespace, key: key_label, model: model.clone(), channel: channel.clone() };
-    metrics.requests.get_or_create(&RequestLabels { scope: scope.clone(), code: record.status }).inc();
-    if route.is_some() {
-        let labels = RouteLabels { model: model.clone(), channel: channel.clone() };
+    // The route's kept series; its `Scope` ones only where that label set is
+    // the same on every request of the route (see `RouteSeries`).
+    let scoped = route
+        .filter(|(c, _)| !metrics.per_key && key.is_some_and(|k| k.namespace == c.namespace))
+        .map(|(_, m)| &m.series);
+    let scope = || Scope {
+        namespace: key.map_or_else(Label::none, |k| k.namespace.clone()),
+        key: metrics.per_key.then(|| key.map_or_else(Label::none, |k| k.name.clone())),
+        model: route.map_or_else(Label::none, |(_, m)| m.label.clone()),
+        channel: route.map_or_else(Label::none, |(c, _)| c.label.clone()),
+    };
+    let answered = scoped.filter(|_| record.status == 200).map(|s| &s.answered);
+    with_series(
+        &metrics.requests,
+        answered,
+        || RequestLabels { scope: scope(), code: record.status },
+        |c| {
+            c.inc();
+        },
+    );
+    if let Some((c, m)) = route {
+        let labels = || RouteLabels { model: m.label.clone(), channel: c.label.clone() };
         if let Some(ttfb) = last.and_then(|a| a.first_byte) {
-            metrics.first_token.get_or_create(&labels).observe(ttfb.as_secs_f64());
+            with_series(&metrics.first_token, Some(&m.series.first_token), labels, |h| h.observe(ttfb.as_secs_f64()));
         }
-        metrics.duration.get_or_create(&labels).observe(elapsed.as_secs_f64());
+        with_series(&metrics.duration, Some(&m.series.duration), labels, |h| h.observe(elapsed.as_secs_f64()));
         for (direction, n) in [
             (Direction::input, usage.input),
             (Direction::cached_input, usage.cached_input),
@@ -250,15 +264,25 @@ pub(crate) fn finish(
             (Direction::reasoning, usage.reasoning),
         ] {
             if n > 0 {
-                metrics.tokens.get_or_create(&TokenLabels { scope: scope.clone(), direction }).inc_by(n);
+                let kept = scoped.map(|s| &s.tokens[direction as usize]);
+                with_series(
+                    &metrics.tokens,
+                    kept,
+                    || TokenLabels { scope: scope(), direction },
+                    |c| {
+                        c.inc_by(n);
+                    },
+                );
             }
         }
         if cost > 0 {
-            metrics.cost.get_or_create(&scope).inc_by(cost as f64 / 1e9);
+            with_series(&metrics.cost, scoped.map(|s| &s.cost), scope, |c| {
+                c.inc_by(cost as f64 / 1e9);
+            });
         }
-    }
-    if let (Some((c, m)), Some(operation)) = (route, gen_ai::operation_name(record.endpoint)) {
-        record_gen_ai(metrics, record, (c, m), operation, usage_known.then_some(usage), elapsed);
+        if let Some(operation) = gen_ai::operation_name(record.endpoint) {
+            record_gen_ai(metrics, record, (c, m), operation, usage_known.then_some(usage), elapsed);
+        }
     }
     if let Some(sink) = sink {
         let resolved = Resolved { key, route, usage, estimated: estimate.is_some(), cost_nanos: cost };
@@ -296,7 +320,8 @@ fn record_gen_ai(
     usage: Option<Usage>,
     elapsed: Duration,
 ) {
-    let base = GenAiLabels {
+    let series = &model.series.gen_ai[gen_ai::operation_index(operation)];
+    let base = || GenAiLabels {
         operation,
         provider: channel.gen_ai_provider,
         request_model: model.label.clone(),
@@ -308,20 +333,25 @@ fn record_gen_ai(
         CLIENT_CLOSED => "cancelled",
         _ => last.and_then(|a| a.error).unwrap_or("_OTHER"),
     };
+    let gen_ai = &metrics.gen_ai;
     if error_type.is_empty()
         && let Some(ttfb) = last.and_then(|a| a.first_byte)
     {
-        metrics.gen_ai.time_to_first_token.get_or_create(&base).observe(ttfb.as_secs_f64());
+        let kept = Some(&series.time_to_first_token);
+        with_series(&gen_ai.time_to_first_token, kept, base, |h| h.observe(ttfb.as_secs_f64()));
     }
     if let Some(u) = usage {
         // Embeddings have no output tokens to count.
-        let output = (operation != "embeddings").then_some(("output", u.output));
-        for (token_type, n) in std::iter::once(("input", u.input)).chain(output) {
-            let labels = TokenUsageLabels { base: base.clone(), token_type };
-            metrics.gen_ai.token_usage.get_or_create(&labels).observe(n as f64);
+        let output = (operation != "embeddings").then_some(("output", u.output, &series.output));
+        for (token_type, n, kept) in std::iter::once(("input", u.input, &series.input)).chain(output) {
+            let labels = || TokenUsageLabels { base: base(), token_type };
+            with_series(&gen_ai.token_usage, Some(kept), labels, |h| h.observe(n as f64));
         }
     }
-    metrics.gen_ai.request_duration.get_or_create(&DurationLabels { base, error_type }).observe(elapsed.as_secs_f64());
+    // Failures' series differ by `error_type`; they are not the hot path.
+    let kept = error_type.is_empty().then_some(&series.duration);
+    let labels = || DurationLabels { base: base(), error_type };
+    with_series(&gen_ai.request_duration, kept, labels, |h| h.observe(elapsed.as_secs_f64()));
 }
 
 fn millis(d: Duration) -> u64 {

@@ -18,7 +18,7 @@ use super::ClientPool;
 use super::budget::BudgetRef;
 use super::registry::{ChannelState, Id, KeyState, NamespaceState, Registry};
 use crate::limits::{DEFAULT_OUTPUT_TOKENS, KeyLimits};
-use crate::metering::{Label, Metrics};
+use crate::metering::{Label, Metrics, RouteSeries};
 use crate::providers::openai::ModelRename;
 use crate::providers::{Adapter, Operation};
 use crate::routing::metrics::AttemptLabels;
@@ -120,6 +120,8 @@ pub(crate) struct ModelRuntime {
     count_tokens: Option<Uri>,
     /// The Responses API, or chat completions where it is translated.
     responses: Option<Uri>,
+    /// This route's metric series, kept for the runtime's life.
+    pub series: RouteSeries,
 }
 
 impl ModelRuntime {
@@ -222,6 +224,7 @@ impl Runtime {
                         embeddings: uri(m, Some(Operation::Embeddings)),
                         count_tokens: uri(m, Some(Operation::CountTokens)),
                         responses: uri(m, Some(Operation::Responses)),
+                        series: RouteSeries::default(),
                     })
                     .collect();
                 let id = (Label::new(&ch.namespace), Label::new(&ch.name));
