@@ -51,7 +51,10 @@ impl Setup {
 
 async fn record(store: &Store, id: &str) -> anyhow::Result<UsageRecord> {
     let page = store.records(&RecordFilter::default(), None, 100).await?;
-    page.records.into_iter().find(|r| r.request_id == id).ok_or_else(|| anyhow::anyhow!("no record {id}"))
+    page.records
+        .into_iter()
+        .find(|r| weaver_e2e::records::sent_id(r) == id)
+        .ok_or_else(|| anyhow::anyhow!("no record {id}"))
 }
 
 fn chat(content: &str, stream: bool) -> Value {
