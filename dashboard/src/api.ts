@@ -36,6 +36,8 @@ export interface Attempt {
 
 export interface UsageRecord {
   request_id: string
+  /** The id the client sent (x-client-request-id or its own x-request-id); not unique. */
+  client_request_id: string | null
   time: string
   namespace: string
   api_key: string

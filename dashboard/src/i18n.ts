@@ -35,7 +35,7 @@ const en = {
   },
   models: { servedBy: 'Served by', upstream: 'Upstream model', prices: 'Price per 1M tokens (in / out / cached)' },
   logs: {
-    requestId: 'Request id', search: 'Search by request id', next: 'Next page', prev: 'Previous page', first: 'First page',
+    requestId: 'Request id', clientRequestId: 'Client request id', search: 'Search by request id', next: 'Next page', prev: 'Previous page', first: 'First page',
     export: 'Export', detail: 'Request', attempts: 'Attempts', error: 'Error', estimated: 'estimated', apply: 'Apply', clear: 'Clear',
   },
   // Cluster mode (the operator): Kubernetes sign-in, namespaces, key actions.
@@ -86,7 +86,7 @@ const zh: typeof en = {
   },
   models: { servedBy: '提供渠道', upstream: '上游模型', prices: '每百万 Token 价格（输入 / 输出 / 缓存）' },
   logs: {
-    requestId: '请求 ID', search: '按请求 ID 搜索', next: '下一页', prev: '上一页', first: '第一页',
+    requestId: '请求 ID', clientRequestId: '客户端请求 ID', search: '按请求 ID 搜索', next: '下一页', prev: '上一页', first: '第一页',
     export: '导出', detail: '请求详情', attempts: '尝试', error: '错误', estimated: '估算', apply: '应用', clear: '清除',
   },
   cluster: {

@@ -188,6 +188,7 @@ async fn status_writes(http: &reqwest::Client, op_metrics: &str, url: &str, ns: 
     let records: Vec<UsageRecord> = (0..KEYS)
         .map(|i| UsageRecord {
             request_id: format!("{ns}-{i}"),
+            client_request_id: None,
             time: now,
             namespace: ns.into(),
             api_key: format!("key-{i}").into(),

@@ -18,13 +18,19 @@ pub async fn all(store: &Store, filter: &RecordFilter) -> anyhow::Result<Vec<Usa
     }
 }
 
-/// Checks that `records` are exactly the requests with ids `expected`, each
-/// once: none missing, none twice, none from elsewhere.
+/// The id a record's request is known by to the test that sent it: the
+/// client's own id when it sent one, else the gateway's (from the answer).
+pub fn sent_id(r: &UsageRecord) -> &str {
+    r.client_request_id.as_deref().unwrap_or(&r.request_id)
+}
+
+/// Checks that `records` are exactly the requests with ids `expected` (see
+/// [`sent_id`]), each once: none missing, none twice, none from elsewhere.
 pub fn ensure_exactly(records: &[UsageRecord], expected: &HashSet<String>) -> anyhow::Result<()> {
-    let unique: HashSet<&str> = records.iter().map(|r| r.request_id.as_str()).collect();
+    let unique: HashSet<&str> = records.iter().map(sent_id).collect();
     anyhow::ensure!(unique.len() == records.len(), "{} records in the store twice", records.len() - unique.len());
     let missing: Vec<&String> = expected.iter().filter(|id| !unique.contains(id.as_str())).collect();
-    let extra: Vec<&UsageRecord> = records.iter().filter(|r| !expected.contains(&r.request_id)).collect();
+    let extra: Vec<&UsageRecord> = records.iter().filter(|r| !expected.contains(sent_id(r))).collect();
     anyhow::ensure!(
         missing.is_empty() && extra.is_empty(),
         "of {} requests made, {} have no record (e.g. {:?}); {} records are of no request made (e.g. {:?})",
@@ -50,6 +56,7 @@ pub fn record(
 ) -> UsageRecord {
     UsageRecord {
         request_id: format!("{ns}-{id}"),
+        client_request_id: None,
         time: weaver_store::now_ms(),
         namespace: ns.into(),
         api_key: key.into(),

@@ -51,7 +51,10 @@ impl Setup {
 
 async fn record(store: &Store, id: &str) -> anyhow::Result<UsageRecord> {
     let page = store.records(&RecordFilter::default(), None, 100).await?;
-    page.records.into_iter().find(|r| r.request_id == id).ok_or_else(|| anyhow::anyhow!("no record {id}"))
+    page.records
+        .into_iter()
+        .find(|r| weaver_e2e::records::sent_id(r) == id)
+        .ok_or_else(|| anyhow::anyhow!("no record {id}"))
 }
 
 fn chat(content: &str, stream: bool) -> Value {
@@ -175,18 +178,27 @@ async fn bodies_are_logged_redacted_and_cut_for_keys_that_ask_only() -> anyhow::
     assert_eq!(s.post("lw-quiet-key-0001", "not-logged", &chat("hello", false)).await?.status(), StatusCode::OK);
 
     let store = s.store().await?;
-    let whole = store.bodies("logged-whole").await?.ok_or_else(|| anyhow::anyhow!("no bodies stored"))?;
+    let whole = store
+        .bodies(&record(&store, "logged-whole").await?.request_id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no bodies stored"))?;
     assert!(whole.request.len() <= 2048 && whole.request_truncated, "{} bytes", whole.request.len());
     // (serde_json writes members in name order.)
     assert!(whole.request.starts_with(r#"{"messages":[{"api_key":"[REDACTED]","content":"#), "{}", whole.request);
     assert!(whole.request.contains("my key is [REDACTED]"), "{}", whole.request);
     assert!(whole.response.contains("You said: my key is [REDACTED]"), "{}", whole.response);
     assert!(!whole.response_truncated);
-    let stream = store.bodies("logged-stream").await?.ok_or_else(|| anyhow::anyhow!("no stream bodies"))?;
+    let stream = store
+        .bodies(&record(&store, "logged-stream").await?.request_id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no stream bodies"))?;
     assert!(stream.response.starts_with("data: {"), "the SSE text: {}", stream.response);
     assert!(stream.response.contains(r#""content":"This "#), "{}", stream.response);
     assert!(stream.response.len() <= 2048 && stream.response_truncated, "{} bytes", stream.response.len());
-    let echo = store.bodies("logged-echo").await?.ok_or_else(|| anyhow::anyhow!("no echo bodies"))?;
+    let echo = store
+        .bodies(&record(&store, "logged-echo").await?.request_id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no echo bodies"))?;
     assert!(echo.request.contains("again [REDACTED]"), "{}", echo.request);
     assert!(echo.response.starts_with("[REDACTED") && echo.response_truncated, "{}", echo.response);
     for b in [&whole, &stream, &echo] {
@@ -194,7 +206,11 @@ async fn bodies_are_logged_redacted_and_cut_for_keys_that_ask_only() -> anyhow::
             assert!(!b.request.contains(secret) && !b.response.contains(secret), "{secret} was stored");
         }
     }
-    assert_eq!(store.bodies("not-logged").await?, None, "a key without logging stores no bodies");
+    assert_eq!(
+        store.bodies(&record(&store, "not-logged").await?.request_id).await?,
+        None,
+        "a key without logging stores no bodies"
+    );
     let r = record(&store, "not-logged").await?;
     assert_eq!(r.outcome, Outcome::Ok);
     Ok(())
@@ -215,9 +231,16 @@ spec:
     assert_eq!(s.post(KEY, "namespace-logged", &chat("hello from the team", false)).await?.status(), StatusCode::OK);
     assert_eq!(s.post("lw-quiet-key-0001", "opted-out", &chat("hello", false)).await?.status(), StatusCode::OK);
     let store = s.store().await?;
-    let logged = store.bodies("namespace-logged").await?.ok_or_else(|| anyhow::anyhow!("no bodies stored"))?;
+    let logged = store
+        .bodies(&record(&store, "namespace-logged").await?.request_id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no bodies stored"))?;
     assert!(logged.request.contains("hello from the team"), "{}", logged.request);
     assert!(logged.response.contains("You said: hello from the team"), "{}", logged.response);
-    assert_eq!(store.bodies("opted-out").await?, None, "a key's own logging overrides its namespace's");
+    assert_eq!(
+        store.bodies(&record(&store, "opted-out").await?.request_id).await?,
+        None,
+        "a key's own logging overrides its namespace's"
+    );
     Ok(())
 }

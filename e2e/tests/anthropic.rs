@@ -95,8 +95,10 @@ async fn messages_pass_through_to_an_anthropic_channel_and_are_metered() -> anyh
     let text: String = events.iter().filter_map(|(_, d)| d["delta"]["text"].as_str()).collect();
     assert_eq!(text, "This is LLM Weaver's mock channel. You said: Say hi mock:cache");
     let records = s.records().await?;
-    let stream =
-        records.iter().find(|r| r.request_id == "native-stream").ok_or_else(|| anyhow::anyhow!("no record"))?;
+    let stream = records
+        .iter()
+        .find(|r| weaver_e2e::records::sent_id(r) == "native-stream")
+        .ok_or_else(|| anyhow::anyhow!("no record"))?;
     assert!(!stream.estimated);
     assert_eq!((stream.cached_input_tokens, stream.cache_write_tokens), (CACHE_READ_TOKENS, CACHE_WRITE_TOKENS));
     assert_eq!(stream.output_tokens, 11);

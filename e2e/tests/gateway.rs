@@ -531,23 +531,31 @@ async fn metrics_name_keys_only_when_asked() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
-async fn request_ids_are_kept_forwarded_and_returned() -> anyhow::Result<()> {
+async fn request_ids_are_the_gateways_own_and_the_clients_is_echoed() -> anyhow::Result<()> {
     let s = setup(Behaviour::default(), "", &[]).await?;
-    let sent = |id: &'static str| {
+    let sent = |header: &'static str, id: &'static str| {
         s.client
             .post(s.gateway.url("/v1/chat/completions"))
             .bearer_auth(KEY)
-            .header("x-request-id", id)
+            .header(header, id)
             .json(&chat(false))
             .send()
     };
-    let kept = sent("client-id-42").await?;
-    assert_eq!(kept.headers()["x-request-id"], "client-id-42");
+    // A client's own x-request-id is not the request's id (clients reuse
+    // them); it comes back as x-client-request-id, as OpenAI answers.
+    let kept = sent("x-request-id", "client-id-42").await?;
+    let id = kept.headers()["x-request-id"].to_str()?.to_owned();
+    assert_ne!(id, "client-id-42");
+    assert_eq!(kept.headers()["x-client-request-id"], "client-id-42");
     let seen = s.upstream.requests();
-    assert_eq!(seen[0].headers.get("x-request-id").and_then(|v| v.to_str().ok()), Some("client-id-42"));
-    let replaced = sent("has spaces { and braces }").await?;
-    let id = replaced.headers()["x-request-id"].to_str()?.to_owned();
-    assert!(!id.is_empty() && !id.contains(' '), "an unsafe id is replaced: {id}");
+    assert_eq!(seen[0].headers.get("x-request-id").and_then(|v| v.to_str().ok()), Some(id.as_str()), "forwarded");
+    let named = sent("x-client-request-id", "client-id-43").await?;
+    assert_eq!(named.headers()["x-client-request-id"], "client-id-43");
+    assert_ne!(named.headers()["x-request-id"].to_str()?, id, "unique");
+    let unsafe_id = sent("x-request-id", "has spaces { and braces }").await?;
+    let id = unsafe_id.headers()["x-request-id"].to_str()?.to_owned();
+    assert!(!id.is_empty() && !id.contains(' '), "the gateway's id: {id}");
+    assert!(!unsafe_id.headers().contains_key("x-client-request-id"), "an unsafe id is not echoed");
     Ok(())
 }
 
@@ -766,7 +774,10 @@ async fn refused_requests_record_the_model_asked_for() -> anyhow::Result<()> {
     let records = s.gateway.usage_records().await?;
     let limited = [(limited.as_str(), None, "", json!(null), StatusCode::TOO_MANY_REQUESTS, "gpt-4o-mini")];
     for (id, _, _, _, status, model) in asked.iter().chain(&limited) {
-        let r = records.iter().find(|r| r.request_id == *id).ok_or_else(|| anyhow::anyhow!("no record {id}"))?;
+        let r = records
+            .iter()
+            .find(|r| weaver_e2e::records::sent_id(r) == *id)
+            .ok_or_else(|| anyhow::anyhow!("no record {id}"))?;
         assert_eq!((r.status, r.model.as_str(), r.upstream_model.as_str()), (status.as_u16(), *model, ""), "{id}");
         assert_eq!(r.channel, None, "{id}");
     }

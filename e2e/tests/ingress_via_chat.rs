@@ -149,7 +149,7 @@ async fn messages_over(channel: Channel) -> anyhow::Result<()> {
 /// upstream's usage and priced.
 async fn all_metered(s: ProviderBed, except: &[&str]) -> anyhow::Result<()> {
     let records = s.gateway.usage_records().await?;
-    for r in records.iter().filter(|r| !except.contains(&r.request_id.as_str())) {
+    for r in records.iter().filter(|r| !except.contains(&weaver_e2e::records::sent_id(r))) {
         assert_eq!((r.status, r.outcome), (200, Outcome::Ok), "{}", r.request_id);
         assert!(!r.estimated && r.input_tokens > 0 && r.output_tokens > 0 && r.cost_nanos > 0, "{}", r.request_id);
     }
@@ -317,7 +317,7 @@ async fn usage_over_gemini_and_cohere_is_metered_as_for_chat() -> anyhow::Result
     }
     let records: Vec<UsageRecord> = s.gateway.usage_records().await?;
     let metered = |id: &str| {
-        let r = records.iter().find(|r| r.request_id == id);
+        let r = records.iter().find(|r| weaver_e2e::records::sent_id(r) == id);
         r.map(|r| {
             (r.input_tokens, r.output_tokens, r.cached_input_tokens, r.reasoning_tokens, r.cost_nanos, r.estimated)
         })

@@ -428,7 +428,10 @@ async fn usage_and_cost_are_recorded_to_the_nano_dollar(p: Provider) -> anyhow::
     }
     let records = s.records().await?;
     for (id, usage) in reported {
-        let r = records.iter().find(|r| r.request_id == id).ok_or_else(|| anyhow::anyhow!("{p}: no record {id}"))?;
+        let r = records
+            .iter()
+            .find(|r| weaver_e2e::records::sent_id(r) == id)
+            .ok_or_else(|| anyhow::anyhow!("{p}: no record {id}"))?;
         assert!(!r.estimated, "{p}: {id}");
         assert_eq!(r.channel.as_deref(), Some(p.channel()), "{p}: {id}");
         assert_eq!((r.model.as_str(), r.upstream_model.as_str()), (p.model(), p.upstream_model()), "{p}: {id}");

@@ -23,7 +23,7 @@ async fn post(s: &ProviderBed, id: &str, body: &Value) -> anyhow::Result<reqwest
 }
 
 fn record<'a>(records: &'a [UsageRecord], id: &str) -> anyhow::Result<&'a UsageRecord> {
-    records.iter().find(|r| r.request_id == id).ok_or_else(|| anyhow::anyhow!("no record {id}"))
+    records.iter().find(|r| weaver_e2e::records::sent_id(r) == id).ok_or_else(|| anyhow::anyhow!("no record {id}"))
 }
 
 /// The text of a response object's message items.
@@ -267,7 +267,8 @@ async fn stateful_requests_are_refused_where_the_channel_keeps_no_state() -> any
     // A request the channel cannot take is not tried on it again: each
     // refusal made one attempt, however the policy retries.
     let records = s.records().await?;
-    let refusals: Vec<usize> = records.iter().filter(|r| r.request_id == "refused").map(|r| r.attempts.len()).collect();
+    let refusals: Vec<usize> =
+        records.iter().filter(|r| weaver_e2e::records::sent_id(r) == "refused").map(|r| r.attempts.len()).collect();
     assert_eq!(refusals, [1, 1, 1]);
     Ok(())
 }

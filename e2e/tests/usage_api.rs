@@ -195,8 +195,14 @@ fn millis(time: &Value) -> i64 {
     time.as_str().and_then(|t| t.parse::<jiff::Timestamp>().ok()).map(|t| t.as_millisecond()).unwrap()
 }
 
+/// The id a record's request was sent with: the client's own, else (for
+/// records written straight into the store) the record's.
+fn sent_id(r: &Value) -> &str {
+    r["client_request_id"].as_str().or(r["request_id"].as_str()).unwrap()
+}
+
 fn ids(records: &[Value]) -> Vec<String> {
-    let mut ids: Vec<String> = records.iter().map(|r| r["request_id"].as_str().unwrap().to_owned()).collect();
+    let mut ids: Vec<String> = records.iter().map(|r| sent_id(r).to_owned()).collect();
     ids.sort();
     ids
 }
@@ -221,12 +227,61 @@ both!(
     exports_hold_every_record_once_and_parse_back,
     key_status_shows_the_period_spend_of_the_records,
     days_follow_the_reporting_time_zone,
+    requests_reusing_a_client_id_are_each_recorded_and_found_by_it,
 );
+
+/// Clients reuse ids (a library's concurrent retries, one id per session):
+/// each request is still its own record — billed, charged — under the
+/// gateway's id, keeps the client's, and a search by the client's id finds
+/// them all.
+async fn requests_reusing_a_client_id_are_each_recorded_and_found_by_it(kind: Kind) {
+    const EACH: usize = 6;
+    let Some(bed) = Bed::empty(kind, &[]).await else { return };
+    // Group "reused" names its id only in x-request-id (still accepted);
+    // group "named" also in OpenAI's x-client-request-id, which wins.
+    let send = |client_id: &'static str, named: bool| {
+        let mut request = bed.client.post(bed.gateway.url("/v1/chat/completions")).bearer_auth(KEY);
+        request = request.header("x-request-id", if named { "other" } else { client_id });
+        if named {
+            request = request.header("x-client-request-id", client_id);
+        }
+        async move {
+            let response = request.json(&chat(false)).send().await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            let header = |h: &str| response.headers()[h].to_str().unwrap().to_owned();
+            assert_eq!(header("x-client-request-id"), client_id);
+            (client_id, header("x-request-id"))
+        }
+    };
+    let sends = (0..EACH).flat_map(|_| [send("reused", false), send("named", true)]);
+    let answered = futures_util::future::join_all(sends).await;
+    for client_id in ["reused", "named"] {
+        let ids: BTreeSet<String> =
+            answered.iter().filter(|(c, _)| *c == client_id).map(|(_, id)| id.clone()).collect();
+        assert_eq!(ids.len(), EACH, "the gateway's ids are unique: {ids:?}");
+        assert!(!ids.contains(client_id) && !ids.contains("other"), "the gateway's own ids: {ids:?}");
+        let query = format!("&request_id={client_id}");
+        eventually("every request is recorded", || async { bed.all_records(&query, 100).await.len() >= EACH })
+            .await
+            .unwrap();
+        let found = bed.all_records(&query, 100).await;
+        let found_ids: BTreeSet<String> = found.iter().map(|r| r["request_id"].as_str().unwrap().to_owned()).collect();
+        assert_eq!(found_ids, ids, "one record per request, each found by the client's id");
+        assert!(found.iter().all(|r| r["client_request_id"] == client_id), "{found:?}");
+        // And one record by the gateway's id.
+        let one = ids.first().unwrap();
+        assert_eq!(bed.all_records(&format!("&request_id={one}"), 10).await.len(), 1);
+    }
+    let all = bed.all_records("", 100).await;
+    assert_eq!(all.len(), 2 * EACH, "no other record");
+    assert!(all.iter().all(|r| r["input_tokens"].as_u64().is_some_and(|n| n > 0)), "each billed: {all:?}");
+}
 
 /// A successful record at `time` (RFC 3339) costing `cost_nanos`.
 fn record_at(id: &str, time: &str, cost_nanos: u64) -> UsageRecord {
     UsageRecord {
         request_id: id.into(),
+        client_request_id: None,
         time: time.parse::<jiff::Timestamp>().unwrap().as_millisecond(),
         namespace: NAMESPACE.into(),
         api_key: "tz".into(),
@@ -291,7 +346,7 @@ async fn records_are_exactly_the_requests_and_pages_hold_each_once(kind: Kind) {
     let times: Vec<i64> = records.iter().map(|r| millis(&r["time"])).collect();
     assert!(times.windows(2).all(|w| w[0] >= w[1]), "newest first: {times:?}");
     for r in &records {
-        let id = r["request_id"].as_str().unwrap();
+        let id = sent_id(r);
         let (status, answer) = &bed.sent[id];
         assert_eq!(r["status"], json!(status), "{r}");
         let fields: Vec<&str> = r.as_object().unwrap().keys().map(String::as_str).collect();
@@ -471,6 +526,7 @@ async fn exports_hold_every_record_once_and_parse_back(kind: Kind) {
     let extra: Vec<UsageRecord> = (0..2_500u32)
         .map(|i| UsageRecord {
             request_id: format!("bulk-{i:05}"),
+            client_request_id: None,
             time: now - 3_600_000 - i64::from(i % 7) * 1000,
             namespace: "team-b".into(),
             api_key: "bulk, \"quoted\"".into(),
@@ -694,7 +750,7 @@ async fn the_openapi_document_covers_exactly_the_routes() {
         schema(name);
     }
     // And they do reject: a record missing a field, or with one too many.
-    let record = json!({"request_id": "r", "time": "2026-11-29T00:00:00Z", "namespace": "", "api_key": "",
+    let record = json!({"request_id": "r", "client_request_id": null, "time": "2026-11-29T00:00:00Z", "namespace": "", "api_key": "",
         "channel": null, "model": "", "upstream_model": "", "status": 200, "outcome": "ok", "input_tokens": 0,
         "output_tokens": 0, "cached_input_tokens": 0, "reasoning_tokens": 0, "estimated": false,
         "cost_usd": "0.00", "duration_ms": 0, "ttft_ms": null, "attempts": []});

@@ -24,6 +24,7 @@ fn record(i: usize, now: i64) -> UsageRecord {
     let key = i % 20;
     UsageRecord {
         request_id: format!("bench-{now}-{i:09}"),
+        client_request_id: None,
         time: now + (i as i64 % 60_000),
         namespace: "team-a".into(),
         api_key: format!("key-{key}").into(),

@@ -11,10 +11,11 @@ use crate::rollup::to_i64;
 /// The statement the buffer of [`events`] answers, columns in its field order.
 pub(crate) const COPY_EVENTS: &str = "COPY usage_events (time_ms, request_id, namespace, api_key, channel, model, \
     upstream_model, status, outcome, input_tokens, output_tokens, cached_input_tokens, cache_write_tokens, \
-    reasoning_tokens, estimated, cost_nanos, duration_ms, ttft_ms, replica, attempts) FROM STDIN (FORMAT binary)";
+    reasoning_tokens, estimated, cost_nanos, duration_ms, ttft_ms, replica, attempts, client_request_id) \
+    FROM STDIN (FORMAT binary)";
 
 /// Fields per row of [`COPY_EVENTS`].
-const FIELDS: i16 = 20;
+const FIELDS: i16 = 21;
 
 /// The signature, flags and header extension length that open a binary `COPY`.
 const HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
@@ -58,6 +59,10 @@ pub(crate) fn events(records: &[UsageRecord]) -> Result<Vec<u8>, StoreError> {
         }
         out.text(&r.replica)?;
         out.attempts(&r.attempts)?;
+        match &r.client_request_id {
+            Some(id) => out.text(id)?,
+            None => out.null(),
+        }
     }
     out.0.extend_from_slice(&TRAILER.to_be_bytes());
     Ok(out.0)
@@ -144,7 +149,7 @@ mod tests {
     use crate::record::tests::sample;
 
     #[test]
-    fn a_row_is_twenty_length_prefixed_fields_between_header_and_trailer() {
+    fn a_row_is_twenty_one_length_prefixed_fields_between_header_and_trailer() {
         let mut r = sample();
         r.ttft_ms = None;
         let body = events(&[r.clone()]).unwrap();
@@ -172,6 +177,10 @@ mod tests {
         let attempts = fields[19].clone().unwrap();
         assert_eq!(attempts[0], JSONB_VERSION);
         assert_eq!(attempts[1..], serde_json::to_vec(&r.attempts).unwrap());
+        assert_eq!(fields[20], None, "client_request_id is NULL when the client sent none");
+        r.client_request_id = Some("mine".into());
+        let body = events(&[r]).unwrap();
+        assert!(body.ends_with(&[&4i32.to_be_bytes()[..], b"mine", &TRAILER.to_be_bytes()].concat()));
     }
 
     #[test]

@@ -17,6 +17,11 @@ pub(crate) const POSTGRES: &[Migration] = &[
         name: "request_id_index",
         sql: include_str!("../migrations/postgres/0004_request_id_index.sql"),
     },
+    Migration {
+        version: 5,
+        name: "client_request_id",
+        sql: include_str!("../migrations/postgres/0005_client_request_id.sql"),
+    },
 ];
 
 pub(crate) const SQLITE: &[Migration] = &[
@@ -27,6 +32,11 @@ pub(crate) const SQLITE: &[Migration] = &[
         version: 4,
         name: "request_id_index",
         sql: include_str!("../migrations/sqlite/0004_request_id_index.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "client_request_id",
+        sql: include_str!("../migrations/sqlite/0005_client_request_id.sql"),
     },
 ];
 

@@ -126,6 +126,7 @@ struct Columns<'a> {
     ttft: Vec<Option<i64>>,
     replica: Vec<&'a str>,
     attempts: Vec<String>,
+    client_request_id: Vec<Option<&'a str>>,
 }
 
 impl<'a> Columns<'a> {
@@ -152,6 +153,7 @@ impl<'a> Columns<'a> {
             c.ttft.push(r.ttft_ms.map(|t| to_i64("ttft_ms", t)).transpose()?);
             c.replica.push(&r.replica);
             c.attempts.push(serde_json::to_string(&r.attempts)?);
+            c.client_request_id.push(r.client_request_id.as_deref());
         }
         Ok(c)
     }
@@ -180,21 +182,22 @@ impl<'a> Columns<'a> {
             .bind(&self.ttft)
             .bind(&self.replica)
             .bind(&self.attempts)
+            .bind(&self.client_request_id)
     }
 }
 
 const INSERT_EVENTS_RETURNING: &str = "INSERT INTO usage_events (time_ms, request_id, namespace, api_key, channel, model, \
     upstream_model, status, outcome, input_tokens, output_tokens, cached_input_tokens, cache_write_tokens, \
-    reasoning_tokens, estimated, cost_nanos, duration_ms, ttft_ms, replica, attempts) \
+    reasoning_tokens, estimated, cost_nanos, duration_ms, ttft_ms, replica, attempts, client_request_id) \
     SELECT t.time_ms, t.request_id, t.namespace, t.api_key, t.channel, t.model, t.upstream_model, t.status, \
     t.outcome, t.input_tokens, t.output_tokens, t.cached_input_tokens, t.cache_write_tokens, t.reasoning_tokens, \
-    t.estimated, t.cost_nanos, t.duration_ms, t.ttft_ms, t.replica, t.attempts::jsonb \
+    t.estimated, t.cost_nanos, t.duration_ms, t.ttft_ms, t.replica, t.attempts::jsonb, t.client_request_id \
     FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::int[], \
     $9::text[], $10::bigint[], $11::bigint[], $12::bigint[], $13::bigint[], $14::bigint[], $15::bool[], \
-    $16::bigint[], $17::bigint[], $18::bigint[], $19::text[], $20::text[]) \
+    $16::bigint[], $17::bigint[], $18::bigint[], $19::text[], $20::text[], $21::text[]) \
     AS t(time_ms, request_id, namespace, api_key, channel, model, upstream_model, status, outcome, input_tokens, \
     output_tokens, cached_input_tokens, cache_write_tokens, reasoning_tokens, estimated, cost_nanos, duration_ms, \
-    ttft_ms, replica, attempts) \
+    ttft_ms, replica, attempts, client_request_id) \
     ON CONFLICT DO NOTHING RETURNING time_ms, request_id";
 
 const INSERT_BODIES: &str = "INSERT INTO usage_bodies (time_ms, request_id, request, request_truncated, response, \

@@ -61,8 +61,13 @@ pub struct AttemptRecord {
 /// spool); the usage API's JSON form is [`UsageRecord::api`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UsageRecord {
-    /// Unique per request; makes inserts idempotent.
+    /// Unique per request (always the gateway's own id, never the client's);
+    /// with `time`, makes inserts idempotent.
     pub request_id: String,
+    /// The id the client chose for the request (`x-client-request-id`, or its
+    /// own `x-request-id`), when it sent one. Not unique: clients reuse ids.
+    #[serde(default)]
+    pub client_request_id: Option<String>,
     /// When the request arrived, in unix milliseconds (UTC).
     pub time: i64,
     pub namespace: Name,
@@ -133,8 +138,9 @@ impl Serialize for ApiRecord<'_> {
         use serde::ser::SerializeStruct;
         let r = self.0;
         let time = jiff::Timestamp::from_millisecond(r.time).map_err(serde::ser::Error::custom)?;
-        let mut s = serializer.serialize_struct("UsageRecord", 17)?;
+        let mut s = serializer.serialize_struct("UsageRecord", 18)?;
         s.serialize_field("request_id", &r.request_id)?;
+        s.serialize_field("client_request_id", &r.client_request_id)?;
         s.serialize_field("time", &time.to_string())?;
         s.serialize_field("namespace", &r.namespace)?;
         s.serialize_field("api_key", &r.api_key)?;
@@ -164,6 +170,7 @@ pub(crate) mod tests {
     pub(crate) fn sample() -> UsageRecord {
         UsageRecord {
             request_id: "req-1".into(),
+            client_request_id: None,
             time: 1_700_000_000_123,
             namespace: "team-a".into(),
             api_key: "ci".into(),
@@ -192,6 +199,7 @@ pub(crate) mod tests {
         let json = serde_json::to_value(sample().api()).unwrap_or_default();
         let expected = serde_json::json!({
             "request_id": "req-1",
+            "client_request_id": null,
             "time": "2023-11-14T22:13:20.123Z",
             "namespace": "team-a",
             "api_key": "ci",

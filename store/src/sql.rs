@@ -66,8 +66,10 @@ where
     i64: Encode<'q, DB> + Type<DB>,
     i32: Encode<'q, DB> + Type<DB>,
 {
-    let mut qb =
-        QueryBuilder::new(format!("SELECT {RECORD_COLUMNS}, {} FROM usage_events WHERE TRUE", dialect.attempts));
+    let mut qb = QueryBuilder::new(format!(
+        "SELECT {RECORD_COLUMNS}, {}, client_request_id FROM usage_events WHERE TRUE",
+        dialect.attempts
+    ));
     if let Some(from) = f.usage.from_ms {
         qb.push(" AND time_ms >= ").push_bind(from);
     }
@@ -82,7 +84,10 @@ where
         qb.push(" AND outcome = ").push_bind(outcome.as_str().to_owned());
     }
     if let Some(id) = &f.request_id {
-        qb.push(" AND request_id = ").push_bind(id.clone());
+        // Either id: the gateway's (from an answer or a log line) or the
+        // client's own (what the client knows); each has an index.
+        qb.push(" AND (request_id = ").push_bind(id.clone());
+        qb.push(" OR client_request_id = ").push_bind(id.clone()).push(")");
     }
     if let Some(c) = cursor {
         // Keyset pagination: a row-value comparison the (time_ms, request_id) index
@@ -130,6 +135,7 @@ where
     Ok(UsageRecord {
         time: row.try_get(0)?,
         request_id: row.try_get(1)?,
+        client_request_id: row.try_get(20)?,
         namespace: name(2)?,
         api_key: name(3)?,
         channel: (!channel.is_empty()).then(|| channel.into()),

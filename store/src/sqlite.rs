@@ -22,7 +22,7 @@ const DIALECT: Dialect = Dialect {
     sketch_count: "s.value",
 };
 
-/// SQLite allows 32,766 bound values per statement; 20 columns a row.
+/// SQLite allows 32,766 bound values per statement; 21 columns a row.
 const ROWS_PER_STATEMENT: usize = 1_000;
 
 /// A SQLite usage store. Cheap to clone (the pool is shared).
@@ -275,7 +275,7 @@ async fn insert_events(
         let mut qb = QueryBuilder::<Sqlite>::new(
             "INSERT INTO usage_events (time_ms, request_id, namespace, api_key, channel, model, upstream_model, \
              status, outcome, input_tokens, output_tokens, cached_input_tokens, cache_write_tokens, \
-             reasoning_tokens, cost_nanos, duration_ms, estimated, ttft_ms, replica, attempts) ",
+             reasoning_tokens, cost_nanos, duration_ms, estimated, ttft_ms, replica, attempts, client_request_id) ",
         );
         qb.push_values(rows, |mut b, (r, n, ttft, attempts)| {
             b.push_bind(r.time)
@@ -291,6 +291,7 @@ async fn insert_events(
                 b.push_bind(v);
             }
             b.push_bind(r.estimated).push_bind(ttft).push_bind(r.replica.as_str()).push_bind(attempts);
+            b.push_bind(r.client_request_id.as_deref());
         });
         qb.push(" ON CONFLICT DO NOTHING");
         if returning {

@@ -97,6 +97,7 @@ fn mixed(n: usize, seed: u64) -> Vec<UsageRecord> {
             let channel = ["openai", "azure", ""][next(3) as usize];
             UsageRecord {
                 request_id: format!("{seed}-{i:06}"),
+                client_request_id: None,
                 time: BASE + next(3 * DAY_MS as u64) as i64,
                 namespace: ["team-a", "team-b"][next(2) as usize].into(),
                 api_key: ["ci", "prod", ""][next(3) as usize].into(),

@@ -26,8 +26,9 @@ pub const PAGE: u32 = 1000;
 const FORMAT: &[&str] = &["format"];
 
 /// The CSV header: the record's JSON fields, in the same order.
-pub const CSV_COLUMNS: [&str; 18] = [
+pub const CSV_COLUMNS: [&str; 19] = [
     "request_id",
+    "client_request_id",
     "time",
     "namespace",
     "api_key",
@@ -107,10 +108,11 @@ impl Format {
 
 /// A record as CSV fields, in [`CSV_COLUMNS`] order: what the JSON form holds,
 /// with empty fields for nulls and the attempts as one JSON array.
-fn csv_row(r: &UsageRecord) -> Result<[String; 18], std::io::Error> {
+fn csv_row(r: &UsageRecord) -> Result<[String; 19], std::io::Error> {
     let time = jiff::Timestamp::from_millisecond(r.time).map_err(std::io::Error::other)?;
     Ok([
         r.request_id.clone(),
+        r.client_request_id.clone().unwrap_or_default(),
         time.to_string(),
         r.namespace.to_string(),
         r.api_key.to_string(),
@@ -217,6 +219,7 @@ mod tests {
     fn record() -> UsageRecord {
         UsageRecord {
             request_id: "req,\"1\"\nx".into(),
+            client_request_id: None,
             time: 1_700_000_000_123,
             namespace: "team-a".into(),
             api_key: "ci".into(),

@@ -57,6 +57,7 @@ spec:
 fn record(i: usize, now: i64) -> UsageRecord {
     UsageRecord {
         request_id: format!("bench-{now}-{i:09}"),
+        client_request_id: None,
         // Spread over the last 3 days, several records per millisecond.
         time: now - (i as i64 * 2_593) % (3 * 86_400_000),
         namespace: ["team-a", "team-b"][i % 2].into(),

@@ -231,10 +231,14 @@ where
     B::Error: std::fmt::Display,
 {
     let request_id = crate::server::new_request_id();
+    let client_request_id = crate::server::client_request_id(request.headers());
     let mut response = match admit(&gw, peer, &request, request_id.clone()) {
         Err((refusal, dialect)) => refusal.response_in(dialect),
         Ok((route, caller)) => route.handle(gw, caller, request).await,
     };
     response.headers_mut().insert(crate::server::X_REQUEST_ID.clone(), request_id);
+    if let Some(id) = client_request_id {
+        response.headers_mut().insert(crate::server::X_CLIENT_REQUEST_ID.clone(), id);
+    }
     response
 }

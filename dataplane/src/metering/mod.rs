@@ -98,8 +98,10 @@ pub(crate) struct UsageRecord {
     pub client: IpAddr,
     /// When the request arrived, in unix milliseconds.
     pub time: i64,
-    /// The request id (the client's, or one the gateway made).
+    /// The request id, made by the gateway.
     pub request_id: http::HeaderValue,
+    /// The client's own id for the request, when it sent one.
+    pub client_request_id: Option<http::HeaderValue>,
     /// The model the client asked for, kept only when the request was
     /// refused before any channel was tried (the record has no route to
     /// name it); see [`requested_model`].
@@ -126,6 +128,7 @@ impl UsageRecord {
         key: Option<u32>,
         client: IpAddr,
         request_id: http::HeaderValue,
+        client_request_id: Option<http::HeaderValue>,
         capture: Capture,
     ) -> Self {
         Self {
@@ -138,6 +141,7 @@ impl UsageRecord {
             client,
             time: unix_millis(),
             request_id,
+            client_request_id,
             requested_model: None,
         }
     }
@@ -392,6 +396,8 @@ fn stored_record(
     let name = |c: u32| rt.channels.get(c as usize).map(|c| Name::from(&c.label)).unwrap_or_default();
     weaver_store::UsageRecord {
         request_id: record.request_id.to_str().unwrap_or_default().to_owned(),
+        // Sane ids are ASCII, so `to_str` does not fail.
+        client_request_id: record.client_request_id.as_ref().and_then(|v| Some(v.to_str().ok()?.to_owned())),
         time: record.time,
         namespace: key.map(|k| Name::from(&k.namespace)).unwrap_or_default(),
         api_key: key.map(|k| Name::from(&k.name)).unwrap_or_default(),

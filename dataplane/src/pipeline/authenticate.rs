@@ -65,6 +65,8 @@ pub(crate) struct Caller {
     pub client: IpAddr,
     pub endpoint: ApiRoute,
     pub request_id: HeaderValue,
+    /// The client's own id for the request, when it sent one.
+    pub client_request_id: Option<HeaderValue>,
     pub started: Instant,
     /// Set when the key logs bodies: the cap, and the presented key to redact.
     pub log: Option<Box<BodyLog>>,
@@ -82,6 +84,9 @@ pub(crate) fn authenticate(
     let started = Instant::now();
     let rt = gw.live();
     let client = client_ip(peer, headers, &gw.settings.trusted_proxies);
+    // Read again here rather than handed down from the envelope: two header
+    // lookups, and the in-process playground path has no envelope.
+    let client_request_id = crate::server::client_request_id(headers);
     match check(&rt, headers, client, unix_seconds()) {
         Ok(key) => {
             // Nothing is copied unless the key logs bodies.
@@ -89,10 +94,19 @@ pub(crate) fn authenticate(
                 let presented = presented_key(headers)?;
                 Some(Box::new(BodyLog { max_bytes: max as usize, key: presented.into() }))
             });
-            Ok(Caller { rt, key, client, endpoint, request_id, started, log })
+            Ok(Caller { rt, key, client, endpoint, request_id, client_request_id, started, log })
         }
         Err((key, error)) => {
-            let caller = Caller { rt, key: key.unwrap_or(u32::MAX), client, endpoint, request_id, started, log: None };
+            let caller = Caller {
+                rt,
+                key: key.unwrap_or(u32::MAX),
+                client,
+                endpoint,
+                request_id,
+                client_request_id,
+                started,
+                log: None,
+            };
             let mut ctx = Context::new(gw.clone(), caller);
             ctx.record.key = key;
             ctx.record.status = error.status.as_u16();

@@ -59,7 +59,14 @@ impl Context {
     pub fn new(gw: Arc<Gateway>, caller: Caller) -> Self {
         gw.metrics.in_flight.inc();
         let capture = Capture::new(caller.log);
-        let record = UsageRecord::new(caller.endpoint, Some(caller.key), caller.client, caller.request_id, capture);
+        let record = UsageRecord::new(
+            caller.endpoint,
+            Some(caller.key),
+            caller.client,
+            caller.request_id,
+            caller.client_request_id,
+            capture,
+        );
         Self {
             gw,
             rt: caller.rt,

@@ -24,7 +24,9 @@ use tower::{Layer, Service};
 use tower_http::cors::{AllowHeaders, AllowOrigin, Cors, CorsLayer};
 
 pub(crate) use admin::{AdminGate, UsageApi};
-pub(crate) use request_id::{RequestId, TakesRequestId, X_REQUEST_ID, new_id as new_request_id};
+pub(crate) use request_id::{
+    RequestId, TakesRequestId, X_CLIENT_REQUEST_ID, X_REQUEST_ID, client_request_id, new_id as new_request_id,
+};
 
 use crate::api::{Api, Response};
 use crate::state::Gateway;
@@ -47,7 +49,7 @@ impl CorsOrigins {
         } else {
             AllowOrigin::list(self.origins.iter().cloned())
         };
-        let exposed: Vec<HeaderName> = ["x-request-id", "retry-after"]
+        let exposed: Vec<HeaderName> = ["x-request-id", "x-client-request-id", "retry-after"]
             .map(HeaderName::from_static)
             .into_iter()
             .chain(crate::limits::HEADER_NAMES)

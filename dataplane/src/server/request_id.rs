@@ -1,9 +1,18 @@
-//! The envelope around every client request: its id (the client's
-//! `x-request-id` when sane, else a new one) in a tracing span around the
-//! request — so in every log line about it —, handed to the API (which
-//! forwards it upstream and records it), and in the answer; and a panic anywhere in the
-//! request's handling becomes an OpenAI-shaped 500 instead of a dropped
-//! connection.
+//! The envelope around every client request: its id — always one the
+//! gateway makes, so it is unique and safe as the usage record's identity —
+//! and the client's own id when it sent a sane one (`x-client-request-id`,
+//! OpenAI's name, or its own `x-request-id`), both in a tracing span around
+//! the request — so in every log line about it — and in the answer
+//! (`x-request-id`, `x-client-request-id`). The API is handed the gateway's id
+//! (it forwards it upstream and records it); a panic anywhere in the request's
+//! handling becomes an OpenAI-shaped 500 instead of a dropped connection.
+//!
+//! A client's id is never the record's identity: clients reuse ids (retries of
+//! one request, a library that sets one id per session), and records keyed by
+//! it would overwrite each other — requests unbilled. OpenAI answers its own
+//! `x-request-id` and takes the client's as `X-Client-Request-Id`
+//! (<https://platform.openai.com/docs/api-reference/debugging-requests>);
+//! Envoy replaces an edge client's `x-request-id` by default.
 //!
 //! Written as a plain tower service (no boxing, no per-request clone of the
 //! service stack) because it wraps every request.
@@ -27,7 +36,10 @@ use crate::api::ApiError;
 
 pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Longest client-chosen id kept.
+/// The header a client names its own id in (OpenAI's name), echoed in the answer.
+pub(crate) static X_CLIENT_REQUEST_ID: HeaderName = HeaderName::from_static("x-client-request-id");
+
+/// Longest client-chosen id kept, in bytes.
 const MAX_LEN: usize = 128;
 
 /// Request ids.
@@ -49,15 +61,24 @@ fn sane(value: &HeaderValue) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'/' | b'+' | b'='))
 }
 
-/// A per-process random prefix and a counter: cheaper than a UUID, unique
-/// enough to find one request in the logs of many replicas.
+/// The client's own id for a request: a sane `x-client-request-id`, else a
+/// sane `x-request-id`. Shares the header's bytes (no allocation).
+pub(crate) fn client_request_id(headers: &http::HeaderMap) -> Option<HeaderValue> {
+    [&X_CLIENT_REQUEST_ID, &X_REQUEST_ID].into_iter().find_map(|name| headers.get(name).filter(|v| sane(v))).cloned()
+}
+
+/// A per-process random 64-bit prefix and a counter: cheaper than a UUID, and
+/// unique across replicas and restarts — the usage store keys records by
+/// (time, id), and two processes share a prefix with odds of about n²/2⁶⁵
+/// (n processes ever started), where 32 bits would make that likely within a
+/// few tens of thousands of restarts.
 pub(crate) fn new_id() -> HeaderValue {
-    static IDS: OnceLock<(u32, AtomicU64)> = OnceLock::new();
+    static IDS: OnceLock<(u64, AtomicU64)> = OnceLock::new();
     let (prefix, next) = IDS.get_or_init(|| (rand::random(), AtomicU64::new(1)));
     let n = next.fetch_add(1, Ordering::Relaxed);
-    let mut id = Id { bytes: [0; 25], len: 0 };
+    let mut id = Id { bytes: [0; ID_MAX], len: 0 };
     let mut cursor = std::io::Cursor::new(&mut id.bytes[..]);
-    if write!(cursor, "{prefix:08x}-{n:x}").is_err() {
+    if write!(cursor, "{prefix:016x}-{n:x}").is_err() {
         return RequestId::none();
     }
     id.len = cursor.position() as usize;
@@ -65,9 +86,12 @@ pub(crate) fn new_id() -> HeaderValue {
     HeaderValue::from_maybe_shared(Bytes::from_owner(id)).unwrap_or_else(|_| RequestId::none())
 }
 
-/// A generated id: 8 hex digits, a dash, at most 16 more.
+/// Longest generated id: 16 hex digits, a dash, at most 16 more.
+const ID_MAX: usize = 33;
+
+/// A generated id.
 struct Id {
-    bytes: [u8; 25],
+    bytes: [u8; ID_MAX],
     len: usize,
 }
 
@@ -112,8 +136,13 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let id = request.headers().get(&X_REQUEST_ID).filter(|v| sane(v)).cloned().unwrap_or_else(new_id);
-        let span = tracing::info_span!("request", request_id = id.to_str().unwrap_or_default());
+        let id = new_id();
+        let client_id = client_request_id(request.headers());
+        let span = tracing::info_span!(
+            "request",
+            request_id = id.to_str().unwrap_or_default(),
+            client_request_id = client_id.as_ref().and_then(|v| v.to_str().ok()),
+        );
         self.inner.set_request_id(id.clone());
         // The inner service does work in `call` itself (routing,
         // authentication): a panic there is caught too.
@@ -124,7 +153,7 @@ where
         if called.is_err() {
             span.in_scope(|| tracing::error!("the gateway panicked on this request"));
         }
-        EnvelopeFuture { inner: called.ok().map(|f| f.instrument(span)), id: Some(id) }
+        EnvelopeFuture { inner: called.ok().map(|f| f.instrument(span)), id: Some(id), client_id }
     }
 }
 
@@ -134,6 +163,7 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: Option<Instrumented<F>>,
         id: Option<HeaderValue>,
+        client_id: Option<HeaderValue>,
     }
 }
 
@@ -162,6 +192,9 @@ where
         if let Some(id) = this.id.take() {
             response.headers_mut().insert(X_REQUEST_ID.clone(), id);
         }
+        if let Some(client_id) = this.client_id.take() {
+            response.headers_mut().insert(X_CLIENT_REQUEST_ID.clone(), client_id);
+        }
         Poll::Ready(Ok(response))
     }
 }
@@ -169,6 +202,18 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_clients_id_is_its_x_client_request_id_else_its_x_request_id() {
+        let mut headers = http::HeaderMap::new();
+        assert_eq!(client_request_id(&headers), None);
+        headers.insert(&X_REQUEST_ID, HeaderValue::from_static("has space"));
+        assert_eq!(client_request_id(&headers), None);
+        headers.insert(&X_REQUEST_ID, HeaderValue::from_static("mine"));
+        assert_eq!(client_request_id(&headers), Some(HeaderValue::from_static("mine")));
+        headers.insert(&X_CLIENT_REQUEST_ID, HeaderValue::from_static("named"));
+        assert_eq!(client_request_id(&headers), Some(HeaderValue::from_static("named")));
+    }
 
     #[test]
     fn only_sane_client_ids_are_kept() {
@@ -180,7 +225,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_panic_becomes_an_openai_shaped_500_with_the_request_id() {
+    async fn a_panic_becomes_an_openai_shaped_500_with_both_ids() {
         #[derive(Clone)]
         struct Panics;
         impl TakesRequestId for Panics {
@@ -205,6 +250,7 @@ mod tests {
         };
         let response = response.unwrap_or_else(|e| match e {});
         assert_eq!(response.status(), http::StatusCode::INTERNAL_SERVER_ERROR);
-        assert_eq!(response.headers()["x-request-id"], "abc");
+        assert_ne!(response.headers()["x-request-id"], "abc", "the gateway's own id");
+        assert_eq!(response.headers()["x-client-request-id"], "abc");
     }
 }
