@@ -92,6 +92,7 @@ async fn main() -> std::io::Result<()> {
         hold_after: None,
     };
     let mock = MockUpstream::start_on(a.listen, behaviour).await?;
+    mock.keep_no_requests();
     tracing::info!(addr = %mock.addr, "listening");
     tokio::select! {
         () = mock.wait() => {}

@@ -40,6 +40,8 @@ pub struct Recorded {
 struct Shared {
     behaviour: Mutex<Behaviour>,
     seen: Mutex<Vec<Recorded>>,
+    /// Set by [`MockUpstream::keep_no_requests`].
+    keep_none: std::sync::atomic::AtomicBool,
     /// Opened by `release` for streams held by `hold_after`.
     gate: Arc<tokio::sync::Notify>,
     in_flight: Arc<InFlight>,
@@ -99,6 +101,14 @@ impl MockUpstream {
         self.shared.gate.notify_one();
     }
 
+    /// Stops keeping requests for [`requests`](Self::requests): for the
+    /// binary, where nobody can read them. Kept requests hold their headers
+    /// and body, which share hyper's read buffers, so under a benchmark's load
+    /// they grew to gigabytes.
+    pub fn keep_no_requests(&self) {
+        self.shared.keep_none.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// The requests received so far, oldest first.
     pub fn requests(&self) -> Vec<Recorded> {
         lock(&self.shared.seen).clone()
@@ -149,13 +159,15 @@ async fn handle(
 ) -> Response {
     let slot = shared.in_flight.enter();
     let behaviour = lock(&shared.behaviour).clone();
-    lock(&shared.seen).push(Recorded {
-        uri: uri.to_string(),
-        headers: headers.clone(),
-        raw: body.clone(),
-        body: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
-        at: Instant::now(),
-    });
+    if !shared.keep_none.load(std::sync::atomic::Ordering::Relaxed) {
+        lock(&shared.seen).push(Recorded {
+            uri: uri.to_string(),
+            headers: headers.clone(),
+            raw: body.clone(),
+            body: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+            at: Instant::now(),
+        });
+    }
     pause(behaviour.latency).await;
     let response = respond(&behaviour, &shared, &method, &uri, &headers, &body)
         .unwrap_or_else(|e| e.into_response(behaviour.error_format));
