@@ -18,6 +18,13 @@ it prints requests/s at concurrency 64, the hop's CPU time per request (from
 latency at concurrency 1, and for streams the added time to first byte.
 Traffic goes to 127.0.0.1 only; every run is bounded in time.
 
+CPU per request on a shared machine moves by a third between runs of the same
+binary (other tenants, caches, frequency), so the concurrency-64 runs go in
+BENCH_ROUNDS rounds (default 3), each round every hop once, one after the
+other. A hop's CPU per request and requests/s are its medians over the rounds,
+and a ratio to nginx is the median of the rounds' own ratios (each taken
+between runs seconds apart), printed with its spread.
+
 bench/run follows this with the heap allocations per gateway request
 (bench/allocs: a counting allocator, the gateway in-process), which this
 script does not measure.
@@ -41,6 +48,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target")) / "release"
 DURATION = os.environ.get("BENCH_DURATION", "10s")
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 KEY = "lw-bench-key"
 HOP_CORE, LOAD_CORE = "1", "0"
 TICK = os.sysconf("SC_CLK_TCK")
@@ -299,24 +307,43 @@ def main() -> None:
         if pg_gateway:
             hops["gw+postgres"] = (chat(pg_port), pg_gateway.pid, *openai)
         results: dict[str, dict] = {}
+        # kind -> hop -> CPU us per request in each round
+        rounds: dict[str, dict[str, list[float]]] = {}
         for kind in ("plain", "stream"):
+            for url, _, headers, body in hops.values():
+                wrk(url, body[kind], 8, work, headers)  # warm up connections and pools
+            cpu_rounds = rounds[kind] = {name: [] for name in hops}
+            rps_rounds: dict[str, list[float]] = {name: [] for name in hops}
+            for _ in range(ROUNDS):
+                for name, (url, pid, headers, body) in hops.items():
+                    before = cpu_seconds(pid) if pid else 0.0
+                    load = wrk(url, body[kind], 64, work, headers)
+                    cpu = (cpu_seconds(pid) - before) if pid else 0.0
+                    cpu_rounds[name].append(cpu / load["requests"] * 1e6 if pid else 0.0)
+                    rps_rounds[name].append(load["rps"])
             for name, (url, pid, headers, body) in hops.items():
-                body = body[kind]
-                wrk(url, body, 8, work, headers)  # warm up connections and pools
-                before = cpu_seconds(pid) if pid else 0.0
-                load = wrk(url, body, 64, work, headers)
-                cpu = (cpu_seconds(pid) - before) if pid else 0.0
-                single = wrk(url, body, 1, work, headers)
+                single = wrk(url, body[kind], 1, work, headers)
                 r = {
-                    "rps": load["rps"],
-                    "cpu_us": cpu / load["requests"] * 1e6 if pid else 0.0,
+                    "rps": statistics.median(rps_rounds[name]),
+                    "cpu_us": statistics.median(cpu_rounds[name]),
                     "p50": single["p50"],
                     "p99": single["p99"],
                 }
                 if kind == "stream":
-                    r["ttfb"], r["failed"] = ttfb(url, body, headers)
+                    r["ttfb"], r["failed"] = ttfb(url, body[kind], headers)
                 results[f"{kind}/{name}"] = r
-        print(f"\nLoopback benchmark, {DURATION} per run; hop pinned to core {HOP_CORE}, load + mock on core {LOAD_CORE}\n")
+
+        def ratio_to_nginx(kind: str, name: str) -> str:
+            """The median of the rounds' CPU ratios hop ÷ nginx, and their spread."""
+            per_round = [h / n for h, n in zip(rounds[kind][name], rounds[kind]["nginx"]) if n > 0]
+            if not per_round:
+                return "-"
+            return f"{statistics.median(per_round):.2f}x nginx (rounds {min(per_round):.2f}-{max(per_round):.2f}x)"
+
+        print(
+            f"\nLoopback benchmark, {DURATION} per run, {ROUNDS} rounds (medians);"
+            f" hop pinned to core {HOP_CORE}, load + mock on core {LOAD_CORE}\n"
+        )
         print(f"{'':24}{'req/s c=64':>12}{'CPU us/req':>12}{'p50 us c=1':>12}{'p99 us c=1':>12}{'added p50':>11}{'added p99':>11}{'TTFB us':>10}{'added TTFB':>12}")
         for kind in ("plain", "stream"):
             for name in hops:
@@ -345,12 +372,10 @@ def main() -> None:
                 " the openai passthrough's"
             )
         for kind in ("plain", "stream"):
-            g, n = results[f"{kind}/gateway"], results[f"{kind}/nginx"]
+            g = results[f"{kind}/gateway"]
             m = results[f"{kind}/gw+sqlite"]
-            three = results[f"{kind}/gw+3ch"]
-            if n["cpu_us"] > 0:
-                print(f"{kind}: gateway CPU per request = {g['cpu_us'] / n['cpu_us']:.2f}x nginx")
-                print(f"{kind}: gateway CPU per request, three-channel policy = {three['cpu_us'] / n['cpu_us']:.2f}x nginx")
+            print(f"{kind}: gateway CPU per request = {ratio_to_nginx(kind, 'gateway')}")
+            print(f"{kind}: gateway CPU per request, three-channel policy = {ratio_to_nginx(kind, 'gw+3ch')}")
             print(f"{kind}: metering into SQLite adds {m['cpu_us'] - g['cpu_us']:.1f} us CPU per request")
             if pg_gateway:
                 p = results[f"{kind}/gw+postgres"]
