@@ -11,6 +11,12 @@ the router's share of the hop) and `gw+anthropic` (an Anthropic channel: the
 request and every streamed event translated). Its added time to first byte is
 against `direct-anthropic`, the mock's own Messages API.
 
+Two shapes of stream: `stream` rows get every event of an answer at once (the
+mock writes them back to back, so a hop reads the whole answer in one or two
+socket reads), `paced` rows get them PACE apart from a second mock, as a
+model's tokens arrive (OpenAI and Anthropic stream a token every few to tens
+of milliseconds), so each event is read and written on its own, by nginx too.
+
 The hop under test (nginx or the gateway) is pinned to one core with one worker;
 the load generator (wrk) and the mock upstream share the other core. For each hop
 it prints requests/s at concurrency 64, the hop's CPU time per request (from
@@ -49,6 +55,8 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target")) / "release"
 DURATION = os.environ.get("BENCH_DURATION", "10s")
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+# The gap between a paced stream's events (the mock's --chunk-delay).
+PACE = "2ms"
 KEY = "lw-bench-key"
 HOP_CORE, LOAD_CORE = "1", "0"
 TICK = os.sysconf("SC_CLK_TCK")
@@ -143,10 +151,11 @@ def ttfb(url: str, body: str, headers: dict[str, str], n: int = 300) -> tuple[fl
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
 
-def write_nginx_conf(work: Path, nginx_port: int, mock_port: int) -> Path:
+def write_nginx_conf(work: Path, nginx_port: int, mock_port: int, paced_port: int) -> Path:
     """nginx as the reference hop: one worker, `proxy_pass` to the mock at
     `mock_port` over a keep-alive upstream pool, unbuffered (streams pass as
-    they come), listening on `nginx_port`; logs and pid under `work`."""
+    they come), listening on `nginx_port`; `/paced/...` goes to the pacing
+    mock at `paced_port`; logs and pid under `work`."""
     conf = work / "nginx.conf"
     conf.write_text(
         f"""
@@ -157,15 +166,15 @@ events {{ worker_connections 4096; }}
 http {{
   access_log off;
   upstream mock {{ server 127.0.0.1:{mock_port}; keepalive 128; }}
+  upstream paced {{ server 127.0.0.1:{paced_port}; keepalive 128; }}
+  proxy_http_version 1.1;
+  proxy_set_header Connection "";
+  proxy_buffering off;
+  tcp_nodelay on;
   server {{
     listen 127.0.0.1:{nginx_port};
-    location / {{
-      proxy_pass http://mock;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_buffering off;
-      tcp_nodelay on;
-    }}
+    location / {{ proxy_pass http://mock; }}
+    location /paced/ {{ proxy_pass http://paced/; }}
   }}
 }}
 """
@@ -173,21 +182,23 @@ http {{
     return conf
 
 
-def write_manifests(directory: Path, mock_port: int) -> None:
+def write_manifests(directory: Path, mock_port: int, paced_port: int) -> None:
     """The gateway's config: public model `bench-model` on one OpenAI-compatible
     channel, `bench-3ch` on three behind a RoutingPolicy, `bench-claude` on an
-    Anthropic channel, all served by the mock upstream at `mock_port`; key
-    `KEY` may use all three."""
+    Anthropic channel, all served by the mock upstream at `mock_port`; the same
+    two OpenAI-compatible shapes on the pacing mock at `paced_port` as
+    `bench-paced` and `bench-3ch-paced`; key `KEY` may use them all."""
     pool = "".join(
         f"""---
 apiVersion: llmweaver.io/v1alpha1
 kind: Channel
-metadata: {{name: pool-{n}, namespace: bench, labels: {{pool: bench}}}}
+metadata: {{name: {name}-{n}, namespace: bench, labels: {{pool: {name}}}}}
 spec:
   provider: openai-compatible
-  baseUrl: http://127.0.0.1:{mock_port}/v1
-  models: [{{name: bench-3ch}}]
+  baseUrl: http://127.0.0.1:{port}/v1
+  models: [{{name: {model}}}]
 """
+        for name, port, model in (("pool", mock_port, "bench-3ch"), ("paced", paced_port, "bench-3ch-paced"))
         for n in "abc"
     )
     (directory / "bench.yaml").write_text(
@@ -229,9 +240,26 @@ kind: RoutingPolicy
 metadata: {{name: pool, namespace: bench}}
 spec:
   models: ["bench-3ch"]
-  channels: [{{selector: {{matchLabels: {{pool: bench}}}}}}]
+  channels: [{{selector: {{matchLabels: {{pool: pool}}}}}}]
   strategy: weighted
   retry: {{attempts: 3, retryOn: ["429", "5xx", "timeout", "connect"]}}
+---
+apiVersion: llmweaver.io/v1alpha1
+kind: RoutingPolicy
+metadata: {{name: paced, namespace: bench}}
+spec:
+  models: ["bench-3ch-paced"]
+  channels: [{{selector: {{matchLabels: {{pool: paced}}}}}}]
+  strategy: weighted
+  retry: {{attempts: 3, retryOn: ["429", "5xx", "timeout", "connect"]}}
+---
+apiVersion: llmweaver.io/v1alpha1
+kind: Channel
+metadata: {{name: paced, namespace: bench}}
+spec:
+  provider: openai-compatible
+  baseUrl: http://127.0.0.1:{paced_port}/v1
+  models: [{{name: bench-paced}}]
 """
     )
 
@@ -243,21 +271,23 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="weaver-bench-"))
     procs: list[subprocess.Popen] = []
     try:
-        mock_port, nginx_port, gw_port = free_port(), free_port(), free_port()
-        procs.append(
-            subprocess.Popen(
-                ["taskset", "-c", LOAD_CORE, str(BIN / "weaver-mock-upstream"), "--listen", f"127.0.0.1:{mock_port}"],
-                stderr=subprocess.DEVNULL,
-                env={**os.environ, "TOKIO_WORKER_THREADS": "1"},
+        mock_port, paced_port, nginx_port, gw_port = free_port(), free_port(), free_port(), free_port()
+        for port, extra in ((mock_port, []), (paced_port, ["--chunk-delay", PACE])):
+            procs.append(
+                subprocess.Popen(
+                    ["taskset", "-c", LOAD_CORE, str(BIN / "weaver-mock-upstream"), "--listen", f"127.0.0.1:{port}", *extra],
+                    stderr=subprocess.DEVNULL,
+                    env={**os.environ, "TOKIO_WORKER_THREADS": "1"},
+                )
             )
-        )
-        conf = write_nginx_conf(work, nginx_port, mock_port)
+        nginx = len(procs)
+        conf = write_nginx_conf(work, nginx_port, mock_port, paced_port)
         procs.append(
             subprocess.Popen(["taskset", "-c", HOP_CORE, NGINX, "-c", str(conf), "-p", str(work), "-g", "daemon off;"])
         )
         manifests = work / "manifests"
         manifests.mkdir()
-        write_manifests(manifests, mock_port)
+        write_manifests(manifests, mock_port, paced_port)
         def start_gateway(port: int, store: str) -> subprocess.Popen:
             proc = subprocess.Popen(
                 [
@@ -280,10 +310,10 @@ def main() -> None:
         pg_url = os.environ.get("WEAVER_TEST_POSTGRES_URL")
         pg_port = free_port()
         pg_gateway = start_gateway(pg_port, pg_url) if pg_url else None
-        for port in (mock_port, nginx_port, gw_port, metered_port) + ((pg_port,) if pg_url else ()):
+        for port in (mock_port, paced_port, nginx_port, gw_port, metered_port) + ((pg_port,) if pg_url else ()):
             wait_for_port(port)
         nginx_worker = int(
-            subprocess.run(["pgrep", "-P", str(procs[1].pid)], capture_output=True, text=True).stdout.split()[0]
+            subprocess.run(["pgrep", "-P", str(procs[nginx].pid)], capture_output=True, text=True).stdout.split()[0]
         )
         def chat(port: int) -> str:
             return f"http://127.0.0.1:{port}/v1/chat/completions"
@@ -306,23 +336,32 @@ def main() -> None:
         }
         if pg_gateway:
             hops["gw+postgres"] = (chat(pg_port), pg_gateway.pid, *openai)
+        paced = bodies("bench-paced")
+        paced_hops = {
+            "direct": (chat(paced_port), None, HEADERS, paced),
+            "nginx": (f"http://127.0.0.1:{nginx_port}/paced/v1/chat/completions", nginx_worker, HEADERS, paced),
+            "gateway": (chat(gw_port), gateway.pid, HEADERS, paced),
+            "gw+3ch": (chat(gw_port), gateway.pid, HEADERS, bodies("bench-3ch-paced")),
+        }
+        # kind -> (its hops, which body they send)
+        kinds = {"plain": (hops, "plain"), "stream": (hops, "stream"), "paced": (paced_hops, "stream")}
         results: dict[str, dict] = {}
         # kind -> hop -> CPU us per request in each round
         rounds: dict[str, dict[str, list[float]]] = {}
-        for kind in ("plain", "stream"):
+        for kind, (hops, shape) in kinds.items():
             for url, _, headers, body in hops.values():
-                wrk(url, body[kind], 8, work, headers)  # warm up connections and pools
+                wrk(url, body[shape], 8, work, headers)  # warm up connections and pools
             cpu_rounds = rounds[kind] = {name: [] for name in hops}
             rps_rounds: dict[str, list[float]] = {name: [] for name in hops}
             for _ in range(ROUNDS):
                 for name, (url, pid, headers, body) in hops.items():
                     before = cpu_seconds(pid) if pid else 0.0
-                    load = wrk(url, body[kind], 64, work, headers)
+                    load = wrk(url, body[shape], 64, work, headers)
                     cpu = (cpu_seconds(pid) - before) if pid else 0.0
                     cpu_rounds[name].append(cpu / load["requests"] * 1e6 if pid else 0.0)
                     rps_rounds[name].append(load["rps"])
             for name, (url, pid, headers, body) in hops.items():
-                single = wrk(url, body[kind], 1, work, headers)
+                single = wrk(url, body[shape], 1, work, headers)
                 r = {
                     "rps": statistics.median(rps_rounds[name]),
                     "cpu_us": statistics.median(cpu_rounds[name]),
@@ -330,7 +369,7 @@ def main() -> None:
                     "p99": single["p99"],
                 }
                 if kind == "stream":
-                    r["ttfb"], r["failed"] = ttfb(url, body[kind], headers)
+                    r["ttfb"], r["failed"] = ttfb(url, body[shape], headers)
                 results[f"{kind}/{name}"] = r
 
         def ratio_to_nginx(kind: str, name: str) -> str:
@@ -345,7 +384,7 @@ def main() -> None:
             f" hop pinned to core {HOP_CORE}, load + mock on core {LOAD_CORE}\n"
         )
         print(f"{'':24}{'req/s c=64':>12}{'CPU us/req':>12}{'p50 us c=1':>12}{'p99 us c=1':>12}{'added p50':>11}{'added p99':>11}{'TTFB us':>10}{'added TTFB':>12}")
-        for kind in ("plain", "stream"):
+        for kind, (hops, _) in kinds.items():
             for name in hops:
                 base = results[f"{kind}/{'direct-anthropic' if name == 'gw+anthropic' else 'direct'}"]
                 r = results[f"{kind}/{name}"]
@@ -359,7 +398,7 @@ def main() -> None:
                     f"{kind + '/' + name:24}{r['rps']:>12.0f}{cpu:>12}{r['p50']:>12.0f}{r['p99']:>12.0f}"
                     f"{add_p50:>11}{add_p99:>11}{ttfb_us:>10}{add_ttfb:>12}"
                 )
-        for name in hops:
+        for name in kinds["stream"][0]:
             if results[f"stream/{name}"]["failed"]:
                 print(f"{name}: {results[f'stream/{name}']['failed']} of 300 TTFB requests failed")
         added = {
@@ -371,6 +410,8 @@ def main() -> None:
                 f"stream: added time to first byte, anthropic channel = {added['gw+anthropic'] / added['gateway']:.2f}x"
                 " the openai passthrough's"
             )
+        print(f"paced: gateway CPU per request = {ratio_to_nginx('paced', 'gateway')}")
+        print(f"paced: gateway CPU per request, three-channel policy = {ratio_to_nginx('paced', 'gw+3ch')}")
         for kind in ("plain", "stream"):
             g = results[f"{kind}/gateway"]
             m = results[f"{kind}/gw+sqlite"]
