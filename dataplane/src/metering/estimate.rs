@@ -421,6 +421,10 @@ struct Block<'a> {
     /// An `input_json_delta`'s fragment.
     #[serde(default, borrow)]
     partial_json: Option<Str<'a>>,
+    /// A Cohere v2 stream event's delta (`content-delta`, `tool-plan-delta`,
+    /// `tool-call-start`, `tool-call-delta`; <https://docs.cohere.com/v2/docs/streaming>).
+    #[serde(default, borrow)]
+    message: Option<Box<CohereDelta<'a>>>,
 }
 
 impl Block<'_> {
@@ -428,7 +432,31 @@ impl Block<'_> {
         self.text.iter().chain(self.partial_json.iter()).for_each(|t| content.push(t));
         self.input.iter().for_each(|i| content.push(i.get()));
         self.thinking.iter().for_each(|t| reasoning.push(t));
+        if let Some(message) = &self.message {
+            message.content.iter().for_each(|c| c.collect(content, reasoning));
+            // The tool plan is text the model wrote; Cohere bills it as output.
+            message.tool_plan.iter().for_each(|t| content.push(t));
+            message.tool_calls.iter().filter_map(|c| c.function.as_ref()).for_each(|f| f.collect(content));
+        }
     }
+}
+
+/// What one Cohere stream event adds to the message: a text or thinking
+/// fragment, a tool plan fragment, or a tool call's name and argument fragment.
+#[derive(Deserialize)]
+struct CohereDelta<'a> {
+    #[serde(default, borrow)]
+    content: Option<Block<'a>>,
+    #[serde(default, borrow)]
+    tool_plan: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    tool_calls: Option<CohereToolCall<'a>>,
+}
+
+#[derive(Deserialize)]
+struct CohereToolCall<'a> {
+    #[serde(default, borrow)]
+    function: Option<Function<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -583,6 +611,20 @@ mod tests {
         assert_eq!(usage.output, count("Hello world{\"a\":1}") + usage.reasoning);
         let whole = br#"{"type":"message","content":[{"type":"text","text":"Hello world"},{"type":"tool_use","input":{"a":1}}]}"#;
         assert_eq!(output(bytes::Bytes::from_static(whole), false).0.output, count(r#"Hello world{"a":1}"#));
+    }
+
+    #[test]
+    fn cohere_events_are_counted_too() {
+        let events = concat!(
+            "event: content-delta\ndata: {\"type\":\"content-delta\",\"index\":0,\"delta\":{\"message\":{\"content\":{\"thinking\":\"Let me think\"}}}}\n\n",
+            "event: content-delta\ndata: {\"type\":\"content-delta\",\"index\":1,\"delta\":{\"message\":{\"content\":{\"text\":\"Hello world\"}}}}\n\n",
+            "event: tool-plan-delta\ndata: {\"type\":\"tool-plan-delta\",\"delta\":{\"message\":{\"tool_plan\":\"I will call f\"}}}\n\n",
+            "event: tool-call-start\ndata: {\"type\":\"tool-call-start\",\"index\":0,\"delta\":{\"message\":{\"tool_calls\":{\"id\":\"c\",\"type\":\"function\",\"function\":{\"name\":\"f\",\"arguments\":\"\"}}}}}\n\n",
+            "event: tool-call-delta\ndata: {\"type\":\"tool-call-delta\",\"index\":0,\"delta\":{\"message\":{\"tool_calls\":{\"function\":{\"arguments\":\"{\\\"a\\\":1}\"}}}}}\n\n",
+        );
+        let (usage, _) = output(bytes::Bytes::from_static(events.as_bytes()), true);
+        assert_eq!(usage.reasoning, count("Let me think"));
+        assert_eq!(usage.output, count("Hello worldI will call ff{\"a\":1}") + usage.reasoning);
     }
 
     #[test]
