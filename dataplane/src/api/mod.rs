@@ -195,7 +195,11 @@ impl Service<http::Request<Incoming>> for Api {
             Err((refusal, dialect)) => Either::Left(ready(Ok(refusal.response_in(dialect)))),
             Ok((route, caller)) => {
                 let gw = self.gw.clone();
-                Either::Right(Box::pin(async move { Ok(route.handle(gw, caller, request).await) }))
+                // The handler's future is several kilobytes: allocated first
+                // and written in place, where `Box::pin(fut)` would build it
+                // on the stack and copy all of it into the box.
+                let handler = Box::write(Box::new_uninit(), async move { Ok(route.handle(gw, caller, request).await) });
+                Either::Right(Box::into_pin(handler))
             }
         }
     }
