@@ -193,6 +193,26 @@ async fn a_stream_cut_by_the_upstream_ends_with_an_error_event() -> anyhow::Resu
 }
 
 #[tokio::test]
+async fn a_stream_past_the_channels_total_timeout_ends_with_a_timeout_event() -> anyhow::Result<()> {
+    // The upstream sends two events, then holds the stream past the channel's
+    // `total` (5s): the client gets those two, then the timeout as an error event.
+    let s = setup(Behaviour { tokens: Some(4), hold_after: Some(2), ..Behaviour::default() }, "", &[]).await?;
+    let events = read_events(s.post("/v1/chat/completions", &chat(true)).await?).await?;
+    assert_eq!(events.len(), 3, "{events:?}");
+    let last: Value = serde_json::from_str(&events[2])?;
+    assert_eq!(last["error"]["code"], "upstream_timeout", "{last}");
+    let m = s.metrics().await?;
+    assert_eq!(
+        sample(
+            &m,
+            r#"weaver_gateway_requests_total{namespace="team-a",model="gpt-4o-mini",channel="primary",code="504"}"#
+        ),
+        1.0
+    );
+    Ok(())
+}
+
+#[tokio::test]
 async fn auth_and_access_errors_are_openai_shaped() -> anyhow::Result<()> {
     let s = setup(Behaviour::default(), r#"allowedModels: ["gpt-4o*"]"#, &[]).await?;
     let url = s.gateway.url("/v1/chat/completions");

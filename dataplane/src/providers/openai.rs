@@ -11,7 +11,6 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use memchr::memmem;
 use serde::Deserialize;
-use serde::de::IgnoredAny;
 use weaver_crds::Provider;
 use weaver_crds::snapshot::{ChannelSnapshot, ModelSnapshot};
 
@@ -180,12 +179,13 @@ pub(crate) fn renamed(body: Bytes, rename: Option<&ModelRename>) -> Parts {
 }
 
 const USAGE_KEY: &[u8] = b"\"usage\"";
+const CHOICES_KEY: &[u8] = b"\"choices\"";
 
 // Searchers for the fixed patterns, built once: building one costs more than
 // searching a short event with it (callgrind, bench/instructions.py).
 static USAGE: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(USAGE_KEY));
 static USAGE_REV: LazyLock<memmem::FinderRev<'static>> = LazyLock::new(|| memmem::FinderRev::new(USAGE_KEY));
-static DATA: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(b"data:"));
+static CHOICES: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(CHOICES_KEY));
 static FINISH_REASON: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(b"\"finish_reason\""));
 static MODEL: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(b"\"model\""));
 
@@ -200,30 +200,25 @@ pub(crate) struct StreamDecoder {
     pub finished: bool,
 }
 
-#[derive(Deserialize)]
-struct Chunk {
-    #[serde(default)]
-    usage: Option<OpenAiUsage>,
-    #[serde(default)]
-    choices: Option<Vec<IgnoredAny>>,
+/// Where an event's (first) `"usage"` member's value starts, when it is an
+/// object (not `null`): the usage is read there, without parsing the rest
+/// of the chunk (quotes inside strings are escaped, so the pattern only
+/// matches members).
+fn usage_object(event: &[u8]) -> Option<&[u8]> {
+    let at = USAGE.find(event)? + USAGE_KEY.len();
+    let value = event[at..].iter().position(|b| !matches!(b, b' ' | b'\t' | b':'))?;
+    (event[at + value] == b'{').then(|| &event[at + value..])
 }
 
-/// The JSON payload of an event's `data:` line, if it may carry usage.
-fn usage_payload(event: &[u8]) -> Option<&[u8]> {
-    let at = USAGE.find(event)?;
-    let after = event[at + 7..].iter().position(|b| !matches!(b, b' ' | b'\t' | b':'))?;
-    if event[at + 7 + after] != b'{' {
-        return None; // "usage": null
-    }
-    data_payload(event)
-}
-
-/// The payload of an event's (first) `data:` line.
-fn data_payload(event: &[u8]) -> Option<&[u8]> {
-    let start = DATA.find(event)? + 5;
-    let payload = &event[start..];
-    let end = payload.iter().position(|b| *b == b'\n' || *b == b'\r').unwrap_or(payload.len());
-    Some(payload[..end].trim_ascii())
+/// Whether a chunk's `choices` is empty, `null` or missing: a chunk that
+/// only carries usage.
+fn without_choices(event: &[u8]) -> bool {
+    let Some(at) = CHOICES.find(event) else { return true };
+    let mut rest = event[at + CHOICES_KEY.len()..].iter().filter(|b| !b.is_ascii_whitespace());
+    matches!(
+        (rest.next(), rest.next(), rest.next()),
+        (Some(b':'), Some(b'['), Some(b']')) | (Some(b':'), Some(b'n'), _)
+    )
 }
 
 /// Whether an event carries a non-null `finish_reason`.
@@ -242,11 +237,11 @@ impl StreamDecoder {
         if !self.finished && finish_reason_set(event) {
             self.finished = true;
         }
-        if let Some(chunk) = usage_payload(event).and_then(|p| serde_json::from_slice::<Chunk>(p).ok())
-            && let Some(usage) = chunk.usage
+        if let Some(usage) = usage_object(event)
+            .and_then(|object| OpenAiUsage::deserialize(&mut serde_json::Deserializer::from_slice(object)).ok())
         {
             self.usage = Some(usage.into());
-            if self.drop_usage_chunk && chunk.choices.is_none_or(|c| c.is_empty()) {
+            if self.drop_usage_chunk && without_choices(event) {
                 return EventAction::Drop;
             }
         }

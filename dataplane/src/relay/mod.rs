@@ -6,7 +6,6 @@
 pub(crate) mod sse;
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
 
@@ -23,6 +22,11 @@ use sse::SseFramer;
 /// been gathered (it needs two to hand over a chunk it has already read).
 const MAX_TURNS: u8 = 2;
 
+/// The error event of a stream cut by the channel's total timeout.
+fn total_timeout() -> ApiError {
+    ApiError::gateway_timeout("The stream exceeded the channel's total timeout.")
+}
+
 /// Largest write assembled from chunks that arrived together.
 const MAX_BATCH: usize = 16 * 1024;
 
@@ -32,8 +36,8 @@ pub(crate) struct RelayBody {
     /// The decoder said the stream failed: the rest of the frame is not relayed.
     failed: Option<ApiError>,
     batch: Coalesced,
+    /// Turns given to the upstream connection since the last chunk arrived.
     yielded: u8,
-    turn: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     inner: Option<UpstreamBody>,
     framer: SseFramer,
     decoder: StreamDecoder,
@@ -58,7 +62,6 @@ impl RelayBody {
             failed: None,
             batch: Coalesced::default(),
             yielded: 0,
-            turn: None,
             inner: Some(inner),
             framer: SseFramer::default(),
             decoder,
@@ -129,6 +132,16 @@ impl RelayBody {
         }
     }
 
+    /// Writes what has been gathered. The total timeout is checked here too,
+    /// so that an upstream that never makes the relay wait is still cut.
+    fn write(&mut self, cx: &mut TaskContext<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            return self.end_with(total_timeout());
+        }
+        self.yielded = 0;
+        Poll::Ready(Some(Ok(Frame::data(std::mem::take(&mut self.batch).into_bytes()))))
+    }
+
     /// Stops reading upstream: what already arrived goes out first, the error
     /// event on the next poll.
     fn end_with(&mut self, error: ApiError) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
@@ -181,42 +194,33 @@ impl Body for RelayBody {
         if let Some(error) = this.pending_error.take() {
             return this.fail(error);
         }
-        let ready = |out: Coalesced| Poll::Ready(Some(Ok(Frame::data(out.into_bytes()))));
-        if let Some(turn) = this.turn.as_mut() {
-            if turn.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
-            }
-            this.turn = None;
-        }
         loop {
             let Some(inner) = this.inner.as_mut() else {
                 let out = std::mem::take(&mut this.batch);
-                return if out.is_empty() { Poll::Ready(None) } else { ready(out) };
+                return Poll::Ready((!out.is_empty()).then(|| Ok(Frame::data(out.into_bytes()))));
             };
-            if this.deadline.as_mut().poll(cx).is_ready() {
-                return this.end_with(ApiError::gateway_timeout("The stream exceeded the channel's total timeout."));
-            }
             match Pin::new(inner).poll_frame(cx) {
-                Poll::Pending if this.batch.is_empty() => return Poll::Pending,
+                // Waiting for the upstream: the total timeout must wake us too
+                // (polled here only, where a waker is needed, not per event).
+                Poll::Pending if this.batch.is_empty() => {
+                    if this.deadline.as_mut().poll(cx).is_ready() {
+                        return this.end_with(total_timeout());
+                    }
+                    return Poll::Pending;
+                }
                 // hyper's client hands over one chunk per turn of its own
                 // task; giving it turns while chunks keep coming lets what is
                 // already read go out in one write, not one per event. No
                 // timer: nothing waits for data that has not arrived.
                 Poll::Pending if this.yielded < MAX_TURNS => {
                     this.yielded += 1;
-                    // tokio's yield goes to the back of the run queue, behind
-                    // the connection task (a plain self-wake would run first).
-                    let mut turn = Box::pin(tokio::task::yield_now());
-                    if turn.as_mut().poll(cx).is_ready() {
-                        continue;
-                    }
-                    this.turn = Some(turn);
+                    // A task that wakes itself while it runs goes to the back
+                    // of tokio's run queue (`schedule_task(.., is_yield: true)`),
+                    // behind the connection task that the poll above woke.
+                    cx.waker().wake_by_ref();
                     return Poll::Pending;
                 }
-                Poll::Pending => {
-                    this.yielded = 0;
-                    return ready(std::mem::take(&mut this.batch));
-                }
+                Poll::Pending => return this.write(cx),
                 Poll::Ready(Some(Ok(frame))) => {
                     if let Ok(data) = frame.into_data() {
                         let out = this.relay(data);
@@ -227,7 +231,7 @@ impl Body for RelayBody {
                         // More may follow right behind; look again before writing.
                         this.yielded = 0;
                         if this.batch.len() >= MAX_BATCH {
-                            return ready(std::mem::take(&mut this.batch));
+                            return this.write(cx);
                         }
                     }
                 }

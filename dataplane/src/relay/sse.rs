@@ -6,7 +6,6 @@
 //! (<https://html.spec.whatwg.org/multipage/server-sent-events.html#event-stream-interpretation>).
 
 use std::borrow::Cow;
-use std::io::Write as _;
 use std::ops::Range;
 
 use bytes::{Bytes, BytesMut};
@@ -51,22 +50,34 @@ pub(crate) fn fields(event: &[u8]) -> Fields<'_> {
     fields
 }
 
+/// Room for a typical translated event (a chat chunk is ~200 bytes), so that
+/// serializing one does not grow its buffer step by step (a reallocation
+/// each step).
+const EVENT_CAPACITY: usize = 256;
+
 /// `data: <json>` and the blank line that ends the event.
 pub(crate) fn data_event(value: &impl Serialize) -> Vec<u8> {
-    let mut out = b"data: ".to_vec();
-    if serde_json::to_writer(&mut out, value).is_err() {
-        out.extend_from_slice(b"{}");
-    }
-    out.extend_from_slice(b"\n\n");
+    let mut out = Vec::with_capacity(EVENT_CAPACITY);
+    write_data(&mut out, value);
     out
 }
 
 /// `event: <name>`, `data: <json>` and the blank line.
 pub(crate) fn named_event(name: &str, value: &impl Serialize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64);
-    let _ = writeln!(out, "event: {name}");
-    out.extend(data_event(value));
+    let mut out = Vec::with_capacity(EVENT_CAPACITY);
+    out.extend_from_slice(b"event: ");
+    out.extend_from_slice(name.as_bytes());
+    out.push(b'\n');
+    write_data(&mut out, value);
     out
+}
+
+fn write_data(out: &mut Vec<u8>, value: &impl Serialize) {
+    out.extend_from_slice(b"data: ");
+    if serde_json::to_writer(&mut *out, value).is_err() {
+        out.extend_from_slice(b"{}");
+    }
+    out.extend_from_slice(b"\n\n");
 }
 
 /// Reassembles events split across frames.
