@@ -188,8 +188,11 @@ def write_manifests(directory: Path, mock_port: int, paced_port: int) -> None:
     Anthropic channel, all served by the mock upstream at `mock_port`; the same
     two OpenAI-compatible shapes on the pacing mock at `paced_port` as
     `bench-paced` and `bench-3ch-paced`; key `KEY` may use them all."""
+    pools = (("pool", mock_port, "bench-3ch"), ("paced", paced_port, "bench-3ch-paced"))
+    # Per pool: three channels and a RoutingPolicy over them.
     pool = "".join(
-        f"""---
+        "".join(
+            f"""---
 apiVersion: llmweaver.io/v1alpha1
 kind: Channel
 metadata: {{name: {name}-{n}, namespace: bench, labels: {{pool: {name}}}}}
@@ -198,8 +201,19 @@ spec:
   baseUrl: http://127.0.0.1:{port}/v1
   models: [{{name: {model}}}]
 """
-        for name, port, model in (("pool", mock_port, "bench-3ch"), ("paced", paced_port, "bench-3ch-paced"))
-        for n in "abc"
+            for n in "abc"
+        )
+        + f"""---
+apiVersion: llmweaver.io/v1alpha1
+kind: RoutingPolicy
+metadata: {{name: {name}, namespace: bench}}
+spec:
+  models: ["{model}"]
+  channels: [{{selector: {{matchLabels: {{pool: {name}}}}}}}]
+  strategy: weighted
+  retry: {{attempts: 3, retryOn: ["429", "5xx", "timeout", "connect"]}}
+"""
+        for name, port, model in pools
     )
     (directory / "bench.yaml").write_text(
         f"""
@@ -235,24 +249,6 @@ spec:
   credentials: {{secretRef: {{name: bench-upstream}}}}
   models: [{{name: bench-claude, upstreamModel: claude-sonnet-4-6}}]
 {pool}---
-apiVersion: llmweaver.io/v1alpha1
-kind: RoutingPolicy
-metadata: {{name: pool, namespace: bench}}
-spec:
-  models: ["bench-3ch"]
-  channels: [{{selector: {{matchLabels: {{pool: pool}}}}}}]
-  strategy: weighted
-  retry: {{attempts: 3, retryOn: ["429", "5xx", "timeout", "connect"]}}
----
-apiVersion: llmweaver.io/v1alpha1
-kind: RoutingPolicy
-metadata: {{name: paced, namespace: bench}}
-spec:
-  models: ["bench-3ch-paced"]
-  channels: [{{selector: {{matchLabels: {{pool: paced}}}}}}]
-  strategy: weighted
-  retry: {{attempts: 3, retryOn: ["429", "5xx", "timeout", "connect"]}}
----
 apiVersion: llmweaver.io/v1alpha1
 kind: Channel
 metadata: {{name: paced, namespace: bench}}

@@ -174,6 +174,16 @@ async fn a_client_asking_for_stream_usage_gets_the_usage_chunk() -> anyhow::Resu
     Ok(())
 }
 
+/// `requests_total` of team-a's `gpt-4o-mini` on channel `primary` answered `code`.
+fn primary_requests_with_code(metrics: &str, code: u16) -> f64 {
+    sample(
+        metrics,
+        &format!(
+            r#"weaver_gateway_requests_total{{namespace="team-a",model="gpt-4o-mini",channel="primary",code="{code}"}}"#
+        ),
+    )
+}
+
 #[tokio::test]
 async fn a_stream_cut_by_the_upstream_ends_with_an_error_event() -> anyhow::Result<()> {
     let s = setup(Behaviour { tokens: Some(5), drop_after: Some(3), ..Behaviour::default() }, "", &[]).await?;
@@ -182,13 +192,7 @@ async fn a_stream_cut_by_the_upstream_ends_with_an_error_event() -> anyhow::Resu
     assert_eq!(last["error"]["code"], "upstream_stream_error");
     assert_eq!(events.len(), 4);
     let m = s.metrics().await?;
-    assert_eq!(
-        sample(
-            &m,
-            r#"weaver_gateway_requests_total{namespace="team-a",model="gpt-4o-mini",channel="primary",code="502"}"#
-        ),
-        1.0
-    );
+    assert_eq!(primary_requests_with_code(&m, 502), 1.0);
     Ok(())
 }
 
@@ -202,13 +206,7 @@ async fn a_stream_past_the_channels_total_timeout_ends_with_a_timeout_event() ->
     let last: Value = serde_json::from_str(&events[2])?;
     assert_eq!(last["error"]["code"], "upstream_timeout", "{last}");
     let m = s.metrics().await?;
-    assert_eq!(
-        sample(
-            &m,
-            r#"weaver_gateway_requests_total{namespace="team-a",model="gpt-4o-mini",channel="primary",code="504"}"#
-        ),
-        1.0
-    );
+    assert_eq!(primary_requests_with_code(&m, 504), 1.0);
     Ok(())
 }
 
