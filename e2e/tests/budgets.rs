@@ -99,12 +99,48 @@ fn key_budget() -> BudgetId {
     BudgetId { scope: Scope::key(NAMESPACE, "checkout"), period_ms: 0 }
 }
 
-/// Checks what a run left: refusals only once the budget `id` was nearly
-/// used, settled spend within it, the ledger agreeing with the records
-/// (every record is charged to that budget) exactly.
-async fn check(seen: &Seen, store: &Store, id: &BudgetId) -> anyhow::Result<()> {
+/// The JSON of ApiKey `name` of the fixture's namespace, as `gw`'s usage API
+/// shows it (with this replica's budget ledger).
+async fn key_status(gw: &TestGateway, name: &str) -> anyhow::Result<Value> {
+    let token_file = gw.data_dir().ok_or_else(|| anyhow::anyhow!("standalone"))?.join("admin-token");
+    let token = std::fs::read_to_string(token_file)?;
+    let url = gw.admin_url(&format!("/admin/v1/keys/{NAMESPACE}/{name}"));
+    let response = reqwest::Client::new().get(url).bearer_auth(token.trim()).send().await?;
+    Ok(response.error_for_status()?.json().await?)
+}
+
+/// Waits until no request holds a reservation of keys `names` on any of
+/// `gateways`: every request, abandoned streams too (the gateway may read on
+/// after their client left), has ended and handed its record to the writer.
+async fn idle(gateways: &[&TestGateway], names: &[&str]) -> anyhow::Result<()> {
+    weaver_e2e::gateway::eventually("no reservation left in flight", || async {
+        for gw in gateways {
+            for name in names {
+                match key_status(gw, name).await {
+                    Ok(key) if key["budget"]["ledger"]["reserved_usd"] == "0.00" => {}
+                    _ => return false,
+                }
+            }
+        }
+        true
+    })
+    .await
+}
+
+/// Checks what a run left, once every request of keys `names` ended on `gateways`: refusals
+/// only once the budget `id` was nearly used, settled spend within it, the
+/// ledger agreeing with the records (every record is charged to that budget)
+/// exactly.
+async fn check(
+    seen: &Seen,
+    gateways: &[&TestGateway],
+    names: &[&str],
+    store: &Store,
+    id: &BudgetId,
+) -> anyhow::Result<()> {
     assert_eq!(seen.other, Vec::<String>::new(), "only answers and budget refusals");
     assert!(seen.refused > 0 && seen.ok > 300, "the budget ran out during the run: {seen:?}");
+    idle(gateways, names).await?;
     // Replicas settle their spend within a second or two.
     weaver_e2e::gateway::eventually("the ledger settles what the records cost", || async {
         let settled = store.budget_totals(id).await.ok().flatten().map(|t| t.settled_nanos);
@@ -131,21 +167,9 @@ async fn one_gateway_on_sqlite_keeps_a_budget() -> anyhow::Result<()> {
     let seen = load(&[&gw], &[KEY]).await?;
     let url = gw.usage_store_url().ok_or_else(|| anyhow::anyhow!("standalone"))?;
     let store = Store::connect(&url, StoreOptions::default())?;
-    check(&seen, &store, &key_budget()).await?;
-    // The usage API's key endpoint shows the ledger: settled, leased, reserved
-    // (abandoned streams may still be finishing on the gateway's side).
-    let token_file = gw.data_dir().ok_or_else(|| anyhow::anyhow!("standalone"))?.join("admin-token");
-    let token = std::fs::read_to_string(token_file)?;
-    let http = reqwest::Client::new();
-    let key_status = || async {
-        let response = http.get(gw.admin_url("/admin/v1/keys/team-a/checkout")).bearer_auth(token.trim()).send();
-        response.await?.json::<Value>().await
-    };
-    weaver_e2e::gateway::eventually("no reservation left in flight", || async {
-        key_status().await.is_ok_and(|k| k["budget"]["ledger"]["reserved_usd"] == "0.00")
-    })
-    .await?;
-    let key = key_status().await?;
+    check(&seen, &[&gw], &["checkout"], &store, &key_budget()).await?;
+    // The usage API's key endpoint shows the ledger: settled, leased, reserved.
+    let key = key_status(&gw, "checkout").await?;
     let cost = weaver_crds::money::Usd(recorded_cost(&store).await?).to_string();
     assert_eq!(key["budget"]["ledger"]["settled_usd"].as_str(), Some(cost.as_str()), "{key}");
     Ok(())
@@ -162,9 +186,10 @@ async fn three_replicas_sharing_postgres_keep_one_budget() -> anyhow::Result<()>
         let flags = ["--store", pg.url.as_str(), "--instance", instance.as_str(), "--replicas", "3"];
         gateways.push(TestGateway::start(&manifests, &flags).await?);
     }
-    let seen = load(&gateways.iter().collect::<Vec<_>>(), &[KEY]).await?;
+    let gateways: Vec<_> = gateways.iter().collect();
+    let seen = load(&gateways, &[KEY]).await?;
     let store = Store::connect(&pg.url, StoreOptions::default())?;
-    check(&seen, &store, &key_budget()).await
+    check(&seen, &gateways, &["checkout"], &store, &key_budget()).await
 }
 
 /// The second key of [`shared_budget`].
@@ -185,23 +210,32 @@ fn shared_budget(upstream: &str) -> String {
 }
 
 /// What a shared-budget run must show beyond [`check`]: the namespace's
-/// budget refused (and said so), and each key's own ledger settled its share.
-async fn check_shared(seen: &Seen, store: &Store) -> anyhow::Result<()> {
-    check(seen, store, &BudgetId { scope: Scope::namespace(NAMESPACE), period_ms: 0 }).await?;
+/// budget refused (and said so), and each key's own ledger settled what its
+/// records cost.
+async fn check_shared(seen: &Seen, gateways: &[&TestGateway], store: &Store) -> anyhow::Result<()> {
+    let names = ["checkout", "second"];
+    check(seen, gateways, &names, store, &BudgetId { scope: Scope::namespace(NAMESPACE), period_ms: 0 }).await?;
     let message = seen.refusal.clone().unwrap_or_default();
     assert!(message.starts_with("The total budget of $0.004 that the keys of namespace team-a share"), "{message}");
-    let cost = recorded_cost(store).await?;
     // The keys' ledgers settle on the replicas' own sync, after the
     // namespace's: a loaded machine (CI) can take longer than `eventually`'s
     // default.
-    let what = format!("each key's ledger settles its own requests ({cost} nano-dollars in the records)");
-    weaver_e2e::gateway::eventually_within(&what, Duration::from_secs(30), Duration::from_millis(50), async || {
-        let mut keys = 0;
-        for name in ["checkout", "second"] {
+    let what = "each key's ledger settles what its records cost";
+    weaver_e2e::gateway::eventually_within(what, Duration::from_secs(30), Duration::from_millis(50), async || {
+        let records = records::all(store, &RecordFilter::default()).await?;
+        let mut seen = Vec::new();
+        for name in names {
             let id = BudgetId { scope: Scope::key(NAMESPACE, name), period_ms: 0 };
-            keys += store.budget_totals(&id).await?.map_or(0, |t| t.settled_nanos);
+            let settled = store.budget_totals(&id).await?.map_or(0, |t| t.settled_nanos);
+            let mine = records.iter().filter(|r| r.api_key.as_str() == name);
+            let (count, recorded) = mine.fold((0, 0), |(n, c), r| (n + 1, c + r.cost_nanos));
+            seen.push((name, settled, recorded, count));
         }
-        Ok(if keys == cost { ControlFlow::Break(()) } else { ControlFlow::Continue(format!("{keys} settled")) })
+        Ok(if seen.iter().all(|(_, settled, recorded, _)| settled == recorded) {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(format!("(key, settled, recorded, records): {seen:?}"))
+        })
     })
     .await
 }
@@ -212,7 +246,7 @@ async fn two_keys_share_their_namespaces_budget_on_sqlite() -> anyhow::Result<()
     let gw = TestGateway::start(&shared_budget(&upstream.base_url()), &[]).await?;
     let seen = load(&[&gw], &[KEY, SECOND_KEY]).await?;
     let url = gw.usage_store_url().ok_or_else(|| anyhow::anyhow!("standalone"))?;
-    check_shared(&seen, &Store::connect(&url, StoreOptions::default())?).await
+    check_shared(&seen, &[&gw], &Store::connect(&url, StoreOptions::default())?).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -226,8 +260,9 @@ async fn two_replicas_on_postgres_share_a_namespaces_budget() -> anyhow::Result<
         let flags = ["--store", pg.url.as_str(), "--instance", instance.as_str(), "--replicas", "2"];
         gateways.push(TestGateway::start(&manifests, &flags).await?);
     }
-    let seen = load(&gateways.iter().collect::<Vec<_>>(), &[KEY, SECOND_KEY]).await?;
-    check_shared(&seen, &Store::connect(&pg.url, StoreOptions::default())?).await
+    let gateways: Vec<_> = gateways.iter().collect();
+    let seen = load(&gateways, &[KEY, SECOND_KEY]).await?;
+    check_shared(&seen, &gateways, &Store::connect(&pg.url, StoreOptions::default())?).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -249,4 +284,92 @@ async fn a_request_without_max_tokens_reserves_the_keys_output_allowance() -> an
     let bounded = send(json!({"model": "gpt-4o-mini", "messages": message, "max_tokens": 16})).await?;
     assert_eq!(bounded.status(), 200, "a request that bounds its output fits");
     Ok(())
+}
+
+/// One plain request of key `key` through `gw`, giving up after `timeout`.
+async fn chat(gw: &TestGateway, key: &str, timeout: Duration) -> reqwest::Result<reqwest::Response> {
+    let body = json!({"model": "gpt-4o-mini", "max_tokens": 16, "messages": [{"role": "user", "content": "Say hi"}]});
+    let request = reqwest::Client::new().post(gw.url("/v1/chat/completions")).bearer_auth(key).json(&body);
+    request.timeout(timeout).send().await
+}
+
+/// A client that gives up while its request waits on the budget ledger (a
+/// transaction holds the namespace's ledger row) strands no reservation and
+/// loses no spend: once the ledger answers, what the request reserved is
+/// given back, and the ledgers still settle exactly what the records cost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_leaving_while_the_ledger_is_slow_strands_no_reservation() -> anyhow::Result<()> {
+    let pg = PgCluster::up()?;
+    let upstream = MockUpstream::start(upstream_behaviour()).await?;
+    let gw = TestGateway::start(&shared_budget(&upstream.base_url()), &["--store", pg.url.as_str()]).await?;
+    let patient = Duration::from_secs(20);
+    assert_eq!(chat(&gw, KEY, patient).await?.status(), 200, "the ledger rows exist");
+    let store = Store::connect(&pg.url, StoreOptions::default())?;
+    let Store::Postgres(postgres) = &store else { anyhow::bail!("a Postgres URL") };
+    let mut lock = postgres.pool().begin().await?;
+    sqlx::query("SELECT 1 FROM budget_ledger WHERE name = '' FOR UPDATE").execute(&mut *lock).await?;
+    // Requests go on from the slices this replica holds until the
+    // namespace's runs short; the next waits on the ledger, and its client
+    // gives up.
+    let mut gave_up = false;
+    for _ in 0..40 {
+        match chat(&gw, KEY, Duration::from_millis(500)).await {
+            Ok(response) => assert_eq!(response.status(), 200, "{:?}", response.text().await),
+            Err(e) if e.is_timeout() => {
+                gave_up = true;
+                break;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    assert!(gave_up, "no request waited on the locked ledger");
+    lock.commit().await?;
+    idle(&[&gw], &["checkout", "second"]).await?;
+    assert_eq!(chat(&gw, KEY, patient).await?.status(), 200, "the budget serves again");
+    idle(&[&gw], &["checkout", "second"]).await?;
+    let namespace = BudgetId { scope: Scope::namespace(NAMESPACE), period_ms: 0 };
+    weaver_e2e::gateway::eventually("the ledgers settle what the records cost", || async {
+        let settled = async |id: &BudgetId| store.budget_totals(id).await.ok().flatten().map(|t| t.settled_nanos);
+        let cost = recorded_cost(&store).await.ok();
+        cost.is_some() && settled(&namespace).await == cost && settled(&key_budget()).await == cost
+    })
+    .await
+}
+
+/// With its usage store (the budget ledger) stopped, a replica serves from
+/// the slices it holds; the request they cannot cover is refused with 503
+/// `budget_unavailable` — not a 429 saying the budget is spent — and once
+/// the store is back, requests are served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ledger_out_of_reach_refuses_with_503_not_budget_exceeded() -> anyhow::Result<()> {
+    let pg = PgCluster::up()?;
+    let upstream = MockUpstream::start(upstream_behaviour()).await?;
+    let spec = r#"budget: {amount: "1.00", period: total}"#;
+    let gw = TestGateway::start(&openai_namespace(&upstream.base_url(), spec), &["--store", pg.url.as_str()]).await?;
+    let patient = Duration::from_secs(20);
+    assert_eq!(chat(&gw, KEY, patient).await?.status(), 200);
+    pg.stop()?;
+    let mut refusal = None;
+    for _ in 0..40 {
+        let response = chat(&gw, KEY, patient).await?;
+        if response.status() != 200 {
+            refusal = Some((
+                response.status(),
+                response.headers().get("retry-after").cloned(),
+                response.json::<Value>().await?,
+            ));
+            break;
+        }
+    }
+    let (status, retry_after, error) = refusal.ok_or_else(|| anyhow::anyhow!("the slice never ran short"))?;
+    assert_eq!(status, 503, "{error}");
+    assert_eq!(error["error"]["code"], "budget_unavailable", "{error}");
+    assert_eq!(retry_after.as_ref().and_then(|v| v.to_str().ok()), Some("1"));
+    pg.start()?;
+    let what = "requests are served again once the ledger answers";
+    weaver_e2e::gateway::eventually_within(what, Duration::from_secs(30), Duration::from_millis(200), async || {
+        let status = chat(&gw, KEY, patient).await?.status();
+        Ok(if status == 200 { ControlFlow::Break(()) } else { ControlFlow::Continue(format!("{status}")) })
+    })
+    .await
 }

@@ -134,6 +134,8 @@ pub(crate) enum RefusalReason {
     budget_exceeded,
     /// The key's namespace's budget (its NamespacePolicy) cannot cover it.
     namespace_budget_exceeded,
+    /// A budget's local slice ran short and its ledger could not be asked.
+    budget_unavailable,
 }
 
 /// A refusal's namespace and reason (never the key: it is in the log line

@@ -19,7 +19,7 @@ use crate::api::{ApiError, ApiRoute, RequestBody};
 use crate::clock::unix_millis;
 use crate::limits::{Demand, Exceeded, Held, KeyLimits, Levels};
 use crate::metering::RefusalReason;
-use crate::state::budget::{BudgetRef, reserve_each};
+use crate::state::budget::{BudgetRef, Shortfall, release_each, reserve_each, try_reserve_each};
 use crate::state::{KeyRuntime, Runtime};
 
 /// What admission took for one request; settled when its context drops.
@@ -131,7 +131,9 @@ fn rate_limits(
 /// (each from its local slice, topped up from the ledger when short). 429
 /// `budget_exceeded`, naming the budget, when either cannot cover it (the
 /// key's is asked first), before any upstream call; a refusal by the
-/// namespace's budget gives the key's reservation back.
+/// namespace's budget gives the key's reservation back. 503
+/// `budget_unavailable` when a slice ran short and the ledger could not be
+/// asked.
 pub(super) async fn reserve_budget(
     ctx: &mut Context,
     rt: &Runtime,
@@ -150,13 +152,48 @@ pub(super) async fn reserve_budget(
     };
     let amount = plan.max_cost(rt, body_bytes as u64, output);
     let (now_ms, replicas) = (unix_millis(), rt.snapshot.gateway_replicas);
-    match reserve_each(&[own, shared], &ctx.gw.ledger, amount, now_ms, replicas).await {
+    let budgets = [own, shared];
+    let outcome = if try_reserve_each(&budgets, amount, now_ms) {
+        Ok(())
+    } else {
+        // A slice ran short: the ledger is asked in a task of its own, so a
+        // client leaving meanwhile (hyper then drops this future) neither
+        // aborts the ledger's transaction, losing the spend it settles, nor
+        // strands a reservation that no request will settle.
+        let (gw, rt, index) = (ctx.gw.clone(), ctx.rt.clone(), ctx.key as usize);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let key = &rt.keys[index];
+            let budgets = [key.own_budget(), rt.namespace_budget(key)];
+            let outcome = reserve_each(&budgets, &gw.ledger, amount, now_ms, replicas).await;
+            if let Err(Ok(())) = tx.send(outcome) {
+                release_each(&budgets, amount);
+            }
+        });
+        rx.await.unwrap_or(Err((0, Shortfall::Unavailable)))
+    };
+    match outcome {
         Ok(()) => {
             ctx.admission.budget = own.map(|_| amount);
             ctx.admission.namespace_budget = shared.map(|_| amount);
             Ok(())
         }
-        Err(refused) => Err(refuse_budget(ctx, key, refused, amount)),
+        Err((i, shortfall)) => {
+            let refused = budgets.get(i).copied().flatten().or(own).or(shared);
+            match (refused, shortfall) {
+                (Some(refused), Shortfall::Exceeded) => Err(refuse_budget(ctx, key, refused, amount)),
+                _ => {
+                    ctx.gw.metrics.refused(key, RefusalReason::budget_unavailable);
+                    let mut error = ApiError::unavailable(
+                        "budget_unavailable",
+                        "The gateway cannot reach its budget ledger to cover this request (its usage store is \
+                         unreachable or slow); try again shortly.",
+                    );
+                    error.retry_after = Some(1);
+                    Err(error)
+                }
+            }
+        }
     }
 }
 

@@ -183,11 +183,13 @@ impl BudgetState {
     }
 
     /// Calls the ledger once for this key: settles the spend, gives back or
-    /// asks for slice so that about `target` is available (at least `need`),
-    /// renews the lease. On a new period, the old period's slice is given back
-    /// first. On failure the local state is as before (nothing is lost: the
-    /// spend is settled by the next successful sync).
-    pub async fn sync(&self, ledger: &Ledger, id: &BudgetId, sync: &Sync) -> Result<SyncView, StoreError> {
+    /// asks for slice so that about `target` is available (at least `need`,
+    /// which is then reserved for the caller), renews the lease; true when
+    /// `need` is reserved (the caller settles it like any reservation). On a
+    /// new period, the old period's slice is given back first. On failure
+    /// the local state is as before (nothing is lost: the spend is settled by
+    /// the next successful sync).
+    pub async fn sync(&self, ledger: &Ledger, id: &BudgetId, sync: &Sync) -> Result<bool, StoreError> {
         let mut lease = self.lease.lock().await;
         let spent = self.spent.swap(0, Ordering::AcqRel);
         let restore = |release: u64| {
@@ -223,7 +225,8 @@ impl BudgetState {
     }
 
     /// The ledger call proper: settles `spent`, gives back `release` (already
-    /// out of `available`), asks for what brings `available` to `target`.
+    /// out of `available`), asks for what brings `available` to `target`, and
+    /// reserves `sync.need` for the caller out of the result.
     async fn grant(
         &self,
         lease: &mut Lease,
@@ -232,20 +235,58 @@ impl BudgetState {
         sync: &Sync,
         (spent, release): (u64, u64),
         target: u64,
-    ) -> Result<SyncView, StoreError> {
+    ) -> Result<bool, StoreError> {
         let available = self.available.load(Ordering::Acquire);
-        let want = u64::try_from(signed(target.max(sync.need)) - available).unwrap_or(0);
+        // A caller's `need` is asked for even when `available` seems to cover
+        // it: requests reserving while the ledger answers may take that.
+        let want = u64::try_from(signed(target.max(sync.need)) - available).unwrap_or(0).max(sync.need);
         let view = ledger.sync(id, &sync.request(&ledger.replica, spent, release, want)).await?;
         // What the slice should be if the ledger kept ours; less when it had
         // expired (the ledger handed it on), so take the difference back.
         let expected = lease.slice.saturating_sub(spent).saturating_sub(release) + view.granted_nanos;
         let correction = signed(view.slice_nanos) - signed(expected);
-        self.available.fetch_add(signed(view.granted_nanos) + correction, Ordering::AcqRel);
         lease.slice = view.slice_nanos;
         lease.period_ms = Some(id.period_ms);
-        self.valid_until.store(view.expires_ms - EXPIRY_MARGIN_MS, Ordering::Release);
-        Ok(view)
+        let valid_until = view.expires_ms - EXPIRY_MARGIN_MS;
+        self.valid_until.store(valid_until, Ordering::Release);
+        let need = if sync.now_ms < valid_until { sync.need } else { 0 };
+        Ok(self.add_available(signed(view.granted_nanos) + correction, need))
     }
+
+    /// Adds `delta` to what is available and, when the sum covers `need`
+    /// (> 0), reserves `need` out of it in the same compare-and-swap: the
+    /// request that waited on a sync gets what the sync brought, rather than
+    /// losing it to requests that reserve in between and being refused by a
+    /// budget with room left.
+    fn add_available(&self, delta: i64, need: u64) -> bool {
+        let want = signed(need);
+        let mut current = self.available.load(Ordering::Acquire);
+        loop {
+            let total = current.saturating_add(delta);
+            let take = need > 0 && total >= want;
+            let next = if take { total - want } else { total };
+            match self.available.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => {
+                    if take {
+                        self.reserved.fetch_add(need, Ordering::Relaxed);
+                    }
+                    return take;
+                }
+                Err(seen) => current = seen,
+            }
+        }
+    }
+}
+
+/// Why a budget did not cover a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Shortfall {
+    /// Spent, or held by requests in flight (here or on other replicas).
+    Exceeded,
+    /// This replica's slice cannot cover it and the ledger could not be asked
+    /// (the usage store is unreachable or too slow): whether the budget could
+    /// is unknown.
+    Unavailable,
 }
 
 /// After the ledger could not cover a request, how long further requests as
@@ -275,25 +316,34 @@ impl BudgetRef<'_> {
 
     /// Reserves `amount` nano-dollars from the local slice, topping it up
     /// from the ledger when it is short (the only time a request waits on
-    /// the ledger); false when the budget cannot cover it. Then what this
-    /// replica holds is given back, so leftovers scattered over replicas can
-    /// serve the next request elsewhere, and requests as large are refused
-    /// for a moment without asking the ledger again.
-    pub async fn reserve(&self, ledger: &Ledger, amount: u64, now_ms: i64, replicas: u32) -> bool {
+    /// the ledger). When the budget cannot cover it, what this replica holds
+    /// is given back, so leftovers scattered over replicas can serve the next
+    /// request elsewhere, and requests as large are refused for a moment
+    /// without asking the ledger again.
+    pub async fn reserve(&self, ledger: &Ledger, amount: u64, now_ms: i64, replicas: u32) -> Result<(), Shortfall> {
         let state = self.state;
         if state.try_reserve(amount, now_ms) {
-            return true;
+            return Ok(());
         }
         if state.recently_refused(amount, now_ms) {
-            return false;
+            return Err(Shortfall::Exceeded);
         }
         let mut sync = Sync { limit_nanos: self.budget.amount.0, now_ms, need: amount, replicas, give_back: false };
         let id = self.id(now_ms);
-        if let Err(err) = state.sync(ledger, &id, &sync).await {
-            tracing::warn!(category = err.category(), %err, "budget ledger unreachable; the request cannot be covered");
-        }
+        let unreachable = match state.sync(ledger, &id, &sync).await {
+            Ok(true) => return Ok(()),
+            Ok(_) => false,
+            Err(err) => {
+                tracing::warn!(category = err.category(), %err, "budget ledger unreachable; the request cannot be covered");
+                true
+            }
+        };
+        // Requests that ended meanwhile may have freed enough.
         if state.try_reserve(amount, now_ms) {
-            return true;
+            return Ok(());
+        }
+        if unreachable {
+            return Err(Shortfall::Unavailable);
         }
         sync.give_back = true;
         sync.need = 0;
@@ -301,31 +351,49 @@ impl BudgetRef<'_> {
             tracing::debug!(category = err.category(), %err, "budget slice not given back");
         }
         state.mark_refused(amount, now_ms, REFUSAL_BACKOFF_MS);
-        false
+        Err(Shortfall::Exceeded)
     }
 }
 
 /// Reserves `amount` from each budget present, in order (a key's own, then
 /// its namespace's). When one cannot cover it, the reservations already taken
-/// are given back and that budget is the error: a request holds all of its
-/// budgets or none.
-pub(crate) async fn reserve_each<'a>(
-    budgets: &[Option<BudgetRef<'a>>],
+/// are given back and that budget (its position in `budgets`) is the error:
+/// a request holds all of its budgets or none.
+pub(crate) async fn reserve_each(
+    budgets: &[Option<BudgetRef<'_>>],
     ledger: &Ledger,
     amount: u64,
     now_ms: i64,
     replicas: u32,
-) -> Result<(), BudgetRef<'a>> {
+) -> Result<(), (usize, Shortfall)> {
     for (i, budget) in budgets.iter().enumerate() {
         let Some(budget) = budget else { continue };
-        if !budget.reserve(ledger, amount, now_ms, replicas).await {
-            for taken in budgets[..i].iter().flatten() {
-                taken.state.settle(amount, 0);
-            }
-            return Err(*budget);
+        if let Err(shortfall) = budget.reserve(ledger, amount, now_ms, replicas).await {
+            release_each(&budgets[..i], amount);
+            return Err((i, shortfall));
         }
     }
     Ok(())
+}
+
+/// [`reserve_each`] from the local slices alone, without waiting on the
+/// ledger: true when every budget present covered `amount`, else nothing is
+/// held.
+pub(crate) fn try_reserve_each(budgets: &[Option<BudgetRef<'_>>], amount: u64, now_ms: i64) -> bool {
+    for (i, budget) in budgets.iter().enumerate() {
+        if budget.is_some_and(|b| !b.state.try_reserve(amount, now_ms)) {
+            release_each(&budgets[..i], amount);
+            return false;
+        }
+    }
+    true
+}
+
+/// Gives back a reservation of `amount` that cost nothing, in each budget present.
+pub(crate) fn release_each(budgets: &[Option<BudgetRef<'_>>], amount: u64) {
+    for taken in budgets.iter().flatten() {
+        taken.state.settle(amount, 0);
+    }
 }
 
 /// How often the background sync looks at every budget.
@@ -416,17 +484,21 @@ mod tests {
         let ledger = Ledger::new(None, "r0".into());
         let state = BudgetState::default();
         assert!(!state.try_reserve(100, 0), "no slice before the first sync");
-        state.sync(&ledger, &id(), &sync(1_000, 0, 100)).await.unwrap();
-        assert!(state.try_reserve(100, 1));
+        assert!(
+            state.sync(&ledger, &id(), &sync(1_000, 0, 100)).await.unwrap(),
+            "the sync reserved what its caller needs"
+        );
+        assert_eq!(state.local(), (150, 100));
         assert!(state.try_reserve(150, 1));
         // The slice: four of the largest reservation, at most a quarter of the budget.
         assert!(!state.try_reserve(1, 1), "only what the slice holds");
         state.settle(100, 40);
         state.settle(150, 150);
         assert_eq!(state.local().1, 0);
-        let view = state.sync(&ledger, &id(), &sync(1_000, 2, 0)).await.unwrap();
-        assert_eq!(view.totals.settled_nanos, 190, "exactly what the requests cost");
-        assert!(view.totals.settled_nanos + view.totals.leased_nanos <= 1_000);
+        state.sync(&ledger, &id(), &sync(1_000, 2, 0)).await.unwrap();
+        let totals = ledger.totals(&id()).await.unwrap();
+        assert_eq!(totals.settled_nanos, 190, "exactly what the requests cost");
+        assert!(totals.settled_nanos + totals.leased_nanos <= 1_000);
     }
 
     #[tokio::test]
@@ -435,30 +507,91 @@ mod tests {
         let state = BudgetState::default();
         let mut spent = 0;
         for now in 0..100 {
-            if !state.try_reserve(60, now) {
-                state.sync(&ledger, &id(), &sync(1_000, now, 60)).await.unwrap();
-                if !state.try_reserve(60, now) {
-                    break;
-                }
+            if !state.try_reserve(60, now) && !state.sync(&ledger, &id(), &sync(1_000, now, 60)).await.unwrap() {
+                break;
             }
             state.settle(60, 50);
             spent += 50;
         }
         assert!((940..=1_000).contains(&spent), "used to the last reservation that fits: {spent}");
-        let view = state.sync(&ledger, &id(), &sync(1_000, 200, 0)).await.unwrap();
-        assert_eq!(view.totals.settled_nanos, spent);
+        state.sync(&ledger, &id(), &sync(1_000, 200, 0)).await.unwrap();
+        assert_eq!(ledger.totals(&id()).await.unwrap().settled_nanos, spent);
         let next = BudgetId { period_ms: 86_400_000, ..id() };
-        state.sync(&ledger, &next, &sync(1_000, 300, 60)).await.unwrap();
-        assert!(state.try_reserve(60, 301), "a new period has its whole budget");
+        assert!(state.sync(&ledger, &next, &sync(1_000, 300, 60)).await.unwrap(), "a new period has its whole budget");
     }
 
     #[tokio::test]
     async fn a_slice_past_its_validity_is_not_spent() {
         let ledger = Ledger::new(None, "r0".into());
         let state = BudgetState::default();
-        state.sync(&ledger, &id(), &sync(1_000, 0, 100)).await.unwrap();
+        assert!(state.sync(&ledger, &id(), &sync(1_000, 0, 100)).await.unwrap());
+        state.settle(100, 0);
         assert!(state.try_reserve(10, LEASE_TTL_MS - EXPIRY_MARGIN_MS - 1));
         assert!(!state.try_reserve(10, LEASE_TTL_MS - EXPIRY_MARGIN_MS), "too close to the lease's expiry");
+    }
+
+    /// Many requests at once on a key whose budget has plenty left: each
+    /// slice runs short often, and requests reserve while others' syncs wait
+    /// on the ledger (a real one, SQLite); none is refused.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_budget_with_room_refuses_no_request_under_contention() {
+        use weaver_store::UsageStore as _;
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("usage.db").display());
+        let store = Store::connect(&url, weaver_store::StoreOptions::default()).unwrap();
+        store.migrate().await.unwrap();
+        let ledger = Arc::new(Ledger::new(Some(store), "r0".into()));
+        let state = Arc::new(BudgetState::default());
+        let budget = BudgetSnapshot {
+            amount: weaver_crds::money::Usd(u64::MAX / 4),
+            period: weaver_crds::api_key::BudgetPeriod::Total,
+            reserve_output_tokens: None,
+        };
+        let (name, namespace) = (Label::new("checkout"), Label::new("team-a"));
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let (ledger, state, budget, name, namespace) =
+                    (ledger.clone(), state.clone(), budget, name.clone(), namespace.clone());
+                tokio::spawn(async move {
+                    let key = BudgetRef { state: &state, budget: &budget, namespace: &namespace, key: Some(&name) };
+                    let mut refused = 0;
+                    for i in 0..300 {
+                        match key.reserve(&ledger, 100 + i % 7, 0, 1).await {
+                            Ok(()) => state.settle(100 + i % 7, 90),
+                            Err(_) => refused += 1,
+                        }
+                        tokio::task::yield_now().await;
+                    }
+                    refused
+                })
+            })
+            .collect();
+        for task in tasks {
+            assert_eq!(task.await.unwrap(), 0, "requests refused by a budget with room");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_slice_the_ledger_cannot_top_up_is_unavailable_not_exceeded() {
+        // Nothing listens on port 1: every ledger call fails at once.
+        let options =
+            weaver_store::StoreOptions { acquire_timeout: std::time::Duration::from_millis(200), ..Default::default() };
+        let store = Store::connect("postgres://weaver@127.0.0.1:1/weaver", options).unwrap();
+        let ledger = Ledger::new(Some(store), "r0".into());
+        let (state, name, namespace) = (BudgetState::default(), Label::new("checkout"), Label::new("team-a"));
+        let budget = BudgetSnapshot {
+            amount: weaver_crds::money::Usd(1_000),
+            period: weaver_crds::api_key::BudgetPeriod::Total,
+            reserve_output_tokens: None,
+        };
+        let key = BudgetRef { state: &state, budget: &budget, namespace: &namespace, key: Some(&name) };
+        assert_eq!(key.reserve(&ledger, 100, 0, 1).await, Err(Shortfall::Unavailable));
+        assert_eq!(state.local(), (0, 0), "nothing held");
+        assert_eq!(
+            key.reserve(&ledger, 100, 1, 1).await,
+            Err(Shortfall::Unavailable),
+            "asked again: no refusal remembered"
+        );
     }
 
     mod shared_with_a_namespace {
@@ -618,8 +751,12 @@ mod tests {
                         bed.shared().state.settle(60, 50);
                         spent += 50;
                     }
-                    Err(refused) => {
-                        assert!(refused.key.is_none(), "the namespace's budget refuses, not the key's");
+                    Err((refused, shortfall)) => {
+                        assert_eq!(
+                            (refused, shortfall),
+                            (1, Shortfall::Exceeded),
+                            "the namespace's budget refuses, not the key's"
+                        );
                         assert_eq!(bed.own(k).state.local().1, 0, "the key's reservation was given back");
                         break;
                     }
