@@ -261,6 +261,9 @@ async fn load_manifests(gw: &Arc<Gateway>, dir: &std::path::Path, replicas: u32)
     Ok(source)
 }
 
+/// How long shutdown waits for the budgets' last ledger sync.
+const BUDGETS_LAST_SYNC: Duration = Duration::from_secs(10);
+
 /// Loads the configuration, binds, and serves until `shutdown` resolves.
 ///
 /// Standalone (`--manifests`) fails on a folder that cannot be read or
@@ -285,7 +288,10 @@ pub async fn start(args: Args, shutdown: impl Future<Output = ()> + Send + 'stat
     // store, for this replica alone.
     let ledger = Ledger::new(store.clone(), instance.clone());
     let gw = Gateway::new(settings, Metrics::new(args.metrics_per_key), sink, ledger);
-    let budgets = tokio::spawn(crate::state::budget::run_sync(gw.clone()));
+    let (stop_budgets, budgets_stopped) = tokio::sync::oneshot::channel::<()>();
+    let budgets = tokio::spawn(crate::state::budget::run_sync(gw.clone(), async {
+        let _ = budgets_stopped.await;
+    }));
     let checks = tokio::spawn(crate::probe::checks::run(gw.clone()));
     enum Prepared {
         Manifests(ManifestDir),
@@ -366,7 +372,11 @@ pub async fn start(args: Args, shutdown: impl Future<Output = ()> + Send + 'stat
             let listeners = Listeners { client, admin, usage_api, admin_gate };
             let served = crate::server::serve(listeners, gw, &cors, shutdown, args.shutdown_grace).await;
             source.stop().await;
-            budgets.abort();
+            // The budgets' last sync settles what this replica spent; a store
+            // out of reach must not hold the exit for long (the slices then
+            // expire on their own).
+            let _ = stop_budgets.send(());
+            let _ = tokio::time::timeout(BUDGETS_LAST_SYNC, budgets).await;
             checks.abort();
             // Every record of the requests that ran is written, or spooled
             // for the next start.

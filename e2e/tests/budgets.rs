@@ -373,3 +373,27 @@ async fn a_ledger_out_of_reach_refuses_with_503_not_budget_exceeded() -> anyhow:
     })
     .await
 }
+
+/// A replica that shuts down (a rolling update) settles what it spent and
+/// gives its slices back: right after it stopped, the ledger holds exactly
+/// what the records cost and leases nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_shutting_down_settles_its_spend_and_gives_its_slices_back() -> anyhow::Result<()> {
+    let pg = PgCluster::up()?;
+    let upstream = MockUpstream::start(upstream_behaviour()).await?;
+    let gw = TestGateway::start(&shared_budget(&upstream.base_url()), &["--store", pg.url.as_str()]).await?;
+    for _ in 0..5 {
+        let response = chat(&gw, KEY, Duration::from_secs(20)).await?;
+        assert_eq!(response.status(), 200);
+        response.bytes().await?;
+    }
+    gw.shutdown().await?;
+    let store = Store::connect(&pg.url, StoreOptions::default())?;
+    let cost = recorded_cost(&store).await?;
+    assert!(cost > 0);
+    for id in [BudgetId { scope: Scope::namespace(NAMESPACE), period_ms: 0 }, key_budget()] {
+        let totals = store.budget_totals(&id).await?.unwrap_or_default();
+        assert_eq!((totals.settled_nanos, totals.leased_nanos), (cost, 0), "{id:?}");
+    }
+    Ok(())
+}

@@ -182,6 +182,13 @@ impl BudgetState {
             || (holds_slice && valid_until - now_ms < (LEASE_TTL_MS - EXPIRY_MARGIN_MS) / 2)
     }
 
+    /// Whether this replica has spend to settle or holds any slice.
+    pub fn holds_any(&self) -> bool {
+        self.spent.load(Ordering::Relaxed) > 0
+            || self.available.load(Ordering::Relaxed) != 0
+            || self.reserved.load(Ordering::Relaxed) > 0
+    }
+
     /// Calls the ledger once for this key: settles the spend, gives back or
     /// asks for slice so that about `target` is available (at least `need`,
     /// which is then reserved for the caller), renews the lease; true when
@@ -402,29 +409,42 @@ const SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 const SYNC_CONCURRENCY: usize = 8;
 
 /// Settles spend and renews slices of every key and namespace budget, each
-/// second, for as long as the gateway runs (the caller aborts it at shutdown).
-pub(crate) async fn run_sync(gw: Arc<Gateway>) {
+/// second, until `stop` resolves; then settles, once more, what this replica
+/// spent and gives back every slice it holds, so a replica that shuts down (a
+/// rolling update) leaves no spend unsettled and no slice idle until it
+/// expires. A round under way when `stop` resolves finishes first: a ledger
+/// transaction cut off would lose the spend it settles.
+pub(crate) async fn run_sync(gw: Arc<Gateway>, stop: impl Future<Output = ()>) {
     let mut tick = tokio::time::interval(SYNC_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut stop = std::pin::pin!(stop);
     loop {
-        tick.tick().await;
-        let rt = gw.live();
-        let now_ms = unix_millis();
-        let due = rt.budgets().filter(|b| b.state.needs_sync(now_ms));
-        futures_util::stream::iter(due)
-            .for_each_concurrent(SYNC_CONCURRENCY, |b| {
-                let gw = &gw;
-                let replicas = rt.snapshot.gateway_replicas;
-                async move {
-                    let sync = Sync { limit_nanos: b.budget.amount.0, now_ms, need: 0, replicas, give_back: false };
-                    if let Err(err) = b.state.sync(&gw.ledger, &b.id(now_ms), &sync).await {
-                        tracing::warn!(namespace = b.namespace.as_str(), key = b.key.map_or("", Label::as_str),
-                            category = err.category(), %err, "budget ledger sync failed; spend stays local until the next one");
-                    }
-                }
-            })
-            .await;
+        tokio::select! {
+            _ = tick.tick() => sync_round(&gw, false).await,
+            () = &mut stop => break,
+        }
     }
+    sync_round(&gw, true).await;
+}
+
+/// One ledger call for each budget that needs one (`last`: each that holds
+/// spend or slice, giving the slice back).
+async fn sync_round(gw: &Gateway, last: bool) {
+    let rt = gw.live();
+    let now_ms = unix_millis();
+    let due = rt.budgets().filter(|b| if last { b.state.holds_any() } else { b.state.needs_sync(now_ms) });
+    futures_util::stream::iter(due)
+        .for_each_concurrent(SYNC_CONCURRENCY, |b| {
+            let replicas = rt.snapshot.gateway_replicas;
+            async move {
+                let sync = Sync { limit_nanos: b.budget.amount.0, now_ms, need: 0, replicas, give_back: last };
+                if let Err(err) = b.state.sync(&gw.ledger, &b.id(now_ms), &sync).await {
+                    tracing::warn!(namespace = b.namespace.as_str(), key = b.key.map_or("", Label::as_str),
+                        category = err.category(), %err, "budget ledger sync failed; spend stays local until the next one");
+                }
+            }
+        })
+        .await;
 }
 
 /// The parameters of one sync.
