@@ -27,7 +27,7 @@ fn admission(c: &mut Criterion) {
     c.bench_function("admit + settle", |b| {
         b.iter(|| {
             let t = next();
-            let held = limits.admit(&buckets, black_box(Demand::chat(450, Some(64))), t);
+            let held = limits.admit(&buckets, black_box(Demand::chat(450, Some(64), 1)), t);
             if let Ok(held) = held {
                 limits.settle(&buckets, held, black_box(Some(120)), t);
             }
@@ -40,7 +40,7 @@ fn admission(c: &mut Criterion) {
         b.iter(|| {
             let t = next();
             let mut headers = HeaderMap::with_capacity(8);
-            if let Ok(held) = limits.admit(&buckets, black_box(Demand::chat(450, Some(64))), t) {
+            if let Ok(held) = limits.admit(&buckets, black_box(Demand::chat(450, Some(64), 1)), t) {
                 limits.write_headers(&held.levels, &mut headers);
                 limits.settle(&buckets, held, black_box(Some(120)), t);
             }

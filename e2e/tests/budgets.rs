@@ -286,6 +286,26 @@ async fn a_request_without_max_tokens_reserves_the_keys_output_allowance() -> an
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_for_n_completions_reserves_n_times_its_output_limit() -> anyhow::Result<()> {
+    let upstream = MockUpstream::start(upstream_behaviour()).await?;
+    let gw = TestGateway::start(&openai_namespace(&upstream.base_url(), KEY_SPEC), &[]).await?;
+    let http = reqwest::Client::new();
+    let send = |n: u64| {
+        let body = json!({"model": "gpt-4o-mini", "n": n, "max_tokens": 16,
+            "messages": [{"role": "user", "content": "Say hi"}]});
+        http.post(gw.url("/v1/chat/completions")).bearer_auth(KEY).json(&body).send()
+    };
+    // 1,000 completions of up to 16 tokens at $0.60 per million may cost
+    // $0.0096: more than the whole budget, though one completion fits.
+    let many = send(1000).await?;
+    assert_eq!(many.status(), 429);
+    let error: Value = many.json().await?;
+    assert_eq!(error["error"]["code"], "budget_exceeded", "{error}");
+    assert_eq!(send(2).await?.status(), 200, "two completions fit");
+    Ok(())
+}
+
 /// One plain request of key `key` through `gw`, giving up after `timeout`.
 async fn chat(gw: &TestGateway, key: &str, timeout: Duration) -> reqwest::Result<reqwest::Response> {
     let body = json!({"model": "gpt-4o-mini", "max_tokens": 16, "messages": [{"role": "user", "content": "Say hi"}]});

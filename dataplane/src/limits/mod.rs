@@ -86,11 +86,12 @@ pub struct Demand {
 }
 
 impl Demand {
-    /// A chat request of `body_bytes` with the client's output limit, if any.
-    pub fn chat(body_bytes: usize, max_output: Option<u64>) -> Self {
+    /// A chat request of `body_bytes` with the client's output limit, if
+    /// any, asking for `choices` completions (each up to that limit).
+    pub fn chat(body_bytes: usize, max_output: Option<u64>, choices: u64) -> Self {
         Self {
             input: estimate_input(body_bytes),
-            output: max_output.unwrap_or(DEFAULT_OUTPUT_TOKENS),
+            output: max_output.unwrap_or(DEFAULT_OUTPUT_TOKENS).saturating_mul(choices),
             explicit: max_output.is_some(),
         }
     }
@@ -349,15 +350,15 @@ mod tests {
     fn a_refusal_takes_nothing_from_the_other_limits() {
         let l = limits(Some(10), Some(1000), Some(1), 1);
         let b = Buckets::default();
-        let held = l.admit(&b, Demand::chat(400, Some(500)), 0).unwrap_or_else(|e| panic!("{e:?}"));
+        let held = l.admit(&b, Demand::chat(400, Some(500), 1), 0).unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!(held.levels.requests.map(|r| r.remaining), Some(9));
         assert_eq!(held.levels.tokens.map(|r| r.remaining), Some(400), "100 input + 500 output reserved");
-        let busy = l.admit(&b, Demand::chat(10, Some(1)), 0).err().map(|r| r.exceeded);
+        let busy = l.admit(&b, Demand::chat(10, Some(1), 1), 0).err().map(|r| r.exceeded);
         assert_eq!(busy, Some(Exceeded::Concurrency { limit: 1 }));
         l.settle(&b, held, Some(50), 0);
         assert_eq!(b.in_flight(), 0);
         assert_eq!(l.levels(&b, 0).tokens.map(|t| t.remaining), Some(950), "refunded to the 50 used");
-        let too_many = l.admit(&b, Demand::chat(400, Some(900)), 0).err().unwrap_or_else(|| panic!("admitted"));
+        let too_many = l.admit(&b, Demand::chat(400, Some(900), 1), 0).err().unwrap_or_else(|| panic!("admitted"));
         assert!(matches!(too_many.exceeded, Exceeded::Tokens { requested: 1000, retry_after: Some(_), .. }));
         assert_eq!(too_many.levels.requests.map(|r| r.remaining), Some(9), "the request unit came back");
         assert_eq!(b.in_flight(), 0, "the slot came back");
@@ -367,7 +368,7 @@ mod tests {
     fn only_an_explicit_output_limit_makes_a_request_too_large() {
         let l = limits(None, Some(1000), None, 1);
         let b = Buckets::default();
-        let refused = l.admit(&b, Demand::chat(40, Some(5000)), 0).err().map(|r| r.exceeded);
+        let refused = l.admit(&b, Demand::chat(40, Some(5000), 1), 0).err().map(|r| r.exceeded);
         assert_eq!(refused, Some(Exceeded::Tokens { limit: 1000, used: 0, requested: 5010, retry_after: None }));
         let defaulted = Demand { input: 10, output: 5000, explicit: false };
         let held = l.admit(&b, defaulted, 0).unwrap_or_else(|e| panic!("{e:?}"));
@@ -387,7 +388,7 @@ mod tests {
     fn headers_say_limit_remaining_and_reset() {
         let l = limits(Some(60), Some(1000), None, 1);
         let b = Buckets::default();
-        let held = l.admit(&b, Demand::chat(40, Some(90)), 0).unwrap_or_else(|e| panic!("{e:?}"));
+        let held = l.admit(&b, Demand::chat(40, Some(90), 1), 0).unwrap_or_else(|e| panic!("{e:?}"));
         let mut h = HeaderMap::new();
         l.write_headers(&held.levels, &mut h);
         let get = |name: &str| h.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();

@@ -98,10 +98,7 @@ fn rate_limits(
     request: &RequestBody<'_>,
     body_bytes: usize,
 ) -> Result<(), ApiError> {
-    let demand = match ctx.record.endpoint {
-        ApiRoute::Embeddings => Demand::embeddings(body_bytes),
-        _ => Demand::chat(body_bytes, max_output_tokens(request)),
-    };
+    let demand = demand(ctx.record.endpoint, request, body_bytes);
     let now = ctx.gw.nanos(ctx.started);
     match limits.admit(&key.state.limits, demand, now) {
         Ok(held) => {
@@ -148,7 +145,10 @@ pub(super) async fn reserve_budget(
     }
     let output = match ctx.record.endpoint {
         ApiRoute::Embeddings => 0,
-        _ => max_output_tokens(request).unwrap_or(key.reserve_output_tokens),
+        endpoint => {
+            let limit = max_output_tokens(request).unwrap_or(key.reserve_output_tokens);
+            limit.saturating_mul(choices(endpoint, request))
+        }
     };
     let amount = plan.max_cost(rt, body_bytes as u64, output);
     let (now_ms, replicas) = (unix_millis(), rt.snapshot.gateway_replicas);
@@ -217,6 +217,29 @@ fn refuse_budget(ctx: &Context, key: &KeyRuntime, refused: BudgetRef<'_>, amount
     ))
 }
 
+/// What a request of `body_bytes` asks of a key's token rate limits:
+/// its estimated input, and its output limit times the completions it asks for.
+pub(super) fn demand(endpoint: ApiRoute, request: &RequestBody<'_>, body_bytes: usize) -> Demand {
+    match endpoint {
+        ApiRoute::Embeddings => Demand::embeddings(body_bytes),
+        _ => Demand::chat(body_bytes, max_output_tokens(request), choices(endpoint, request)),
+    }
+}
+
+/// How many completions a request asks for: a chat completion's `n` (each
+/// completion may produce up to the output limit; OpenAI's API reference,
+/// "Create chat completion", `n`), else 1. Not capped at OpenAI's 128:
+/// self-hosted upstreams take more. A value that is not a positive integer
+/// counts as 1 (the upstream refuses it).
+fn choices(endpoint: ApiRoute, request: &RequestBody<'_>) -> u64 {
+    match endpoint {
+        ApiRoute::ChatCompletions => {
+            request.get("n").and_then(|raw| raw.get().parse::<u64>().ok()).filter(|n| *n > 0).unwrap_or(1)
+        }
+        _ => 1,
+    }
+}
+
 /// The client's output limit: `max_completion_tokens`, else the older
 /// `max_tokens`, else the Responses API's `max_output_tokens` (a `null` or
 /// a non-number counts as not given).
@@ -232,6 +255,21 @@ mod tests {
 
     fn max_output(body: &[u8]) -> Option<u64> {
         RequestBody::parse(body).ok().and_then(|r| max_output_tokens(&r))
+    }
+
+    #[test]
+    fn a_chat_completion_asking_for_n_choices_demands_n_times_its_output() {
+        let demand_of = |endpoint, body: &[u8]| {
+            let request = RequestBody::parse(body).unwrap_or_else(|e| panic!("{e:?}"));
+            demand(endpoint, &request, body.len()).output
+        };
+        let body = br#"{"model":"m","n":3,"max_tokens":10}"#;
+        assert_eq!(demand_of(ApiRoute::ChatCompletions, body), 30);
+        assert_eq!(demand_of(ApiRoute::Messages, body), 10, "Anthropic's Messages API has no `n`");
+        for n in [r#"0"#, r#"-2"#, r#""3""#, r#"1.5"#, r#"null"#] {
+            let body = format!(r#"{{"model":"m","n":{n},"max_tokens":10}}"#);
+            assert_eq!(demand_of(ApiRoute::ChatCompletions, body.as_bytes()), 10, "n = {n} counts as one");
+        }
     }
 
     #[test]

@@ -5,9 +5,9 @@
 use rand::Rng;
 use weaver_crds::routing_policy::Strategy;
 
-use super::admit::max_output_tokens;
+use super::admit::demand;
 use crate::api::{ApiError, ApiRoute, RequestBody};
-use crate::limits::{Demand, Nanos};
+use crate::limits::Nanos;
 use crate::routing::{self, Member, Pick, Policy, Route};
 use crate::state::Runtime;
 
@@ -39,10 +39,7 @@ pub(super) fn plan<'rt>(
     match route.policy.strategy {
         Strategy::CacheAware => facts.prefix = routing::prefix::prefix_hash(request, route.policy.prefix_messages),
         Strategy::LowestCost => {
-            let demand = match endpoint {
-                ApiRoute::Embeddings => Demand::embeddings(body_bytes),
-                _ => Demand::chat(body_bytes, max_output_tokens(request)),
-            };
+            let demand = demand(endpoint, request, body_bytes);
             (facts.input_tokens, facts.output_tokens) = (demand.input, demand.output);
         }
         _ => {}
