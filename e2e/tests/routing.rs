@@ -353,10 +353,13 @@ async fn lower_tiers_and_a_fallback_model_serve_only_when_better_ones_cannot() -
     let up = mocks([Behaviour::default(), Behaviour::default(), Behaviour::default()]).await?;
     let big = channel("big", &up[2], "").replace(&format!("name: {MODEL}}}"), "name: gpt-4o}");
     let settings = "  fallback: [{model: gpt-4o}]\n  retry: {attempts: 3}";
+    // A second key, held to the requested model by its allowlist.
+    let held = api_key("held", HELD_KEY).replace("spec: {}", &format!("spec: {{allowedModels: [{MODEL}]}}"));
     let yaml = channel("main", &up[0], "")
         + &channel("backup", &up[1], "  priority: 1")
         + &big
-        + &policy(&["main", "backup"], settings);
+        + &policy(&["main", "backup"], settings)
+        + &held;
     let bed = Bed::start(&yaml, &[]).await?;
     assert_eq!(ok(&bed.chats(10, 2).await?), 10);
     assert_eq!(up.iter().map(|u| u.requests().len()).collect::<Vec<_>>(), [10, 0, 0], "the best tier serves alone");
@@ -371,8 +374,19 @@ async fn lower_tiers_and_a_fallback_model_serve_only_when_better_ones_cannot() -
     assert_eq!(answer["model"], "gpt-4o", "the fallback model answered, and says so");
     assert_eq!(up[2].requests()[0].body["model"], "gpt-4o", "the fallback model went upstream under its own name");
     assert!(bed.metric("weaver_gateway_fallbacks_total", &["model=\"gpt-4o-mini\""]).await? >= 2.0);
+    // The held key is not served the fallback model it may not use: it gets
+    // its own model's channels' failure.
+    let body = json!({"model": MODEL, "messages": [{"role": "user", "content": "anything"}]});
+    let held =
+        bed.client.post(bed.gateway.url("/v1/chat/completions")).bearer_auth(HELD_KEY).json(&body).send().await?;
+    assert_eq!(held.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(up[2].requests().len(), 1, "the fallback channel saw only the first key's request");
     Ok(())
 }
+
+/// The key of `lower_tiers_and_a_fallback_model_serve_only_when_better_ones_cannot`
+/// that may use the requested model only.
+const HELD_KEY: &str = "lw-held-test-key";
 
 #[tokio::test]
 async fn a_full_channel_sends_to_the_next_and_a_lone_one_queues_boundedly() -> anyhow::Result<()> {

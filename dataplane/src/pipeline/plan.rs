@@ -16,6 +16,8 @@ pub(super) struct Plan<'rt> {
     route: &'rt Route,
     /// Bit i: member i served an attempt of this request.
     tried: u128,
+    /// Bit i: member i serves a fallback model the key may not use.
+    barred: u128,
     facts: routing::Request,
 }
 
@@ -44,7 +46,7 @@ pub(super) fn plan<'rt>(
         }
         _ => {}
     }
-    Ok(Plan { route, tried: 0, facts })
+    Ok(Plan { route, tried: 0, barred: rt.barred_fallbacks(key, route), facts })
 }
 
 impl<'rt> Plan<'rt> {
@@ -59,13 +61,15 @@ impl<'rt> Plan<'rt> {
     /// The most any candidate would charge for `input` and `output` tokens,
     /// in nano-dollars (what a budget reserves before the first attempt).
     pub fn max_cost(&self, _rt: &Runtime, input: u64, output: u64) -> u64 {
-        self.route.members().iter().map(|m| m.prices.cost(input, 0, output).0).max().unwrap_or(0)
+        let candidates = self.route.members().iter().enumerate().filter(|(i, _)| !bit(self.barred, *i));
+        candidates.map(|(_, m)| m.prices.cost(input, 0, output).0).max().unwrap_or(0)
     }
 
     /// The member for the next attempt, passing over `skip`. A first attempt
     /// may panic (serve despite health); a retry goes only where the channel
     /// is fine, to one this request has not tried when there is one.
     pub fn pick(&self, retry: bool, skip: u128, now: Nanos, rng: &mut impl Rng) -> Pick {
+        let skip = skip | self.barred;
         if !retry {
             return self.route.pick(&self.facts, skip, true, now, rng);
         }
@@ -78,7 +82,7 @@ impl<'rt> Plan<'rt> {
 
     /// Whether member `i` served an attempt of this request.
     pub fn tried(&self, i: usize) -> bool {
-        i < 128 && self.tried & (1 << i) != 0
+        bit(self.tried, i)
     }
 
     pub fn mark_tried(&mut self, i: usize) {
@@ -86,4 +90,9 @@ impl<'rt> Plan<'rt> {
             self.tried |= 1 << i;
         }
     }
+}
+
+/// Bit `i` of a member set (members past the 128th are in none).
+fn bit(set: u128, i: usize) -> bool {
+    i < 128 && set & (1 << i) != 0
 }

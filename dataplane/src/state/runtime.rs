@@ -303,6 +303,24 @@ impl Runtime {
         allowed.is_empty() || allowed.iter().any(|g| g.matches(model))
     }
 
+    /// The members of `route` (bit i: member i) that serve a fallback model
+    /// key `key` may not use: a key held to some models (`allowedModels`) is
+    /// not served another through a policy's fallback. 0 without an
+    /// allowlist, or without fallback members.
+    pub fn barred_fallbacks(&self, key: u32, route: &Route) -> u128 {
+        if self.keys[key as usize].allowed.is_empty() {
+            return 0;
+        }
+        let mut barred = 0;
+        for (i, member) in route.members().iter().enumerate().take(128).filter(|(_, m)| m.fallback > 0) {
+            let model = self.channels.get(member.channel as usize).and_then(|c| c.models.get(member.model as usize));
+            if !model.is_some_and(|m| self.model_allowed(key, m.label.as_str())) {
+                barred |= 1 << i;
+            }
+        }
+        barred
+    }
+
     /// The route of a model under a key: `None` when nothing routes the
     /// model (404); without members when its channels are all unusable (503).
     pub fn route(&self, key: u32, model: &str) -> Option<&Route> {
