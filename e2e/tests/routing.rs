@@ -563,6 +563,9 @@ async fn the_channel_test_reports_status_latency_and_first_tokens() -> anyhow::R
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
     let error = response.json::<Value>().await?;
     assert_eq!((&error["error"]["param"], &error["error"]["type"]), (&json!("model"), &json!("invalid_request_error")));
+    let response = test("good", json!({"max_tokens": 100_000_000})).await?;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST, "a test spends little, unmetered");
+    assert_eq!(response.json::<Value>().await?["error"]["param"], "max_tokens");
     let response = bed.client.post(url("good")).bearer_auth(&token).body("{not json").send().await?;
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
     assert_eq!(response.json::<Value>().await?["error"]["code"], "invalid_json");

@@ -26,6 +26,9 @@ pub(crate) const PATH: &str = "/admin/v1/channels/{namespace}/{name}/test";
 pub const DEFAULT_PROMPT: &str = "Say hello in five words.";
 /// The output limit when the request names none, in tokens.
 pub const DEFAULT_MAX_TOKENS: u32 = 16;
+/// The most output tokens a test may ask for: it shows the first tokens of
+/// an answer, and nothing meters what it spends.
+pub const MAX_TEST_TOKENS: u32 = 1024;
 /// The longest a test waits for its answer (less when the channel's `total`
 /// timeout is shorter).
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
@@ -110,6 +113,12 @@ pub(crate) async fn handle(
     })?;
     let prompt = asked.prompt.as_deref().unwrap_or(DEFAULT_PROMPT);
     let max_tokens = asked.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS).max(1);
+    if max_tokens > MAX_TEST_TOKENS {
+        return Err(ApiError::bad_parameter(
+            "max_tokens",
+            format!("a channel test asks for at most {MAX_TEST_TOKENS} output tokens"),
+        ));
+    }
     let outcome = exchange(channel, model, prompt, max_tokens, channel.total.min(MAX_WAIT)).await;
     let health = &channel.state.upstream.health;
     let state = health.state(gw.nanos(Instant::now()));
