@@ -79,6 +79,14 @@ impl Prices {
         self.cost_with_cache_writes(input, cached, 0, output)
     }
 
+    /// The most `input` and `output` tokens can cost: the input at the dearer
+    /// of the input and cache-write prices, since a request may write all of
+    /// its input to the prompt cache (what a budget reserves).
+    pub fn max_cost(&self, input: u64, output: u64) -> Usd {
+        let writes = if self.cache_write_input.is_some_and(|w| w > self.input) { input } else { 0 };
+        self.cost_with_cache_writes(input, 0, writes, output)
+    }
+
     /// [`cost`](Self::cost) where `cache_writes` of the `input` tokens were
     /// written to the prompt cache and are billed at the cache-write price.
     pub fn cost_with_cache_writes(&self, input: u64, cached: u64, cache_writes: u64, output: u64) -> Usd {
@@ -98,6 +106,20 @@ impl Prices {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn the_most_a_request_can_cost_prices_its_input_as_cache_writes_when_dearer() {
+        // Anthropic's Claude Sonnet: $3 input, $3.75 cache writes, $15 output per million.
+        let mut prices = Prices {
+            input: 3_000_000_000,
+            output: 15_000_000_000,
+            cached_input: 300_000_000,
+            cache_write_input: Some(3_750_000_000),
+        };
+        assert_eq!(prices.max_cost(1_000, 100), Usd(3_750_000 + 1_500_000));
+        prices.cache_write_input = None;
+        assert_eq!(prices.max_cost(1_000, 100), Usd(3_000_000 + 1_500_000));
+    }
 
     #[test]
     fn parses_api_amounts() {

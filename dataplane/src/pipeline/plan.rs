@@ -62,7 +62,7 @@ impl<'rt> Plan<'rt> {
     /// in nano-dollars (what a budget reserves before the first attempt).
     pub fn max_cost(&self, _rt: &Runtime, input: u64, output: u64) -> u64 {
         let candidates = self.route.members().iter().enumerate().filter(|(i, _)| !bit(self.barred, *i));
-        candidates.map(|(_, m)| m.prices.cost(input, 0, output).0).max().unwrap_or(0)
+        candidates.map(|(_, m)| m.prices.max_cost(input, output).0).max().unwrap_or(0)
     }
 
     /// The member for the next attempt, passing over `skip`. A first attempt
