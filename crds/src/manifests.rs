@@ -48,10 +48,10 @@ pub enum ManifestError {
     #[error("{at}: {source}")]
     Rejected { at: Position, source: AdmitError },
     /// A second object with the kind, namespace and name of one read before
-    /// (`first` says where, as `path: document N (line L)` or `document N (line L)`).
+    /// (`first` says where, as `path, document N (line L)` or `document N (line L)`).
     #[error(
-        "{at}: {kind} {namespace}/{name} is already defined at {first}: the API server keeps one object \
-         per kind, namespace and name"
+        "{at}: {kind} {namespace}/{name} is already defined in {first} (the API server keeps one object \
+         per kind, namespace and name)"
     )]
     Duplicate { at: Position, kind: String, namespace: String, name: String, first: String },
     /// The object passed its schema but does not fit the Rust types.
@@ -62,8 +62,9 @@ pub enum ManifestError {
 /// An object's identity in the API server: its kind, namespace and name.
 type ObjectKey = (String, String, String);
 
-/// What one text yields: its objects, and each one's identity and position.
-type Read = (Resources, Vec<(ObjectKey, Position)>);
+/// What one text yields: the objects that were admitted, each one's identity
+/// and position, and the errors of the other documents.
+type Read = (Resources, Vec<(ObjectKey, Position)>, Vec<ManifestError>);
 
 /// Adds every Channel, ApiKey, RoutingPolicy, NamespacePolicy and core/v1 Secret of a
 /// (multi-document) YAML text to `into`, defaulting the namespace to
@@ -72,7 +73,10 @@ type Read = (Resources, Vec<(ObjectKey, Position)>);
 /// added, so a half-edited file cannot leave a half-read config. The error is
 /// the text's first; [`Folder::add`] returns them all.
 pub fn parse_into(text: &str, into: &mut Resources) -> Result<usize, ManifestError> {
-    let (mut staged, keys) = read(text).map_err(|mut errors| errors.remove(0))?;
+    let (mut staged, keys, mut errors) = read(text);
+    if !errors.is_empty() {
+        return Err(errors.remove(0));
+    }
     append(into, &mut staged);
     Ok(keys.len())
 }
@@ -85,10 +89,9 @@ fn append(into: &mut Resources, staged: &mut Resources) {
     into.secrets.append(&mut staged.secrets);
 }
 
-/// Reads every document of `text`; the errors are every document's (the first
-/// YAML syntax error ends the text: what follows cannot be split reliably), at
-/// least one.
-fn read(text: &str) -> Result<Read, Vec<ManifestError>> {
+/// Reads every document of `text`, with every document's error (the first
+/// YAML syntax error ends the text: what follows cannot be split reliably).
+fn read(text: &str) -> Read {
     let lines = document_lines(text);
     let mut staged = Resources::default();
     let mut keys: Vec<(ObjectKey, Position)> = Vec::new();
@@ -134,17 +137,14 @@ fn read(text: &str) -> Result<Read, Vec<ManifestError>> {
             Err(e) => errors.push(e),
         }
     }
-    if errors.is_empty() { Ok((staged, keys)) } else { Err(errors) }
+    (staged, keys, errors)
 }
 
 /// Adds `obj` to `list` and returns its identity.
 fn push<K: Resource<DynamicType = ()>>(list: &mut Vec<K>, obj: K) -> ObjectKey {
     let meta = obj.meta();
-    let key = (
-        K::kind(&()).into_owned(),
-        meta.namespace.clone().unwrap_or_default(),
-        meta.name.clone().unwrap_or_default(),
-    );
+    let key =
+        (K::kind(&()).into_owned(), meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default());
     list.push(obj);
     key
 }
@@ -166,16 +166,17 @@ impl Folder {
     /// had. On errors nothing of the text is added and every error of every
     /// document is returned, each once.
     pub fn add(&mut self, path: &Path, text: &str) -> Result<usize, Vec<ManifestError>> {
-        let (mut staged, keys) = read(text)?;
-        let errors: Vec<ManifestError> = keys
+        let (mut staged, keys, mut errors) = read(text);
+        let duplicates = keys
             .iter()
-            .filter_map(|(key, at)| self.seen.get(key).map(|first| ManifestError::duplicate(*at, key, first.clone())))
-            .collect();
+            .filter_map(|(key, at)| self.seen.get(key).map(|first| ManifestError::duplicate(*at, key, first.clone())));
+        errors.extend(duplicates);
         if !errors.is_empty() {
+            errors.sort_by_key(|e| e.position().document);
             return Err(errors);
         }
         for (key, at) in &keys {
-            self.seen.insert(key.clone(), format!("{}: {at}", path.display()));
+            self.seen.insert(key.clone(), format!("{}, {at}", path.display()));
         }
         append(&mut self.resources, &mut staged);
         Ok(keys.len())
@@ -190,6 +191,17 @@ impl Folder {
 }
 
 impl ManifestError {
+    /// The document the error is about.
+    pub fn position(&self) -> Position {
+        match self {
+            Self::Yaml { at, .. }
+            | Self::NotAnObject { at }
+            | Self::Rejected { at, .. }
+            | Self::Duplicate { at, .. }
+            | Self::Invalid { at, .. } => *at,
+        }
+    }
+
     fn duplicate(at: Position, (kind, namespace, name): &ObjectKey, first: String) -> Self {
         Self::Duplicate { at, kind: kind.clone(), namespace: namespace.clone(), name: name.clone(), first }
     }
@@ -353,7 +365,9 @@ mod tests {
         assert_eq!(errors.len(), 3, "{errors:?}");
         assert!(errors[0].starts_with("document 1 (line 1): Channel.llmweaver.io \"c\" is invalid: spec.weight"));
         assert!(errors[1].starts_with("document 2 (line 5): not a Kubernetes object"));
-        assert!(errors[2].starts_with("document 3 (line 7): ApiKey.llmweaver.io \"Bad_Name!\" is invalid: metadata.name"));
+        assert!(
+            errors[2].starts_with("document 3 (line 7): ApiKey.llmweaver.io \"Bad_Name!\" is invalid: metadata.name")
+        );
     }
 
     #[test]
@@ -362,13 +376,13 @@ mod tests {
         assert_eq!(folder.add(Path::new("keys/a.yaml"), &key("demo"))?, 1);
         assert_eq!(
             folder_errors(&mut folder, "keys/b.yaml", &format!("---\n{}", key("demo"))),
-            ["document 1 (line 1): ApiKey default/demo is already defined at keys/a.yaml: document 1 (line 1): \
-              the API server keeps one object per kind, namespace and name"]
+            ["document 1 (line 1): ApiKey default/demo is already defined in keys/a.yaml, document 1 (line 1) \
+              (the API server keeps one object per kind, namespace and name)"]
         );
         assert_eq!(folder.resources.api_keys.len(), 1, "the refused text added nothing");
         let twice = format!("{}---\n{}", key("other"), key("other"));
         let errors = folder_errors(&mut folder, "c.yaml", &twice);
-        assert!(errors[0].contains("ApiKey default/other is already defined at document 1 (line 1)"), "{errors:?}");
+        assert!(errors[0].contains("ApiKey default/other is already defined in document 1 (line 1)"), "{errors:?}");
         // The same name in another namespace, or of another kind, is another object.
         let elsewhere = key("demo").replace("{name: demo}", "{name: demo, namespace: team-a}");
         let channel = CHANNEL.replace("20000", "1").replace("name: c", "name: demo");
@@ -381,7 +395,10 @@ mod tests {
     fn secrets_get_the_name_rules_but_keep_their_fields() {
         let secret = "apiVersion: v1\nkind: Secret\nmetadata: {name: Creds}\nstringData: {apiKey: x}\n";
         let errors = folder_errors(&mut Folder::default(), "s.yaml", secret);
-        assert!(errors[0].starts_with("document 1 (line 1): Secret \"Creds\" is invalid: metadata.name: "), "{errors:?}");
+        assert!(
+            errors[0].starts_with("document 1 (line 1): Secret \"Creds\" is invalid: metadata.name: "),
+            "{errors:?}"
+        );
         let mut folder = Folder::default();
         assert!(folder.add(Path::new("s.yaml"), &secret.replace("Creds", "creds")).is_ok());
         assert_eq!(folder.objects(), 0, "a Secret alone configures nothing");

@@ -204,7 +204,11 @@ pub fn admit<K: Resource<DynamicType = ()>>(object: &mut Value) -> Result<(), Ad
     }
     if !unknown.is_empty() {
         unknown.sort();
-        return Err(AdmitError::UnknownFields { kind: schema.kind.clone(), version: schema.version.clone(), fields: unknown });
+        return Err(AdmitError::UnknownFields {
+            kind: schema.kind.clone(),
+            version: schema.version.clone(),
+            fields: unknown,
+        });
     }
     if schema.status_subresource
         && let Some(fields) = object.as_object_mut()
