@@ -48,12 +48,12 @@ pub enum ManifestError {
     #[error("{at}: {source}")]
     Rejected { at: Position, source: AdmitError },
     /// A second object with the kind, namespace and name of one read before
-    /// (`first` says where, as `path, document N (line L)` or `document N (line L)`).
+    /// (`object`, as `ApiKey team-a/app`; `first` says where, as `path, document N (line L)` or `document N (line L)`).
     #[error(
-        "{at}: {kind} {namespace}/{name} is already defined in {first} (the API server keeps one object \
-         per kind, namespace and name)"
+        "{at}: {object} is already defined in {first} (the API server keeps one object per kind, \
+         namespace and name)"
     )]
-    Duplicate { at: Position, kind: String, namespace: String, name: String, first: String },
+    Duplicate { at: Position, object: String, first: String },
     /// The object passed its schema but does not fit the Rust types.
     #[error("{at} ({kind} {name}): {source}")]
     Invalid { at: Position, kind: String, name: String, source: serde_json::Error },
@@ -203,7 +203,7 @@ impl ManifestError {
     }
 
     fn duplicate(at: Position, (kind, namespace, name): &ObjectKey, first: String) -> Self {
-        Self::Duplicate { at, kind: kind.clone(), namespace: namespace.clone(), name: name.clone(), first }
+        Self::Duplicate { at, object: format!("{kind} {namespace}/{name}"), first }
     }
 }
 

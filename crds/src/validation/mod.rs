@@ -130,7 +130,7 @@ pub enum AdmitError {
         "{kind} in version {version:?} cannot be handled as a {kind}: strict decoding error: {}",
         .fields.iter().map(|f| format!("unknown field {}", go_fmt::quote(f))).collect::<Vec<_>>().join(", ")
     )]
-    UnknownFields { kind: String, version: String, fields: Vec<String> },
+    UnknownFields { kind: &'static str, version: &'static str, fields: Vec<String> },
     /// Not one of the kinds in [`crdgen::crds`].
     #[error("no CRD for kind {0}")]
     UnknownKind(String),
@@ -204,11 +204,7 @@ pub fn admit<K: Resource<DynamicType = ()>>(object: &mut Value) -> Result<(), Ad
     }
     if !unknown.is_empty() {
         unknown.sort();
-        return Err(AdmitError::UnknownFields {
-            kind: schema.kind.clone(),
-            version: schema.version.clone(),
-            fields: unknown,
-        });
+        return Err(AdmitError::UnknownFields { kind: &schema.kind, version: &schema.version, fields: unknown });
     }
     if schema.status_subresource
         && let Some(fields) = object.as_object_mut()

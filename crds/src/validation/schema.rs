@@ -507,6 +507,29 @@ mod tests {
     }
 
     #[test]
+    fn unknown_members_respect_preserve_unknown_fields_and_additional_properties() -> Result<(), SchemaError> {
+        let node = build(json!({"type": "object", "properties": {
+            "open": {"type": "object", "x-kubernetes-preserve-unknown-fields": true,
+                     "properties": {"known": {"type": "object", "properties": {}}}},
+            "map": {"type": "object", "additionalProperties": {"type": "object", "properties": {"a": {"type": "string"}}}},
+            "list": {"type": "array", "items": {"type": "object", "properties": {"a": {"type": "string"}}}},
+        }}))?;
+        let value = json!({
+            "open": {"anything": 1, "known": {"typo": 1}},
+            "map": {"k": {"a": "x", "b": "y"}},
+            "list": [{"a": "x"}, {"c": 1}],
+            "extra": true,
+        });
+        let mut out = Vec::new();
+        for (k, v) in value.as_object().into_iter().flatten() {
+            node.unknown_member(k, v, "spec", &mut out);
+        }
+        out.sort();
+        assert_eq!(out, ["spec.extra", "spec.list[1].c", "spec.map.k.b", "spec.open.known.typo"]);
+        Ok(())
+    }
+
+    #[test]
     fn transition_rules_are_left_to_updates() -> Result<(), SchemaError> {
         let rules = json!([{"rule": "self == oldSelf", "message": "immutable"}, {"rule": "size(self) > 0"}]);
         let node = build(json!({"type": "string", "x-kubernetes-validations": rules}))?;
