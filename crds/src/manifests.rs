@@ -3,6 +3,7 @@
 //! admitted against its CRD ([`crate::validation`]) before it is taken.
 
 use std::fmt;
+use std::path::Path;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::Resource;
@@ -46,47 +47,164 @@ pub enum ManifestError {
     /// The API server would refuse the object; the message is its answer.
     #[error("{at}: {source}")]
     Rejected { at: Position, source: AdmitError },
+    /// A second object with the kind, namespace and name of one read before
+    /// (`object`, as `ApiKey team-a/app`; `first` says where, as `path, document N (line L)` or `document N (line L)`).
+    #[error(
+        "{at}: {object} is already defined in {first} (the API server keeps one object per kind, \
+         namespace and name)"
+    )]
+    Duplicate { at: Position, object: String, first: String },
     /// The object passed its schema but does not fit the Rust types.
     #[error("{at} ({kind} {name}): {source}")]
     Invalid { at: Position, kind: String, name: String, source: serde_json::Error },
 }
 
+/// An object's identity in the API server: its kind, namespace and name.
+type ObjectKey = (String, String, String);
+
+/// What one text yields: the objects that were admitted, each one's identity
+/// and position, and the errors of the other documents.
+type Read = (Resources, Vec<(ObjectKey, Position)>, Vec<ManifestError>);
+
 /// Adds every Channel, ApiKey, RoutingPolicy, NamespacePolicy and core/v1 Secret of a
 /// (multi-document) YAML text to `into`, defaulting the namespace to
 /// `default`. Other kinds are skipped, so a folder may hold any manifests.
 /// Returns how many documents were taken; on error nothing of this text is
-/// added, so a half-edited file cannot leave a half-read config.
+/// added, so a half-edited file cannot leave a half-read config. The error is
+/// the text's first; [`Folder::add`] returns them all.
 pub fn parse_into(text: &str, into: &mut Resources) -> Result<usize, ManifestError> {
-    let lines = document_lines(text);
-    let mut staged = Resources::default();
-    let mut taken = 0;
-    for (index, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let at = Position { document: index + 1, line: lines.get(index).copied() };
-        let mut value = Value::deserialize(doc).map_err(|source| ManifestError::Yaml { at, source })?;
-        if value.is_null() {
-            continue;
-        }
-        if !value.is_object() {
-            return Err(ManifestError::NotAnObject { at });
-        }
-        integral_floats_to_integers(&mut value);
-        let field = |key: &str| value.get(key).and_then(Value::as_str).unwrap_or_default().to_owned();
-        match (field("apiVersion").as_str(), field("kind").as_str()) {
-            ("llmweaver.io/v1alpha1", "Channel") => staged.channels.push(admitted(value, at)?),
-            ("llmweaver.io/v1alpha1", "ApiKey") => staged.api_keys.push(admitted(value, at)?),
-            ("llmweaver.io/v1alpha1", "RoutingPolicy") => staged.routing_policies.push(admitted(value, at)?),
-            ("llmweaver.io/v1alpha1", "NamespacePolicy") => staged.namespace_policies.push(admitted(value, at)?),
-            ("v1", "Secret") => staged.secrets.push(decoded::<Secret>(value, at)?),
-            _ => continue,
-        }
-        taken += 1;
+    let (mut staged, keys, mut errors) = read(text);
+    if !errors.is_empty() {
+        return Err(errors.remove(0));
     }
+    append(into, &mut staged);
+    Ok(keys.len())
+}
+
+fn append(into: &mut Resources, staged: &mut Resources) {
     into.channels.append(&mut staged.channels);
     into.api_keys.append(&mut staged.api_keys);
     into.routing_policies.append(&mut staged.routing_policies);
     into.namespace_policies.append(&mut staged.namespace_policies);
     into.secrets.append(&mut staged.secrets);
-    Ok(taken)
+}
+
+/// Reads every document of `text`, with every document's error (the first
+/// YAML syntax error ends the text: what follows cannot be split reliably).
+fn read(text: &str) -> Read {
+    let lines = document_lines(text);
+    let mut staged = Resources::default();
+    let mut keys: Vec<(ObjectKey, Position)> = Vec::new();
+    let mut errors = Vec::new();
+    for (index, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let at = Position { document: index + 1, line: lines.get(index).copied() };
+        let mut value = match Value::deserialize(doc) {
+            Ok(value) => value,
+            Err(source) => {
+                errors.push(ManifestError::Yaml { at, source });
+                break;
+            }
+        };
+        if value.is_null() {
+            continue;
+        }
+        if !value.is_object() {
+            errors.push(ManifestError::NotAnObject { at });
+            continue;
+        }
+        integral_floats_to_integers(&mut value);
+        let field = |key: &str| value.get(key).and_then(Value::as_str).unwrap_or_default().to_owned();
+        let key = match (field("apiVersion").as_str(), field("kind").as_str()) {
+            ("llmweaver.io/v1alpha1", "Channel") => admitted(value, at).map(|o| push(&mut staged.channels, o)),
+            ("llmweaver.io/v1alpha1", "ApiKey") => admitted(value, at).map(|o| push(&mut staged.api_keys, o)),
+            ("llmweaver.io/v1alpha1", "RoutingPolicy") => {
+                admitted(value, at).map(|o| push(&mut staged.routing_policies, o))
+            }
+            ("llmweaver.io/v1alpha1", "NamespacePolicy") => {
+                admitted(value, at).map(|o| push(&mut staged.namespace_policies, o))
+            }
+            ("v1", "Secret") => validation::admit_metadata(&value, "Secret")
+                .map_err(|source| ManifestError::Rejected { at, source })
+                .and_then(|()| decoded::<Secret>(value, at))
+                .map(|o| push(&mut staged.secrets, o)),
+            _ => continue,
+        };
+        match key {
+            Ok(key) => match keys.iter().find(|(k, _)| *k == key) {
+                Some((_, first)) => errors.push(ManifestError::duplicate(at, &key, first.to_string())),
+                None => keys.push((key, at)),
+            },
+            Err(e) => errors.push(e),
+        }
+    }
+    (staged, keys, errors)
+}
+
+/// Adds `obj` to `list` and returns its identity.
+fn push<K: Resource<DynamicType = ()>>(list: &mut Vec<K>, obj: K) -> ObjectKey {
+    let meta = obj.meta();
+    let key =
+        (K::kind(&()).into_owned(), meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default());
+    list.push(obj);
+    key
+}
+
+/// The objects of several manifest files, read as `kubectl apply -f DIR`
+/// sends them to one API server: each kind, namespace and name names one
+/// object, so a second document with the same identity is an error naming
+/// both places (the API server would keep only one of them).
+#[derive(Default)]
+pub struct Folder {
+    /// Every object read so far.
+    pub resources: Resources,
+    /// Where each object was read.
+    seen: std::collections::HashMap<ObjectKey, String>,
+}
+
+impl Folder {
+    /// Adds the objects of `text`, read from `path`, and returns how many it
+    /// had. On errors nothing of the text is added and every error of every
+    /// document is returned, each once.
+    pub fn add(&mut self, path: &Path, text: &str) -> Result<usize, Vec<ManifestError>> {
+        let (mut staged, keys, mut errors) = read(text);
+        let duplicates = keys
+            .iter()
+            .filter_map(|(key, at)| self.seen.get(key).map(|first| ManifestError::duplicate(*at, key, first.clone())));
+        errors.extend(duplicates);
+        if !errors.is_empty() {
+            errors.sort_by_key(|e| e.position().document);
+            return Err(errors);
+        }
+        for (key, at) in &keys {
+            self.seen.insert(key.clone(), format!("{}, {at}", path.display()));
+        }
+        append(&mut self.resources, &mut staged);
+        Ok(keys.len())
+    }
+
+    /// How many Channels, ApiKeys, RoutingPolicies and NamespacePolicies were
+    /// read (Secrets alone configure nothing).
+    pub fn objects(&self) -> usize {
+        let r = &self.resources;
+        r.channels.len() + r.api_keys.len() + r.routing_policies.len() + r.namespace_policies.len()
+    }
+}
+
+impl ManifestError {
+    /// The document the error is about.
+    pub fn position(&self) -> Position {
+        match self {
+            Self::Yaml { at, .. }
+            | Self::NotAnObject { at }
+            | Self::Rejected { at, .. }
+            | Self::Duplicate { at, .. }
+            | Self::Invalid { at, .. } => *at,
+        }
+    }
+
+    fn duplicate(at: Position, (kind, namespace, name): &ObjectKey, first: String) -> Self {
+        Self::Duplicate { at, object: format!("{kind} {namespace}/{name}"), first }
+    }
 }
 
 /// One of our kinds, after the admission the API server would give it.
@@ -227,5 +345,62 @@ mod tests {
             error("hello\n"),
             "document 1 (line 1): not a Kubernetes object (a mapping with apiVersion and kind)"
         );
+    }
+
+    fn key(name: &str) -> String {
+        format!("apiVersion: llmweaver.io/v1alpha1\nkind: ApiKey\nmetadata: {{name: {name}}}\nspec: {{}}\n")
+    }
+
+    fn folder_errors(folder: &mut Folder, path: &str, text: &str) -> Vec<String> {
+        match folder.add(Path::new(path), text) {
+            Ok(n) => panic!("expected errors, took {n} documents"),
+            Err(errors) => errors.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn every_document_is_reported_once() {
+        let text = format!("{CHANNEL}---\nhello\n---\n{}", key("Bad_Name!"));
+        let errors = folder_errors(&mut Folder::default(), "a.yaml", &text);
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(errors[0].starts_with("document 1 (line 1): Channel.llmweaver.io \"c\" is invalid: spec.weight"));
+        assert!(errors[1].starts_with("document 2 (line 5): not a Kubernetes object"));
+        assert!(
+            errors[2].starts_with("document 3 (line 7): ApiKey.llmweaver.io \"Bad_Name!\" is invalid: metadata.name")
+        );
+    }
+
+    #[test]
+    fn an_object_is_defined_once_per_kind_namespace_and_name() -> Result<(), Vec<ManifestError>> {
+        let mut folder = Folder::default();
+        assert_eq!(folder.add(Path::new("keys/a.yaml"), &key("demo"))?, 1);
+        assert_eq!(
+            folder_errors(&mut folder, "keys/b.yaml", &format!("---\n{}", key("demo"))),
+            ["document 1 (line 1): ApiKey default/demo is already defined in keys/a.yaml, document 1 (line 1) \
+              (the API server keeps one object per kind, namespace and name)"]
+        );
+        assert_eq!(folder.resources.api_keys.len(), 1, "the refused text added nothing");
+        let twice = format!("{}---\n{}", key("other"), key("other"));
+        let errors = folder_errors(&mut folder, "c.yaml", &twice);
+        assert!(errors[0].contains("ApiKey default/other is already defined in document 1 (line 1)"), "{errors:?}");
+        // The same name in another namespace, or of another kind, is another object.
+        let elsewhere = key("demo").replace("{name: demo}", "{name: demo, namespace: team-a}");
+        let channel = CHANNEL.replace("20000", "1").replace("name: c", "name: demo");
+        assert_eq!(folder.add(Path::new("d.yaml"), &format!("{elsewhere}---\n{channel}"))?, 2);
+        assert_eq!(folder.objects(), 3);
+        Ok(())
+    }
+
+    #[test]
+    fn secrets_get_the_name_rules_but_keep_their_fields() {
+        let secret = "apiVersion: v1\nkind: Secret\nmetadata: {name: Creds}\nstringData: {apiKey: x}\n";
+        let errors = folder_errors(&mut Folder::default(), "s.yaml", secret);
+        assert!(
+            errors[0].starts_with("document 1 (line 1): Secret \"Creds\" is invalid: metadata.name: "),
+            "{errors:?}"
+        );
+        let mut folder = Folder::default();
+        assert!(folder.add(Path::new("s.yaml"), &secret.replace("Creds", "creds")).is_ok());
+        assert_eq!(folder.objects(), 0, "a Secret alone configures nothing");
     }
 }

@@ -215,6 +215,23 @@ pub enum RunError {
     ChannelTest(#[from] crate::probe::cli::ChannelTestError),
 }
 
+/// An error and its causes on one line, each cause once: the messages
+/// already quote their source, so `anyhow`'s `Caused by:` list would repeat
+/// every message (three or four times for a manifest problem).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let shown = c.to_string();
+        if !text.contains(&shown) {
+            text.push_str(": ");
+            text.push_str(&shown);
+        }
+        cause = c.source();
+    }
+    text
+}
+
 /// A gateway that is listening.
 pub struct Started {
     /// The bound client address (useful with port 0).
@@ -466,12 +483,15 @@ pub async fn run(args: Args, shutdown: impl Future<Output = ()> + Send + 'static
         return Ok(());
     }
     if let Some(dir) = &args.check {
-        let problems = manifests::check(dir)?;
+        let (errors, problems) = manifests::check(dir)?;
+        for e in &errors {
+            println!("{e}");
+        }
         for p in &problems {
             println!("{p}");
         }
-        if !problems.is_empty() {
-            return Err(RunError::Problems(problems.len()));
+        if !(errors.is_empty() && problems.is_empty()) {
+            return Err(RunError::Problems(errors.len() + problems.len()));
         }
         println!("{}: no problems", dir.display());
         return Ok(());
@@ -489,6 +509,15 @@ mod tests {
         assert!(parse(&["--admin-token", "t", "--admin-token-file", "f"]).is_err());
         let args = parse(&["--admin-token", "s3cret-value"]);
         assert!(args.is_ok_and(|a| !format!("{a:?}").contains("s3cret-value")));
+    }
+
+    #[test]
+    fn errors_print_each_cause_once() {
+        let io = std::io::Error::other("disk on fire");
+        let load = LoadError::Io { path: "dir".into(), source: io };
+        assert_eq!(error_chain(&RunError::Load(load)), "cannot load the manifests: cannot read dir: disk on fire");
+        let mute = RunError::Listen { addr: ([127, 0, 0, 1], 1).into(), source: std::io::Error::other("busy") };
+        assert_eq!(error_chain(&mute), "cannot listen on 127.0.0.1:1: busy");
     }
 
     #[test]

@@ -114,3 +114,18 @@ def test_invalid_object_is_rejected(api, namespace, case):
     assert body.get("reason") == "Invalid", describe(resp)
     got = causes(body.get("details", {}).get("causes", []))
     assert got == causes(case["errors"]), f"{INVALID_FILE.name} {case['id']}: the API server answered {got}"
+
+
+def test_unknown_fields_are_refused_with_strict_field_validation(api, namespace):
+    # kubectl asks for strict field validation by default; standalone loading
+    # refuses the same fields with the same words (crds/src/validation/mod.rs,
+    # unknown_fields_are_refused_as_strict_field_validation_does).
+    obj = manifest("ApiKey", {"budgte": {"limit": "1"}, "ratelimit": {}})
+    obj["metadata"]["lables"] = {}
+    obj["metadata"]["namespace"] = namespace
+    resp = api.post(resource_path(namespace, "ApiKey") + "?fieldValidation=Strict", obj)
+    assert resp.status_code == 400, describe(resp)
+    assert resp.json()["message"] == (
+        'ApiKey in version "v1alpha1" cannot be handled as a ApiKey: strict decoding error: '
+        'unknown field "metadata.lables", unknown field "spec.budgte", unknown field "spec.ratelimit"'
+    ), describe(resp)

@@ -427,6 +427,23 @@ async fn manifest_edits_apply_without_failing_requests_and_broken_edits_change_n
     eventually("the broken YAML is rejected", || async { load_errors().await == errors_before + 1.0 }).await?;
     s.gateway.rewrite(&widened.replace("name: upstream-creds}", "name: missing-creds}"))?;
     eventually("the dangling reference is rejected", || async { load_errors().await == errors_before + 2.0 }).await?;
+    // What the API server would refuse: a second Channel `primary` (the compiler
+    // alone saw no problem in it), an unknown field, a name that is not a DNS
+    // subdomain; and a folder left with no objects.
+    let channel = widened.split("---\n").find(|doc| doc.contains("kind: Channel")).unwrap_or_default();
+    assert!(channel.contains("name: primary"), "the fixture's channel: {channel}");
+    let unknown = widened.replace("secretRef: {name: client-key}", "secretRef: {name: client-key}\n  budgte: {}");
+    let broken = [
+        format!("{widened}---\n{channel}"),
+        unknown,
+        widened.replace("name: checkout", "name: Bad_Name!"),
+        String::new(),
+    ];
+    for (i, edit) in broken.iter().enumerate() {
+        s.gateway.rewrite(edit)?;
+        let want = errors_before + 3.0 + i as f64;
+        eventually(&format!("broken edit {i} is rejected"), || async { load_errors().await == want }).await?;
+    }
     assert_eq!(s.post("/v1/embeddings", &embed).await?.status(), StatusCode::OK);
     assert_eq!(sample(&s.metrics().await?, "weaver_gateway_snapshot_version"), 2.0);
 

@@ -10,21 +10,22 @@
 //! (apiextensions-apiserver `customresource_handler.go` and
 //! `registry/customresource/strategy.go`):
 //!
-//! 1. `status` is dropped (the status subresource resets it on create);
-//! 2. nulls the schema does not allow are dropped, then defaults are applied;
-//! 3. the OpenAPI value checks (`type`, `enum`, `minimum`, `maxLength`,
+//! 1. members the schema does not declare are refused, as kubectl's default
+//!    strict field validation has the API server do (`unknown field
+//!    "spec.budgte"`); `metadata` is checked against `ObjectMeta`;
+//! 2. `status` is dropped (the status subresource resets it on create);
+//! 3. nulls the schema does not allow are dropped, then defaults are applied;
+//! 4. the name and namespace syntax ([`metadata`]), then the OpenAPI value checks (`type`, `enum`, `minimum`, `maxLength`,
 //!    `pattern`, `required`...);
-//! 4. unique keys in lists of `x-kubernetes-list-type: map`;
-//! 5. the CEL rules, unless step 3 found a violation that makes them
+//! 5. unique keys in lists of `x-kubernetes-list-type: map`;
+//! 6. the CEL rules, unless step 3 found a violation that makes them
 //!    meaningless (a wrong type, a missing field, an unsupported enum value,
 //!    too long or too many): then, as the API server does, a note says some
 //!    rules were not checked.
-//!
-//! Not mirrored: `metadata` checks (name syntax and such), which the API server
-//! makes for every kind and no CRD describes.
 
 mod cel_env;
 mod go_fmt;
+mod metadata;
 mod schema;
 
 use std::fmt;
@@ -121,6 +122,15 @@ pub enum AdmitError {
     /// The object breaks its schema or rules.
     #[error("{0}")]
     Rejected(Rejection),
+    /// The object has members its schema does not declare (paths such as
+    /// `spec.budgte`, sorted). Worded as the API server's answer to a request
+    /// with strict field validation (apiextensions-apiserver
+    /// `customresource_handler.go`, `strict decoding error`).
+    #[error(
+        "{kind} in version {version:?} cannot be handled as a {kind}: strict decoding error: {}",
+        .fields.iter().map(|f| format!("unknown field {}", go_fmt::quote(f))).collect::<Vec<_>>().join(", ")
+    )]
+    UnknownFields { kind: &'static str, version: &'static str, fields: Vec<String> },
     /// Not one of the kinds in [`crdgen::crds`].
     #[error("no CRD for kind {0}")]
     UnknownKind(String),
@@ -132,6 +142,7 @@ pub enum AdmitError {
 /// What is needed to admit one kind.
 struct KindSchema {
     kind: String,
+    version: String,
     group_kind: String,
     status_subresource: bool,
     validator: jsonschema::Validator,
@@ -164,6 +175,7 @@ impl Admission {
                 .build(&json_schema)
                 .map_err(|e| SchemaError::JsonSchema { kind: kind.clone(), message: e.to_string() })?;
             kinds.push(KindSchema {
+                version: version.map(|v| v.name.clone()).unwrap_or_default(),
                 group_kind: format!("{kind}.{}", crd.spec.group),
                 status_subresource: version.and_then(|v| v.subresources.as_ref()).is_some_and(|s| s.status.is_some()),
                 kind,
@@ -182,6 +194,18 @@ pub fn admit<K: Resource<DynamicType = ()>>(object: &mut Value) -> Result<(), Ad
     let admission = ADMISSION.as_ref().map_err(AdmitError::Schema)?;
     let kind = K::kind(&());
     let schema = admission.kinds.iter().find(|k| k.kind == kind).ok_or_else(|| AdmitError::UnknownKind(kind.into()))?;
+    let mut unknown = Vec::new();
+    for (key, value) in object.as_object().into_iter().flatten() {
+        match key.as_str() {
+            "apiVersion" | "kind" => {}
+            "metadata" => metadata::unknown_fields(value, &mut unknown),
+            _ => schema.root.unknown_member(key, value, "", &mut unknown),
+        }
+    }
+    if !unknown.is_empty() {
+        unknown.sort();
+        return Err(AdmitError::UnknownFields { kind: &schema.kind, version: &schema.version, fields: unknown });
+    }
     if schema.status_subresource
         && let Some(fields) = object.as_object_mut()
     {
@@ -189,8 +213,8 @@ pub fn admit<K: Resource<DynamicType = ()>>(object: &mut Value) -> Result<(), Ad
     }
     schema.root.prune_nulls(object);
     schema.root.apply_defaults(object);
-    let mut errors: Vec<FieldError> =
-        schema.validator.iter_errors(object).map(|e| schema.root.field_error(&e)).collect();
+    let mut errors = metadata::check(object);
+    errors.extend(schema.validator.iter_errors(object).map(|e| schema.root.field_error(&e)));
     schema.root.check_list_maps(object, "", &mut errors);
     if errors.iter().any(|e| e.blocking) {
         errors.push(FieldError::new("<nil>", format!("Invalid value: null: {NOT_CHECKED}"), false));
@@ -202,6 +226,18 @@ pub fn admit<K: Resource<DynamicType = ()>>(object: &mut Value) -> Result<(), Ad
     }
     let name = object.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_owned();
     Err(AdmitError::Rejected(Rejection { group_kind: schema.group_kind.clone(), name, errors }))
+}
+
+/// Checks what the API server checks of every object's `metadata` (name and
+/// namespace syntax, [`metadata`]), for kinds with no CRD here such as
+/// Secrets; `group_kind` names the kind in the message (`Secret` for core/v1).
+pub fn admit_metadata(object: &Value, group_kind: &str) -> Result<(), AdmitError> {
+    let errors = metadata::check(object);
+    if errors.is_empty() {
+        return Ok(());
+    }
+    let name = object.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_owned();
+    Err(AdmitError::Rejected(Rejection { group_kind: group_kind.to_owned(), name, errors }))
 }
 
 /// The API server's note when CEL rules were skipped (`hasBlockingErr`).
@@ -273,6 +309,47 @@ mod tests {
                 "spec.rotationGracePeriod: Invalid value: \"soon\": must be a duration such as 500ms, 30s, 5m or 1h30m",
             ]
         );
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_as_strict_field_validation_does() {
+        let mut object = json!({
+            "apiVersion": "llmweaver.io/v1alpha1", "kind": "ApiKey",
+            "metadata": {"name": "k", "labels": {"a": "b"}, "annotations": {"c": "d"}, "lables": {}},
+            "spec": {"budgte": {"limit": "1"}, "ratelimit": {}, "ipAllowlist": ["10.0.0.0/8"]},
+        });
+        let e = admit::<ApiKey>(&mut object).map_err(|e| e.to_string());
+        assert_eq!(
+            e,
+            Err("ApiKey in version \"v1alpha1\" cannot be handled as a ApiKey: strict decoding error: \
+                 unknown field \"metadata.lables\", unknown field \"spec.budgte\", unknown field \"spec.ratelimit\""
+                .to_owned())
+        );
+        let mut nested = json!({
+            "apiVersion": "llmweaver.io/v1alpha1", "kind": "Channel", "metadata": {"name": "c"},
+            "spec": {"provider": "openai", "models": [{"name": "m", "alias": "x"}], "headers": {"X-Any": "v"}},
+        });
+        let e = admit::<Channel>(&mut nested).map_err(|e| e.to_string());
+        assert!(e.as_ref().is_err_and(|e| e.ends_with("unknown field \"spec.models[0].alias\"")), "{e:?}");
+        if let Some(models) = nested.pointer_mut("/spec/models/0") {
+            models.as_object_mut().map(|m| m.remove("alias"));
+        }
+        assert!(admit::<Channel>(&mut nested).is_ok(), "additionalProperties (headers) take any member");
+    }
+
+    #[test]
+    fn names_are_checked_with_the_schema() {
+        let object = json!({
+            "apiVersion": "llmweaver.io/v1alpha1", "kind": "Channel", "metadata": {"name": "Bad_Name!"},
+            "spec": {"provider": "openai", "models": [{"name": "m"}], "weight": 20000},
+        });
+        let errors = rejected::<Channel>(object);
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[0].starts_with("metadata.name: Invalid value: \"Bad_Name!\": a lowercase RFC 1123 subdomain"));
+        assert!(errors[1].starts_with("spec.weight: Invalid value: 20000"));
+        assert!(admit_metadata(&json!({"metadata": {"name": "creds"}}), "Secret").is_ok());
+        let e = admit_metadata(&json!({"metadata": {"name": "creds", "namespace": "Not A NS"}}), "Secret");
+        assert!(e.is_err_and(|e| e.to_string().starts_with("Secret \"creds\" is invalid: metadata.namespace: ")));
     }
 
     #[test]

@@ -28,6 +28,9 @@ pub(super) struct Node {
     items: Option<Box<Node>>,
     /// `x-kubernetes-list-map-keys` of a list of `x-kubernetes-list-type: map`.
     map_keys: Option<Vec<String>>,
+    /// `x-kubernetes-preserve-unknown-fields: true`: members the schema does
+    /// not declare are kept, not pruned.
+    preserve_unknown: bool,
     rules: Vec<Rule>,
 }
 
@@ -61,7 +64,7 @@ const VALUE_KEYWORDS: &[&str] = &[
 ];
 
 /// Kubernetes extensions that change nothing when an object is created.
-const NO_OP_EXTENSIONS: &[&str] = &["x-kubernetes-map-type", "x-kubernetes-preserve-unknown-fields"];
+const NO_OP_EXTENSIONS: &[&str] = &["x-kubernetes-map-type"];
 
 impl Node {
     /// Reads a structural schema (`openAPIV3Schema`) and returns its tree and
@@ -130,6 +133,7 @@ impl Node {
                     other => return Err(unsupported(format!("x-kubernetes-list-type {other:?}"))),
                 },
                 "x-kubernetes-list-map-keys" => {}
+                "x-kubernetes-preserve-unknown-fields" => node.preserve_unknown = value == &Value::Bool(true),
                 k if NO_OP_EXTENSIONS.contains(&k) => {}
                 other => return Err(unsupported(format!("the keyword {other:?}"))),
             }
@@ -140,6 +144,35 @@ impl Node {
     /// The schema of the member `name` of an object of this schema.
     fn member(&self, name: &str) -> Option<&Node> {
         self.properties.get(name).or(self.additional.as_deref())
+    }
+
+    /// Adds to `out` the path of every member under `value`, the member `key`
+    /// of an object at `path`, that the schema does not declare: what the API
+    /// server's pruning removes (apiextensions-apiserver `pruning.PruneWithOptions`
+    /// with `ReturnPruned`) and strict field validation, kubectl's default since
+    /// Kubernetes 1.27, refuses. Members kept by `additionalProperties` or
+    /// `x-kubernetes-preserve-unknown-fields` are not unknown.
+    pub(super) fn unknown_member(&self, key: &str, value: &Value, path: &str, out: &mut Vec<String>) {
+        let path = child(path, key);
+        match self.member(key) {
+            Some(node) => node.unknown_fields(value, &path, out),
+            None if self.preserve_unknown => {}
+            None => out.push(path),
+        }
+    }
+
+    fn unknown_fields(&self, value: &Value, path: &str, out: &mut Vec<String>) {
+        match value {
+            Value::Object(fields) => fields.iter().for_each(|(k, v)| self.unknown_member(k, v, path, out)),
+            Value::Array(items) => {
+                if let Some(node) = &self.items {
+                    for (i, v) in items.iter().enumerate() {
+                        node.unknown_fields(v, &format!("{path}[{i}]"), out);
+                    }
+                }
+            }
+            _ => {}
+        }
     }
 
     /// Drops nulls where the schema neither allows them nor has a default
@@ -471,6 +504,29 @@ mod tests {
         }
         let broken = json!({"type": "string", "x-kubernetes-validations": [{"rule": "self.("}]});
         assert!(matches!(build(broken), Err(SchemaError::Rule { .. })));
+    }
+
+    #[test]
+    fn unknown_members_respect_preserve_unknown_fields_and_additional_properties() -> Result<(), SchemaError> {
+        let node = build(json!({"type": "object", "properties": {
+            "open": {"type": "object", "x-kubernetes-preserve-unknown-fields": true,
+                     "properties": {"known": {"type": "object", "properties": {}}}},
+            "map": {"type": "object", "additionalProperties": {"type": "object", "properties": {"a": {"type": "string"}}}},
+            "list": {"type": "array", "items": {"type": "object", "properties": {"a": {"type": "string"}}}},
+        }}))?;
+        let value = json!({
+            "open": {"anything": 1, "known": {"typo": 1}},
+            "map": {"k": {"a": "x", "b": "y"}},
+            "list": [{"a": "x"}, {"c": 1}],
+            "extra": true,
+        });
+        let mut out = Vec::new();
+        for (k, v) in value.as_object().into_iter().flatten() {
+            node.unknown_member(k, v, "spec", &mut out);
+        }
+        out.sort();
+        assert_eq!(out, ["spec.extra", "spec.list[1].c", "spec.map.k.b", "spec.open.known.typo"]);
+        Ok(())
     }
 
     #[test]

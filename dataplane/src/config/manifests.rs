@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use weaver_crds::compiler::{Problem, Resources, compile};
-use weaver_crds::manifests::{ManifestError, parse_into};
+use weaver_crds::manifests::{Folder, ManifestError};
 
 use crate::state::Gateway;
 
@@ -21,29 +21,60 @@ pub enum LoadError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: {source}")]
     Manifest { path: PathBuf, source: ManifestError },
+    /// Every document that could not be read, in every file.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Manifests(Vec<LoadError>),
     #[error("the edit introduces problems: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
     NewProblems(Vec<Problem>),
+    /// The folder holds no Channel, ApiKey, RoutingPolicy or NamespacePolicy:
+    /// applied, it would refuse every request. More likely a copy or a branch
+    /// switch half done than a wish, so it is refused (see [`ManifestDir::poll`]).
+    #[error(
+        "{} holds no Channel, ApiKey, RoutingPolicy or NamespacePolicy; an empty configuration would refuse \
+         every request, so it is not applied",
+        .0.display()
+    )]
+    Empty(PathBuf),
 }
 
 /// Each manifest file's path and text.
 type Files = Vec<(PathBuf, String)>;
 
-fn parse(files: &[(PathBuf, String)]) -> Result<Resources, LoadError> {
-    let mut resources = Resources::default();
+/// Reads every file; the errors are those of every document of every file.
+/// A file with an error adds none of its objects.
+fn read(files: &[(PathBuf, String)]) -> (Folder, Vec<LoadError>) {
+    let mut folder = Folder::default();
+    let mut errors = Vec::new();
     for (path, text) in files {
-        parse_into(text, &mut resources).map_err(|source| LoadError::Manifest { path: path.clone(), source })?;
+        if let Err(e) = folder.add(path, text) {
+            errors.extend(e.into_iter().map(|source| LoadError::Manifest { path: path.clone(), source }));
+        }
     }
-    Ok(resources)
+    (folder, errors)
 }
 
-/// `--check DIR`: compiles the folder as standalone mode would load it and
-/// returns every problem (an empty list: the folder is good). Errors are
-/// files that cannot be read or parsed.
-pub fn check(dir: &Path) -> Result<Vec<Problem>, LoadError> {
-    let Some((_, files)) = ManifestDir::new(dir).read_if_changed()? else {
-        return Ok(Vec::new());
-    };
-    Ok(compile(&parse(&files)?, 1).problems)
+fn parse(dir: &Path, files: &[(PathBuf, String)]) -> Result<Resources, LoadError> {
+    let (folder, errors) = read(files);
+    if !errors.is_empty() {
+        return Err(LoadError::Manifests(errors));
+    }
+    if folder.objects() == 0 {
+        return Err(LoadError::Empty(dir.to_owned()));
+    }
+    Ok(folder.resources)
+}
+
+/// `--check DIR`: reads and compiles the folder as standalone mode would load
+/// it and returns every error (documents that cannot be read, each once; an
+/// empty folder) and then every problem of the objects that could be read.
+/// Both empty: the folder is good. `Err` only when the folder cannot be listed.
+pub fn check(dir: &Path) -> Result<(Vec<LoadError>, Vec<Problem>), LoadError> {
+    let files = ManifestDir::new(dir).read_if_changed()?.map(|(_, files)| files).unwrap_or_default();
+    let (folder, mut errors) = read(&files);
+    if errors.is_empty() && folder.objects() == 0 {
+        errors.push(LoadError::Empty(dir.to_owned()));
+    }
+    Ok((errors, compile(&folder.resources, 1).problems))
 }
 
 /// What one look at the folder did.
@@ -97,14 +128,17 @@ impl ManifestDir {
 
     /// Reads the folder and applies it when it changed. The first load applies
     /// whatever compiles (problems are logged); later a broken edit — YAML that
-    /// does not parse, or a new problem — changes nothing and is reported.
+    /// does not parse, a document the API server would refuse, a duplicate
+    /// object, a new problem, or a folder left with no objects — changes
+    /// nothing and is reported. A folder with no objects is refused at start-up
+    /// too: a gateway that refuses every request is never what was meant.
     pub fn poll(&mut self, gw: &Gateway) -> Result<Outcome, LoadError> {
         let Some((fingerprint, files)) = self.read_if_changed()? else {
             return Ok(Outcome::Unchanged);
         };
         // Remember even a broken state, so it is reported once, not every poll.
         self.fingerprint = Some(fingerprint);
-        let mut compiled = compile(&parse(&files)?, self.version + 1);
+        let mut compiled = compile(&parse(&self.dir, &files)?, self.version + 1);
         compiled.snapshot.gateway_replicas = self.replicas;
         if self.version > 0 {
             let new: Vec<Problem> = compiled.problems.iter().filter(|p| !self.problems.contains(*p)).cloned().collect();
@@ -161,5 +195,55 @@ impl ManifestDir {
                 tracing::error!(error = %e, "manifest change rejected; the previous snapshot stays in use");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "apiVersion: llmweaver.io/v1alpha1\nkind: ApiKey\nmetadata: {name: demo}\nspec: {}\n";
+
+    fn shown(dir: &Path) -> Result<Vec<String>, LoadError> {
+        let (errors, problems) = check(dir)?;
+        Ok(errors.iter().map(ToString::to_string).chain(problems.iter().map(ToString::to_string)).collect())
+    }
+
+    #[test]
+    fn check_reports_every_document_of_every_file_and_duplicates_by_both_files()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        std::fs::write(dir.path().join("a.yaml"), KEY)?;
+        std::fs::write(dir.path().join("b.yaml"), format!("{KEY}---\n{}", KEY.replace("demo", "Bad_Name!")))?;
+        std::fs::write(dir.path().join("c.yaml"), KEY.replace("spec: {}", "spec: {budgte: {}}"))?;
+        let shown = shown(dir.path())?;
+        assert_eq!(shown.len(), 4, "{shown:#?}");
+        let a = dir.path().join("a.yaml").display().to_string();
+        assert!(
+            shown[0].contains("b.yaml: document 1 (line 1): ApiKey default/demo is already defined in "),
+            "{shown:#?}"
+        );
+        assert!(shown[0].contains(&format!("{a}, document 1 (line 1)")), "{shown:#?}");
+        assert!(shown[1].contains("b.yaml: document 2 (line 5): ApiKey.llmweaver.io \"Bad_Name!\" is invalid"));
+        assert!(shown[2].contains("c.yaml: document 1 (line 1): ApiKey in version \"v1alpha1\" cannot be handled"));
+        // Then the compiler's problems with what could be read: a.yaml's key.
+        assert_eq!(shown[3], "ApiKey default/demo: SecretNotFound: Secret default/demo-apikey not found");
+        Ok(())
+    }
+
+    #[test]
+    fn a_folder_without_objects_is_an_error() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        std::fs::write(dir.path().join("other.yaml"), "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n")?;
+        let shown = shown(dir.path())?;
+        assert_eq!(shown.len(), 1, "{shown:#?}");
+        assert!(shown[0].ends_with("holds no Channel, ApiKey, RoutingPolicy or NamespacePolicy; an empty configuration would refuse every request, so it is not applied"));
+        std::fs::write(dir.path().join("key.yaml"), KEY)?;
+        assert!(!shown_has_empty(dir.path())?);
+        Ok(())
+    }
+
+    fn shown_has_empty(dir: &Path) -> Result<bool, LoadError> {
+        Ok(check(dir)?.0.iter().any(|e| matches!(e, LoadError::Empty(_))))
     }
 }
