@@ -10,7 +10,6 @@ use std::sync::{Arc, LazyLock};
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use memchr::memmem;
-use serde::Deserialize;
 use weaver_crds::Provider;
 use weaver_crds::snapshot::{ChannelSnapshot, ModelSnapshot};
 
@@ -136,30 +135,48 @@ impl ModelRename {
 /// The `usage` object of a complete answer (OpenAI puts usage after the
 /// choices).
 fn whole_usage(body: &[u8]) -> Option<Usage> {
-    last_usage_member::<OpenAiUsage>(body).map(Usage::from)
+    last_usage_object(body).and_then(OpenAiUsage::read).map(Usage::from)
 }
 
 /// The last `"usage"` member whose value is an object, read where it
-/// stands rather than by parsing the whole body (quotes inside strings are
-/// escaped, so the pattern only matches members).
+/// stands rather than by parsing the whole body.
 pub(crate) fn last_usage_member<T: serde::de::DeserializeOwned>(body: &[u8]) -> Option<T> {
-    let mut end = body.len();
-    while let Some(at) = USAGE_REV.rfind(&body[..end]) {
-        end = at;
+    let object = last_usage_object(body)?;
+    T::deserialize(&mut serde_json::Deserializer::from_slice(object)).ok()
+}
+
+/// The body from the `{` of the last `"usage"` member whose value is an
+/// object. Found searching forward (memchr's forward search is vectorised,
+/// its reverse one goes byte by byte: a sixth of a plain answer's usage
+/// reading in callgrind), keeping the last match.
+fn last_usage_object(body: &[u8]) -> Option<&[u8]> {
+    let mut last = None;
+    for at in USAGE.find_iter(body) {
+        if !opens_member(body, at) {
+            continue;
+        }
         let rest = &body[at + USAGE_KEY.len()..];
+        // Nothing after the key: the body is cut short.
         let colon = rest.iter().position(|b| !b.is_ascii_whitespace())?;
         if rest[colon] != b':' {
             continue;
         }
         let value = &rest[colon + 1..];
         let open = value.iter().position(|b| !b.is_ascii_whitespace())?;
-        if value[open] != b'{' {
-            continue;
+        if value[open] == b'{' {
+            last = Some(&value[open..]);
         }
-        let mut de = serde_json::Deserializer::from_slice(&value[open..]);
-        return T::deserialize(&mut de).ok();
     }
-    None
+    last
+}
+
+/// Whether the quote at `at` opens a member's key: the byte before it
+/// (past whitespace) is `{` or `,`. Text inside a string cannot match the
+/// pattern (its quotes are escaped), but the end of a key can: the key
+/// `"\"usage"` holds `"usage"`, preceded by a backslash; a member's own
+/// opening quote never is.
+fn opens_member(json: &[u8], at: usize) -> bool {
+    json[..at].iter().rev().find(|b| !b.is_ascii_whitespace()).is_some_and(|b| matches!(b, b'{' | b','))
 }
 
 /// A complete answer: the client's body in order (with the model renamed, the
@@ -184,7 +201,6 @@ const CHOICES_KEY: &[u8] = b"\"choices\"";
 // Searchers for the fixed patterns, built once: building one costs more than
 // searching a short event with it (callgrind, bench/instructions.py).
 static USAGE: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(USAGE_KEY));
-static USAGE_REV: LazyLock<memmem::FinderRev<'static>> = LazyLock::new(|| memmem::FinderRev::new(USAGE_KEY));
 static CHOICES: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(CHOICES_KEY));
 static FINISH_REASON: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(b"\"finish_reason\""));
 static MODEL: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(b"\"model\""));
@@ -202,10 +218,9 @@ pub(crate) struct StreamDecoder {
 
 /// Where an event's (first) `"usage"` member's value starts, when it is an
 /// object (not `null`): the usage is read there, without parsing the rest
-/// of the chunk (quotes inside strings are escaped, so the pattern only
-/// matches members).
+/// of the chunk (see [`opens_member`]).
 fn usage_object(event: &[u8]) -> Option<&[u8]> {
-    let at = USAGE.find(event)? + USAGE_KEY.len();
+    let at = USAGE.find_iter(event).find(|&at| opens_member(event, at))? + USAGE_KEY.len();
     let value = event[at..].iter().position(|b| !matches!(b, b' ' | b'\t' | b':'))?;
     (event[at + value] == b'{').then(|| &event[at + value..])
 }
@@ -237,9 +252,7 @@ impl StreamDecoder {
         if !self.finished && finish_reason_set(event) {
             self.finished = true;
         }
-        if let Some(usage) = usage_object(event)
-            .and_then(|object| OpenAiUsage::deserialize(&mut serde_json::Deserializer::from_slice(object)).ok())
-        {
+        if let Some(usage) = usage_object(event).and_then(OpenAiUsage::read) {
             self.usage = Some(usage.into());
             if self.drop_usage_chunk && without_choices(event) {
                 return EventAction::Drop;
@@ -412,6 +425,26 @@ mod tests {
         assert_eq!(usage.map(|u| (u.input, u.output)), Some((7, 2)));
         let (_, none) = decode_whole(Bytes::from_static(br#"{"id":"x","usage":null}"#), None);
         assert_eq!(none, None);
+    }
+
+    /// Usage-shaped text the model wrote (content, a tool call's arguments)
+    /// or a key that ends in `"usage` is not the answer's usage, whether the
+    /// answer's own comes after it, is `null`, or is missing.
+    #[test]
+    fn only_a_usage_member_is_the_answers_usage() {
+        let choices = r#""choices":[{"message":{"content":"\"usage\": {\"prompt_tokens\":99}","tool_calls":[{"type":"function","function":{"name":"f","arguments":"{\"usage\":{\"prompt_tokens\":98}}"}}],"extra":{"\"usage": {"prompt_tokens":97}}}}]"#;
+        let usage = |tail: &str| {
+            let body = format!(r#"{{"id":"x",{choices}{tail}}}"#);
+            assert!(serde_json::from_str::<serde_json::Value>(&body).is_ok(), "{body}");
+            decode_whole(Bytes::from(body), None).1.map(|u| (u.input, u.output))
+        };
+        assert_eq!(usage(r#","usage":{"prompt_tokens":7,"completion_tokens":2}"#), Some((7, 2)));
+        assert_eq!(usage(r#","usage":null"#), None);
+        assert_eq!(usage(""), None);
+        let mut decoder = StreamDecoder::new(false, None);
+        let event = format!(r#"data: {{"id":"x",{choices},"usage":null}}"#);
+        decoder.event(event.replace("message", "delta").as_bytes());
+        assert_eq!(decoder.usage, None);
     }
 
     #[test]

@@ -18,7 +18,6 @@
 //! service stack) because it wraps every request.
 
 use std::future::Future;
-use std::io::Write as _;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::OnceLock;
@@ -73,17 +72,36 @@ pub(crate) fn client_request_id(headers: &http::HeaderMap) -> Option<HeaderValue
 /// (n processes ever started), where 32 bits would make that likely within a
 /// few tens of thousands of restarts.
 pub(crate) fn new_id() -> HeaderValue {
-    static IDS: OnceLock<(u64, AtomicU64)> = OnceLock::new();
-    let (prefix, next) = IDS.get_or_init(|| (rand::random(), AtomicU64::new(1)));
+    static IDS: OnceLock<([u8; 16], AtomicU64)> = OnceLock::new();
+    let (prefix, next) = IDS.get_or_init(|| (hex16(rand::random()), AtomicU64::new(1)));
     let n = next.fetch_add(1, Ordering::Relaxed);
-    let mut id = Id { bytes: [0; ID_MAX], len: 0 };
-    let mut cursor = std::io::Cursor::new(&mut id.bytes[..]);
-    if write!(cursor, "{prefix:016x}-{n:x}").is_err() {
-        return RequestId::none();
-    }
-    id.len = cursor.position() as usize;
     // Shared, so the copies for the answer and the upstream cost no allocation.
-    HeaderValue::from_maybe_shared(Bytes::from_owner(id)).unwrap_or_else(|_| RequestId::none())
+    HeaderValue::from_maybe_shared(Bytes::from_owner(id_of(prefix, n))).unwrap_or_else(|_| RequestId::none())
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// `v` as 16 lowercase hex digits.
+fn hex16(v: u64) -> [u8; 16] {
+    let mut out = [0; 16];
+    for (i, digit) in out.iter_mut().enumerate() {
+        *digit = HEX[(v >> (60 - 4 * i)) as usize & 0xf];
+    }
+    out
+}
+
+/// `{prefix}-{n:x}`, written by hand: `write!`'s formatting cost more
+/// than the rest of making the id (callgrind).
+fn id_of(prefix: &[u8; 16], n: u64) -> Id {
+    let mut id = Id { bytes: [0; ID_MAX], len: 0 };
+    id.bytes[..16].copy_from_slice(prefix);
+    id.bytes[16] = b'-';
+    let digits = (64 - n.leading_zeros()).div_ceil(4).max(1) as usize;
+    for (i, digit) in id.bytes[17..17 + digits].iter_mut().enumerate() {
+        *digit = HEX[(n >> (4 * (digits - 1 - i))) as usize & 0xf];
+    }
+    id.len = 17 + digits;
+    id
 }
 
 /// Longest generated id: 16 hex digits, a dash, at most 16 more.
@@ -222,6 +240,14 @@ mod tests {
         assert!(!sane(&HeaderValue::from_static("has space")));
         assert!(!sane(&HeaderValue::from_str(&"x".repeat(MAX_LEN + 1)).unwrap_or_else(|_| RequestId::none())));
         assert_ne!(new_id(), new_id());
+    }
+
+    #[test]
+    fn ids_are_the_prefix_and_the_counter_in_hex() {
+        for (prefix, n) in [(0, 0), (1, 1), (0xabc, 15), (u64::MAX, 16), (0x0123_4567_89ab_cdef, u64::MAX)] {
+            let id = id_of(&hex16(prefix), n);
+            assert_eq!(id.as_ref(), format!("{prefix:016x}-{n:x}").as_bytes());
+        }
     }
 
     #[tokio::test]
