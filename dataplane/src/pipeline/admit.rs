@@ -178,22 +178,19 @@ pub(super) async fn reserve_budget(
             ctx.admission.namespace_budget = shared.map(|_| amount);
             Ok(())
         }
-        Err((i, shortfall)) => {
-            let refused = budgets.get(i).copied().flatten().or(own).or(shared);
-            match (refused, shortfall) {
-                (Some(refused), Shortfall::Exceeded) => Err(refuse_budget(ctx, key, refused, amount)),
-                _ => {
-                    ctx.gw.metrics.refused(key, RefusalReason::budget_unavailable);
-                    let mut error = ApiError::unavailable(
-                        "budget_unavailable",
-                        "The gateway cannot reach its budget ledger to cover this request (its usage store is \
+        Err((i, shortfall)) => match (budgets.get(i).copied().flatten(), shortfall) {
+            (Some(refused), Shortfall::Exceeded) => Err(refuse_budget(ctx, key, refused, amount)),
+            _ => {
+                ctx.gw.metrics.refused(key, RefusalReason::budget_unavailable);
+                let mut error = ApiError::unavailable(
+                    "budget_unavailable",
+                    "The gateway cannot reach its budget ledger to cover this request (its usage store is \
                          unreachable or slow); try again shortly.",
-                    );
-                    error.retry_after = Some(1);
-                    Err(error)
-                }
+                );
+                error.retry_after = Some(1);
+                Err(error)
             }
-        }
+        },
     }
 }
 

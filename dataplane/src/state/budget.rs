@@ -118,23 +118,7 @@ impl BudgetState {
     /// validity) does not cover it — then a sync may top it up.
     pub fn try_reserve(&self, amount: u64, now_ms: i64) -> bool {
         self.largest.fetch_max(amount, Ordering::Relaxed);
-        if now_ms >= self.valid_until.load(Ordering::Acquire) {
-            return false;
-        }
-        let want = signed(amount);
-        let mut current = self.available.load(Ordering::Acquire);
-        loop {
-            if current < want {
-                return false;
-            }
-            match self.available.compare_exchange_weak(current, current - want, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => {
-                    self.reserved.fetch_add(amount, Ordering::Relaxed);
-                    return true;
-                }
-                Err(seen) => current = seen,
-            }
-        }
+        now_ms < self.valid_until.load(Ordering::Acquire) && self.add_available(0, Some(amount))
     }
 
     /// Whether the ledger said lately that the budget cannot cover `amount`.
@@ -256,26 +240,29 @@ impl BudgetState {
         lease.period_ms = Some(id.period_ms);
         let valid_until = view.expires_ms - EXPIRY_MARGIN_MS;
         self.valid_until.store(valid_until, Ordering::Release);
-        let need = if sync.now_ms < valid_until { sync.need } else { 0 };
+        let need = (sync.need > 0 && sync.now_ms < valid_until).then_some(sync.need);
         Ok(self.add_available(signed(view.granted_nanos) + correction, need))
     }
 
-    /// Adds `delta` to what is available and, when the sum covers `need`
-    /// (> 0), reserves `need` out of it in the same compare-and-swap: the
-    /// request that waited on a sync gets what the sync brought, rather than
-    /// losing it to requests that reserve in between and being refused by a
-    /// budget with room left.
-    fn add_available(&self, delta: i64, need: u64) -> bool {
-        let want = signed(need);
+    /// Adds `delta` to what is available and, when the sum covers `need`,
+    /// reserves `need` out of it in the same compare-and-swap (true then). A
+    /// sync passes its caller's need: the request that waited on it gets what
+    /// it brought, rather than losing it to requests that reserve in between
+    /// and being refused by a budget with room left.
+    fn add_available(&self, delta: i64, need: Option<u64>) -> bool {
         let mut current = self.available.load(Ordering::Acquire);
         loop {
             let total = current.saturating_add(delta);
-            let take = need > 0 && total >= want;
-            let next = if take { total - want } else { total };
+            let take = need.is_some_and(|n| total >= signed(n));
+            let next = if take { total - need.map_or(0, signed) } else { total };
+            if next == current {
+                // Nothing to change (a reservation of 0, or one that does not fit).
+                return take;
+            }
             match self.available.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => {
-                    if take {
-                        self.reserved.fetch_add(need, Ordering::Relaxed);
+                    if let Some(n) = need.filter(|_| take) {
+                        self.reserved.fetch_add(n, Ordering::Relaxed);
                     }
                     return take;
                 }
