@@ -255,18 +255,19 @@ impl BudgetState {
             let total = current.saturating_add(delta);
             let take = need.is_some_and(|n| total >= signed(n));
             let next = if take { total - need.map_or(0, signed) } else { total };
-            if next == current {
-                // Nothing to change (a reservation of 0, or one that does not fit).
-                return take;
-            }
-            match self.available.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => {
-                    if let Some(n) = need.filter(|_| take) {
-                        self.reserved.fetch_add(n, Ordering::Relaxed);
-                    }
-                    return take;
+            // Nothing to write when the sum stays (a reservation that does not
+            // fit, or one that takes exactly what was added).
+            let written = next == current
+                || self
+                    .available
+                    .compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire)
+                    .map_err(|seen| current = seen)
+                    .is_ok();
+            if written {
+                if let Some(n) = need.filter(|_| take) {
+                    self.reserved.fetch_add(n, Ordering::Relaxed);
                 }
-                Err(seen) => current = seen,
+                return take;
             }
         }
     }
@@ -532,6 +533,7 @@ mod tests {
         let ledger = Ledger::new(None, "r0".into());
         let state = BudgetState::default();
         assert!(state.sync(&ledger, &id(), &sync(1_000, 0, 100)).await.unwrap());
+        assert_eq!(state.local(), (0, 100), "the grant is exactly the reservation: held, nothing left over");
         state.settle(100, 0);
         assert!(state.try_reserve(10, LEASE_TTL_MS - EXPIRY_MARGIN_MS - 1));
         assert!(!state.try_reserve(10, LEASE_TTL_MS - EXPIRY_MARGIN_MS), "too close to the lease's expiry");
